@@ -1,0 +1,27 @@
+# Two entry points (see README): `make demo` and `make test`.
+# Each creates .venv and installs the project into it on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m coleaf_jax.demo
+
+# pytest exits 5 when it collects no test: that is a failure too.
+test: $(STAMP)
+	XLA_FLAGS=--xla_force_host_platform_device_count=2 $(PY) -m pytest -q tests; \
+	rc=$$?; if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+clean:
+	rm -rf $(VENV) runs/demo

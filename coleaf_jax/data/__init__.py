@@ -1,0 +1,1 @@
+"""Data: LLP layout reader, TFDS builder and the embedded synthetic generator."""

@@ -1,0 +1,545 @@
+"""LLP (Look, Listen and Parse) reader: annotation CSVs, HAN features, TFDS builder.
+
+Layout (SPEC §2), as distributed by the HAN authors::
+
+    <feature root>/vggish/<id>.npy        (10, 128)   VGGish, 1 per second
+    <feature root>/res152/<id>.npy        (80, 2048)  ResNet-152, 8 frames per second
+    <feature root>/r2plus1d_18/<id>.npy   (10, 512)   R(2+1)D-18, 1 clip per second
+    <annotation dir>/AVVP_{train,val_pd,test_pd}.csv        filename  event_labels
+    <annotation dir>/AVVP_eval_{audio,visual}.csv           filename  onset  offset  event_labels
+
+``<id>`` is the first 11 characters of the CSV ``filename`` (the YouTube id).
+The annotation dir defaults to the feature root.
+
+* :func:`read_weak_csv`, :func:`read_dense_csv` and :func:`load_features` parse
+  and validate one file each; malformed input raises :class:`LLPDataError` with
+  the file, the 1-based line and the field.
+* :class:`Llp` is a TFDS builder (``array_record`` files, usable without
+  TensorFlow) that calls those readers.
+* :func:`load_split` prepares the dataset on first use (cached per feature root
+  and annotation dir) and returns one split as stacked numpy arrays.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import difflib
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Collection, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from coleaf_jax.data.classes import (
+    LLP_CLASS_INDEX,
+    LLP_CLASSES,
+    LLP_DENSE_CSV,
+    LLP_FEATURES,
+    LLP_FRAMES_PER_SEGMENT,
+    LLP_NUM_SEGMENTS,
+    LLP_SPLIT_CSV,
+    VIDEO_ID_LENGTH,
+)
+
+logger = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike[str]
+
+# Example key -> feature folder (SPEC §2).
+FEATURE_FOLDERS: dict[str, str] = {
+    "audio": "vggish",
+    "video_2d": "res152",
+    "video_3d": "r2plus1d_18",
+}
+# Splits whose videos carry segment-level (dense) audio/visual labels.
+DENSE_SPLITS: tuple[str, ...] = ("val", "test")
+
+_WEAK_HEADER = ("filename", "event_labels")
+_DENSE_HEADER = ("filename", "onset", "offset", "event_labels")
+_INT_RE = re.compile(r"[+-]?\d+")
+_MAX_SHOWN_LINES = 3  # offending lines quoted in a warning summary
+_READ_CHUNK = 128  # examples decoded per data-source call in load_split
+
+
+class LLPDataError(ValueError):
+    """Malformed LLP annotation or feature file."""
+
+
+class MissingFeatureError(LLPDataError):
+    """A video's feature ``.npy`` file does not exist."""
+
+
+@dataclasses.dataclass
+class DenseReport:
+    """Row counts of a dense CSV, as read by :func:`read_dense_csv`.
+
+    Attributes:
+      rows: data rows read (header and blank lines excluded).
+      zero_length: rows with ``onset == offset`` (empty mask; skipped).
+      reversed: rows with ``onset > offset`` (empty mask; skipped).
+      duplicates: exact repeats of an earlier row (no effect).
+      unknown_video: rows whose filename is not in ``known_ids`` (skipped).
+      id_conflicts: rows whose filename differs from an earlier filename with the
+        same 11-character video id (skipped).
+    """
+
+    rows: int = 0
+    zero_length: int = 0
+    reversed: int = 0
+    duplicates: int = 0
+    unknown_video: int = 0
+    id_conflicts: int = 0
+
+    @property
+    def skipped(self) -> int:
+        """Rows that did not contribute to any label (duplicates excluded)."""
+        return self.zero_length + self.reversed + self.unknown_video + self.id_conflicts
+
+
+def video_id(filename: str) -> str:
+    """The YouTube id (first 11 characters) that names a video's feature files."""
+    return filename[:VIDEO_ID_LENGTH]
+
+
+def _where(path: Path, line: int, field: str) -> str:
+    return f"{path}: line {line}: field '{field}'"
+
+
+def _read_rows(path: Path, header: tuple[str, ...]) -> Iterator[tuple[int, str, list[str]]]:
+    """Yields ``(line number, raw line, fields)`` of a tab-separated file after its header."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise LLPDataError(f"{path}: annotation file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise LLPDataError(f"{path}: cannot read annotation file: {e}") from e
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    got = tuple(lines[0].split("\t")) if lines else ()
+    if got != header:
+        raise LLPDataError(
+            f"{path}: line 1: header: expected {'<TAB>'.join(header)!r}, got {'<TAB>'.join(got)!r}"
+        )
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():  # blank lines carry nothing (pandas skips them too)
+            continue
+        fields = line.split("\t")
+        if len(fields) != len(header):
+            raise LLPDataError(
+                f"{path}: line {number}: fields: expected {len(header)} tab-separated fields "
+                f"({', '.join(header)}), got {len(fields)}"
+            )
+        yield number, line, fields
+
+
+def _check_filename(path: Path, line: int, filename: str) -> None:
+    vid = video_id(filename)
+    if not vid or "/" in vid or "\\" in vid or vid in (".", ".."):
+        raise LLPDataError(
+            f"{_where(path, line, 'filename')}: expected a video name (YouTube id first, "
+            f"no path separators), got {filename!r}"
+        )
+
+
+def _class_index(path: Path, line: int, name: str) -> int:
+    if not name:
+        raise LLPDataError(f"{_where(path, line, 'event_labels')}: expected a class name, got ''")
+    index = LLP_CLASS_INDEX.get(name)
+    if index is None:
+        close = difflib.get_close_matches(name, LLP_CLASSES, n=3)
+        hint = f"; close matches: {', '.join(close)}" if close else ""
+        raise LLPDataError(
+            f"{_where(path, line, 'event_labels')}: unknown class {name!r} "
+            f"(expected one of the {len(LLP_CLASSES)} LLP classes){hint}"
+        )
+    return index
+
+
+def read_weak_csv(path: PathLike) -> tuple[list[str], np.ndarray]:
+    """Reads a weak-label CSV (``filename<TAB>event_labels``, comma-separated classes).
+
+    Returns:
+      The filenames in file order and their ``(N, 25)`` float32 multi-hot labels
+      (class order of ``LLP_CLASSES``). A class repeated within a row counts
+      once (the real ``AVVP_test_pd.csv`` has ``Clapping,Clapping``).
+
+    Raises:
+      LLPDataError: bad header, field count, empty or unknown class name, or a
+        video id (first 11 characters) listed twice.
+    """
+    path = Path(path)
+    filenames: list[str] = []
+    rows: list[list[int]] = []
+    first_line: dict[str, int] = {}
+    for line, _, (filename, labels) in _read_rows(path, _WEAK_HEADER):
+        _check_filename(path, line, filename)
+        vid = video_id(filename)
+        if vid in first_line:
+            raise LLPDataError(
+                f"{_where(path, line, 'filename')}: expected each video once, but video id "
+                f"{vid!r} already appears on line {first_line[vid]}"
+            )
+        first_line[vid] = line
+        if not labels:
+            raise LLPDataError(
+                f"{_where(path, line, 'event_labels')}: expected at least one class name, got ''"
+            )
+        rows.append([_class_index(path, line, name) for name in labels.split(",")])
+        filenames.append(filename)
+    labels_out = np.zeros((len(rows), len(LLP_CLASSES)), np.float32)
+    for i, indices in enumerate(rows):
+        labels_out[i, indices] = 1.0
+    return filenames, labels_out
+
+
+def _parse_second(path: Path, line: int, field: str, value: str, num_segments: int) -> int:
+    if not _INT_RE.fullmatch(value):
+        raise LLPDataError(
+            f"{_where(path, line, field)}: expected an integer second, got {value!r}"
+        )
+    second = int(value)
+    if not 0 <= second <= num_segments:
+        raise LLPDataError(
+            f"{_where(path, line, field)}: expected a second in [0, {num_segments}], got {second}"
+        )
+    return second
+
+
+def read_dense_csv(
+    path: PathLike,
+    num_segments: int = LLP_NUM_SEGMENTS,
+    *,
+    known_ids: Collection[str] | None = None,
+) -> tuple[dict[str, np.ndarray], DenseReport]:
+    """Reads a segment-level CSV (``filename<TAB>onset<TAB>offset<TAB>event_labels``).
+
+    Each row marks segments ``[onset, offset)`` of one class; rows of a video are
+    OR-ed together. Rows that cannot change any label are skipped, counted in
+    the report and summarised in one ``logging`` warning:
+
+    * ``onset == offset`` (``zero_length``) or ``onset > offset`` (``reversed``):
+      an empty mask; the reference evaluation's ``gt[c, onset:offset] = 1`` is
+      a no-op for them, so scores are unchanged;
+    * the filename is not in ``known_ids`` (``unknown_video``, when given);
+    * the filename differs from an earlier one with the same video id
+      (``id_conflicts``; the first filename wins, so pass ``known_ids`` to
+      resolve by split membership instead).
+
+    A row is counted under the first reason in this order. Exact duplicate
+    rows are only counted (OR makes them harmless).
+
+    Args:
+      path: the CSV.
+      num_segments: T, the number of one-second segments.
+      known_ids: full ``filename`` values of the split videos (as returned by
+        :func:`read_weak_csv`); rows are matched by full filename, like the
+        reference evaluation (``df['filename'] == name``).
+
+    Returns:
+      ``{video id: (T, 25) float32 0/1 array}`` for videos with at least one
+      non-empty row, and the :class:`DenseReport`.
+
+    Raises:
+      LLPDataError: bad header or field count, non-integer onset/offset, a
+        second outside ``[0, T]``, or an unknown class name.
+    """
+    path = Path(path)
+    known = None if known_ids is None else frozenset(known_ids)
+    report = DenseReport()
+    shown: dict[str, list[str]] = collections.defaultdict(list)
+    labels: dict[str, np.ndarray] = {}
+    owner: dict[str, str] = {}  # video id -> the filename its rows come from
+    seen: set[tuple[str, int, int, int]] = set()
+
+    def skip(kind: str, line: int, text: str) -> None:
+        setattr(report, kind, getattr(report, kind) + 1)
+        if len(shown[kind]) < _MAX_SHOWN_LINES:
+            shown[kind].append(f"line {line}: {text!r}")
+
+    for line, text, (filename, onset_s, offset_s, name) in _read_rows(path, _DENSE_HEADER):
+        report.rows += 1
+        _check_filename(path, line, filename)
+        onset = _parse_second(path, line, "onset", onset_s, num_segments)
+        offset = _parse_second(path, line, "offset", offset_s, num_segments)
+        cls = _class_index(path, line, name)
+        vid = video_id(filename)
+        if onset == offset:
+            skip("zero_length", line, text)
+        elif onset > offset:
+            skip("reversed", line, text)
+        elif known is not None and filename not in known:
+            skip("unknown_video", line, text)
+        elif owner.setdefault(vid, filename) != filename:
+            skip("id_conflicts", line, text)
+        elif (key := (filename, onset, offset, cls)) in seen:
+            skip("duplicates", line, text)
+        else:
+            seen.add(key)
+            labels.setdefault(vid, np.zeros((num_segments, len(LLP_CLASSES)), np.float32))
+            labels[vid][onset:offset, cls] = 1.0
+
+    if report.skipped or report.duplicates:
+        details = "; ".join(f"{kind}: {', '.join(lines)}" for kind, lines in shown.items())
+        logger.log(
+            logging.WARNING if report.skipped else logging.INFO,
+            "%s: %d rows; skipped %d zero-length, %d reversed (onset > offset), "
+            "%d unknown-video and %d id-conflict rows; %d exact duplicates (harmless). "
+            "First offending lines: %s",
+            path, report.rows, report.zero_length, report.reversed,
+            report.unknown_video, report.id_conflicts, report.duplicates, details,
+        )
+    return labels, report
+
+
+def feature_path(root: PathLike, key: str, vid: str) -> Path:
+    """Path of one feature file, e.g. ``feature_path(root, 'audio', id)``."""
+    return Path(root) / FEATURE_FOLDERS[key] / f"{vid}.npy"
+
+
+def load_features(root: PathLike, video_id: str) -> dict[str, np.ndarray]:
+    """Loads and validates the three feature arrays of one video.
+
+    Returns:
+      ``{'audio': (10, 128), 'video_2d': (80, 2048), 'video_3d': (10, 512)}``,
+      all float32.
+
+    Raises:
+      MissingFeatureError: a feature file does not exist (all missing paths are
+        named).
+      LLPDataError: unreadable file, wrong shape, non-float dtype, or NaN/inf.
+    """
+    paths = {key: feature_path(root, key, video_id) for key in FEATURE_FOLDERS}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise MissingFeatureError(
+            f"missing feature file(s) for video {video_id!r}: {', '.join(missing)}"
+        )
+    features = {}
+    for key, path in paths.items():
+        expected = LLP_FEATURES[FEATURE_FOLDERS[key]]
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise LLPDataError(f"{path}: cannot read as a .npy array ({e})") from e
+        if array.shape != expected:
+            raise LLPDataError(f"{path}: expected shape {expected}, got {array.shape}")
+        if not np.issubdtype(array.dtype, np.floating):
+            raise LLPDataError(
+                f"{path}: expected a float dtype (stored as float32), got {array.dtype}"
+            )
+        with np.errstate(over="ignore"):  # overflow becomes inf, reported just below
+            array = array.astype(np.float32, copy=False)
+        if not np.isfinite(array).all():
+            bad = np.count_nonzero(~np.isfinite(array))
+            raise LLPDataError(
+                f"{path}: expected finite values, got {bad} NaN/inf (after the cast to float32)"
+            )
+        features[key] = array
+    return features
+
+
+class Llp(tfds.core.GeneratorBasedBuilder):
+    """LLP with HAN features; the manual dir is the feature root.
+
+    One ``FeaturesDict`` serves all splits: train examples carry all-zero
+    ``label_audio``/``label_visual`` and ``has_dense = False``. Examples keep the
+    CSV order (shuffling disabled). Videos whose feature files are missing are
+    skipped; their ids per split are in ``info.metadata['skipped_videos']``.
+
+    The prepared files do not record which feature root they came from: give
+    each root its own ``data_dir`` (:func:`cache_dir` does, and :func:`load_split`
+    uses it).
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "HAN features with weak and dense LLP labels."}
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """
+    Download the LLP features released with HAN ("Unified Multisensory Perception:
+    Weakly-Supervised Audio-Visual Video Parsing", Tian et al., ECCV 2020; links in
+    the README of github.com/YapengTian/AVVP-ECCV20) and place them as
+      <manual_dir>/vggish/<id>.npy        (10, 128)
+      <manual_dir>/res152/<id>.npy        (80, 2048)
+      <manual_dir>/r2plus1d_18/<id>.npy   (10, 512)
+    where <id> is the first 11 characters of a CSV filename. Put the five
+    annotation CSVs of that repository's data/ folder (AVVP_train.csv,
+    AVVP_val_pd.csv, AVVP_test_pd.csv, AVVP_eval_audio.csv, AVVP_eval_visual.csv)
+    in <manual_dir> too, or pass annotation_dir= to the builder.
+    """
+
+    # TFDS derives `code_path` for package modules through the optional
+    # `importlib_resources` package; this file's path is what it would find.
+    code_path = Path(__file__)
+
+    def __init__(self, *, annotation_dir: PathLike | None = None, **kwargs: Any) -> None:
+        """``annotation_dir``: folder of the CSVs (default: the manual dir); the rest go to TFDS."""
+        self._annotation_dir = None if annotation_dir is None else Path(annotation_dir)
+        kwargs.setdefault("file_format", "array_record")
+        super().__init__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        num_classes = len(LLP_CLASSES)
+        dense = (LLP_NUM_SEGMENTS, num_classes)
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="LLP audio-visual video parsing with HAN features (SPEC §2).",
+            features=tfds.features.FeaturesDict({
+                "id": tfds.features.Text(doc="YouTube id (feature file stem)"),
+                **{
+                    # BYTES: raw buffer; the default float_list proto costs ~50 ms per
+                    # (80, 2048) example to serialize, BYTES ~2 ms (same size on disk).
+                    key: tfds.features.Tensor(
+                        shape=LLP_FEATURES[folder], dtype=np.float32,
+                        encoding=tfds.features.Encoding.BYTES,
+                    )
+                    for key, folder in FEATURE_FOLDERS.items()
+                },
+                "label": tfds.features.Tensor(shape=(num_classes,), dtype=np.float32),
+                "label_audio": tfds.features.Tensor(shape=dense, dtype=np.float32),
+                "label_visual": tfds.features.Tensor(shape=dense, dtype=np.float32),
+                "has_dense": tfds.features.Scalar(dtype=np.bool_),
+            }),
+            disable_shuffling=True,
+            metadata=tfds.core.MetadataDict(),
+        )
+
+    def _split_generators(
+        self, dl_manager: tfds.download.DownloadManager
+    ) -> dict[str, Iterator[tuple[str, dict[str, Any]]]]:
+        root = Path(dl_manager.manual_dir)
+        annotations = self._annotation_dir or root
+        weak = {split: read_weak_csv(annotations / csv) for split, csv in LLP_SPLIT_CSV.items()}
+        known = [name for filenames, _ in weak.values() for name in filenames]
+        dense = {
+            modality: read_dense_csv(annotations / csv, known_ids=known)[0]
+            for modality, csv in LLP_DENSE_CSV.items()
+        }
+        self.info.metadata["skipped_videos"] = {}
+        return {
+            split: self._generate_examples(root, split, *weak[split], dense)
+            for split in LLP_SPLIT_CSV
+        }
+
+    def _generate_examples(
+        self,
+        root: Path,
+        split: str,
+        filenames: list[str],
+        labels: np.ndarray,
+        dense: Mapping[str, Mapping[str, np.ndarray]],
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        has_dense = split in DENSE_SPLITS
+        empty = np.zeros((LLP_NUM_SEGMENTS, len(LLP_CLASSES)), np.float32)
+        skipped: list[str] = []
+        for filename, label in zip(filenames, labels):
+            vid = video_id(filename)
+            try:
+                features = load_features(root, vid)
+            except MissingFeatureError as e:
+                skipped.append(vid)
+                logger.debug("%s", e)
+                continue
+            yield vid, {
+                "id": vid,
+                **features,
+                "label": label,
+                "label_audio": dense["audio"].get(vid, empty) if has_dense else empty,
+                "label_visual": dense["visual"].get(vid, empty) if has_dense else empty,
+                "has_dense": has_dense,
+            }
+        self.info.metadata["skipped_videos"][split] = skipped
+        if skipped:
+            logger.warning(
+                "LLP %s: skipped %d of %d videos without feature files under %s (first: %s)",
+                split, len(skipped), len(filenames), root, ", ".join(skipped[:_MAX_SHOWN_LINES]),
+            )
+
+
+def cache_dir(
+    root: PathLike, annotation_dir: PathLike | None = None, tfds_dir: PathLike | None = None
+) -> Path:
+    """The TFDS ``data_dir`` of one (feature root, annotation dir) pair.
+
+    ``<tfds_dir or the TFDS default>/llp_<hash>``, where ``<hash>`` is 12 hex
+    digits of the SHA-256 of both absolute paths.
+    """
+    root = Path(root).resolve()
+    annotations = Path(annotation_dir).resolve() if annotation_dir is not None else root
+    digest = hashlib.sha256(f"{root}\n{annotations}".encode()).hexdigest()[:12]
+    base = Path(tfds_dir) if tfds_dir is not None else Path(tfds.core.constants.DATA_DIR)
+    return base.expanduser() / f"llp_{digest}"
+
+
+def prepare(
+    root: PathLike, annotation_dir: PathLike | None = None, tfds_dir: PathLike | None = None
+) -> Llp:
+    """Builds the TFDS dataset of ``root`` in :func:`cache_dir` unless already there.
+
+    Returns:
+      The builder, ready for ``as_data_source``.
+    """
+    builder = Llp(annotation_dir=annotation_dir, data_dir=cache_dir(root, annotation_dir, tfds_dir))
+    config = tfds.download.DownloadConfig(manual_dir=os.fspath(root), try_download_gcs=False)
+    builder.download_and_prepare(download_config=config)
+    return builder
+
+
+def load_split(
+    root: PathLike,
+    split: str,
+    *,
+    annotation_dir: PathLike | None = None,
+    tfds_dir: PathLike | None = None,
+    pool_frames: bool = False,
+) -> dict[str, np.ndarray]:
+    """Loads one LLP split into memory, preparing the TFDS cache on first use.
+
+    Args:
+      root: feature root (``vggish/``, ``res152/``, ``r2plus1d_18/``).
+      split: ``'train'``, ``'val'`` or ``'test'``.
+      annotation_dir: folder of the five CSVs (default: ``root``).
+      tfds_dir: TFDS data dir (default: the TFDS default); the cache lives in
+        :func:`cache_dir`.
+      pool_frames: average each second's 8 ResNet frames, giving ``video_2d`` of
+        shape (N, 10, 2048); exact for models whose frame projection is linear.
+
+    Returns:
+      ``id`` (N,) str, ``audio`` (N, 10, 128), ``video_2d`` (N, 80, 2048) or
+      (N, 10, 2048), ``video_3d`` (N, 10, 512), ``label`` (N, 25), and for val
+      and test ``label_audio``, ``label_visual`` (N, 10, 25); float32, CSV order.
+    """
+    if split not in LLP_SPLIT_CSV:
+        raise ValueError(f"split: expected one of {sorted(LLP_SPLIT_CSV)}, got {split!r}")
+    builder = prepare(root, annotation_dir, tfds_dir)
+    skipped = builder.info.metadata["skipped_videos"][split]
+    if skipped:
+        logger.warning("LLP %s: %d videos skipped (missing feature files)", split, len(skipped))
+    keys = [*FEATURE_FOLDERS, "label"]
+    if split in DENSE_SPLITS:
+        keys += ["label_audio", "label_visual"]
+    shapes = {key: builder.info.features[key].shape for key in keys}
+    frames = LLP_FRAMES_PER_SEGMENT
+    if pool_frames:
+        steps, dim = shapes["video_2d"]
+        shapes["video_2d"] = (steps // frames, dim)
+    source = builder.as_data_source(split=split)
+    n = len(source)
+    out = {key: np.empty((n, *shape), np.float32) for key, shape in shapes.items()}
+    ids: list[str] = []
+    for start in range(0, n, _READ_CHUNK):
+        examples = source.__getitems__(range(start, min(start + _READ_CHUNK, n)))
+        rows = slice(start, start + len(examples))
+        ids.extend(example["id"].decode() for example in examples)
+        for key in keys:
+            if key == "video_2d" and pool_frames:
+                batch = np.stack([example[key] for example in examples])
+                out[key][rows] = batch.reshape(len(examples), -1, frames, batch.shape[-1]).mean(2)
+            else:
+                np.stack([example[key] for example in examples], out=out[key][rows])
+        logger.info("LLP %s: read %d/%d examples", split, rows.stop, n)
+    out["id"] = np.array(ids, dtype=str)
+    return out

@@ -1,0 +1,385 @@
+"""Tests of coleaf_jax.data.llp: CSV/feature validation, the TFDS builder, load_split."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from coleaf_jax.data import llp
+from coleaf_jax.data.classes import (
+    LLP_CLASS_INDEX,
+    LLP_DENSE_CSV,
+    LLP_FEATURES,
+    LLP_SPLIT_CSV,
+)
+
+REAL_LLP = Path("/work/shared/llp")
+WEAK_HEADER = "filename\tevent_labels"
+DENSE_HEADER = "filename\tonset\toffset\tevent_labels"
+
+# A tiny layout: 6 videos (ids are the first 11 characters of the filenames).
+SPLITS = {
+    "train": [("trainvid001_0_10", "Speech,Dog"), ("trainvid002_5_15", "Car")],
+    "val": [("valvideo001_0_10", "Speech,Cello"), ("valvideo002_0_10", "Banjo")],
+    "test": [("testvideo01_0_10", "Dog"), ("testvideo02_30_40", "Clapping,Speech")],
+}
+AUDIO_ROWS = [
+    "valvideo001_0_10\t0\t3\tSpeech",
+    "valvideo001_0_10\t5\t7\tSpeech",
+    "valvideo001_0_10\t5\t7\tSpeech",  # exact duplicate
+    "valvideo001_0_10\t2\t10\tCello",
+    "valvideo002_0_10\t4\t4\tBanjo",  # zero length
+    "testvideo01_0_10\t9\t10\tDog",
+    "notinsplit1_0_10\t0\t10\tDog",  # in no split
+]
+VISUAL_ROWS = [
+    "valvideo002_0_10\t0\t10\tBanjo",
+    "testvideo02_30_40\t1\t2\tClapping",
+    "testvideo02_30_40\t3\t4\tClapping",
+]
+
+
+def _write(path: Path, header: str, rows: list[str]) -> Path:
+    path.write_text("".join(f"{line}\n" for line in [header, *rows]))
+    return path
+
+
+def make_layout(root: Path, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+    """Writes features and the five CSVs under ``root``; returns {id: features}."""
+    rng = np.random.default_rng(seed)
+    features = {}
+    for split, rows in SPLITS.items():
+        _write(root / LLP_SPLIT_CSV[split], WEAK_HEADER, [f"{f}\t{labels}" for f, labels in rows])
+        for filename, _ in rows:
+            vid = filename[:11]
+            features[vid] = {}
+            for key, folder in llp.FEATURE_FOLDERS.items():
+                array = rng.standard_normal(LLP_FEATURES[folder]).astype(np.float32)
+                (root / folder).mkdir(parents=True, exist_ok=True)
+                np.save(root / folder / f"{vid}.npy", array)
+                features[vid][key] = array
+    _write(root / LLP_DENSE_CSV["audio"], DENSE_HEADER, AUDIO_ROWS)
+    _write(root / LLP_DENSE_CSV["visual"], DENSE_HEADER, VISUAL_ROWS)
+    return features
+
+
+def multi_hot(names: str) -> np.ndarray:
+    out = np.zeros(25, np.float32)
+    out[[LLP_CLASS_INDEX[n] for n in names.split(",")]] = 1
+    return out
+
+
+def dense(*marks: tuple[int, int, str]) -> np.ndarray:
+    out = np.zeros((10, 25), np.float32)
+    for onset, offset, name in marks:
+        out[onset:offset, LLP_CLASS_INDEX[name]] = 1
+    return out
+
+
+# --- CSV validation -------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("lines", "needles"),
+    [
+        ([], ["line 1", "header"]),
+        (["file\tlabels", "a_0_10\tDog"], ["line 1", "header", "filename<TAB>event_labels"]),
+        ([WEAK_HEADER, "abcdefghijk_0_10\tDog\textra"], ["line 2", "fields", "expected 2"]),
+        ([WEAK_HEADER, "", "abcdefghijk_0_10"], ["line 3", "fields", "got 1"]),
+        ([WEAK_HEADER, "abcdefghijk_0_10\t"], ["line 2", "event_labels", "at least one"]),
+        ([WEAK_HEADER, "abcdefghijk_0_10\tDog,"], ["line 2", "event_labels", "class name"]),
+        ([WEAK_HEADER, "abcdefghijk_0_10\tSpeach"], ["line 2", "event_labels", "Speech"]),
+        (
+            [WEAK_HEADER, "abcdefghijk_0_10\tDog", "x\tCar", "abcdefghijk_20_30\tCat"],
+            ["line 4", "filename", "'abcdefghijk'", "line 2"],
+        ),
+        ([WEAK_HEADER, "\tDog"], ["line 2", "filename"]),
+    ],
+    ids=["empty", "header", "extra-field", "missing-field", "empty-label", "empty-class",
+         "unknown-class", "duplicate-id", "empty-filename"],
+)
+def test_read_weak_csv_errors(tmp_path: Path, lines: list[str], needles: list[str]) -> None:
+    path = tmp_path / "AVVP_train.csv"
+    path.write_text("".join(f"{line}\n" for line in lines))
+    with pytest.raises(llp.LLPDataError) as info:
+        llp.read_weak_csv(path)
+    for needle in [str(path), *needles]:
+        assert needle in str(info.value)
+
+
+def test_read_weak_csv_values(tmp_path: Path) -> None:
+    path = tmp_path / "w.csv"
+    path.write_bytes(b"filename\tevent_labels\r\nabcdefghijk_0_10\tDog,Speech\r\n\r\nx_1\tCar\r\n")
+    filenames, labels = llp.read_weak_csv(path)
+    assert filenames == ["abcdefghijk_0_10", "x_1"]
+    assert labels.dtype == np.float32 and labels.shape == (2, 25)
+    np.testing.assert_array_equal(labels, [multi_hot("Dog,Speech"), multi_hot("Car")])
+
+
+@pytest.mark.parametrize(
+    ("row", "needles"),
+    [
+        ("abcdefghijk_0_10\t2.5\t4\tDog", ["onset", "integer", "'2.5'"]),
+        ("abcdefghijk_0_10\t2\tfour\tDog", ["offset", "integer", "'four'"]),
+        ("abcdefghijk_0_10\t-1\t4\tDog", ["onset", "[0, 10]", "got -1"]),
+        ("abcdefghijk_0_10\t2\t11\tDog", ["offset", "[0, 10]", "got 11"]),
+        ("abcdefghijk_0_10\t2\t4\tDogg", ["event_labels", "'Dogg'", "Dog"]),
+        ("abcdefghijk_0_10\t2\t4", ["fields", "expected 4", "got 3"]),
+    ],
+    ids=["float-onset", "text-offset", "negative-onset", "offset-past-T", "unknown-class",
+         "field-count"],
+)
+def test_read_dense_csv_errors(tmp_path: Path, row: str, needles: list[str]) -> None:
+    rows = ["abcdefghijk_0_10\t0\t1\tDog", row]
+    path = _write(tmp_path / "AVVP_eval_audio.csv", DENSE_HEADER, rows)
+    with pytest.raises(llp.LLPDataError) as info:
+        llp.read_dense_csv(path)
+    for needle in [str(path), "line 3", *needles]:
+        assert needle in str(info.value)
+
+
+def test_read_dense_csv_bad_header(tmp_path: Path) -> None:
+    path = _write(tmp_path / "d.csv", "filename\tonset\tonset\tevent_labels", [])
+    with pytest.raises(llp.LLPDataError, match=r"d\.csv: line 1: header"):
+        llp.read_dense_csv(path)
+
+
+def test_read_dense_csv_skips_and_counts(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rows = [
+        *AUDIO_ROWS,
+        "valvideo001_0_10\t8\t3\tDog",  # reversed: a no-op like zero length
+        "valvideo001_0_100\t0\t10\tCar",  # same 11-character id, other filename
+    ]
+    path = _write(tmp_path / "a.csv", DENSE_HEADER, rows)
+    with caplog.at_level(logging.WARNING, logger=llp.__name__):
+        labels, report = llp.read_dense_csv(path)
+    assert report == llp.DenseReport(
+        rows=9, zero_length=1, reversed=1, duplicates=1, unknown_video=0, id_conflicts=1
+    )
+    [record] = caplog.records
+    assert "1 zero-length" in record.message
+    assert "line 6: 'valvideo002_0_10\\t4\\t4\\tBanjo'" in record.message
+    assert "line 4:" in record.message and "line 10:" in record.message
+    assert set(labels) == {"valvideo001", "testvideo01", "notinsplit1"}
+    np.testing.assert_array_equal(
+        labels["valvideo001"], dense((0, 3, "Speech"), (5, 7, "Speech"), (2, 10, "Cello"))
+    )
+    assert labels["valvideo001"].dtype == np.float32
+
+    known = [f for rows in SPLITS.values() for f, _ in rows]
+    labels, report = llp.read_dense_csv(path, known_ids=known)
+    assert (report.unknown_video, report.id_conflicts, report.skipped) == (2, 0, 4)
+    assert set(labels) == {"valvideo001", "testvideo01"}
+    np.testing.assert_array_equal(labels["testvideo01"], dense((9, 10, "Dog")))
+
+
+def test_read_dense_csv_quiet_when_clean(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = _write(tmp_path / "v.csv", DENSE_HEADER, VISUAL_ROWS)
+    with caplog.at_level(logging.WARNING, logger=llp.__name__):
+        _, report = llp.read_dense_csv(path)
+    assert report == llp.DenseReport(rows=3) and not caplog.records
+
+
+# --- Features ---------------------------------------------------------------------------
+
+def test_load_features(tmp_path: Path) -> None:
+    written = make_layout(tmp_path)["valvideo001"]
+    np.save(tmp_path / "vggish" / "valvideo001.npy", written["audio"].astype(np.float64))
+    features = llp.load_features(tmp_path, "valvideo001")
+    assert set(features) == {"audio", "video_2d", "video_3d"}
+    for key, array in features.items():
+        assert array.dtype == np.float32
+        np.testing.assert_array_equal(array, written[key])
+
+
+@pytest.mark.parametrize(
+    ("array", "needles"),
+    [
+        (np.zeros((10, 127), np.float32), ["expected shape (10, 128)", "got (10, 127)"]),
+        (np.zeros((10, 128), np.int64), ["float dtype", "int64"]),
+        (np.full((10, 128), np.nan, np.float32), ["finite", "1280 NaN/inf"]),
+        (np.full((10, 128), 1e300), ["finite", "after the cast"]),
+    ],
+    ids=["shape", "dtype", "nan", "overflow"],
+)
+def test_load_features_errors(tmp_path: Path, array: np.ndarray, needles: list[str]) -> None:
+    make_layout(tmp_path)
+    path = tmp_path / "vggish" / "trainvid001.npy"
+    np.save(path, array)
+    with pytest.raises(llp.LLPDataError) as info:
+        llp.load_features(tmp_path, "trainvid001")
+    for needle in [str(path), *needles]:
+        assert needle in str(info.value)
+
+
+def test_load_features_missing(tmp_path: Path) -> None:
+    make_layout(tmp_path)
+    path = tmp_path / "res152" / "trainvid001.npy"
+    path.unlink()
+    with pytest.raises(llp.MissingFeatureError, match=str(path)):
+        llp.load_features(tmp_path, "trainvid001")
+    with pytest.raises(llp.MissingFeatureError):
+        llp.load_features(tmp_path, "nosuchvideo")
+
+
+# --- TFDS builder and load_split ----------------------------------------------------------------
+
+def test_load_split_values(tmp_path: Path) -> None:
+    root, cache = tmp_path / "llp", tmp_path / "tfds"
+    root.mkdir()
+    features = make_layout(root)
+    for split, rows in SPLITS.items():
+        data = llp.load_split(root, split, tfds_dir=cache)
+        n = len(rows)
+        expected_keys = {"id", "audio", "video_2d", "video_3d", "label"}
+        if split != "train":
+            expected_keys |= {"label_audio", "label_visual"}
+        assert set(data) == expected_keys
+        ids = [f[:11] for f, _ in rows]
+        assert data["id"].tolist() == ids
+        assert data["label"].shape == (n, 25)
+        np.testing.assert_array_equal(data["label"], [multi_hot(labels) for _, labels in rows])
+        for key in llp.FEATURE_FOLDERS:
+            assert data[key].dtype == np.float32 and data[key].shape[0] == n
+            np.testing.assert_array_equal(data[key], [features[v][key] for v in ids])
+    val = llp.load_split(root, "val", tfds_dir=cache)
+    np.testing.assert_array_equal(
+        val["label_audio"],
+        [dense((0, 3, "Speech"), (5, 7, "Speech"), (2, 10, "Cello")), dense()],
+    )
+    np.testing.assert_array_equal(val["label_visual"], [dense(), dense((0, 10, "Banjo"))])
+    test = llp.load_split(root, "test", tfds_dir=cache)
+    np.testing.assert_array_equal(test["label_audio"], [dense((9, 10, "Dog")), dense()])
+    np.testing.assert_array_equal(
+        test["label_visual"], [dense(), dense((1, 2, "Clapping"), (3, 4, "Clapping"))]
+    )
+    assert test["label_audio"].dtype == np.float32 and test["label_audio"].shape == (2, 10, 25)
+
+    pooled = llp.load_split(root, "test", tfds_dir=cache, pool_frames=True)
+    assert pooled["video_2d"].shape == (2, 10, 2048)
+    manual = test["video_2d"].reshape(2, 10, 8, 2048).mean(axis=2)
+    np.testing.assert_array_equal(pooled["video_2d"], manual)
+    np.testing.assert_array_equal(pooled["audio"], test["audio"])
+
+
+def test_load_split_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root, cache = tmp_path / "llp", tmp_path / "tfds"
+    root.mkdir()
+    make_layout(root)
+    llp.load_split(root, "train", tfds_dir=cache)
+    prepared = sorted(llp.cache_dir(root, tfds_dir=cache).rglob("*"))
+    mtimes = [p.stat().st_mtime_ns for p in prepared]
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("rebuilt")
+
+    monkeypatch.setattr(llp.Llp, "_split_generators", fail)
+    again = llp.load_split(root, "val", tfds_dir=cache)
+    assert again["id"].tolist() == ["valvideo001", "valvideo002"]
+    assert sorted(llp.cache_dir(root, tfds_dir=cache).rglob("*")) == prepared
+    assert [p.stat().st_mtime_ns for p in prepared] == mtimes
+
+
+def test_roots_do_not_collide(tmp_path: Path) -> None:
+    cache = tmp_path / "tfds"
+    roots = [tmp_path / "a", tmp_path / "b"]
+    written = []
+    for seed, root in enumerate(roots):
+        root.mkdir()
+        written.append(make_layout(root, seed=seed))
+    for root, features in zip(roots, written):
+        data = llp.load_split(root, "train", tfds_dir=cache)
+        np.testing.assert_array_equal(data["audio"][0], features["trainvid001"]["audio"])
+    assert llp.cache_dir(roots[0], tfds_dir=cache) != llp.cache_dir(roots[1], tfds_dir=cache)
+    assert llp.cache_dir(roots[0], roots[1], cache) != llp.cache_dir(roots[0], tfds_dir=cache)
+
+
+def test_separate_annotation_dir(tmp_path: Path) -> None:
+    root, notes = tmp_path / "features", tmp_path / "notes"
+    root.mkdir()
+    notes.mkdir()
+    make_layout(root)
+    for csv in [*LLP_SPLIT_CSV.values(), *LLP_DENSE_CSV.values()]:
+        os.replace(root / csv, notes / csv)
+    data = llp.load_split(root, "val", annotation_dir=notes, tfds_dir=tmp_path / "tfds")
+    np.testing.assert_array_equal(data["label_visual"][1], dense((0, 10, "Banjo")))
+
+
+def test_missing_feature_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root, cache = tmp_path / "llp", tmp_path / "tfds"
+    root.mkdir()
+    make_layout(root)
+    (root / "r2plus1d_18" / "valvideo001.npy").unlink()
+    with caplog.at_level(logging.WARNING, logger=llp.__name__):
+        data = llp.load_split(root, "val", tfds_dir=cache)
+    assert data["id"].tolist() == ["valvideo002"]
+    np.testing.assert_array_equal(data["label_visual"], [dense((0, 10, "Banjo"))])
+    assert any("skipped 1 of 2 videos" in r.message for r in caplog.records)
+    builder = llp.prepare(root, tfds_dir=cache)
+    skipped = builder.info.metadata["skipped_videos"]
+    assert skipped == {"train": [], "val": ["valvideo001"], "test": []}
+
+
+def test_wrong_shape_fails_preparation(tmp_path: Path) -> None:
+    root = tmp_path / "llp"
+    root.mkdir()
+    make_layout(root)
+    path = root / "res152" / "testvideo02.npy"
+    np.save(path, np.zeros((10, 2048), np.float32))
+    with pytest.raises(llp.LLPDataError, match="expected shape"):
+        llp.load_split(root, "train", tfds_dir=tmp_path / "tfds")
+
+
+def test_load_split_rejects_unknown_split(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="split"):
+        llp.load_split(tmp_path, "eval", tfds_dir=tmp_path / "tfds")
+
+
+# --- The real annotation files --------------------------------------------------------------
+
+@pytest.fixture
+def real_llp() -> Path:
+    if not REAL_LLP.is_dir():
+        pytest.skip(f"{REAL_LLP} is absent")
+    return REAL_LLP
+
+
+def test_real_weak_csvs(real_llp: Path) -> None:
+    sizes = {"train": 10000, "val": 649, "test": 1200}
+    for split, csv in LLP_SPLIT_CSV.items():
+        filenames, labels = llp.read_weak_csv(real_llp / csv)
+        assert len(filenames) == labels.shape[0] == sizes[split]
+        if split == "train":
+            counts = np.bincount(labels.sum(axis=1).astype(int))
+            assert counts.tolist() == [0, 4032, 5879, 89]
+
+
+def test_real_dense_csvs(real_llp: Path) -> None:
+    splits = {s: llp.read_weak_csv(real_llp / csv)[0] for s, csv in LLP_SPLIT_CSV.items()}
+    eval_ids = {f[:11] for f in splits["val"] + splits["test"]}
+    audio, report = llp.read_dense_csv(real_llp / LLP_DENSE_CSV["audio"])
+    # 5 rows "t t" and one "9 0" (8DF2PxdT5tE, line 3770); 19jWnmYnlD8_30_400 (lines 3789-3790)
+    # shares its id with the val video 19jWnmYnlD8_30_40.
+    assert report == llp.DenseReport(
+        rows=4131, zero_length=5, reversed=1, duplicates=8, unknown_video=0, id_conflicts=1
+    )
+    visual, report = llp.read_dense_csv(real_llp / LLP_DENSE_CSV["visual"])
+    assert report == llp.DenseReport(rows=2495, id_conflicts=1)
+    # Filenames of the dense CSVs that are in no split (e.g. "VMTJRpjbE_150_160" next to
+    # the test video "1-VMTJRpjbE_150_160"); the reference evaluation never looks them up.
+    orphans = {"12eWNawPekw", "17iGUal2M_1", "7X3oSVoA_90", "AkAfFL5Q4QA", "CSWQ_HzQ_10",
+               "P7x4FV4lg_5", "VMTJRpjbE_1"}
+    assert set(audio) - eval_ids == orphans
+    assert set(visual) - eval_ids == orphans - {"17iGUal2M_1"}
+
+    known = [f for names in splits.values() for f in names]
+    audio, report = llp.read_dense_csv(real_llp / LLP_DENSE_CSV["audio"], known_ids=known)
+    assert (report.unknown_video, report.id_conflicts) == (13, 0)
+    assert set(audio) <= eval_ids
+    visual, report = llp.read_dense_csv(real_llp / LLP_DENSE_CSV["visual"], known_ids=known)
+    assert (report.unknown_video, report.id_conflicts) == (11, 0)
+    assert set(visual) <= eval_ids
+    assert audio["19jWnmYnlD8"][:, LLP_CLASS_INDEX["Clapping"]].sum() == 0
