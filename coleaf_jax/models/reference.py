@@ -1,0 +1,76 @@
+"""The Reference branch (SPEC §5): two unimodal encoders with learnable class tokens.
+
+Used only during training, as teacher and student of the Anchor.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from coleaf_jax.models.layers import AudioEmbedding, SelfAttentionLayer, VisualEmbedding
+from coleaf_jax.models.mmil import masked_softmax
+
+
+class UnimodalReference(nn.Module):
+    """One modality's encoder: ``[c'; h] = SelfAttnLayer([c; x])`` and its heads.
+
+    Input ``x (B, T, D)`` (already embedded), ``mask (B, T)``. Returns
+    ``seg_prob (B, T, C)`` ``q_m``, ``video_prob (B, C)`` ``q^m``, ``tokens (B, T, D)``
+    (before the head dropout) and, with class tokens, ``class_prob (B, C)`` ``k^m``.
+    """
+
+    num_classes: int = 25
+    d_model: int = 512
+    ffn_dim: int = 512
+    dropout: float = 0.1
+    head_dropout: float = 0.5
+    class_tokens: bool = True
+
+    @nn.compact
+    def __call__(self, x, mask, *, train: bool):
+        b = x.shape[0]
+        c = self.num_classes
+        if self.class_tokens:
+            tokens = self.param("class_tokens", nn.initializers.zeros, (c, self.d_model))
+            x = jnp.concatenate([jnp.broadcast_to(tokens, (b, c, self.d_model)).astype(x.dtype), x], 1)
+            mask = jnp.concatenate([jnp.ones((b, c), bool), mask.astype(bool)], axis=1)
+        h = SelfAttentionLayer(self.d_model, self.ffn_dim, self.dropout, name="encoder")(
+            x, mask, deterministic=not train)
+        out = {}
+        if self.class_tokens:
+            out["class_prob"] = jax.nn.sigmoid(h[:, :c].mean(axis=-1))
+            h, mask = h[:, c:], mask[:, c:]
+        dropped = nn.Dropout(self.head_dropout)(h, deterministic=not train)
+        seg_prob = jax.nn.sigmoid(nn.Dense(c, name="fc_prob")(dropped))
+        w_t = masked_softmax(nn.Dense(c, name="fc_time")(h), mask[:, :, None], axis=1)
+        out.update(seg_prob=seg_prob, video_prob=(w_t * seg_prob).sum(axis=1), tokens=h)
+        return out
+
+
+class ReferenceBranch(nn.Module):
+    """Audio and visual Reference encoders, each with its own activation-free embedding.
+
+    Returns ``{"a": ..., "v": ...}``, each the dict of ``UnimodalReference``.
+    """
+
+    num_classes: int = 25
+    d_model: int = 512
+    ffn_dim: int = 512
+    dropout: float = 0.1
+    head_dropout: float = 0.5
+    class_tokens: bool = True
+
+    @nn.compact
+    def __call__(self, audio, video_2d, video_3d, mask=None, *, train: bool = False):
+        if mask is None:
+            mask = jnp.ones(audio.shape[:2], bool)
+        x_a = AudioEmbedding(self.d_model, name="embed_a")(audio)
+        x_v = VisualEmbedding(self.d_model, name="embed_v")(video_2d, video_3d)
+        kw = dict(num_classes=self.num_classes, d_model=self.d_model, ffn_dim=self.ffn_dim,
+                  dropout=self.dropout, head_dropout=self.head_dropout,
+                  class_tokens=self.class_tokens)
+        return {"a": UnimodalReference(**kw, name="audio")(x_a, mask, train=train),
+                "v": UnimodalReference(**kw, name="visual")(x_v, mask, train=train)}
+

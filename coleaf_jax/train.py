@@ -1,0 +1,366 @@
+"""Training: state, the jitted/pmapped CoLeaF step, the epoch loop and checkpoints.
+
+One step (SPEC §6) on a batch:
+
+1. the Anchor's forward pass runs once, and its VJP is kept;
+2. the Reference is updated on its weak loss (+ self-modality-aware KD from
+   the Anchor's detached ``p^a, p^v`` after the warm-up);
+3. the updated Reference runs again (no gradient) to give the teachers:
+   pseudo-labels, event-aware weights, tokens, class probabilities;
+4. the Anchor's loss (backbone + event-aware NCE + class-correlation MSE) is
+   differentiated w.r.t. the Anchor's outputs and pulled back through the
+   stored VJP; the Anchor is updated.
+
+Each branch has its own Adam state (the Reference's audio and visual nets
+share one optax state, which is the same as two: Adam is elementwise).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from tqdm import tqdm
+
+from coleaf_jax import evaluate, losses, metrics
+from coleaf_jax.data import pipeline
+from coleaf_jax.models import ReferenceBranch, build_anchor
+
+METHODS = ("coleaf", "anchor_only")
+CONTRASTIVE = ("event_aware", "standard", "bce", "none")
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a run needs to continue: parameters and optimizer states of both branches."""
+
+    step: jnp.ndarray
+    anchor_params: Any
+    anchor_opt: Any
+    ref_params: Any  # {} for method='anchor_only'
+    ref_opt: Any
+
+
+def validate_config(config) -> None:
+    """Fails early, naming the key, on values the step would misread."""
+    checks = [
+        ("method", config.method, METHODS),
+        ("loss.contrastive", config.loss.contrastive, CONTRASTIVE),
+        ("loss.reference", config.loss.reference, ("bce", "asl")),
+        ("loss.nce_form", config.loss.nce_form, ("expected", "cross_entropy")),
+        ("loss.correlation_teacher", config.loss.correlation_teacher, ("reference", "confident")),
+        ("loss.correlation_scaling", config.loss.correlation_scaling, ("official", "mean")),
+    ]
+    for key, value, allowed in checks:
+        if value not in allowed:
+            raise ValueError(f"config.{key} = {value!r}: expected one of {list(allowed)}")
+    if config.batch_size % jax.local_device_count():
+        raise ValueError(f"config.batch_size = {config.batch_size} must be divisible by the "
+                         f"{jax.local_device_count()} local devices")
+
+
+def build_models(config, num_classes: int):
+    """``(anchor, reference)``; the Reference is None for ``method='anchor_only'``."""
+    anchor = build_anchor(config.model, num_classes)
+    if config.method == "anchor_only":
+        return anchor, None
+    reference = ReferenceBranch(
+        num_classes=num_classes, d_model=config.model.d_model, ffn_dim=config.model.ffn_dim,
+        dropout=config.model.dropout, head_dropout=config.model.reference_head_dropout,
+        class_tokens=config.model.class_tokens)
+    return anchor, reference
+
+
+def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+    """Adam with the piecewise-constant decay of SPEC §7 (×0.25 every 6 epochs)."""
+    schedule = optax.exponential_decay(
+        init_value=config.learning_rate,
+        transition_steps=config.lr_decay_every_epochs * steps_per_epoch,
+        decay_rate=config.lr_decay_factor, staircase=True)
+    return optax.adam(schedule)
+
+
+def create_train_state(config, key, batch, steps_per_epoch: int, num_classes: int):
+    """Initialises both branches and their optimizers from ``key`` and a sample batch."""
+    anchor, reference = build_models(config, num_classes)
+    tx = make_optimizer(config, steps_per_epoch)
+    k_anchor, k_ref = jax.random.split(key)
+    inputs = (batch["audio"], batch["video_2d"], batch["video_3d"], batch["mask"])
+    anchor_params = anchor.init(k_anchor, *inputs)["params"]
+    ref_params = reference.init(k_ref, *inputs)["params"] if reference is not None else {}
+    state = TrainState(step=jnp.zeros((), jnp.int32), anchor_params=anchor_params,
+                       anchor_opt=tx.init(anchor_params), ref_params=ref_params,
+                       ref_opt=tx.init(ref_params) if reference is not None else {})
+    return state, anchor, reference, tx
+
+
+def _epoch_switch(epoch, start, before, after):
+    """``before`` until epoch ``start`` (0-based), ``after`` from then on (traced epoch)."""
+    return jnp.where(epoch >= start, after, before)
+
+
+def make_train_step(config, anchor, reference, tx, axis_name: str | None = None) -> Callable:
+    """Builds ``step(state, batch, epoch, key) -> (state, metrics)``.
+
+    Pure: the randomness is ``key`` folded with ``state.step`` (and the device
+    index under ``pmap``). With ``axis_name`` the losses are normalised by
+    global counts and gradients are ``psum``-ed, so the data-parallel step
+    equals the single-device step on the same global batch.
+    """
+    lc = config.loss
+
+    def reduce_grads(g):
+        return jax.lax.psum(g, axis_name) if axis_name else g
+
+    def step(state: TrainState, batch, epoch, key):
+        key = jax.random.fold_in(key, state.step)
+        if axis_name:
+            key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+        k_anchor, k_ref, k_teacher = jax.random.split(key, 3)
+        inputs = (batch["audio"], batch["video_2d"], batch["video_3d"], batch["mask"])
+        vm, mask = batch["video_mask"], batch["mask"]
+        y = batch["label"]
+        y_a, y_v = losses.modality_labels(y, tuple(lc.visual_label_smoothing))
+
+        def anchor_forward(params):
+            return anchor.apply({"params": params}, *inputs, train=True, rngs={"dropout": k_anchor})
+
+        a_out, anchor_vjp = jax.vjp(anchor_forward, state.anchor_params)
+        logs = {}
+
+        # -- Reference update (student of the Anchor) -------------------------
+        if reference is not None:
+            kd_on = _epoch_switch(epoch, lc.kd_warmup_epochs, 0.0, 1.0) if lc.kd else 0.0
+            w_weak = 1.0 - kd_on * (1.0 - lc.kd_weight)
+            w_ct = {m: _epoch_switch(epoch, lc.class_token_warmup_epochs, *ws) for m, ws in
+                    (("a", lc.class_token_weight_audio), ("v", lc.class_token_weight_visual))}
+
+            def ref_loss_fn(params):
+                r = reference.apply({"params": params}, *inputs, train=True, rngs={"dropout": k_ref})
+                terms = {}
+                for m, y_m in (("a", y_a), ("v", y_v)):
+                    weak, tok = losses.reference_weak_loss(
+                        r[m]["video_prob"], r[m].get("class_prob"), y_m, vm, w_ct[m],
+                        lc.reference, axis_name)
+                    terms[f"ref_weak_{m}"], terms[f"ref_token_{m}"] = weak, tok
+                kd = losses.self_modality_kd(
+                    r["a"]["video_prob"], r["v"]["video_prob"], a_out["video_prob_a"],
+                    a_out["video_prob_v"], y_a, y_v, vm, lc.kd_threshold_audio,
+                    lc.kd_threshold_visual, axis_name)
+                terms["ref_kd"] = kd
+                total = (w_weak * (terms["ref_weak_a"] + terms["ref_weak_v"])
+                         + terms["ref_token_a"] + terms["ref_token_v"] + lc.kd_weight * kd_on * kd)
+                return total, terms
+
+            (ref_loss, ref_terms), ref_grads = jax.value_and_grad(ref_loss_fn, has_aux=True)(
+                state.ref_params)
+            updates, ref_opt = tx.update(reduce_grads(ref_grads), state.ref_opt, state.ref_params)
+            ref_params = optax.apply_updates(state.ref_params, updates)
+            teacher = jax.lax.stop_gradient(reference.apply(
+                {"params": ref_params}, *inputs, train=True, rngs={"dropout": k_teacher}))
+            logs.update(ref_terms, ref_loss=ref_loss)
+        else:
+            ref_params, ref_opt, teacher = state.ref_params, state.ref_opt, None
+
+        # -- Anchor update (student of the Reference) --------------------------
+        collab_on = _epoch_switch(epoch, lc.collab_start_epoch, 0.0, 1.0)
+
+        def anchor_loss_fn(out):
+            terms = {"backbone": losses.han_loss(out, y, y_a, y_v, vm, axis_name)}
+            total = terms["backbone"]
+            if teacher is None:
+                return total, terms
+            q = {m: teacher[m]["video_prob"] for m in ("a", "v")}
+            if lc.contrastive in ("event_aware", "standard"):
+                if lc.contrastive == "event_aware":
+                    w = dict(zip(("a", "v"), losses.event_aware_weights(
+                        q["a"], q["v"], lc.pseudo_label_threshold)))
+                else:
+                    w = {m: jnp.ones_like(vm) for m in ("a", "v")}
+                for m in ("a", "v"):
+                    terms[f"nce_{m}"] = losses.event_aware_nce(
+                        teacher[m]["tokens"], out[f"tokens_{m}"], w[m], mask, vm,
+                        lc.nce_temperature, lc.nce_smoothing, lc.nce_form, axis_name)
+            elif lc.contrastive == "bce":
+                for m in ("a", "v"):
+                    terms[f"nce_{m}"] = losses.pseudo_label_bce(
+                        out[f"video_prob_{m}"], q[m], vm, lc.pseudo_label_threshold, axis_name)
+            if lc.contrastive != "none":
+                total = total + collab_on * (lc.nce_weight_audio * terms["nce_a"]
+                                             + lc.nce_weight_visual * terms["nce_v"])
+            if lc.correlation:
+                cc = 0.0
+                for m, y_m, conf in (("a", y_a, lc.correlation_confidence_audio),
+                                     ("v", y_v, lc.correlation_confidence_visual)):
+                    p_m = out[f"video_prob_{m}"]
+                    t_m = q[m] if lc.correlation_teacher == "reference" else \
+                        losses.confident_teacher(q[m], jax.lax.stop_gradient(p_m), y_m, *conf)
+                    cc = cc + losses.class_correlation_mse(p_m, t_m, vm, lc.correlation_scaling,
+                                                           axis_name)
+                terms["correlation"] = cc
+                total = total + collab_on * lc.correlation_weight * cc
+            return total, terms
+
+        (anchor_loss, anchor_terms), out_grads = jax.value_and_grad(anchor_loss_fn, has_aux=True)(a_out)
+        (anchor_grads,) = anchor_vjp(out_grads)
+        updates, anchor_opt = tx.update(reduce_grads(anchor_grads), state.anchor_opt,
+                                        state.anchor_params)
+        anchor_params = optax.apply_updates(state.anchor_params, updates)
+        logs.update(anchor_terms, anchor_loss=anchor_loss)
+        if axis_name:  # every term is a device-local share of the global loss
+            logs = jax.lax.psum(logs, axis_name)
+        new_state = TrainState(step=state.step + 1, anchor_params=anchor_params,
+                               anchor_opt=anchor_opt, ref_params=ref_params, ref_opt=ref_opt)
+        return new_state, logs
+
+    return step
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints
+
+
+def checkpoint_manager(workdir: str) -> ocp.CheckpointManager:
+    """Keeps the best-on-validation and the latest checkpoint under ``WORKDIR/checkpoints``."""
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=2, best_fn=lambda m: m["selection"], best_mode="max", create=True)
+    return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
+                                 options=options)
+
+
+def save_checkpoint(mngr: ocp.CheckpointManager, epoch: int, state: TrainState, selection: float):
+    mngr.save(epoch, args=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
+              metrics={"selection": float(selection)})
+    mngr.wait_until_finished()
+
+
+def restore_checkpoint(mngr: ocp.CheckpointManager, epoch: int, template: TrainState) -> TrainState:
+    """Restores checkpoint ``epoch`` into the structure of ``template``."""
+    target = flax.serialization.to_state_dict(template)
+    abstract = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)), target)
+    restored = mngr.restore(epoch, args=ocp.args.StandardRestore(abstract))
+    return flax.serialization.from_state_dict(template, restored)
+
+
+# ---------------------------------------------------------------------------
+# The loop
+
+
+def _device_batch(batch, n_devices: int):
+    if n_devices == 1:
+        return {k: jnp.asarray(v) for k, v in batch.items()}
+    return {k: jnp.asarray(v.reshape((n_devices, -1) + v.shape[1:])) for k, v in batch.items()}
+
+
+def _append_jsonl(path: str, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def evaluate_params(config, anchor, params, data, predict_fn=None) -> dict[str, float]:
+    """The 18 scores of ``params`` on a split under ``config.eval.thresholds``."""
+    predict_fn = predict_fn or evaluate.make_predict_fn(anchor)
+    probs = evaluate.predict_split(predict_fn, params, data, config.eval.batch_size)
+    return evaluate.score_split(probs, data, evaluate.thresholds_from_config(config))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       data: dict | None = None,
+                       on_epoch_end: Callable[[int, TrainState], None] | None = None,
+                       verbose: bool = True) -> dict:
+    """Trains, validates every epoch, keeps checkpoints, then scores the best on test.
+
+    Re-running with the same ``workdir`` resumes from the latest checkpoint.
+    Writes ``workdir/config.json``, ``workdir/metrics.jsonl`` (per-epoch losses
+    and validation scores) and ``workdir/test_metrics.json``; returns the latter.
+    """
+    validate_config(config)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+    data = data or pipeline.load_splits(config, workdir)
+    train, val, test = data["train"], data["val"], data["test"]
+    num_classes = train["label"].shape[1]
+    n_train = len(train["label"])
+    steps_per_epoch = pipeline.num_batches(n_train, config.batch_size)
+    n_dev = jax.local_device_count()
+
+    root_key = jax.random.key(config.seed)
+    init_key, train_key, shuffle_key = jax.random.split(root_key, 3)
+    sample = _device_batch(pipeline.make_batch(train, np.arange(min(2, n_train)), 2), 1)
+    state, anchor, reference, tx = create_train_state(config, init_key, sample, steps_per_epoch,
+                                                      num_classes)
+    mngr = checkpoint_manager(workdir)
+    start_epoch = 0
+    if mngr.latest_step() is not None:
+        start_epoch = mngr.latest_step()
+        state = restore_checkpoint(mngr, start_epoch, state)
+        if verbose:
+            print(f"resuming from the checkpoint after epoch {start_epoch}")
+
+    if n_dev > 1:
+        step_fn = jax.pmap(make_train_step(config, anchor, reference, tx, axis_name="batch"),
+                           axis_name="batch", in_axes=(0, 0, None, None))
+        state = flax.jax_utils.replicate(state)
+    else:
+        step_fn = jax.jit(make_train_step(config, anchor, reference, tx))
+    predict_fn = evaluate.make_predict_fn(anchor)
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+
+    for epoch in range(start_epoch, config.num_epochs):
+        t0 = time.time()
+        perm = np.asarray(jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n_train))
+        batches = pipeline.epoch_batches(train, config.batch_size, perm)
+        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.num_epochs}",
+                   disable=not verbose, leave=False, dynamic_ncols=True)
+        sums: dict[str, float] = {}
+        for i, batch in enumerate(bar):
+            state, logs = step_fn(state, _device_batch(batch, n_dev), jnp.int32(epoch), train_key)
+            if n_dev > 1:
+                logs = jax.tree_util.tree_map(lambda x: x[0], logs)
+            logs = jax.device_get(logs)
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            if i % config.log_every_steps == 0:
+                bar.set_postfix({k: f"{float(logs[k]):.3f}" for k in ("anchor_loss", "ref_loss")
+                                 if k in logs})
+        bar.close()
+        host_state = flax.jax_utils.unreplicate(state) if n_dev > 1 else state
+        val_scores = evaluate_params(config, anchor, host_state.anchor_params, val, predict_fn)
+        selection = metrics.selection_score(val_scores)
+        save_checkpoint(mngr, epoch + 1, host_state, selection)
+        train_logs = {k: v / steps_per_epoch for k, v in sums.items()}
+        _append_jsonl(metrics_path, {"epoch": epoch + 1, "step": int(host_state.step),
+                                     "seconds": time.time() - t0, "train": train_logs,
+                                     "val": val_scores, "val_selection": selection})
+        if verbose:
+            print(f"epoch {epoch + 1}/{config.num_epochs} ({time.time() - t0:.1f}s): "
+                  f"anchor loss {train_logs['anchor_loss']:.4f}"
+                  + (f", reference loss {train_logs['ref_loss']:.4f}" if "ref_loss" in train_logs else "")
+                  + f" | val selection {selection:.2f}, seg AV {val_scores['seg_av']:.1f}, "
+                  f"Ao {val_scores['seg_ao']:.1f}, Vo {val_scores['seg_vo']:.1f}")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, host_state)
+
+    best = mngr.best_step()
+    host_state = restore_checkpoint(mngr, best, flax.jax_utils.unreplicate(state) if n_dev > 1 else state)
+    test_scores = evaluate_params(config, anchor, host_state.anchor_params, test, predict_fn)
+    result = dict(test_scores, config=config.name, method=config.method, split="test", epoch=int(best),
+                  step=int(host_state.step), thresholds=config.eval.thresholds)
+    with open(os.path.join(workdir, "test_metrics.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    if verbose:
+        print(metrics.format_table({config.name: test_scores},
+                                   title=f"test, best epoch {best} (%)"))
+    mngr.close()
+    return result

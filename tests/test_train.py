@@ -1,0 +1,145 @@
+"""Training: the pmap step equals the jit step, learning happens, resume is exact, CLI outputs."""
+
+import json
+import os
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from coleaf_jax import cli, metrics, train
+from coleaf_jax.data import pipeline
+from configs import synthetic as synthetic_config
+
+
+def tiny_config(variant="", **overrides):
+    c = synthetic_config.get_config(variant)
+    c.model.d_model = 16
+    c.model.ffn_dim = 16
+    c.data.synthetic_videos = 30
+    c.batch_size = 8
+    c.num_epochs = 3
+    c.lr_decay_every_epochs = 2
+    c.loss.kd_warmup_epochs = 1
+    c.loss.class_token_warmup_epochs = 1
+    c.eval.batch_size = 16
+    for k, v in overrides.items():
+        node = c
+        *path, leaf = k.split(".")
+        for p in path:
+            node = node[p]
+        node[leaf] = v
+    return c
+
+
+@pytest.fixture(scope="module")
+def data_workdir(tmp_path_factory):
+    """A workdir whose data/ holds the tiny synthetic dataset (prepared once)."""
+    return str(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def data(data_workdir):
+    return pipeline.load_splits(tiny_config(), data_workdir)
+
+
+def _batch(data, n=8):
+    return {k: jnp.asarray(v) for k, v in pipeline.make_batch(data["train"], np.arange(n), n).items()}
+
+
+def _leaves_close(a, b, atol):
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=atol)
+
+
+@pytest.mark.skipif(jax.local_device_count() < 2, reason="needs 2 devices (XLA_FLAGS=--xla_force_host_platform_device_count=2)")
+@pytest.mark.parametrize("variant", ["", "han"])
+def test_pmap_step_equals_single_device_step(data, variant):
+    config = tiny_config(variant, **{"model.dropout": 0.0, "model.reference_head_dropout": 0.0})
+    batch = _batch(data)
+    batch["video_mask"] = batch["video_mask"].at[-1].set(0.0)  # a padded video on one device only
+    state, anchor, ref, _ = train.create_train_state(config, jax.random.key(0), batch, 5, 25)
+    # Plain SGD (lr 1) makes every parameter change equal to its gradient: Adam would
+    # blow float rounding of near-zero gradients up to ±lr and hide the comparison.
+    tx = optax.sgd(1.0)
+    state = state.replace(anchor_opt=tx.init(state.anchor_params), ref_opt=tx.init(state.ref_params))
+    single = jax.jit(train.make_train_step(config, anchor, ref, tx))
+    multi = jax.pmap(train.make_train_step(config, anchor, ref, tx, axis_name="batch"),
+                     axis_name="batch", in_axes=(0, 0, None, None))
+    key, epoch = jax.random.key(3), jnp.int32(2)  # every collaborative term is on
+    s1, l1 = single(state, batch, epoch, key)
+    s1, l1 = single(s1, batch, epoch, key)
+    sharded = {k: v.reshape((2, -1) + v.shape[1:]) for k, v in batch.items()}
+    s2, l2 = multi(flax.jax_utils.replicate(state), sharded, epoch, key)
+    s2, l2 = multi(s2, sharded, epoch, key)
+    _leaves_close(s1, flax.jax_utils.unreplicate(s2), atol=1e-5)
+    for k in l1:
+        assert float(l1[k]) == pytest.approx(float(l2[k][0]), rel=1e-4, abs=1e-6), k
+
+
+def test_steps_reduce_the_loss_and_are_reproducible(data):
+    config = tiny_config(learning_rate=3e-3)
+    batch = _batch(data)
+    state, anchor, ref, tx = train.create_train_state(config, jax.random.key(0), batch, 5, 25)
+    step = jax.jit(train.make_train_step(config, anchor, ref, tx))
+    first = None
+    s = state
+    for _ in range(15):
+        s, logs = step(s, batch, jnp.int32(0), jax.random.key(1))
+        first = first if first is not None else float(logs["backbone"])
+    assert float(logs["backbone"]) < 0.7 * first
+    s_again = state
+    for _ in range(15):
+        s_again, _ = step(s_again, batch, jnp.int32(0), jax.random.key(1))
+    _leaves_close(s, s_again, atol=0)
+    # Different epochs switch the collaborative terms on (KD, NCE, correlation).
+    _, l0 = step(state, batch, jnp.int32(0), jax.random.key(1))
+    _, l2 = step(state, batch, jnp.int32(2), jax.random.key(1))
+    assert float(l2["anchor_loss"]) > float(l0["anchor_loss"])
+    assert float(l2["ref_loss"]) != float(l0["ref_loss"])
+
+
+def test_interrupted_run_resumes_to_the_same_state(data, tmp_path):
+    config = tiny_config()
+    full = train.train_and_evaluate(config, str(tmp_path / "full"), data=data, verbose=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_two(epoch, state):
+        if epoch == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train.train_and_evaluate(config, str(tmp_path / "resumed"), data=data, verbose=False,
+                                 on_epoch_end=kill_after_two)
+    states = {}
+    resumed = train.train_and_evaluate(
+        config, str(tmp_path / "resumed"), data=data, verbose=False,
+        on_epoch_end=lambda e, s: states.setdefault(e, s))
+    assert list(states) == [3]  # only the missing epoch ran
+    assert {k: resumed[k] for k in metrics.SCORE_KEYS} == pytest.approx(
+        {k: full[k] for k in metrics.SCORE_KEYS}, abs=1e-9)
+    lines = open(tmp_path / "full" / "metrics.jsonl").read().splitlines()
+    assert len(lines) == 3 and "val" in json.loads(lines[-1])
+
+
+def test_train_writes_scores_and_eval_restores_them(data, data_workdir, tmp_path):
+    config = tiny_config("han", num_epochs=2)
+    workdir = str(tmp_path / "run")
+    result = train.train_and_evaluate(config, workdir, data=data, verbose=False)
+    saved = json.load(open(os.path.join(workdir, "test_metrics.json")))
+    assert set(metrics.SCORE_KEYS) <= set(saved)
+    assert all(isinstance(saved[k], float) for k in metrics.SCORE_KEYS)
+    assert saved["config"] == "han_synthetic" and saved["step"] > 0
+    assert saved == result
+    # eval.py's path: restore the best checkpoint and score test again.
+    config.data.root = os.path.join(data_workdir, "data")
+    again = cli.evaluate_checkpoint(config, workdir, split="test", verbose=False,
+                                    output=str(tmp_path / "again.json"))
+    assert {k: again[k] for k in metrics.SCORE_KEYS} == pytest.approx(
+        {k: saved[k] for k in metrics.SCORE_KEYS}, abs=1e-9)
+

@@ -1,0 +1,32 @@
+"""Train CoLeaF (or a baseline), validate every epoch, keep checkpoints, score the best on test.
+
+    python train.py --config configs/llp.py --config.data.root=/path/to/LLP --workdir runs/llp
+    python train.py --config configs/synthetic.py --workdir runs/synthetic [--config.num_epochs=4]
+
+Re-running with the same --workdir resumes from the latest checkpoint.
+Writes WORKDIR/test_metrics.json (the 18 scores), WORKDIR/metrics.jsonl and
+WORKDIR/checkpoints/ (best on validation and latest).
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from coleaf_jax import cli
+from coleaf_jax.train import train_and_evaluate
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
+config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    cli.quiet_libraries()
+    logging.info("config:\n%s", FLAGS.config)
+    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)
