@@ -74,3 +74,40 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.batch_size = 256
     c.eval.every_epochs = 1
     return c
+
+
+def _apply_variant(config: ml_collections.ConfigDict, variant: str, source: str):
+    """``''`` = CoLeaF; ``'han'`` = the plain HAN baseline (``method='anchor_only'``)."""
+    if variant == "han":
+        config.method = "anchor_only"
+        config.name = config.name.replace("coleaf_han", "han")
+    elif variant:
+        raise ValueError(f"{source}: unknown variant {variant!r} (expected '' or 'han')")
+    return config
+
+
+def llp_config(variant: str = "") -> ml_collections.ConfigDict:
+    """``configs/llp.py``: the paper's defaults on LLP (``data.root`` must be given)."""
+    return _apply_variant(base_config(), variant, "configs/llp.py")
+
+
+def synthetic_config(variant: str = "") -> ml_collections.ConfigDict:
+    """``configs/synthetic.py``: the embedded dataset, sized to train in about a minute on 2 cores.
+
+    Same model and losses as LLP but half the width (D = 256), fewer videos,
+    smaller batches and fewer epochs, with every epoch-based schedule (lr
+    decay, warm-ups) scaled to the shorter run.
+    """
+    c = base_config()
+    c.name = "coleaf_han_synthetic"
+    c.data.dataset = "synthetic"
+    c.data.synthetic_videos = 600
+    c.model.d_model = 256
+    c.model.ffn_dim = 256
+    c.num_epochs = 8
+    c.batch_size = 32
+    c.lr_decay_every_epochs = 4
+    c.loss.kd_warmup_epochs = 2
+    c.loss.class_token_warmup_epochs = 2
+    c.log_every_steps = 5
+    return _apply_variant(c, variant, "configs/synthetic.py")

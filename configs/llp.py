@@ -4,17 +4,11 @@
 
 ``config.data.root`` is required: the folder with vggish/, res152/, r2plus1d_18/
 and (unless --config.data.annotation_dir is given) the five AVVP CSVs.
-Variants after a colon: ``configs/llp.py:han`` trains the plain HAN baseline.
+``configs/llp.py:han`` trains the plain HAN baseline (no Reference).
 """
 
-from coleaf_jax.config import base_config
+from coleaf_jax.config import llp_config
 
 
 def get_config(variant: str = ""):
-    config = base_config()
-    if variant == "han":
-        config.method = "anchor_only"
-        config.name = "han_llp"
-    elif variant:
-        raise ValueError(f"configs/llp.py: unknown variant {variant!r} (expected '' or 'han')")
-    return config
+    return llp_config(variant)

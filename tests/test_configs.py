@@ -1,0 +1,57 @@
+"""Config files: they load, validate, and fail clearly where a user must act."""
+
+import jax.numpy as jnp
+import ml_collections
+import pytest
+
+from coleaf_jax import train
+from coleaf_jax.data import pipeline
+from configs import llp, synthetic
+
+
+@pytest.mark.parametrize("module,variant", [(llp, ""), (llp, "han"), (synthetic, ""), (synthetic, "han")])
+def test_configs_load_and_validate(module, variant):
+    config = module.get_config(variant)
+    train.validate_config(config)
+    assert config.method == ("anchor_only" if variant == "han" else "coleaf")
+    for key in ("num_epochs", "batch_size", "learning_rate", "seed"):
+        assert key in config
+    assert config.data.root == "" and config.model.anchor == "han" and config.model.class_tokens
+
+
+def test_paper_defaults():
+    c = llp.get_config()
+    assert (c.num_epochs, c.batch_size, c.learning_rate) == (15, 128, 5e-4)
+    assert (c.lr_decay_every_epochs, c.lr_decay_factor) == (6, 0.25)
+    assert (c.loss.nce_weight_audio, c.loss.nce_weight_visual, c.loss.correlation_weight) == (0.009, 1.0, 1e-4)
+
+
+def test_unknown_variant_and_values_fail_clearly():
+    with pytest.raises(ValueError, match="unknown variant"):
+        llp.get_config("cmpea")
+    c = llp.get_config()
+    c.loss.contrastive = "infonce"
+    with pytest.raises(ValueError, match="config.loss.contrastive = 'infonce'"):
+        train.validate_config(c)
+
+
+def test_llp_needs_a_root(tmp_path):
+    with pytest.raises(ValueError, match="config.data.root is required"):
+        pipeline.load_splits(llp.get_config(), str(tmp_path))
+
+
+def test_learning_rate_decays_every_six_epochs():
+    c = ml_collections.ConfigDict({"learning_rate": 5e-4, "lr_decay_every_epochs": 6,
+                                   "lr_decay_factor": 0.25})
+    tx = train.make_optimizer(c, steps_per_epoch=10)
+    params = {"w": jnp.zeros(())}
+    state = tx.init(params)
+    lrs = []
+    for _ in range(130):
+        updates, state = tx.update({"w": jnp.ones(())}, state, params)
+        lrs.append(-float(updates["w"]))  # Adam's first update on a constant gradient is -lr
+    # Adam normalises a constant gradient to 1, so the update is the learning rate.
+    assert lrs[0] == pytest.approx(5e-4, rel=1e-3)
+    assert lrs[59] == pytest.approx(5e-4, rel=1e-3)
+    assert lrs[60] == pytest.approx(1.25e-4, rel=1e-3)
+    assert lrs[120] == pytest.approx(5e-4 / 16, rel=1e-3)
