@@ -6,6 +6,10 @@ Every value says where it comes from: *paper* (CoLeaF ECCV 2024, SPEC §3-§7),
 
 from __future__ import annotations
 
+import ast
+import importlib.util
+import os
+
 import ml_collections
 
 
@@ -33,12 +37,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.synthetic_seed = 0
 
     c.model = ml_collections.ConfigDict()
-    c.model.anchor = "han"  # 'han' (SPEC §4.1-4.2)
+    c.model.anchor = "han"  # 'han' (SPEC §4.1-4.2) or 'cmpae' (§4.3, Appendix A)
     c.model.class_tokens = True  # Reference class tokens (paper)
     c.model.d_model = 512  # paper
     c.model.ffn_dim = 512  # HAN
     c.model.dropout = 0.1  # HAN
     c.model.reference_head_dropout = 0.5  # paper §5
+    c.model.cmpae_ca_mix = 0.8  # official: training h = 0.8 h_CA + 0.2 h_noCA
+    c.model.cmpae_inference_mix = 0.7  # official: inference 0.7 P(mix) + 0.3 P(noCA)
+    c.model.cmpae_visual_dropout = 0.5  # official
+    c.model.cmpae_residual_dropout = 0.2  # official: in the cross-modal residual MLPs
 
     c.loss = ml_collections.ConfigDict()
     c.loss.visual_label_smoothing = (0.9, 0.05)  # HAN: y_v = 0.9 y + 0.05
@@ -68,6 +76,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.correlation_scaling = "official"  # sum / C x batch; 'mean' = plain MSE
     c.loss.correlation_weight = 1e-4  # official
     c.loss.collab_start_epoch = 1  # official: collaborative Anchor terms from epoch 2 (0-based 1)
+    # CMPAE backbone: weights of BCE(p^a), BCE(p^v), BCE(p_glob), NCE_av, mutual (official).
+    c.loss.cmpae_weights = (2.0, 1.0, 2.0, 1.0, 1.0)
+    # JoMoLD label denoising (on with the CMPAE Anchor in the paper's setting).
+    c.loss.denoise = False
+    c.loss.denoise_ratios = "llp"  # 'llp' (shipped table) or an .npz with keys audio, visual
+    c.loss.denoise_schedule = "anneal"  # SPEC: r·min(1, step/(0.9 epoch)); 'official': 0 then r
+    c.loss.denoise_anneal_epochs = 0.9
 
     c.eval = ml_collections.ConfigDict()
     c.eval.thresholds = "standard"  # 'standard' (HAN 0.5/0.5, joint gate) or 'official' (0.52/0.25)
@@ -76,19 +91,35 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def _apply_variant(config: ml_collections.ConfigDict, variant: str, source: str):
-    """``''`` = CoLeaF; ``'han'`` = the plain HAN baseline (``method='anchor_only'``)."""
-    if variant == "han":
-        config.method = "anchor_only"
-        config.name = config.name.replace("coleaf_han", "han")
-    elif variant:
-        raise ValueError(f"{source}: unknown variant {variant!r} (expected '' or 'han')")
+# Variant -> (method, anchor). '' is each dataset's default.
+VARIANTS = {
+    "coleaf_cmpae": ("coleaf", "cmpae"),  # the paper's best configuration
+    "coleaf_han": ("coleaf", "han"),
+    "cmpae": ("anchor_only", "cmpae"),  # the CMPAE baseline
+    "han": ("anchor_only", "han"),  # the HAN baseline
+}
+
+
+def apply_variant(config: ml_collections.ConfigDict, variant: str, dataset: str):
+    """Sets ``method``, ``model.anchor`` and ``name`` for a variant of ``VARIANTS``.
+
+    The CMPAE Anchor comes with JoMoLD label denoising, as in the paper.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"configs/{dataset}.py: unknown variant {variant!r} "
+                         f"(expected one of {sorted(VARIANTS)})")
+    config.method, config.model.anchor = VARIANTS[variant]
+    config.loss.denoise = config.model.anchor == "cmpae"
+    config.name = f"{variant}_{dataset}"
     return config
 
 
 def llp_config(variant: str = "") -> ml_collections.ConfigDict:
-    """``configs/llp.py``: the paper's defaults on LLP (``data.root`` must be given)."""
-    return _apply_variant(base_config(), variant, "configs/llp.py")
+    """``configs/llp.py``: the paper's setting on LLP (``data.root`` must be given).
+
+    Default: CoLeaF with the CMPAE Anchor and JoMoLD denoising (paper Table 5).
+    """
+    return apply_variant(base_config(), variant or "coleaf_cmpae", "llp")
 
 
 def synthetic_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -99,7 +130,6 @@ def synthetic_config(variant: str = "") -> ml_collections.ConfigDict:
     decay, warm-ups) scaled to the shorter run.
     """
     c = base_config()
-    c.name = "coleaf_han_synthetic"
     c.data.dataset = "synthetic"
     c.data.synthetic_videos = 600
     c.model.d_model = 256
@@ -110,4 +140,31 @@ def synthetic_config(variant: str = "") -> ml_collections.ConfigDict:
     c.loss.kd_warmup_epochs = 2
     c.loss.class_token_warmup_epochs = 2
     c.log_every_steps = 5
-    return _apply_variant(c, variant, "configs/synthetic.py")
+    return apply_variant(c, variant or "coleaf_han", "synthetic")
+
+
+def load_config_file(spec: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
+    """Loads ``FILE.py[:variant]`` like ``--config`` does and applies ``key=value`` overrides."""
+    path, _, variant = spec.partition(":")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config file {path!r} not found")
+    module_spec = importlib.util.spec_from_file_location("_coleaf_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = module.get_config(variant) if variant else module.get_config()
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r}: expected KEY=VALUE")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        node = config
+        *parents, leaf = key.split(".")
+        for name in parents:
+            node = node[name]
+        if leaf not in node:
+            raise KeyError(f"override {item!r}: the config has no key {key!r}")
+        node[leaf] = value
+    return config

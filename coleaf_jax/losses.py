@@ -126,21 +126,22 @@ def event_aware_weights(q_a, q_v, threshold=0.5):
 
 
 def segment_nce(queries, keys, weights, mask, video_mask, tau=0.2, smoothing=0.1,
-                form="expected", axis_name=None):
+                form="expected", axis_name=None, stop_query_gradient=True):
     """Smoothed segment-level InfoNCE between two token sequences of the same videos (SPEC §6a).
 
     ``s_{t,t'} = <û_t, ẑ_t'>/τ`` (unit-normalised), ``π = softmax_{t'}(s)`` over
     valid segments; target ``q_{t,t} = 1 - ε``, ``q_{t,t'≠t} = ε/(T_valid - 1)``.
     ``form='expected'`` (default, official): ``-w·log Σ_t' q π``;
     ``form='cross_entropy'``: ``-w·Σ_t' q·log π``. ``ε = 0`` is plain InfoNCE.
-    The mean runs over valid (video, segment) pairs. Queries get no gradient.
+    The mean runs over valid (video, segment) pairs. Queries get no gradient
+    unless ``stop_query_gradient=False`` (CMPAE's own audio-visual NCE).
 
     Args:
       queries: ``(B, T, D)`` (teacher, stop-gradient); keys: ``(B, T, D)``.
       weights: ``(B,)`` per-video weight ``w``.
       mask: ``(B, T)``; video_mask: ``(B,)``.
     """
-    u = sg(queries)
+    u = sg(queries) if stop_query_gradient else queries
     u = u / jnp.maximum(jnp.linalg.norm(u, axis=-1, keepdims=True), 1e-12)
     z = keys / jnp.maximum(jnp.linalg.norm(keys, axis=-1, keepdims=True), 1e-12)
     logits = jnp.einsum("btd,bsd->bts", u, z) / tau
@@ -228,3 +229,120 @@ def class_correlation_mse(p_anchor, teacher, video_mask, scaling="official", axi
         batch = _global_sum(video_mask.astype(jnp.float32).sum(), axis_name)
         return (err * weights).sum() / p_anchor.shape[-1] * batch
     raise ValueError(f"correlation scaling {scaling!r}: expected 'official' or 'mean'")
+
+
+# ---------------------------------------------------------------------------
+# The CMPAE Anchor's own losses (SPEC Appendix A)
+
+
+def uncertainty_mutual_learning(p_a, p_v, u_a, u_v, p_glob, u_glob, y, video_mask, parity,
+                                axis_name=None):
+    """CMPAE's uncertainty-weighted mutual learning between global and modality branches.
+
+    ``g = max(u_glob, 0.9)``; per class ``m* = argmax_m p^m``. On even steps
+    (``parity = 1``) the global branch learns from the (detached) modality
+    branches, weighted by ``g``; on odd steps the reverse, weighted by
+    ``1 - g``; both by the modality's confidence ``1 - u``. Positives use the
+    most probable modality, negatives the modality mean. The weights ``g, u``
+    carry no gradient.
+
+    Args:
+      p_a, p_v, u_a, u_v, p_glob, y: ``(B, C)``; u_glob: ``(B,)``; parity: 0/1 scalar.
+    """
+    g = sg(jnp.maximum(u_glob, 0.9))[:, None]
+    p = jnp.stack([p_a, p_v])
+    u = sg(jnp.stack([u_a, u_v]))
+    best = jnp.argmax(p, axis=0)
+    p_max = jnp.take_along_axis(p, best[None], 0)[0]
+    u_max = jnp.take_along_axis(u, best[None], 0)[0]
+    p_mean, u_mean = p.mean(0), u.mean(0)
+    o = jnp.asarray(parity, p_a.dtype)
+
+    def term(target, weight_u):
+        to_global = o * g * (1 - weight_u) * (p_glob - sg(target)) ** 2
+        to_modality = (1 - o) * (1 - g) * (1 - weight_u) * (sg(p_glob) - target) ** 2
+        return to_global + to_modality
+
+    per = term(p_max, u_max) * y + term(p_mean, u_mean) * (1 - y)
+    return batch_mean(per, _video_weights(video_mask, 2), axis_name)
+
+
+def cmpae_loss(out, y, y_a, y_v, mask, video_mask, parity, weights=(2.0, 1.0, 2.0, 1.0, 1.0),
+               nce_tau=0.2, nce_smoothing=0.1, axis_name=None):
+    """CMPAE's backbone loss (SPEC Appendix A), official weights by default.
+
+    ``2·BCE(p^a, ȳ_a) + BCE(p^v, ȳ_v) + 2·BCE(p_glob, y) + NCE_av + L_mutual``
+    where ``NCE_av`` is the smoothed segment NCE between the Anchor's own audio
+    tokens (queries) and visual tokens (keys), ``w = 1``.
+
+    Returns ``(total, terms)``.
+    """
+    w_a, w_v, w_g, w_nce, w_mut = weights
+    terms = {
+        "bce_a": bce(out["video_prob_a"], y_a, video_mask, axis_name),
+        "bce_v": bce(out["video_prob_v"], y_v, video_mask, axis_name),
+        "bce_global": bce(out["global_prob"], y, video_mask, axis_name),
+        "nce_av": segment_nce(out["tokens_a"], out["tokens_v"], jnp.ones_like(video_mask), mask,
+                              video_mask, nce_tau, nce_smoothing, "expected", axis_name,
+                              stop_query_gradient=False),
+        "mutual": uncertainty_mutual_learning(
+            out["video_prob_a"], out["video_prob_v"], out["video_unc"][:, 0], out["video_unc"][:, 1],
+            out["global_prob"], out["global_unc"], y, video_mask, parity, axis_name),
+    }
+    total = (w_a * terms["bce_a"] + w_v * terms["bce_v"] + w_g * terms["bce_global"]
+             + w_nce * terms["nce_av"] + w_mut * terms["mutual"])
+    return total, terms
+
+
+# ---------------------------------------------------------------------------
+# JoMoLD label denoising (SPEC Appendix A)
+
+
+def _rank_among(values, eligible, descending):
+    """0-based rank of each entry along axis 0 among the eligible ones (others: B)."""
+    key = jnp.where(eligible, -values if descending else values, jnp.inf)
+    order = jnp.argsort(key, axis=0, stable=True)
+    ranks = jnp.argsort(order, axis=0, stable=True)
+    return jnp.where(eligible, ranks, values.shape[0])
+
+
+def jomold_denoise(p_a, p_v, y_a, y_v, ratio_a, ratio_v, video_mask, scale=1.0, axis_name=None):
+    """JoMoLD: drop the modality labels whose loss pattern is modality-inconsistent.
+
+    Per class ``c`` (vectorised over classes): with ``n^v_c = ⌊r^v_c·s·#{b: ȳ_v > 0.5}⌋``,
+    the visual positives among both the ``n^v_c`` smallest audio losses and the
+    ``n^v_c`` largest visual losses get ``ȳ_v = 0``; symmetrically for audio.
+    Under ``pmap`` the ranking runs over the global batch (``all_gather``).
+
+    Args:
+      p_a, p_v: ``(B, C)`` no-cross-attention probabilities (no gradient).
+      y_a, y_v: ``(B, C)`` modality labels; ratio_a, ratio_v: ``(C,)``.
+      scale: the annealing factor in [0, 1].
+    Returns:
+      The denoised ``(y_a, y_v)``.
+    """
+    p_a, p_v = sg(p_a), sg(p_v)
+    loss_a = binary_cross_entropy(p_a, y_a)
+    loss_v = binary_cross_entropy(p_v, y_v)
+    real = video_mask.astype(bool)[:, None]
+    if axis_name:
+        gather = lambda x: jax.lax.all_gather(x, axis_name, tiled=True)  # noqa: E731
+        loss_a, loss_v, ga, gv, real = map(gather, (loss_a, loss_v, y_a, y_v, real))
+    else:
+        ga, gv = y_a, y_v
+
+    def drop(y_m, loss_m, loss_other, ratio):
+        pos = (y_m > 0.5) & real
+        n = jnp.floor(ratio * scale * pos.sum(0))  # (C,)
+        small_other = _rank_among(loss_other, pos, descending=False) < n
+        large_self = _rank_among(loss_m, pos, descending=True) < n
+        return pos & small_other & large_self
+
+    drop_v = drop(gv, loss_v, loss_a, jnp.asarray(ratio_v))
+    drop_a = drop(ga, loss_a, loss_v, jnp.asarray(ratio_a))
+    if axis_name:
+        b = y_a.shape[0]
+        start = jax.lax.axis_index(axis_name) * b
+        drop_a = jax.lax.dynamic_slice_in_dim(drop_a, start, b)
+        drop_v = jax.lax.dynamic_slice_in_dim(drop_v, start, b)
+    return jnp.where(drop_a, 0.0, y_a), jnp.where(drop_v, 0.0, y_v)

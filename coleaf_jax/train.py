@@ -34,6 +34,7 @@ from tqdm import tqdm
 from coleaf_jax import evaluate, losses, metrics
 from coleaf_jax.data import pipeline
 from coleaf_jax.models import ReferenceBranch, build_anchor
+from coleaf_jax.noise_ratios import load_noise_ratios
 
 METHODS = ("coleaf", "anchor_only")
 CONTRASTIVE = ("event_aware", "standard", "bce", "none")
@@ -59,6 +60,8 @@ def validate_config(config) -> None:
         ("loss.nce_form", config.loss.nce_form, ("expected", "cross_entropy")),
         ("loss.correlation_teacher", config.loss.correlation_teacher, ("reference", "confident")),
         ("loss.correlation_scaling", config.loss.correlation_scaling, ("official", "mean")),
+        ("loss.denoise_schedule", config.loss.denoise_schedule, ("anneal", "official")),
+        ("model.anchor", config.model.anchor, ("han", "cmpae")),
     ]
     for key, value, allowed in checks:
         if value not in allowed:
@@ -108,7 +111,17 @@ def _epoch_switch(epoch, start, before, after):
     return jnp.where(epoch >= start, after, before)
 
 
-def make_train_step(config, anchor, reference, tx, axis_name: str | None = None) -> Callable:
+def denoise_scale(loss_config, step, epoch, steps_per_epoch: int):
+    """JoMoLD's ratio multiplier: annealed ``min(1, step / (0.9 · steps_per_epoch))``, or
+    the official code's 0 for the whole first epoch and 1 after (``'official'``)."""
+    if loss_config.denoise_schedule == "official":
+        return jnp.where(epoch >= 1, 1.0, 0.0)
+    warm = max(loss_config.denoise_anneal_epochs * steps_per_epoch, 1e-6)
+    return jnp.minimum(1.0, step.astype(jnp.float32) / warm)
+
+
+def make_train_step(config, anchor, reference, tx, axis_name: str | None = None,
+                    steps_per_epoch: int = 1) -> Callable:
     """Builds ``step(state, batch, epoch, key) -> (state, metrics)``.
 
     Pure: the randomness is ``key`` folded with ``state.step`` (and the device
@@ -117,6 +130,9 @@ def make_train_step(config, anchor, reference, tx, axis_name: str | None = None)
     equals the single-device step on the same global batch.
     """
     lc = config.loss
+    cmpae = config.model.anchor == "cmpae"
+    if lc.denoise:
+        ratio_a, ratio_v = load_noise_ratios(lc.denoise_ratios, anchor.num_classes)
 
     def reduce_grads(g):
         return jax.lax.psum(g, axis_name) if axis_name else g
@@ -136,6 +152,14 @@ def make_train_step(config, anchor, reference, tx, axis_name: str | None = None)
 
         a_out, anchor_vjp = jax.vjp(anchor_forward, state.anchor_params)
         logs = {}
+        if lc.denoise:  # JoMoLD: drop modality-inconsistent positives of this batch
+            src = "noca_video_prob" if cmpae else "video_prob"
+            y_a, y_v = losses.jomold_denoise(
+                a_out[f"{src}_a"], a_out[f"{src}_v"], y_a, y_v, ratio_a, ratio_v, vm,
+                denoise_scale(lc, state.step, epoch, steps_per_epoch), axis_name)
+            positive = (y > 0.5).astype(jnp.float32)
+            logs["denoised_share_v"] = losses.batch_mean(
+                (y_v < 0.5) * positive, vm[:, None] * positive, axis_name)
 
         # -- Reference update (student of the Anchor) -------------------------
         if reference is not None:
@@ -174,8 +198,16 @@ def make_train_step(config, anchor, reference, tx, axis_name: str | None = None)
         # -- Anchor update (student of the Reference) --------------------------
         collab_on = _epoch_switch(epoch, lc.collab_start_epoch, 0.0, 1.0)
 
+        parity = (state.step % 2 == 0).astype(jnp.float32)
+
         def anchor_loss_fn(out):
-            terms = {"backbone": losses.han_loss(out, y, y_a, y_v, vm, axis_name)}
+            if cmpae:
+                backbone, terms = losses.cmpae_loss(
+                    out, y, y_a, y_v, mask, vm, parity, tuple(lc.cmpae_weights),
+                    lc.nce_temperature, lc.nce_smoothing, axis_name)
+                terms["backbone"] = backbone
+            else:
+                terms = {"backbone": losses.han_loss(out, y, y_a, y_v, vm, axis_name)}
             total = terms["backbone"]
             if teacher is None:
                 return total, terms
@@ -288,7 +320,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
-    data = data or pipeline.load_splits(config, workdir)
+    data = data or pipeline.load_splits(config, workdir, pool_frames=config.model.anchor != "cmpae")
     train, val, test = data["train"], data["val"], data["test"]
     num_classes = train["label"].shape[1]
     n_train = len(train["label"])
@@ -309,11 +341,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             print(f"resuming from the checkpoint after epoch {start_epoch}")
 
     if n_dev > 1:
-        step_fn = jax.pmap(make_train_step(config, anchor, reference, tx, axis_name="batch"),
+        step_fn = jax.pmap(make_train_step(config, anchor, reference, tx, "batch", steps_per_epoch),
                            axis_name="batch", in_axes=(0, 0, None, None))
         state = flax.jax_utils.replicate(state)
     else:
-        step_fn = jax.jit(make_train_step(config, anchor, reference, tx))
+        step_fn = jax.jit(make_train_step(config, anchor, reference, tx, None, steps_per_epoch))
     predict_fn = evaluate.make_predict_fn(anchor)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
 

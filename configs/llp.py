@@ -4,7 +4,9 @@
 
 ``config.data.root`` is required: the folder with vggish/, res152/, r2plus1d_18/
 and (unless --config.data.annotation_dir is given) the five AVVP CSVs.
-``configs/llp.py:han`` trains the plain HAN baseline (no Reference).
+Default: CoLeaF with the CMPAE Anchor and JoMoLD denoising (the paper's best,
+Table 5). Variants after a colon: ``:coleaf_han`` (CoLeaF with the HAN Anchor),
+``:cmpae`` and ``:han`` (the plain Anchors, no Reference).
 """
 
 from coleaf_jax.config import llp_config

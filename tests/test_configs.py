@@ -9,14 +9,23 @@ from coleaf_jax.data import pipeline
 from configs import llp, synthetic
 
 
-@pytest.mark.parametrize("module,variant", [(llp, ""), (llp, "han"), (synthetic, ""), (synthetic, "han")])
-def test_configs_load_and_validate(module, variant):
+@pytest.mark.parametrize("module", [llp, synthetic])
+@pytest.mark.parametrize("variant,method,anchor", [
+    ("coleaf_cmpae", "coleaf", "cmpae"), ("coleaf_han", "coleaf", "han"),
+    ("cmpae", "anchor_only", "cmpae"), ("han", "anchor_only", "han")])
+def test_configs_load_and_validate(module, variant, method, anchor):
     config = module.get_config(variant)
     train.validate_config(config)
-    assert config.method == ("anchor_only" if variant == "han" else "coleaf")
+    assert (config.method, config.model.anchor) == (method, anchor)
+    assert config.loss.denoise == (anchor == "cmpae")  # JoMoLD comes with CMPAE
     for key in ("num_epochs", "batch_size", "learning_rate", "seed"):
         assert key in config
-    assert config.data.root == "" and config.model.anchor == "han" and config.model.class_tokens
+    assert config.data.root == "" and config.model.class_tokens
+
+
+def test_dataset_defaults():
+    assert (llp.get_config().method, llp.get_config().model.anchor) == ("coleaf", "cmpae")
+    assert synthetic.get_config().model.anchor == "han"  # the demo's CoLeaF
 
 
 def test_paper_defaults():

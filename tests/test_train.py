@@ -56,18 +56,26 @@ def _leaves_close(a, b, atol):
 
 
 @pytest.mark.skipif(jax.local_device_count() < 2, reason="needs 2 devices (XLA_FLAGS=--xla_force_host_platform_device_count=2)")
-@pytest.mark.parametrize("variant", ["", "han"])
-def test_pmap_step_equals_single_device_step(data, variant):
-    config = tiny_config(variant, **{"model.dropout": 0.0, "model.reference_head_dropout": 0.0})
+@pytest.mark.parametrize("variant", ["coleaf_han", "han", "coleaf_cmpae"])
+def test_pmap_step_equals_single_device_step(data, variant, tmp_path):
+    # High JoMoLD ratios so that the second step really drops labels (CMPAE).
+    ratios = str(tmp_path / "ratios.npz")
+    np.savez(ratios, audio=np.full(25, 0.5, np.float32), visual=np.full(25, 0.7, np.float32))
+    config = tiny_config(variant, **{"model.dropout": 0.0, "model.reference_head_dropout": 0.0,
+                                     "model.cmpae_visual_dropout": 0.0,
+                                     "model.cmpae_residual_dropout": 0.0,
+                                     "loss.denoise_ratios": ratios})
     batch = _batch(data)
     batch["video_mask"] = batch["video_mask"].at[-1].set(0.0)  # a padded video on one device only
     state, anchor, ref, _ = train.create_train_state(config, jax.random.key(0), batch, 5, 25)
-    # Plain SGD (lr 1) makes every parameter change equal to its gradient: Adam would
+    # Plain SGD makes every parameter change proportional to its gradient: Adam would
     # blow float rounding of near-zero gradients up to ±lr and hide the comparison.
-    tx = optax.sgd(1.0)
+    tx = optax.sgd(0.1)
     state = state.replace(anchor_opt=tx.init(state.anchor_params), ref_opt=tx.init(state.ref_params))
-    single = jax.jit(train.make_train_step(config, anchor, ref, tx))
-    multi = jax.pmap(train.make_train_step(config, anchor, ref, tx, axis_name="batch"),
+    # 1 step per epoch: the JoMoLD ratio is annealed to full strength by the second
+    # step, whose batch-level ranking (all-gathered under pmap) must match one device.
+    single = jax.jit(train.make_train_step(config, anchor, ref, tx, None, 1))
+    multi = jax.pmap(train.make_train_step(config, anchor, ref, tx, "batch", 1),
                      axis_name="batch", in_axes=(0, 0, None, None))
     key, epoch = jax.random.key(3), jnp.int32(2)  # every collaborative term is on
     s1, l1 = single(state, batch, epoch, key)
@@ -78,6 +86,8 @@ def test_pmap_step_equals_single_device_step(data, variant):
     _leaves_close(s1, flax.jax_utils.unreplicate(s2), atol=1e-5)
     for k in l1:
         assert float(l1[k]) == pytest.approx(float(l2[k][0]), rel=1e-4, abs=1e-6), k
+    if config.loss.denoise:
+        assert float(l1["denoised_share_v"]) > 0
 
 
 def test_steps_reduce_the_loss_and_are_reproducible(data):

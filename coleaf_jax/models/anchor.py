@@ -16,6 +16,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from coleaf_jax.models.cmpae import CMPAEAnchor
 from coleaf_jax.models.layers import AudioEmbedding, HANLayer, VisualEmbedding
 from coleaf_jax.models.mmil import MMILHead
 
@@ -47,13 +48,16 @@ class HANAnchor(nn.Module):
         }
 
 
-ANCHORS = {"han": HANAnchor}
-
-
 def build_anchor(model_config, num_classes: int) -> nn.Module:
-    """The Anchor named by ``config.model.anchor``."""
+    """The Anchor named by ``config.model.anchor`` (``'han'`` or ``'cmpae'``)."""
     name = model_config.anchor
-    if name not in ANCHORS:
-        raise ValueError(f"config.model.anchor = {name!r}: expected one of {sorted(ANCHORS)}")
-    return ANCHORS[name](num_classes=num_classes, d_model=model_config.d_model,
-                         ffn_dim=model_config.ffn_dim, dropout=model_config.dropout)
+    common = dict(num_classes=num_classes, d_model=model_config.d_model,
+                  ffn_dim=model_config.ffn_dim, dropout=model_config.dropout)
+    if name == "han":
+        return HANAnchor(**common)
+    if name == "cmpae":
+        return CMPAEAnchor(**common, visual_dropout=model_config.cmpae_visual_dropout,
+                           residual_dropout=model_config.cmpae_residual_dropout,
+                           ca_mix=model_config.cmpae_ca_mix,
+                           inference_mix=model_config.cmpae_inference_mix)
+    raise ValueError(f"config.model.anchor = {name!r}: expected 'han' or 'cmpae'")

@@ -1,0 +1,106 @@
+"""The CMPAE Anchor: evidential maths, inference fusion, mutual learning, JoMoLD denoising."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from coleaf_jax import losses
+from coleaf_jax.models.cmpae import CMPAEAnchor, dirichlet_presence, evidence
+from coleaf_jax.noise_ratios import estimate_noise_ratios, load_noise_ratios
+
+
+def test_evidence_and_dirichlet_hand_values():
+    assert float(evidence(jnp.array(0.0))) == pytest.approx(1.0)
+    assert float(evidence(jnp.array(50.0))) == pytest.approx(np.exp(10 / 0.8), rel=1e-5)  # clipped
+    p, u = dirichlet_presence(jnp.array([[0.0, 0.0], [0.8, -0.8], [100.0, -100.0]]))
+    # α = e + 1: (2, 2) -> p 0.5, u 2/4;  (e^1 + 1, e^-1 + 1);  (e^12.5 + 1, e^-12.5 + 1)
+    a0, a1 = np.exp(1) + 1, np.exp(-1) + 1
+    np.testing.assert_allclose(p, [0.5, a0 / (a0 + a1), (np.exp(12.5) + 1) / (np.exp(12.5) + np.exp(-12.5) + 2)], rtol=1e-5)
+    np.testing.assert_allclose(u, [0.5, 2 / (a0 + a1), 2 / (np.exp(12.5) + np.exp(-12.5) + 2)], rtol=1e-5)
+
+
+def _inputs(b=2, t=4):
+    r = np.random.default_rng(0)
+    return (jnp.asarray(r.standard_normal((b, t, 128)), jnp.float32),
+            jnp.asarray(r.standard_normal((b, t * 8, 2048)), jnp.float32),
+            jnp.asarray(r.standard_normal((b, t, 512)), jnp.float32))
+
+
+def test_cmpae_outputs_and_inference_fusion():
+    a, v2, v3 = _inputs()
+    kw = dict(num_classes=5, d_model=16, ffn_dim=16, dropout=0.0, visual_dropout=0.0,
+              residual_dropout=0.0)
+    model = CMPAEAnchor(**kw)
+    params = model.init(jax.random.key(0), a, v2, v3)
+    train_out = model.apply(params, a, v2, v3, train=True, rngs={"dropout": jax.random.key(1)})
+    assert train_out["seg_prob"].shape == (2, 4, 2, 5) and train_out["global_unc"].shape == (2,)
+    assert train_out["video_unc"].shape == (2, 2, 5)
+    # inference_mix = 1 keeps only the mixed (training) pass, 0 only the no-cross-attention pass.
+    only_mixed = CMPAEAnchor(**kw, inference_mix=1.0).apply(params, a, v2, v3)
+    np.testing.assert_allclose(only_mixed["video_prob_a"], train_out["video_prob_a"], atol=1e-6)
+    only_noca = CMPAEAnchor(**kw, inference_mix=0.0).apply(params, a, v2, v3)
+    np.testing.assert_allclose(only_noca["video_prob_v"], train_out["noca_video_prob_v"], atol=1e-6)
+    fused = model.apply(params, a, v2, v3)
+    np.testing.assert_allclose(fused["seg_prob"],
+                               0.7 * only_mixed["seg_prob"] + 0.3 * only_noca["seg_prob"], atol=1e-6)
+
+
+def test_mutual_learning_alternates_direction():
+    r = np.random.default_rng(1)
+    p_a, p_v, p_g = (jnp.asarray(r.random((3, 4)), jnp.float32) for _ in range(3))
+    u = jnp.full((3, 4), 0.3)
+    y = jnp.asarray(r.random((3, 4)) < 0.5, jnp.float32)
+    u_glob = jnp.array([0.5, 0.95, 0.99])
+    f = lambda pa, pv, pg, o: losses.uncertainty_mutual_learning(  # noqa: E731
+        pa, pv, u, u, pg, u_glob, y, jnp.ones(3), o)
+    g1 = jax.grad(f, argnums=(0, 1, 2))(p_a, p_v, p_g, 1.0)
+    assert float(jnp.abs(g1[0]).max()) == 0 and float(jnp.abs(g1[1]).max()) == 0
+    assert float(jnp.abs(g1[2]).max()) > 0  # o = 1: the global branch learns
+    g0 = jax.grad(f, argnums=(0, 1, 2))(p_a, p_v, p_g, 0.0)
+    assert float(jnp.abs(g0[2]).max()) == 0 and float(jnp.abs(g0[0]).max()) > 0
+    # Value on one hand-computed element: o = 1, class positive, modality a the larger.
+    pa, pv, pg = jnp.array([[0.9]]), jnp.array([[0.2]]), jnp.array([[0.5]])
+    val = losses.uncertainty_mutual_learning(pa, pv, jnp.array([[0.1]]), jnp.array([[0.4]]), pg,
+                                             jnp.array([0.5]), jnp.ones((1, 1)), jnp.ones(1), 1.0)
+    assert float(val) == pytest.approx(0.9 * (1 - 0.1) * (0.5 - 0.9) ** 2, rel=1e-5)
+
+
+def test_jomold_denoise_hand_batch():
+    # 5 videos all labelled class 0 for both modalities; r^v = 0.4 -> n = 2 per class.
+    y_a = jnp.ones((5, 2))
+    y_v = jnp.ones((5, 2))
+    # audio loss small (p^a high) for videos 0, 1, 2; visual loss large (p^v low) for 1, 2, 4.
+    p_a = jnp.array([[0.99, 0.5], [0.98, 0.5], [0.97, 0.5], [0.3, 0.5], [0.2, 0.5]])
+    p_v = jnp.array([[0.9, 0.5], [0.1, 0.5], [0.2, 0.5], [0.8, 0.5], [0.05, 0.5]])
+    # Visual n=2: smallest audio losses {0, 1}; largest visual losses {4, 1} -> drop video 1 only.
+    ra, rv = jnp.array([0.0, 0.0]), jnp.array([0.4, 0.0])
+    new_a, new_v = losses.jomold_denoise(p_a, p_v, y_a, y_v, ra, rv, jnp.ones(5))
+    np.testing.assert_array_equal(np.asarray(new_v[:, 0]), [1, 0, 1, 1, 1])
+    np.testing.assert_array_equal(np.asarray(new_v[:, 1]), 1)
+    np.testing.assert_array_equal(np.asarray(new_a), 1)
+    # Audio with r^a = 0.4: largest audio losses {4, 3}, smallest visual losses {0, 3} -> video 3.
+    new_a, _ = losses.jomold_denoise(p_a, p_v, y_a, y_v, rv, ra, jnp.ones(5))
+    np.testing.assert_array_equal(np.asarray(new_a[:, 0]), [1, 1, 1, 0, 1])
+    # Annealing scale 0 drops nothing; a padded video is never ranked nor dropped.
+    _, v0 = losses.jomold_denoise(p_a, p_v, y_a, y_v, ra, rv, jnp.ones(5), scale=0.0)
+    assert float(v0.min()) == 1.0
+    _, vpad = losses.jomold_denoise(p_a, p_v, y_a, y_v, ra, rv, jnp.array([1, 0, 1, 1, 1.0]))
+    # 4 real positives -> n = floor(1.6) = 1: smallest audio loss {0}, largest visual {4} -> none.
+    np.testing.assert_array_equal(np.asarray(vpad[:, 0]), 1)
+
+
+def test_noise_ratio_table_and_estimate(tmp_path):
+    r_a, r_v = load_noise_ratios("llp", 25)
+    assert r_v[0] == pytest.approx(0.994, abs=1e-3) and r_a.shape == (25,)
+    probs_a = np.array([[0.9, 0.9], [0.2, 0.9], [0.9, 0.1]])
+    probs_v = np.array([[0.1, 0.9], [0.9, 0.9], [0.9, 0.1]])
+    labels = np.array([[1, 1], [1, 1], [1, 0]])
+    est_a, est_v = estimate_noise_ratios(probs_a, probs_v, labels)
+    np.testing.assert_allclose(est_v, [1 / 3, 0.0])  # video 0: heard, not seen
+    np.testing.assert_allclose(est_a, [1 / 3, 0.0])  # video 1: seen, not heard
+    np.savez(tmp_path / "t.npz", audio=est_a, visual=est_v)
+    with pytest.raises(ValueError, match="must be 25 ratios"):
+        load_noise_ratios(str(tmp_path / "t.npz"), 25)
+    with pytest.raises(FileNotFoundError):
+        load_noise_ratios(str(tmp_path / "missing.npz"), 25)
