@@ -1,10 +1,17 @@
 """Restore a checkpoint and score it on a split with the 18 AVVP metrics.
 
     python eval.py --config configs/llp.py --workdir runs/llp [--split val|test] [--step N] [--output FILE]
+                   [--select-thresholds] [--config.eval.thresholds=official]
 
 Uses the best-on-validation checkpoint unless --step is given; writes the
 scores as JSON (default WORKDIR/<split>_metrics.json) and prints the table.
+--select-thresholds searches per-class visual video-level thresholds in
+{0.25, 0.30, ..., 0.70} on the validation split for the checkpoint being
+evaluated, stores them next to it (WORKDIR/checkpoints/selected_thresholds_<epoch>.json)
+and uses them (reusing a stored file for the same checkpoint).
 """
+
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -16,6 +23,8 @@ flags.DEFINE_string("workdir", None, "The training run's directory.")
 flags.DEFINE_enum("split", "test", ["val", "test"], "Split to score.")
 flags.DEFINE_integer("step", None, "Checkpoint (epoch) to restore; default: best on validation.")
 flags.DEFINE_string("output", None, "JSON file to write; default WORKDIR/<split>_metrics.json.")
+flags.DEFINE_bool("select_thresholds", False,
+                  "Select per-class visual video-level thresholds on validation for this checkpoint.")
 config_flags.DEFINE_config_file("config", None, "The run's configuration file.", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -25,8 +34,19 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     cli.quiet_libraries()
     cli.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, split=FLAGS.split, step=FLAGS.step,
-                            output=FLAGS.output)
+                            output=FLAGS.output, select=FLAGS.select_thresholds)
+
+
+def _dashes_to_underscores(argv):
+    """Accepts ``--select-thresholds`` as well as absl's ``--select_thresholds``."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--select-"):
+            name, sep, value = arg[2:].partition("=")
+            arg = "--" + name.replace("-", "_") + sep + value
+        out.append(arg)
+    return out
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, argv=_dashes_to_underscores(sys.argv))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -9,10 +10,10 @@ import os
 import jax
 import numpy as np
 
-from coleaf_jax import metrics
+from coleaf_jax import evaluate, metrics
 from coleaf_jax.data import pipeline
 from coleaf_jax.train import (
-    checkpoint_manager, create_train_state, evaluate_params, restore_checkpoint, validate_config,
+    checkpoint_manager, create_train_state, restore_checkpoint, validate_config,
 )
 
 
@@ -43,20 +44,72 @@ def restore_anchor(config, workdir: str, data: dict, step: int | None = None):
     return state, anchor, state.anchor_params, int(step)
 
 
+def thresholds_path(workdir: str, step: int) -> str:
+    """Where the thresholds selected for checkpoint ``step`` are stored."""
+    return os.path.join(workdir, "checkpoints", f"selected_thresholds_{step}.json")
+
+
+def select_thresholds(config, workdir: str, step: int, anchor, params,
+                      verbose: bool = True) -> metrics.Thresholds:
+    """Per-class visual video-level thresholds for checkpoint ``step`` (SPEC §8).
+
+    Searched on the validation split with this checkpoint's predictions and
+    stored next to it; a stored file for the same step is reused.
+    """
+    base = evaluate.thresholds_from_config(config)
+    path = thresholds_path(workdir, step)
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        if saved["base"] != base.name:
+            raise ValueError(f"{path} was selected with base thresholds {saved['base']!r}, "
+                             f"but config.eval.thresholds is {base.name!r}; delete it to re-select")
+        if verbose:
+            print(f"reusing the thresholds selected on validation for epoch {step}: {path}")
+    else:
+        val = pipeline.load_splits(config, workdir, splits=("val",),
+                                   pool_frames=config.model.anchor != "cmpae")["val"]
+        probs = evaluate.predict_split(evaluate.make_predict_fn(anchor), params, val,
+                                       config.eval.batch_size)
+        gate = probs["video_prob"] if base.gate == "joint" else probs["video_prob_v"]
+        chosen = metrics.search_visual_thresholds(probs["seg_prob"][:, :, 1], gate,
+                                                  val["label_visual"], base)
+        saved = {"base": base.name, "epoch": step, "split": "val",
+                 "grid": list(metrics.DEFAULT_THRESHOLD_GRID), "video_v": chosen.tolist()}
+        with open(path, "w") as f:
+            json.dump(saved, f, indent=2)
+        if verbose:
+            print(f"selected per-class visual thresholds on validation for epoch {step}: {path}")
+    return dataclasses.replace(base, video_v=np.asarray(saved["video_v"]),
+                               name=f"{base.name}+selected")
+
+
 def evaluate_checkpoint(config, workdir: str, split: str = "test", step: int | None = None,
-                        output: str | None = None, verbose: bool = True) -> dict:
-    """Restores the best (or ``step``) checkpoint of ``workdir`` and scores ``split``."""
+                        output: str | None = None, verbose: bool = True,
+                        select: bool = False) -> dict:
+    """Restores the best (or ``step``) checkpoint of ``workdir`` and scores ``split``.
+
+    With ``select``, per-class visual thresholds are chosen on validation for
+    this checkpoint (``select_thresholds``) and used for ``split``.
+    """
     validate_config(config)
     data = pipeline.load_splits(config, workdir, splits=(split,),
                                 pool_frames=config.model.anchor != "cmpae")[split]
     state, anchor, params, step = restore_anchor(config, workdir, data, step)
-    scores = evaluate_params(config, anchor, params, data)
+    thresholds = evaluate.thresholds_from_config(config)
+    if select:
+        thresholds = select_thresholds(config, workdir, step, anchor, params, verbose)
+    probs = evaluate.predict_split(evaluate.make_predict_fn(anchor), params, data,
+                                   config.eval.batch_size)
+    scores = evaluate.score_split(probs, data, thresholds)
     result = dict(scores, config=config.name, method=config.method, split=split, epoch=step,
-                  step=int(state.step), thresholds=config.eval.thresholds)
-    output = output or os.path.join(workdir, f"{split}_metrics.json")
+                  step=int(state.step), thresholds=thresholds.name)
+    output = output or os.path.join(
+        workdir, f"{split}_metrics{'_selected' if select else ''}.json")
     with open(output, "w") as f:
         json.dump(result, f, indent=2)
     if verbose:
-        print(metrics.format_table({config.name: scores}, title=f"{split}, epoch {step} (%)"))
+        print(metrics.format_table({config.name: scores},
+                                   title=f"{split}, epoch {step}, {thresholds.name} (%)"))
         print(f"wrote {output}")
     return result

@@ -6,7 +6,7 @@ import pytest
 
 from coleaf_jax import train
 from coleaf_jax.data import pipeline
-from configs import llp, synthetic
+from configs import ablations, llp, synthetic
 
 
 @pytest.mark.parametrize("module", [llp, synthetic])
@@ -64,3 +64,27 @@ def test_learning_rate_decays_every_six_epochs():
     assert lrs[59] == pytest.approx(5e-4, rel=1e-3)
     assert lrs[60] == pytest.approx(1.25e-4, rel=1e-3)
     assert lrs[120] == pytest.approx(5e-4 / 16, rel=1e-3)
+
+
+@pytest.mark.parametrize("name", sorted(ablations.ABLATIONS))
+def test_every_ablation_loads_and_validates(name):
+    for arg in (name, f"{name},synthetic", f"{name},synthetic,cmpae"):
+        config = ablations.get_config(arg)
+        train.validate_config(config)
+        assert name in config.name
+
+
+def test_ablations_change_what_they_say():
+    base = ablations.get_config("event_aware_nce,synthetic")
+    assert ablations.get_config("no_kd,synthetic").loss.kd is False and base.loss.kd
+    assert ablations.get_config("standard_nce,synthetic").loss.contrastive == "standard"
+    c = ablations.get_config("no_tokens_no_corr,synthetic")
+    assert not c.model.class_tokens and not c.loss.correlation
+    assert ablations.get_config("cmpae,synthetic").method == "anchor_only"
+    assert ablations.get_config("coleaf_cmpae").loss.denoise
+    official = ablations.get_config("official")
+    assert (official.loss.reference, official.eval.thresholds) == ("asl", "official")
+    with pytest.raises(ValueError, match="unknown ablation"):
+        ablations.get_config("no_such_thing")
+    with pytest.raises(ValueError, match="unknown option"):
+        ablations.get_config("no_kd,imagenet")

@@ -152,4 +152,14 @@ def test_train_writes_scores_and_eval_restores_them(data, data_workdir, tmp_path
                                     output=str(tmp_path / "again.json"))
     assert {k: again[k] for k in metrics.SCORE_KEYS} == pytest.approx(
         {k: saved[k] for k in metrics.SCORE_KEYS}, abs=1e-9)
+    # --select-thresholds: chosen on val for this checkpoint, stored next to it, reused.
+    selected = cli.evaluate_checkpoint(config, workdir, split="test", verbose=False, select=True)
+    path = cli.thresholds_path(workdir, saved["epoch"])
+    stored = json.load(open(path))
+    assert stored["base"] == "standard" and len(stored["video_v"]) == 25
+    assert set(stored["video_v"]) <= set(metrics.DEFAULT_THRESHOLD_GRID)
+    assert selected["thresholds"] == "standard+selected"
+    os.utime(path, (0, 0))
+    cli.evaluate_checkpoint(config, workdir, split="test", verbose=False, select=True)
+    assert os.path.getmtime(path) == 0  # reused, not searched again
 
