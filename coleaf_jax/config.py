@@ -160,11 +160,18 @@ def load_config_file(spec: str, overrides: list[str] = ()) -> ml_collections.Con
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
             value = raw
-        node = config
-        *parents, leaf = key.split(".")
-        for name in parents:
-            node = node[name]
-        if leaf not in node:
-            raise KeyError(f"override {item!r}: the config has no key {key!r}")
-        node[leaf] = value
+        override(config, key, value)
     return config
+
+
+def override(config: ml_collections.ConfigDict, key: str, value) -> None:
+    """Sets a dotted ``key`` (``'loss.kd'``), failing on keys the config does not have."""
+    node = config
+    *parents, leaf = key.split(".")
+    for name in parents:
+        if name not in node:
+            raise KeyError(f"config has no key {key!r} (no {name!r})")
+        node = node[name]
+    if leaf not in node:
+        raise KeyError(f"config has no key {key!r}")
+    node[leaf] = value

@@ -9,17 +9,14 @@ names. Append ``,han`` or ``,cmpae`` to pick the Anchor, e.g.
 ``configs/ablations.py:no_kd,synthetic,cmpae``.
 """
 
-from coleaf_jax.config import llp_config, synthetic_config
+from coleaf_jax.config import llp_config, override, synthetic_config
 
 
 def _set(**values):
+    """Overrides given as keyword arguments, ``__`` standing for ``.``."""
     def apply(config):
         for key, value in values.items():
-            node = config
-            *parents, leaf = key.split("__")
-            for name in parents:
-                node = node[name]
-            node[leaf] = value
+            override(config, key.replace("__", "."), value)
     return apply
 
 

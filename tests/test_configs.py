@@ -88,3 +88,12 @@ def test_ablations_change_what_they_say():
         ablations.get_config("no_such_thing")
     with pytest.raises(ValueError, match="unknown option"):
         ablations.get_config("no_kd,imagenet")
+
+
+def test_load_config_file_with_variant_and_overrides():
+    from coleaf_jax.config import load_config_file
+
+    c = load_config_file("configs/ablations.py:no_kd,synthetic", ["num_epochs=3", "data.root=/x"])
+    assert (c.num_epochs, c.data.root, c.loss.kd) == (3, "/x", False)
+    with pytest.raises(KeyError, match="no key 'loss.kdd'"):
+        load_config_file("configs/llp.py", ["loss.kdd=1"])

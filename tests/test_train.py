@@ -11,6 +11,7 @@ import optax
 import pytest
 
 from coleaf_jax import cli, metrics, train
+from coleaf_jax.config import override
 from coleaf_jax.data import pipeline
 from configs import synthetic as synthetic_config
 
@@ -26,12 +27,8 @@ def tiny_config(variant="", **overrides):
     c.loss.kd_warmup_epochs = 1
     c.loss.class_token_warmup_epochs = 1
     c.eval.batch_size = 16
-    for k, v in overrides.items():
-        node = c
-        *path, leaf = k.split(".")
-        for p in path:
-            node = node[p]
-        node[leaf] = v
+    for key, value in overrides.items():
+        override(c, key, value)
     return c
 
 
