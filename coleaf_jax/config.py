@@ -33,6 +33,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.root = ""  # LLP feature root (vggish/, res152/, r2plus1d_18/); required for 'llp'
     c.data.annotation_dir = ""  # the five CSVs; '' = data.root
     c.data.tfds_dir = ""  # TFDS cache; '' = the TFDS default (~/tensorflow_datasets)
+    c.data.on_device = True  # keep the training split on the device(s), gather batches there
+    c.data.on_device_max_gib = 8.0  # ...when its arrays take at most this much (per device)
     c.data.synthetic_videos = 1000  # 'synthetic' only: total videos
     c.data.synthetic_seed = 0
 
@@ -139,6 +141,9 @@ def synthetic_config(variant: str = "") -> ml_collections.ConfigDict:
     c.lr_decay_every_epochs = 4
     c.loss.kd_warmup_epochs = 2
     c.loss.class_token_warmup_epochs = 2
+    # The official correlation scaling (sum / C x batch) grows with batch²: at batch 32
+    # this weight gives the term the strength 1e-4 has at the paper's batch of 128.
+    c.loss.correlation_weight = 1e-4 * (128 / c.batch_size) ** 2
     c.log_every_steps = 5
     return apply_variant(c, variant or "coleaf_han", "synthetic")
 

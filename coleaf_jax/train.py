@@ -288,6 +288,49 @@ def restore_checkpoint(mngr: ocp.CheckpointManager, epoch: int, template: TrainS
 # The loop
 
 
+def make_device_step(step: Callable, batch_size: int, n_devices: int = 1,
+                     axis_name: str | None = None) -> Callable:
+    """Wraps ``step`` to gather its batch on device from a resident split.
+
+    ``device_step(state, data, order, i, epoch, key)``: ``data`` holds the whole
+    split (``BATCH_KEYS`` arrays and optionally ``mask``), ``order`` the
+    epoch's permutation padded with -1 to a whole number of batches, ``i`` the
+    step within the epoch. Under ``pmap`` each device takes its slice of the
+    global batch, exactly as the host pipeline reshapes it, and padding videos
+    are zeros with ``video_mask = 0`` as there: both paths train identically.
+    """
+    per_device = batch_size // n_devices
+
+    def device_step(state, data, order, i, epoch, key):
+        start = i * batch_size
+        if axis_name:
+            start = start + jax.lax.axis_index(axis_name) * per_device
+        idx = jax.lax.dynamic_slice_in_dim(order, start, per_device)
+        valid = idx >= 0
+        safe = jnp.where(valid, idx, 0)
+        batch = {}
+        for k in pipeline.BATCH_KEYS:
+            x = data[k][safe]
+            batch[k] = jnp.where(valid.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0).astype(x.dtype)
+        seg = data["mask"][safe] if "mask" in data else jnp.ones(data["audio"].shape[1:2], bool)
+        batch["mask"] = seg & valid[:, None]
+        batch["video_mask"] = valid.astype(jnp.float32)
+        return step(state, batch, epoch, key)
+
+    return device_step
+
+
+def padded_order(perm: np.ndarray, batch_size: int) -> np.ndarray:
+    """The permutation padded with -1 to a whole number of batches."""
+    n = len(perm)
+    total = pipeline.num_batches(n, batch_size) * batch_size
+    return np.concatenate([np.asarray(perm, np.int32), np.full(total - n, -1, np.int32)])
+
+
+def split_bytes(data: dict) -> int:
+    return sum(data[k].nbytes for k in pipeline.BATCH_KEYS if k in data)
+
+
 def _device_batch(batch, n_devices: int):
     if n_devices == 1:
         return {k: jnp.asarray(v) for k, v in batch.items()}
@@ -340,32 +383,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         if verbose:
             print(f"resuming from the checkpoint after epoch {start_epoch}")
 
+    step = make_train_step(config, anchor, reference, tx, "batch" if n_dev > 1 else None,
+                           steps_per_epoch)
+    on_device = config.data.on_device and split_bytes(train) <= config.data.on_device_max_gib * 2**30
+    if on_device:  # the split lives on every device; batches are gathered there
+        step = make_device_step(step, config.batch_size, n_dev, "batch" if n_dev > 1 else None)
+        fields = [k for k in (*pipeline.BATCH_KEYS, "mask") if k in train]
+        train_dev = {k: train[k] for k in fields}
+        train_dev = (flax.jax_utils.replicate(train_dev) if n_dev > 1
+                     else jax.device_put(train_dev))
+        in_axes = (0, 0, None, None, None, None)
+    else:
+        in_axes = (0, 0, None, None)
     if n_dev > 1:
-        step_fn = jax.pmap(make_train_step(config, anchor, reference, tx, "batch", steps_per_epoch),
-                           axis_name="batch", in_axes=(0, 0, None, None))
+        step_fn = jax.pmap(step, axis_name="batch", in_axes=in_axes)
         state = flax.jax_utils.replicate(state)
     else:
-        step_fn = jax.jit(make_train_step(config, anchor, reference, tx, None, steps_per_epoch))
+        step_fn = jax.jit(step)
+    if verbose:
+        print(f"training on {n_dev} device(s) ({jax.devices()[0].platform}), "
+              f"{'data on device' if on_device else 'host input pipeline'}, "
+              f"{steps_per_epoch} steps per epoch")
     predict_fn = evaluate.make_predict_fn(anchor)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
 
     for epoch in range(start_epoch, config.num_epochs):
         t0 = time.time()
         perm = np.asarray(jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n_train))
-        batches = pipeline.epoch_batches(train, config.batch_size, perm)
-        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.num_epochs}",
+        epoch_arg = jnp.int32(epoch)
+        if on_device:
+            order = jnp.asarray(padded_order(perm, config.batch_size))
+            calls = ((train_dev, order, jnp.int32(i), epoch_arg, train_key)
+                     for i in range(steps_per_epoch))
+        else:
+            calls = ((_device_batch(b, n_dev), epoch_arg, train_key)
+                     for b in pipeline.epoch_batches(train, config.batch_size, perm))
+        bar = tqdm(calls, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.num_epochs}",
                    disable=not verbose, leave=False, dynamic_ncols=True)
-        sums: dict[str, float] = {}
-        for i, batch in enumerate(bar):
-            state, logs = step_fn(state, _device_batch(batch, n_dev), jnp.int32(epoch), train_key)
-            if n_dev > 1:
-                logs = jax.tree_util.tree_map(lambda x: x[0], logs)
-            logs = jax.device_get(logs)
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            if i % config.log_every_steps == 0:
-                bar.set_postfix({k: f"{float(logs[k]):.3f}" for k in ("anchor_loss", "ref_loss")
-                                 if k in logs})
+        sums = None  # summed on device; fetched only when shown
+        for i, args in enumerate(bar):
+            state, logs = step_fn(state, *args)
+            sums = logs if sums is None else jax.tree_util.tree_map(jnp.add, sums, logs)
+            if i % config.log_every_steps == 0 and verbose:
+                shown = jax.device_get({k: logs[k] for k in ("anchor_loss", "ref_loss") if k in logs})
+                bar.set_postfix({k: f"{float(np.ravel(v)[0]):.3f}" for k, v in shown.items()})
+        sums = {k: float(np.ravel(v)[0]) for k, v in jax.device_get(sums).items()}
         bar.close()
         host_state = flax.jax_utils.unreplicate(state) if n_dev > 1 else state
         val_scores = evaluate_params(config, anchor, host_state.anchor_params, val, predict_fn)

@@ -1,0 +1,163 @@
+"""Benchmark: compile time, training and evaluation throughput, memory, scaling.
+
+    python -m coleaf_jax.bench [--config configs/llp.py[:variant]] [--batch 128] [--segments 10]
+                               [--steps 12] [--eval-videos 1200] [--scaling] [--json OUT]
+
+Full-size LLP shapes on random arrays (no data needed): audio (B, T, 128),
+ResNet frames (B, 8T, 2048) — pre-pooled to (B, T, 2048) when the Anchor's
+frame projection is linear, as training does — and R(2+1)D (B, T, 512).
+Reports the compile time of the train step, steady-state training videos/s
+(median of ``--steps`` steps after two warm-up steps, with min and max),
+evaluation videos/s with and without the 18 metrics, and peak host memory.
+``--scaling`` adds training videos/s for batch 32/64/128/256 (T = 10) and
+T = 10/30/60 (batch 128). Measure on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from coleaf_jax import evaluate, train
+from coleaf_jax.config import load_config_file
+from coleaf_jax.data.classes import LLP_FRAMES_PER_SEGMENT
+
+NUM_CLASSES = 25
+
+
+def random_split(n: int, t: int, pooled: bool, seed: int = 0, dense: bool = False) -> dict:
+    """Random arrays with LLP shapes (``n`` videos of ``t`` segments)."""
+    rng = np.random.default_rng(seed)
+    frames = t if pooled else t * LLP_FRAMES_PER_SEGMENT
+    data = {
+        "audio": rng.standard_normal((n, t, 128), np.float32),
+        "video_2d": np.abs(rng.standard_normal((n, frames, 2048), np.float32)),
+        "video_3d": rng.standard_normal((n, t, 512), np.float32),
+        "label": (rng.random((n, NUM_CLASSES)) < 0.08).astype(np.float32),
+    }
+    if dense:
+        for k in ("label_audio", "label_visual"):
+            data[k] = (rng.random((n, t, NUM_CLASSES)) < 0.05).astype(np.float32)
+    return data
+
+
+def _batch(data: dict, b: int) -> dict:
+    n, t = data["audio"].shape[:2]
+    batch = {k: jnp.asarray(data[k][:b]) for k in ("audio", "video_2d", "video_3d", "label")}
+    batch["mask"] = jnp.ones((b, t), bool)
+    batch["video_mask"] = jnp.ones((b,), jnp.float32)
+    return batch
+
+
+def bench_train(config, batch_size: int, segments: int, steps: int) -> dict:
+    """Compile time and steady-state training throughput of one jitted step."""
+    pooled = config.model.anchor != "cmpae"
+    batch = _batch(random_split(batch_size, segments, pooled), batch_size)
+    state, anchor, reference, tx = train.create_train_state(
+        config, jax.random.key(0), batch, 100, NUM_CLASSES)
+    step = jax.jit(train.make_train_step(config, anchor, reference, tx, None, 100))
+    key, epoch = jax.random.key(1), jnp.int32(config.num_epochs - 1)  # every term on
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batch, epoch, key).compile()
+    compile_s = time.perf_counter() - t0
+    for _ in range(2):
+        state, _ = compiled(state, batch, epoch, key)
+    jax.block_until_ready(state)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        state, logs = compiled(state, batch, epoch, key)
+        jax.block_until_ready((state, logs))
+        times.append(time.perf_counter() - t0)
+    return {"compile_s": compile_s, "step_s_median": statistics.median(times),
+            "videos_per_s_median": batch_size / statistics.median(times),
+            "videos_per_s_min": batch_size / max(times), "videos_per_s_max": batch_size / min(times),
+            "steps": steps}
+
+
+def bench_eval(config, n: int, segments: int) -> dict:
+    """Evaluation throughput over ``n`` videos, forward only and forward + 18 metrics."""
+    pooled = config.model.anchor != "cmpae"
+    data = random_split(n, segments, pooled, seed=1, dense=True)
+    anchor = train.build_models(config, NUM_CLASSES)[0]
+    sample = _batch(data, 2)
+    params = anchor.init(jax.random.key(0), sample["audio"], sample["video_2d"],
+                         sample["video_3d"], sample["mask"])["params"]
+    predict = evaluate.make_predict_fn(anchor)
+    thresholds = evaluate.thresholds_from_config(config)
+    evaluate.predict_split(predict, params, data, config.eval.batch_size)  # compile
+    t0 = time.perf_counter()
+    probs = evaluate.predict_split(predict, params, data, config.eval.batch_size)
+    forward_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    evaluate.score_split(probs, data, thresholds)
+    metrics_s = time.perf_counter() - t0
+    return {"videos": n, "forward_s": forward_s, "metrics_s": metrics_s,
+            "total_s": forward_s + metrics_s, "videos_per_s_forward": n / forward_s,
+            "videos_per_s_with_metrics": n / (forward_s + metrics_s)}
+
+
+def peak_host_memory_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m coleaf_jax.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/llp.py", help="FILE.py[:variant]")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--segments", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--eval-videos", type=int, default=1200)
+    parser.add_argument("--scaling", action="store_true")
+    parser.add_argument("--json", default=None, help="write the results here")
+    args = parser.parse_args(argv)
+    config = load_config_file(args.config, args.set)
+    result = {
+        "config": config.name, "method": config.method, "anchor": config.model.anchor,
+        "device": str(jax.devices()[0]), "device_count": jax.device_count(),
+        "machine": platform.processor() or platform.machine(), "jax": jax.__version__,
+        "batch": args.batch, "segments": args.segments,
+    }
+    print(f"{config.name}: batch {args.batch}, T {args.segments}, on {result['device']}", flush=True)
+    result["train"] = bench_train(config, args.batch, args.segments, args.steps)
+    tr = result["train"]
+    print(f"train: compile {tr['compile_s']:.1f}s, {tr['videos_per_s_median']:.1f} videos/s "
+          f"(min {tr['videos_per_s_min']:.1f}, max {tr['videos_per_s_max']:.1f}; "
+          f"{tr['step_s_median']:.3f}s/step)", flush=True)
+    if args.eval_videos:
+        result["eval"] = bench_eval(config, args.eval_videos, args.segments)
+        ev = result["eval"]
+        print(f"eval {ev['videos']} videos: forward {ev['forward_s']:.2f}s, metrics "
+              f"{ev['metrics_s']:.2f}s, total {ev['total_s']:.2f}s "
+              f"({ev['videos_per_s_with_metrics']:.0f} videos/s)", flush=True)
+    if args.scaling:
+        result["scaling"] = {"batch": {}, "segments": {}}
+        for b in (32, 64, 128, 256):
+            r = bench_train(config, b, 10, max(3, args.steps // 2))
+            result["scaling"]["batch"][b] = r["videos_per_s_median"]
+            print(f"  batch {b:>3}, T 10: {r['videos_per_s_median']:.1f} videos/s", flush=True)
+        for t in (10, 30, 60):
+            r = bench_train(config, 128, t, max(3, args.steps // 2))
+            result["scaling"]["segments"][t] = r["videos_per_s_median"]
+            print(f"  batch 128, T {t:>2}: {r['videos_per_s_median']:.1f} videos/s", flush=True)
+    result["peak_host_memory_mib"] = peak_host_memory_mib()
+    print(f"peak host memory {result['peak_host_memory_mib']:.0f} MiB")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
