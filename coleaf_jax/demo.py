@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             c.num_epochs = args.epochs
     # Raw frames (T*8 per video): CMPAE needs them, HAN pools them itself (exactly).
     data = pipeline.load_splits(configs["HAN"], args.workdir, pool_frames=False)
-    print(f"data ready: {', '.join(f'{s} {len(d['label'])}' for s, d in data.items())} videos "
-          f"({time.time() - t0:.0f}s)")
+    sizes = ", ".join(f"{split} {len(d['label'])}" for split, d in data.items())
+    print(f"data ready: {sizes} videos ({time.time() - t0:.0f}s)")
 
     test = data["test"]
     probs = baselines.ridge_mil(data["train"], test)
