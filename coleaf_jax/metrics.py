@@ -238,7 +238,7 @@ def format_table(rows: Mapping[str, Mapping[str, float]] | Mapping[str, float], 
     """
     if rows and all(isinstance(v, (int, float)) for v in rows.values()):
         rows = {"": rows}  # type: ignore[dict-item]
-    width = max([len(title), 12] + [len(name) + 6 for name in rows])
+    width = max([len(title) + 1, 12] + [len(f"{name} segment ") for name in rows])
     header = f"{title:<{width}}" + "".join(f"{SCORE_TITLES[n]:>7}" for n in SCORE_NAMES)
     lines = [header, "-" * len(header)]
     for name, scores in rows.items():
