@@ -4,6 +4,8 @@
     python train.py --config configs/synthetic.py --workdir runs/synthetic [--config.num_epochs=4]
 
 Re-running with the same --workdir resumes from the latest checkpoint.
+--config.num_seeds=K trains seeds seed..seed+K-1 at once (vmap) and writes
+WORKDIR/seeds_metrics.json with per-seed scores and their mean ± std.
 Writes WORKDIR/test_metrics.json (the 18 scores), WORKDIR/metrics.jsonl and
 WORKDIR/checkpoints/ (best on validation and latest).
 """
@@ -12,6 +14,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from coleaf_jax import cli
+from coleaf_jax.seeds import train_seeds
 from coleaf_jax.train import train_and_evaluate
 
 FLAGS = flags.FLAGS
@@ -25,7 +28,10 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     cli.quiet_libraries()
     logging.info("config:\n%s", FLAGS.config)
-    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if FLAGS.config.num_seeds > 1:
+        train_seeds(FLAGS.config, FLAGS.workdir)
+    else:
+        train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ def base_config() -> ml_collections.ConfigDict:
     # 'anchor_only': the plain Anchor baseline (HAN), no Reference.
     c.method = "coleaf"
     c.seed = 0
+    c.num_devices = 0  # data-parallel devices (pmap); 0 = all local devices
+    c.num_seeds = 1  # K > 1: train seeds seed..seed+K-1 at once (vmap), report mean ± std
     c.num_epochs = 15  # paper (official code default: 10)
     c.batch_size = 128  # paper; the global batch, split across devices
     c.learning_rate = 5e-4  # official (HAN used 3e-4)

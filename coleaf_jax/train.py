@@ -66,9 +66,18 @@ def validate_config(config) -> None:
     for key, value, allowed in checks:
         if value not in allowed:
             raise ValueError(f"config.{key} = {value!r}: expected one of {list(allowed)}")
-    if config.batch_size % jax.local_device_count():
+    available = jax.local_device_count()
+    if not 0 <= config.num_devices <= available:
+        raise ValueError(f"config.num_devices = {config.num_devices}: expected 0 (all) to "
+                         f"{available}, the local devices")
+    if config.batch_size % num_devices(config):
         raise ValueError(f"config.batch_size = {config.batch_size} must be divisible by the "
-                         f"{jax.local_device_count()} local devices")
+                         f"{num_devices(config)} devices used (config.num_devices)")
+
+
+def num_devices(config) -> int:
+    """Devices a run uses: ``config.num_devices``, 0 meaning all local devices."""
+    return config.num_devices or jax.local_device_count()
 
 
 def build_models(config, num_classes: int):
@@ -368,7 +377,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     num_classes = train["label"].shape[1]
     n_train = len(train["label"])
     steps_per_epoch = pipeline.num_batches(n_train, config.batch_size)
-    n_dev = jax.local_device_count()
+    n_dev = num_devices(config)
 
     root_key = jax.random.key(config.seed)
     init_key, train_key, shuffle_key = jax.random.split(root_key, 3)
@@ -390,14 +399,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         step = make_device_step(step, config.batch_size, n_dev, "batch" if n_dev > 1 else None)
         fields = [k for k in (*pipeline.BATCH_KEYS, "mask") if k in train]
         train_dev = {k: train[k] for k in fields}
-        train_dev = (flax.jax_utils.replicate(train_dev) if n_dev > 1
+        devices = jax.local_devices()[:n_dev]
+        train_dev = (flax.jax_utils.replicate(train_dev, devices) if n_dev > 1
                      else jax.device_put(train_dev))
         in_axes = (0, 0, None, None, None, None)
     else:
         in_axes = (0, 0, None, None)
     if n_dev > 1:
-        step_fn = jax.pmap(step, axis_name="batch", in_axes=in_axes)
-        state = flax.jax_utils.replicate(state)
+        step_fn = jax.pmap(step, axis_name="batch", in_axes=in_axes,
+                           devices=jax.local_devices()[:n_dev])
+        state = flax.jax_utils.replicate(state, jax.local_devices()[:n_dev])
     else:
         step_fn = jax.jit(step)
     if verbose:

@@ -97,3 +97,16 @@ def test_load_config_file_with_variant_and_overrides():
     assert (c.num_epochs, c.data.root, c.loss.kd) == (3, "/x", False)
     with pytest.raises(KeyError, match="no key 'loss.kdd'"):
         load_config_file("configs/llp.py", ["loss.kdd=1"])
+
+
+def test_num_devices_is_validated():
+    import jax
+
+    c = synthetic.get_config()
+    c.num_devices = jax.local_device_count() + 1
+    with pytest.raises(ValueError, match="config.num_devices"):
+        train.validate_config(c)
+    c.num_devices = 1
+    c.batch_size = 7
+    train.validate_config(c)  # one device: any batch size
+    assert train.num_devices(c) == 1

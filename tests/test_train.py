@@ -194,3 +194,25 @@ def test_padded_order_and_device_gather():
     host = pipeline.make_batch(data, np.array([3]), 4)
     for k in host:
         np.testing.assert_array_equal(np.asarray(seen[k]), host[k], err_msg=k)
+
+
+def test_many_seeds_at_once_equal_separate_runs(data, tmp_path):
+    from coleaf_jax import seeds
+
+    config = tiny_config("coleaf_han", num_epochs=2, num_seeds=2, seed=5)
+    result = seeds.train_seeds(config, str(tmp_path / "seeds"), data=data, verbose=False)
+    assert result["seeds"] == [5, 6] and len(result["per_seed"]) == 2
+    saved = json.load(open(tmp_path / "seeds" / "seeds_metrics.json"))
+    assert set(saved["mean"]) == set(metrics.SCORE_KEYS)
+    for k in metrics.SCORE_KEYS:
+        values = [s[k] for s in saved["per_seed"]]
+        assert saved["mean"][k] == pytest.approx(np.mean(values))
+        assert saved["std"][k] == pytest.approx(np.std(values, ddof=1))
+    # Seed k of the vmapped run is the single-device run with that seed.
+    for i, seed in enumerate((5, 6)):
+        single = train.train_and_evaluate(
+            tiny_config("coleaf_han", num_epochs=2, seed=seed, num_devices=1),
+            str(tmp_path / f"single{seed}"), data=data, verbose=False)
+        assert result["best_epochs"][i] == single["epoch"]
+        assert {k: result["per_seed"][i][k] for k in metrics.SCORE_KEYS} == pytest.approx(
+            {k: single[k] for k in metrics.SCORE_KEYS}, abs=1e-6)

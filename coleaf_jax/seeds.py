@@ -1,0 +1,135 @@
+"""Many seeds in one compiled program: ``config.num_seeds = K``.
+
+Trains K independent models — seeds ``config.seed + k``, each with its own
+initialisation, dropout and shuffling keys derived exactly as a single run
+derives them — by ``vmap``-ing the device-resident training step over the
+seed axis. Every epoch each model is validated and keeps its own best
+parameters; at the end each is scored on test. Writes
+``WORKDIR/seeds_metrics.json``: the per-seed scores, and the mean and
+standard deviation of the 18 scores over seeds.
+
+Single device only; no checkpoints (a multi-seed run is a measurement of
+variance: rerun it to repeat it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from coleaf_jax import evaluate, metrics
+from coleaf_jax.data import pipeline
+from coleaf_jax.train import (
+    create_train_state, make_device_step, make_train_step, padded_order, validate_config,
+)
+
+
+def run_keys(seed: int):
+    """``(init, train, shuffle)`` keys of a run, as ``train_and_evaluate`` derives them."""
+    return jax.random.split(jax.random.key(seed), 3)
+
+
+def predict_seeds(anchor, params, data: dict, batch_size: int) -> dict[str, np.ndarray]:
+    """Anchor outputs of K stacked parameter sets: each ``(K, N, ...)``."""
+
+    @jax.jit
+    def predict(p, batch):
+        def one(q):
+            out = anchor.apply({"params": q}, batch["audio"], batch["video_2d"],
+                               batch["video_3d"], batch["mask"], train=False)
+            return {k: out[k] for k in evaluate.PREDICTION_KEYS}
+        return jax.vmap(one)(p)
+
+    n = len(data["label"])
+    chunks = [jax.device_get(predict(params, {k: jnp.asarray(v) for k, v in b.items()}))
+              for b in pipeline.epoch_batches(data, min(batch_size, n))]
+    return {k: np.concatenate([c[k] for c in chunks], axis=1)[:, :n] for k in evaluate.PREDICTION_KEYS}
+
+
+def _score_seeds(config, anchor, params, data) -> list[dict[str, float]]:
+    probs = predict_seeds(anchor, params, data, config.eval.batch_size)
+    thresholds = evaluate.thresholds_from_config(config)
+    k = next(iter(probs.values())).shape[0]
+    return [evaluate.score_split({key: v[i] for key, v in probs.items()}, data, thresholds)
+            for i in range(k)]
+
+
+def summarize(per_seed: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Mean and (sample) standard deviation over seeds of each of the 18 scores."""
+    table = np.array([[s[k] for k in metrics.SCORE_KEYS] for s in per_seed])
+    std = table.std(axis=0, ddof=1) if len(per_seed) > 1 else np.zeros(len(metrics.SCORE_KEYS))
+    return {"mean": dict(zip(metrics.SCORE_KEYS, table.mean(axis=0).tolist())),
+            "std": dict(zip(metrics.SCORE_KEYS, std.tolist()))}
+
+
+def format_mean_std(summary: dict, title: str) -> str:
+    names = metrics.SCORE_NAMES
+    lines = [title, f"{'':<10}" + "".join(f"{metrics.SCORE_TITLES[n]:>12}" for n in names)]
+    for level, label in (("seg", "segment"), ("evt", "event")):
+        lines.append(f"{label:<10}" + "".join(
+            f"{summary['mean'][f'{level}_{n}']:>7.1f}±{summary['std'][f'{level}_{n}']:<4.1f}"
+            for n in names))
+    return "\n".join(lines)
+
+
+def train_seeds(config, workdir: str, *, data: dict | None = None, verbose: bool = True) -> dict:
+    """Trains ``config.num_seeds`` models at once; returns (and writes) their scores."""
+    validate_config(config)
+    if jax.local_device_count() > 1 and verbose:
+        print("num_seeds > 1 runs on one device (the seeds are the parallel axis)")
+    os.makedirs(workdir, exist_ok=True)
+    data = data or pipeline.load_splits(config, workdir, pool_frames=config.model.anchor != "cmpae")
+    train, val, test = data["train"], data["val"], data["test"]
+    n_train, num_classes = train["label"].shape
+    spe = pipeline.num_batches(n_train, config.batch_size)
+    seeds = [config.seed + k for k in range(config.num_seeds)]
+    keys = [run_keys(s) for s in seeds]
+    sample = {k: jnp.asarray(v) for k, v in pipeline.make_batch(train, np.arange(min(2, n_train)), 2).items()}
+    states = []
+    for init_key, _, _ in keys:
+        state, anchor, reference, tx = create_train_state(config, init_key, sample, spe, num_classes)
+        states.append(state)
+    state = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *states)
+    train_keys = jnp.stack([k[1] for k in keys])
+    step = make_device_step(make_train_step(config, anchor, reference, tx, None, spe),
+                            config.batch_size)
+    vstep = jax.jit(jax.vmap(step, in_axes=(0, None, 0, None, None, 0)))
+    fields = [k for k in (*pipeline.BATCH_KEYS, "mask") if k in train]
+    train_dev = jax.device_put({k: train[k] for k in fields})
+
+    best_score = [-np.inf] * len(seeds)
+    best_params = [None] * len(seeds)
+    best_epoch = [0] * len(seeds)
+    for epoch in range(config.num_epochs):
+        t0 = time.time()
+        orders = jnp.stack([jnp.asarray(padded_order(np.asarray(jax.random.permutation(
+            jax.random.fold_in(k[2], epoch), n_train)), config.batch_size)) for k in keys])
+        for i in tqdm(range(spe), desc=f"epoch {epoch + 1}/{config.num_epochs} ({len(seeds)} seeds)",
+                      disable=not verbose, leave=False):
+            state, _ = vstep(state, train_dev, orders, jnp.int32(i), jnp.int32(epoch), train_keys)
+        val_scores = _score_seeds(config, anchor, state.anchor_params, val)
+        host_params = jax.device_get(state.anchor_params)
+        for k, scores in enumerate(val_scores):
+            sel = metrics.selection_score(scores)
+            if sel > best_score[k]:
+                best_score[k], best_epoch[k] = sel, epoch + 1
+                best_params[k] = jax.tree_util.tree_map(lambda x, k=k: x[k], host_params)
+        if verbose:
+            print(f"epoch {epoch + 1}/{config.num_epochs} ({time.time() - t0:.1f}s): val selection "
+                  + ", ".join(f"{metrics.selection_score(s):.1f}" for s in val_scores))
+
+    stacked = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *best_params)
+    per_seed = _score_seeds(config, anchor, stacked, test)
+    result = {"config": config.name, "split": "test", "seeds": seeds, "best_epochs": best_epoch,
+              "per_seed": per_seed, **summarize(per_seed)}
+    with open(os.path.join(workdir, "seeds_metrics.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    if verbose:
+        print(format_mean_std(result, f"test, {len(seeds)} seeds: mean ± std (%)"))
+    return result
