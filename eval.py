@@ -33,8 +33,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     cli.quiet_libraries()
-    cli.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, split=FLAGS.split, step=FLAGS.step,
-                            output=FLAGS.output, select=FLAGS.select_thresholds)
+    cli.exit_on_user_error(cli.evaluate_checkpoint, FLAGS.config, FLAGS.workdir,
+                           split=FLAGS.split, step=FLAGS.step, output=FLAGS.output,
+                           select=FLAGS.select_thresholds)
 
 
 def _dashes_to_underscores(argv):

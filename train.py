@@ -28,10 +28,8 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     cli.quiet_libraries()
     logging.info("config:\n%s", FLAGS.config)
-    if FLAGS.config.num_seeds > 1:
-        train_seeds(FLAGS.config, FLAGS.workdir)
-    else:
-        train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    run = train_seeds if FLAGS.config.num_seeds > 1 else train_and_evaluate
+    cli.exit_on_user_error(run, FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

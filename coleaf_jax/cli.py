@@ -26,6 +26,16 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def exit_on_user_error(fn, *args, **kwargs):
+    """Runs ``fn``; a data or configuration error ends the program with its message, no traceback."""
+    from coleaf_jax.data.llp import LLPDataError
+
+    try:
+        return fn(*args, **kwargs)
+    except (LLPDataError, FileNotFoundError, KeyError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
 def restore_anchor(config, workdir: str, data: dict, step: int | None = None):
     """Restores checkpoint ``step`` (default: best on validation) of a run.
 

@@ -383,3 +383,9 @@ def test_real_dense_csvs(real_llp: Path) -> None:
     assert (report.unknown_video, report.id_conflicts) == (11, 0)
     assert set(visual) <= eval_ids
     assert audio["19jWnmYnlD8"][:, LLP_CLASS_INDEX["Clapping"]].sum() == 0
+
+
+def test_root_without_feature_folders_fails_clearly(tmp_path):
+    (tmp_path / "vggish").mkdir()
+    with pytest.raises(llp.LLPDataError, match=r"missing \['res152', 'r2plus1d_18'\]"):
+        llp.load_split(tmp_path, "val", tfds_dir=tmp_path / "tfds")

@@ -482,6 +482,11 @@ def prepare(
     Returns:
       The builder, ready for ``as_data_source``.
     """
+    missing = [folder for folder in FEATURE_FOLDERS.values() if not (Path(root) / folder).is_dir()]
+    if missing:
+        raise LLPDataError(
+            f"{root}: expected the LLP feature folders {sorted(FEATURE_FOLDERS.values())} there, "
+            f"missing {missing}. {' '.join(Llp.MANUAL_DOWNLOAD_INSTRUCTIONS.split())}")
     builder = Llp(annotation_dir=annotation_dir, data_dir=cache_dir(root, annotation_dir, tfds_dir))
     config = tfds.download.DownloadConfig(manual_dir=os.fspath(root), try_download_gcs=False)
     builder.download_and_prepare(download_config=config)
