@@ -168,7 +168,7 @@ def test_device_resident_data_trains_exactly_like_the_host_pipeline(data, tmp_pa
     # compare what the parameters compute: the logged losses and the predictions.
     logs, preds = {}, {}
     for on_device in (True, False):
-        config = tiny_config("coleaf_han", num_epochs=2, **{"data.on_device": on_device})
+        config = tiny_config("han", num_epochs=2, **{"data.on_device": on_device})
         states = {}
         workdir = tmp_path / str(on_device)
         train.train_and_evaluate(config, str(workdir), data=data, verbose=False,
@@ -199,7 +199,7 @@ def test_padded_order_and_device_gather():
 def test_many_seeds_at_once_equal_separate_runs(data, tmp_path):
     from coleaf_jax import seeds
 
-    config = tiny_config("coleaf_han", num_epochs=2, num_seeds=2, seed=5)
+    config = tiny_config("han", num_epochs=2, num_seeds=2, seed=5)
     result = seeds.train_seeds(config, str(tmp_path / "seeds"), data=data, verbose=False)
     assert result["seeds"] == [5, 6] and len(result["per_seed"]) == 2
     saved = json.load(open(tmp_path / "seeds" / "seeds_metrics.json"))
@@ -211,7 +211,7 @@ def test_many_seeds_at_once_equal_separate_runs(data, tmp_path):
     # Seed k of the vmapped run is the single-device run with that seed.
     for i, seed in enumerate((5, 6)):
         single = train.train_and_evaluate(
-            tiny_config("coleaf_han", num_epochs=2, seed=seed, num_devices=1),
+            tiny_config("han", num_epochs=2, seed=seed, num_devices=1),
             str(tmp_path / f"single{seed}"), data=data, verbose=False)
         assert result["best_epochs"][i] == single["epoch"]
         assert {k: result["per_seed"][i][k] for k in metrics.SCORE_KEYS} == pytest.approx(
