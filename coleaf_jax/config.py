@@ -29,6 +29,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.lr_decay_every_epochs = 6  # paper: lr x0.25 every 6 epochs
     c.lr_decay_factor = 0.25
     c.log_every_steps = 10
+    c.scan_epoch = False  # with data on device: run each epoch as one lax.scan (no per-step bar)
 
     c.data = ml_collections.ConfigDict()
     c.data.dataset = "llp"  # 'llp' (features on disk) or 'synthetic' (generated on first use)

@@ -329,6 +329,24 @@ def make_device_step(step: Callable, batch_size: int, n_devices: int = 1,
     return device_step
 
 
+def make_scan_epoch(device_step: Callable, steps_per_epoch: int) -> Callable:
+    """A whole epoch as one ``lax.scan`` over ``device_step`` (``make_device_step``).
+
+    ``run_epoch(state, data, order, epoch, key) -> (state, summed logs)``: no
+    host round trip between steps.
+    """
+
+    def run_epoch(state, data, order, epoch, key):
+        def body(carry, i):
+            carry, logs = device_step(carry, data, order, i, epoch, key)
+            return carry, logs
+
+        state, logs = jax.lax.scan(body, state, jnp.arange(steps_per_epoch, dtype=jnp.int32))
+        return state, jax.tree_util.tree_map(lambda x: x.sum(0), logs)
+
+    return run_epoch
+
+
 def padded_order(perm: np.ndarray, batch_size: int) -> np.ndarray:
     """The permutation padded with -1 to a whole number of batches."""
     n = len(perm)
@@ -403,6 +421,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         train_dev = (flax.jax_utils.replicate(train_dev, devices) if n_dev > 1
                      else jax.device_put(train_dev))
         in_axes = (0, 0, None, None, None, None)
+        if config.scan_epoch:  # one compiled program per epoch: lax.scan over its steps
+            step = make_scan_epoch(step, steps_per_epoch)
+            in_axes = (0, 0, None, None, None)
     else:
         in_axes = (0, 0, None, None)
     if n_dev > 1:
@@ -426,16 +447,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             order = jnp.asarray(padded_order(perm, config.batch_size))
             calls = ((train_dev, order, jnp.int32(i), epoch_arg, train_key)
                      for i in range(steps_per_epoch))
+            if config.scan_epoch:
+                calls = [(train_dev, order, epoch_arg, train_key)]
         else:
             calls = ((_device_batch(b, n_dev), epoch_arg, train_key)
                      for b in pipeline.epoch_batches(train, config.batch_size, perm))
-        bar = tqdm(calls, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.num_epochs}",
+        bar = tqdm(calls, total=1 if on_device and config.scan_epoch else steps_per_epoch, desc=f"epoch {epoch + 1}/{config.num_epochs}",
                    disable=not verbose, leave=False, dynamic_ncols=True)
         sums = None  # summed on device; fetched only when shown
         for i, args in enumerate(bar):
             state, logs = step_fn(state, *args)
             sums = logs if sums is None else jax.tree_util.tree_map(jnp.add, sums, logs)
-            if i % config.log_every_steps == 0 and verbose:
+            if i % config.log_every_steps == 0 and verbose and not (on_device and config.scan_epoch):
                 shown = jax.device_get({k: logs[k] for k in ("anchor_loss", "ref_loss") if k in logs})
                 bar.set_postfix({k: f"{float(np.ravel(v)[0]):.3f}" for k, v in shown.items()})
         sums = {k: float(np.ravel(v)[0]) for k, v in jax.device_get(sums).items()}

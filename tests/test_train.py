@@ -167,20 +167,23 @@ def test_device_resident_data_trains_exactly_like_the_host_pipeline(data, tmp_pa
     # attention key bias) pick up float-rounding noise that Adam scales to ±lr, so
     # compare what the parameters compute: the logged losses and the predictions.
     logs, preds = {}, {}
-    for on_device in (True, False):
-        config = tiny_config("han", num_epochs=2, **{"data.on_device": on_device})
+    modes = {"host": {"data.on_device": False}, "device": {"data.on_device": True},
+             "scan": {"data.on_device": True, "scan_epoch": True}}
+    for mode, overrides in modes.items():
+        config = tiny_config("han", num_epochs=2, **overrides)
         states = {}
-        workdir = tmp_path / str(on_device)
+        workdir = tmp_path / mode
         train.train_and_evaluate(config, str(workdir), data=data, verbose=False,
                                  on_epoch_end=lambda e, s: states.setdefault(e, s))
-        logs[on_device] = [json.loads(line)["train"] for line in open(workdir / "metrics.jsonl")]
+        logs[mode] = [json.loads(line)["train"] for line in open(workdir / "metrics.jsonl")]
         anchor = train.build_models(config, 25)[0]
-        preds[on_device] = evaluate.predict_split(evaluate.make_predict_fn(anchor),
-                                                  states[2].anchor_params, data["val"], 16)
-    for a, b in zip(logs[True], logs[False]):
-        assert a == pytest.approx(b, rel=1e-5)
-    for k in preds[True]:
-        np.testing.assert_allclose(preds[True][k], preds[False][k], atol=1e-5, err_msg=k)
+        preds[mode] = evaluate.predict_split(evaluate.make_predict_fn(anchor),
+                                             states[2].anchor_params, data["val"], 16)
+    for mode in ("device", "scan"):
+        for a, b in zip(logs[mode], logs["host"]):
+            assert a == pytest.approx(b, rel=1e-5), mode
+        for k in preds[mode]:
+            np.testing.assert_allclose(preds[mode][k], preds["host"][k], atol=1e-5, err_msg=mode)
 
 
 def test_padded_order_and_device_gather():
