@@ -29,6 +29,7 @@ import numpy as np
 
 from coleaf_jax import evaluate, train
 from coleaf_jax.config import load_config_file
+from coleaf_jax.data import pipeline
 from coleaf_jax.data.classes import LLP_FRAMES_PER_SEGMENT
 
 NUM_CLASSES = 25
@@ -60,7 +61,7 @@ def _batch(data: dict, b: int) -> dict:
 
 def bench_train(config, batch_size: int, segments: int, steps: int) -> dict:
     """Compile time and steady-state training throughput of one jitted step."""
-    pooled = config.model.anchor != "cmpae"
+    pooled = pipeline.can_pool_frames(config)
     batch = _batch(random_split(batch_size, segments, pooled), batch_size)
     state, anchor, reference, tx = train.create_train_state(
         config, jax.random.key(0), batch, 100, NUM_CLASSES)
@@ -86,7 +87,7 @@ def bench_train(config, batch_size: int, segments: int, steps: int) -> dict:
 
 def bench_eval(config, n: int, segments: int) -> dict:
     """Evaluation throughput over ``n`` videos, forward only and forward + 18 metrics."""
-    pooled = config.model.anchor != "cmpae"
+    pooled = pipeline.can_pool_frames(config)
     data = random_split(n, segments, pooled, seed=1, dense=True)
     anchor = train.build_models(config, NUM_CLASSES)[0]
     sample = _batch(data, 2)

@@ -77,8 +77,7 @@ def select_thresholds(config, workdir: str, step: int, anchor, params,
         if verbose:
             print(f"reusing the thresholds selected on validation for epoch {step}: {path}")
     else:
-        val = pipeline.load_splits(config, workdir, splits=("val",),
-                                   pool_frames=config.model.anchor != "cmpae")["val"]
+        val = pipeline.load_splits(config, workdir, splits=("val",))["val"]
         probs = evaluate.predict_split(evaluate.make_predict_fn(anchor), params, val,
                                        config.eval.batch_size)
         gate = probs["video_prob"] if base.gate == "joint" else probs["video_prob_v"]
@@ -103,8 +102,7 @@ def evaluate_checkpoint(config, workdir: str, split: str = "test", step: int | N
     this checkpoint (``select_thresholds``) and used for ``split``.
     """
     validate_config(config)
-    data = pipeline.load_splits(config, workdir, splits=(split,),
-                                pool_frames=config.model.anchor != "cmpae")[split]
+    data = pipeline.load_splits(config, workdir, splits=(split,))[split]
     state, anchor, params, step = restore_anchor(config, workdir, data, step)
     thresholds = evaluate.thresholds_from_config(config)
     if select:

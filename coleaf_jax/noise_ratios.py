@@ -84,8 +84,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     cli.quiet_libraries()
     config = load_config_file(args.config, args.set)
-    data = pipeline.load_splits(config, args.workdir, splits=("train",),
-                                pool_frames=config.model.anchor != "cmpae")["train"]
+    data = pipeline.load_splits(config, args.workdir, splits=("train",))["train"]
     _, anchor, params, step = cli.restore_anchor(config, args.workdir, data)
     probs = evaluate.predict_split(evaluate.make_predict_fn(anchor), params, data,
                                    config.eval.batch_size)

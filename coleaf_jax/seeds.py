@@ -84,7 +84,7 @@ def train_seeds(config, workdir: str, *, data: dict | None = None, verbose: bool
     if jax.local_device_count() > 1 and verbose:
         print("num_seeds > 1 runs on one device (the seeds are the parallel axis)")
     os.makedirs(workdir, exist_ok=True)
-    data = data or pipeline.load_splits(config, workdir, pool_frames=config.model.anchor != "cmpae")
+    data = data or pipeline.load_splits(config, workdir)
     train, val, test = data["train"], data["val"], data["test"]
     n_train, num_classes = train["label"].shape
     spe = pipeline.num_batches(n_train, config.batch_size)

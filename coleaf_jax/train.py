@@ -390,7 +390,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
-    data = data or pipeline.load_splits(config, workdir, pool_frames=config.model.anchor != "cmpae")
+    data = data or pipeline.load_splits(config, workdir)
     train, val, test = data["train"], data["val"], data["test"]
     num_classes = train["label"].shape[1]
     n_train = len(train["label"])

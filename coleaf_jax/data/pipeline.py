@@ -40,13 +40,21 @@ def ensure_synthetic(config, workdir: str) -> str:
     return root
 
 
+def can_pool_frames(config) -> bool:
+    """Whether frames may be averaged at load time: exact unless the Anchor puts a
+    nonlinearity between the frame projection and the average (CMPAE's ELU)."""
+    return config.model.anchor != "cmpae"
+
+
 def load_splits(config, workdir: str, splits=("train", "val", "test"),
-                pool_frames: bool = True) -> dict[str, dict[str, np.ndarray]]:
+                pool_frames: bool | None = None) -> dict[str, dict[str, np.ndarray]]:
     """Loads the named splits of ``config.data`` into memory (``llp.load_split``).
 
-    ``pool_frames`` averages each second's 8 ResNet frames at load time: exact
-    for Anchors whose frame projection is linear (HAN, the Reference).
+    ``pool_frames`` averages each second's 8 ResNet frames at load time
+    (default: ``can_pool_frames(config)``).
     """
+    if pool_frames is None:
+        pool_frames = can_pool_frames(config)
     if config.data.dataset == "synthetic":
         root = ensure_synthetic(config, workdir)
         tfds_dir = config.data.tfds_dir or os.path.join(root, "tfds")
