@@ -1,32 +1,17 @@
-"""Two training-free reference points for the AVVP metrics.
+"""A training-free reference point for the AVVP metrics (shown by the demo).
 
-* ``weak_label_oracle``: every class of the (true) video-level label, in both
-  modalities, on every segment. It knows the classes and nothing about time
-  or modality: the floor any parser must beat on Ao/Vo and on event level.
 * ``ridge_mil``: a weakly supervised linear baseline. Per modality, a
   closed-form ridge regression maps the video-mean features to the weak
   labels; applied to each segment it gives segment scores, and to the
   video-mean features a video-level gate.
 
-Both return probabilities/scores in the ``binarize`` convention of
+It returns probabilities in the ``binarize`` convention of
 ``coleaf_jax.metrics``.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-
-def weak_label_oracle(labels: np.ndarray, num_segments: int) -> tuple[np.ndarray, np.ndarray]:
-    """Predicts each weak-label class everywhere.
-
-    Args:
-      labels: ``(N, C)`` video-level multi-hot labels.
-    Returns:
-      ``(pred_a, pred_v)``, bool ``(N, T, C)``.
-    """
-    pred = np.repeat(labels.astype(bool)[:, None, :], num_segments, axis=1)
-    return pred, pred.copy()
 
 
 def segment_visual_features(video_2d: np.ndarray, video_3d: np.ndarray) -> np.ndarray:
