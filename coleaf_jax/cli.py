@@ -110,12 +110,9 @@ def evaluate_checkpoint(config, workdir: str, split: str = "test", step: int | N
     probs = evaluate.predict_split(evaluate.make_predict_fn(anchor), params, data,
                                    config.eval.batch_size)
     scores = evaluate.score_split(probs, data, thresholds)
-    result = dict(scores, config=config.name, method=config.method, split=split, epoch=step,
-                  step=int(state.step), thresholds=thresholds.name)
     output = output or os.path.join(
         workdir, f"{split}_metrics{'_selected' if select else ''}.json")
-    with open(output, "w") as f:
-        json.dump(result, f, indent=2)
+    result = evaluate.write_result(output, scores, config, split, step, state.step, thresholds.name)
     if verbose:
         print(metrics.format_table({config.name: scores},
                                    title=f"{split}, epoch {step}, {thresholds.name} (%)"))

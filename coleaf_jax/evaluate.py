@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from typing import Callable
 
 import jax
@@ -70,3 +72,14 @@ def thresholds_from_config(config) -> metrics.Thresholds:
         raise ValueError(f"config.eval.thresholds = {name!r}: expected one of "
                          f"{sorted(metrics.THRESHOLD_PRESETS)}")
     return metrics.THRESHOLD_PRESETS[name]
+
+
+def write_result(path: str, scores: dict[str, float], config, split: str, epoch: int, step: int,
+                 thresholds: str) -> dict:
+    """Writes the scores JSON of ``train.py`` / ``eval.py``: the 18 scores as top-level
+    floats plus what produced them; returns the record."""
+    result = dict(scores, config=config.name, method=config.method, split=split, epoch=int(epoch),
+                  step=int(step), thresholds=thresholds)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    return result

@@ -483,10 +483,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     best = mngr.best_step()
     host_state = restore_checkpoint(mngr, best, flax.jax_utils.unreplicate(state) if n_dev > 1 else state)
     test_scores = evaluate_params(config, anchor, host_state.anchor_params, test, predict_fn)
-    result = dict(test_scores, config=config.name, method=config.method, split="test", epoch=int(best),
-                  step=int(host_state.step), thresholds=config.eval.thresholds)
-    with open(os.path.join(workdir, "test_metrics.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    result = evaluate.write_result(os.path.join(workdir, "test_metrics.json"), test_scores, config,
+                                   "test", best, host_state.step, config.eval.thresholds)
     if verbose:
         print(metrics.format_table({config.name: test_scores},
                                    title=f"test, best epoch {best} (%)"))
