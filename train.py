@@ -6,14 +6,15 @@
 Re-running with the same --workdir resumes from the latest checkpoint.
 --config.num_seeds=K trains seeds seed..seed+K-1 at once (vmap) and writes
 WORKDIR/seeds_metrics.json with per-seed scores and their mean ± std.
-Writes WORKDIR/test_metrics.json (the 18 scores), WORKDIR/metrics.jsonl and
-WORKDIR/checkpoints/ (best on validation and latest).
+Writes WORKDIR/test_metrics.json (the 18 scores), WORKDIR/metrics.jsonl,
+WORKDIR/checkpoints/ (best on validation and latest) and WORKDIR/report.html
+(curves, tables next to the paper's, per-class scores, timelines).
 """
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from coleaf_jax import cli
+from coleaf_jax import cli, report
 from coleaf_jax.seeds import train_seeds
 from coleaf_jax.train import train_and_evaluate
 
@@ -30,6 +31,8 @@ def main(argv):
     logging.info("config:\n%s", FLAGS.config)
     run = train_seeds if FLAGS.config.num_seeds > 1 else train_and_evaluate
     cli.exit_on_user_error(run, FLAGS.config, FLAGS.workdir)
+    if FLAGS.config.num_seeds == 1:
+        print(f"report: {cli.exit_on_user_error(report.build_report, FLAGS.config, FLAGS.workdir)}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Benchmark: compile time, training and evaluation throughput, memory, scaling.
 
     python -m coleaf_jax.bench [--config configs/llp.py[:variant]] [--batch 128] [--segments 10]
-                               [--steps 12] [--eval-videos 1200] [--scaling] [--json OUT]
+                               [--steps 12] [--eval-videos 1200] [--scaling] [--plain]
+                               [--epoch N] [--seeds K] [--json OUT]
 
 Full-size LLP shapes on random arrays (no data needed): audio (B, T, 128),
 ResNet frames (B, 8T, 2048) — pre-pooled to (B, T, 2048) when the Anchor's
@@ -10,7 +11,13 @@ Reports the compile time of the train step, steady-state training videos/s
 (median of ``--steps`` steps after two warm-up steps, with min and max),
 evaluation videos/s with and without the 18 metrics, and peak host memory.
 ``--scaling`` adds training videos/s for batch 32/64/128/256 (T = 10) and
-T = 10/30/60 (batch 128). Measure on an otherwise idle machine.
+T = 10/30/60 (batch 128). ``--plain`` measures the unoptimised step (every
+frame projected, the Anchor's forward pass recomputed inside its loss: the
+authors' structure, same maths) for before/after tables. ``--epoch N`` times
+whole epochs over N resident videos: host input pipeline, device-resident
+batches, the epoch as one ``lax.scan``, and ``--seeds K`` models at once
+(``config.num_seeds``) against K single runs. Measure on an otherwise idle
+machine.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from coleaf_jax import evaluate, train
+from coleaf_jax import seeds as seeds_lib
 from coleaf_jax.config import load_config_file
 from coleaf_jax.data import pipeline
 from coleaf_jax.data.classes import LLP_FRAMES_PER_SEGMENT
@@ -59,13 +67,13 @@ def _batch(data: dict, b: int) -> dict:
     return batch
 
 
-def bench_train(config, batch_size: int, segments: int, steps: int) -> dict:
+def bench_train(config, batch_size: int, segments: int, steps: int, plain: bool = False) -> dict:
     """Compile time and steady-state training throughput of one jitted step."""
     pooled = pipeline.can_pool_frames(config)
     batch = _batch(random_split(batch_size, segments, pooled), batch_size)
     state, anchor, reference, tx = train.create_train_state(
         config, jax.random.key(0), batch, 100, NUM_CLASSES)
-    step = jax.jit(train.make_train_step(config, anchor, reference, tx, None, 100))
+    step = jax.jit(train.make_train_step(config, anchor, reference, tx, None, 100, plain=plain))
     key, epoch = jax.random.key(1), jnp.int32(config.num_epochs - 1)  # every term on
     t0 = time.perf_counter()
     compiled = step.lower(state, batch, epoch, key).compile()
@@ -83,6 +91,63 @@ def bench_train(config, batch_size: int, segments: int, steps: int) -> dict:
             "videos_per_s_median": batch_size / statistics.median(times),
             "videos_per_s_min": batch_size / max(times), "videos_per_s_max": batch_size / min(times),
             "steps": steps}
+
+
+def _timed(fn, *args) -> float:
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - t0
+
+
+def bench_epoch(config, n: int, segments: int, seeds: int) -> dict:
+    """Seconds per training epoch over ``n`` videos (after a compiling epoch)."""
+    pooled = pipeline.can_pool_frames(config)
+    data = random_split(n, segments, pooled, seed=2)
+    b = config.batch_size
+    spe = pipeline.num_batches(n, b)
+    state, anchor, reference, tx = train.create_train_state(
+        config, jax.random.key(0), _batch(data, 2), spe, NUM_CLASSES)
+    step = train.make_train_step(config, anchor, reference, tx, None, spe)
+    device_step = train.make_device_step(step, b)
+    order = jnp.asarray(train.padded_order(np.arange(n), b))
+    resident = jax.device_put({k: data[k] for k in pipeline.BATCH_KEYS})
+    key, epoch = jax.random.key(1), jnp.int32(config.num_epochs - 1)
+
+    host_step, dev_step = jax.jit(step), jax.jit(device_step)
+    scan = jax.jit(train.make_scan_epoch(device_step, spe))
+
+    def host_epoch(s):
+        for batch in pipeline.epoch_batches(data, b):
+            s, _ = host_step(s, {k: jnp.asarray(v) for k, v in batch.items()}, epoch, key)
+        return s
+
+    def device_epoch(s):
+        for i in range(spe):
+            s, _ = dev_step(s, resident, order, jnp.int32(i), epoch, key)
+        return s
+
+    modes = {"host pipeline": host_epoch, "device-resident": device_epoch,
+             "device-resident, lax.scan epoch": lambda s: scan(s, resident, order, epoch, key)[0]}
+    result = {"videos": n, "batch": b, "epoch_s": {}}
+    for name, fn in modes.items():
+        _timed(fn, state)  # compile
+        result["epoch_s"][name] = _timed(fn, state)
+    if seeds > 1:
+        vstep = jax.jit(seeds_lib.vmap_seeds(device_step))
+        stacked = jax.tree_util.tree_map(lambda x: jnp.stack([x] * seeds), state)
+        orders, keys = jnp.stack([order] * seeds), jax.random.split(key, seeds)
+
+        def seeds_epoch(s):
+            for i in range(spe):
+                s, _ = vstep(s, resident, orders, jnp.int32(i), epoch, keys)
+            return s
+
+        _timed(seeds_epoch, stacked)
+        result["seeds"] = seeds
+        result["epoch_s"][f"{seeds} seeds at once (vmap)"] = _timed(seeds_epoch, stacked)
+        result["epoch_s"][f"{seeds} single runs (device-resident)"] = (
+            seeds * result["epoch_s"]["device-resident"])
+    return result
 
 
 def bench_eval(config, n: int, segments: int) -> dict:
@@ -121,17 +186,26 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--eval-videos", type=int, default=1200)
     parser.add_argument("--scaling", action="store_true")
+    parser.add_argument("--plain", action="store_true",
+                        help="the unoptimised step: per-frame projection, Anchor recomputed")
+    parser.add_argument("--epoch", type=int, default=0, metavar="N",
+                        help="also time whole epochs over N videos (host, resident, scan)")
+    parser.add_argument("--seeds", type=int, default=1, metavar="K",
+                        help="with --epoch: K models at once (vmap) against K single runs")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
     config = load_config_file(args.config, args.set)
+    if args.plain:
+        config.model.pool_frames_first = False
     result = {
         "config": config.name, "method": config.method, "anchor": config.model.anchor,
         "device": str(jax.devices()[0]), "device_count": jax.device_count(),
         "machine": platform.processor() or platform.machine(), "jax": jax.__version__,
-        "batch": args.batch, "segments": args.segments,
+        "batch": args.batch, "segments": args.segments, "plain": args.plain,
     }
-    print(f"{config.name}: batch {args.batch}, T {args.segments}, on {result['device']}", flush=True)
-    result["train"] = bench_train(config, args.batch, args.segments, args.steps)
+    print(f"{config.name}{' (plain step)' if args.plain else ''}: batch {args.batch}, "
+          f"T {args.segments}, on {result['device']}", flush=True)
+    result["train"] = bench_train(config, args.batch, args.segments, args.steps, args.plain)
     tr = result["train"]
     print(f"train: compile {tr['compile_s']:.1f}s, {tr['videos_per_s_median']:.1f} videos/s "
           f"(min {tr['videos_per_s_min']:.1f}, max {tr['videos_per_s_max']:.1f}; "
@@ -142,6 +216,13 @@ def main(argv=None) -> int:
         print(f"eval {ev['videos']} videos: forward {ev['forward_s']:.2f}s, metrics "
               f"{ev['metrics_s']:.2f}s, total {ev['total_s']:.2f}s "
               f"({ev['videos_per_s_with_metrics']:.0f} videos/s)", flush=True)
+    if args.epoch:
+        config.batch_size = args.batch
+        result["epoch"] = bench_epoch(config, args.epoch, args.segments, args.seeds)
+        for name, sec in result["epoch"]["epoch_s"].items():
+            k = args.seeds if "seeds" in name or "single runs" in name else 1
+            print(f"epoch of {args.epoch} videos, {name}: {sec:.2f}s "
+                  f"({k * args.epoch / sec:.1f} videos/s)", flush=True)
     if args.scaling:
         result["scaling"] = {"batch": {}, "segments": {}}
         for b in (32, 64, 128, 256):

@@ -48,7 +48,7 @@ def restore_anchor(config, workdir: str, data: dict, step: int | None = None):
                                 f"{os.path.join(workdir, 'checkpoints')}; available: {mngr.all_steps()}")
     sample = pipeline.make_batch(data, np.arange(1), 1)
     template, anchor, _, _ = create_train_state(config, jax.random.key(0), sample, 1,
-                                                data["label"].shape[1])
+                                                pipeline.num_classes(config))
     state = restore_checkpoint(mngr, step, template)
     mngr.close()
     return state, anchor, state.anchor_params, int(step)
@@ -78,8 +78,7 @@ def select_thresholds(config, workdir: str, step: int, anchor, params,
             print(f"reusing the thresholds selected on validation for epoch {step}: {path}")
     else:
         val = pipeline.load_splits(config, workdir, splits=("val",))["val"]
-        probs = evaluate.predict_split(evaluate.make_predict_fn(anchor), params, val,
-                                       config.eval.batch_size)
+        probs = evaluate.predict_with_config(config, anchor, params, val)
         gate = probs["video_prob"] if base.gate == "joint" else probs["video_prob_v"]
         chosen = metrics.search_visual_thresholds(probs["seg_prob"][:, :, 1], gate,
                                                   val["label_visual"], base)
@@ -107,9 +106,7 @@ def evaluate_checkpoint(config, workdir: str, split: str = "test", step: int | N
     thresholds = evaluate.thresholds_from_config(config)
     if select:
         thresholds = select_thresholds(config, workdir, step, anchor, params, verbose)
-    probs = evaluate.predict_split(evaluate.make_predict_fn(anchor), params, data,
-                                   config.eval.batch_size)
-    scores = evaluate.score_split(probs, data, thresholds)
+    scores = evaluate.evaluate_params(config, anchor, params, data, thresholds)
     output = output or os.path.join(
         workdir, f"{split}_metrics{'_selected' if select else ''}.json")
     result = evaluate.write_result(output, scores, config, split, step, state.step, thresholds.name)

@@ -32,10 +32,23 @@ def base_config() -> ml_collections.ConfigDict:
     c.scan_epoch = False  # with data on device: run each epoch as one lax.scan (no per-step bar)
 
     c.data = ml_collections.ConfigDict()
-    c.data.dataset = "llp"  # 'llp' (features on disk) or 'synthetic' (generated on first use)
-    c.data.root = ""  # LLP feature root (vggish/, res152/, r2plus1d_18/); required for 'llp'
+    # 'llp' / 'unav100' (features on disk), 'synthetic' / 'synthetic_unav100' (generated
+    # on first use in the LLP / UnAV-100 layout)
+    c.data.dataset = "llp"
+    c.data.root = ""  # feature root (LLP: vggish/, res152/, r2plus1d_18/); required for real data
+    c.data.num_classes = 25  # UnAV-100 and synthetic_unav100 only (LLP: the 25 classes)
+    c.data.unav_features = "i3d"  # UnAV-100 feature set: 'i3d' (VGGish + I3D) or 'onepeace'
+    c.data.unav_overlap = "any"  # UnAV-100 segment truth rule: 'any', 'half' or 'centre'
+    c.data.unav_annotation_file = ""  # '' = ROOT/annotations/unav100_annotations.json
+    # Variable-length data, host pipeline: crop each batch to a multiple of this many
+    # segments holding its longest video (0 = always the split's longest video).
+    c.data.bucket = 0
     c.data.annotation_dir = ""  # the five CSVs; '' = data.root
     c.data.tfds_dir = ""  # TFDS cache; '' = the TFDS default (~/tensorflow_datasets)
+    # SPEC §9 / paper Table 6: train with VALOR's CLAP/CLIP segment pseudo-labels (files
+    # ROOT/CLAP/segment_pseudo_labels/<id>.npy, ROOT/CLIP/...): modality labels from them
+    # and an extra segment-level BCE on the Anchor (loss.pseudo_label_segment_weight).
+    c.data.pseudo_labels = False
     c.data.on_device = True  # keep the training split on the device(s), gather batches there
     c.data.on_device_max_gib = 8.0  # ...when its arrays take at most this much (per device)
     c.data.synthetic_videos = 1000  # 'synthetic' only: total videos
@@ -48,6 +61,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.ffn_dim = 512  # HAN
     c.model.dropout = 0.1  # HAN
     c.model.reference_head_dropout = 0.5  # paper §5
+    # Average each second's 8 ResNet frames before the linear 2048→D projection (HAN
+    # Anchor, Reference; exact, 8x fewer FLOPs). False: project every frame first, as
+    # the authors' code does (for comparisons; CMPAE's ELU embedding always does).
+    c.model.pool_frames_first = True
     c.model.cmpae_ca_mix = 0.8  # official: training h = 0.8 h_CA + 0.2 h_noCA
     c.model.cmpae_inference_mix = 0.7  # official: inference 0.7 P(mix) + 0.3 P(noCA)
     c.model.cmpae_visual_dropout = 0.5  # official
@@ -55,6 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.loss = ml_collections.ConfigDict()
     c.loss.visual_label_smoothing = (0.9, 0.05)  # HAN: y_v = 0.9 y + 0.05
+    c.loss.pseudo_label_segment_weight = 1.0  # with data.pseudo_labels: segment BCE weight (ours)
     c.loss.reference = "bce"  # paper; 'asl' = official asymmetric loss
     c.loss.class_token_warmup_epochs = 3  # official: class-token weights change after 3 epochs
     c.loss.class_token_weight_audio = (1.0, 1.0)  # (warm-up, after); official with ASL: (1.2, 0.001)
@@ -92,6 +110,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     c.eval.thresholds = "standard"  # 'standard' (HAN 0.5/0.5, joint gate) or 'official' (0.52/0.25)
     c.eval.batch_size = 256
+    # Model selection on validation: 'avvp' = mean of the segment and event Ao, Vo, AV,
+    # T@o, E@o (SPEC §7); 'av' = mean of segment and event AV (UnAV-100).
+    c.eval.selection = "avvp"
     c.eval.every_epochs = 1
     return c
 
@@ -149,6 +170,54 @@ def synthetic_config(variant: str = "") -> ml_collections.ConfigDict:
     c.loss.correlation_weight = 1e-4 * (128 / c.batch_size) ** 2
     c.log_every_steps = 5
     return apply_variant(c, variant or "coleaf_han", "synthetic")
+
+
+def _split_variant(variant: str, config_file: str) -> tuple[str, bool]:
+    """``'[method][,synthetic]'`` -> ``(method or '', synthetic?)``."""
+    parts = [p for p in variant.split(",") if p]
+    methods = [p for p in parts if p != "synthetic"]
+    if len(methods) > 1:
+        raise ValueError(f"{config_file}: variant {variant!r}: expected [method][,synthetic]")
+    return (methods[0] if methods else ""), "synthetic" in parts
+
+
+def pseudo_label_config(variant: str = "") -> ml_collections.ConfigDict:
+    """``configs/llp_pseudo.py``: training with CLIP/CLAP segment pseudo-labels (SPEC §9).
+
+    ``variant`` is ``[method][,synthetic]`` (default method ``coleaf_cmpae``, the
+    Table 6 setting). JoMoLD is off (the modality labels come from the
+    pseudo-labels, not from the weak label it denoises).
+    """
+    method, synthetic = _split_variant(variant, "configs/llp_pseudo.py")
+    method = method or "coleaf_cmpae"
+    c = synthetic_config(method) if synthetic else llp_config(method)
+    c.data.pseudo_labels = True
+    c.loss.denoise = False
+    c.name = c.name.replace("_llp", "_llp_pseudo").replace("_synthetic", "_synthetic_pseudo")
+    return c
+
+
+def unav100_config(variant: str = "") -> ml_collections.ConfigDict:
+    """``configs/unav100.py``: UnAV-100 (100 classes, variable length, audio-visual labels).
+
+    ``variant`` is ``[method][,synthetic]``: a method of ``VARIANTS`` (default
+    ``coleaf_han``), and ``synthetic`` for the generated variable-length set
+    in the UnAV-100 layout (20 classes, 2-20 s videos, D = 256, 8 epochs). The
+    labels are audio-visual only, so there is no modality noise for JoMoLD to
+    remove (``loss.denoise`` off) and model selection uses the AV scores.
+    """
+    method, synthetic = _split_variant(variant, "configs/unav100.py")
+    c = synthetic_config() if synthetic else base_config()
+    c.data.dataset = "synthetic_unav100" if synthetic else "unav100"
+    c.data.num_classes = 20 if synthetic else 100
+    c.data.synthetic_videos = 400
+    c.data.bucket = 8
+    c.eval.selection = "av"
+    apply_variant(c, method or "coleaf_han", "unav100")
+    c.loss.denoise = False
+    if synthetic:
+        c.name += "_synthetic"
+    return c
 
 
 def load_config_file(spec: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:

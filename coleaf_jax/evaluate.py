@@ -29,19 +29,41 @@ def make_predict_fn(anchor) -> Callable:
 
 
 def predict_split(predict_fn: Callable, params, data: dict[str, np.ndarray],
-                  batch_size: int) -> dict[str, np.ndarray]:
+                  batch_size: int, bucket: int = 0) -> dict[str, np.ndarray]:
     """Runs ``predict_fn`` over a split in fixed-size batches.
 
+    ``bucket`` crops each batch's time axis as ``pipeline.make_batch`` does;
+    segment outputs are padded back to the split's length ``T`` (with zeros).
     Returns ``seg_prob (N, T, 2, C)``, ``video_prob``, ``video_prob_a``,
     ``video_prob_v`` ``(N, C)`` as numpy.
     """
-    n = len(data["label"])
+    n, t = data["audio"].shape[:2]
     batch_size = min(batch_size, n)
     chunks = []
-    for batch in pipeline.epoch_batches(data, batch_size):
+    for batch in pipeline.epoch_batches(data, batch_size, bucket=bucket):
         chunks.append(predict_fn(params, {k: jnp.asarray(v) for k, v in batch.items()}))
     out = jax.device_get(chunks)
+    for c in out:
+        short = t - c["seg_prob"].shape[1]
+        if short:
+            c["seg_prob"] = np.pad(c["seg_prob"], [(0, 0), (0, short)] + [(0, 0)] * 2)
     return {k: np.concatenate([c[k] for c in out])[:n] for k in PREDICTION_KEYS}
+
+
+def predict_with_config(config, anchor, params, data: dict[str, np.ndarray],
+                        predict_fn: Callable | None = None) -> dict[str, np.ndarray]:
+    """``predict_split`` with the batch size and bucketing of ``config``."""
+    predict_fn = predict_fn or make_predict_fn(anchor)
+    return predict_split(predict_fn, params, data, config.eval.batch_size, config.data.bucket)
+
+
+def evaluate_params(config, anchor, params, data: dict[str, np.ndarray],
+                    thresholds: metrics.Thresholds | None = None,
+                    predict_fn: Callable | None = None) -> dict[str, float]:
+    """The 18 scores of Anchor ``params`` on a split; ``thresholds`` default to
+    ``config.eval.thresholds``."""
+    probs = predict_with_config(config, anchor, params, data, predict_fn)
+    return score_split(probs, data, thresholds or thresholds_from_config(config))
 
 
 def decisions(probs: dict[str, np.ndarray], thresholds: metrics.Thresholds) -> tuple[np.ndarray, np.ndarray]:

@@ -76,6 +76,21 @@ def modality_labels(y, visual_smoothing=(0.9, 0.05)):
     return y, scale * y + shift
 
 
+def pseudo_modality_labels(pl_audio, pl_visual):
+    """SPEC §9: ``ȳ_a = max_t PL_a[t]``, ``ȳ_v = max_t PL_v[t]`` (replacing the smoothed
+    weak labels). ``pl_*: (B, T, C)`` with zeros on padded segments; returns ``(B, C)`` each."""
+    return pl_audio.max(axis=1), pl_visual.max(axis=1)
+
+
+def pseudo_label_segment_bce(seg_prob, pl_audio, pl_visual, mask, video_mask, axis_name=None):
+    """SPEC §9's extra Anchor loss: BCE between the segment probabilities ``P[:,0]``,
+    ``P[:,1]`` and the pseudo-labels, averaged over valid segments, classes and both
+    modalities. ``seg_prob: (B, T, 2, C)``, ``pl_*: (B, T, C)``, ``mask: (B, T)``."""
+    target = jnp.stack([pl_audio, pl_visual], axis=2)
+    weights = (mask.astype(jnp.float32) * video_mask[:, None])[:, :, None, None]
+    return batch_mean(binary_cross_entropy(seg_prob, target), weights, axis_name)
+
+
 def han_loss(anchor_out, y, y_a, y_v, video_mask, axis_name=None):
     """HAN's backbone loss ``BCE(p, y) + BCE(p^a, ȳ_a) + BCE(p^v, ȳ_v)`` (SPEC §4.2)."""
     return (bce(anchor_out["video_prob"], y, video_mask, axis_name)

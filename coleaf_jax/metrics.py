@@ -225,9 +225,53 @@ def avvp_scores(
     return scores
 
 
-def selection_score(scores: Mapping[str, float]) -> float:
-    """Model-selection criterion of SPEC §7: mean of the ten ``SELECTION_KEYS``."""
-    return float(np.mean([scores[k] for k in SELECTION_KEYS]))
+def per_class_f_scores(pred: ArrayLike, gt: ArrayLike, mask: ArrayLike | None = None,
+                       level: str = "seg") -> np.ndarray:
+    """Per-class F-score (percent): the mean, over the videos where class ``c``
+    occurs (predicted or true), of that video's ``F_c`` — the per-class view of
+    the per-video scores above. NaN for a class that occurs nowhere.
+
+    Args:
+      pred, gt: binary ``(N, T, C)``; mask: optional ``(N, T)``.
+      level: ``'seg'`` or ``'evt'``.
+    Returns:
+      float64 ``(C,)``.
+    """
+    pred, gt = _as_binary(pred, "pred"), _as_binary(gt, "gt")
+    if mask is not None:
+        m = _as_binary(mask, "mask", ndim=2)[:, :, None]
+        pred, gt = pred & m, gt & m
+    tp, fp, fn = (segment_counts if level == "seg" else event_counts)(pred, gt)
+    denom = 2 * tp + fp + fn
+    f = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+    n_occ = (denom > 0).sum(axis=0)
+    with np.errstate(invalid="ignore"):
+        return np.where(n_occ > 0, 100.0 * f.sum(axis=0) / n_occ, np.nan)
+
+
+def per_video_scores(pred_a: ArrayLike, pred_v: ArrayLike, gt_a: ArrayLike, gt_v: ArrayLike,
+                     mask: ArrayLike | None = None) -> np.ndarray:
+    """Segment-level Type@AV of each video (percent, ``(N,)``): ranks videos for display."""
+    arrays = [_as_binary(x, n) for x, n in ((pred_a, "pred_a"), (pred_v, "pred_v"),
+                                             (gt_a, "gt_a"), (gt_v, "gt_v"))]
+    if mask is not None:
+        m = _as_binary(mask, "mask", ndim=2)[:, :, None]
+        arrays = [x & m for x in arrays]
+    p, g = modality_decisions(*arrays[:2]), modality_decisions(*arrays[2:])
+    return 100.0 * np.mean([video_f_scores(*segment_counts(p[k], g[k])) for k in ("a", "v", "av")],
+                           axis=0)
+
+
+# ``config.eval.selection`` -> the scores averaged for model selection.
+SELECTIONS: dict[str, tuple[str, ...]] = {"avvp": SELECTION_KEYS, "av": ("seg_av", "evt_av")}
+
+
+def selection_score(scores: Mapping[str, float], selection: str = "avvp") -> float:
+    """Model-selection criterion: the mean of ``SELECTIONS[selection]`` (``'avvp'``:
+    the ten ``SELECTION_KEYS`` of SPEC §7; ``'av'``: segment and event AV, UnAV-100)."""
+    if selection not in SELECTIONS:
+        raise ValueError(f"config.eval.selection = {selection!r}: expected one of {sorted(SELECTIONS)}")
+    return float(np.mean([scores[k] for k in SELECTIONS[selection]]))
 
 
 def format_table(rows: Mapping[str, Mapping[str, float]] | Mapping[str, float], title: str = "") -> str:

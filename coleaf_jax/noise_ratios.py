@@ -86,8 +86,7 @@ def main(argv=None) -> int:
     config = load_config_file(args.config, args.set)
     data = pipeline.load_splits(config, args.workdir, splits=("train",))["train"]
     _, anchor, params, step = cli.restore_anchor(config, args.workdir, data)
-    probs = evaluate.predict_split(evaluate.make_predict_fn(anchor), params, data,
-                                   config.eval.batch_size)
+    probs = evaluate.predict_with_config(config, anchor, params, data)
     r_a, r_v = estimate_noise_ratios(probs["video_prob_a"], probs["video_prob_v"], data["label"])
     np.savez(args.output, audio=r_a, visual=r_v)
     print(f"wrote {args.output} from checkpoint {step} ({len(data['label'])} training videos); "

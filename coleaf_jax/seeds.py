@@ -35,6 +35,12 @@ def run_keys(seed: int):
     return jax.random.split(jax.random.key(seed), 3)
 
 
+def vmap_seeds(device_step):
+    """``device_step`` (``train.make_device_step``) over a leading seed axis of the
+    state, the epoch order and the key; the split and the step index are shared."""
+    return jax.vmap(device_step, in_axes=(0, None, 0, None, None, 0))
+
+
 def predict_seeds(anchor, params, data: dict, batch_size: int) -> dict[str, np.ndarray]:
     """Anchor outputs of K stacked parameter sets: each ``(K, N, ...)``."""
 
@@ -99,8 +105,8 @@ def train_seeds(config, workdir: str, *, data: dict | None = None, verbose: bool
     train_keys = jnp.stack([k[1] for k in keys])
     step = make_device_step(make_train_step(config, anchor, reference, tx, None, spe),
                             config.batch_size)
-    vstep = jax.jit(jax.vmap(step, in_axes=(0, None, 0, None, None, 0)))
-    fields = [k for k in (*pipeline.BATCH_KEYS, "mask") if k in train]
+    vstep = jax.jit(vmap_seeds(step))
+    fields = [k for k in (*pipeline.batch_keys(train), "mask") if k in train]
     train_dev = jax.device_put({k: train[k] for k in fields})
 
     best_score = [-np.inf] * len(seeds)
@@ -116,13 +122,13 @@ def train_seeds(config, workdir: str, *, data: dict | None = None, verbose: bool
         val_scores = _score_seeds(config, anchor, state.anchor_params, val)
         host_params = jax.device_get(state.anchor_params)
         for k, scores in enumerate(val_scores):
-            sel = metrics.selection_score(scores)
+            sel = metrics.selection_score(scores, config.eval.selection)
             if sel > best_score[k]:
                 best_score[k], best_epoch[k] = sel, epoch + 1
                 best_params[k] = jax.tree_util.tree_map(lambda x, k=k: x[k], host_params)
         if verbose:
             print(f"epoch {epoch + 1}/{config.num_epochs} ({time.time() - t0:.1f}s): val selection "
-                  + ", ".join(f"{metrics.selection_score(s):.1f}" for s in val_scores))
+                  + ", ".join(f"{metrics.selection_score(s, config.eval.selection):.1f}" for s in val_scores))
 
     stacked = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *best_params)
     per_seed = _score_seeds(config, anchor, stacked, test)

@@ -66,6 +66,9 @@ def validate_config(config) -> None:
     for key, value, allowed in checks:
         if value not in allowed:
             raise ValueError(f"config.{key} = {value!r}: expected one of {list(allowed)}")
+    if config.data.pseudo_labels and config.data.dataset not in ("llp", "synthetic"):
+        raise ValueError(f"config.data.pseudo_labels needs LLP-layout data (VALOR's CLAP/CLIP "
+                         f"folders), not config.data.dataset = {config.data.dataset!r}")
     available = jax.local_device_count()
     if not 0 <= config.num_devices <= available:
         raise ValueError(f"config.num_devices = {config.num_devices}: expected 0 (all) to "
@@ -88,7 +91,8 @@ def build_models(config, num_classes: int):
     reference = ReferenceBranch(
         num_classes=num_classes, d_model=config.model.d_model, ffn_dim=config.model.ffn_dim,
         dropout=config.model.dropout, head_dropout=config.model.reference_head_dropout,
-        class_tokens=config.model.class_tokens)
+        class_tokens=config.model.class_tokens,
+        pool_frames_first=config.model.pool_frames_first)
     return anchor, reference
 
 
@@ -130,8 +134,13 @@ def denoise_scale(loss_config, step, epoch, steps_per_epoch: int):
 
 
 def make_train_step(config, anchor, reference, tx, axis_name: str | None = None,
-                    steps_per_epoch: int = 1) -> Callable:
+                    steps_per_epoch: int = 1, plain: bool = False) -> Callable:
     """Builds ``step(state, batch, epoch, key) -> (state, metrics)``.
+
+    ``plain=True`` builds the unoptimised form of the same step, as the
+    authors' code is organised: the Anchor runs once for the pseudo-labels and
+    again inside its own loss, which is differentiated through that second
+    forward pass. Same maths and randomness (tested equal); for benchmarks.
 
     Pure: the randomness is ``key`` folded with ``state.step`` (and the device
     index under ``pmap``). With ``axis_name`` the losses are normalised by
@@ -140,6 +149,7 @@ def make_train_step(config, anchor, reference, tx, axis_name: str | None = None,
     """
     lc = config.loss
     cmpae = config.model.anchor == "cmpae"
+    pseudo = config.data.pseudo_labels
     if lc.denoise:
         ratio_a, ratio_v = load_noise_ratios(lc.denoise_ratios, anchor.num_classes)
 
@@ -155,11 +165,16 @@ def make_train_step(config, anchor, reference, tx, axis_name: str | None = None,
         vm, mask = batch["video_mask"], batch["mask"]
         y = batch["label"]
         y_a, y_v = losses.modality_labels(y, tuple(lc.visual_label_smoothing))
+        if pseudo:  # SPEC §9: modality labels from the segment pseudo-labels
+            y_a, y_v = losses.pseudo_modality_labels(batch["pl_audio"], batch["pl_visual"])
 
         def anchor_forward(params):
             return anchor.apply({"params": params}, *inputs, train=True, rngs={"dropout": k_anchor})
 
-        a_out, anchor_vjp = jax.vjp(anchor_forward, state.anchor_params)
+        if plain:
+            a_out = jax.lax.stop_gradient(anchor_forward(state.anchor_params))
+        else:
+            a_out, anchor_vjp = jax.vjp(anchor_forward, state.anchor_params)
         logs = {}
         if lc.denoise:  # JoMoLD: drop modality-inconsistent positives of this batch
             src = "noca_video_prob" if cmpae else "video_prob"
@@ -218,6 +233,10 @@ def make_train_step(config, anchor, reference, tx, axis_name: str | None = None,
             else:
                 terms = {"backbone": losses.han_loss(out, y, y_a, y_v, vm, axis_name)}
             total = terms["backbone"]
+            if pseudo:
+                terms["pseudo_segment"] = losses.pseudo_label_segment_bce(
+                    out["seg_prob"], batch["pl_audio"], batch["pl_visual"], mask, vm, axis_name)
+                total = total + lc.pseudo_label_segment_weight * terms["pseudo_segment"]
             if teacher is None:
                 return total, terms
             q = {m: teacher[m]["video_prob"] for m in ("a", "v")}
@@ -251,8 +270,13 @@ def make_train_step(config, anchor, reference, tx, axis_name: str | None = None,
                 total = total + collab_on * lc.correlation_weight * cc
             return total, terms
 
-        (anchor_loss, anchor_terms), out_grads = jax.value_and_grad(anchor_loss_fn, has_aux=True)(a_out)
-        (anchor_grads,) = anchor_vjp(out_grads)
+        if plain:
+            (anchor_loss, anchor_terms), anchor_grads = jax.value_and_grad(
+                lambda p: anchor_loss_fn(anchor_forward(p)), has_aux=True)(state.anchor_params)
+        else:
+            (anchor_loss, anchor_terms), out_grads = jax.value_and_grad(
+                anchor_loss_fn, has_aux=True)(a_out)
+            (anchor_grads,) = anchor_vjp(out_grads)
         updates, anchor_opt = tx.update(reduce_grads(anchor_grads), state.anchor_opt,
                                         state.anchor_params)
         anchor_params = optax.apply_updates(state.anchor_params, updates)
@@ -318,7 +342,7 @@ def make_device_step(step: Callable, batch_size: int, n_devices: int = 1,
         valid = idx >= 0
         safe = jnp.where(valid, idx, 0)
         batch = {}
-        for k in pipeline.BATCH_KEYS:
+        for k in pipeline.batch_keys(data):
             x = data[k][safe]
             batch[k] = jnp.where(valid.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0).astype(x.dtype)
         seg = data["mask"][safe] if "mask" in data else jnp.ones(data["audio"].shape[1:2], bool)
@@ -355,7 +379,7 @@ def padded_order(perm: np.ndarray, batch_size: int) -> np.ndarray:
 
 
 def split_bytes(data: dict) -> int:
-    return sum(data[k].nbytes for k in pipeline.BATCH_KEYS if k in data)
+    return sum(data[k].nbytes for k in pipeline.batch_keys(data))
 
 
 def _device_batch(batch, n_devices: int):
@@ -367,13 +391,6 @@ def _device_batch(batch, n_devices: int):
 def _append_jsonl(path: str, record: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
-
-
-def evaluate_params(config, anchor, params, data, predict_fn=None) -> dict[str, float]:
-    """The 18 scores of ``params`` on a split under ``config.eval.thresholds``."""
-    predict_fn = predict_fn or evaluate.make_predict_fn(anchor)
-    probs = evaluate.predict_split(predict_fn, params, data, config.eval.batch_size)
-    return evaluate.score_split(probs, data, evaluate.thresholds_from_config(config))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -415,7 +432,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     on_device = config.data.on_device and split_bytes(train) <= config.data.on_device_max_gib * 2**30
     if on_device:  # the split lives on every device; batches are gathered there
         step = make_device_step(step, config.batch_size, n_dev, "batch" if n_dev > 1 else None)
-        fields = [k for k in (*pipeline.BATCH_KEYS, "mask") if k in train]
+        fields = [k for k in (*pipeline.batch_keys(train), "mask") if k in train]
         train_dev = {k: train[k] for k in fields}
         devices = jax.local_devices()[:n_dev]
         train_dev = (flax.jax_utils.replicate(train_dev, devices) if n_dev > 1
@@ -451,7 +468,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 calls = [(train_dev, order, epoch_arg, train_key)]
         else:
             calls = ((_device_batch(b, n_dev), epoch_arg, train_key)
-                     for b in pipeline.epoch_batches(train, config.batch_size, perm))
+                     for b in pipeline.epoch_batches(train, config.batch_size, perm,
+                                                      config.data.bucket))
         bar = tqdm(calls, total=1 if on_device and config.scan_epoch else steps_per_epoch, desc=f"epoch {epoch + 1}/{config.num_epochs}",
                    disable=not verbose, leave=False, dynamic_ncols=True)
         sums = None  # summed on device; fetched only when shown
@@ -464,8 +482,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         sums = {k: float(np.ravel(v)[0]) for k, v in jax.device_get(sums).items()}
         bar.close()
         host_state = flax.jax_utils.unreplicate(state) if n_dev > 1 else state
-        val_scores = evaluate_params(config, anchor, host_state.anchor_params, val, predict_fn)
-        selection = metrics.selection_score(val_scores)
+        val_scores = evaluate.evaluate_params(config, anchor, host_state.anchor_params, val,
+                                              predict_fn=predict_fn)
+        selection = metrics.selection_score(val_scores, config.eval.selection)
         save_checkpoint(mngr, epoch + 1, host_state, selection)
         train_logs = {k: v / steps_per_epoch for k, v in sums.items()}
         _append_jsonl(metrics_path, {"epoch": epoch + 1, "step": int(host_state.step),
@@ -482,7 +501,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
     best = mngr.best_step()
     host_state = restore_checkpoint(mngr, best, flax.jax_utils.unreplicate(state) if n_dev > 1 else state)
-    test_scores = evaluate_params(config, anchor, host_state.anchor_params, test, predict_fn)
+    test_scores = evaluate.evaluate_params(config, anchor, host_state.anchor_params, test,
+                                          predict_fn=predict_fn)
     result = evaluate.write_result(os.path.join(workdir, "test_metrics.json"), test_scores, config,
                                    "test", best, host_state.step, config.eval.thresholds)
     if verbose:

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from coleaf_jax import cli, evaluate, metrics, train
+from coleaf_jax import cli, evaluate, metrics, parsing, report, train
 from coleaf_jax.config import override
 from coleaf_jax.data import pipeline
 from configs import synthetic as synthetic_config
@@ -87,6 +87,40 @@ def test_pmap_step_equals_single_device_step(data, variant, tmp_path):
         assert float(l1["denoised_share_v"]) > 0
 
 
+@pytest.mark.parametrize("variant", ["coleaf_han"])  # pooling + VJP; CMPAE shares the VJP path
+def test_optimised_step_equals_plain_step(data_workdir, variant):
+    # Optimised: frames averaged before the projection (HAN Anchor, Reference), the
+    # Anchor's forward pass run once and pulled back by its VJP. Plain: every frame
+    # projected, the Anchor run again inside its loss. Same losses and gradients.
+    config = tiny_config(variant)
+    raw = pipeline.load_splits(config, data_workdir, ("train",), pool_frames=False)["train"]
+    batch_raw = {k: jnp.asarray(v) for k, v in pipeline.make_batch(raw, np.arange(8), 8).items()}
+    assert batch_raw["video_2d"].shape[1] == 8 * batch_raw["audio"].shape[1]
+    batch_opt = dict(batch_raw)
+    if pipeline.can_pool_frames(config):
+        batch_opt["video_2d"] = batch_raw["video_2d"].reshape(8, -1, 8, 2048).mean(2)
+    plain_config = tiny_config(variant, **{"model.pool_frames_first": False})
+    state, anchor, ref, _ = train.create_train_state(config, jax.random.key(0), batch_opt, 5, 25)
+    _, plain_anchor, plain_ref, _ = train.create_train_state(
+        plain_config, jax.random.key(0), batch_raw, 5, 25)
+    tx = optax.sgd(1.0)  # the parameter change is minus the gradient
+    state = state.replace(anchor_opt=tx.init(state.anchor_params), ref_opt=tx.init(state.ref_params))
+    opt = jax.jit(train.make_train_step(config, anchor, ref, tx, None, 5))
+    plain = jax.jit(train.make_train_step(plain_config, plain_anchor, plain_ref, tx, None, 5,
+                                          plain=True))
+    key, epoch = jax.random.key(3), jnp.int32(2)  # every collaborative term is on
+    s1, l1 = opt(state, batch_opt, epoch, key)
+    s2, l2 = plain(state, batch_raw, epoch, key)
+    assert set(l1) == set(l2)
+    for k in l1:
+        assert float(l1[k]) == pytest.approx(float(l2[k]), rel=1e-4, abs=1e-6), k
+    grads = lambda s: jax.tree_util.tree_map(lambda a, b: a - b, state.anchor_params, s.anchor_params)
+    g1, g2 = grads(s1), grads(s2)
+    assert max(float(jnp.abs(g).max()) for g in jax.tree_util.tree_leaves(g1)) > 1e-3
+    _leaves_close(g1, g2, atol=2e-5)
+    _leaves_close(s1.ref_params, s2.ref_params, atol=2e-5)
+
+
 def test_steps_reduce_the_loss_and_are_reproducible(data):
     config = tiny_config(learning_rate=3e-3)
     batch = _batch(data)
@@ -159,6 +193,35 @@ def test_train_writes_scores_and_eval_restores_them(data, data_workdir, tmp_path
     os.utime(path, (0, 0))
     cli.evaluate_checkpoint(config, workdir, split="test", verbose=False, select=True)
     assert os.path.getmtime(path) == 0  # reused, not searched again
+
+    # parse.py's path: a feature folder without annotations -> typed events; the same
+    # decisions as evaluation (events rebuilt into segments equal the scored decisions).
+    out = str(tmp_path / "parsed")
+    records = parsing.parse_videos(config, workdir, out, features=config.data.root,
+                                   timelines=2, verbose=False)
+    assert parsing.read_events(os.path.join(out, "events.csv")) == parsing.read_events(
+        os.path.join(out, "events.jsonl")) == records
+    test = data["test"]
+    _, anchor, params, _ = cli.restore_anchor(config, workdir, test)
+    probs = evaluate.predict_with_config(config, anchor, params, test)
+    pred_a, pred_v = evaluate.decisions(probs, evaluate.thresholds_from_config(config))
+    index = {vid: i for i, vid in enumerate(test["id"])}
+    rebuilt_a, rebuilt_v = np.zeros_like(pred_a), np.zeros_like(pred_v)
+    names = list(pipeline.class_names(config, workdir))
+    for r in records:
+        if r["video"] in index:
+            sl = (index[r["video"]], slice(int(r["onset"]), int(r["offset"])), names.index(r["class"]))
+            rebuilt_a[sl] |= r["type"] != "visible-only"
+            rebuilt_v[sl] |= r["type"] != "audible-only"
+    np.testing.assert_array_equal(rebuilt_a, pred_a)
+    np.testing.assert_array_equal(rebuilt_v, pred_v)
+    assert len(os.listdir(os.path.join(out, "timelines"))) == 2
+    # The run report: one self-contained HTML file with its sections and pictures.
+    html = open(report.build_report(config, workdir, test=test, num_timelines=2)).read()
+    for section in ("Training curves", "Test scores", "Table 5, HAN", "Per-class segment F-scores",
+                    "Timelines: best and worst"):
+        assert section in html, section
+    assert html.count("data:image/png;base64,") == 1 + 2 * 2  # curves, 2 best + 2 worst
 
 
 

@@ -493,6 +493,87 @@ def prepare(
     return builder
 
 
+# VALOR's offline segment pseudo-labels (SPEC §9): CLAP on audio, CLIP on frames.
+PSEUDO_LABEL_FOLDERS = {"pl_audio": "CLAP/segment_pseudo_labels",
+                        "pl_visual": "CLIP/segment_pseudo_labels"}
+
+
+def load_pseudo_labels(root: PathLike, ids) -> dict[str, np.ndarray]:
+    """The CLAP (audio) and CLIP (visual) segment pseudo-labels of videos ``ids``.
+
+    Reads ``ROOT/CLAP/segment_pseudo_labels/<id>.npy`` and
+    ``ROOT/CLIP/segment_pseudo_labels/<id>.npy``, each ``(10, 25)`` in {0, 1}.
+
+    Returns:
+      ``{'pl_audio': (N, 10, 25), 'pl_visual': (N, 10, 25)}`` float32.
+
+    Raises:
+      MissingFeatureError: files are missing (the count and the first ones named).
+      LLPDataError: unreadable file, wrong shape, or values other than 0 and 1.
+    """
+    shape = (LLP_NUM_SEGMENTS, len(LLP_CLASSES))
+    out = {}
+    for key, folder in PSEUDO_LABEL_FOLDERS.items():
+        paths = [Path(root) / folder / f"{vid}.npy" for vid in ids]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise MissingFeatureError(
+                f"{len(missing)} of {len(paths)} pseudo-label files missing under {Path(root) / folder} "
+                f"(e.g. {', '.join(missing[:3])}); config.data.pseudo_labels needs one per "
+                f"training video")
+        arrays = np.empty((len(paths), *shape), np.float32)
+        for i, path in enumerate(paths):
+            try:
+                x = np.load(path, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as e:
+                raise LLPDataError(f"{path}: cannot read as a .npy array ({e})") from e
+            if x.shape != shape:
+                raise LLPDataError(f"{path}: expected shape {shape} (segments, classes), got {x.shape}")
+            if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+                raise LLPDataError(f"{path}: expected 0/1 numbers, got dtype {x.dtype}")
+            bad = x[(x != 0) & (x != 1)]
+            if bad.size:
+                raise LLPDataError(f"{path}: expected binary values 0/1, found {bad.size} others "
+                                   f"(e.g. {bad.ravel()[:3].tolist()})")
+            arrays[i] = x
+        out[key] = arrays
+    return out
+
+
+def load_feature_dir(root: PathLike, ids=None, *, pool_frames: bool = False) -> dict[str, np.ndarray]:
+    """Features of the videos under ``root`` (``vggish/``, ``res152/``, ``r2plus1d_18/``),
+    without any annotation CSV: every id with a ``vggish/<id>.npy``, or ``ids``.
+
+    Videos missing a feature file are skipped with one warning (count and
+    first example); a malformed file raises ``LLPDataError`` naming it.
+    Returns ``audio``, ``video_2d``, ``video_3d`` as ``load_split`` and ``id``.
+    """
+    audio_dir = Path(root) / FEATURE_FOLDERS["audio"]
+    if ids is None:
+        if not audio_dir.is_dir():
+            raise MissingFeatureError(f"{audio_dir}: feature folder not found")
+        ids = sorted(p.stem for p in audio_dir.glob("*.npy"))
+    if not len(ids):
+        raise MissingFeatureError(f"{audio_dir}: no .npy feature files")
+    rows, missing = [], []
+    for vid in ids:
+        try:
+            rows.append((vid, load_features(root, vid)))
+        except MissingFeatureError as e:
+            missing.append(str(e))
+    if missing:
+        logger.warning("%s: skipped %d video(s) with missing feature files (first: %s)",
+                       root, len(missing), missing[0])
+    if not rows:
+        raise MissingFeatureError(f"{root}: no video has all three feature files")
+    out = {key: np.stack([f[key] for _, f in rows]) for key in FEATURE_FOLDERS}
+    if pool_frames:
+        v = out["video_2d"]
+        out["video_2d"] = v.reshape(len(v), -1, LLP_FRAMES_PER_SEGMENT, v.shape[-1]).mean(2)
+    out["id"] = np.array([vid for vid, _ in rows], dtype=str)
+    return out
+
+
 def load_split(
     root: PathLike,
     split: str,

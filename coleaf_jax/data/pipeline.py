@@ -3,10 +3,17 @@
 A batch is a dict of numpy arrays with a fixed leading size ``B`` (the last
 batch of an epoch is padded), so one compiled step serves every batch:
 
-* ``audio (B, T, 128)``, ``video_2d (B, T or T*8, 2048)``, ``video_3d (B, T, 512)``,
+* ``audio (B, T, 128)``, ``video_2d (B, T or T*8, 2048)``, ``video_3d (B, T, 512)``
+  (LLP widths; UnAV-100 has its own),
 * ``label (B, C)`` weak labels,
-* ``mask (B, T)`` valid segments (0 for padding videos),
+* ``mask (B, T)`` valid segments (0 for padding videos and, with variable-length
+  data, for the padded tail of shorter videos),
 * ``video_mask (B,)`` 1 for real videos, 0 for padding.
+
+Variable-length splits (UnAV-100) are stored padded to their longest video
+with a ``mask (N, T)``; ``make_batch(..., bucket=k)`` crops a batch to the
+smallest multiple of ``k`` segments that holds its longest video, so short
+batches cost less and a handful of shapes get compiled.
 """
 
 from __future__ import annotations
@@ -16,10 +23,14 @@ from typing import Iterator
 
 import numpy as np
 
-from coleaf_jax.data import llp, synthetic
+from coleaf_jax.data import llp, synthetic, unav100
+from coleaf_jax.data.classes import LLP_CLASSES
 
 FEATURE_KEYS = ("audio", "video_2d", "video_3d")
 BATCH_KEYS = FEATURE_KEYS + ("label",)
+# Carried into batches when the split has them: segment pseudo-labels (SPEC §9).
+OPTIONAL_KEYS = ("pl_audio", "pl_visual")
+DATASETS = ("llp", "synthetic", "unav100", "synthetic_unav100")
 
 
 def synthetic_root(config, workdir: str) -> str:
@@ -28,13 +39,23 @@ def synthetic_root(config, workdir: str) -> str:
 
 
 def ensure_synthetic(config, workdir: str) -> str:
-    """Generates the synthetic dataset once (a ``.complete`` marker records it)."""
+    """Generates the synthetic dataset once (a ``.complete`` marker records it).
+
+    ``data.dataset = 'synthetic'`` writes the LLP layout; ``'synthetic_unav100'``
+    the variable-length UnAV-100 layout.
+    """
     root = synthetic_root(config, workdir)
     marker = os.path.join(root, ".complete")
     if not os.path.exists(marker):
-        cfg = synthetic.SyntheticConfig(num_videos=config.data.synthetic_videos,
-                                        seed=config.data.synthetic_seed)
-        synthetic.generate(root, cfg, verbose=True)
+        if config.data.dataset == "synthetic_unav100":
+            cfg = synthetic.SyntheticUnavConfig(num_videos=config.data.synthetic_videos,
+                                                num_classes=config.data.num_classes,
+                                                seed=config.data.synthetic_seed)
+            synthetic.generate_unav(root, cfg, verbose=True)
+        else:
+            cfg = synthetic.SyntheticConfig(num_videos=config.data.synthetic_videos,
+                                            seed=config.data.synthetic_seed)
+            synthetic.generate(root, cfg, verbose=True)
         with open(marker, "w") as f:
             f.write(f"{cfg}\n")
     return root
@@ -42,8 +63,9 @@ def ensure_synthetic(config, workdir: str) -> str:
 
 def can_pool_frames(config) -> bool:
     """Whether frames may be averaged at load time: exact unless the Anchor puts a
-    nonlinearity between the frame projection and the average (CMPAE's ELU)."""
-    return config.model.anchor != "cmpae"
+    nonlinearity between the frame projection and the average (CMPAE's ELU), or
+    ``config.model.pool_frames_first`` asks for the per-frame projection."""
+    return config.model.anchor != "cmpae" and config.model.pool_frames_first
 
 
 def load_splits(config, workdir: str, splits=("train", "val", "test"),
@@ -55,7 +77,21 @@ def load_splits(config, workdir: str, splits=("train", "val", "test"),
     """
     if pool_frames is None:
         pool_frames = can_pool_frames(config)
-    if config.data.dataset == "synthetic":
+    dataset = config.data.dataset
+    if dataset in ("unav100", "synthetic_unav100"):
+        if dataset == "synthetic_unav100":
+            root = ensure_synthetic(config, workdir)
+        elif not config.data.root:
+            raise ValueError("config.data.root is required for UnAV-100: the folder holding "
+                             "annotations/unav100_annotations.json and av_features/ (pass "
+                             "--config.data.root=/path/to/unav100)")
+        else:
+            root = config.data.root
+        return {s: unav100.load_split(
+            root, s, features=config.data.unav_features, overlap=config.data.unav_overlap,
+            annotation_file=config.data.unav_annotation_file or None,
+            num_classes=config.data.num_classes) for s in splits}
+    if dataset == "synthetic":
         root = ensure_synthetic(config, workdir)
         tfds_dir = config.data.tfds_dir or os.path.join(root, "tfds")
     elif config.data.dataset == "llp":
@@ -65,35 +101,83 @@ def load_splits(config, workdir: str, splits=("train", "val", "test"),
         root = config.data.root
         tfds_dir = config.data.tfds_dir or None
     else:
-        raise ValueError(f"config.data.dataset = {config.data.dataset!r}: expected 'llp' or 'synthetic'")
-    return {s: llp.load_split(root, s, annotation_dir=config.data.annotation_dir or None,
-                              tfds_dir=tfds_dir, pool_frames=pool_frames) for s in splits}
+        raise ValueError(f"config.data.dataset = {config.data.dataset!r}: expected one of "
+                         f"{list(DATASETS)}")
+    out = {s: llp.load_split(root, s, annotation_dir=config.data.annotation_dir or None,
+                             tfds_dir=tfds_dir, pool_frames=pool_frames) for s in splits}
+    if config.data.pseudo_labels and "train" in out:
+        out["train"].update(llp.load_pseudo_labels(root, out["train"]["id"]))
+    return out
+
+
+def load_feature_dir(config, directory: str, ids=None) -> dict[str, np.ndarray]:
+    """Features of the videos in ``directory`` in ``config.data``'s layout, no annotations
+    needed (LLP: ``vggish/``, ``res152/``, ``r2plus1d_18/``; UnAV-100: ``<id>_*.npy``)."""
+    if config.data.dataset in ("unav100", "synthetic_unav100"):
+        return unav100.load_feature_dir(directory, ids, features=config.data.unav_features)
+    return llp.load_feature_dir(directory, ids, pool_frames=can_pool_frames(config))
+
+
+def class_names(config, workdir: str) -> list[str]:
+    """Class names of ``config.data`` in index order."""
+    if config.data.dataset in ("unav100", "synthetic_unav100"):
+        root = synthetic_root(config, workdir) if config.data.dataset.startswith("synthetic") \
+            else config.data.root
+        path = config.data.unav_annotation_file or os.path.join(root, unav100.ANNOTATION_FILE)
+        return unav100.read_annotations(path, config.data.num_classes)[1]
+    return list(LLP_CLASSES)
 
 
 def num_batches(num_videos: int, batch_size: int) -> int:
     return -(-num_videos // batch_size)
 
 
-def make_batch(data: dict[str, np.ndarray], idx: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
-    """Gathers videos ``idx`` (at most ``batch_size``) and pads to ``batch_size``."""
+def batch_keys(data: dict) -> tuple[str, ...]:
+    """The keys of ``data`` a batch carries (no ``label`` for unannotated videos)."""
+    return tuple(k for k in BATCH_KEYS + OPTIONAL_KEYS if k in data)
+
+
+def num_classes(config) -> int:
+    """Classes of ``config.data``: 25 for the LLP layout, ``data.num_classes`` for UnAV-100."""
+    if config.data.dataset in ("unav100", "synthetic_unav100"):
+        return config.data.num_classes
+    return len(LLP_CLASSES)
+
+
+def bucket_length(lengths: np.ndarray, bucket: int, max_length: int) -> int:
+    """The smallest multiple of ``bucket`` holding ``max(lengths)``, at most ``max_length``."""
+    longest = int(np.max(lengths)) if len(lengths) else 1
+    return min(max_length, -(-max(longest, 1) // bucket) * bucket)
+
+
+def make_batch(data: dict[str, np.ndarray], idx: np.ndarray, batch_size: int,
+               bucket: int = 0) -> dict[str, np.ndarray]:
+    """Gathers videos ``idx`` (at most ``batch_size``) and pads to ``batch_size``.
+
+    With ``bucket > 0`` and a split ``mask``, the time axis is cropped to
+    ``bucket_length`` of the batch's valid lengths (only padding is removed).
+    """
     n = len(idx)
     pad = batch_size - n
-    batch = {}
-    for k in BATCH_KEYS:
-        x = data[k][idx]
-        batch[k] = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
     t = data["audio"].shape[1]
-    valid = np.arange(batch_size) < n
     seg_mask = data["mask"][idx] if "mask" in data else np.ones((n, t), bool)
-    batch["mask"] = np.concatenate([seg_mask, np.zeros((pad, t), bool)]) if pad else seg_mask
-    batch["video_mask"] = valid.astype(np.float32)
+    t_batch = bucket_length(seg_mask.sum(1), bucket, t) if bucket and "mask" in data else t
+    batch = {}
+    for k in batch_keys(data):
+        x = data[k][idx]
+        if t_batch < t and k != "label":
+            x = x[:, :t_batch * (x.shape[1] // t)]
+        batch[k] = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
+    seg_mask = seg_mask[:, :t_batch]
+    batch["mask"] = np.concatenate([seg_mask, np.zeros((pad, t_batch), bool)]) if pad else seg_mask
+    batch["video_mask"] = (np.arange(batch_size) < n).astype(np.float32)
     return batch
 
 
 def epoch_batches(data: dict[str, np.ndarray], batch_size: int,
-                  perm: np.ndarray | None = None) -> Iterator[dict[str, np.ndarray]]:
+                  perm: np.ndarray | None = None, bucket: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """Fixed-size batches over a split in the order ``perm`` (default: as stored)."""
-    n = len(data["label"])
+    n = len(data["audio"])
     order = np.arange(n) if perm is None else np.asarray(perm)
     for i in range(0, n, batch_size):
-        yield make_batch(data, order[i:i + batch_size], batch_size)
+        yield make_batch(data, order[i:i + batch_size], batch_size, bucket)

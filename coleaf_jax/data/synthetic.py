@@ -2,7 +2,9 @@
 
     python -m coleaf_jax.data.synthetic OUT [--videos N --seed S]
 
-writes ``OUT/{vggish,res152,r2plus1d_18}/<id>.npy`` and the five LLP CSVs, so
+writes ``OUT/{vggish,res152,r2plus1d_18}/<id>.npy``, the five LLP CSVs and
+VALOR-style segment pseudo-labels ``OUT/{CLAP,CLIP}/segment_pseudo_labels/<id>.npy``
+from a simulated imperfect teacher (``TeacherConfig``), so
 every part of the project (data layer, training, metrics, demo) runs without a
 download. What makes it a fair test of weakly supervised AVVP:
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -217,6 +220,64 @@ class FeatureSynth:
         return feats
 
 
+@dataclasses.dataclass(frozen=True)
+class TeacherConfig:
+    """The simulated CLAP/CLIP teacher behind the synthetic segment pseudo-labels.
+
+    Per modality and true event (a maximal run of one class): missed with
+    probability ``miss``; otherwise each boundary moves by one second (earlier
+    or later, kept inside the clip and non-empty) with probability ``jitter``.
+    Per video and modality, with probability ``false_alarm`` a spurious 1-3 s
+    event of a class absent from that modality is added.
+    """
+
+    miss: float = 0.2
+    jitter: float = 0.3
+    false_alarm: float = 0.3
+
+
+def teacher_pseudo_labels(track: np.ndarray, rng: np.random.Generator,
+                          teacher: TeacherConfig = TeacherConfig()) -> np.ndarray:
+    """An imperfect teacher's ``(T, C)`` 0/1 pseudo-labels from one modality's truth."""
+    t_len, c_len = track.shape
+    out = np.zeros((t_len, c_len), np.float32)
+    for c, on, off in _events(track):
+        if rng.random() < teacher.miss:
+            continue
+        if rng.random() < teacher.jitter:
+            on = int(np.clip(on + rng.choice([-1, 1]), 0, off - 1))
+        if rng.random() < teacher.jitter:
+            off = int(np.clip(off + rng.choice([-1, 1]), on + 1, t_len))
+        out[on:off, c] = 1.0
+    if rng.random() < teacher.false_alarm:
+        absent = np.flatnonzero(~track.any(0))
+        if len(absent):
+            c = int(rng.choice(absent))
+            length = int(rng.integers(1, 4))
+            on = int(rng.integers(0, t_len - length + 1))
+            out[on:on + length, c] = 1.0
+    return out
+
+
+def write_pseudo_labels(out_dir: str, videos: list[Video], seed: int,
+                        teacher: TeacherConfig = TeacherConfig()) -> None:
+    """VALOR-layout pseudo-label folders (SPEC §9) from the simulated teacher:
+    ``CLAP/segment_pseudo_labels/<id>.npy`` (audio) and ``CLIP/...`` (visual).
+
+    Uses its own random stream (``seed``), so the features do not depend on it.
+    """
+    from coleaf_jax.data.llp import PSEUDO_LABEL_FOLDERS
+
+    rng = np.random.default_rng([seed, 9])
+    folders = {k: os.path.join(out_dir, f) for k, f in PSEUDO_LABEL_FOLDERS.items()}
+    for folder in folders.values():
+        os.makedirs(folder, exist_ok=True)
+    for v in videos:
+        for key, track in (("pl_audio", v.audio), ("pl_visual", v.visual)):
+            np.save(os.path.join(folders[key], v.video_id + ".npy"),
+                    teacher_pseudo_labels(track, rng, teacher))
+
+
 def _write_weak_csv(path: str, videos: list[Video]) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f, delimiter="\t", lineterminator="\n")
@@ -277,10 +338,109 @@ def generate(out_dir: str, cfg: SyntheticConfig = SyntheticConfig(), verbose: bo
     dense = splits["val"] + splits["test"]
     for modality, name in LLP_DENSE_CSV.items():
         _write_dense_csv(os.path.join(out_dir, name), dense, modality)
+    write_pseudo_labels(out_dir, [v for videos in splits.values() for v in videos], cfg.seed)
     if verbose:
         print(f"wrote {cfg.num_videos} synthetic videos (train {n_train}, val {n_val}, "
               f"test {n_test}) to {out_dir} in {time.time() - t0:.1f}s")
     return splits
+
+
+# ---------------------------------------------------------------------------
+# Variable-length mode: the UnAV-100 layout
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticUnavConfig:
+    """Knobs of the variable-length (UnAV-100 layout) generator."""
+
+    num_videos: int = 400
+    num_classes: int = 20
+    min_duration: float = 2.0  # seconds (float durations: T = ceil(duration))
+    max_duration: float = 20.0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 0
+    signal: float = 1.0
+    noise: float = 0.9
+    scene: float = 0.5
+    distractor_rate: float = 0.5  # per video: an unannotated audible-only or visible-only event
+
+
+def _unav_events(rng, cfg: SyntheticUnavConfig, duration: float) -> list[tuple[int, float, float]]:
+    """1-3 classes, each with 1-2 audio-visual events with float boundaries."""
+    n_classes = int(rng.choice(3, p=[0.5, 0.4, 0.1])) + 1
+    events = []
+    for c in rng.choice(cfg.num_classes, n_classes, replace=False):
+        for _ in range(int(rng.integers(1, 3))):
+            length = float(rng.uniform(0.5, duration))
+            onset = float(rng.uniform(0.0, duration - length))
+            events.append((int(c), round(onset, 2), round(min(onset + length, duration), 2)))
+    return events
+
+
+def generate_unav(out_dir: str, cfg: SyntheticUnavConfig = SyntheticUnavConfig(),
+                  verbose: bool = False) -> dict:
+    """Writes a synthetic dataset in the UnAV-100 layout (``coleaf_jax.data.unav100``).
+
+    Durations are uniform in ``[min_duration, max_duration]`` (non-integer);
+    features come one vector every 0.32 s (VGGish 128-d, I3D RGB and flow
+    1024-d each), rendered from the events active at each vector's centre
+    plus a per-video scene vector and noise; the number of vectors is
+    ``floor(duration / 0.32)`` give or take one, as real extractors round.
+    Annotated events are audio-visual; with ``distractor_rate`` a video also
+    holds an unannotated audible-only or visible-only event of another class.
+    Returns the annotation database.
+    """
+    from coleaf_jax.data import unav100
+
+    if cfg.num_videos < 3:
+        raise ValueError(f"--videos must be at least 3 (one per split), got {cfg.num_videos}")
+    rng = np.random.default_rng(cfg.seed)
+    n_val = max(1, int(round(cfg.num_videos * cfg.val_fraction)))
+    n_test = max(1, int(round(cfg.num_videos * cfg.test_fraction)))
+    subsets = (["validation"] * n_val + ["test"] * n_test
+               + ["train"] * (cfg.num_videos - n_val - n_test))
+    fs = unav100.FEATURE_SETS["i3d"]
+    dims = {"audio": fs.audio[1], "rgb": fs.video_2d[1], "flow": fs.video_3d[1]}
+    protos = {k: rng.standard_normal((cfg.num_classes, d)).astype(np.float32) / np.sqrt(d) * np.sqrt(d)
+              for k, d in dims.items()}
+    names = [f"synthetic_event_{k:02d}" for k in range(cfg.num_classes)]
+    feat_dir = os.path.join(out_dir, unav100.FEATURE_DIR)
+    os.makedirs(feat_dir, exist_ok=True)
+    os.makedirs(os.path.join(out_dir, "annotations"), exist_ok=True)
+    step = unav100.UNAV_FEATURE_STEP
+    database, taken = {}, set()
+    for subset in subsets:
+        vid = _random_id(rng, taken)
+        duration = round(float(rng.uniform(cfg.min_duration, cfg.max_duration)), 2)
+        events = _unav_events(rng, cfg, duration)
+        n = max(1, int(duration / step) + int(rng.integers(-1, 2)))
+        centres = (np.arange(n) + 0.5) * step
+        active = np.zeros((n, cfg.num_classes), np.float32)
+        for c, on, off in events:
+            active[(centres >= on) & (centres < off), c] = 1.0
+        only = {"audio": np.zeros_like(active), "visual": np.zeros_like(active)}
+        if rng.random() < cfg.distractor_rate:
+            c = int(rng.integers(cfg.num_classes))
+            if not any(e[0] == c for e in events):
+                on = rng.uniform(0, duration / 2)
+                off = rng.uniform(on + 0.5, duration + 0.5)
+                only[str(rng.choice(["audio", "visual"]))][(centres >= on) & (centres < off), c] = 1.0
+        for name, modality in (("vggish", "audio"), ("rgb", "visual"), ("flow", "visual")):
+            proto = protos["audio" if name == "vggish" else name]
+            scene = cfg.scene * rng.standard_normal(proto.shape[1])
+            x = (active + only[modality]) @ proto * cfg.signal + scene
+            x = x + cfg.noise * rng.standard_normal(x.shape)
+            np.save(os.path.join(feat_dir, f"{vid}_{name}.npy"), x.astype(np.float32))
+        database[vid] = {"duration": duration, "subset": subset, "annotations": [
+            {"segment": [on, off], "label": names[c], "label_id": c} for c, on, off in events]}
+    with open(os.path.join(out_dir, unav100.ANNOTATION_FILE), "w") as f:
+        json.dump({"version": "synthetic", "database": database}, f)
+    if verbose:
+        print(f"wrote {cfg.num_videos} synthetic variable-length videos (UnAV-100 layout, "
+              f"{cfg.num_classes} classes; train {subsets.count('train')}, val {n_val}, "
+              f"test {n_test}) to {out_dir}")
+    return database
 
 
 def main(argv: list[str] | None = None) -> int:

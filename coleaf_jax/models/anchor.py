@@ -28,13 +28,14 @@ class HANAnchor(nn.Module):
     d_model: int = 512
     ffn_dim: int = 512
     dropout: float = 0.1
+    pool_frames_first: bool = True  # False: the authors' per-frame projection (same maths)
 
     @nn.compact
     def __call__(self, audio, video_2d, video_3d, mask=None, *, train: bool = False):
         if mask is None:
             mask = jnp.ones(audio.shape[:2], bool)
         x_a = AudioEmbedding(self.d_model, name="embed_a")(audio)
-        x_v = VisualEmbedding(self.d_model, name="embed_v")(video_2d, video_3d)
+        x_v = VisualEmbedding(self.d_model, pool_first=self.pool_frames_first, name="embed_v")(video_2d, video_3d)
         h_a, h_v = HANLayer(self.d_model, self.ffn_dim, self.dropout, name="han")(
             x_a, x_v, mask, deterministic=not train)
         out = MMILHead(self.num_classes, name="mmil")(jnp.stack([h_a, h_v], axis=2), mask)
@@ -54,7 +55,7 @@ def build_anchor(model_config, num_classes: int) -> nn.Module:
     common = dict(num_classes=num_classes, d_model=model_config.d_model,
                   ffn_dim=model_config.ffn_dim, dropout=model_config.dropout)
     if name == "han":
-        return HANAnchor(**common)
+        return HANAnchor(**common, pool_frames_first=model_config.pool_frames_first)
     if name == "cmpae":
         return CMPAEAnchor(**common, visual_dropout=model_config.cmpae_visual_dropout,
                            residual_dropout=model_config.cmpae_residual_dropout,

@@ -40,13 +40,17 @@ class VisualEmbedding(nn.Module):
     With ``activation`` (CMPAE: ELU) it follows every linear. Without it the
     frame average commutes with the frame projection, so frames are averaged
     first (8x fewer FLOPs, same maths); ``video_2d`` may also arrive pre-pooled.
+    ``pool_first=False`` keeps the authors' order (project every frame, then
+    average) for comparisons and benchmarks.
 
-    Inputs: video_2d ``(B, T*F or T, 2048)``, video_3d ``(B, T, 512)``.
+    Inputs: video_2d ``(B, T*F or T, 2048)``, video_3d ``(B, T, 512)`` (LLP widths;
+    a width-0 ``video_3d`` means a single visual stream, fused alone).
     Returns ``(B, T, D)``.
     """
 
     d_model: int = 512
     activation: Callable[[jnp.ndarray], jnp.ndarray] | None = None
+    pool_first: bool = True
 
     @nn.compact
     def __call__(self, video_2d, video_3d):
@@ -56,12 +60,14 @@ class VisualEmbedding(nn.Module):
         if frames % t:
             raise ValueError(f"video_2d has {frames} frames, not a multiple of T = {t}")
         per_seg = frames // t
-        if self.activation is None and per_seg > 1:
+        if self.activation is None and self.pool_first and per_seg > 1:
             video_2d = video_2d.reshape(b, t, per_seg, -1).mean(axis=2)
             per_seg = 1
         v2 = act(nn.Dense(self.d_model, name="video_2d")(video_2d))
         if per_seg > 1:
             v2 = v2.reshape(b, t, per_seg, -1).mean(axis=2)
+        if video_3d.shape[-1] == 0:  # one visual stream only (UnAV-100 ONE-PEACE features)
+            return act(nn.Dense(self.d_model, name="fusion")(v2))
         v3 = act(nn.Dense(self.d_model, name="video_3d")(video_3d))
         return act(nn.Dense(self.d_model, name="fusion")(jnp.concatenate([v2, v3], axis=-1)))
 

@@ -61,13 +61,15 @@ class ReferenceBranch(nn.Module):
     dropout: float = 0.1
     head_dropout: float = 0.5
     class_tokens: bool = True
+    pool_frames_first: bool = True  # False: the authors' per-frame projection (same maths)
 
     @nn.compact
     def __call__(self, audio, video_2d, video_3d, mask=None, *, train: bool = False):
         if mask is None:
             mask = jnp.ones(audio.shape[:2], bool)
         x_a = AudioEmbedding(self.d_model, name="embed_a")(audio)
-        x_v = VisualEmbedding(self.d_model, name="embed_v")(video_2d, video_3d)
+        x_v = VisualEmbedding(self.d_model, pool_first=self.pool_frames_first, name="embed_v")(
+            video_2d, video_3d)
         kw = dict(num_classes=self.num_classes, d_model=self.d_model, ffn_dim=self.ffn_dim,
                   dropout=self.dropout, head_dropout=self.head_dropout,
                   class_tokens=self.class_tokens)

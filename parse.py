@@ -1,0 +1,68 @@
+"""Parse videos into audible-only / visible-only / audible-visible events with a trained run.
+
+    python parse.py --config configs/llp.py --workdir runs/llp --features /path/to/features \
+                    --output parsed/ [--ids id1,id2] [--step N] [--select-thresholds] [--timelines 5]
+    python parse.py --config configs/synthetic.py --workdir runs/synthetic --split test \
+                    --output parsed/ --timelines 5 [--compare-workdir runs/han --compare-config configs/synthetic.py:han]
+
+--features is a folder in the dataset's feature layout (LLP: vggish/, res152/,
+r2plus1d_18/; UnAV-100: <id>_vggish.npy, <id>_rgb.npy, <id>_flow.npy); no
+annotation file is needed. --split parses an annotated split instead, and its
+timelines show the ground truth. Writes OUTPUT/events.jsonl and
+OUTPUT/events.csv (video, class, type, onset, offset, score) using the same
+thresholds as eval.py, and OUTPUT/timelines/<id>.png for the first
+--timelines videos.
+"""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from coleaf_jax import cli
+from coleaf_jax.config import load_config_file
+from coleaf_jax.parsing import parse_videos
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "The training run's directory.")
+flags.DEFINE_string("output", None, "Folder for events.jsonl, events.csv and timelines/.")
+flags.DEFINE_string("features", None, "Feature folder of the videos to parse (no annotations needed).")
+flags.DEFINE_enum("split", None, ["train", "val", "test"], "Parse an annotated split instead.")
+flags.DEFINE_list("ids", None, "Only these video ids.")
+flags.DEFINE_integer("step", None, "Checkpoint (epoch) to restore; default: best on validation.")
+flags.DEFINE_bool("select_thresholds", False,
+                  "Use per-class visual thresholds selected on validation (as eval.py).")
+flags.DEFINE_integer("timelines", 0, "Write timeline PNGs for this many videos.")
+flags.DEFINE_string("compare_workdir", None, "A second run drawn side by side in the timelines.")
+flags.DEFINE_string("compare_config", None, "The second run's config (default: --config's file).")
+config_flags.DEFINE_config_file("config", None, "The run's configuration file.", lock_config=True)
+flags.mark_flags_as_required(["config", "workdir", "output"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    cli.quiet_libraries()
+    compare = None
+    if FLAGS.compare_workdir:
+        spec = FLAGS.compare_config or flags.FLAGS["config"].config_filename
+        compare = (cli.exit_on_user_error(load_config_file, spec), FLAGS.compare_workdir)
+    cli.exit_on_user_error(parse_videos, FLAGS.config, FLAGS.workdir, FLAGS.output,
+                           features=FLAGS.features, split=FLAGS.split, ids=FLAGS.ids,
+                           step=FLAGS.step, select_thresholds=FLAGS.select_thresholds,
+                           timelines=FLAGS.timelines, compare=compare)
+
+
+def _dashes_to_underscores(argv):
+    """Accepts ``--select-thresholds``, ``--compare-workdir``, ... as well as underscores."""
+    out = []
+    for arg in argv:
+        if arg.startswith(("--select-", "--compare-")):
+            name, sep, value = arg[2:].partition("=")
+            arg = "--" + name.replace("-", "_") + sep + value
+        out.append(arg)
+    return out
+
+
+if __name__ == "__main__":
+    app.run(main, argv=_dashes_to_underscores(sys.argv))
