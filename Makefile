@@ -18,9 +18,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m coleaf_jax.demo
 
-# pytest exits 5 when it collects no test: that is a failure too.
+# pytest exits 5 when it collects no test: that is a failure too. Two workers (-n 2):
+# the suite is dominated by XLA compiles, which use one core each.
 test: $(STAMP)
-	XLA_FLAGS=--xla_force_host_platform_device_count=2 $(PY) -m pytest -q tests; \
+	XLA_FLAGS=--xla_force_host_platform_device_count=2 $(PY) -m pytest -q -n 2 tests; \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 clean:

@@ -4,6 +4,7 @@
                     --output parsed/ [--ids id1,id2] [--step N] [--select-thresholds] [--timelines 5]
     python parse.py --config configs/synthetic.py --workdir runs/synthetic --split test \
                     --output parsed/ --timelines 5 [--compare-workdir runs/han --compare-config configs/synthetic.py:han]
+                    [--compare-step N]
 
 --features is a folder in the dataset's feature layout (LLP: vggish/, res152/,
 r2plus1d_18/; UnAV-100: <id>_vggish.npy, <id>_rgb.npy, <id>_flow.npy); no
@@ -35,6 +36,8 @@ flags.DEFINE_bool("select_thresholds", False,
 flags.DEFINE_integer("timelines", 0, "Write timeline PNGs for this many videos.")
 flags.DEFINE_string("compare_workdir", None, "A second run drawn side by side in the timelines.")
 flags.DEFINE_string("compare_config", None, "The second run's config (default: --config's file).")
+flags.DEFINE_integer("compare_step", None, "The second run's checkpoint (default: its best); with "
+                     "--compare-workdir equal to --workdir, two checkpoints of one run.")
 config_flags.DEFINE_config_file("config", None, "The run's configuration file.", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir", "output"])
 
@@ -46,7 +49,8 @@ def main(argv):
     compare = None
     if FLAGS.compare_workdir:
         spec = FLAGS.compare_config or flags.FLAGS["config"].config_filename
-        compare = (cli.exit_on_user_error(load_config_file, spec), FLAGS.compare_workdir)
+        compare = (cli.exit_on_user_error(load_config_file, spec), FLAGS.compare_workdir,
+                   FLAGS.compare_step)
     cli.exit_on_user_error(parse_videos, FLAGS.config, FLAGS.workdir, FLAGS.output,
                            features=FLAGS.features, split=FLAGS.split, ids=FLAGS.ids,
                            step=FLAGS.step, select_thresholds=FLAGS.select_thresholds,

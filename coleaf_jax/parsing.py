@@ -111,8 +111,9 @@ def parse_videos(config, workdir: str, output: str, *, features: str | None = No
     thresholds are evaluation's: ``config.eval.thresholds``, or with
     ``select_thresholds`` the per-class visual thresholds selected on
     validation for the checkpoint (``cli.select_thresholds``). ``timelines``
-    PNGs go to ``OUTPUT/timelines/<id>.png``; ``compare = (config, workdir)``
-    of a second run draws its prediction side by side.
+    PNGs go to ``OUTPUT/timelines/<id>.png``; ``compare = (config, workdir,
+    step)`` of a second run or checkpoint (step None: its best) draws its
+    prediction side by side.
     """
     from coleaf_jax import cli, evaluate, plots
     from coleaf_jax.data import pipeline
@@ -149,7 +150,7 @@ def parse_videos(config, workdir: str, output: str, *, features: str | None = No
     if timelines:
         columns = {f"{config.name} (epoch {restored})": (pred_a, pred_v)}
         if compare is not None:
-            _, (ca, cv), c_step, _ = predict(compare[0], compare[1], None)
+            _, (ca, cv), c_step, _ = predict(*compare)
             columns[f"{compare[0].name} (epoch {c_step})"] = (ca, cv)
         folder = os.path.join(output, "timelines")
         os.makedirs(folder, exist_ok=True)

@@ -94,7 +94,9 @@ def plot_curves(history: list[dict], loss_keys, score_keys):
     ax_l.set_title("training losses (epoch means)", fontsize=10)
     ax_l.legend(fontsize=7, ncol=2)
     for k in score_keys:
-        ax_s.plot(epochs, [h["val"][k] for h in history], marker="o", ms=3, label=k)
+        level, _, name = k.partition("_")
+        label = f"{'segment' if level == 'seg' else 'event'} {metrics.SCORE_TITLES.get(name, name)}"
+        ax_s.plot(epochs, [h["val"][k] for h in history], marker="o", ms=3, label=label)
     ax_s.set_xlabel("epoch")
     ax_s.set_ylabel("%")
     ax_s.set_title("validation scores", fontsize=10)
