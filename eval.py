@@ -38,16 +38,5 @@ def main(argv):
                            select=FLAGS.select_thresholds)
 
 
-def _dashes_to_underscores(argv):
-    """Accepts ``--select-thresholds`` as well as absl's ``--select_thresholds``."""
-    out = []
-    for arg in argv:
-        if arg.startswith("--select-"):
-            name, sep, value = arg[2:].partition("=")
-            arg = "--" + name.replace("-", "_") + sep + value
-        out.append(arg)
-    return out
-
-
 if __name__ == "__main__":
-    app.run(main, argv=_dashes_to_underscores(sys.argv))
+    app.run(main, argv=cli.dashes_to_underscores(sys.argv))

@@ -57,16 +57,5 @@ def main(argv):
                            timelines=FLAGS.timelines, compare=compare)
 
 
-def _dashes_to_underscores(argv):
-    """Accepts ``--select-thresholds``, ``--compare-workdir``, ... as well as underscores."""
-    out = []
-    for arg in argv:
-        if arg.startswith(("--select-", "--compare-")):
-            name, sep, value = arg[2:].partition("=")
-            arg = "--" + name.replace("-", "_") + sep + value
-        out.append(arg)
-    return out
-
-
 if __name__ == "__main__":
-    app.run(main, argv=_dashes_to_underscores(sys.argv))
+    app.run(main, argv=cli.dashes_to_underscores(sys.argv))

@@ -36,6 +36,17 @@ def exit_on_user_error(fn, *args, **kwargs):
         raise SystemExit(f"error: {e}") from None
 
 
+def dashes_to_underscores(argv, prefixes=("--select-", "--compare-")):
+    """Accepts ``--select-thresholds`` etc. as well as absl's ``--select_thresholds``."""
+    out = []
+    for arg in argv:
+        if arg.startswith(tuple(prefixes)):
+            name, sep, value = arg[2:].partition("=")
+            arg = "--" + name.replace("-", "_") + sep + value
+        out.append(arg)
+    return out
+
+
 def restore_anchor(config, workdir: str, data: dict, step: int | None = None):
     """Restores checkpoint ``step`` (default: best on validation) of a run.
 

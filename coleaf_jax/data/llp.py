@@ -301,6 +301,13 @@ def feature_path(root: PathLike, key: str, vid: str) -> Path:
     return Path(root) / FEATURE_FOLDERS[key] / f"{vid}.npy"
 
 
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise LLPDataError(f"{path}: cannot read as a .npy array ({e})") from e
+
+
 def load_features(root: PathLike, video_id: str) -> dict[str, np.ndarray]:
     """Loads and validates the three feature arrays of one video.
 
@@ -322,10 +329,7 @@ def load_features(root: PathLike, video_id: str) -> dict[str, np.ndarray]:
     features = {}
     for key, path in paths.items():
         expected = LLP_FEATURES[FEATURE_FOLDERS[key]]
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as e:
-            raise LLPDataError(f"{path}: cannot read as a .npy array ({e})") from e
+        array = _read_npy(path)
         if array.shape != expected:
             raise LLPDataError(f"{path}: expected shape {expected}, got {array.shape}")
         if not np.issubdtype(array.dtype, np.floating):
@@ -523,10 +527,7 @@ def load_pseudo_labels(root: PathLike, ids) -> dict[str, np.ndarray]:
                 f"training video")
         arrays = np.empty((len(paths), *shape), np.float32)
         for i, path in enumerate(paths):
-            try:
-                x = np.load(path, allow_pickle=False)
-            except (OSError, ValueError, EOFError) as e:
-                raise LLPDataError(f"{path}: cannot read as a .npy array ({e})") from e
+            x = _read_npy(path)
             if x.shape != shape:
                 raise LLPDataError(f"{path}: expected shape {shape} (segments, classes), got {x.shape}")
             if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):

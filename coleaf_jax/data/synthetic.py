@@ -228,7 +228,10 @@ class TeacherConfig:
     probability ``miss``; otherwise each boundary moves by one second (earlier
     or later, kept inside the clip and non-empty) with probability ``jitter``.
     Per video and modality, with probability ``false_alarm`` a spurious 1-3 s
-    event of a class absent from that modality is added.
+    event is added for a class of the video's weak label that is absent from
+    that modality (a modality confusion, e.g. speech "seen"; VALOR filters its
+    CLIP/CLAP labels by the weak label, so a real teacher's false alarms are
+    of this kind); nothing is added when every labelled class is present.
     """
 
     miss: float = 0.2
@@ -237,8 +240,13 @@ class TeacherConfig:
 
 
 def teacher_pseudo_labels(track: np.ndarray, rng: np.random.Generator,
-                          teacher: TeacherConfig = TeacherConfig()) -> np.ndarray:
-    """An imperfect teacher's ``(T, C)`` 0/1 pseudo-labels from one modality's truth."""
+                          teacher: TeacherConfig = TeacherConfig(),
+                          video_classes: np.ndarray | None = None) -> np.ndarray:
+    """An imperfect teacher's ``(T, C)`` 0/1 pseudo-labels from one modality's truth.
+
+    ``video_classes`` (``(C,)`` bool, the weak label; default: the track's own
+    classes) bounds the false alarms.
+    """
     t_len, c_len = track.shape
     out = np.zeros((t_len, c_len), np.float32)
     for c, on, off in _events(track):
@@ -250,7 +258,8 @@ def teacher_pseudo_labels(track: np.ndarray, rng: np.random.Generator,
             off = int(np.clip(off + rng.choice([-1, 1]), on + 1, t_len))
         out[on:off, c] = 1.0
     if rng.random() < teacher.false_alarm:
-        absent = np.flatnonzero(~track.any(0))
+        labelled = track.any(0) if video_classes is None else np.asarray(video_classes, bool)
+        absent = np.flatnonzero(labelled & ~track.any(0))
         if len(absent):
             c = int(rng.choice(absent))
             length = int(rng.integers(1, 4))
@@ -275,7 +284,7 @@ def write_pseudo_labels(out_dir: str, videos: list[Video], seed: int,
     for v in videos:
         for key, track in (("pl_audio", v.audio), ("pl_visual", v.visual)):
             np.save(os.path.join(folders[key], v.video_id + ".npy"),
-                    teacher_pseudo_labels(track, rng, teacher))
+                    teacher_pseudo_labels(track, rng, teacher, v.labels))
 
 
 def _write_weak_csv(path: str, videos: list[Video]) -> None:

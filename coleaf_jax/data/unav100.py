@@ -270,10 +270,8 @@ def load_split(root: str, split: str, *, features: str = "i3d", overlap: str = "
             missing.append(absent[0])
             continue
         t = v.num_segments
-        row = {k: pool_to_segments(_load_feature(p, streams[k][1]), t, step, offset)
-               for k, p in paths.items()}
-        if fs.video_3d is None:
-            row["video_3d"] = np.zeros((t, 0), np.float32)
+        raw = {k: _load_feature(p, streams[k][1]) for k, p in paths.items()}
+        row = _pooled_features(raw, t, step, offset)
         row["truth"] = segment_truth(v.events, t, num_classes, overlap)
         row["label"] = np.zeros(num_classes, np.float32)
         row["label"][[e.label_id for e in v.events]] = 1.0  # the union of annotated classes
@@ -284,6 +282,14 @@ def load_split(root: str, split: str, *, features: str = "i3d", overlap: str = "
     if not rows:
         raise ValueError(f"UnAV-100 {split}: no video with all feature files under {feat_dir}")
     return _pad_split(rows, num_classes)
+
+
+def _pooled_features(raw: dict, t: int, step: float, offset: float) -> dict:
+    """Each stream pooled to ``t`` segments; a missing second visual stream
+    becomes ``video_3d (t, 0)``."""
+    row = {k: pool_to_segments(x, t, step, offset) for k, x in raw.items()}
+    row.setdefault("video_3d", np.zeros((t, 0), np.float32))
+    return row
 
 
 def _pad_split(rows, num_classes: int) -> dict[str, np.ndarray]:
@@ -330,11 +336,8 @@ def load_feature_dir(directory: str, ids=None, *, features: str = "i3d",
             missing.append(vid)
             continue
         raw = {k: _load_feature(p, streams[k][1]) for k, p in paths.items()}
-        duration = max(len(x) for x in raw.values()) * step
-        record = VideoRecord(vid, duration, "test", [])
-        row = {k: pool_to_segments(x, record.num_segments, step, offset) for k, x in raw.items()}
-        if fs.video_3d is None:
-            row["video_3d"] = np.zeros((record.num_segments, 0), np.float32)
+        record = VideoRecord(vid, max(len(x) for x in raw.values()) * step, "test", [])
+        row = _pooled_features(raw, record.num_segments, step, offset)
         row["truth"] = np.zeros((record.num_segments, 1), bool)
         row["label"] = np.zeros(1, np.float32)
         rows.append((record, row))
