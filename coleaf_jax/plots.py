@@ -91,7 +91,11 @@ def plot_curves(history: list[dict], loss_keys, score_keys):
     for k in loss_keys:
         ax_l.plot(epochs, [h["train"][k] for h in history], marker="o", ms=3, label=k)
     ax_l.set_xlabel("epoch")
-    ax_l.set_title("training losses (epoch means)", fontsize=10)
+    if any(h["train"][k] > 0 for h in history for k in loss_keys):
+        # Terms differ by orders of magnitude (raw, unweighted); zeros (a term not yet
+        # switched on) are left out.
+        ax_l.set_yscale("log", nonpositive="mask")
+    ax_l.set_title("training losses (epoch means, unweighted)", fontsize=10)
     ax_l.legend(fontsize=7, ncol=2)
     for k in score_keys:
         level, _, name = k.partition("_")
