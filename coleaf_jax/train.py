@@ -508,5 +508,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if verbose:
         print(metrics.format_table({config.name: test_scores},
                                    title=f"test, best epoch {best} (%)"))
+        if config.eval.selection == "av":  # UnAV-100: audio-visual labels, AV is the score
+            print(f"audio-visual events (UnAV-100 metric): segment AV {test_scores['seg_av']:.1f}, "
+                  f"event AV {test_scores['evt_av']:.1f}")
     mngr.close()
     return result
