@@ -93,3 +93,13 @@ def test_cli(tmp_path, capsys):
     assert synthetic.main([str(tmp_path / "x"), "--videos", "5", "--seed", "1"]) == 0
     assert "wrote 5 synthetic videos" in capsys.readouterr().out
     assert synthetic.main([str(tmp_path / "y"), "--videos", "2"]) == 2
+    # A perfect teacher: the pseudo-labels are the dense truth. The folder is marked
+    # complete, so a run pointed at it (data.root) uses it instead of regenerating.
+    assert synthetic.main([str(tmp_path / "z"), "--videos", "5", "--seed", "1", "--teacher-miss", "0",
+                           "--teacher-jitter", "0", "--teacher-false-alarm", "0"]) == 0
+    assert "teacher_miss=0.0" in (tmp_path / "z" / synthetic.COMPLETE_MARKER).read_text()
+    videos = synthetic.generate(str(tmp_path / "w"), synthetic.SyntheticConfig(
+        num_videos=5, seed=1, teacher_miss=0.0, teacher_jitter=0.0, teacher_false_alarm=0.0))
+    for v in videos["train"]:
+        pl = np.load(tmp_path / "z" / "CLIP" / "segment_pseudo_labels" / f"{v.video_id}.npy")
+        np.testing.assert_array_equal(pl, v.visual)

@@ -39,14 +39,14 @@ def synthetic_root(config, workdir: str) -> str:
 
 
 def ensure_synthetic(config, workdir: str) -> str:
-    """Generates the synthetic dataset once (a ``.complete`` marker records it).
+    """Generates the synthetic dataset once (the generator's ``.complete`` marker records
+    it, so a folder written by the CLI with other settings is used as it is).
 
     ``data.dataset = 'synthetic'`` writes the LLP layout; ``'synthetic_unav100'``
     the variable-length UnAV-100 layout.
     """
     root = synthetic_root(config, workdir)
-    marker = os.path.join(root, ".complete")
-    if not os.path.exists(marker):
+    if not os.path.exists(os.path.join(root, synthetic.COMPLETE_MARKER)):
         if config.data.dataset == "synthetic_unav100":
             cfg = synthetic.SyntheticUnavConfig(num_videos=config.data.synthetic_videos,
                                                 num_classes=config.data.num_classes,
@@ -56,8 +56,6 @@ def ensure_synthetic(config, workdir: str) -> str:
             cfg = synthetic.SyntheticConfig(num_videos=config.data.synthetic_videos,
                                             seed=config.data.synthetic_seed)
             synthetic.generate(root, cfg, verbose=True)
-        with open(marker, "w") as f:
-            f.write(f"{cfg}\n")
     return root
 
 

@@ -81,6 +81,7 @@ _SIMILAR = (
     ("Baby_laughter", "Baby_cry_infant_cry"), ("Banjo", "Acoustic_guitar"),
     ("Cheering", "Clapping"), ("Vacuum_cleaner", "Blender"),
 )
+COMPLETE_MARKER = ".complete"  # written last: the folder holds a whole dataset
 _ID_ALPHABET = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"))
 
 
@@ -109,6 +110,10 @@ class SyntheticConfig:
     noise: float = 0.9  # per-segment noise std (relative to unit-norm prototypes x sqrt(dim))
     similar_share: float = 0.5  # share of prototype common to a similar pair
     scene: float = 0.5  # per-video nuisance vector amplitude
+    # The simulated CLAP/CLIP teacher of the pseudo-label folders (TeacherConfig).
+    teacher_miss: float = 0.2
+    teacher_jitter: float = 0.3
+    teacher_false_alarm: float = 0.3
 
 
 @dataclasses.dataclass
@@ -287,6 +292,11 @@ def write_pseudo_labels(out_dir: str, videos: list[Video], seed: int,
                     teacher_pseudo_labels(track, rng, teacher, v.labels))
 
 
+def _mark_complete(out_dir: str, cfg) -> None:
+    with open(os.path.join(out_dir, COMPLETE_MARKER), "w") as f:
+        f.write(f"{cfg}\n")
+
+
 def _write_weak_csv(path: str, videos: list[Video]) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f, delimiter="\t", lineterminator="\n")
@@ -347,7 +357,9 @@ def generate(out_dir: str, cfg: SyntheticConfig = SyntheticConfig(), verbose: bo
     dense = splits["val"] + splits["test"]
     for modality, name in LLP_DENSE_CSV.items():
         _write_dense_csv(os.path.join(out_dir, name), dense, modality)
-    write_pseudo_labels(out_dir, [v for videos in splits.values() for v in videos], cfg.seed)
+    teacher = TeacherConfig(cfg.teacher_miss, cfg.teacher_jitter, cfg.teacher_false_alarm)
+    write_pseudo_labels(out_dir, [v for videos in splits.values() for v in videos], cfg.seed, teacher)
+    _mark_complete(out_dir, cfg)
     if verbose:
         print(f"wrote {cfg.num_videos} synthetic videos (train {n_train}, val {n_val}, "
               f"test {n_test}) to {out_dir} in {time.time() - t0:.1f}s")
@@ -445,6 +457,7 @@ def generate_unav(out_dir: str, cfg: SyntheticUnavConfig = SyntheticUnavConfig()
             {"segment": [on, off], "label": names[c], "label_id": c} for c, on, off in events]}
     with open(os.path.join(out_dir, unav100.ANNOTATION_FILE), "w") as f:
         json.dump({"version": "synthetic", "database": database}, f)
+    _mark_complete(out_dir, cfg)
     if verbose:
         print(f"wrote {cfg.num_videos} synthetic variable-length videos (UnAV-100 layout, "
               f"{cfg.num_classes} classes; train {subsets.count('train')}, val {n_val}, "
@@ -462,9 +475,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     parser.add_argument("--noise", type=float, default=SyntheticConfig.noise,
                         help="feature noise std; higher is harder (default %(default)s)")
+    for name in ("miss", "jitter", "false_alarm"):
+        parser.add_argument(f"--teacher-{name.replace('_', '-')}", type=float,
+                            default=getattr(SyntheticConfig, f"teacher_{name}"),
+                            help=f"pseudo-label teacher: {name.replace('_', ' ')} rate "
+                                 "(see TeacherConfig; default %(default)s)")
     args = parser.parse_args(argv)
     try:
-        generate(args.out, SyntheticConfig(num_videos=args.videos, seed=args.seed, noise=args.noise),
+        generate(args.out, SyntheticConfig(num_videos=args.videos, seed=args.seed, noise=args.noise,
+                                           teacher_miss=args.teacher_miss,
+                                           teacher_jitter=args.teacher_jitter,
+                                           teacher_false_alarm=args.teacher_false_alarm),
                  verbose=True)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
