@@ -110,7 +110,7 @@ def bench_epoch(config, n: int, segments: int, seeds: int) -> dict:
     step = train.make_train_step(config, anchor, reference, tx, None, spe)
     device_step = train.make_device_step(step, b)
     order = jnp.asarray(train.padded_order(np.arange(n), b))
-    resident = jax.device_put({k: data[k] for k in pipeline.BATCH_KEYS})
+    resident = jax.device_put(pipeline.resident_fields(data))
     key, epoch = jax.random.key(1), jnp.int32(config.num_epochs - 1)
 
     host_step, dev_step = jax.jit(step), jax.jit(device_step)

@@ -82,7 +82,7 @@ def segment_counts(pred: ArrayLike, gt: ArrayLike) -> tuple[np.ndarray, np.ndarr
     return tp.astype(np.int64), fp.astype(np.int64), fn.astype(np.int64)
 
 
-def _runs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def runs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Maximal runs of 1s along T.
 
     Args:
@@ -106,8 +106,8 @@ def _runs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _event_counts_chunk(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, ...]:
-    ps, pe, pv = _runs(np.swapaxes(pred, 1, 2))
-    gs, ge, gv = _runs(np.swapaxes(gt, 1, 2))
+    ps, pe, pv = runs(np.swapaxes(pred, 1, 2))
+    gs, ge, gv = runs(np.swapaxes(gt, 1, 2))
     # (N, C, Rp, Rg) overlap of every predicted run with every true run.
     inter = np.minimum(pe[..., :, None], ge[..., None, :]) - np.maximum(ps[..., :, None], gs[..., None, :])
     inter = np.maximum(inter, 0)
@@ -173,6 +173,22 @@ def modality_decisions(a: np.ndarray, v: np.ndarray) -> dict[str, np.ndarray]:
     return {"a": a, "v": v, "av": a & v, "ao": a & ~v, "vo": v & ~a}
 
 
+def _masked_binary(named: Mapping[str, ArrayLike], mask: ArrayLike | None) -> dict[str, np.ndarray]:
+    """Checks ``(N, T, C)`` binary arrays of one shape and clears padded segments
+    (``mask (N, T)`` = 0) in each."""
+    arrays = {name: _as_binary(x, name) for name, x in named.items()}
+    first, shape = next(iter(arrays.items()))[0], next(iter(arrays.values())).shape
+    for name, x in arrays.items():
+        if x.shape != shape:
+            raise ValueError(f"{name}: shape {x.shape} differs from {first}'s {shape}")
+    if mask is not None:
+        m = _as_binary(mask, "mask", ndim=2)
+        if m.shape != shape[:2]:
+            raise ValueError(f"mask: expected shape {shape[:2]} (N, T), got {m.shape}")
+        arrays = {k: x & m[:, :, None] for k, x in arrays.items()}
+    return arrays
+
+
 def avvp_scores(
     pred_a: ArrayLike,
     pred_v: ArrayLike,
@@ -193,20 +209,8 @@ def avvp_scores(
       seg_vo seg_av seg_type seg_type_o seg_event seg_event_o`` and the same
       with ``evt_``.
     """
-    arrays = {
-        name: _as_binary(x, name)
-        for name, x in (("pred_a", pred_a), ("pred_v", pred_v), ("gt_a", gt_a), ("gt_v", gt_v))
-    }
-    shape = arrays["pred_a"].shape
-    for name, x in arrays.items():
-        if x.shape != shape:
-            raise ValueError(f"{name}: shape {x.shape} differs from pred_a's {shape}")
-    if mask is not None:
-        m = _as_binary(mask, "mask", ndim=2)
-        if m.shape != shape[:2]:
-            raise ValueError(f"mask: expected shape {shape[:2]} (N, T), got {m.shape}")
-        arrays = {k: x & m[:, :, None] for k, x in arrays.items()}
-    if shape[0] == 0:
+    arrays = _masked_binary({"pred_a": pred_a, "pred_v": pred_v, "gt_a": gt_a, "gt_v": gt_v}, mask)
+    if arrays["pred_a"].shape[0] == 0:
         raise ValueError("avvp_scores: no videos to score (N = 0)")
 
     pred = modality_decisions(arrays["pred_a"], arrays["pred_v"])
@@ -237,11 +241,9 @@ def per_class_f_scores(pred: ArrayLike, gt: ArrayLike, mask: ArrayLike | None = 
     Returns:
       float64 ``(C,)``.
     """
-    pred, gt = _as_binary(pred, "pred"), _as_binary(gt, "gt")
-    if mask is not None:
-        m = _as_binary(mask, "mask", ndim=2)[:, :, None]
-        pred, gt = pred & m, gt & m
-    tp, fp, fn = (segment_counts if level == "seg" else event_counts)(pred, gt)
+    arrays = _masked_binary({"pred": pred, "gt": gt}, mask)
+    tp, fp, fn = (segment_counts if level == "seg" else event_counts)(arrays["pred"],
+                                                                      arrays["gt"])
     denom = 2 * tp + fp + fn
     f = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
     n_occ = (denom > 0).sum(axis=0)
@@ -252,12 +254,9 @@ def per_class_f_scores(pred: ArrayLike, gt: ArrayLike, mask: ArrayLike | None = 
 def per_video_scores(pred_a: ArrayLike, pred_v: ArrayLike, gt_a: ArrayLike, gt_v: ArrayLike,
                      mask: ArrayLike | None = None) -> np.ndarray:
     """Segment-level Type@AV of each video (percent, ``(N,)``): ranks videos for display."""
-    arrays = [_as_binary(x, n) for x, n in ((pred_a, "pred_a"), (pred_v, "pred_v"),
-                                             (gt_a, "gt_a"), (gt_v, "gt_v"))]
-    if mask is not None:
-        m = _as_binary(mask, "mask", ndim=2)[:, :, None]
-        arrays = [x & m for x in arrays]
-    p, g = modality_decisions(*arrays[:2]), modality_decisions(*arrays[2:])
+    x = _masked_binary({"pred_a": pred_a, "pred_v": pred_v, "gt_a": gt_a, "gt_v": gt_v}, mask)
+    p = modality_decisions(x["pred_a"], x["pred_v"])
+    g = modality_decisions(x["gt_a"], x["gt_v"])
     return 100.0 * np.mean([video_f_scores(*segment_counts(p[k], g[k])) for k in ("a", "v", "av")],
                            axis=0)
 

@@ -60,7 +60,7 @@ def merge_events(pred_a: np.ndarray, pred_v: np.ndarray, prob_a: np.ndarray, pro
                          f"decisions of shape (N={n}, T={t}, C={c})")
     columns = []
     for k, (kind, (dec, prob)) in enumerate(event_tracks(pred_a, pred_v, prob_a, prob_v).items()):
-        start, end, valid = metrics._runs(np.swapaxes(dec, 1, 2))  # (N, C, R)
+        start, end, valid = metrics.runs(np.swapaxes(dec, 1, 2))  # (N, C, R)
         vi, ci, ri = np.nonzero(valid)
         s, e = start[vi, ci, ri].astype(np.int64), end[vi, ci, ri].astype(np.int64)
         # Mean probability over each run, from a cumulative sum along T.

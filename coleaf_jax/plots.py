@@ -25,9 +25,9 @@ TYPE_COLOURS = {"ao": ("audible-only", "#1f77b4"), "vo": ("visible-only", "#ff7f
 
 
 def _runs_1d(x: np.ndarray) -> list[tuple[int, int]]:
-    """``(start, length)`` of the runs of 1s in a 1-D bool array."""
-    d = np.diff(np.concatenate([[0], x.astype(np.int8), [0]]))
-    return [(int(s), int(e - s)) for s, e in zip(np.flatnonzero(d == 1), np.flatnonzero(d == -1))]
+    """``(start, length)`` of the runs of 1s in a 1-D bool array (``metrics.runs``)."""
+    start, end, valid = (a[0, 0] for a in metrics.runs(np.asarray(x, bool)[None, None]))
+    return [(int(s), int(e - s)) for s, e in zip(start[valid], end[valid])]
 
 
 def plot_timeline(video_id: str, class_names, predictions: dict[str, tuple[np.ndarray, np.ndarray]],

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from coleaf_jax import evaluate, metrics, paper, plots
+from coleaf_jax import cli, evaluate, metrics, paper, plots
 from coleaf_jax.data import pipeline
 
 LOSS_KEYS = ("anchor_loss", "ref_loss", "backbone", "nce_a", "nce_v", "correlation", "ref_kd")
@@ -73,11 +73,12 @@ def build_report(config, workdir: str, *, test: dict | None = None, num_timeline
     best checkpoint (or ``checkpoint``) is restored for the per-class scores
     and the timelines.
     """
-    from coleaf_jax import cli  # the checkpoint helpers; imported here to keep the import light
-
     parts = [f"<h1>CoLeaF-JAX run report: {html.escape(config.name)}</h1>"]
     result_path = os.path.join(workdir, "test_metrics.json")
-    result = json.load(open(result_path)) if os.path.exists(result_path) else None
+    result = None
+    if os.path.exists(result_path):
+        with open(result_path) as f:
+            result = json.load(f)
     summary = [("workdir", os.path.abspath(workdir)), ("method", config.method),
                ("Anchor", config.model.anchor), ("dataset", config.data.dataset),
                ("written", time.strftime("%Y-%m-%d %H:%M"))]
@@ -171,7 +172,6 @@ def _prediction_sections(config, workdir, test, anchor, params, step, num_timeli
 
 
 def main(argv=None) -> int:
-    from coleaf_jax import cli
     from coleaf_jax.config import load_config_file
 
     parser = argparse.ArgumentParser(prog="python -m coleaf_jax.report", description=__doc__,

@@ -106,8 +106,7 @@ def train_seeds(config, workdir: str, *, data: dict | None = None, verbose: bool
     step = make_device_step(make_train_step(config, anchor, reference, tx, None, spe),
                             config.batch_size)
     vstep = jax.jit(vmap_seeds(step))
-    fields = [k for k in (*pipeline.batch_keys(train), "mask") if k in train]
-    train_dev = jax.device_put({k: train[k] for k in fields})
+    train_dev = jax.device_put(pipeline.resident_fields(train))
 
     best_score = [-np.inf] * len(seeds)
     best_params = [None] * len(seeds)

@@ -432,8 +432,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     on_device = config.data.on_device and split_bytes(train) <= config.data.on_device_max_gib * 2**30
     if on_device:  # the split lives on every device; batches are gathered there
         step = make_device_step(step, config.batch_size, n_dev, "batch" if n_dev > 1 else None)
-        fields = [k for k in (*pipeline.batch_keys(train), "mask") if k in train]
-        train_dev = {k: train[k] for k in fields}
+        train_dev = pipeline.resident_fields(train)
         devices = jax.local_devices()[:n_dev]
         train_dev = (flax.jax_utils.replicate(train_dev, devices) if n_dev > 1
                      else jax.device_put(train_dev))

@@ -135,6 +135,12 @@ def batch_keys(data: dict) -> tuple[str, ...]:
     return tuple(k for k in BATCH_KEYS + OPTIONAL_KEYS if k in data)
 
 
+def resident_fields(data: dict) -> dict[str, np.ndarray]:
+    """The arrays of a split that training keeps on the device: the batch keys and,
+    for variable-length data, ``mask``."""
+    return {k: data[k] for k in (*batch_keys(data), "mask") if k in data}
+
+
 def num_classes(config) -> int:
     """Classes of ``config.data``: 25 for the LLP layout, ``data.num_classes`` for UnAV-100."""
     if config.data.dataset in ("unav100", "synthetic_unav100"):

@@ -423,8 +423,7 @@ def generate_unav(out_dir: str, cfg: SyntheticUnavConfig = SyntheticUnavConfig()
                + ["train"] * (cfg.num_videos - n_val - n_test))
     fs = unav100.FEATURE_SETS["i3d"]
     dims = {"audio": fs.audio[1], "rgb": fs.video_2d[1], "flow": fs.video_3d[1]}
-    protos = {k: rng.standard_normal((cfg.num_classes, d)).astype(np.float32) / np.sqrt(d) * np.sqrt(d)
-              for k, d in dims.items()}
+    protos = {k: rng.standard_normal((cfg.num_classes, d)).astype(np.float32) for k, d in dims.items()}
     names = [f"synthetic_event_{k:02d}" for k in range(cfg.num_classes)]
     feat_dir = os.path.join(out_dir, unav100.FEATURE_DIR)
     os.makedirs(feat_dir, exist_ok=True)

@@ -261,16 +261,13 @@ def load_split(root: str, split: str, *, features: str = "i3d", overlap: str = "
     if not os.path.isdir(feat_dir):
         raise FileNotFoundError(f"{feat_dir}: UnAV-100 feature folder not found (expected "
                                 f"ROOT/{FEATURE_DIR}/<id>_*.npy)")
-    streams = {"audio": fs.audio, "video_2d": fs.video_2d, "video_3d": fs.video_3d}
     rows, missing = [], []
     for v in chosen:
-        paths = {k: os.path.join(feat_dir, s[0].format(id=v.video_id)) for k, s in streams.items() if s}
-        absent = [p for p in paths.values() if not os.path.exists(p)]
-        if absent:
-            missing.append(absent[0])
+        raw, absent = _read_streams(feat_dir, v.video_id, fs)
+        if raw is None:
+            missing.append(absent)
             continue
         t = v.num_segments
-        raw = {k: _load_feature(p, streams[k][1]) for k, p in paths.items()}
         row = _pooled_features(raw, t, step, offset)
         row["truth"] = segment_truth(v.events, t, num_classes, overlap)
         row["label"] = np.zeros(num_classes, np.float32)
@@ -282,6 +279,17 @@ def load_split(root: str, split: str, *, features: str = "i3d", overlap: str = "
     if not rows:
         raise ValueError(f"UnAV-100 {split}: no video with all feature files under {feat_dir}")
     return _pad_split(rows, num_classes)
+
+
+def _read_streams(directory: str, vid: str, fs: FeatureSet) -> tuple[dict | None, str | None]:
+    """``({stream: (steps, dim) array}, None)`` for video ``vid``, each file checked by
+    ``_load_feature``; ``(None, first missing path)`` when a file is absent."""
+    streams = {"audio": fs.audio, "video_2d": fs.video_2d, "video_3d": fs.video_3d}
+    paths = {k: os.path.join(directory, spec[0].format(id=vid)) for k, spec in streams.items() if spec}
+    absent = [p for p in paths.values() if not os.path.exists(p)]
+    if absent:
+        return None, absent[0]
+    return {k: _load_feature(p, streams[k][1]) for k, p in paths.items()}, None
 
 
 def _pooled_features(raw: dict, t: int, step: float, offset: float) -> dict:
@@ -328,14 +336,12 @@ def load_feature_dir(directory: str, ids=None, *, features: str = "i3d",
         ids = sorted(f[:-len(suffix)] for f in os.listdir(directory) if f.endswith(suffix))
     if not len(ids):
         raise FileNotFoundError(f"{directory}: no '*{suffix}' feature files")
-    streams = {"audio": fs.audio, "video_2d": fs.video_2d, "video_3d": fs.video_3d}
     rows, missing = [], []
     for vid in ids:
-        paths = {k: os.path.join(directory, s[0].format(id=vid)) for k, s in streams.items() if s}
-        if any(not os.path.exists(p) for p in paths.values()):
+        raw, _ = _read_streams(directory, vid, fs)
+        if raw is None:
             missing.append(vid)
             continue
-        raw = {k: _load_feature(p, streams[k][1]) for k, p in paths.items()}
         record = VideoRecord(vid, max(len(x) for x in raw.values()) * step, "test", [])
         row = _pooled_features(raw, record.num_segments, step, offset)
         row["truth"] = np.zeros((record.num_segments, 1), bool)
