@@ -276,11 +276,70 @@ def test_load_split_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     def fail(*args: object, **kwargs: object) -> None:
         raise AssertionError("rebuilt")
 
-    monkeypatch.setattr(llp.Llp, "_split_generators", fail)
+    monkeypatch.setattr(llp.Llp, "_shard_iterators_per_split", fail)
     again = llp.load_split(root, "val", tfds_dir=cache)
     assert again["id"].tolist() == ["valvideo001", "valvideo002"]
     assert sorted(llp.cache_dir(root, tfds_dir=cache).rglob("*")) == prepared
     assert [p.stat().st_mtime_ns for p in prepared] == mtimes
+
+
+def test_prepares_splits_larger_than_the_tfds_buffer_without_tensorflow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A split beyond TFDS's in-memory shuffle buffer (≈ 1 GB: every real LLP train
+    split) used to crash in TensorFlow; written shard by shard it needs neither."""
+    from tensorflow_datasets.core import shuffle
+
+    with pytest.raises(ImportError):  # the environment of this test: no TensorFlow
+        import tensorflow  # noqa: F401
+    monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 1)  # every split is "too large"
+    monkeypatch.setattr(llp, "EXAMPLES_PER_SHARD", 1)  # several shards per split, order kept
+    root, cache = tmp_path / "llp", tmp_path / "tfds"
+    root.mkdir()
+    features = make_layout(root)
+    builder = llp.prepare(root, tfds_dir=cache)
+    assert builder.info.splits["train"].num_shards == 2
+    for split, rows in SPLITS.items():
+        data = llp.load_split(root, split, tfds_dir=cache)
+        ids = [f[:11] for f, _ in rows]
+        assert data["id"].tolist() == ids
+        np.testing.assert_array_equal(data["video_2d"], [features[v]["video_2d"] for v in ids])
+
+
+def test_changed_inputs_are_prepared_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root, cache = tmp_path / "llp", tmp_path / "tfds"
+    root.mkdir()
+    make_layout(root)
+    first = llp.load_split(root, "test", tfds_dir=cache)
+    assert first["label"][0].tolist() == multi_hot("Dog").tolist()
+    # An edited CSV: new labels, not the cached ones.
+    _write(root / LLP_SPLIT_CSV["test"], WEAK_HEADER,
+           ["testvideo01_0_10\tCat", "testvideo02_30_40\tClapping,Speech"])
+    with caplog.at_level(logging.WARNING, logger=llp.__name__):
+        edited = llp.load_split(root, "test", tfds_dir=cache)
+    assert edited["label"][0].tolist() == multi_hot("Cat").tolist()
+    assert any("changed since" in r.message for r in caplog.records)
+    # A replaced feature file (same name): its new values, and a bad one is now rejected.
+    new = np.full((10, 128), 7.0, np.float32)
+    np.save(root / "vggish" / "testvideo01.npy", new)
+    os.utime(root / "vggish" / "testvideo01.npy", ns=(1, 1))  # even with an older mtime
+    np.testing.assert_array_equal(llp.load_split(root, "test", tfds_dir=cache)["audio"][0], new)
+    np.save(root / "vggish" / "testvideo01.npy", np.zeros((9, 128), np.float32))
+    with pytest.raises(llp.LLPDataError, match="expected shape"):
+        llp.load_split(root, "test", tfds_dir=cache)
+    # One prepared copy is kept per (root, annotation dir): stale ones are removed.
+    np.save(root / "vggish" / "testvideo01.npy", new)
+    llp.load_split(root, "test", tfds_dir=cache)
+    assert len([p for p in llp.cache_dir(root, tfds_dir=cache).iterdir() if p.is_dir()]) == 1
+
+
+def test_header_only_split_csv_fails_clearly(tmp_path: Path) -> None:
+    root = tmp_path / "llp"
+    root.mkdir()
+    make_layout(root)
+    _write(root / LLP_SPLIT_CSV["val"], WEAK_HEADER, [])
+    with pytest.raises(llp.LLPDataError, match=r"AVVP_val_pd.csv: no video of the val split.*header"):
+        llp.load_split(root, "train", tfds_dir=tmp_path / "tfds")
 
 
 def test_roots_do_not_collide(tmp_path: Path) -> None:
