@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from coleaf_jax import evaluate, train
+from coleaf_jax import evaluate, step as step_lib, train
 from coleaf_jax import seeds as seeds_lib
 from coleaf_jax.config import load_config_file
 from coleaf_jax.data import pipeline
@@ -71,9 +71,9 @@ def bench_train(config, batch_size: int, segments: int, steps: int, plain: bool 
     """Compile time and steady-state training throughput of one jitted step."""
     pooled = pipeline.can_pool_frames(config)
     batch = _batch(random_split(batch_size, segments, pooled), batch_size)
-    state, anchor, reference, tx = train.create_train_state(
+    state, anchor, reference, tx = step_lib.create_train_state(
         config, jax.random.key(0), batch, 100, NUM_CLASSES)
-    step = jax.jit(train.make_train_step(config, anchor, reference, tx, None, 100, plain=plain))
+    step = jax.jit(step_lib.make_train_step(config, anchor, reference, tx, None, 100, plain=plain))
     key, epoch = jax.random.key(1), jnp.int32(config.num_epochs - 1)  # every term on
     t0 = time.perf_counter()
     compiled = step.lower(state, batch, epoch, key).compile()
@@ -105,9 +105,9 @@ def bench_epoch(config, n: int, segments: int, seeds: int) -> dict:
     data = random_split(n, segments, pooled, seed=2)
     b = config.batch_size
     spe = pipeline.num_batches(n, b)
-    state, anchor, reference, tx = train.create_train_state(
+    state, anchor, reference, tx = step_lib.create_train_state(
         config, jax.random.key(0), _batch(data, 2), spe, NUM_CLASSES)
-    step = train.make_train_step(config, anchor, reference, tx, None, spe)
+    step = step_lib.make_train_step(config, anchor, reference, tx, None, spe)
     device_step = train.make_device_step(step, b)
     order = jnp.asarray(train.padded_order(np.arange(n), b))
     resident = jax.device_put(pipeline.resident_fields(data))
@@ -154,7 +154,7 @@ def bench_eval(config, n: int, segments: int) -> dict:
     """Evaluation throughput over ``n`` videos, forward only and forward + 18 metrics."""
     pooled = pipeline.can_pool_frames(config)
     data = random_split(n, segments, pooled, seed=1, dense=True)
-    anchor = train.build_models(config, NUM_CLASSES)[0]
+    anchor = step_lib.build_models(config, NUM_CLASSES)[0]
     sample = _batch(data, 2)
     params = anchor.init(jax.random.key(0), sample["audio"], sample["video_2d"],
                          sample["video_3d"], sample["mask"])["params"]

@@ -12,9 +12,8 @@ import numpy as np
 
 from coleaf_jax import evaluate, metrics
 from coleaf_jax.data import pipeline
-from coleaf_jax.train import (
-    checkpoint_manager, create_train_state, restore_checkpoint, validate_config,
-)
+from coleaf_jax.checkpoints import checkpoint_manager, restore_checkpoint
+from coleaf_jax.step import create_train_state, validate_config
 
 
 def quiet_libraries() -> None:
@@ -126,3 +125,30 @@ def evaluate_checkpoint(config, workdir: str, split: str = "test", step: int | N
                                    title=f"{split}, epoch {step}, {thresholds.name} (%)"))
         print(f"wrote {output}")
     return result
+
+
+def noise_ratios_main(argv=None) -> int:
+    """``python -m coleaf_jax.noise_ratios``: estimate JoMoLD ratios from a trained run."""
+    import argparse
+
+    from coleaf_jax.config import load_config_file
+    from coleaf_jax.noise_ratios import __doc__ as doc, estimate_noise_ratios
+
+    parser = argparse.ArgumentParser(prog="python -m coleaf_jax.noise_ratios", description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="config file (optionally FILE:variant)")
+    parser.add_argument("--workdir", required=True, help="the trained run")
+    parser.add_argument("--output", required=True, help=".npz to write (keys audio, visual)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. --set data.root=/path/to/LLP")
+    args = parser.parse_args(argv)
+    quiet_libraries()
+    config = load_config_file(args.config, args.set)
+    data = pipeline.load_splits(config, args.workdir, splits=("train",))["train"]
+    _, anchor, params, step = restore_anchor(config, args.workdir, data)
+    probs = evaluate.predict_with_config(config, anchor, params, data)
+    r_a, r_v = estimate_noise_ratios(probs["video_prob_a"], probs["video_prob_v"], data["label"])
+    np.savez(args.output, audio=r_a, visual=r_v)
+    print(f"wrote {args.output} from checkpoint {step} ({len(data['label'])} training videos); "
+          f"mean audio {r_a.mean():.3f}, visual {r_v.mean():.3f}")
+    return 0

@@ -67,32 +67,7 @@ def estimate_noise_ratios(prob_a: np.ndarray, prob_v: np.ndarray, labels: np.nda
     return ((pos & ~a & v).sum(0) / n).astype(np.float32), ((pos & ~v & a).sum(0) / n).astype(np.float32)
 
 
-def main(argv=None) -> int:
-    import argparse
+if __name__ == "__main__":  # the command lives with the other CLIs (no import cycle)
+    from coleaf_jax.cli import noise_ratios_main
 
-    from coleaf_jax import cli, evaluate
-    from coleaf_jax.config import load_config_file
-    from coleaf_jax.data import pipeline
-
-    parser = argparse.ArgumentParser(prog="python -m coleaf_jax.noise_ratios", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="config file (optionally FILE:variant)")
-    parser.add_argument("--workdir", required=True, help="the trained run")
-    parser.add_argument("--output", required=True, help=".npz to write (keys audio, visual)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. --set data.root=/path/to/LLP")
-    args = parser.parse_args(argv)
-    cli.quiet_libraries()
-    config = load_config_file(args.config, args.set)
-    data = pipeline.load_splits(config, args.workdir, splits=("train",))["train"]
-    _, anchor, params, step = cli.restore_anchor(config, args.workdir, data)
-    probs = evaluate.predict_with_config(config, anchor, params, data)
-    r_a, r_v = estimate_noise_ratios(probs["video_prob_a"], probs["video_prob_v"], data["label"])
-    np.savez(args.output, audio=r_a, visual=r_v)
-    print(f"wrote {args.output} from checkpoint {step} ({len(data['label'])} training videos); "
-          f"mean audio {r_a.mean():.3f}, visual {r_v.mean():.3f}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(noise_ratios_main())

@@ -25,9 +25,8 @@ from tqdm import tqdm
 
 from coleaf_jax import evaluate, metrics
 from coleaf_jax.data import pipeline
-from coleaf_jax.train import (
-    create_train_state, make_device_step, make_train_step, padded_order, validate_config,
-)
+from coleaf_jax.step import create_train_state, make_train_step, validate_config
+from coleaf_jax.train import make_device_step, padded_order
 
 
 def run_keys(seed: int):

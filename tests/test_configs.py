@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import ml_collections
 import pytest
 
-from coleaf_jax import train
+from coleaf_jax import step as step_lib
 from coleaf_jax.data import pipeline
 from configs import ablations, llp, synthetic
 
@@ -15,7 +15,7 @@ from configs import ablations, llp, synthetic
     ("cmpae", "anchor_only", "cmpae"), ("han", "anchor_only", "han")])
 def test_configs_load_and_validate(module, variant, method, anchor):
     config = module.get_config(variant)
-    train.validate_config(config)
+    step_lib.validate_config(config)
     assert (config.method, config.model.anchor) == (method, anchor)
     assert config.loss.denoise == (anchor == "cmpae")  # JoMoLD comes with CMPAE
     for key in ("num_epochs", "batch_size", "learning_rate", "seed"):
@@ -41,7 +41,7 @@ def test_unknown_variant_and_values_fail_clearly():
     c = llp.get_config()
     c.loss.contrastive = "infonce"
     with pytest.raises(ValueError, match="config.loss.contrastive = 'infonce'"):
-        train.validate_config(c)
+        step_lib.validate_config(c)
 
 
 def test_llp_needs_a_root(tmp_path):
@@ -52,7 +52,7 @@ def test_llp_needs_a_root(tmp_path):
 def test_learning_rate_decays_every_six_epochs():
     c = ml_collections.ConfigDict({"learning_rate": 5e-4, "lr_decay_every_epochs": 6,
                                    "lr_decay_factor": 0.25})
-    tx = train.make_optimizer(c, steps_per_epoch=10)
+    tx = step_lib.make_optimizer(c, steps_per_epoch=10)
     params = {"w": jnp.zeros(())}
     state = tx.init(params)
     lrs = []
@@ -70,7 +70,7 @@ def test_learning_rate_decays_every_six_epochs():
 def test_every_ablation_loads_and_validates(name):
     for arg in (name, f"{name},synthetic", f"{name},synthetic,cmpae"):
         config = ablations.get_config(arg)
-        train.validate_config(config)
+        step_lib.validate_config(config)
         assert name in config.name
 
 
@@ -105,8 +105,8 @@ def test_num_devices_is_validated():
     c = synthetic.get_config()
     c.num_devices = jax.local_device_count() + 1
     with pytest.raises(ValueError, match="config.num_devices"):
-        train.validate_config(c)
+        step_lib.validate_config(c)
     c.num_devices = 1
     c.batch_size = 7
-    train.validate_config(c)  # one device: any batch size
-    assert train.num_devices(c) == 1
+    step_lib.validate_config(c)  # one device: any batch size
+    assert step_lib.num_devices(c) == 1

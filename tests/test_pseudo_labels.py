@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from coleaf_jax import losses, train
+from coleaf_jax import losses, step as step_lib
 from coleaf_jax.config import pseudo_label_config
 from coleaf_jax.data import llp, pipeline, synthetic
 
@@ -105,8 +105,8 @@ def test_pseudo_labels_drive_the_step(tmp_path):
     np.testing.assert_array_equal(data["pl_visual"][3], stored)
     batch = {k: jnp.asarray(v) for k, v in pipeline.make_batch(data, np.arange(4), 4).items()}
     assert batch["pl_audio"].shape == (4, 10, 25)
-    state, anchor, ref, tx = train.create_train_state(config, jax.random.key(0), batch, 5, 25)
-    step = jax.jit(train.make_train_step(config, anchor, ref, tx))
+    state, anchor, ref, tx = step_lib.create_train_state(config, jax.random.key(0), batch, 5, 25)
+    step = jax.jit(step_lib.make_train_step(config, anchor, ref, tx))
     _, logs = step(state, batch, jnp.int32(0), jax.random.key(1))
     flipped = dict(batch, pl_audio=1.0 - batch["pl_audio"])
     _, logs_flipped = step(state, flipped, jnp.int32(0), jax.random.key(1))

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from coleaf_jax import cli, evaluate, metrics, parsing, report, train
+from coleaf_jax import cli, evaluate, metrics, parsing, report, step as step_lib, train
 from coleaf_jax.config import override
 from coleaf_jax.data import pipeline
 from configs import synthetic as synthetic_config
@@ -64,15 +64,15 @@ def test_pmap_step_equals_single_device_step(data, variant, tmp_path):
                                      "loss.denoise_ratios": ratios})
     batch = _batch(data)
     batch["video_mask"] = batch["video_mask"].at[-1].set(0.0)  # a padded video on one device only
-    state, anchor, ref, _ = train.create_train_state(config, jax.random.key(0), batch, 5, 25)
+    state, anchor, ref, _ = step_lib.create_train_state(config, jax.random.key(0), batch, 5, 25)
     # Plain SGD makes every parameter change proportional to its gradient: Adam would
     # blow float rounding of near-zero gradients up to ±lr and hide the comparison.
     tx = optax.sgd(0.1)
     state = state.replace(anchor_opt=tx.init(state.anchor_params), ref_opt=tx.init(state.ref_params))
     # 1 step per epoch: the JoMoLD ratio is annealed to full strength by the second
     # step, whose batch-level ranking (all-gathered under pmap) must match one device.
-    single = jax.jit(train.make_train_step(config, anchor, ref, tx, None, 1))
-    multi = jax.pmap(train.make_train_step(config, anchor, ref, tx, "batch", 1),
+    single = jax.jit(step_lib.make_train_step(config, anchor, ref, tx, None, 1))
+    multi = jax.pmap(step_lib.make_train_step(config, anchor, ref, tx, "batch", 1),
                      axis_name="batch", in_axes=(0, 0, None, None))
     key, epoch = jax.random.key(3), jnp.int32(2)  # every collaborative term is on
     s1, l1 = single(state, batch, epoch, key)
@@ -100,13 +100,13 @@ def test_optimised_step_equals_plain_step(data_workdir, variant):
     if pipeline.can_pool_frames(config):
         batch_opt["video_2d"] = batch_raw["video_2d"].reshape(8, -1, 8, 2048).mean(2)
     plain_config = tiny_config(variant, **{"model.pool_frames_first": False})
-    state, anchor, ref, _ = train.create_train_state(config, jax.random.key(0), batch_opt, 5, 25)
-    _, plain_anchor, plain_ref, _ = train.create_train_state(
+    state, anchor, ref, _ = step_lib.create_train_state(config, jax.random.key(0), batch_opt, 5, 25)
+    _, plain_anchor, plain_ref, _ = step_lib.create_train_state(
         plain_config, jax.random.key(0), batch_raw, 5, 25)
     tx = optax.sgd(1.0)  # the parameter change is minus the gradient
     state = state.replace(anchor_opt=tx.init(state.anchor_params), ref_opt=tx.init(state.ref_params))
-    opt = jax.jit(train.make_train_step(config, anchor, ref, tx, None, 5))
-    plain = jax.jit(train.make_train_step(plain_config, plain_anchor, plain_ref, tx, None, 5,
+    opt = jax.jit(step_lib.make_train_step(config, anchor, ref, tx, None, 5))
+    plain = jax.jit(step_lib.make_train_step(plain_config, plain_anchor, plain_ref, tx, None, 5,
                                           plain=True))
     key, epoch = jax.random.key(3), jnp.int32(2)  # every collaborative term is on
     s1, l1 = opt(state, batch_opt, epoch, key)
@@ -124,8 +124,8 @@ def test_optimised_step_equals_plain_step(data_workdir, variant):
 def test_steps_reduce_the_loss_and_are_reproducible(data):
     config = tiny_config(learning_rate=3e-3)
     batch = _batch(data)
-    state, anchor, ref, tx = train.create_train_state(config, jax.random.key(0), batch, 5, 25)
-    step = jax.jit(train.make_train_step(config, anchor, ref, tx))
+    state, anchor, ref, tx = step_lib.create_train_state(config, jax.random.key(0), batch, 5, 25)
+    step = jax.jit(step_lib.make_train_step(config, anchor, ref, tx))
     first = None
     s = state
     for _ in range(15):
@@ -239,7 +239,7 @@ def test_device_resident_data_trains_exactly_like_the_host_pipeline(data, tmp_pa
         train.train_and_evaluate(config, str(workdir), data=data, verbose=False,
                                  on_epoch_end=lambda e, s: states.setdefault(e, s))
         logs[mode] = [json.loads(line)["train"] for line in open(workdir / "metrics.jsonl")]
-        anchor = train.build_models(config, 25)[0]
+        anchor = step_lib.build_models(config, 25)[0]
         preds[mode] = evaluate.predict_split(evaluate.make_predict_fn(anchor),
                                              states[2].anchor_params, data["val"], 16)
     for mode in ("device", "scan"):

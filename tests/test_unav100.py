@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from coleaf_jax import evaluate, metrics, train
+from coleaf_jax import evaluate, metrics, step as step_lib, train
 from coleaf_jax.config import override, unav100_config
 from coleaf_jax.data import pipeline, synthetic, unav100
 from coleaf_jax.models import HANAnchor
@@ -174,7 +174,7 @@ def test_padding_never_changes_outputs_losses_or_gradients(unav_root, variant):
     assert not bool(batch["mask"].all())  # some videos are shorter than the batch
     t0 = batch["audio"].shape[1]
     long = _pad_time(batch, t0 + 7, np.random.default_rng(0))
-    state, anchor, ref, _ = train.create_train_state(config, jax.random.key(0), batch, 5, 6)
+    state, anchor, ref, _ = step_lib.create_train_state(config, jax.random.key(0), batch, 5, 6)
     out_short = anchor.apply({"params": state.anchor_params}, batch["audio"], batch["video_2d"],
                              batch["video_3d"], batch["mask"])
     out_long = anchor.apply({"params": state.anchor_params}, long["audio"], long["video_2d"],
@@ -186,7 +186,7 @@ def test_padding_never_changes_outputs_losses_or_gradients(unav_root, variant):
                                np.asarray(out_long["seg_prob"])[:, :t0][m], atol=1e-5)
     tx = optax.sgd(1.0)
     state = state.replace(anchor_opt=tx.init(state.anchor_params), ref_opt=tx.init(state.ref_params))
-    step = jax.jit(train.make_train_step(config, anchor, ref, tx, None, 5))
+    step = jax.jit(step_lib.make_train_step(config, anchor, ref, tx, None, 5))
     key, epoch = jax.random.key(2), jnp.int32(1)  # every collaborative term is on
     s1, l1 = step(state, batch, epoch, key)
     s2, l2 = step(state, long, epoch, key)
@@ -214,7 +214,7 @@ def test_train_and_evaluate_end_to_end_on_variable_length_data(tmp_path):
         assert 0.0 <= result[k] <= 100.0
     data = pipeline.load_splits(config, str(tmp_path), ("test",))["test"]
     # Bucketed evaluation equals evaluation at the split's full length.
-    anchor = train.build_models(config, 6)[0]
+    anchor = step_lib.build_models(config, 6)[0]
     params = anchor.init(jax.random.key(5), *(jnp.asarray(data[k][:2]) for k in
                                               ("audio", "video_2d", "video_3d")))["params"]
     full = evaluate.predict_split(evaluate.make_predict_fn(anchor), params, data, 8, bucket=0)
