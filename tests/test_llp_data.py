@@ -34,6 +34,7 @@ AUDIO_ROWS = [
     "valvideo001_0_10\t2\t10\tCello",
     "valvideo002_0_10\t4\t4\tBanjo",  # zero length
     "testvideo01_0_10\t9\t10\tDog",
+    "testvideo02_30_40\t0\t2\tSpeech",
     "notinsplit1_0_10\t0\t10\tDog",  # in no split
 ]
 VISUAL_ROWS = [
@@ -157,13 +158,13 @@ def test_read_dense_csv_skips_and_counts(tmp_path: Path, caplog: pytest.LogCaptu
     with caplog.at_level(logging.WARNING, logger=llp.__name__):
         labels, report = llp.read_dense_csv(path)
     assert report == llp.DenseReport(
-        rows=9, zero_length=1, reversed=1, duplicates=1, unknown_video=0, id_conflicts=1
+        rows=10, zero_length=1, reversed=1, duplicates=1, unknown_video=0, id_conflicts=1
     )
     [record] = caplog.records
     assert "1 zero-length" in record.message
     assert "line 6: 'valvideo002_0_10\\t4\\t4\\tBanjo'" in record.message
-    assert "line 4:" in record.message and "line 10:" in record.message
-    assert set(labels) == {"valvideo001", "testvideo01", "notinsplit1"}
+    assert "line 4:" in record.message and "line 11:" in record.message
+    assert set(labels) == {"valvideo001", "testvideo01", "testvideo02", "notinsplit1"}
     np.testing.assert_array_equal(
         labels["valvideo001"], dense((0, 3, "Speech"), (5, 7, "Speech"), (2, 10, "Cello"))
     )
@@ -172,7 +173,7 @@ def test_read_dense_csv_skips_and_counts(tmp_path: Path, caplog: pytest.LogCaptu
     known = [f for rows in SPLITS.values() for f, _ in rows]
     labels, report = llp.read_dense_csv(path, known_ids=known)
     assert (report.unknown_video, report.id_conflicts, report.skipped) == (2, 0, 4)
-    assert set(labels) == {"valvideo001", "testvideo01"}
+    assert set(labels) == {"valvideo001", "testvideo01", "testvideo02"}
     np.testing.assert_array_equal(labels["testvideo01"], dense((9, 10, "Dog")))
 
 
@@ -252,7 +253,8 @@ def test_load_split_values(tmp_path: Path) -> None:
     )
     np.testing.assert_array_equal(val["label_visual"], [dense(), dense((0, 10, "Banjo"))])
     test = llp.load_split(root, "test", tfds_dir=cache)
-    np.testing.assert_array_equal(test["label_audio"], [dense((9, 10, "Dog")), dense()])
+    np.testing.assert_array_equal(test["label_audio"],
+                                  [dense((9, 10, "Dog")), dense((0, 2, "Speech"))])
     np.testing.assert_array_equal(
         test["label_visual"], [dense(), dense((1, 2, "Clapping"), (3, 4, "Clapping"))]
     )
@@ -311,13 +313,13 @@ def test_changed_inputs_are_prepared_again(tmp_path: Path, caplog: pytest.LogCap
     root.mkdir()
     make_layout(root)
     first = llp.load_split(root, "test", tfds_dir=cache)
-    assert first["label"][0].tolist() == multi_hot("Dog").tolist()
+    assert first["label"][1].tolist() == multi_hot("Clapping,Speech").tolist()
     # An edited CSV: new labels, not the cached ones.
     _write(root / LLP_SPLIT_CSV["test"], WEAK_HEADER,
-           ["testvideo01_0_10\tCat", "testvideo02_30_40\tClapping,Speech"])
+           ["testvideo01_0_10\tDog", "testvideo02_30_40\tClapping"])
     with caplog.at_level(logging.WARNING, logger=llp.__name__):
         edited = llp.load_split(root, "test", tfds_dir=cache)
-    assert edited["label"][0].tolist() == multi_hot("Cat").tolist()
+    assert edited["label"][1].tolist() == multi_hot("Clapping").tolist()
     assert any("changed since" in r.message for r in caplog.records)
     # A replaced feature file (same name): its new values, and a bad one is now rejected.
     new = np.full((10, 128), 7.0, np.float32)
@@ -367,19 +369,31 @@ def test_separate_annotation_dir(tmp_path: Path) -> None:
     np.testing.assert_array_equal(data["label_visual"][1], dense((0, 10, "Banjo")))
 
 
-def test_missing_feature_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_missing_feature_fails_for_val_and_test_unless_allowed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A val/test video without features would silently drop out of the scores: an error
+    naming it and the opt-in; with the opt-in the split says which videos it left out."""
     root, cache = tmp_path / "llp", tmp_path / "tfds"
     root.mkdir()
     make_layout(root)
     (root / "r2plus1d_18" / "valvideo001.npy").unlink()
+    (root / "vggish" / "trainvid002.npy").unlink()
+    with pytest.raises(llp.MissingFeatureError,
+                       match=r"LLP val: 1 videos of AVVP_val_pd.csv .*valvideo001.*allow_missing"):
+        llp.load_split(root, "val", tfds_dir=cache)
     with caplog.at_level(logging.WARNING, logger=llp.__name__):
-        data = llp.load_split(root, "val", tfds_dir=cache)
-    assert data["id"].tolist() == ["valvideo002"]
+        data = llp.load_split(root, "val", tfds_dir=cache, allow_missing=True)
+    assert data["id"].tolist() == ["valvideo002"] and data.skipped == ("valvideo001",)
     np.testing.assert_array_equal(data["label_visual"], [dense((0, 10, "Banjo"))])
     assert any("skipped 1 of 2 videos" in r.message for r in caplog.records)
+    # Test is complete: nothing skipped. Training videos are left out with a warning only.
+    assert llp.load_split(root, "test", tfds_dir=cache).skipped == ()
+    train = llp.load_split(root, "train", tfds_dir=cache)
+    assert train["id"].tolist() == ["trainvid001"] and train.skipped == ("trainvid002",)
     builder = llp.prepare(root, tfds_dir=cache)
     skipped = builder.info.metadata["skipped_videos"]
-    assert skipped == {"train": [], "val": ["valvideo001"], "test": []}
+    assert skipped == {"train": ["trainvid002"], "val": ["valvideo001"], "test": []}
 
 
 def test_wrong_shape_fails_preparation(tmp_path: Path) -> None:
@@ -395,6 +409,52 @@ def test_wrong_shape_fails_preparation(tmp_path: Path) -> None:
 def test_load_split_rejects_unknown_split(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="split"):
         llp.load_split(tmp_path, "eval", tfds_dir=tmp_path / "tfds")
+
+
+# --- Dense CSVs cross-checked against the weak labels ---------------------------------------
+
+@pytest.mark.parametrize("keep", [0, 4], ids=["header-only", "head-n-5"])
+def test_dense_csv_that_lost_rows_fails_naming_it(tmp_path: Path, keep: int) -> None:
+    """``AVVP_eval_audio.csv`` cut at a line boundary (``head -n 5``) or left with its
+    header only: every affected video would get all-zero audio truth."""
+    root = tmp_path / "llp"
+    root.mkdir()
+    make_layout(root)
+    _write(root / LLP_DENSE_CSV["audio"], DENSE_HEADER, AUDIO_ROWS[:keep])
+    with pytest.raises(llp.LLPDataError) as info:
+        llp.load_split(root, "val", tfds_dir=tmp_path / "tfds")
+    message = str(info.value)
+    # The test split fails first when val still has its rows (head -n 5 keeps val's).
+    assert ("LLP val: 1 of 2 videos" if keep == 0 else "LLP test: 2 of 2 videos") in message
+    assert f"{root / LLP_DENSE_CSV['audio']} has rows for 0 of them" in message
+    assert "at most 5 %" in message and str(root / LLP_DENSE_CSV["visual"]) in message
+
+
+def test_dense_coverage_warns_when_few_videos_lack_rows(caplog: pytest.LogCaptureFixture) -> None:
+    n = 100
+    filenames = [f"video{i:06d}_0_10" for i in range(n)]
+    labels = np.zeros((n, 25), np.float32)
+    labels[:, LLP_CLASS_INDEX["Dog"]] = 1
+    rows = {f[:11]: dense((0, 2, "Dog")) for f in filenames}
+    paths = {"audio": "a.csv", "visual": "v.csv"}
+    for vid in ("video000007", "video000042", "video000099"):
+        del rows[vid]
+    with caplog.at_level(logging.WARNING, logger=llp.__name__):
+        uncovered = llp.check_dense_coverage("test", filenames, labels, {"audio": rows, "visual": {}},
+                                             paths)
+    assert uncovered == ["video000007", "video000042", "video000099"]
+    assert any("3 of 100 videos" in r.message and "video000007, video000042" in r.message
+               for r in caplog.records)
+    # A video whose class is covered by the other modality counts as covered.
+    covered = llp.check_dense_coverage("test", filenames, labels,
+                                       {"audio": rows, "visual": {"video000007": dense((1, 2, "Dog"))}},
+                                       paths)
+    assert covered == ["video000042", "video000099"]
+    assert llp.DENSE_UNCOVERED_MAX_SHARE == 0.05
+    for vid in ("video000001", "video000002", "video000003"):  # 6 of 100 > 5 %
+        del rows[vid]
+    with pytest.raises(llp.LLPDataError, match=r"LLP test: 6 of 100 videos .*a.csv has rows for 94"):
+        llp.check_dense_coverage("test", filenames, labels, {"audio": rows, "visual": {}}, paths)
 
 
 # --- The real annotation files --------------------------------------------------------------
@@ -442,6 +502,39 @@ def test_real_dense_csvs(real_llp: Path) -> None:
     assert (report.unknown_video, report.id_conflicts) == (11, 0)
     assert set(visual) <= eval_ids
     assert audio["19jWnmYnlD8"][:, LLP_CLASS_INDEX["Clapping"]].sum() == 0
+
+
+def test_real_dense_coverage(real_llp: Path, tmp_path: Path) -> None:
+    """The released CSVs pass the cross-check (a warning: 12 of 649 val and 23 of 1,200
+    test videos have a weak class without a dense segment); a truncated one fails."""
+    splits = {s: llp.read_weak_csv(real_llp / csv) for s, csv in LLP_SPLIT_CSV.items()}
+    known = [f for names, _ in splits.values() for f in names]
+    paths = {m: real_llp / csv for m, csv in LLP_DENSE_CSV.items()}
+    dense_rows = {m: llp.read_dense_csv(p, known_ids=known)[0] for m, p in paths.items()}
+    counts = {s: len(llp.check_dense_coverage(s, *splits[s], dense_rows, paths))
+              for s in ("val", "test")}
+    assert counts == {"val": 12, "test": 23}
+    cut = tmp_path / LLP_DENSE_CSV["audio"]
+    cut.write_text("".join(paths["audio"].read_text().splitlines(keepends=True)[:45]))
+    truncated = dict(dense_rows, audio=llp.read_dense_csv(cut, known_ids=known)[0])
+    with pytest.raises(llp.LLPDataError, match=r"LLP test: 6\d\d of 1200 videos"):
+        llp.check_dense_coverage("test", *splits["test"], truncated, dict(paths, audio=cut))
+
+
+def test_unreadable_feature_folder_fails_clearly(tmp_path: Path, monkeypatch) -> None:
+    root = tmp_path / "llp"
+    root.mkdir()
+    make_layout(root)
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if str(path).endswith("res152"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(llp.os, "scandir", scandir)
+    with pytest.raises(llp.LLPDataError, match=r"res152: cannot list the feature folder: Permission"):
+        llp.load_split(root, "val", tfds_dir=tmp_path / "tfds")
 
 
 def test_root_without_feature_folders_fails_clearly(tmp_path):

@@ -67,7 +67,13 @@ _WEAK_HEADER = ("filename", "event_labels")
 _DENSE_HEADER = ("filename", "onset", "offset", "event_labels")
 _INT_RE = re.compile(r"[+-]?\d+")
 _MAX_SHOWN_LINES = 3  # offending lines quoted in a warning summary
+_MAX_SHOWN_IDS = 5  # video ids quoted in a warning or error
 _READ_CHUNK = 128  # examples decoded per data-source call in load_split
+# Dense cross-check (:func:`check_dense_coverage`): a val/test split fails when more
+# than this share of its videos has a weak-labelled class without any segment in
+# either dense CSV. The real LLP CSVs give 12 of 649 val and 23 of 1,200 test videos
+# (≈ 1.9 %); a dense CSV cut at a line boundary or left header-only gives 8-55 %.
+DENSE_UNCOVERED_MAX_SHARE = 0.05
 
 
 class LLPDataError(ValueError):
@@ -76,6 +82,14 @@ class LLPDataError(ValueError):
 
 class MissingFeatureError(LLPDataError):
     """A video's feature ``.npy`` file does not exist."""
+
+
+class SplitArrays(dict):
+    """One split as returned by :func:`load_split`: ``{key: array}`` with, as the
+    attribute ``skipped``, the ids of the split's videos that were left out
+    (missing feature files); an attribute, so that every key stays per-video."""
+
+    skipped: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass
@@ -299,6 +313,62 @@ def read_dense_csv(
     return labels, report
 
 
+def check_dense_coverage(
+    split: str,
+    filenames: list[str],
+    labels: np.ndarray,
+    dense: Mapping[str, Mapping[str, np.ndarray]],
+    dense_paths: Mapping[str, PathLike],
+    max_share: float = DENSE_UNCOVERED_MAX_SHARE,
+) -> list[str]:
+    """Cross-checks a dense split's weak labels against the dense CSV rows.
+
+    A video is *uncovered* when one of its weak-labelled classes has no segment
+    in either dense CSV (``dense``: ``{'audio': {id: (T, C)}, 'visual': ...}``
+    as read by :func:`read_dense_csv`). A few such videos are in the real
+    annotation (a warning with the count and the first ids); many mean that a
+    dense CSV lost rows, which would score every affected video against
+    all-zero truth.
+
+    Returns:
+      The uncovered video ids, in CSV order.
+
+    Raises:
+      LLPDataError: more than ``max_share`` of the split's videos are uncovered;
+        the message names both dense CSVs and how many of the split's videos
+        each one covers.
+    """
+    uncovered = []
+    covered_by = {modality: 0 for modality in dense}
+    for filename, label in zip(filenames, labels):
+        vid = video_id(filename)
+        present = np.zeros(label.shape, bool)
+        for modality, rows in dense.items():
+            if vid in rows:
+                covered_by[modality] += 1
+                present |= rows[vid].max(axis=0) > 0
+        if np.any((label > 0) & ~present):
+            uncovered.append(vid)
+    n = len(filenames)
+    if not uncovered:
+        return uncovered
+    first = ", ".join(uncovered[:_MAX_SHOWN_IDS])
+    if len(uncovered) > max_share * n:
+        files = "; ".join(f"{dense_paths[m]} has rows for {covered_by[m]} of them"
+                          for m in dense)
+        raise LLPDataError(
+            f"LLP {split}: {len(uncovered)} of {n} videos ({100 * len(uncovered) / n:.0f} %) "
+            f"have a weak-labelled class with no segment in either dense annotation CSV "
+            f"(expected at most {100 * max_share:.0f} %; the real LLP files: under 2 %). "
+            f"A dense CSV probably lost rows (truncated or header-only): {files}. "
+            f"Their truth would be all zeros. First videos: {first}")
+    logger.warning(
+        "LLP %s: %d of %d videos have a weak-labelled class with no segment in either dense "
+        "CSV (as in the released annotation; scored as annotated). First: %s",
+        split, len(uncovered), n, first)
+    return uncovered
+
+
 def feature_path(root: PathLike, key: str, vid: str) -> Path:
     """Path of one feature file, e.g. ``feature_path(root, 'audio', id)``."""
     return Path(root) / FEATURE_FOLDERS[key] / f"{vid}.npy"
@@ -356,7 +426,10 @@ class Llp(tfds.core.ShardBasedBuilder):
     One ``FeaturesDict`` serves all splits: train examples carry all-zero
     ``label_audio``/``label_visual`` and ``has_dense = False``. Examples keep the
     CSV order. Videos whose feature files are missing are skipped; their ids
-    per split are in ``info.metadata['skipped_videos']``.
+    per split are in ``info.metadata['skipped_videos']``. Val and test are
+    cross-checked against the dense CSVs (:func:`check_dense_coverage`); the
+    ids of their videos with a weak class but no dense segment are in
+    ``info.metadata['dense_uncovered']``.
 
     Each split is written shard by shard (``EXAMPLES_PER_SHARD`` videos each,
     in CSV order) straight to ``array_record`` files: memory stays bounded by
@@ -369,10 +442,11 @@ class Llp(tfds.core.ShardBasedBuilder):
     uses it).
     """
 
-    VERSION = tfds.core.Version("1.1.0")
+    VERSION = tfds.core.Version("1.2.0")
     RELEASE_NOTES = {
         "1.0.0": "HAN features with weak and dense LLP labels.",
         "1.1.0": "Written shard by shard: bounded memory and no TensorFlow for any split size.",
+        "1.2.0": "Dense CSVs cross-checked against the weak labels (lost rows fail).",
     }
     MANUAL_DOWNLOAD_INSTRUCTIONS = """
     Download the LLP features released with HAN ("Unified Multisensory Perception:
@@ -433,6 +507,11 @@ class Llp(tfds.core.ShardBasedBuilder):
         dense = {
             modality: read_dense_csv(annotations / csv, known_ids=known)[0]
             for modality, csv in LLP_DENSE_CSV.items()
+        }
+        dense_paths = {modality: annotations / csv for modality, csv in LLP_DENSE_CSV.items()}
+        self.info.metadata["dense_uncovered"] = {
+            split: check_dense_coverage(split, *weak[split], dense, dense_paths)
+            for split in DENSE_SPLITS if weak[split][0]
         }
         self.info.metadata["skipped_videos"] = {}
         shards = {}
@@ -547,9 +626,15 @@ def input_fingerprint(root: PathLike, annotation_dir: PathLike | None = None) ->
             h.update(path.read_bytes())
         except FileNotFoundError:
             h.update(b"<missing>")
+        except OSError as e:
+            raise LLPDataError(f"{path}: cannot read annotation file: {e.strerror or e}") from e
     for folder in FEATURE_FOLDERS.values():
-        with os.scandir(root / folder) as entries:
-            listing = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries)
+        try:
+            with os.scandir(root / folder) as entries:
+                listing = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries)
+        except OSError as e:
+            raise LLPDataError(f"{root / folder}: cannot list the feature folder: "
+                               f"{e.strerror or e}") from e
         h.update(f"{folder}\n".encode())
         h.update("\n".join(f"{n}\t{s}\t{t}" for n, s, t in listing).encode())
     return h.hexdigest()[:16]
@@ -682,7 +767,8 @@ def load_split(
     annotation_dir: PathLike | None = None,
     tfds_dir: PathLike | None = None,
     pool_frames: bool = False,
-) -> dict[str, np.ndarray]:
+    allow_missing: bool = False,
+) -> SplitArrays:
     """Loads one LLP split into memory, preparing the TFDS cache on first use.
 
     Args:
@@ -693,18 +779,38 @@ def load_split(
         :func:`cache_dir`.
       pool_frames: average each second's 8 ResNet frames, giving ``video_2d`` of
         shape (N, 10, 2048); exact for models whose frame projection is linear.
+      allow_missing: for val and test, leave out videos whose feature files are
+        missing instead of failing (their ids are in ``.skipped``). Training
+        videos without features are always left out, with a warning.
 
     Returns:
-      ``id`` (N,) str, ``audio`` (N, 10, 128), ``video_2d`` (N, 80, 2048) or
-      (N, 10, 2048), ``video_3d`` (N, 10, 512), ``label`` (N, 25), and for val
-      and test ``label_audio``, ``label_visual`` (N, 10, 25); float32, CSV order.
+      A :class:`SplitArrays`: ``id`` (N,) str, ``audio`` (N, 10, 128),
+      ``video_2d`` (N, 80, 2048) or (N, 10, 2048), ``video_3d`` (N, 10, 512),
+      ``label`` (N, 25), and for val and test ``label_audio``, ``label_visual``
+      (N, 10, 25); float32, CSV order. ``.skipped``: ids left out.
+
+    Raises:
+      MissingFeatureError: a val/test video has no feature files and
+        ``allow_missing`` is false (its scores would silently come from fewer
+        videos).
     """
     if split not in LLP_SPLIT_CSV:
         raise ValueError(f"split: expected one of {sorted(LLP_SPLIT_CSV)}, got {split!r}")
     builder = prepare(root, annotation_dir, tfds_dir)
-    skipped = builder.info.metadata["skipped_videos"][split]
+    skipped = list(builder.info.metadata["skipped_videos"][split])
+    if skipped and split in DENSE_SPLITS and not allow_missing:
+        raise MissingFeatureError(
+            f"LLP {split}: {len(skipped)} videos of {LLP_SPLIT_CSV[split]} have no feature files "
+            f"under {root} (first: {', '.join(skipped[:_MAX_SHOWN_IDS])}); their scores would "
+            f"be missing from every {split} result. Restore the files, or pass "
+            f"--config.data.allow_missing=True to score the remaining videos (the counts are "
+            f"then recorded in every metrics file)")
     if skipped:
         logger.warning("LLP %s: %d videos skipped (missing feature files)", split, len(skipped))
+    uncovered = builder.info.metadata.get("dense_uncovered", {}).get(split, [])
+    if uncovered:
+        logger.info("LLP %s: %d videos have a weak-labelled class with no dense segment "
+                    "(first: %s)", split, len(uncovered), ", ".join(uncovered[:_MAX_SHOWN_IDS]))
     keys = [*FEATURE_FOLDERS, "label"]
     if split in DENSE_SPLITS:
         keys += ["label_audio", "label_visual"]
@@ -729,4 +835,6 @@ def load_split(
                 np.stack([example[key] for example in examples], out=out[key][rows])
         logger.info("LLP %s: read %d/%d examples", split, rows.stop, n)
     out["id"] = np.array(ids, dtype=str)
+    out = SplitArrays(out)
+    out.skipped = tuple(skipped)
     return out
