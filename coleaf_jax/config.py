@@ -45,6 +45,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.bucket = 0
     c.data.annotation_dir = ""  # the five CSVs; '' = data.root
     c.data.tfds_dir = ""  # TFDS cache; '' = the TFDS default (~/tensorflow_datasets)
+    # Val/test videos without feature files: False = an error (ours); True = score the
+    # others and record the counts (videos_scored, videos_skipped) in every metrics file.
+    c.data.allow_missing = False
     # SPEC §9 / paper Table 6: train with VALOR's CLAP/CLIP segment pseudo-labels (files
     # ROOT/CLAP/segment_pseudo_labels/<id>.npy, ROOT/CLIP/...): modality labels from them
     # and an extra segment-level BCE on the Anchor (loss.pseudo_label_segment_weight).
