@@ -4,7 +4,10 @@
                    [--select-thresholds] [--config.eval.thresholds=official]
 
 Uses the best-on-validation checkpoint unless --step is given; writes the
-scores as JSON (default WORKDIR/<split>_metrics.json) and prints the table.
+scores as JSON (default WORKDIR/eval/<split>_epoch<E>_<thresholds>.json, so
+training's WORKDIR/test_metrics.json is never overwritten) and prints the
+table. A missing --workdir, a damaged checkpoint or one that does not fit the
+config is one line "error: ..." (nothing is created).
 --select-thresholds searches per-class visual video-level thresholds in
 {0.25, 0.30, ..., 0.70} on the validation split for the checkpoint being
 evaluated, stores them next to it (WORKDIR/checkpoints/selected_thresholds_<epoch>.json)
@@ -22,7 +25,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The training run's directory.")
 flags.DEFINE_enum("split", "test", ["val", "test"], "Split to score.")
 flags.DEFINE_integer("step", None, "Checkpoint (epoch) to restore; default: best on validation.")
-flags.DEFINE_string("output", None, "JSON file to write; default WORKDIR/<split>_metrics.json.")
+flags.DEFINE_string("output", None, "JSON file to write; default "
+                    "WORKDIR/eval/<split>_epoch<E>_<thresholds>.json.")
 flags.DEFINE_bool("select_thresholds", False,
                   "Select per-class visual video-level thresholds on validation for this checkpoint.")
 config_flags.DEFINE_config_file("config", None, "The run's configuration file.", lock_config=True)
@@ -39,4 +43,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, argv=cli.dashes_to_underscores(sys.argv))
+    app.run(main, argv=cli.dashes_to_underscores(sys.argv), flags_parser=cli.parse_flags)

@@ -46,6 +46,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     cli.quiet_libraries()
+    cli.exit_on_user_error(cli.require_run, FLAGS.workdir)
     compare = None
     if FLAGS.compare_workdir:
         spec = FLAGS.compare_config or flags.FLAGS["config"].config_filename
@@ -58,4 +59,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, argv=cli.dashes_to_underscores(sys.argv))
+    app.run(main, argv=cli.dashes_to_underscores(sys.argv), flags_parser=cli.parse_flags)

@@ -3,13 +3,19 @@
     python train.py --config configs/llp.py --config.data.root=/path/to/LLP --workdir runs/llp
     python train.py --config configs/synthetic.py --workdir runs/synthetic [--config.num_epochs=4]
 
-Re-running with the same --workdir resumes from the latest checkpoint.
+One training per --workdir at a time (WORKDIR/train.lock). Re-running with the
+same --workdir resumes from the latest intact checkpoint when the config is the
+run's (only num_epochs, logging, eval batch size and device placement may
+change); a finished run is not trained again. Errors end with one line
+"error: ..." and exit status 1 (a non-finite loss stops training).
 --config.num_seeds=K trains seeds seed..seed+K-1 at once (vmap) and writes
 WORKDIR/seeds_metrics.json with per-seed scores and their mean ± std.
 Writes WORKDIR/test_metrics.json (the 18 scores), WORKDIR/metrics.jsonl,
 WORKDIR/checkpoints/ (best on validation and latest) and WORKDIR/report.html
 (curves, tables next to the paper's, per-class scores, timelines).
 """
+
+import os
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -32,8 +38,13 @@ def main(argv):
     run = train_seeds if FLAGS.config.num_seeds > 1 else train_and_evaluate
     cli.exit_on_user_error(run, FLAGS.config, FLAGS.workdir)
     if FLAGS.config.num_seeds == 1:
-        print(f"report: {cli.exit_on_user_error(report.build_report, FLAGS.config, FLAGS.workdir)}")
+        html = os.path.join(FLAGS.workdir, "report.html")
+        result = os.path.join(FLAGS.workdir, "test_metrics.json")
+        if os.path.exists(html) and os.path.getmtime(html) >= os.path.getmtime(result):
+            print(f"report (up to date): {html}")
+        else:
+            print(f"report: {cli.exit_on_user_error(report.build_report, FLAGS.config, FLAGS.workdir)}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

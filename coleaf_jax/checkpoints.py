@@ -1,8 +1,22 @@
-"""Orbax checkpoints of a run: ``WORKDIR/checkpoints/<epoch>``."""
+"""Orbax checkpoints of a run: ``WORKDIR/checkpoints/<epoch>``.
+
+* Retention is exactly "best on validation + latest" (:func:`save_checkpoint`
+  deletes every other epoch after each save); on a tie of the selection
+  score the later epoch is the best, as the authors' code (``>=``) keeps it.
+* :func:`restore_checkpoint` tells a checkpoint that does not fit the config
+  (:class:`CheckpointMismatchError`, naming the config keys that differ from
+  the run's stored ``config.json``) from one whose files are damaged
+  (:class:`CheckpointDamagedError`, naming it); :func:`restore_latest_intact`
+  moves a damaged checkpoint to ``WORKDIR/damaged_checkpoints/`` and falls
+  back to the previous one.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
+import time
 
 import flax
 import jax
@@ -10,28 +24,214 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from coleaf_jax.step import TrainState
+from coleaf_jax import workdir as workdir_lib
+
+CHECKPOINT_DIR = "checkpoints"
+DAMAGED_DIR = "damaged_checkpoints"
+# What reading damaged files raises (tensorstore: ValueError; JSON: ValueError; a
+# missing file: OSError). Anything else is a bug and propagates as such.
+READ_ERRORS = (OSError, ValueError, KeyError, EOFError)
 
 
+class CheckpointDamagedError(workdir_lib.RunError):
+    """A checkpoint's files cannot be read back."""
 
-def checkpoint_manager(workdir: str) -> ocp.CheckpointManager:
-    """Keeps the best-on-validation and the latest checkpoint under ``WORKDIR/checkpoints``."""
+
+class CheckpointMismatchError(workdir_lib.RunError):
+    """A checkpoint holds another model than the config describes."""
+
+
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+
+
+def checkpoint_manager(workdir: str, create: bool = True) -> ocp.CheckpointManager:
+    """The run's checkpoints under ``WORKDIR/checkpoints`` (kept: see :func:`save_checkpoint`).
+
+    ``create=False`` (evaluation) requires the folder to exist and creates nothing.
+    """
+    directory = checkpoint_dir(workdir)
+    if not create and not os.path.isdir(directory):
+        raise FileNotFoundError(f"{directory}: no checkpoints (is {workdir} a training run's "
+                                f"--workdir?)")
+    # Orbax keeps everything (max_to_keep=None): its best_fn retention keeps the
+    # N best and may delete the latest; save_checkpoint prunes to best + latest.
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=2, best_fn=lambda m: m["selection"], best_mode="max", create=True)
-    return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
-                                 options=options)
+        max_to_keep=None, best_fn=lambda m: m["selection"], best_mode="max", create=create)
+    return ocp.CheckpointManager(directory, options=options,
+                                 item_handlers=ocp.StandardCheckpointHandler())
 
 
-def save_checkpoint(mngr: ocp.CheckpointManager, epoch: int, state: TrainState, selection: float):
+def selection_scores(mngr: ocp.CheckpointManager) -> dict[int, float]:
+    """``{epoch: validation selection score}`` of the stored checkpoints.
+
+    Raises:
+      CheckpointDamagedError: a checkpoint's stored score cannot be read.
+    """
+    out = {}
+    for epoch in mngr.all_steps():
+        where = f"checkpoint {epoch} ({os.path.join(str(mngr.directory), str(epoch))}) is damaged"
+        try:
+            metrics = mngr.metrics(epoch)
+        except READ_ERRORS as e:
+            raise CheckpointDamagedError(
+                f"{where}: cannot read its validation score ({_short(e)})") from e
+        if not isinstance(metrics, dict) or not isinstance(metrics.get("selection"), (int, float)):
+            raise CheckpointDamagedError(f"{where}: its validation score is missing")
+        out[epoch] = float(metrics["selection"])
+    return out
+
+
+def best_epoch(scores: dict[int, float]) -> int | None:
+    """The best-scoring epoch; on a tie the later one (the authors' ``>=``)."""
+    if not scores:
+        return None
+    return max(scores, key=lambda epoch: (scores[epoch], epoch))
+
+
+def kept_epochs(scores: dict[int, float]) -> set[int]:
+    """What retention keeps: the best and the latest epoch."""
+    return {best_epoch(scores), max(scores)} if scores else set()
+
+
+def save_checkpoint(mngr: ocp.CheckpointManager, epoch: int, state, selection: float) -> None:
+    """Saves ``state`` as checkpoint ``epoch``, then deletes all but the best and latest."""
+    if not np.isfinite(selection):
+        raise ValueError(f"epoch {epoch}: validation selection score {selection} is not finite; "
+                         f"not saving it")
+    _forget_selected_thresholds(str(mngr.directory), epoch)  # chosen for an older epoch-N
     mngr.save(epoch, args=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
-              metrics={"selection": float(selection)})
+              metrics={"selection": float(selection)}, force=True)
     mngr.wait_until_finished()
+    scores = selection_scores(mngr)
+    for old in sorted(set(scores) - kept_epochs(scores)):
+        mngr.delete(old)
+        _forget_selected_thresholds(str(mngr.directory), old)
 
 
-def restore_checkpoint(mngr: ocp.CheckpointManager, epoch: int, template: TrainState) -> TrainState:
-    """Restores checkpoint ``epoch`` into the structure of ``template``."""
+def _forget_selected_thresholds(directory: str, epoch: int) -> None:
+    """Removes the thresholds ``eval.py --select-thresholds`` chose for checkpoint ``epoch``
+    (``selected_thresholds_<epoch>.json``), which belong to that checkpoint only."""
+    path = os.path.join(directory, f"selected_thresholds_{epoch}.json")
+    if os.path.exists(path):
+        os.remove(path)
+
+
+def _short(e: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:limit]}{'…' if len(text) > limit else ''}"
+
+
+def _signature(tree) -> dict[str, tuple]:
+    """``{leaf path: shape}`` of a state tree or of orbax's metadata tree."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path):
+            tuple(getattr(leaf, "shape", np.shape(leaf))) for path, leaf in leaves}
+
+
+def restore_checkpoint(mngr: ocp.CheckpointManager, epoch: int, template, workdir: str | None = None,
+                       config=None):
+    """Restores checkpoint ``epoch`` into the structure of ``template``.
+
+    Raises:
+      CheckpointMismatchError: the checkpoint holds other parameters than
+        ``template`` (built from ``config``); the message names the config keys
+        that differ from ``WORKDIR/config.json`` (with ``workdir`` and ``config``).
+      CheckpointDamagedError: its files cannot be read (truncated, deleted,
+        corrupted).
+    """
+    path = os.path.join(str(mngr.directory), str(epoch))
     target = flax.serialization.to_state_dict(template)
+    try:
+        metadata = mngr.item_metadata(epoch)
+    except READ_ERRORS as e:
+        raise CheckpointDamagedError(
+            f"checkpoint {epoch} ({path}) is damaged: cannot read its metadata ({_short(e)})") from e
+    if getattr(metadata, "tree", None) is None:
+        raise CheckpointDamagedError(f"checkpoint {epoch} ({path}) is damaged: no array metadata")
+    stored = _signature(metadata.tree)
+    wanted = _signature(target)
+    if stored != wanted:
+        raise CheckpointMismatchError(_mismatch_message(epoch, path, stored, wanted, workdir, config))
     abstract = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)), target)
-    restored = mngr.restore(epoch, args=ocp.args.StandardRestore(abstract))
+    asyncio_logger = logging.getLogger("asyncio")  # tensorstore's failed reads log tracebacks
+    level = asyncio_logger.level
+    asyncio_logger.setLevel(logging.CRITICAL)
+    try:
+        restored = mngr.restore(epoch, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # noqa: BLE001 -- orbax wraps tensorstore's read errors in Exception;
+        # the tree and shapes matched above, so a failed read is damaged data
+        raise CheckpointDamagedError(
+            f"checkpoint {epoch} ({path}) is damaged: cannot read its arrays ({_short(e)})") from e
+    finally:
+        asyncio_logger.setLevel(level)
     return flax.serialization.from_state_dict(template, restored)
+
+
+def _mismatch_message(epoch, path, stored, wanted, workdir, config) -> str:
+    head = f"checkpoint {epoch} ({path}) does not fit this config"
+    if workdir is not None and config is not None:
+        saved = workdir_lib.read_stored_config(workdir)
+        if saved is not None:
+            diffs = workdir_lib.config_differences(saved, config)
+            diffs = {k: v for k, v in diffs.items()
+                     if k not in workdir_lib.RESUMABLE_KEYS and not k.startswith("eval.")}
+            if diffs:
+                return (f"{head}: the config differs from the run's "
+                        f"({os.path.join(workdir, workdir_lib.CONFIG_FILE)}) in "
+                        f"{workdir_lib.format_differences(diffs)}; pass the run's values")
+    keys = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+    examples = [f"{k}: stored {stored.get(k)}, expected {wanted.get(k)}" for k in keys[:3]]
+    return (f"{head}: its parameters differ ({'; '.join(examples)}), but no model key of the "
+            f"run's stored config does (saved by another version of the code?)")
+
+
+def move_damaged(workdir: str, epoch: int) -> str:
+    """Moves checkpoint ``epoch`` to ``WORKDIR/damaged_checkpoints/<epoch>-<time>``."""
+    src = os.path.join(checkpoint_dir(workdir), str(epoch))
+    dst_dir = os.path.join(workdir, DAMAGED_DIR)
+    os.makedirs(dst_dir, exist_ok=True)
+    dst = os.path.join(dst_dir, f"{epoch}-{time.strftime('%Y%m%d-%H%M%S')}")
+    shutil.move(src, dst)
+    _forget_selected_thresholds(checkpoint_dir(workdir), epoch)
+    return dst
+
+
+def restore_latest_intact(mngr: ocp.CheckpointManager, workdir: str, template, config=None,
+                          verbose: bool = True):
+    """The latest checkpoint that can be read: ``(epoch, state)``, or ``(0, template)``.
+
+    A damaged checkpoint is named, moved to ``WORKDIR/damaged_checkpoints/``
+    and the previous one tried; a mismatching one is an error.
+    """
+    while True:
+        epochs = sorted(mngr.all_steps(), reverse=True)
+        if not epochs:
+            return 0, template
+        epoch = epochs[0]
+        try:
+            selection_scores(mngr)
+            return epoch, restore_checkpoint(mngr, epoch, template, workdir, config)
+        except CheckpointDamagedError as e:
+            damaged = _damaged_epoch(mngr, e, epoch)
+            moved = move_damaged(workdir, damaged)
+            mngr.reload()
+            rest = sorted(mngr.all_steps(), reverse=True)
+            if verbose:
+                if not rest:
+                    then = "no other checkpoint: training starts from scratch"
+                elif damaged == epoch:
+                    then = f"falling back to checkpoint {rest[0]}"
+                else:
+                    then = f"the best is now chosen among checkpoints {sorted(rest)}"
+                print(f"warning: {e}. Moved it to {moved}; {then}")
+
+
+def _damaged_epoch(mngr, error: CheckpointDamagedError, default: int) -> int:
+    """The epoch a damage error is about (a score read names any checkpoint)."""
+    text = str(error)
+    for epoch in mngr.all_steps():
+        if text.startswith(f"checkpoint {epoch} "):
+            return epoch
+    return default

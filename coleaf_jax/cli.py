@@ -1,19 +1,24 @@
-"""What the entry scripts (train.py, eval.py) share: quiet libraries, checkpoint evaluation."""
+"""What the entry scripts (train.py, eval.py, parse.py) share: flag parsing with one-line
+errors, quiet libraries, checkpoint evaluation."""
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import logging
 import os
+import sys
 
 import jax
 import numpy as np
 
 from coleaf_jax import evaluate, metrics
 from coleaf_jax.data import pipeline
-from coleaf_jax.checkpoints import checkpoint_manager, restore_checkpoint
-from coleaf_jax.step import create_train_state, validate_config
+from coleaf_jax import workdir as workdir_lib
+from coleaf_jax.checkpoints import (best_epoch, checkpoint_manager, restore_checkpoint,
+                                    selection_scores)
+from coleaf_jax.step import create_train_state
 
 
 def quiet_libraries() -> None:
@@ -23,16 +28,88 @@ def quiet_libraries() -> None:
     tfds.disable_progress_bar()
     for name in ("absl", "orbax", "tensorflow_datasets", "jax._src.xla_bridge"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # tensorstore reports a failed read of a damaged checkpoint again as asyncio
+    # tracebacks; the error that names the checkpoint is enough.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+
+
+def one_line(e: BaseException) -> str:
+    """An exception's message on one line (a KeyError without its quotes)."""
+    text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    return " ".join(str(text).split()) or type(e).__name__
 
 
 def exit_on_user_error(fn, *args, **kwargs):
-    """Runs ``fn``; a data or configuration error ends the program with its message, no traceback."""
+    """Runs ``fn``; a data, configuration, run or file error ends the program with one line
+    ``error: …`` (exit status 1), no traceback."""
     from coleaf_jax.data.llp import LLPDataError
 
     try:
         return fn(*args, **kwargs)
-    except (LLPDataError, FileNotFoundError, KeyError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
+    except (LLPDataError, workdir_lib.RunError, OSError, KeyError, ValueError) as e:
+        raise SystemExit(f"error: {one_line(e)}") from None
+
+
+def _config_overrides(argv) -> tuple[str | None, list[str]]:
+    """``--config`` (FILE[:variant]) and the dotted keys of ``--config.KEY=…`` in ``argv``."""
+    spec, keys = None, []
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            spec = arg.split("=", 1)[1]
+        elif arg == "--config" and i + 1 < len(argv):
+            spec = argv[i + 1]
+        elif arg.startswith("--config."):
+            keys.append(arg[len("--config."):].split("=", 1)[0])
+    return spec, keys
+
+
+def describe_config_error(argv, error: BaseException) -> str:
+    """What went wrong loading ``--config`` and its overrides, in one line."""
+    from coleaf_jax.config import load_config_file
+
+    spec, keys = _config_overrides(argv)
+    if spec:
+        try:
+            config = load_config_file(spec)
+        except FileNotFoundError:
+            return f"--config={spec}: config file {spec.partition(':')[0]!r} not found"
+        except Exception as e:  # noqa: BLE001 -- the config file's own error
+            return f"--config={spec}: {one_line(e)}"
+        known = set(workdir_lib.flatten(workdir_lib.config_dict(config)))
+        for key in keys:
+            if key not in known and not any(k.startswith(key + ".") for k in known):
+                close = difflib.get_close_matches(key, sorted(known), n=3)
+                hint = f" (did you mean {', '.join(close)}?)" if close else ""
+                return f"--config.{key}: the config ({spec}) has no key {key!r}{hint}"
+    return one_line(error)
+
+
+def parse_flags(argv):
+    """absl's flag parsing for the entry scripts, with every flag or config error (unknown
+    key, missing config file, bad value, missing flag) as one line ``error: …``."""
+    from absl import flags
+
+    try:
+        rest = flags.FLAGS(argv)
+        if "config" in flags.FLAGS and flags.FLAGS.config is not None:
+            flags.FLAGS.config.keys()  # a failed load surfaces on first use
+    except flags.Error as e:
+        if str(e).startswith("flag --config=") or "Traceback" in str(e):  # the config file's error
+            raise SystemExit(f"error: {describe_config_error(argv, e)}") from None
+        raise SystemExit(f"error: {one_line(e)} (--helpshort lists the flags)") from None
+    except Exception as e:  # noqa: BLE001 -- config files raise anything
+        raise SystemExit(f"error: {describe_config_error(argv, e)}") from None
+    return rest
+
+
+def require_run(workdir: str) -> None:
+    """Fails (creating nothing) unless ``workdir`` holds a training run's checkpoints."""
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"--workdir {workdir}: no such folder (the run's --workdir "
+                                f"from train.py)")
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise FileNotFoundError(f"--workdir {workdir}: no checkpoints/ folder in it (not a "
+                                f"train.py --workdir, or no epoch finished yet)")
 
 
 def dashes_to_underscores(argv, prefixes=("--select-", "--compare-")):
@@ -51,16 +128,20 @@ def restore_anchor(config, workdir: str, data: dict, step: int | None = None):
 
     Returns ``(state, anchor, anchor_params, step)``.
     """
-    mngr = checkpoint_manager(workdir)
-    step = mngr.best_step() if step is None else step
-    if step is None or step not in mngr.all_steps():
-        raise FileNotFoundError(f"no checkpoint {'(best)' if step is None else step} in "
-                                f"{os.path.join(workdir, 'checkpoints')}; available: {mngr.all_steps()}")
-    sample = pipeline.make_batch(data, np.arange(1), 1)
-    template, anchor, _, _ = create_train_state(config, jax.random.key(0), sample, 1,
-                                                pipeline.num_classes(config))
-    state = restore_checkpoint(mngr, step, template)
-    mngr.close()
+    require_run(workdir)
+    mngr = checkpoint_manager(workdir, create=False)
+    try:
+        step = best_epoch(selection_scores(mngr)) if step is None else step
+        if step is None or step not in mngr.all_steps():
+            raise FileNotFoundError(
+                f"no checkpoint {'(best)' if step is None else step} in "
+                f"{os.path.join(workdir, 'checkpoints')}; available: {mngr.all_steps()}")
+        sample = pipeline.make_batch(data, np.arange(1), 1)
+        template, anchor, _, _ = create_train_state(config, jax.random.key(0), sample, 1,
+                                                    pipeline.num_classes(config))
+        state = restore_checkpoint(mngr, step, template, workdir, config)
+    finally:
+        mngr.close()
     return state, anchor, state.anchor_params, int(step)
 
 
@@ -102,6 +183,12 @@ def select_thresholds(config, workdir: str, step: int, anchor, params,
                                name=f"{base.name}+selected")
 
 
+def default_output(workdir: str, split: str, epoch: int, thresholds: str) -> str:
+    """``WORKDIR/eval/<split>_epoch<E>_<thresholds>.json``: one file per checkpoint and
+    thresholds, never training's ``WORKDIR/test_metrics.json``."""
+    return os.path.join(workdir, "eval", f"{split}_epoch{epoch}_{thresholds}.json")
+
+
 def evaluate_checkpoint(config, workdir: str, split: str = "test", step: int | None = None,
                         output: str | None = None, verbose: bool = True,
                         select: bool = False) -> dict:
@@ -110,16 +197,19 @@ def evaluate_checkpoint(config, workdir: str, split: str = "test", step: int | N
     With ``select``, per-class visual thresholds are chosen on validation for
     this checkpoint (``select_thresholds``) and used for ``split``.
     """
-    validate_config(config)
+    from coleaf_jax.train import validate_run_config
+
+    validate_run_config(config)
+    require_run(workdir)
     data = pipeline.load_splits(config, workdir, splits=(split,))[split]
     state, anchor, params, step = restore_anchor(config, workdir, data, step)
     thresholds = evaluate.thresholds_from_config(config)
     if select:
         thresholds = select_thresholds(config, workdir, step, anchor, params, verbose)
     scores = evaluate.evaluate_params(config, anchor, params, data, thresholds)
-    output = output or os.path.join(
-        workdir, f"{split}_metrics{'_selected' if select else ''}.json")
-    result = evaluate.write_result(output, scores, config, split, step, state.step, thresholds.name)
+    output = output or default_output(workdir, split, step, thresholds.name)
+    result = evaluate.write_result(output, scores, config, split, step, state.step, thresholds.name,
+                                   evaluate.video_counts(data))
     if verbose:
         print(metrics.format_table({config.name: scores},
                                    title=f"{split}, epoch {step}, {thresholds.name} (%)"))
@@ -143,7 +233,12 @@ def noise_ratios_main(argv=None) -> int:
                         help="config override, e.g. --set data.root=/path/to/LLP")
     args = parser.parse_args(argv)
     quiet_libraries()
+    return exit_on_user_error(_noise_ratios, args, load_config_file, estimate_noise_ratios)
+
+
+def _noise_ratios(args, load_config_file, estimate_noise_ratios) -> int:
     config = load_config_file(args.config, args.set)
+    require_run(args.workdir)
     data = pipeline.load_splits(config, args.workdir, splits=("train",))["train"]
     _, anchor, params, step = restore_anchor(config, args.workdir, data)
     probs = evaluate.predict_with_config(config, anchor, params, data)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from typing import Callable
 
@@ -96,12 +97,24 @@ def thresholds_from_config(config) -> metrics.Thresholds:
     return metrics.THRESHOLD_PRESETS[name]
 
 
+def video_counts(data) -> dict[str, int]:
+    """How many videos a split's scores come from, and how many of its annotated videos
+    were left out for missing features (``config.data.allow_missing``)."""
+    return {"videos_scored": int(len(data["label"])),
+            "videos_skipped": len(pipeline.skipped_ids(data))}
+
+
 def write_result(path: str, scores: dict[str, float], config, split: str, epoch: int, step: int,
-                 thresholds: str) -> dict:
+                 thresholds: str, counts: dict[str, int] | None = None) -> dict:
     """Writes the scores JSON of ``train.py`` / ``eval.py``: the 18 scores as top-level
-    floats plus what produced them; returns the record."""
+    floats plus what produced them (``counts``: ``video_counts`` of the split); returns
+    the record. The file is written whole or not at all (a temporary file renamed)."""
     result = dict(scores, config=config.name, method=config.method, split=split, epoch=int(epoch),
-                  step=int(step), thresholds=thresholds)
-    with open(path, "w") as f:
+                  step=int(step), thresholds=thresholds, **(counts or {}))
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp")
+    with open(tmp, "w") as f:
         json.dump(result, f, indent=2)
+    os.replace(tmp, path)
     return result

@@ -21,12 +21,13 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
-from coleaf_jax import evaluate, metrics
+from coleaf_jax import evaluate, metrics, progress
+from coleaf_jax import workdir as workdir_lib
 from coleaf_jax.data import pipeline
-from coleaf_jax.step import create_train_state, make_train_step, validate_config
-from coleaf_jax.train import make_device_step, padded_order
+from coleaf_jax.step import create_train_state, make_train_step
+from coleaf_jax import train as train_lib
+from coleaf_jax.train import make_device_step, padded_order, validate_run_config
 
 
 def run_keys(seed: int):
@@ -84,8 +85,15 @@ def format_mean_std(summary: dict, title: str) -> str:
 
 
 def train_seeds(config, workdir: str, *, data: dict | None = None, verbose: bool = True) -> dict:
-    """Trains ``config.num_seeds`` models at once; returns (and writes) their scores."""
-    validate_config(config)
+    """Trains ``config.num_seeds`` models at once; returns (and writes) their scores.
+
+    Holds the workdir's lock (``workdir.lock``) like ``train_and_evaluate``."""
+    validate_run_config(config)
+    with workdir_lib.lock(workdir, verbose):
+        return _train_seeds(config, workdir, data, verbose)
+
+
+def _train_seeds(config, workdir: str, data: dict | None, verbose: bool) -> dict:
     if jax.local_device_count() > 1 and verbose:
         print("num_seeds > 1 runs on one device (the seeds are the parallel axis)")
     os.makedirs(workdir, exist_ok=True)
@@ -114,14 +122,17 @@ def train_seeds(config, workdir: str, *, data: dict | None = None, verbose: bool
         t0 = time.time()
         orders = jnp.stack([jnp.asarray(padded_order(np.asarray(jax.random.permutation(
             jax.random.fold_in(k[2], epoch), n_train)), config.batch_size)) for k in keys])
-        for i in tqdm(range(spe), desc=f"epoch {epoch + 1}/{config.num_epochs} ({len(seeds)} seeds)",
-                      disable=not verbose, leave=False):
-            state, _ = vstep(state, train_dev, orders, jnp.int32(i), jnp.int32(epoch), train_keys)
+        for i in progress.bar(range(spe), total=spe, enabled=verbose,
+                              desc=f"epoch {epoch + 1}/{config.num_epochs} ({len(seeds)} seeds)"):
+            state, logs = vstep(state, train_dev, orders, jnp.int32(i), jnp.int32(epoch), train_keys)
+            record = train_lib._track_first(logs) if i == 0 else train_lib._track(record, logs,
+                                                                                  jnp.int32(i))
+        train_lib.check_finite(record, epoch, spe, config, None)  # any seed diverged: stop
         val_scores = _score_seeds(config, anchor, state.anchor_params, val)
         host_params = jax.device_get(state.anchor_params)
         for k, scores in enumerate(val_scores):
             sel = metrics.selection_score(scores, config.eval.selection)
-            if sel > best_score[k]:
+            if sel >= best_score[k]:  # a tie keeps the later epoch, as train_and_evaluate
                 best_score[k], best_epoch[k] = sel, epoch + 1
                 best_params[k] = jax.tree_util.tree_map(lambda x, k=k: x[k], host_params)
         if verbose:
@@ -131,7 +142,7 @@ def train_seeds(config, workdir: str, *, data: dict | None = None, verbose: bool
     stacked = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *best_params)
     per_seed = _score_seeds(config, anchor, stacked, test)
     result = {"config": config.name, "split": "test", "seeds": seeds, "best_epochs": best_epoch,
-              "per_seed": per_seed, **summarize(per_seed)}
+              "per_seed": per_seed, **summarize(per_seed), **evaluate.video_counts(test)}
     with open(os.path.join(workdir, "seeds_metrics.json"), "w") as f:
         json.dump(result, f, indent=2)
     if verbose:

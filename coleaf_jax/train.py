@@ -1,11 +1,13 @@
 """Training: the epoch loop (validation every epoch, checkpoints, test of the best).
 
-The step itself is in ``coleaf_jax.step``, checkpoints in ``coleaf_jax.checkpoints``.
+The step itself is in ``coleaf_jax.step``, checkpoints in ``coleaf_jax.checkpoints``,
+the workdir lock and stored config in ``coleaf_jax.workdir``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from typing import Callable
@@ -15,13 +17,34 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from tqdm import tqdm
 
-from coleaf_jax import evaluate, metrics
-from coleaf_jax.checkpoints import checkpoint_manager, restore_checkpoint, save_checkpoint
+from coleaf_jax import evaluate, metrics, progress
+from coleaf_jax import workdir as workdir_lib
+from coleaf_jax.checkpoints import (best_epoch, checkpoint_manager, restore_checkpoint,
+                                    restore_latest_intact, save_checkpoint, selection_scores)
 from coleaf_jax.data import pipeline
 from coleaf_jax.step import TrainState, create_train_state, make_train_step, num_devices, validate_config
 
+RESULT_FILE = "test_metrics.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+class NonFiniteLossError(workdir_lib.RunError):
+    """A training loss became NaN or infinite."""
+
+
+def validate_run_config(config) -> None:
+    """The run-level keys (sizes, epochs, rate), then the step's keys (``validate_config``)."""
+    positive = [("batch_size", config.batch_size), ("num_epochs", config.num_epochs),
+                ("eval.batch_size", config.eval.batch_size),
+                ("log_every_steps", config.log_every_steps), ("num_seeds", config.num_seeds)]
+    for key, value in positive:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"config.{key} = {value!r}: expected a whole number >= 1")
+    lr = config.learning_rate
+    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"config.learning_rate = {lr!r}: expected a finite number > 0")
+    validate_config(config)
 
 
 def make_device_step(step: Callable, batch_size: int, n_devices: int = 1,
@@ -56,11 +79,12 @@ def make_device_step(step: Callable, batch_size: int, n_devices: int = 1,
     return device_step
 
 
-def make_scan_epoch(device_step: Callable, steps_per_epoch: int) -> Callable:
+def make_scan_epoch(device_step: Callable, steps_per_epoch: int, per_step: bool = False) -> Callable:
     """A whole epoch as one ``lax.scan`` over ``device_step`` (``make_device_step``).
 
-    ``run_epoch(state, data, order, epoch, key) -> (state, summed logs)``: no
-    host round trip between steps.
+    ``run_epoch(state, data, order, epoch, key) -> (state, logs)``: no host
+    round trip between steps. ``logs`` are summed over the epoch, or with
+    ``per_step`` stacked ``(steps_per_epoch, ...)``.
     """
 
     def run_epoch(state, data, order, epoch, key):
@@ -69,6 +93,8 @@ def make_scan_epoch(device_step: Callable, steps_per_epoch: int) -> Callable:
             return carry, logs
 
         state, logs = jax.lax.scan(body, state, jnp.arange(steps_per_epoch, dtype=jnp.int32))
+        if per_step:
+            return state, logs
         return state, jax.tree_util.tree_map(lambda x: x.sum(0), logs)
 
     return run_epoch
@@ -91,9 +117,121 @@ def _device_batch(batch, n_devices: int):
     return {k: jnp.asarray(v.reshape((n_devices, -1) + v.shape[1:])) for k, v in batch.items()}
 
 
+def _finite(logs) -> jnp.ndarray:
+    """Whether every logged term is finite (on every device)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree_util.tree_leaves(logs)]))
+
+
+@jax.jit
+def _track_first(logs):
+    """Starts an epoch's on-device record: summed logs, the first step (0-based) whose
+    logs are not all finite (-1: none yet) and that step's logs."""
+    return {"sums": logs, "first_bad": jnp.where(_finite(logs), -1, 0).astype(jnp.int32),
+            "bad_logs": logs}
+
+
+@jax.jit
+def _track(record, logs, i):
+    """Adds step ``i``'s logs to the record (no host round trip)."""
+    first = (record["first_bad"] < 0) & ~_finite(logs)
+    return {"sums": jax.tree_util.tree_map(jnp.add, record["sums"], logs),
+            "first_bad": jnp.where(first, i, record["first_bad"]).astype(jnp.int32),
+            "bad_logs": jax.tree_util.tree_map(lambda b, v: jnp.where(first, v, b),
+                                               record["bad_logs"], logs)}
+
+
+@jax.jit
+def _track_stacked(logs):
+    """The record of an epoch from its per-step logs ``(steps, ...)`` (``lax.scan``)."""
+    leaves = jax.tree_util.tree_leaves(logs)
+    ok = jnp.stack([jnp.isfinite(v).reshape(v.shape[0], -1).all(1) for v in leaves]).all(0)
+    first = jnp.argmin(ok)  # the first False
+    return {"sums": jax.tree_util.tree_map(lambda v: v.sum(0), logs),
+            "first_bad": jnp.where(ok.all(), -1, first).astype(jnp.int32),
+            "bad_logs": jax.tree_util.tree_map(lambda v: v[first], logs)}
+
+
+def _scalar(v) -> float:
+    """One logged value (the first device's copy under pmap: all hold the psum)."""
+    return float(np.ravel(v)[0])
+
+
+def check_finite(record: dict, epoch: int, steps_per_epoch: int, config,
+                 workdir: str | None) -> dict:
+    """Raises ``NonFiniteLossError`` when a step of ``epoch`` (0-based) logged a non-finite
+    loss (``workdir``: where the earlier epochs' checkpoints are, if any); returns the
+    epoch's summed logs otherwise."""
+    record = jax.device_get(record)
+    first_bad = int(np.ravel(record["first_bad"])[0])
+    if first_bad < 0:
+        return {k: _scalar(v) for k, v in record["sums"].items()}
+    terms = {k: _scalar(v) for k, v in record["bad_logs"].items()}
+    bad = ", ".join(f"{k} = {v}" for k, v in terms.items() if not math.isfinite(v))
+    kept = (f"; the checkpoints of epochs up to {epoch} are kept in "
+            f"{os.path.join(workdir, 'checkpoints')}" if epoch and workdir else "")
+    raise NonFiniteLossError(
+        f"training diverged: non-finite loss at step {epoch * steps_per_epoch + first_bad + 1} "
+        f"(epoch {epoch + 1}, step {first_bad + 1} of {steps_per_epoch}): {bad}. Stopped "
+        f"before validation: nothing of epoch {epoch + 1} is scored, selected or saved{kept}. "
+        f"Lower --config.learning_rate (now {config.learning_rate}) or check the inputs")
+
+
+def _read_rows(path: str) -> list[dict]:
+    rows = []
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:  # a line cut by a kill mid-write
+                    continue
+    return rows
+
+
+def keep_metrics_rows(path: str, last_epoch: int) -> None:
+    """Keeps one row per epoch ``<= last_epoch`` (the latest checkpoint) in metrics.jsonl:
+    rows of epochs that are trained again after a resume are not duplicated."""
+    if not os.path.exists(path):
+        return
+    rows = {}
+    for row in _read_rows(path):
+        if isinstance(row, dict) and isinstance(row.get("epoch"), int) and row["epoch"] <= last_epoch:
+            rows[row["epoch"]] = row
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        for epoch in sorted(rows):
+            f.write(json.dumps(rows[epoch]) + "\n")
+    os.replace(tmp, path)
+
+
 def _append_jsonl(path: str, record: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def finished_result(workdir: str, num_epochs: int) -> dict | None:
+    """The stored test result when the run in ``workdir`` is complete: it trained at
+    least ``num_epochs`` epochs and ``test_metrics.json`` scores its best checkpoint."""
+    path = os.path.join(workdir, RESULT_FILE)
+    if not (os.path.isdir(os.path.join(workdir, "checkpoints")) and os.path.exists(path)):
+        return None
+    mngr = checkpoint_manager(workdir, create=False)
+    try:
+        scores = selection_scores(mngr)
+    except workdir_lib.RunError:  # damaged: the normal path names it and falls back
+        return None
+    finally:
+        mngr.close()
+    if not scores or max(scores) < num_epochs:
+        return None
+    try:
+        with open(path) as f:
+            result = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return result if result.get("epoch") == best_epoch(scores) else None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -102,14 +240,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        verbose: bool = True) -> dict:
     """Trains, validates every epoch, keeps checkpoints, then scores the best on test.
 
-    Re-running with the same ``workdir`` resumes from the latest checkpoint.
-    Writes ``workdir/config.json``, ``workdir/metrics.jsonl`` (per-epoch losses
-    and validation scores) and ``workdir/test_metrics.json``; returns the latter.
+    One training per workdir at a time (``WORKDIR/train.lock``). Re-running
+    with the same ``workdir`` resumes from the latest intact checkpoint, if the
+    config differs from the stored one only in ``workdir.RESUMABLE_KEYS``; a
+    finished run is not trained again (its stored result is returned). Writes
+    ``workdir/config.json``, ``workdir/metrics.jsonl`` (one row per epoch:
+    losses, validation scores) and ``workdir/test_metrics.json``; returns the
+    latter. Stops with ``NonFiniteLossError`` at the first non-finite loss.
     """
-    validate_config(config)
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
+    validate_run_config(config)
+    with workdir_lib.lock(workdir, verbose):
+        mngr = checkpoint_manager(workdir)
+        try:
+            return _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose)
+        finally:
+            mngr.close()
+
+
+def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose) -> dict:
+    from coleaf_jax.config import base_config
+
+    trained = max(mngr.all_steps(), default=0)
+    if trained:
+        changed = workdir_lib.check_resume(workdir, config, trained, defaults=base_config())
+        if changed and verbose:
+            print(f"resuming with {workdir_lib.format_differences(changed)}")
+    workdir_lib.write_config(workdir, config)
+    done = finished_result(workdir, config.num_epochs) if trained else None
+    if done is not None:
+        if verbose:
+            print(f"{workdir}: this run is finished ({trained} of {config.num_epochs} epochs, "
+                  f"test scores of epoch {done['epoch']} in {os.path.join(workdir, RESULT_FILE)}); "
+                  f"nothing to do (raise --config.num_epochs to train longer)")
+        return done
+
     data = data or pipeline.load_splits(config, workdir)
     train, val, test = data["train"], data["val"], data["test"]
     num_classes = train["label"].shape[1]
@@ -122,17 +286,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     sample = _device_batch(pipeline.make_batch(train, np.arange(min(2, n_train)), 2), 1)
     state, anchor, reference, tx = create_train_state(config, init_key, sample, steps_per_epoch,
                                                       num_classes)
-    mngr = checkpoint_manager(workdir)
-    start_epoch = 0
-    if mngr.latest_step() is not None:
-        start_epoch = mngr.latest_step()
-        state = restore_checkpoint(mngr, start_epoch, state)
-        if verbose:
-            print(f"resuming from the checkpoint after epoch {start_epoch}")
+    template = state
+    start_epoch, state = restore_latest_intact(mngr, workdir, template, config, verbose)
+    if start_epoch and verbose:
+        print(f"resuming from the checkpoint after epoch {start_epoch}")
+    metrics_path = os.path.join(workdir, METRICS_FILE)
+    keep_metrics_rows(metrics_path, start_epoch)
 
     step = make_train_step(config, anchor, reference, tx, "batch" if n_dev > 1 else None,
                            steps_per_epoch)
     on_device = config.data.on_device and split_bytes(train) <= config.data.on_device_max_gib * 2**30
+    scan = on_device and config.scan_epoch
     if on_device:  # the split lives on every device; batches are gathered there
         step = make_device_step(step, config.batch_size, n_dev, "batch" if n_dev > 1 else None)
         train_dev = pipeline.resident_fields(train)
@@ -140,8 +304,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         train_dev = (flax.jax_utils.replicate(train_dev, devices) if n_dev > 1
                      else jax.device_put(train_dev))
         in_axes = (0, 0, None, None, None, None)
-        if config.scan_epoch:  # one compiled program per epoch: lax.scan over its steps
-            step = make_scan_epoch(step, steps_per_epoch)
+        if scan:  # one compiled program per epoch: lax.scan over its steps
+            step = make_scan_epoch(step, steps_per_epoch, per_step=True)
             in_axes = (0, 0, None, None, None)
     else:
         in_axes = (0, 0, None, None)
@@ -151,12 +315,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         state = flax.jax_utils.replicate(state, jax.local_devices()[:n_dev])
     else:
         step_fn = jax.jit(step)
-    if verbose:
+    if verbose and start_epoch < config.num_epochs:
         print(f"training on {n_dev} device(s) ({jax.devices()[0].platform}), "
               f"{'data on device' if on_device else 'host input pipeline'}, "
               f"{steps_per_epoch} steps per epoch")
     predict_fn = evaluate.make_predict_fn(anchor)
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    val_counts = evaluate.video_counts(val)
 
     for epoch in range(start_epoch, config.num_epochs):
         t0 = time.time()
@@ -166,52 +330,65 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             order = jnp.asarray(padded_order(perm, config.batch_size))
             calls = ((train_dev, order, jnp.int32(i), epoch_arg, train_key)
                      for i in range(steps_per_epoch))
-            if config.scan_epoch:
+            if scan:
                 calls = [(train_dev, order, epoch_arg, train_key)]
         else:
             calls = ((_device_batch(b, n_dev), epoch_arg, train_key)
                      for b in pipeline.epoch_batches(train, config.batch_size, perm,
                                                       config.data.bucket))
-        bar = tqdm(calls, total=1 if on_device and config.scan_epoch else steps_per_epoch, desc=f"epoch {epoch + 1}/{config.num_epochs}",
-                   disable=not verbose, leave=False, dynamic_ncols=True)
-        sums = None  # summed on device; fetched only when shown
+        bar = progress.bar(calls, total=1 if scan else steps_per_epoch,
+                           desc=f"epoch {epoch + 1}/{config.num_epochs}", enabled=verbose)
+        show = isinstance(bar, progress.tqdm) and not scan
+        record = None  # on device: summed logs and the first non-finite step
         for i, args in enumerate(bar):
             state, logs = step_fn(state, *args)
-            sums = logs if sums is None else jax.tree_util.tree_map(jnp.add, sums, logs)
-            if i % config.log_every_steps == 0 and verbose and not (on_device and config.scan_epoch):
+            if scan:
+                if n_dev > 1:  # every device holds the same (psum-ed) logs
+                    logs = jax.tree_util.tree_map(lambda x: x[0], logs)
+                record = _track_stacked(logs)
+            else:
+                record = _track_first(logs) if record is None else _track(record, logs, jnp.int32(i))
+            if show and i % config.log_every_steps == 0:
                 shown = jax.device_get({k: logs[k] for k in ("anchor_loss", "ref_loss") if k in logs})
-                bar.set_postfix({k: f"{float(np.ravel(v)[0]):.3f}" for k, v in shown.items()})
-        sums = {k: float(np.ravel(v)[0]) for k, v in jax.device_get(sums).items()}
+                bar.set_postfix({k: f"{_scalar(v):.3f}" for k, v in shown.items()})
         bar.close()
+        sums = check_finite(record, epoch, steps_per_epoch, config, workdir)
         host_state = flax.jax_utils.unreplicate(state) if n_dev > 1 else state
         val_scores = evaluate.evaluate_params(config, anchor, host_state.anchor_params, val,
                                               predict_fn=predict_fn)
         selection = metrics.selection_score(val_scores, config.eval.selection)
-        save_checkpoint(mngr, epoch + 1, host_state, selection)
         train_logs = {k: v / steps_per_epoch for k, v in sums.items()}
+        # The row first, then the checkpoint: a kill in between re-trains this epoch
+        # and keep_metrics_rows drops the row, so metrics.jsonl never repeats an epoch.
         _append_jsonl(metrics_path, {"epoch": epoch + 1, "step": int(host_state.step),
                                      "seconds": time.time() - t0, "train": train_logs,
-                                     "val": val_scores, "val_selection": selection})
+                                     "val": val_scores, "val_selection": selection,
+                                     **{f"val_{k}": v for k, v in val_counts.items()}})
+        save_checkpoint(mngr, epoch + 1, host_state, selection)
         if verbose:
             print(f"epoch {epoch + 1}/{config.num_epochs} ({time.time() - t0:.1f}s): "
                   f"anchor loss {train_logs['anchor_loss']:.4f}"
                   + (f", reference loss {train_logs['ref_loss']:.4f}" if "ref_loss" in train_logs else "")
                   + f" | val selection {selection:.2f}, seg AV {val_scores['seg_av']:.1f}, "
-                  f"Ao {val_scores['seg_ao']:.1f}, Vo {val_scores['seg_vo']:.1f}")
+                  f"Ao {val_scores['seg_ao']:.1f}, Vo {val_scores['seg_vo']:.1f}", flush=True)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, host_state)
 
-    best = mngr.best_step()
-    host_state = restore_checkpoint(mngr, best, flax.jax_utils.unreplicate(state) if n_dev > 1 else state)
+    best = best_epoch(selection_scores(mngr))
+    host_state = restore_checkpoint(mngr, best, template, workdir, config)
     test_scores = evaluate.evaluate_params(config, anchor, host_state.anchor_params, test,
                                           predict_fn=predict_fn)
-    result = evaluate.write_result(os.path.join(workdir, "test_metrics.json"), test_scores, config,
-                                   "test", best, host_state.step, config.eval.thresholds)
+    result = evaluate.write_result(os.path.join(workdir, RESULT_FILE), test_scores, config,
+                                   "test", best, host_state.step, config.eval.thresholds,
+                                   evaluate.video_counts(test))
     if verbose:
         print(metrics.format_table({config.name: test_scores},
                                    title=f"test, best epoch {best} (%)"))
+        skipped = result["videos_skipped"]
+        if skipped:
+            print(f"test scores from {result['videos_scored']} videos; {skipped} skipped for "
+                  f"missing features (config.data.allow_missing)")
         if config.eval.selection == "av":  # UnAV-100: audio-visual labels, AV is the score
             print(f"audio-visual events (UnAV-100 metric): segment AV {test_scores['seg_av']:.1f}, "
                   f"event AV {test_scores['evt_av']:.1f}")
-    mngr.close()
     return result

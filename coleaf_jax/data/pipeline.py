@@ -71,8 +71,12 @@ def load_splits(config, workdir: str, splits=("train", "val", "test"),
     """Loads the named splits of ``config.data`` into memory (``llp.load_split``).
 
     ``pool_frames`` averages each second's 8 ResNet frames at load time
-    (default: ``can_pool_frames(config)``).
+    (default: ``can_pool_frames(config)``). Val/test videos without feature
+    files are an error unless ``config.data.allow_missing``; each split is an
+    ``llp.SplitArrays`` whose ``skipped`` lists the videos left out
+    (``skipped_ids``).
     """
+    allow_missing = config.data.get("allow_missing", False)
     if pool_frames is None:
         pool_frames = can_pool_frames(config)
     dataset = config.data.dataset
@@ -85,10 +89,23 @@ def load_splits(config, workdir: str, splits=("train", "val", "test"),
                              "--config.data.root=/path/to/unav100)")
         else:
             root = config.data.root
-        return {s: unav100.load_split(
-            root, s, features=config.data.unav_features, overlap=config.data.unav_overlap,
-            annotation_file=config.data.unav_annotation_file or None,
-            num_classes=config.data.num_classes) for s in splits}
+        out = {}
+        for s in splits:
+            split = llp.SplitArrays(unav100.load_split(
+                root, s, features=config.data.unav_features, overlap=config.data.unav_overlap,
+                annotation_file=config.data.unav_annotation_file or None,
+                num_classes=config.data.num_classes))
+            split.skipped = _unav_skipped(config, root, s, split["id"])
+            if split.skipped and s != "train" and not allow_missing:
+                raise llp.MissingFeatureError(
+                    f"UnAV-100 {s}: {len(split.skipped)} videos have no feature files under "
+                    f"{os.path.join(root, unav100.FEATURE_DIR)} (first: "
+                    f"{', '.join(split.skipped[:5])}); their scores would be missing from every "
+                    f"{s} result. Restore the files, or pass --config.data.allow_missing=True to "
+                    f"score the remaining videos (the counts are then recorded in every metrics "
+                    f"file)")
+            out[s] = split
+        return out
     if dataset == "synthetic":
         root = ensure_synthetic(config, workdir)
         tfds_dir = config.data.tfds_dir or os.path.join(root, "tfds")
@@ -102,10 +119,24 @@ def load_splits(config, workdir: str, splits=("train", "val", "test"),
         raise ValueError(f"config.data.dataset = {config.data.dataset!r}: expected one of "
                          f"{list(DATASETS)}")
     out = {s: llp.load_split(root, s, annotation_dir=config.data.annotation_dir or None,
-                             tfds_dir=tfds_dir, pool_frames=pool_frames) for s in splits}
+                             tfds_dir=tfds_dir, pool_frames=pool_frames,
+                             allow_missing=allow_missing) for s in splits}
     if config.data.pseudo_labels and "train" in out:
         out["train"].update(llp.load_pseudo_labels(root, out["train"]["id"]))
     return out
+
+
+def _unav_skipped(config, root: str, split: str, loaded_ids) -> tuple[str, ...]:
+    """The annotated videos of an UnAV-100 split that ``unav100.load_split`` left out."""
+    path = config.data.unav_annotation_file or os.path.join(root, unav100.ANNOTATION_FILE)
+    videos = unav100.read_annotations(path, config.data.num_classes)[0]
+    expected = {v.video_id for v in videos.values() if v.subset == unav100.SUBSETS[split]}
+    return tuple(sorted(expected - set(np.asarray(loaded_ids).tolist())))
+
+
+def skipped_ids(data) -> tuple[str, ...]:
+    """Videos of a split left out for missing feature files (``llp.SplitArrays.skipped``)."""
+    return tuple(getattr(data, "skipped", ()))
 
 
 def load_feature_dir(config, directory: str, ids=None) -> dict[str, np.ndarray]:

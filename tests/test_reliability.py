@@ -1,0 +1,419 @@
+"""Reliability (issue 13): no silent wrong numbers, one run per workdir, checkpoints that
+survive faults, one-line errors, logs without progress-bar frames.
+
+One tiny 3-epoch run (HAN baseline, D = 16, 30 synthetic videos) is trained once per
+module; the tests that damage or extend a run work on copies of it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+from types import SimpleNamespace
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from coleaf_jax import checkpoints, cli, progress, train
+from coleaf_jax import workdir as workdir_lib
+from coleaf_jax.config import override
+from coleaf_jax.data import llp, pipeline
+from coleaf_jax.data.classes import LLP_SPLIT_CSV
+from tests.test_train import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EPOCHS = 3
+
+
+def run_config(root: str, **overrides):
+    c = tiny_config("han", num_epochs=EPOCHS, **{"data.root": root})
+    for key, value in overrides.items():
+        override(c, key, value)
+    return c
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    base = tmp_path_factory.mktemp("reliability_data")
+    root = str(base / "data")
+    return root, pipeline.load_splits(run_config(root), str(base))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, data_root):
+    """A finished run, trained with its console output captured (not a terminal)."""
+    root, data = data_root
+    workdir = str(tmp_path_factory.mktemp("reliability_run") / "run")
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        result = train.train_and_evaluate(run_config(root), workdir, data=data, verbose=True)
+    return SimpleNamespace(workdir=workdir, result=result, root=root, data=data,
+                           stdout=out.getvalue(), stderr=err.getvalue())
+
+
+def copy_run(run, tmp_path) -> str:
+    target = str(tmp_path / "run")
+    shutil.copytree(run.workdir, target)
+    return target
+
+
+def rows(workdir: str) -> list[dict]:
+    return [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+
+
+def kept(workdir: str) -> set[int]:
+    return {int(p) for p in os.listdir(os.path.join(workdir, "checkpoints")) if p.isdigit()}
+
+
+def expected_best(workdir: str) -> int:
+    """The authors' selection: the best validation score, the later epoch on a tie."""
+    scores = {r["epoch"]: r["val_selection"] for r in rows(workdir)}
+    return max(scores, key=lambda e: (scores[e], e))
+
+
+def run_script(*args, cwd=ROOT, timeout=120):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=timeout)
+
+
+def assert_one_line_error(proc, *needles):
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("error: "), proc.stderr[-3000:]
+    for needle in needles:
+        assert needle in last, (needle, last)
+    return last
+
+
+# --- A finished run: retention, records, logs, no-op re-run -----------------------------------
+
+def test_retention_is_best_and_latest_and_results_record_the_videos(run):
+    assert [r["epoch"] for r in rows(run.workdir)] == [1, 2, 3]
+    best = expected_best(run.workdir)
+    assert kept(run.workdir) == {best, EPOCHS}
+    assert run.result["epoch"] == best
+    saved = json.load(open(os.path.join(run.workdir, "test_metrics.json")))
+    assert (saved["videos_scored"], saved["videos_skipped"]) == (len(run.data["test"]["label"]), 0)
+    for r in rows(run.workdir):
+        assert (r["val_videos_scored"], r["val_videos_skipped"]) == (len(run.data["val"]["label"]), 0)
+    stored = json.load(open(os.path.join(run.workdir, "config.json")))
+    assert stored["data"]["root"] == run.root and stored["num_epochs"] == EPOCHS
+
+
+def test_retention_keeps_exactly_best_and_latest_later_epoch_on_tie(tmp_path):
+    mngr = checkpoints.checkpoint_manager(str(tmp_path))
+    state = {"w": np.arange(3, dtype=np.float32)}
+    expected = {1: {1}, 2: {2}, 3: {2, 3}, 4: {4}, 5: {4, 5}}
+    for epoch, selection in zip(range(1, 6), [0.5, 0.9, 0.3, 0.9, 0.2]):
+        checkpoints.save_checkpoint(mngr, epoch, state, selection)
+        assert set(mngr.all_steps()) == expected[epoch], epoch
+        assert kept(str(tmp_path)) == expected[epoch]
+        # as eval.py --select-thresholds stores them for a checkpoint
+        (tmp_path / "checkpoints" / f"selected_thresholds_{epoch}.json").write_text("{}")
+    assert checkpoints.best_epoch(checkpoints.selection_scores(mngr)) == 4  # 0.9 tie: later
+    # Thresholds selected for a deleted checkpoint go with it.
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("selected_*")) == [
+        "selected_thresholds_4.json", "selected_thresholds_5.json"]
+    mngr.close()
+
+
+def test_redirected_log_has_one_line_per_epoch_and_no_bar_frames(run):
+    log = run.stdout + run.stderr
+    assert "\r" not in log
+    for epoch in range(1, EPOCHS + 1):
+        assert sum(line.startswith(f"epoch {epoch}/{EPOCHS} (") for line in log.splitlines()) == 1
+
+
+def test_progress_bar_only_on_a_terminal():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty, log = Terminal(), io.StringIO()
+    assert list(progress.bar(range(3), total=3, desc="epoch 1/1", stream=tty)) == [0, 1, 2]
+    assert "\r" in tty.getvalue() and "epoch 1/1" in tty.getvalue()
+    quiet = progress.bar(range(3), total=3, desc="epoch 1/1", stream=log)
+    quiet.set_postfix({"loss": 1.0})
+    assert list(quiet) == [0, 1, 2] and log.getvalue() == ""
+    assert list(progress.bar(range(2), stream=tty, enabled=False)) == [0, 1]
+
+
+def test_rerunning_a_finished_run_is_a_no_op_that_says_so(run, tmp_path, capsys):
+    workdir = copy_run(run, tmp_path)
+    before = {name: open(os.path.join(workdir, name), "rb").read()
+              for name in ("metrics.jsonl", "test_metrics.json")}
+
+    def trained(epoch, state):
+        raise AssertionError(f"epoch {epoch} trained again")
+
+    # No data given: a finished run does not even load it.
+    result = train.train_and_evaluate(run_config(run.root), workdir, on_epoch_end=trained)
+    assert result == run.result
+    out = capsys.readouterr().out
+    assert "this run is finished" in out and "nothing to do" in out
+    for name, content in before.items():
+        assert open(os.path.join(workdir, name), "rb").read() == content, name
+
+
+# --- Resuming with another config -------------------------------------------------------------
+
+def test_resume_with_a_changed_config_is_refused_naming_the_keys(run, tmp_path, capsys):
+    workdir = copy_run(run, tmp_path)
+    stored = open(os.path.join(workdir, "config.json")).read()
+    changed = run_config(run.root, seed=1, learning_rate=1e-3, **{"model.d_model": 32})
+    with pytest.raises(workdir_lib.ConfigMismatchError) as info:
+        train.train_and_evaluate(changed, workdir, data=run.data)
+    message = str(info.value)
+    for needle in ("seed (0 -> 1)", "learning_rate (0.0005 -> 0.001)", "model.d_model (16 -> 32)",
+                   "config.json"):
+        assert needle in message, needle
+    assert open(os.path.join(workdir, "config.json")).read() == stored  # not overwritten
+    with pytest.raises(workdir_lib.ConfigMismatchError, match="already trained 3 epochs"):
+        train.train_and_evaluate(run_config(run.root, num_epochs=2), workdir, data=run.data)
+    # Keys that do not change what an epoch computes may change.
+    harmless = run_config(run.root, log_every_steps=7, **{"eval.batch_size": 8})
+    assert train.train_and_evaluate(harmless, workdir, data=run.data) == run.result
+    assert json.load(open(os.path.join(workdir, "config.json")))["log_every_steps"] == 7
+    assert "resuming with" in capsys.readouterr().out
+
+
+def test_config_differences_ignore_keys_added_since_with_their_default():
+    stored = {"a": 1, "data": {"root": "x"}, "t": [1, 2]}
+    new = {"a": 1, "data": {"root": "x", "allow_missing": False}, "t": (1, 2)}
+    assert workdir_lib.config_differences(stored, new, defaults=new) == {}
+    assert workdir_lib.config_differences(stored, dict(new, a=2), defaults=new) == {"a": (1, 2)}
+    flipped = {"a": 1, "data": {"root": "x", "allow_missing": True}, "t": (1, 2)}
+    assert workdir_lib.config_differences(stored, flipped, defaults=new) == {
+        "data.allow_missing": (None, True)}
+
+
+# --- Faults: a diverged run, a damaged checkpoint --------------------------------------------
+
+def test_non_finite_loss_stops_training_and_saves_nothing(tmp_path, data_root):
+    root, data = data_root
+    workdir = str(tmp_path / "diverged")
+    with pytest.raises(train.NonFiniteLossError) as info:
+        train.train_and_evaluate(run_config(root, learning_rate=1e4), workdir, data=data,
+                                 verbose=False)
+    message = str(info.value)
+    assert "non-finite loss at step" in message and "(epoch 1, step" in message
+    assert "anchor_loss = nan" in message and "learning_rate (now 10000.0)" in message
+    assert kept(workdir) == set()
+    assert not os.path.exists(os.path.join(workdir, "test_metrics.json"))
+    assert not os.path.exists(os.path.join(workdir, "metrics.jsonl")) or rows(workdir) == []
+    with pytest.raises(SystemExit, match=r"^error: training diverged: non-finite loss"):
+        cli.exit_on_user_error(train.train_and_evaluate, run_config(root, learning_rate=1e4),
+                               workdir, data=data, verbose=False)
+
+
+def test_non_finite_loss_in_a_later_epoch_names_it_and_keeps_the_earlier_run(run, tmp_path):
+    workdir = copy_run(run, tmp_path)
+    before = (kept(workdir), open(os.path.join(workdir, "test_metrics.json")).read())
+    bad = dict(run.data)
+    bad["train"] = dict(run.data["train"], audio=np.full_like(run.data["train"]["audio"], np.inf))
+    steps = pipeline.num_batches(len(bad["train"]["label"]), run_config(run.root).batch_size)
+    with pytest.raises(train.NonFiniteLossError) as info:
+        train.train_and_evaluate(run_config(run.root, num_epochs=EPOCHS + 1), workdir, data=bad,
+                                 verbose=False)
+    assert (f"at step {EPOCHS * steps + 1} (epoch {EPOCHS + 1}, step 1 of {steps})"
+            in str(info.value))
+    assert f"checkpoints of epochs up to {EPOCHS} are kept" in str(info.value)
+    assert (kept(workdir), open(os.path.join(workdir, "test_metrics.json")).read()) == before
+    assert [r["epoch"] for r in rows(workdir)] == [1, 2, 3]
+
+
+def test_non_finite_tracking_finds_the_first_bad_step():
+    logs = [{"a": jnp.float32(1.0), "b": jnp.float32(2.0)},
+            {"a": jnp.float32(1.0), "b": jnp.float32(np.inf)},
+            {"a": jnp.float32(np.nan), "b": jnp.float32(2.0)}]
+    record = train._track_first(logs[0])
+    assert int(record["first_bad"]) == -1
+    for i, step_logs in enumerate(logs[1:], start=1):
+        record = train._track(record, step_logs, jnp.int32(i))
+    assert int(record["first_bad"]) == 1 and float(record["bad_logs"]["b"]) == np.inf
+    stacked = {k: jnp.stack([step_logs[k] for step_logs in logs]) for k in ("a", "b")}
+    scanned = train._track_stacked(stacked)  # the lax.scan epoch's per-step logs
+    assert int(scanned["first_bad"]) == 1 and float(scanned["bad_logs"]["a"]) == 1.0
+    config = SimpleNamespace(learning_rate=0.1)
+    with pytest.raises(train.NonFiniteLossError, match=r"at step 5 \(epoch 2, step 2 of 3\): b = inf"):
+        train.check_finite(scanned, 1, 3, config, None)
+    ok = train._track_stacked({k: v[:1] for k, v in stacked.items()})
+    assert train.check_finite(ok, 0, 1, config, None) == {"a": 1.0, "b": 2.0}
+
+
+def _truncate_largest_array_file(checkpoint: Path) -> Path:
+    files = [p for p in (checkpoint / "default").rglob("*") if p.is_file() and p.parent.name == "d"]
+    target = max(files, key=lambda p: p.stat().st_size)
+    with open(target, "r+b") as f:
+        f.truncate(target.stat().st_size // 2)
+    return target
+
+
+def test_truncated_latest_checkpoint_falls_back_and_the_run_completes(run, tmp_path, capsys):
+    workdir = copy_run(run, tmp_path)
+    best = expected_best(workdir)
+    _truncate_largest_array_file(Path(workdir) / "checkpoints" / str(EPOCHS))
+    # As if killed after writing epoch 4's row but before its checkpoint.
+    with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps({"epoch": EPOCHS + 1, "val_selection": 0.0}) + "\n")
+    result = train.train_and_evaluate(run_config(run.root, num_epochs=EPOCHS + 1), workdir,
+                                      data=run.data, verbose=True)
+    out = capsys.readouterr().out
+    assert f"checkpoint {EPOCHS} (" in out and "is damaged: cannot read its arrays" in out
+    fallback = best if best != EPOCHS else None
+    assert (f"falling back to checkpoint {fallback}" if fallback
+            else "training starts from scratch") in out
+    assert os.listdir(os.path.join(workdir, "damaged_checkpoints"))[0].startswith(f"{EPOCHS}-")
+    assert [r["epoch"] for r in rows(workdir)] == [1, 2, 3, 4]  # each epoch once
+    assert max(kept(workdir)) == EPOCHS + 1 and result["epoch"] == expected_best(workdir)
+
+
+def test_eval_on_a_damaged_checkpoint_fails_clearly(run, tmp_path):
+    workdir = copy_run(run, tmp_path)
+    best = expected_best(workdir)
+    (Path(workdir) / "checkpoints" / str(best) / "default" / "_METADATA").write_text("{\"tree")
+    with pytest.raises(SystemExit) as info:
+        cli.exit_on_user_error(cli.evaluate_checkpoint, run_config(run.root), workdir,
+                               verbose=False)
+    message = str(info.value)
+    assert message.startswith(f"error: checkpoint {best} (") and "is damaged" in message
+    assert "\n" not in message and len(message) < 800
+
+
+def test_eval_into_another_model_names_the_differing_keys(run):
+    with pytest.raises(checkpoints.CheckpointMismatchError) as info:
+        cli.evaluate_checkpoint(run_config(run.root, **{"model.d_model": 32}), run.workdir,
+                                verbose=False)
+    message = str(info.value)
+    assert "does not fit this config" in message and "model.d_model (16 -> 32)" in message
+    assert len(message) < 800
+
+
+# --- eval.py output, missing features ----------------------------------------------------------
+
+def test_eval_writes_its_own_file_and_never_test_metrics(run, tmp_path):
+    workdir = copy_run(run, tmp_path)
+    trained = open(os.path.join(workdir, "test_metrics.json")).read()
+    best = expected_best(workdir)
+    result = cli.evaluate_checkpoint(run_config(run.root), workdir, verbose=False)
+    other = min(kept(workdir))
+    cli.evaluate_checkpoint(run_config(run.root), workdir, step=other, split="val", verbose=False)
+    assert open(os.path.join(workdir, "test_metrics.json")).read() == trained
+    written = json.load(open(os.path.join(workdir, "eval", f"test_epoch{best}_standard.json")))
+    assert written == result and result["videos_scored"] == len(run.data["test"]["label"])
+    assert os.path.exists(os.path.join(workdir, "eval", f"val_epoch{other}_standard.json"))
+    assert {k: result[k] for k in ("seg_av", "evt_av")} == {k: run.result[k] for k in ("seg_av", "evt_av")}
+
+
+def test_missing_test_features_fail_unless_allowed_then_the_count_is_recorded(run, tmp_path):
+    root = str(tmp_path / "data")
+    shutil.copytree(run.root, root, ignore=shutil.ignore_patterns("tfds"))
+    gone = str(run.data["test"]["id"][0])
+    os.remove(os.path.join(root, "vggish", f"{gone}.npy"))
+    with pytest.raises(llp.MissingFeatureError, match=rf"LLP test: 1 videos .*{gone}.*allow_missing"):
+        cli.evaluate_checkpoint(run_config(root), run.workdir, output=str(tmp_path / "x.json"),
+                                verbose=False)
+    result = cli.evaluate_checkpoint(run_config(root, **{"data.allow_missing": True}), run.workdir,
+                                     output=str(tmp_path / "allowed.json"), verbose=False)
+    n = len(run.data["test"]["label"])
+    assert (result["videos_scored"], result["videos_skipped"]) == (n - 1, 1)
+    assert json.load(open(tmp_path / "allowed.json"))["videos_skipped"] == 1
+
+
+# --- One training per workdir -----------------------------------------------------------------
+
+HOLD_LOCK = """
+import sys
+from coleaf_jax import workdir
+with workdir.lock(sys.argv[1]):
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_second_training_on_a_workdir_is_refused_and_a_dead_holder_is_taken_over(tmp_path, capsys):
+    workdir = str(tmp_path / "run")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, workdir], cwd=ROOT,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        # The real entry script, as a second process: one line naming the holder.
+        proc = run_script("train.py", "--config", "configs/synthetic.py", "--workdir", workdir)
+        assert_one_line_error(proc, f"is in use by process {holder.pid} on ", "one training per")
+        with pytest.raises(workdir_lib.WorkdirLockedError, match=f"process {holder.pid} "):
+            train.train_and_evaluate(tiny_config("han"), workdir, verbose=False)
+        assert os.listdir(workdir) == [workdir_lib.LOCK_FILE]  # nothing else written
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with workdir_lib.lock(workdir):  # its process is dead: taken over, with a message
+        pass
+    assert f"taking over the lock of process {holder.pid} on" in capsys.readouterr().out
+    with workdir_lib.lock(workdir):  # released normally: nothing to take over
+        pass
+    assert "taking over" not in capsys.readouterr().out
+
+
+# --- One-line errors --------------------------------------------------------------------------
+
+def test_flag_and_config_errors_are_one_line(tmp_path):
+    workdir = str(tmp_path / "never")
+    proc = run_script("train.py", "--config", "configs/synthetic.py", "--workdir", workdir,
+                      "--config.model.nope=1")
+    assert_one_line_error(proc, "--config.model.nope", "has no key 'model.nope'")
+    proc = run_script("train.py", "--config", "configs/nope.py", "--workdir", workdir)
+    assert_one_line_error(proc, "config file 'configs/nope.py' not found")
+    proc = run_script("eval.py", "--config", "configs/synthetic.py", "--workdir", workdir)
+    assert_one_line_error(proc, f"--workdir {workdir}: no such folder")
+    assert not os.path.exists(workdir)
+
+
+@pytest.mark.parametrize(("key", "value", "needle"), [
+    ("batch_size", 0, "config.batch_size = 0: expected a whole number >= 1"),
+    ("batch_size", -4, "config.batch_size = -4"),
+    ("num_epochs", 0, "config.num_epochs = 0: expected a whole number >= 1"),
+    ("eval.batch_size", 0, "config.eval.batch_size = 0"),
+    ("learning_rate", float("nan"), "config.learning_rate = nan: expected a finite number > 0"),
+])
+def test_bad_run_values_are_one_line_errors(tmp_path, key, value, needle):
+    config = tiny_config("han", **{key: value})
+    with pytest.raises(SystemExit) as info:
+        cli.exit_on_user_error(train.train_and_evaluate, config, str(tmp_path / "w"), verbose=False)
+    assert str(info.value) == f"error: {needle}" or str(info.value).startswith(f"error: {needle}")
+    assert not os.path.exists(tmp_path / "w")
+
+
+def test_bad_llp_roots_are_one_line_errors(tmp_path, monkeypatch):
+    from tests.test_llp_data import WEAK_HEADER, _write, make_layout
+
+    root = tmp_path / "llp"
+    root.mkdir()
+    make_layout(root)
+    config = run_config(str(root), **{"data.dataset": "llp", "data.tfds_dir": str(tmp_path / "tfds")})
+    _write(root / LLP_SPLIT_CSV["val"], WEAK_HEADER, [])  # a header-only split CSV
+    with pytest.raises(SystemExit, match=r"^error: \S+AVVP_val_pd.csv: no video of the val split"):
+        cli.exit_on_user_error(train.train_and_evaluate, config, str(tmp_path / "w1"), verbose=False)
+    with pytest.raises(SystemExit, match=r"^error: \S+/nowhere: expected the LLP feature folders"):
+        cli.exit_on_user_error(train.train_and_evaluate,
+                               run_config(str(tmp_path / "nowhere"), **{"data.dataset": "llp"}),
+                               str(tmp_path / "w2"), verbose=False)
+    real_scandir = os.scandir
+
+    def unreadable(path):
+        if str(path).startswith(str(root)):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(llp.os, "scandir", unreadable)
+    with pytest.raises(SystemExit, match=r"^error: \S+: cannot list the feature folder: Permission denied$"):
+        cli.exit_on_user_error(train.train_and_evaluate, config, str(tmp_path / "w3"), verbose=False)
