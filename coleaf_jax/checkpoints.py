@@ -34,7 +34,11 @@ READ_ERRORS = (OSError, ValueError, KeyError, EOFError)
 
 
 class CheckpointDamagedError(workdir_lib.RunError):
-    """A checkpoint's files cannot be read back."""
+    """A checkpoint's files cannot be read back (``epoch``: which checkpoint)."""
+
+    def __init__(self, message: str, epoch: int):
+        super().__init__(message)
+        self.epoch = epoch
 
 
 class CheckpointMismatchError(workdir_lib.RunError):
@@ -75,9 +79,9 @@ def selection_scores(mngr: ocp.CheckpointManager) -> dict[int, float]:
             metrics = mngr.metrics(epoch)
         except READ_ERRORS as e:
             raise CheckpointDamagedError(
-                f"{where}: cannot read its validation score ({_short(e)})") from e
+                f"{where}: cannot read its validation score ({_short(e)})", epoch) from e
         if not isinstance(metrics, dict) or not isinstance(metrics.get("selection"), (int, float)):
-            raise CheckpointDamagedError(f"{where}: its validation score is missing")
+            raise CheckpointDamagedError(f"{where}: its validation score is missing", epoch)
         out[epoch] = float(metrics["selection"])
     return out
 
@@ -146,9 +150,11 @@ def restore_checkpoint(mngr: ocp.CheckpointManager, epoch: int, template, workdi
         metadata = mngr.item_metadata(epoch)
     except READ_ERRORS as e:
         raise CheckpointDamagedError(
-            f"checkpoint {epoch} ({path}) is damaged: cannot read its metadata ({_short(e)})") from e
+            f"checkpoint {epoch} ({path}) is damaged: cannot read its metadata ({_short(e)})",
+            epoch) from e
     if getattr(metadata, "tree", None) is None:
-        raise CheckpointDamagedError(f"checkpoint {epoch} ({path}) is damaged: no array metadata")
+        raise CheckpointDamagedError(f"checkpoint {epoch} ({path}) is damaged: no array metadata",
+                                     epoch)
     stored = _signature(metadata.tree)
     wanted = _signature(target)
     if stored != wanted:
@@ -163,7 +169,8 @@ def restore_checkpoint(mngr: ocp.CheckpointManager, epoch: int, template, workdi
     except Exception as e:  # noqa: BLE001 -- orbax wraps tensorstore's read errors in Exception;
         # the tree and shapes matched above, so a failed read is damaged data
         raise CheckpointDamagedError(
-            f"checkpoint {epoch} ({path}) is damaged: cannot read its arrays ({_short(e)})") from e
+            f"checkpoint {epoch} ({path}) is damaged: cannot read its arrays ({_short(e)})",
+            epoch) from e
     finally:
         asyncio_logger.setLevel(level)
     return flax.serialization.from_state_dict(template, restored)
@@ -202,8 +209,9 @@ def restore_latest_intact(mngr: ocp.CheckpointManager, workdir: str, template, c
                           verbose: bool = True):
     """The latest checkpoint that can be read: ``(epoch, state)``, or ``(0, template)``.
 
-    A damaged checkpoint is named, moved to ``WORKDIR/damaged_checkpoints/``
-    and the previous one tried; a mismatching one is an error.
+    The best checkpoint is read too (the run's test scores come from it). A
+    damaged checkpoint is named, moved to ``WORKDIR/damaged_checkpoints/`` and
+    the previous one tried; a mismatching one is an error.
     """
     while True:
         epochs = sorted(mngr.all_steps(), reverse=True)
@@ -211,10 +219,13 @@ def restore_latest_intact(mngr: ocp.CheckpointManager, workdir: str, template, c
             return 0, template
         epoch = epochs[0]
         try:
-            selection_scores(mngr)
-            return epoch, restore_checkpoint(mngr, epoch, template, workdir, config)
+            best = best_epoch(selection_scores(mngr))
+            state = restore_checkpoint(mngr, epoch, template, workdir, config)
+            if best != epoch:
+                restore_checkpoint(mngr, best, template, workdir, config)
+            return epoch, state
         except CheckpointDamagedError as e:
-            damaged = _damaged_epoch(mngr, e, epoch)
+            damaged = e.epoch
             moved = move_damaged(workdir, damaged)
             mngr.reload()
             rest = sorted(mngr.all_steps(), reverse=True)
@@ -224,14 +235,6 @@ def restore_latest_intact(mngr: ocp.CheckpointManager, workdir: str, template, c
                 elif damaged == epoch:
                     then = f"falling back to checkpoint {rest[0]}"
                 else:
-                    then = f"the best is now chosen among checkpoints {sorted(rest)}"
-                print(f"warning: {e}. Moved it to {moved}; {then}")
-
-
-def _damaged_epoch(mngr, error: CheckpointDamagedError, default: int) -> int:
-    """The epoch a damage error is about (a score read names any checkpoint)."""
-    text = str(error)
-    for epoch in mngr.all_steps():
-        if text.startswith(f"checkpoint {epoch} "):
-            return epoch
-    return default
+                    then = (f"it was the best on validation; the best is now chosen among the "
+                            f"remaining checkpoints {sorted(rest)} and the epochs still to train")
+                print(f"warning: {e}. Moved it to {moved}; {then}", flush=True)

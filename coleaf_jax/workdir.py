@@ -165,8 +165,8 @@ def read_stored_config(workdir: str) -> dict | None:
         with open(path) as f:
             return json.load(f)
     except (OSError, ValueError) as e:
-        raise RunError(f"{path}: cannot read the run's stored config ({e}); move it away to "
-                       f"start this workdir's run afresh") from e
+        raise RunError(f"{path}: cannot read the run's stored config ({e}); restore it, or "
+                       f"use another --workdir") from e
 
 
 def write_config(workdir: str, config) -> None:
@@ -196,7 +196,10 @@ def check_resume(workdir: str, config, trained_epochs: int, defaults=None) -> di
     """
     stored = read_stored_config(workdir)
     if stored is None:
-        return {}
+        raise ConfigMismatchError(
+            f"{workdir} holds checkpoints but no {CONFIG_FILE}: there is no way to check that "
+            f"this config is the run's. Restore {os.path.join(workdir, CONFIG_FILE)}, or use "
+            f"another --workdir")
     diffs = config_differences(stored, config, defaults)
     blocking = {k: v for k, v in diffs.items() if k not in RESUMABLE_KEYS}
     if blocking:

@@ -278,6 +278,52 @@ def test_truncated_latest_checkpoint_falls_back_and_the_run_completes(run, tmp_p
     assert max(kept(workdir)) == EPOCHS + 1 and result["epoch"] == expected_best(workdir)
 
 
+def test_damaged_checkpoints_are_named_moved_and_skipped(tmp_path, capsys):
+    workdir = str(tmp_path)
+    mngr = checkpoints.checkpoint_manager(workdir)
+    rng = np.random.default_rng(0)  # incompressible: stored in data files, not inlined
+    states = {e: {"w": rng.standard_normal(4096).astype(np.float32)} for e in range(1, 6)}
+    for epoch, selection in zip(range(1, 5), [0.9, 0.5, 0.4, 0.3]):  # kept: best 1, latest 4
+        checkpoints.save_checkpoint(mngr, epoch, states[epoch], selection)
+    assert set(mngr.all_steps()) == {1, 4}
+    template = {"w": np.zeros(4096, np.float32)}
+    # The best (epoch 1) has a damaged score file: named, moved away, training goes on.
+    (tmp_path / "checkpoints" / "1" / "metrics" / "metrics").write_text('{"selec')
+    epoch, state = checkpoints.restore_latest_intact(mngr, workdir, template)
+    assert epoch == 4 and np.array_equal(state["w"], states[4]["w"])
+    out = capsys.readouterr().out
+    assert "checkpoint 1 (" in out and "cannot read its validation score" in out
+    assert "it was the best on validation" in out
+    assert set(mngr.all_steps()) == {4}
+    # The latest has a truncated array file: it falls back to the previous checkpoint.
+    checkpoints.save_checkpoint(mngr, 5, states[5], 0.1)
+    assert set(mngr.all_steps()) == {4, 5}
+    _truncate_largest_array_file(tmp_path / "checkpoints" / "5")
+    epoch, state = checkpoints.restore_latest_intact(mngr, workdir, template)
+    assert epoch == 4 and np.array_equal(state["w"], states[4]["w"])
+    out = capsys.readouterr().out
+    assert "checkpoint 5 (" in out and "falling back to checkpoint 4" in out
+    # Nothing readable left: training starts from scratch, and says so.
+    (tmp_path / "checkpoints" / "4" / "default" / "_METADATA").unlink()
+    epoch, state = checkpoints.restore_latest_intact(mngr, workdir, template)
+    assert epoch == 0 and state is template
+    assert "no other checkpoint: training starts from scratch" in capsys.readouterr().out
+    assert sorted(p.split("-")[0] for p in os.listdir(tmp_path / "damaged_checkpoints")) == [
+        "1", "4", "5"]
+    mngr.close()
+
+
+def test_resume_without_the_stored_config_is_refused(run, tmp_path):
+    workdir = copy_run(run, tmp_path)
+    os.remove(os.path.join(workdir, "config.json"))
+    with pytest.raises(workdir_lib.ConfigMismatchError, match="holds checkpoints but no config.json"):
+        train.train_and_evaluate(run_config(run.root), workdir, data=run.data, verbose=False)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write('{"seed": ')
+    with pytest.raises(workdir_lib.RunError, match="cannot read the run's stored config"):
+        train.train_and_evaluate(run_config(run.root), workdir, data=run.data, verbose=False)
+
+
 def test_eval_on_a_damaged_checkpoint_fails_clearly(run, tmp_path):
     workdir = copy_run(run, tmp_path)
     best = expected_best(workdir)
