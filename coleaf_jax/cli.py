@@ -84,15 +84,17 @@ def describe_config_error(argv, error: BaseException) -> str:
     return one_line(error)
 
 
-def parse_flags(argv):
-    """absl's flag parsing for the entry scripts, with every flag or config error (unknown
-    key, missing config file, bad value, missing flag) as one line ``error: …``."""
+def parse_flags(argv, flag_values=None):
+    """absl's flag parsing for the entry scripts (``app.run(main, flags_parser=…)``), with
+    every flag or config error (unknown key, missing config file or variant, bad value,
+    missing flag) as one line ``error: …``. ``flag_values``: default ``absl.flags.FLAGS``."""
     from absl import flags
 
+    fv = flags.FLAGS if flag_values is None else flag_values
     try:
-        rest = flags.FLAGS(argv)
-        if "config" in flags.FLAGS and flags.FLAGS.config is not None:
-            flags.FLAGS.config.keys()  # a failed load surfaces on first use
+        rest = fv(argv)
+        if "config" in fv and fv["config"].value is not None:
+            fv["config"].value.keys()  # a failed load surfaces on first use
     except flags.Error as e:
         if str(e).startswith("flag --config=") or "Traceback" in str(e):  # the config file's error
             raise SystemExit(f"error: {describe_config_error(argv, e)}") from None

@@ -86,7 +86,7 @@ def run_script(*args, cwd=ROOT, timeout=120):
 
 
 def assert_one_line_error(proc, *needles):
-    assert proc.returncode != 0
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-3000:])
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
     assert last.startswith("error: "), proc.stderr[-3000:]
@@ -412,16 +412,45 @@ def test_a_second_training_on_a_workdir_is_refused_and_a_dead_holder_is_taken_ov
 
 # --- One-line errors --------------------------------------------------------------------------
 
-def test_flag_and_config_errors_are_one_line(tmp_path):
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--config.model.nope=1"], "--config.model.nope: the config (configs/synthetic.py) has no key "
+                                "'model.nope' (did you mean"),
+    (["--config.batch_sise=3"], "has no key 'batch_sise' (did you mean batch_size"),
+    (["--config.batch_size=abc"], "flag --config.batch_size=abc: invalid literal for int()"),
+    (["--config=configs/nope.py"], "--config=configs/nope.py: config file 'configs/nope.py' not found"),
+    (["--config=configs/synthetic.py:bogus"], "configs/synthetic.py: unknown variant 'bogus'"),
+    (["--config=configs/synthetic.py", "--workdir"], "Missing value for flag --workdir"),
+    (["--config=configs/synthetic.py", "--nope=1"], "Unknown command line flag 'nope'"),
+], ids=["unknown-key", "misspelt-key", "bad-value", "missing-file", "unknown-variant",
+        "flag-without-value", "unknown-flag"])
+def test_flag_and_config_errors_are_one_line(args, needle, monkeypatch):
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = ["train.py", *([] if any(a.startswith("--config=") for a in args)
+                          else ["--config=configs/synthetic.py"]), *args]
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", argv)  # ml_collections defines --config.* from sys.argv
+    fv = flags.FlagValues()
+    flags.DEFINE_string("workdir", None, "", flag_values=fv)
+    config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=True)
+    with pytest.raises(SystemExit) as info:
+        cli.parse_flags(argv, fv)
+    message = str(info.value)
+    assert message.startswith("error: ") and "\n" not in message and needle in message, message
+
+
+def test_entry_scripts_end_with_one_line_errors_and_create_nothing(tmp_path):
     workdir = str(tmp_path / "never")
     proc = run_script("train.py", "--config", "configs/synthetic.py", "--workdir", workdir,
                       "--config.model.nope=1")
     assert_one_line_error(proc, "--config.model.nope", "has no key 'model.nope'")
-    proc = run_script("train.py", "--config", "configs/nope.py", "--workdir", workdir)
-    assert_one_line_error(proc, "config file 'configs/nope.py' not found")
     proc = run_script("eval.py", "--config", "configs/synthetic.py", "--workdir", workdir)
     assert_one_line_error(proc, f"--workdir {workdir}: no such folder")
-    assert not os.path.exists(workdir)
+    proc = run_script("parse.py", "--config", "configs/synthetic.py", "--workdir", workdir,
+                      "--output", str(tmp_path / "parsed"), "--split", "test")
+    assert_one_line_error(proc, f"--workdir {workdir}: no such folder")
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize(("key", "value", "needle"), [
@@ -430,6 +459,7 @@ def test_flag_and_config_errors_are_one_line(tmp_path):
     ("num_epochs", 0, "config.num_epochs = 0: expected a whole number >= 1"),
     ("eval.batch_size", 0, "config.eval.batch_size = 0"),
     ("learning_rate", float("nan"), "config.learning_rate = nan: expected a finite number > 0"),
+    ("learning_rate", 0.0, "config.learning_rate = 0.0: expected a finite number > 0"),
 ])
 def test_bad_run_values_are_one_line_errors(tmp_path, key, value, needle):
     config = tiny_config("han", **{key: value})
