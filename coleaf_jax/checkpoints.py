@@ -13,9 +13,11 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import shutil
+import sys
 import time
 
 import flax
@@ -122,8 +124,15 @@ def _forget_selected_thresholds(directory: str, epoch: int) -> None:
 
 
 def _short(e: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text[:limit]}{'…' if len(text) > limit else ''}"
+    """The most specific message of ``e`` and its causes, without tensorstore's spec dumps."""
+    chain = [e]
+    while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 10:
+        chain.append(nxt)
+    innermost = chain[-1]
+    text = " ".join(str(innermost).split())
+    for cut in (" [tensorstore_spec", " See full TensorStore details"):
+        text = text.split(cut)[0]
+    return f"{type(innermost).__name__}: {text[:limit]}{'…' if len(text) > limit else ''}"
 
 
 def _signature(tree) -> dict[str, tuple]:
@@ -161,18 +170,24 @@ def restore_checkpoint(mngr: ocp.CheckpointManager, epoch: int, template, workdi
         raise CheckpointMismatchError(_mismatch_message(epoch, path, stored, wanted, workdir, config))
     abstract = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)), target)
-    asyncio_logger = logging.getLogger("asyncio")  # tensorstore's failed reads log tracebacks
-    level = asyncio_logger.level
+    # A failed read leaves orbax's other pending reads to fail later, each printing a
+    # tensorstore dump (asyncio log, "Exception ignored in <coroutine>"): the error
+    # below, which names the checkpoint, says it all.
+    asyncio_logger = logging.getLogger("asyncio")
+    level, hook = asyncio_logger.level, sys.unraisablehook
     asyncio_logger.setLevel(logging.CRITICAL)
+    sys.unraisablehook = lambda unraisable: None
     try:
         restored = mngr.restore(epoch, args=ocp.args.StandardRestore(abstract))
     except Exception as e:  # noqa: BLE001 -- orbax wraps tensorstore's read errors in Exception;
         # the tree and shapes matched above, so a failed read is damaged data
+        gc.collect()  # the failed reads' coroutines, while their reports are silenced
         raise CheckpointDamagedError(
             f"checkpoint {epoch} ({path}) is damaged: cannot read its arrays ({_short(e)})",
             epoch) from e
     finally:
         asyncio_logger.setLevel(level)
+        sys.unraisablehook = hook
     return flax.serialization.from_state_dict(template, restored)
 
 
