@@ -541,3 +541,36 @@ def test_root_without_feature_folders_fails_clearly(tmp_path):
     (tmp_path / "vggish").mkdir()
     with pytest.raises(llp.LLPDataError, match=r"missing \['res152', 'r2plus1d_18'\]"):
         llp.load_split(tmp_path, "val", tfds_dir=tmp_path / "tfds")
+
+
+def test_split_csv_that_lost_rows_fails(tmp_path: Path) -> None:
+    """A test CSV cut short leaves its videos' dense rows in no split: the scores would
+    silently come from fewer videos."""
+    root = tmp_path / "llp"
+    root.mkdir()
+    make_layout(root)
+    extra = [f"lostvideo{i:02d}_0_10\t0\t1\tDog" for i in range(11)]  # 11 > DENSE_ORPHANS_ALLOWED
+    _write(root / LLP_DENSE_CSV["audio"], DENSE_HEADER, AUDIO_ROWS + extra[:9])
+    llp.load_split(root, "test", tfds_dir=tmp_path / "tfds")  # 1 + 9 orphans: allowed
+    _write(root / LLP_DENSE_CSV["audio"], DENSE_HEADER, AUDIO_ROWS + extra)
+    with pytest.raises(llp.LLPDataError,
+                       match=r"LLP: 12 videos have rows in .*AVVP_eval_audio.csv.* but are in no "
+                             r"split CSV.*AVVP_test_pd.csv lists 2"):
+        llp.load_split(root, "test", tfds_dir=tmp_path / "tfds")
+
+
+def test_real_dense_orphans_pass_and_a_cut_test_csv_fails(real_llp: Path) -> None:
+    splits = {s: llp.read_weak_csv(real_llp / csv)[0] for s, csv in LLP_SPLIT_CSV.items()}
+    paths = {s: real_llp / LLP_SPLIT_CSV[s] for s in ("val", "test")}
+
+    def orphans(names):
+        known = [f for s in names for f in names[s]]
+        return set().union(*(llp.read_dense_csv(real_llp / csv, known_ids=known)[1].unknown_files
+                             for csv in LLP_DENSE_CSV.values()))
+
+    released = orphans(splits)
+    assert len(released) == 8
+    llp.check_dense_orphans(released, {"val": 649, "test": 1200}, paths, ["a", "v"])
+    cut = dict(splits, test=splits["test"][:1100])  # `head -n 1101 AVVP_test_pd.csv`
+    with pytest.raises(llp.LLPDataError, match=r"LLP: 10\d videos .*AVVP_test_pd.csv lists 1100"):
+        llp.check_dense_orphans(orphans(cut), {"val": 649, "test": 1100}, paths, ["a", "v"])

@@ -74,6 +74,12 @@ _READ_CHUNK = 128  # examples decoded per data-source call in load_split
 # either dense CSV. The real LLP CSVs give 12 of 649 val and 23 of 1,200 test videos
 # (≈ 1.9 %); a dense CSV cut at a line boundary or left header-only gives 8-55 %.
 DENSE_UNCOVERED_MAX_SHARE = 0.05
+# Dense rows of videos in no split CSV: the released files have 8 such filenames
+# (0.4 % of the 1,849 val + test videos); a val/test CSV that lost rows leaves its
+# videos' dense rows orphaned. More than this share of the val + test videos, and
+# more than DENSE_ORPHANS_ALLOWED videos, fails.
+DENSE_ORPHAN_MAX_SHARE = 0.05
+DENSE_ORPHANS_ALLOWED = 10
 
 
 class LLPDataError(ValueError):
@@ -104,6 +110,8 @@ class DenseReport:
       unknown_video: rows whose filename is not in ``known_ids`` (skipped).
       id_conflicts: rows whose filename differs from an earlier filename with the
         same 11-character video id (skipped).
+      unknown_files: the distinct filenames of the ``unknown_video`` rows (not
+        compared).
     """
 
     rows: int = 0
@@ -112,6 +120,7 @@ class DenseReport:
     duplicates: int = 0
     unknown_video: int = 0
     id_conflicts: int = 0
+    unknown_files: set[str] = dataclasses.field(default_factory=set, compare=False, repr=False)
 
     @property
     def skipped(self) -> int:
@@ -291,6 +300,7 @@ def read_dense_csv(
             skip("reversed", line, text)
         elif known is not None and filename not in known:
             skip("unknown_video", line, text)
+            report.unknown_files.add(filename)
         elif owner.setdefault(vid, filename) != filename:
             skip("id_conflicts", line, text)
         elif (key := (filename, onset, offset, cls)) in seen:
@@ -367,6 +377,36 @@ def check_dense_coverage(
         "CSV (as in the released annotation; scored as annotated). First: %s",
         split, len(uncovered), n, first)
     return uncovered
+
+
+def check_dense_orphans(
+    orphans: Collection[str],
+    split_sizes: Mapping[str, int],
+    split_paths: Mapping[str, PathLike],
+    dense_paths: Collection[PathLike],
+    max_share: float = DENSE_ORPHAN_MAX_SHARE,
+) -> None:
+    """Fails when many videos have dense rows but are in no split CSV.
+
+    ``orphans``: those filenames (``DenseReport.unknown_files`` of both dense
+    CSVs); ``split_sizes``: videos per dense split (val, test). A few exist in
+    the released annotation; many mean that a val or test CSV lost rows, and
+    its scores would silently come from fewer videos.
+
+    Raises:
+      LLPDataError: more than ``max_share`` of the dense splits' videos and more
+        than ``DENSE_ORPHANS_ALLOWED``.
+    """
+    total = sum(split_sizes.values())
+    if len(orphans) <= max(max_share * total, DENSE_ORPHANS_ALLOWED):
+        return
+    sizes = ", ".join(f"{split_paths[s]} lists {n}" for s, n in split_sizes.items())
+    raise LLPDataError(
+        f"LLP: {len(orphans)} videos have rows in {' and '.join(map(str, dense_paths))} but are "
+        f"in no split CSV (expected a handful: 8 in the released files; at most "
+        f"{DENSE_ORPHANS_ALLOWED} or {100 * max_share:.0f} % of the {total} val and test videos). "
+        f"A split CSV probably lost "
+        f"rows: {sizes}. First: {', '.join(sorted(orphans)[:_MAX_SHOWN_IDS])}")
 
 
 def feature_path(root: PathLike, key: str, vid: str) -> Path:
@@ -504,11 +544,15 @@ class Llp(tfds.core.ShardBasedBuilder):
         annotations = self._annotation_dir or root
         weak = {split: read_weak_csv(annotations / csv) for split, csv in LLP_SPLIT_CSV.items()}
         known = [name for filenames, _ in weak.values() for name in filenames]
-        dense = {
-            modality: read_dense_csv(annotations / csv, known_ids=known)[0]
-            for modality, csv in LLP_DENSE_CSV.items()
-        }
+        dense, orphans = {}, set()
+        for modality, csv in LLP_DENSE_CSV.items():
+            dense[modality], report = read_dense_csv(annotations / csv, known_ids=known)
+            orphans |= report.unknown_files
         dense_paths = {modality: annotations / csv for modality, csv in LLP_DENSE_CSV.items()}
+        if all(weak[s][0] for s in DENSE_SPLITS):  # an empty split fails below, naming it
+            check_dense_orphans(orphans, {s: len(weak[s][0]) for s in DENSE_SPLITS},
+                                {s: annotations / LLP_SPLIT_CSV[s] for s in DENSE_SPLITS},
+                                list(dense_paths.values()))
         self.info.metadata["dense_uncovered"] = {
             split: check_dense_coverage(split, *weak[split], dense, dense_paths)
             for split in DENSE_SPLITS if weak[split][0]
