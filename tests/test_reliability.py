@@ -203,16 +203,16 @@ def test_non_finite_loss_stops_training_and_saves_nothing(tmp_path, data_root):
     root, data = data_root
     workdir = str(tmp_path / "diverged")
     with pytest.raises(train.NonFiniteLossError) as info:
-        train.train_and_evaluate(run_config(root, learning_rate=1e4), workdir, data=data,
+        train.train_and_evaluate(run_config(root, learning_rate=1e8), workdir, data=data,
                                  verbose=False)
     message = str(info.value)
     assert "non-finite loss at step" in message and "(epoch 1, step" in message
-    assert "anchor_loss = nan" in message and "learning_rate (now 10000.0)" in message
+    assert "anchor_loss = nan" in message and "learning_rate (now 100000000.0)" in message
     assert kept(workdir) == set()
     assert not os.path.exists(os.path.join(workdir, "test_metrics.json"))
     assert not os.path.exists(os.path.join(workdir, "metrics.jsonl")) or rows(workdir) == []
     with pytest.raises(SystemExit, match=r"^error: training diverged: non-finite loss"):
-        cli.exit_on_user_error(train.train_and_evaluate, run_config(root, learning_rate=1e4),
+        cli.exit_on_user_error(train.train_and_evaluate, run_config(root, learning_rate=1e8),
                                workdir, data=data, verbose=False)
 
 
