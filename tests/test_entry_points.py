@@ -14,7 +14,7 @@ MODULES = ["coleaf_jax.demo", "coleaf_jax.bench", "coleaf_jax.flops",
 
 
 def test_everything_compiles():
-    for path in ("coleaf_jax", "configs", "tests", "train.py", "eval.py"):
+    for path in ("coleaf_jax", "configs", "tests", "train.py", "eval.py", "parse.py"):
         full = os.path.join(ROOT, path)
         ok = (compileall.compile_dir(full, quiet=1, force=True) if os.path.isdir(full)
               else compileall.compile_file(full, quiet=1, force=True))

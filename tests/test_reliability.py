@@ -343,6 +343,10 @@ def test_eval_into_another_model_names_the_differing_keys(run):
     message = str(info.value)
     assert "does not fit this config" in message and "model.d_model (16 -> 32)" in message
     assert len(message) < 800
+    variant = tiny_config("coleaf_han", num_epochs=EPOCHS, **{"data.root": run.root})
+    with pytest.raises(checkpoints.CheckpointMismatchError,
+                       match=r"method \('anchor_only' -> 'coleaf'\)"):
+        cli.evaluate_checkpoint(variant, run.workdir, verbose=False)
 
 
 # --- eval.py output, missing features ----------------------------------------------------------
