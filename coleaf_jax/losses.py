@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 EPS_PROB = 1e-7  # BCE clamps probabilities to [EPS, 1 - EPS] (SPEC §4.2)
 sg = jax.lax.stop_gradient
@@ -58,16 +59,20 @@ def bce(p, y, video_mask, axis_name=None):
 def asymmetric_loss(p, y, video_mask, gamma_pos=1.0, gamma_neg=1.0, clip=0.05):
     """The official code's asymmetric loss for the Reference (SPEC §5), summed.
 
-    With ``p⁻ = min(1 - p + clip, 1)``:
-    ``-Σ [y·log p·(1-p)^γ+ + (1-y)·log p⁻·(1-p⁻)^γ-]``; the focusing factors are
-    constants (no gradient), logs clamped at 1e-8; summed over batch and
-    classes (a sum is exact under ``psum``-ed gradients without a count).
-    ``p, y: (B, C)``.
+    With ``p⁻ = min(1 - p + clip, 1)``, ``p_t = p·y + p⁻·(1 - y)`` and
+    ``γ = γ+·y + γ-·(1 - y)``:
+    ``-Σ [y·log p + (1-y)·log p⁻]·(1 - p_t)^γ`` — one focusing weight shared by
+    both sides (with the soft visual targets 0.95/0.05 a per-side weight would
+    move the fixed points), treated as a constant (no gradient); logs clamped
+    at 1e-8; summed over batch and classes (a sum is exact under ``psum``-ed
+    gradients without a count). As ``AsymmetricLoss`` of the authors'
+    ``utils/eval_metrics.py``. ``p, y: (B, C)``.
     """
     p_neg = jnp.minimum(1.0 - p + clip, 1.0)
-    pos = y * jnp.log(jnp.maximum(p, 1e-8)) * sg((1.0 - p) ** gamma_pos)
-    neg = (1.0 - y) * jnp.log(jnp.maximum(p_neg, 1e-8)) * sg((1.0 - p_neg) ** gamma_neg)
-    return -((pos + neg) * _video_weights(video_mask, p.ndim)).sum()
+    loss = y * jnp.log(jnp.maximum(p, 1e-8)) + (1.0 - y) * jnp.log(jnp.maximum(p_neg, 1e-8))
+    p_t = p * y + p_neg * (1.0 - y)
+    gamma = gamma_pos * y + gamma_neg * (1.0 - y)
+    return -(loss * sg((1.0 - p_t) ** gamma) * _video_weights(video_mask, p.ndim)).sum()
 
 
 def modality_labels(y, visual_smoothing=(0.9, 0.05)):
@@ -98,23 +103,15 @@ def han_loss(anchor_out, y, y_a, y_v, video_mask, axis_name=None):
             + bce(anchor_out["video_prob_v"], y_v, video_mask, axis_name))
 
 
-def reference_weak_loss(q, k, y_m, video_mask, class_token_weight, kind="bce", axis_name=None):
-    """One modality's Reference weak loss: ``L(q^m, ȳ_m) + w·L(k^m, ȳ_m)`` (SPEC §5).
-
-    Args:
-      q: ``(B, C)`` video-level ``q^m``; k: ``(B, C)`` class-token ``k^m`` or None.
-      kind: ``'bce'`` (default) or ``'asl'`` (official code).
-    Returns:
-      ``(video_term, class_token_term)``, the latter already weighted.
-    """
+def reference_loss_fn(kind, video_mask, axis_name=None):
+    """The Reference's loss ``L(p, y)`` of SPEC §5, used for its weak, class-token and
+    KD terms alike: ``'asl'`` (the authors' asymmetric loss, summed) or ``'bce'``
+    (mean BCE). ``p, y: (B, C)``; returns a function ``L(p, y) -> scalar``."""
     if kind == "bce":
-        fn = lambda p: bce(p, y_m, video_mask, axis_name)  # noqa: E731
-    elif kind == "asl":
-        fn = lambda p: asymmetric_loss(p, y_m, video_mask)  # noqa: E731
-    else:
-        raise ValueError(f"reference loss {kind!r}: expected 'bce' or 'asl'")
-    token_term = class_token_weight * fn(k) if k is not None else jnp.zeros(())
-    return fn(q), token_term
+        return lambda p, y: bce(p, y, video_mask, axis_name)
+    if kind == "asl":
+        return lambda p, y: asymmetric_loss(p, y, video_mask)
+    raise ValueError(f"config.loss.reference = {kind!r}: expected 'bce' or 'asl'")
 
 
 # ---------------------------------------------------------------------------
@@ -132,8 +129,8 @@ def event_aware_weights(q_a, q_v, threshold=0.5):
     Returns:
       ``(w_a, w_v)``, each ``(B,)`` in [0, 1], without gradient.
     """
-    r_a = (sg(q_a) >= threshold).astype(jnp.float32)
-    r_v = (sg(q_v) >= threshold).astype(jnp.float32)
+    r_a = (sg(q_a) >= threshold).astype(q_a.dtype)
+    r_v = (sg(q_v) >= threshold).astype(q_a.dtype)
     n_ao = (r_a * (1 - r_v)).sum(-1)
     n_vo = (r_v * (1 - r_a)).sum(-1)
     n_av = (r_a * r_v).sum(-1)
@@ -164,7 +161,7 @@ def segment_nce(queries, keys, weights, mask, video_mask, tau=0.2, smoothing=0.1
     pair = valid[:, :, None] & valid[:, None, :]
     logits = jnp.where(pair, logits, -1e9)
     log_pi = jax.nn.log_softmax(logits, axis=-1)
-    t_valid = valid.sum(-1).astype(jnp.float32)[:, None, None]
+    t_valid = valid.sum(-1).astype(logits.dtype)[:, None, None]
     eye = jnp.eye(logits.shape[1], dtype=bool)[None]
     off = jnp.where(t_valid > 1, smoothing / jnp.maximum(t_valid - 1, 1.0), 0.0)
     target = jnp.where(eye, 1.0 - jnp.where(t_valid > 1, smoothing, 0.0), off) * pair
@@ -198,16 +195,24 @@ def pseudo_label_bce(anchor_prob, ref_prob, video_mask, threshold=0.5, axis_name
 # (b) Self-modality-aware knowledge distillation: the Reference learns from the Anchor
 
 
+def kd_targets(p_a, p_v, y_a, y_v, threshold_a=0.5, threshold_v=0.6):
+    """The Reference's KD targets ``ỹ^a = 1[p^a >= θ_a]·ȳ_a``, ``ỹ^v = 1[p^v >= θ_v]·ȳ_v``
+    from the Anchor's ``p^a, p^v`` (SPEC §6b), without gradient. All ``(B, C)``."""
+    return ((sg(p_a) >= threshold_a).astype(jnp.float32) * y_a,
+            (sg(p_v) >= threshold_v).astype(jnp.float32) * y_v)
+
+
 def self_modality_kd(q_a, q_v, p_a, p_v, y_a, y_v, video_mask, threshold_a=0.5, threshold_v=0.6,
-                     axis_name=None):
-    """``BCE(q^a, 1[p^a >= θ_a]·ȳ_a) + BCE(q^v, 1[p^v >= θ_v]·ȳ_v)`` (SPEC §6b).
+                     kind="bce", axis_name=None):
+    """``L(q^a, ỹ^a) + L(q^v, ỹ^v)`` with the targets of ``kd_targets`` (SPEC §6b) and
+    ``L`` the Reference loss ``kind`` (``reference_loss_fn``).
 
     Args:
       q_a, q_v: ``(B, C)`` Reference (student); p_a, p_v: ``(B, C)`` Anchor (teacher).
     """
-    t_a = (sg(p_a) >= threshold_a).astype(jnp.float32) * y_a
-    t_v = (sg(p_v) >= threshold_v).astype(jnp.float32) * y_v
-    return bce(q_a, t_a, video_mask, axis_name) + bce(q_v, t_v, video_mask, axis_name)
+    loss = reference_loss_fn(kind, video_mask, axis_name)
+    t_a, t_v = kd_targets(p_a, p_v, y_a, y_v, threshold_a, threshold_v)
+    return loss(q_a, t_a) + loss(q_v, t_v)
 
 
 # ---------------------------------------------------------------------------
@@ -220,10 +225,13 @@ def class_correlation(p):
 
 
 def confident_teacher(q, p_anchor, y, high, low):
-    """The official code's teacher: ``q`` where the Reference is confident on a
-    positive label (``q >= high`` or ``q <= low``), else the Anchor's own ``p``."""
-    use_ref = (y > 0.5) & ((q >= high) | (q <= low))
-    return jnp.where(use_ref, q, p_anchor)
+    """The official code's correlation teacher: ``m·q + (1 - m)·p`` with
+    ``m = 1[q >= high or q <= low]·ȳ`` — the Reference's ``q`` where it is
+    confident, weighted by the modality label (so 0.95 / 0.05 for the smoothed
+    visual label, 1 / 0 for audio), else the Anchor's own detached ``p``.
+    ``q, p_anchor, y: (B, C)``."""
+    m = ((q >= high) | (q <= low)).astype(q.dtype) * y
+    return m * q + (1.0 - m) * sg(p_anchor)
 
 
 def class_correlation_mse(p_anchor, teacher, video_mask, scaling="official", axis_name=None):
@@ -254,19 +262,22 @@ def uncertainty_mutual_learning(p_a, p_v, u_a, u_v, p_glob, u_glob, y, video_mas
                                 axis_name=None):
     """CMPAE's uncertainty-weighted mutual learning between global and modality branches.
 
-    ``g = max(u_glob, 0.9)``; per class ``m* = argmax_m p^m``. On even steps
-    (``parity = 1``) the global branch learns from the (detached) modality
-    branches, weighted by ``g``; on odd steps the reverse, weighted by
-    ``1 - g``; both by the modality's confidence ``1 - u``. Positives use the
-    most probable modality, negatives the modality mean. The weights ``g, u``
-    carry no gradient.
+    ``g = max(u_glob, 0.9)``; per class ``m* = argmax_m p^m``. When
+    ``parity = 1`` (odd batch index within the epoch, as the authors'
+    ``batch_idx % 2``) the global branch learns from the detached modality
+    branches, weighted by ``g``; when 0 the reverse, weighted by ``1 - g``;
+    both by the modality's confidence ``1 - u``. Positives use the most
+    probable modality, negatives the modality mean. Only the target ``p`` is
+    detached: ``g``, ``u_max`` and ``u_mean`` carry gradients, as in the
+    authors' ``mutual_loss.py`` (the ``(1 - u)`` factor is the only direct
+    pressure on the evidence scale).
 
     Args:
       p_a, p_v, u_a, u_v, p_glob, y: ``(B, C)``; u_glob: ``(B,)``; parity: 0/1 scalar.
     """
-    g = sg(jnp.maximum(u_glob, 0.9))[:, None]
+    g = jnp.maximum(u_glob, 0.9)[:, None]
     p = jnp.stack([p_a, p_v])
-    u = sg(jnp.stack([u_a, u_v]))
+    u = jnp.stack([u_a, u_v])
     best = jnp.argmax(p, axis=0)
     p_max = jnp.take_along_axis(p, best[None], 0)[0]
     u_max = jnp.take_along_axis(u, best[None], 0)[0]
@@ -313,12 +324,31 @@ def cmpae_loss(out, y, y_a, y_v, mask, video_mask, parity, weights=(2.0, 1.0, 2.
 # JoMoLD label denoising (SPEC Appendix A)
 
 
-def _rank_among(values, eligible, descending):
-    """0-based rank of each entry along axis 0 among the eligible ones (others: B)."""
-    key = jnp.where(eligible, -values if descending else values, jnp.inf)
+def _ascending_rank(values, eligible):
+    """0-based rank of each entry along axis 0 in ascending order among the eligible
+    ones (ties by index, as a stable sort), and the number eligible per column."""
+    key = jnp.where(eligible, values, jnp.inf)
     order = jnp.argsort(key, axis=0, stable=True)
-    ranks = jnp.argsort(order, axis=0, stable=True)
-    return jnp.where(eligible, ranks, values.shape[0])
+    return jnp.argsort(order, axis=0, stable=True), eligible.sum(0)
+
+
+def drop_counts(ratio, count, scale=1.0, max_count=None):
+    """``⌊r_c·s·n_c⌋`` per class: how many positives JoMoLD may drop.
+
+    With a concrete (numpy) ``ratio`` and ``s = 1`` the product is taken in
+    float64 from a precomputed table, as the authors' float64 ratios make it
+    (float32 rounding moves ``⌊r·n⌋`` by one for some ``(c, n)``).
+
+    Args:
+      ratio: ``(C,)``; count: ``(C,)`` integers, at most ``max_count`` (the batch
+        size; needed for the exact table); scale: scalar in [0, 1].
+    """
+    approx = jnp.floor(jnp.asarray(ratio, jnp.float32) * scale * count.astype(jnp.float32))
+    if not isinstance(ratio, np.ndarray) or max_count is None:
+        return approx
+    table = np.floor(ratio.astype(np.float64)[:, None] * np.arange(max_count + 1))
+    exact = jnp.asarray(table, jnp.float32)[jnp.arange(ratio.shape[0]), jnp.minimum(count, max_count)]
+    return jnp.where(jnp.asarray(scale) >= 1.0, exact, approx)
 
 
 def jomold_denoise(p_a, p_v, y_a, y_v, ratio_a, ratio_v, video_mask, scale=1.0, axis_name=None):
@@ -327,11 +357,14 @@ def jomold_denoise(p_a, p_v, y_a, y_v, ratio_a, ratio_v, video_mask, scale=1.0, 
     Per class ``c`` (vectorised over classes): with ``n^v_c = ⌊r^v_c·s·#{b: ȳ_v > 0.5}⌋``,
     the visual positives among both the ``n^v_c`` smallest audio losses and the
     ``n^v_c`` largest visual losses get ``ȳ_v = 0``; symmetrically for audio.
-    Under ``pmap`` the ranking runs over the global batch (``all_gather``).
+    Ranks follow the authors' ascending sort (ties by batch position: the
+    "largest" are the last ``n`` of the ascending order). Under ``pmap`` the
+    ranking runs over the global batch (``all_gather``).
 
     Args:
       p_a, p_v: ``(B, C)`` no-cross-attention probabilities (no gradient).
-      y_a, y_v: ``(B, C)`` modality labels; ratio_a, ratio_v: ``(C,)``.
+      y_a, y_v: ``(B, C)`` modality labels; ratio_a, ratio_v: ``(C,)`` (numpy for
+        exact float64 counts, see ``drop_counts``).
       scale: the annealing factor in [0, 1].
     Returns:
       The denoised ``(y_a, y_v)``.
@@ -348,13 +381,15 @@ def jomold_denoise(p_a, p_v, y_a, y_v, ratio_a, ratio_v, video_mask, scale=1.0, 
 
     def drop(y_m, loss_m, loss_other, ratio):
         pos = (y_m > 0.5) & real
-        n = jnp.floor(ratio * scale * pos.sum(0))  # (C,)
-        small_other = _rank_among(loss_other, pos, descending=False) < n
-        large_self = _rank_among(loss_m, pos, descending=True) < n
+        rank_other, count = _ascending_rank(loss_other, pos)
+        rank_self, _ = _ascending_rank(loss_m, pos)
+        n = drop_counts(ratio, count, scale, max_count=pos.shape[0])  # (C,)
+        small_other = rank_other < n
+        large_self = rank_self >= count - n
         return pos & small_other & large_self
 
-    drop_v = drop(gv, loss_v, loss_a, jnp.asarray(ratio_v))
-    drop_a = drop(ga, loss_a, loss_v, jnp.asarray(ratio_a))
+    drop_v = drop(gv, loss_v, loss_a, ratio_v)
+    drop_a = drop(ga, loss_a, loss_v, ratio_a)
     if axis_name:
         b = y_a.shape[0]
         start = jax.lax.axis_index(axis_name) * b

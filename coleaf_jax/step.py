@@ -1,18 +1,22 @@
 """The CoLeaF training step: state, models, optimiser and the jitted/pmapped step.
 
-One step (SPEC §6) on a batch:
+One step (SPEC §6; the authors' ``main.py`` ``train``) on a batch:
 
-1. the Anchor's forward pass runs once, and its VJP is kept;
-2. the Reference is updated on its weak loss (+ self-modality-aware KD from
-   the Anchor's detached ``p^a, p^v`` after the warm-up);
-3. the updated Reference runs again (no gradient) to give the teachers:
-   pseudo-labels, event-aware weights, tokens, class probabilities;
-4. the Anchor's loss (backbone + event-aware NCE + class-correlation MSE) is
-   differentiated w.r.t. the Anchor's outputs and pulled back through the
-   stored VJP; the Anchor is updated.
+1. the Anchor's forward pass (train mode) runs once, and its VJP is kept; its
+   no-cross-attention probabilities drive JoMoLD's label denoising, its
+   ``p^a, p^v`` the Reference's KD targets;
+2. the Reference is updated on ``L_R`` (``objectives.reference_objective``);
+3. the updated Reference runs again (no gradient, train mode) to give the
+   teachers: pseudo-labels, event-aware weights, tokens, class probabilities;
+4. the Anchor's ``L_A`` (``objectives.anchor_objective``) is differentiated
+   w.r.t. the Anchor's outputs and pulled back through the stored VJP; the
+   Anchor is updated.
 
 Each branch has its own Adam state (the Reference's audio and visual nets
-share one optax state, which is the same as two: Adam is elementwise).
+share one optax state, which is the same as two: Adam is elementwise). The
+learning rate is a function of the epoch, as torch's ``StepLR`` stepped once
+per epoch. Dropout draws one key per example from its position in the global
+batch, so a data-parallel step equals the one-device step with dropout on.
 """
 
 from __future__ import annotations
@@ -22,11 +26,11 @@ from typing import Any, Callable
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from coleaf_jax import losses
+from coleaf_jax import losses, objectives
 from coleaf_jax.models import ReferenceBranch, build_anchor
+from coleaf_jax.models.init import INITS
 from coleaf_jax.noise_ratios import load_noise_ratios
 
 METHODS = ("coleaf", "anchor_only")
@@ -55,6 +59,7 @@ def validate_config(config) -> None:
         ("loss.correlation_scaling", config.loss.correlation_scaling, ("official", "mean")),
         ("loss.denoise_schedule", config.loss.denoise_schedule, ("anneal", "official")),
         ("model.anchor", config.model.anchor, ("han", "cmpae")),
+        ("model.init", config.model.init, INITS),
     ]
     for key, value, allowed in checks:
         if value not in allowed:
@@ -81,27 +86,37 @@ def build_models(config, num_classes: int):
     anchor = build_anchor(config.model, num_classes)
     if config.method == "anchor_only":
         return anchor, None
+    m = config.model
     reference = ReferenceBranch(
-        num_classes=num_classes, d_model=config.model.d_model, ffn_dim=config.model.ffn_dim,
-        dropout=config.model.dropout, head_dropout=config.model.reference_head_dropout,
-        class_tokens=config.model.class_tokens,
-        pool_frames_first=config.model.pool_frames_first)
+        num_classes=num_classes, d_model=m.d_model, ffn_dim=m.ffn_dim, dropout=m.dropout,
+        head_dropout=m.reference_head_dropout, class_tokens=m.class_tokens,
+        pool_frames_first=m.pool_frames_first,
+        visual_time_reads_dropped=m.reference_visual_time_reads_dropped, param_init=m.init)
     return anchor, reference
 
 
-def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
-    """Adam with the piecewise-constant decay of SPEC §7 (×0.25 every 6 epochs)."""
-    schedule = optax.exponential_decay(
-        init_value=config.learning_rate,
-        transition_steps=config.lr_decay_every_epochs * steps_per_epoch,
-        decay_rate=config.lr_decay_factor, staircase=True)
-    return optax.adam(schedule)
+def make_optimizer(config) -> optax.GradientTransformation:
+    """Adam's update direction (β 0.9 / 0.999, ε 1e-8: torch's defaults); the step scales
+    it by ``-learning_rate(config, epoch)``. No weight decay, no clipping (SPEC §7)."""
+    del config  # Adam's constants are fixed; the schedule is ``learning_rate``
+    return optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8)
+
+
+def learning_rate(config, epoch):
+    """The learning rate of 0-based ``epoch``: ``lr · 0.25^⌊epoch / 6⌋`` (SPEC §7), as
+    torch's ``StepLR(step_size=6, gamma=0.25)`` stepped after every epoch (computed in
+    the default float precision, so a float64 run gets the exact value)."""
+    return config.learning_rate * config.lr_decay_factor ** (epoch // config.lr_decay_every_epochs)
 
 
 def create_train_state(config, key, batch, steps_per_epoch: int, num_classes: int):
-    """Initialises both branches and their optimizers from ``key`` and a sample batch."""
+    """Initialises both branches and their optimizers from ``key`` and a sample batch.
+
+    ``steps_per_epoch`` is not used (the learning rate follows the epoch).
+    """
+    del steps_per_epoch
     anchor, reference = build_models(config, num_classes)
-    tx = make_optimizer(config, steps_per_epoch)
+    tx = make_optimizer(config)
     k_anchor, k_ref = jax.random.split(key)
     inputs = (batch["audio"], batch["video_2d"], batch["video_3d"], batch["mask"])
     anchor_params = anchor.init(k_anchor, *inputs)["params"]
@@ -112,33 +127,68 @@ def create_train_state(config, key, batch, steps_per_epoch: int, num_classes: in
     return state, anchor, reference, tx
 
 
-def _epoch_switch(epoch, start, before, after):
-    """``before`` until epoch ``start`` (0-based), ``after`` from then on (traced epoch)."""
-    return jnp.where(epoch >= start, after, before)
-
-
 def denoise_scale(loss_config, step, epoch, steps_per_epoch: int):
-    """JoMoLD's ratio multiplier: annealed ``min(1, step / (0.9 · steps_per_epoch))``, or
-    the official code's 0 for the whole first epoch and 1 after (``'official'``)."""
+    """JoMoLD's ratio multiplier: the official code's 0 for the whole first epoch and 1
+    after (``'official'``: its running minimum of ``r·progress`` restarts at 0 every
+    epoch), or annealed ``min(1, step / (0.9 · steps_per_epoch))`` (``'anneal'``)."""
     if loss_config.denoise_schedule == "official":
         return jnp.where(epoch >= 1, 1.0, 0.0)
     warm = max(loss_config.denoise_anneal_epochs * steps_per_epoch, 1e-6)
     return jnp.minimum(1.0, step.astype(jnp.float32) / warm)
 
 
+def example_keys(key, batch_size: int, axis_name: str | None = None):
+    """One key per example: ``key`` folded with the example's position in the global
+    batch (under ``pmap``, the device's offset plus its local position). ``(B,)`` keys."""
+    offset = jax.lax.axis_index(axis_name) * batch_size if axis_name else 0
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(offset + jnp.arange(batch_size))
+
+
+def apply_per_example(module, params, inputs, keys, **kwargs):
+    """``module.apply`` with its own dropout key per example (``vmap`` over the batch).
+
+    The models have no op across videos, so this equals the batched apply with
+    dropout off, and with dropout on each video's masks depend only on its key.
+    """
+
+    def one(example, key):
+        out = module.apply({"params": params}, *(x[None] for x in example),
+                           rngs={"dropout": key}, **kwargs)
+        return jax.tree_util.tree_map(lambda x: x[0], out)
+
+    return jax.vmap(one)(inputs, keys)
+
+
+def _adam_step(tx, grads, opt_state, params, lr):
+    direction, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, jax.tree_util.tree_map(lambda u: -lr * u, direction)), opt_state
+
+
 def make_train_step(config, anchor, reference, tx, axis_name: str | None = None,
-                    steps_per_epoch: int = 1, plain: bool = False) -> Callable:
-    """Builds ``step(state, batch, epoch, key) -> (state, metrics)``.
+                    steps_per_epoch: int = 1, plain: bool = False,
+                    diagnostics: bool = False) -> Callable:
+    """Builds ``step(state, batch, epoch, key) -> (state, logs)``.
+
+    ``epoch`` is 0-based; ``steps_per_epoch`` gives the batch's index in its
+    epoch (``state.step % steps_per_epoch``: CMPAE's mutual-learning direction
+    alternates with it, as the authors' ``batch_idx % 2``) and the JoMoLD
+    annealing length.
 
     ``plain=True`` builds the unoptimised form of the same step, as the
     authors' code is organised: the Anchor runs once for the pseudo-labels and
     again inside its own loss, which is differentiated through that second
     forward pass. Same maths and randomness (tested equal); for benchmarks.
 
-    Pure: the randomness is ``key`` folded with ``state.step`` (and the device
-    index under ``pmap``). With ``axis_name`` the losses are normalised by
-    global counts and gradients are ``psum``-ed, so the data-parallel step
-    equals the single-device step on the same global batch.
+    ``diagnostics=True`` makes the step return ``(state, logs, diag)`` with what
+    the parity harness (``tools/parity.py``) compares against the authors' code:
+    the Anchor's outputs before its update (``anchor_out``), the updated
+    Reference's outputs (``teacher``), the denoised labels ``y_a, y_v`` and the
+    gradients ``ref_grads``, ``anchor_grads`` (before any ``psum``).
+
+    Pure: the randomness is ``key`` folded with ``state.step``, then with each
+    example's position in the global batch. With ``axis_name`` the losses are
+    normalised by global counts and gradients are ``psum``-ed, so the
+    data-parallel step equals the single-device step on the same global batch.
     """
     lc = config.loss
     cmpae = config.model.anchor == "cmpae"
@@ -151,18 +201,18 @@ def make_train_step(config, anchor, reference, tx, axis_name: str | None = None,
 
     def step(state: TrainState, batch, epoch, key):
         key = jax.random.fold_in(key, state.step)
-        if axis_name:
-            key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
-        k_anchor, k_ref, k_teacher = jax.random.split(key, 3)
+        b = batch["audio"].shape[0]
+        k_anchor, k_ref, k_teacher = (example_keys(k, b, axis_name) for k in jax.random.split(key, 3))
         inputs = (batch["audio"], batch["video_2d"], batch["video_3d"], batch["mask"])
         vm, mask = batch["video_mask"], batch["mask"]
+        lr = learning_rate(config, epoch)
         y = batch["label"]
         y_a, y_v = losses.modality_labels(y, tuple(lc.visual_label_smoothing))
         if pseudo:  # SPEC §9: modality labels from the segment pseudo-labels
             y_a, y_v = losses.pseudo_modality_labels(batch["pl_audio"], batch["pl_visual"])
 
         def anchor_forward(params):
-            return anchor.apply({"params": params}, *inputs, train=True, rngs={"dropout": k_anchor})
+            return apply_per_example(anchor, params, inputs, k_anchor, train=True)
 
         if plain:
             a_out = jax.lax.stop_gradient(anchor_forward(state.anchor_params))
@@ -180,88 +230,33 @@ def make_train_step(config, anchor, reference, tx, axis_name: str | None = None,
 
         # -- Reference update (student of the Anchor) -------------------------
         if reference is not None:
-            kd_on = _epoch_switch(epoch, lc.kd_warmup_epochs, 0.0, 1.0) if lc.kd else 0.0
-            w_weak = 1.0 - kd_on * (1.0 - lc.kd_weight)
-            w_ct = {m: _epoch_switch(epoch, lc.class_token_warmup_epochs, *ws) for m, ws in
-                    (("a", lc.class_token_weight_audio), ("v", lc.class_token_weight_visual))}
+            weights = objectives.reference_weights(lc, epoch)
 
             def ref_loss_fn(params):
-                r = reference.apply({"params": params}, *inputs, train=True, rngs={"dropout": k_ref})
-                terms = {}
-                for m, y_m in (("a", y_a), ("v", y_v)):
-                    weak, tok = losses.reference_weak_loss(
-                        r[m]["video_prob"], r[m].get("class_prob"), y_m, vm, w_ct[m],
-                        lc.reference, axis_name)
-                    terms[f"ref_weak_{m}"], terms[f"ref_token_{m}"] = weak, tok
-                kd = losses.self_modality_kd(
-                    r["a"]["video_prob"], r["v"]["video_prob"], a_out["video_prob_a"],
-                    a_out["video_prob_v"], y_a, y_v, vm, lc.kd_threshold_audio,
-                    lc.kd_threshold_visual, axis_name)
-                terms["ref_kd"] = kd
-                total = (w_weak * (terms["ref_weak_a"] + terms["ref_weak_v"])
-                         + terms["ref_token_a"] + terms["ref_token_v"] + lc.kd_weight * kd_on * kd)
-                return total, terms
+                out = apply_per_example(reference, params, inputs, k_ref, train=True)
+                return objectives.reference_objective(
+                    out, y_a, y_v, a_out["video_prob_a"], a_out["video_prob_v"], vm, weights, lc,
+                    axis_name)
 
             (ref_loss, ref_terms), ref_grads = jax.value_and_grad(ref_loss_fn, has_aux=True)(
                 state.ref_params)
-            updates, ref_opt = tx.update(reduce_grads(ref_grads), state.ref_opt, state.ref_params)
-            ref_params = optax.apply_updates(state.ref_params, updates)
-            teacher = jax.lax.stop_gradient(reference.apply(
-                {"params": ref_params}, *inputs, train=True, rngs={"dropout": k_teacher}))
+            ref_params, ref_opt = _adam_step(tx, reduce_grads(ref_grads), state.ref_opt,
+                                             state.ref_params, lr)
+            diag = {"ref_grads": ref_grads}
+            teacher = jax.lax.stop_gradient(
+                apply_per_example(reference, ref_params, inputs, k_teacher, train=True))
             logs.update(ref_terms, ref_loss=ref_loss)
         else:
             ref_params, ref_opt, teacher = state.ref_params, state.ref_opt, None
+            diag = {}
 
         # -- Anchor update (student of the Reference) --------------------------
-        collab_on = _epoch_switch(epoch, lc.collab_start_epoch, 0.0, 1.0)
-
-        parity = (state.step % 2 == 0).astype(jnp.float32)
+        weights = objectives.anchor_weights(lc, epoch, state.step % steps_per_epoch)
+        pl = (batch["pl_audio"], batch["pl_visual"]) if pseudo else None
 
         def anchor_loss_fn(out):
-            if cmpae:
-                backbone, terms = losses.cmpae_loss(
-                    out, y, y_a, y_v, mask, vm, parity, tuple(lc.cmpae_weights),
-                    lc.nce_temperature, lc.nce_smoothing, axis_name)
-                terms["backbone"] = backbone
-            else:
-                terms = {"backbone": losses.han_loss(out, y, y_a, y_v, vm, axis_name)}
-            total = terms["backbone"]
-            if pseudo:
-                terms["pseudo_segment"] = losses.pseudo_label_segment_bce(
-                    out["seg_prob"], batch["pl_audio"], batch["pl_visual"], mask, vm, axis_name)
-                total = total + lc.pseudo_label_segment_weight * terms["pseudo_segment"]
-            if teacher is None:
-                return total, terms
-            q = {m: teacher[m]["video_prob"] for m in ("a", "v")}
-            if lc.contrastive in ("event_aware", "standard"):
-                if lc.contrastive == "event_aware":
-                    w = dict(zip(("a", "v"), losses.event_aware_weights(
-                        q["a"], q["v"], lc.pseudo_label_threshold)))
-                else:
-                    w = {m: jnp.ones_like(vm) for m in ("a", "v")}
-                for m in ("a", "v"):
-                    terms[f"nce_{m}"] = losses.event_aware_nce(
-                        teacher[m]["tokens"], out[f"tokens_{m}"], w[m], mask, vm,
-                        lc.nce_temperature, lc.nce_smoothing, lc.nce_form, axis_name)
-            elif lc.contrastive == "bce":
-                for m in ("a", "v"):
-                    terms[f"nce_{m}"] = losses.pseudo_label_bce(
-                        out[f"video_prob_{m}"], q[m], vm, lc.pseudo_label_threshold, axis_name)
-            if lc.contrastive != "none":
-                total = total + collab_on * (lc.nce_weight_audio * terms["nce_a"]
-                                             + lc.nce_weight_visual * terms["nce_v"])
-            if lc.correlation:
-                cc = 0.0
-                for m, y_m, conf in (("a", y_a, lc.correlation_confidence_audio),
-                                     ("v", y_v, lc.correlation_confidence_visual)):
-                    p_m = out[f"video_prob_{m}"]
-                    t_m = q[m] if lc.correlation_teacher == "reference" else \
-                        losses.confident_teacher(q[m], jax.lax.stop_gradient(p_m), y_m, *conf)
-                    cc = cc + losses.class_correlation_mse(p_m, t_m, vm, lc.correlation_scaling,
-                                                           axis_name)
-                terms["correlation"] = cc
-                total = total + collab_on * lc.correlation_weight * cc
-            return total, terms
+            return objectives.anchor_objective(out, teacher, y, y_a, y_v, mask, vm, weights, lc,
+                                               cmpae, pl, axis_name)
 
         if plain:
             (anchor_loss, anchor_terms), anchor_grads = jax.value_and_grad(
@@ -270,14 +265,17 @@ def make_train_step(config, anchor, reference, tx, axis_name: str | None = None,
             (anchor_loss, anchor_terms), out_grads = jax.value_and_grad(
                 anchor_loss_fn, has_aux=True)(a_out)
             (anchor_grads,) = anchor_vjp(out_grads)
-        updates, anchor_opt = tx.update(reduce_grads(anchor_grads), state.anchor_opt,
-                                        state.anchor_params)
-        anchor_params = optax.apply_updates(state.anchor_params, updates)
+        anchor_params, anchor_opt = _adam_step(tx, reduce_grads(anchor_grads), state.anchor_opt,
+                                               state.anchor_params, lr)
         logs.update(anchor_terms, anchor_loss=anchor_loss)
         if axis_name:  # every term is a device-local share of the global loss
             logs = jax.lax.psum(logs, axis_name)
         new_state = TrainState(step=state.step + 1, anchor_params=anchor_params,
                                anchor_opt=anchor_opt, ref_params=ref_params, ref_opt=ref_opt)
+        if diagnostics:
+            diag.update(anchor_out=a_out, teacher=teacher, y_a=y_a, y_v=y_v,
+                        anchor_grads=anchor_grads)
+            return new_state, logs, diag
         return new_state, logs
 
     return step

@@ -66,6 +66,22 @@ def test_mutual_learning_alternates_direction():
     assert float(val) == pytest.approx(0.9 * (1 - 0.1) * (0.5 - 0.9) ** 2, rel=1e-5)
 
 
+def test_mutual_learning_weights_carry_gradients():
+    """As the authors' mutual_loss.py: only the target p is detached; g = max(u_glob, .9),
+    u_max and u_mean carry gradients (the (1 - u) factor presses on the evidence)."""
+    r = np.random.default_rng(3)
+    p_a, p_v, p_g = (jnp.asarray(r.random((3, 4)), jnp.float32) for _ in range(3))
+    u_a, u_v = (jnp.asarray(r.uniform(0.1, 0.9, (3, 4)), jnp.float32) for _ in range(2))
+    y = jnp.asarray([[1, 0, 1, 0], [0, 1, 1, 0], [1, 1, 0, 0]], jnp.float32)
+    u_glob = jnp.array([0.5, 0.95, 0.99])
+    for o in (0.0, 1.0):
+        g_ua, g_uv, g_ug = jax.grad(lambda a, v, gl: losses.uncertainty_mutual_learning(
+            p_a, p_v, a, v, p_g, gl, y, jnp.ones(3), o), argnums=(0, 1, 2))(u_a, u_v, u_glob)
+        assert float(jnp.abs(g_ua).max()) > 0 and float(jnp.abs(g_uv).max()) > 0
+        assert float(g_ug[0]) == 0.0  # clamped at 0.9 there
+        assert float(jnp.abs(g_ug[1:]).min()) > 0
+
+
 def test_jomold_denoise_hand_batch():
     # 5 videos all labelled class 0 for both modalities; r^v = 0.4 -> n = 2 per class.
     y_a = jnp.ones((5, 2))
@@ -88,6 +104,28 @@ def test_jomold_denoise_hand_batch():
     _, vpad = losses.jomold_denoise(p_a, p_v, y_a, y_v, ra, rv, jnp.array([1, 0, 1, 1, 1.0]))
     # 4 real positives -> n = floor(1.6) = 1: smallest audio loss {0}, largest visual {4} -> none.
     np.testing.assert_array_equal(np.asarray(vpad[:, 0]), 1)
+
+
+def test_jomold_ties_and_exact_counts():
+    """Ranks follow the authors' ascending torch.sort: among equal losses the 'largest n'
+    are the last n positions; counts are floor(r·n) in float64, as their float64 ratios."""
+    y = jnp.ones((4, 1))
+    p_a = jnp.full((4, 1), 0.9)  # equal audio losses
+    p_v = jnp.full((4, 1), 0.3)  # equal visual losses
+    ratio = np.array([0.5])  # n = 2
+    _, new_v = losses.jomold_denoise(p_a, p_v, y, y, np.array([0.0]), ratio, jnp.ones(4))
+    # smallest audio: positions {0, 1}; largest visual: the last two {2, 3} -> none dropped
+    np.testing.assert_array_equal(np.asarray(new_v[:, 0]), 1)
+    r_a, r_v = load_noise_ratios("llp", 25)
+    n = np.arange(129)
+    for r in (r_a, r_v):
+        got = losses.drop_counts(r, jnp.asarray(np.tile(n, (25, 1)).T), 1.0, max_count=128)
+        np.testing.assert_array_equal(np.asarray(got), np.floor(r[None] * n[:, None]))
+    # float32 arithmetic would differ (e.g. Clapping's audio r = 2/41 at n = 41: 1 instead of 2),
+    # the float64 table is what makes it exact.
+    f32 = np.floor(r_a.astype(np.float32)[None] * n[:, None].astype(np.float32))
+    assert f32[41, 24] == 1 and np.floor(r_a[24] * 41) == 2
+    assert int(losses.drop_counts(r_a, jnp.full(25, 41), 1.0, max_count=128)[24]) == 2
 
 
 def test_noise_ratio_table_and_estimate(tmp_path):

@@ -26,6 +26,14 @@ def test_modality_labels_smooth_visual_only():
     np.testing.assert_allclose(y_v, [[0.95, 0.05]])
 
 
+def _authors_asl(p, y, clip=0.05, eps=1e-8):
+    """The authors' AsymmetricLoss.forward (utils/eval_metrics.py, a36a153) in numpy."""
+    xs_pos, xs_neg = p, np.minimum(1 - p + clip, 1.0)
+    loss = y * np.log(np.maximum(xs_pos, eps)) + (1 - y) * np.log(np.maximum(xs_neg, eps))
+    pt = xs_pos * y + xs_neg * (1 - y)
+    return -(loss * (1 - pt) ** (1.0 * y + 1.0 * (1 - y))).sum()
+
+
 def test_asymmetric_loss_value_and_constant_focusing():
     p = jnp.array([[0.8, 0.3]])
     y = jnp.array([[1.0, 0.0]])
@@ -35,6 +43,22 @@ def test_asymmetric_loss_value_and_constant_focusing():
     # d/dp of -log(p)·sg(1-p) is -(1-p)/p: the focusing factor carries no gradient.
     g = jax.grad(lambda q: losses.asymmetric_loss(q, y, jnp.ones(1)))(p)
     assert float(g[0, 0]) == pytest.approx(-0.2 / 0.8, rel=1e-5)
+
+
+def test_asymmetric_loss_soft_labels_as_the_authors():
+    """One focusing weight (1 - p_t), p_t = p·y + p⁻·(1 - y): with the soft visual targets
+    the loss equals the authors' and its fixed points are theirs (y = .95 -> p = .9975,
+    y = .05 -> p = .0525), not the per-side form's (.837 / .213)."""
+    r = np.random.default_rng(0)
+    p = r.uniform(0.01, 0.99, (4, 6)).astype(np.float32)
+    y = np.where(r.random((4, 6)) < 0.4, 0.95, 0.05).astype(np.float32)
+    got = losses.asymmetric_loss(jnp.asarray(p), jnp.asarray(y), jnp.ones(4))
+    assert float(got) == pytest.approx(_authors_asl(p.astype(np.float64), y.astype(np.float64)), rel=1e-5)
+    grad = jax.grad(lambda q, t: losses.asymmetric_loss(q, t, jnp.ones(1)))
+    for target, fixed in ((0.95, 0.9975), (0.05, 0.0525)):
+        assert abs(float(grad(jnp.array([[fixed]]), jnp.array([[target]]))[0, 0])) < 1e-3
+        away = 0.5 * (fixed + 0.5)  # halfway to 0.5: not a fixed point
+        assert abs(float(grad(jnp.array([[away]]), jnp.array([[target]]))[0, 0])) > 1e-2
 
 
 def test_event_aware_weights_hand_case():
@@ -98,8 +122,14 @@ def test_self_modality_kd_targets():
     # audio target [1, 0, 0]; visual target: 1[p_v >= 0.6] * y_v = [0, 0.95, 0.05]
     got = losses.self_modality_kd(q, q, p_a, p_v, y_a, y_v, jnp.ones(1))
     bce = lambda p, t: -np.mean(t * np.log(p) + (1 - t) * np.log(1 - p))  # noqa: E731
-    expected = bce(np.full(3, 0.5), np.array([1, 0, 0])) + bce(np.full(3, 0.5), np.array([0, 0.95, 0.05]))
+    t_a, t_v = np.array([1, 0, 0.0]), np.array([0, 0.95, 0.05])
+    expected = bce(np.full(3, 0.5), t_a) + bce(np.full(3, 0.5), t_v)
     assert float(got) == pytest.approx(expected, rel=1e-5)
+    # With the ASL Reference loss, KD uses ASL too (summed), as the authors' criterion_bce_2.
+    got_asl = losses.self_modality_kd(q, q, p_a, p_v, y_a, y_v, jnp.ones(1), kind="asl")
+    q_np = np.full((1, 3), 0.5)
+    expected_asl = _authors_asl(q_np, t_a[None]) + _authors_asl(q_np, t_v[None])
+    assert float(got_asl) == pytest.approx(expected_asl, rel=1e-5)
 
 
 def test_class_correlation_mse_scalings():
@@ -116,6 +146,11 @@ def test_confident_teacher_mix():
     p = jnp.array([[0.1, 0.2, 0.3, 0.4]])
     y = jnp.array([[1.0, 1.0, 1.0, 0.0]])
     np.testing.assert_allclose(losses.confident_teacher(q, p, y, 0.8, 0.1), [[0.9, 0.2, 0.05, 0.4]])
+    # The confidence mask is weighted by the (soft) modality label, as the authors'
+    # s_v_prob4 = (conf) * Pv: 0.95 on a positive, 0.05 on a negative.
+    y_v = jnp.array([[0.95, 0.95, 0.05, 0.05]])
+    expected = [[0.95 * 0.9 + 0.05 * 0.1, 0.2, 0.05 * 0.05 + 0.95 * 0.3, 0.05 * 0.9 + 0.95 * 0.4]]
+    np.testing.assert_allclose(losses.confident_teacher(q, p, y_v, 0.8, 0.1), expected, rtol=1e-6)
 
 
 def test_no_gradient_reaches_a_teacher():

@@ -29,16 +29,18 @@ class HANAnchor(nn.Module):
     ffn_dim: int = 512
     dropout: float = 0.1
     pool_frames_first: bool = True  # False: the authors' per-frame projection (same maths)
+    param_init: str = "torch"  # 'torch': as the authors' PyTorch modules; 'flax': flax defaults
 
     @nn.compact
     def __call__(self, audio, video_2d, video_3d, mask=None, *, train: bool = False):
         if mask is None:
             mask = jnp.ones(audio.shape[:2], bool)
-        x_a = AudioEmbedding(self.d_model, name="embed_a")(audio)
-        x_v = VisualEmbedding(self.d_model, pool_first=self.pool_frames_first, name="embed_v")(video_2d, video_3d)
-        h_a, h_v = HANLayer(self.d_model, self.ffn_dim, self.dropout, name="han")(
+        x_a = AudioEmbedding(self.d_model, param_init=self.param_init, name="embed_a")(audio)
+        x_v = VisualEmbedding(self.d_model, pool_first=self.pool_frames_first, param_init=self.param_init,
+                              name="embed_v")(video_2d, video_3d)
+        h_a, h_v = HANLayer(self.d_model, self.ffn_dim, self.dropout, self.param_init, name="han")(
             x_a, x_v, mask, deterministic=not train)
-        out = MMILHead(self.num_classes, name="mmil")(jnp.stack([h_a, h_v], axis=2), mask)
+        out = MMILHead(self.num_classes, self.param_init, name="mmil")(jnp.stack([h_a, h_v], axis=2), mask)
         return {
             "seg_prob": out["seg_prob"],
             "video_prob": out["video_prob"],
@@ -53,7 +55,8 @@ def build_anchor(model_config, num_classes: int) -> nn.Module:
     """The Anchor named by ``config.model.anchor`` (``'han'`` or ``'cmpae'``)."""
     name = model_config.anchor
     common = dict(num_classes=num_classes, d_model=model_config.d_model,
-                  ffn_dim=model_config.ffn_dim, dropout=model_config.dropout)
+                  ffn_dim=model_config.ffn_dim, dropout=model_config.dropout,
+                  param_init=model_config.init)
     if name == "han":
         return HANAnchor(**common, pool_frames_first=model_config.pool_frames_first)
     if name == "cmpae":

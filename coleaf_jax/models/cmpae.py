@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from coleaf_jax.models.layers import AudioEmbedding, HANLayer, VisualEmbedding
+from coleaf_jax.models.layers import AudioEmbedding, HANLayer, Linear, VisualEmbedding
 from coleaf_jax.models.mmil import masked_softmax
 
 EVIDENCE_CLIP = 10.0
@@ -52,10 +52,12 @@ class _ResidualMLP(nn.Module):
 
     d_model: int
     dropout: float
+    param_init: str = "torch"
 
     @nn.compact
     def __call__(self, x, deterministic: bool):
-        x = nn.Dropout(self.dropout)(nn.Dense(self.d_model)(x), deterministic=deterministic)
+        x = nn.Dropout(self.dropout)(Linear(self.d_model, self.param_init, name="linear")(x),
+                                     deterministic=deterministic)
         return nn.leaky_relu(x, 0.2)
 
 
@@ -69,18 +71,19 @@ class EvidentialHeads(nn.Module):
     num_classes: int
     d_model: int
     residual_dropout: float = 0.2
+    param_init: str = "torch"
 
     @nn.compact
     def __call__(self, h_a, h_v, mask, *, deterministic: bool):
-        c = self.num_classes
+        c, d, p = self.num_classes, self.d_model, self.residual_dropout
         h = jnp.stack([h_a, h_v], axis=2)  # (B, T, 2, D)
-        alpha_logit = nn.Dense(c, name="fc_alpha")(h)
-        fc_beta = nn.Dense(c, name="fc_beta")
+        alpha_logit = Linear(c, self.param_init, name="fc_alpha")(h)
+        fc_beta = Linear(c, self.param_init, name="fc_beta")
         mixed = h_a + h_v
-        beta_a = fc_beta(h_a + _ResidualMLP(self.d_model, self.residual_dropout, name="mlp_v2a")(mixed, deterministic))
-        beta_v = fc_beta(h_v + _ResidualMLP(self.d_model, self.residual_dropout, name="mlp_a2v")(mixed, deterministic))
+        beta_a = fc_beta(h_a + _ResidualMLP(d, p, self.param_init, name="mlp_v2a")(mixed, deterministic))
+        beta_v = fc_beta(h_v + _ResidualMLP(d, p, self.param_init, name="mlp_a2v")(mixed, deterministic))
         logits = jnp.stack([alpha_logit, jnp.stack([beta_a, beta_v], axis=2)], axis=-1)  # (B,T,2,C,2)
-        att = nn.Dense(2 * c, name="fc_att")(h).reshape(logits.shape)
+        att = Linear(2 * c, self.param_init, name="fc_att")(h).reshape(logits.shape)
         w = masked_softmax(att, mask[:, :, None, None, None], axis=1)
         video_logits = (w * logits).sum(axis=1)  # (B, 2, C, 2)
         seg_prob, seg_unc = dirichlet_presence(logits)
@@ -105,29 +108,32 @@ class CMPAEAnchor(nn.Module):
     residual_dropout: float = 0.2  # official: dropout in the cross-modal residual MLPs
     ca_mix: float = 0.8  # training: h = 0.8 h_CA + 0.2 h_noCA
     inference_mix: float = 0.7  # inference: 0.7 P(mix) + 0.3 P(noCA)
+    param_init: str = "torch"  # 'torch': as the authors' PyTorch modules; 'flax': flax defaults
 
     @nn.compact
     def __call__(self, audio, video_2d, video_3d, mask=None, *, train: bool = False):
         if mask is None:
             mask = jnp.ones(audio.shape[:2], bool)
         det = not train
-        x_a = AudioEmbedding(self.d_model, jax.nn.elu, name="embed_a")(audio)
-        x_v = VisualEmbedding(self.d_model, jax.nn.elu, name="embed_v")(video_2d, video_3d)
+        x_a = AudioEmbedding(self.d_model, jax.nn.elu, param_init=self.param_init, name="embed_a")(audio)
+        x_v = VisualEmbedding(self.d_model, jax.nn.elu, param_init=self.param_init, name="embed_v")(
+            video_2d, video_3d)
 
-        # Global branch: shared W1, W2 for both streams.
-        w1 = nn.Dense(self.d_model, name="global_w1")
-        w2 = nn.Dense(self.num_classes, name="global_w2")
-        g = w2(nn.leaky_relu(w1(x_a), 0.2)) + w2(nn.leaky_relu(w1(x_v), 0.2))  # (B, T, C)
+        # Global branch: shared W1 for both streams, the classifier W2 once on their sum.
+        w1 = Linear(self.d_model, self.param_init, name="global_w1")
+        w2 = Linear(self.num_classes, self.param_init, name="global_w2")
+        g = w2(nn.leaky_relu(w1(x_a), 0.2) + nn.leaky_relu(w1(x_v), 0.2))  # (B, T, C)
         global_prob = masked_mean(jax.nn.sigmoid(g), mask)
         global_unc = self.num_classes / (evidence(masked_mean(g, mask)) + 1.0).sum(-1)
 
-        layer = HANLayer(self.d_model, self.ffn_dim, self.dropout, name="han")
+        layer = HANLayer(self.d_model, self.ffn_dim, self.dropout, self.param_init, name="han")
         ca_a, ca_v = layer(x_a, x_v, mask, deterministic=det, cross=True)
         no_a, no_v = layer(x_a, x_v, mask, deterministic=det, cross=False)
         h_a = self.ca_mix * ca_a + (1 - self.ca_mix) * no_a
         h_v = self.ca_mix * ca_v + (1 - self.ca_mix) * no_v
         vis_drop = nn.Dropout(self.visual_dropout)
-        heads = EvidentialHeads(self.num_classes, self.d_model, self.residual_dropout, name="heads")
+        heads = EvidentialHeads(self.num_classes, self.d_model, self.residual_dropout, self.param_init,
+                                name="heads")
         mixed = heads(h_a, vis_drop(h_v, deterministic=det), mask, deterministic=det)
         noca = heads(no_a, vis_drop(no_v, deterministic=det), mask, deterministic=det)
 

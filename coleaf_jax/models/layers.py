@@ -2,6 +2,10 @@
 
 Shapes: ``B`` videos, ``T`` segments, ``D`` model width. Every attention takes
 a padding mask ``(B, T)`` (1 = valid segment).
+
+Initialisation (``param_init``): ``'torch'`` (default) draws every parameter as the
+authors' PyTorch modules are initialised, so training starts where theirs
+does; ``'flax'`` keeps flax's defaults. See :mod:`coleaf_jax.models.init`.
 """
 
 from __future__ import annotations
@@ -9,11 +13,14 @@ from __future__ import annotations
 from typing import Callable
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+
+from coleaf_jax.models.init import INITS, attention_initializers, linear_initializers
 
 
 def attention_mask(q_mask: jnp.ndarray, kv_mask: jnp.ndarray) -> jnp.ndarray:
-    """``(B, 1, Tq, Tk)`` boolean mask for ``nn.MultiHeadDotProductAttention``.
+    """``(B, 1, Tq, Tk)`` boolean mask of the keys a query may attend to.
 
     Padded keys are never attended; padded queries still attend (their outputs
     are ignored downstream), which keeps every softmax row well defined.
@@ -22,16 +29,36 @@ def attention_mask(q_mask: jnp.ndarray, kv_mask: jnp.ndarray) -> jnp.ndarray:
     return kv_mask.astype(bool)[:, None, None, :]
 
 
+class Linear(nn.Module):
+    """``y = x W + b`` with ``W (in, out)``, ``b (out,)`` (params ``kernel``, ``bias``).
+
+    PyTorch's ``nn.Linear`` under ``param_init='torch'``: ``W, b ~ U(±1/√in)``;
+    flax's ``nn.Dense`` defaults under ``param_init='flax'`` (LeCun normal, zeros).
+    """
+
+    features: int
+    param_init: str = "torch"
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        fan_in = x.shape[-1]
+        kernel_init, bias_init = linear_initializers(self.param_init, fan_in)
+        kernel = self.param("kernel", kernel_init, (fan_in, self.features), jnp.float32)
+        bias = self.param("bias", bias_init, (self.features,), jnp.float32)
+        return jnp.dot(x, kernel.astype(x.dtype)) + bias.astype(x.dtype)
+
+
 class AudioEmbedding(nn.Module):
     """``x_a = act(Linear(128→D)(a))`` (SPEC §3). Input ``(B, T, 128)``, returns ``(B, T, D)``."""
 
     d_model: int = 512
     activation: Callable[[jnp.ndarray], jnp.ndarray] | None = None
+    param_init: str = "torch"
 
     @nn.compact
     def __call__(self, audio):
         act = self.activation or (lambda x: x)
-        return act(nn.Dense(self.d_model, name="audio")(audio))
+        return act(Linear(self.d_model, self.param_init, name="audio")(audio))
 
 
 class VisualEmbedding(nn.Module):
@@ -51,6 +78,7 @@ class VisualEmbedding(nn.Module):
     d_model: int = 512
     activation: Callable[[jnp.ndarray], jnp.ndarray] | None = None
     pool_first: bool = True
+    param_init: str = "torch"
 
     @nn.compact
     def __call__(self, video_2d, video_3d):
@@ -63,31 +91,87 @@ class VisualEmbedding(nn.Module):
         if self.activation is None and self.pool_first and per_seg > 1:
             video_2d = video_2d.reshape(b, t, per_seg, -1).mean(axis=2)
             per_seg = 1
-        v2 = act(nn.Dense(self.d_model, name="video_2d")(video_2d))
+        v2 = act(Linear(self.d_model, self.param_init, name="video_2d")(video_2d))
         if per_seg > 1:
             v2 = v2.reshape(b, t, per_seg, -1).mean(axis=2)
         if video_3d.shape[-1] == 0:  # one visual stream only (UnAV-100 ONE-PEACE features)
-            return act(nn.Dense(self.d_model, name="fusion")(v2))
-        v3 = act(nn.Dense(self.d_model, name="video_3d")(video_3d))
-        return act(nn.Dense(self.d_model, name="fusion")(jnp.concatenate([v2, v3], axis=-1)))
+            return act(Linear(self.d_model, self.param_init, name="fusion")(v2))
+        v3 = act(Linear(self.d_model, self.param_init, name="video_3d")(video_3d))
+        return act(Linear(self.d_model, self.param_init, name="fusion")(jnp.concatenate([v2, v3], axis=-1)))
 
 
-def _attention(d_model: int, dropout: float, name: str) -> nn.MultiHeadDotProductAttention:
-    """One-head attention with input/output projections, as PyTorch's MultiheadAttention."""
-    return nn.MultiHeadDotProductAttention(
-        num_heads=1, qkv_features=d_model, out_features=d_model, dropout_rate=dropout, name=name)
+class MultiHeadAttention(nn.Module):
+    """PyTorch's ``nn.MultiheadAttention`` (batch first), with a key padding mask.
+
+    ``softmax(q kᵀ / √d_head)`` per head, dropout on the attention weights
+    (an independent mask per element, as torch draws it), output projection.
+    Params ``query``, ``key``, ``value``, ``out``, each ``{kernel (D, D), bias (D,)}``;
+    under ``param_init='torch'`` the three input projections are drawn as one fused
+    ``xavier_uniform`` ``(3D, D)`` matrix (torch's ``in_proj_weight``) and every
+    bias is zero.
+
+    Inputs ``x_q (B, Tq, D)``, ``x_kv (B, Tk, D)``, ``mask (B, 1, Tq, Tk)``.
+    """
+
+    d_model: int = 512
+    num_heads: int = 1
+    dropout: float = 0.1
+    param_init: str = "torch"
+
+    @nn.compact
+    def __call__(self, x_q, x_kv, mask=None, *, deterministic: bool):
+        d, h = self.d_model, self.num_heads
+        if d % h:
+            raise ValueError(f"d_model = {d} is not divisible by num_heads = {h}")
+        in_init, out_init, bias_init = attention_initializers(self.param_init, d)
+
+        q = _Projection(d, in_init, bias_init, name="query")(x_q)
+        k = _Projection(d, in_init, bias_init, name="key")(x_kv)
+        v = _Projection(d, in_init, bias_init, name="value")(x_kv)
+        b, tq, tk = q.shape[0], q.shape[1], k.shape[1]
+        q = q.reshape(b, tq, h, d // h) * (d // h) ** -0.5
+        k = k.reshape(b, tk, h, d // h)
+        v = v.reshape(b, tk, h, d // h)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+        if mask is not None:
+            logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+        weights = jax.nn.softmax(logits, axis=-1)
+        weights = nn.Dropout(self.dropout)(weights, deterministic=deterministic)
+        y = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, tq, d)
+        return _Projection(d, out_init, bias_init, name="out")(y)
+
+
+class _Projection(nn.Module):
+    """``x W + b`` with given initialisers (the attention's projections)."""
+
+    features: int
+    kernel_init: Callable
+    bias_init: Callable
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+        return jnp.dot(x, kernel.astype(x.dtype)) + bias.astype(x.dtype)
+
+
+def _layer_norm(name: str) -> nn.LayerNorm:
+    """torch's ``nn.LayerNorm``: ε = 1e-5, two-pass variance (flax's default one-pass
+    ``E[x²] - E[x]²`` loses float32 precision when the mean is large)."""
+    return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, name=name)
 
 
 class _FeedForward(nn.Module):
     d_model: int
     ffn_dim: int
     dropout: float
+    param_init: str = "torch"
 
     @nn.compact
     def __call__(self, x, deterministic: bool):
-        y = nn.Dense(self.ffn_dim, name="linear1")(x)
+        y = Linear(self.ffn_dim, self.param_init, name="linear1")(x)
         y = nn.Dropout(self.dropout)(nn.relu(y), deterministic=deterministic)
-        y = nn.Dense(self.d_model, name="linear2")(y)
+        y = Linear(self.d_model, self.param_init, name="linear2")(y)
         return nn.Dropout(self.dropout)(y, deterministic=deterministic)
 
 
@@ -104,24 +188,25 @@ class HANLayer(nn.Module):
     d_model: int = 512
     ffn_dim: int = 512
     dropout: float = 0.1
+    param_init: str = "torch"
 
     @nn.compact
     def __call__(self, x_a, x_v, mask, *, deterministic: bool, cross: bool = True):
-        self_attn = _attention(self.d_model, self.dropout, "self_attn")
-        cross_attn = _attention(self.d_model, self.dropout, "cross_attn")
-        ffn = _FeedForward(self.d_model, self.ffn_dim, self.dropout, name="ffn")
-        norm1, norm2 = nn.LayerNorm(epsilon=1e-5, name="norm1"), nn.LayerNorm(epsilon=1e-5, name="norm2")
+        self_attn = MultiHeadAttention(self.d_model, 1, self.dropout, self.param_init, name="self_attn")
+        cross_attn = MultiHeadAttention(self.d_model, 1, self.dropout, self.param_init, name="cross_attn")
+        ffn = _FeedForward(self.d_model, self.ffn_dim, self.dropout, self.param_init, name="ffn")
+        norm1, norm2 = _layer_norm("norm1"), _layer_norm("norm2")
         drop = nn.Dropout(self.dropout)
         att_mask = attention_mask(mask, mask)
 
         def one_stream(x, y):
-            h = x + drop(self_attn(x, x, mask=att_mask, deterministic=deterministic),
+            h = x + drop(self_attn(x, x, att_mask, deterministic=deterministic),
                          deterministic=deterministic)
             if cross:
-                h = h + drop(cross_attn(x, y, mask=att_mask, deterministic=deterministic),
+                h = h + drop(cross_attn(x, y, att_mask, deterministic=deterministic),
                              deterministic=deterministic)
             elif self.is_initializing():
-                cross_attn(x, y, mask=att_mask, deterministic=True)  # create its params
+                cross_attn(x, y, att_mask, deterministic=True)  # create its params
             h = norm1(h)
             return norm2(h + ffn(h, deterministic))
 
@@ -137,13 +222,19 @@ class SelfAttentionLayer(nn.Module):
     d_model: int = 512
     ffn_dim: int = 512
     dropout: float = 0.1
+    param_init: str = "torch"
 
     @nn.compact
     def __call__(self, x, mask, *, deterministic: bool):
         drop = nn.Dropout(self.dropout)
-        att = _attention(self.d_model, self.dropout, "self_attn")
-        h = x + drop(att(x, x, mask=attention_mask(mask, mask), deterministic=deterministic),
+        att = MultiHeadAttention(self.d_model, 1, self.dropout, self.param_init, name="self_attn")
+        h = x + drop(att(x, x, attention_mask(mask, mask), deterministic=deterministic),
                      deterministic=deterministic)
-        h = nn.LayerNorm(epsilon=1e-5, name="norm1")(h)
-        h = h + _FeedForward(self.d_model, self.ffn_dim, self.dropout, name="ffn")(h, deterministic)
-        return nn.LayerNorm(epsilon=1e-5, name="norm2")(h)
+        h = _layer_norm("norm1")(h)
+        h = h + _FeedForward(self.d_model, self.ffn_dim, self.dropout, self.param_init, name="ffn")(
+            h, deterministic)
+        return _layer_norm("norm2")(h)
+
+
+__all__ = ["INITS", "AudioEmbedding", "HANLayer", "Linear", "MultiHeadAttention",
+           "SelfAttentionLayer", "VisualEmbedding", "attention_mask"]

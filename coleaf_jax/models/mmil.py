@@ -6,6 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from coleaf_jax.models.layers import Linear
+
 NEG_INF = -1e9
 
 
@@ -44,11 +46,13 @@ class MMILHead(nn.Module):
     """``FC_prob``, ``FC_time``, ``FC_mod`` on ``h (B, T, M, D)`` followed by ``mmil_pool``."""
 
     num_classes: int
+    param_init: str = "torch"
 
     @nn.compact
     def __call__(self, h: jnp.ndarray, mask: jnp.ndarray) -> dict[str, jnp.ndarray]:
-        seg_prob = jax.nn.sigmoid(nn.Dense(self.num_classes, name="fc_prob")(h))
-        out = mmil_pool(seg_prob, nn.Dense(self.num_classes, name="fc_time")(h),
-                        nn.Dense(self.num_classes, name="fc_mod")(h), mask)
+        c = self.num_classes
+        seg_prob = jax.nn.sigmoid(Linear(c, self.param_init, name="fc_prob")(h))
+        out = mmil_pool(seg_prob, Linear(c, self.param_init, name="fc_time")(h),
+                        Linear(c, self.param_init, name="fc_mod")(h), mask)
         out["seg_prob"] = seg_prob
         return out
