@@ -37,6 +37,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     cli.quiet_libraries()
+    cli.setup_jax(FLAGS.config)
     cli.exit_on_user_error(cli.evaluate_checkpoint, FLAGS.config, FLAGS.workdir,
                            split=FLAGS.split, step=FLAGS.step, output=FLAGS.output,
                            select=FLAGS.select_thresholds)

@@ -46,6 +46,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     cli.quiet_libraries()
+    cli.setup_jax(FLAGS.config)
     cli.exit_on_user_error(cli.require_run, FLAGS.workdir)
     compare = None
     if FLAGS.compare_workdir:

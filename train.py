@@ -34,6 +34,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     cli.quiet_libraries()
+    cli.setup_jax(FLAGS.config)
     logging.info("config:\n%s", FLAGS.config)
     run = train_seeds if FLAGS.config.num_seeds > 1 else train_and_evaluate
     cli.exit_on_user_error(run, FLAGS.config, FLAGS.workdir)

@@ -18,7 +18,7 @@ from coleaf_jax.data import pipeline
 from coleaf_jax import workdir as workdir_lib
 from coleaf_jax.checkpoints import (best_epoch, checkpoint_manager, restore_checkpoint,
                                     selection_scores)
-from coleaf_jax.step import create_train_state
+from coleaf_jax.step import create_train_state, matmul_precision
 
 
 def quiet_libraries() -> None:
@@ -31,6 +31,17 @@ def quiet_libraries() -> None:
     # tensorstore reports a failed read of a damaged checkpoint again as asyncio
     # tracebacks; the error that names the checkpoint is enough.
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+
+
+def setup_jax(config) -> None:
+    """Process-wide JAX settings of an entry script: the persistent compilation cache
+    (``config.compilation_cache_dir``; programs compiled once are reused by later runs)."""
+    cache = config.get("compilation_cache_dir", "")
+    if cache:
+        cache = os.path.expanduser(cache)
+        os.makedirs(cache, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def one_line(e: BaseException) -> str:
@@ -203,6 +214,11 @@ def evaluate_checkpoint(config, workdir: str, split: str = "test", step: int | N
 
     validate_run_config(config)
     require_run(workdir)
+    with matmul_precision(config):
+        return _evaluate_checkpoint(config, workdir, split, step, output, verbose, select)
+
+
+def _evaluate_checkpoint(config, workdir, split, step, output, verbose, select) -> dict:
     data = pipeline.load_splits(config, workdir, splits=(split,))[split]
     state, anchor, params, step = restore_anchor(config, workdir, data, step)
     thresholds = evaluate.thresholds_from_config(config)

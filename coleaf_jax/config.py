@@ -33,6 +33,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.lr_decay_every_epochs = 6  # paper: lr x0.25 every 6 epochs
     c.lr_decay_factor = 0.25
     c.log_every_steps = 10
+    # Matmul precision of training and evaluation: 'highest' = full float32 (as the authors'
+    # torch); 'default' lets a GPU use TF32 / a TPU bfloat16 passes (faster, other numbers).
+    c.matmul_precision = "highest"
+    # JAX's persistent compilation cache (train.py, eval.py, parse.py, the demo): a second
+    # run with the same shapes does not compile again. '' = off.
+    c.compilation_cache_dir = "~/.cache/coleaf_jax/xla"
     c.scan_epoch = False  # with data on device: run each epoch as one lax.scan (no per-step bar)
 
     c.data = ml_collections.ConfigDict()
@@ -56,6 +62,10 @@ def base_config() -> ml_collections.ConfigDict:
     # ROOT/CLAP/segment_pseudo_labels/<id>.npy, ROOT/CLIP/...): modality labels from them
     # and an extra segment-level BCE on the Anchor (loss.pseudo_label_segment_weight).
     c.data.pseudo_labels = False
+    # Splits are held in memory (val and test first, then train) while their features fit in
+    # this many GiB together; a larger split is read from its prepared array_record files
+    # batch by batch, a background thread reading ahead (bounded memory on the full LLP).
+    c.data.resident_max_gib = 4.0
     c.data.on_device = True  # keep the training split on the device(s), gather batches there
     c.data.on_device_max_gib = 8.0  # ...when its arrays take at most this much (per device)
     c.data.synthetic_videos = 1000  # 'synthetic' only: total videos

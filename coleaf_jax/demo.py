@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         c.data.root = os.path.join(args.workdir, "data")
         if args.epochs:
             c.num_epochs = args.epochs
+    cli.setup_jax(configs["HAN"])  # the compilation cache: a second demo compiles nothing
     # Raw frames (T*8 per video): CMPAE needs them, HAN pools them itself (exactly).
     data = pipeline.load_splits(configs["HAN"], args.workdir, pool_frames=False)
     sizes = ", ".join(f"{split} {len(d['label'])}" for split, d in data.items())

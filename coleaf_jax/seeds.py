@@ -25,7 +25,7 @@ import numpy as np
 from coleaf_jax import evaluate, metrics, progress
 from coleaf_jax import workdir as workdir_lib
 from coleaf_jax.data import pipeline
-from coleaf_jax.step import create_train_state, make_train_step
+from coleaf_jax.step import create_train_state, make_train_step, matmul_precision
 from coleaf_jax import train as train_lib
 from coleaf_jax.train import make_device_step, padded_order, validate_run_config
 
@@ -89,7 +89,7 @@ def train_seeds(config, workdir: str, *, data: dict | None = None, verbose: bool
 
     Holds the workdir's lock (``workdir.lock``) like ``train_and_evaluate``."""
     validate_run_config(config)
-    with workdir_lib.lock(workdir, verbose):
+    with workdir_lib.lock(workdir, verbose), matmul_precision(config):
         return _train_seeds(config, workdir, data, verbose)
 
 
@@ -113,6 +113,12 @@ def _train_seeds(config, workdir: str, data: dict | None, verbose: bool) -> dict
     step = make_device_step(make_train_step(config, anchor, reference, tx, None, spe),
                             config.batch_size)
     vstep = jax.jit(vmap_seeds(step))
+    if pipeline.is_streamed(train):
+        raise ValueError(f"config.num_seeds = {len(seeds)} trains the seeds in one program on the "
+                         f"device-resident training split, but it is streamed from disk (larger "
+                         f"than config.data.resident_max_gib = {config.data.resident_max_gib} GiB): "
+                         f"raise that budget if the memory allows, or train the seeds as separate "
+                         f"runs (python -m coleaf_jax.sweep)")
     train_dev = jax.device_put(pipeline.resident_fields(train))
 
     best_score = [-np.inf] * len(seeds)

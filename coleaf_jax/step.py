@@ -34,6 +34,7 @@ from coleaf_jax.models.init import INITS
 from coleaf_jax.noise_ratios import load_noise_ratios
 
 METHODS = ("coleaf", "anchor_only")
+MATMUL_PRECISIONS = ("highest", "float32", "high", "tensorfloat32", "default", "bfloat16")
 CONTRASTIVE = ("event_aware", "standard", "bce", "none")
 
 
@@ -60,6 +61,7 @@ def validate_config(config) -> None:
         ("loss.denoise_schedule", config.loss.denoise_schedule, ("anneal", "official")),
         ("model.anchor", config.model.anchor, ("han", "cmpae")),
         ("model.init", config.model.init, INITS),
+        ("matmul_precision", config.get("matmul_precision", "highest"), MATMUL_PRECISIONS),
     ]
     for key, value, allowed in checks:
         if value not in allowed:
@@ -74,6 +76,13 @@ def validate_config(config) -> None:
     if config.batch_size % num_devices(config):
         raise ValueError(f"config.batch_size = {config.batch_size} must be divisible by the "
                          f"{num_devices(config)} devices used (config.num_devices)")
+
+
+def matmul_precision(config):
+    """A context in which jitted code uses ``config.matmul_precision`` for its matmuls
+    (``'highest'``: full float32 on every backend, as the authors' torch; without it a
+    GPU may run float32 matmuls as TF32)."""
+    return jax.default_matmul_precision(config.get("matmul_precision", "highest"))
 
 
 def num_devices(config) -> int:

@@ -23,7 +23,8 @@ from coleaf_jax import workdir as workdir_lib
 from coleaf_jax.checkpoints import (best_epoch, checkpoint_manager, restore_checkpoint,
                                     restore_latest_intact, save_checkpoint, selection_scores)
 from coleaf_jax.data import pipeline
-from coleaf_jax.step import TrainState, create_train_state, make_train_step, num_devices, validate_config
+from coleaf_jax.step import (TrainState, create_train_state, make_train_step, matmul_precision,
+                             num_devices, validate_config)
 
 RESULT_FILE = "test_metrics.json"
 METRICS_FILE = "metrics.jsonl"
@@ -249,7 +250,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     latter. Stops with ``NonFiniteLossError`` at the first non-finite loss.
     """
     validate_run_config(config)
-    with workdir_lib.lock(workdir, verbose):
+    with workdir_lib.lock(workdir, verbose), matmul_precision(config):
         mngr = checkpoint_manager(workdir)
         try:
             return _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose)
@@ -295,7 +296,8 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose) -> d
 
     step = make_train_step(config, anchor, reference, tx, "batch" if n_dev > 1 else None,
                            steps_per_epoch)
-    on_device = config.data.on_device and split_bytes(train) <= config.data.on_device_max_gib * 2**30
+    on_device = (config.data.on_device and not pipeline.is_streamed(train)
+                 and split_bytes(train) <= config.data.on_device_max_gib * 2**30)
     scan = on_device and config.scan_epoch
     if on_device:  # the split lives on every device; batches are gathered there
         step = make_device_step(step, config.batch_size, n_dev, "batch" if n_dev > 1 else None)
@@ -310,11 +312,11 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose) -> d
     else:
         in_axes = (0, 0, None, None)
     if n_dev > 1:
-        step_fn = jax.pmap(step, axis_name="batch", in_axes=in_axes,
+        step_fn = jax.pmap(step, axis_name="batch", in_axes=in_axes, donate_argnums=(0,),
                            devices=jax.local_devices()[:n_dev])
         state = flax.jax_utils.replicate(state, jax.local_devices()[:n_dev])
     else:
-        step_fn = jax.jit(step)
+        step_fn = jax.jit(step, donate_argnums=(0,))  # the state is replaced every step
     if verbose and start_epoch < config.num_epochs:
         print(f"training on {n_dev} device(s) ({jax.devices()[0].platform}), "
               f"{'data on device' if on_device else 'host input pipeline'}, "

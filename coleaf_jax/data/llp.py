@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
@@ -482,11 +483,12 @@ class Llp(tfds.core.ShardBasedBuilder):
     uses it).
     """
 
-    VERSION = tfds.core.Version("1.2.0")
+    VERSION = tfds.core.Version("1.3.0")
     RELEASE_NOTES = {
         "1.0.0": "HAN features with weak and dense LLP labels.",
         "1.1.0": "Written shard by shard: bounded memory and no TensorFlow for any split size.",
         "1.2.0": "Dense CSVs cross-checked against the weak labels (lost rows fail).",
+        "1.3.0": "Per-split labels sidecar (labels_<split>.npz) for streaming splits.",
     }
     MANUAL_DOWNLOAD_INSTRUCTIONS = """
     Download the LLP features released with HAN ("Unified Multisensory Perception:
@@ -579,6 +581,7 @@ class Llp(tfds.core.ShardBasedBuilder):
                     "LLP %s: skipped %d of %d videos without feature files under %s (first: %s)",
                     split, len(skipped), len(filenames), root,
                     ", ".join(skipped[:_MAX_SHOWN_LINES]))
+            _write_labels(Path(self.data_dir), split, present, dense)
             progress = _PrepareProgress(split, len(present))
             shards[split] = [
                 functools.partial(self._generate_shard, root, split, present[i:i + EXAMPLES_PER_SHARD],
@@ -609,6 +612,24 @@ class Llp(tfds.core.ShardBasedBuilder):
                 "label_visual": dense["visual"].get(vid, empty) if has_dense else empty,
                 "has_dense": has_dense,
             }
+
+
+def _labels_path(data_dir: Path, split: str) -> Path:
+    return Path(data_dir) / f"labels_{split}.npz"
+
+
+def _write_labels(data_dir: Path, split: str, videos: list[tuple[str, np.ndarray]],
+                  dense: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+    """The per-video labels of a split in prepared order, beside its array_record files,
+    so a streamed split knows its labels without reading any features."""
+    ids = [vid for vid, _ in videos]
+    arrays = {"id": np.array(ids, dtype=str),
+              "label": np.stack([label for _, label in videos]).astype(np.float32)}
+    if split in DENSE_SPLITS:
+        empty = np.zeros((LLP_NUM_SEGMENTS, len(LLP_CLASSES)), np.float32)
+        for modality in ("audio", "visual"):
+            arrays[f"label_{modality}"] = np.stack([dense[modality].get(v, empty) for v in ids])
+    np.savez(_labels_path(data_dir, split), **arrays)
 
 
 # Videos per array_record shard: preparation holds one shard's examples in memory
@@ -804,6 +825,91 @@ def load_feature_dir(root: PathLike, ids=None, *, pool_frames: bool = False) -> 
     return out
 
 
+def feature_shapes(builder: Llp, pool_frames: bool = False) -> dict[str, tuple[int, ...]]:
+    """Per-video feature shapes of the prepared dataset (``video_2d`` with the frames of
+    each second averaged when ``pool_frames``)."""
+    shapes = {key: tuple(builder.info.features[key].shape) for key in FEATURE_FOLDERS}
+    if pool_frames:
+        steps, dim = shapes["video_2d"]
+        shapes["video_2d"] = (steps // LLP_FRAMES_PER_SEGMENT, dim)
+    return shapes
+
+
+def split_feature_bytes(root: PathLike, split: str, *, annotation_dir: PathLike | None = None,
+                        tfds_dir: PathLike | None = None, pool_frames: bool = False) -> int:
+    """Bytes the features of one split take in memory (float32), without reading them."""
+    builder = prepare(root, annotation_dir, tfds_dir)
+    per_video = sum(4 * int(np.prod(shape)) for shape in feature_shapes(builder, pool_frames).values())
+    return builder.info.splits[split].num_examples * per_video
+
+
+class StreamedSplit(SplitArrays):
+    """A split whose features stay on disk: ``id`` and the labels are arrays, each feature
+    key (``audio``, ``video_2d``, ``video_3d``) a :class:`FeatureColumn` that reads the
+    rows it is indexed with from the prepared ``array_record`` files.
+
+    ``gather(idx)`` reads the rows ``idx`` of every feature in one pass (the last
+    gather is cached, so ``split['audio'][idx]`` then ``split['video_2d'][idx]`` read
+    once). Thread-safe: a background prefetcher may read while the main thread
+    trains. Memory: one batch of features, whatever the split's size.
+    """
+
+    def __init__(self, source, labels: Mapping[str, np.ndarray],
+                 shapes: Mapping[str, tuple[int, ...]], pool_frames: bool) -> None:
+        super().__init__(labels)
+        self._source = source
+        self._pool = pool_frames
+        self._lock = threading.Lock()
+        self._cached: tuple[bytes, dict[str, np.ndarray]] | None = None
+        n = len(labels["id"])
+        for key, shape in shapes.items():
+            self[key] = FeatureColumn(self, key, (n, *shape))
+
+    def gather(self, idx) -> dict[str, np.ndarray]:
+        """``{key: (len(idx), ...) float32}`` for every feature key, rows ``idx`` in order."""
+        idx = np.asarray(idx, np.int64).ravel()
+        tag = idx.tobytes()
+        with self._lock:
+            if self._cached is not None and self._cached[0] == tag:
+                return self._cached[1]
+            examples = self._source.__getitems__(idx.tolist()) if len(idx) else []
+            out = {}
+            for key in FEATURE_FOLDERS:
+                column = self[key]
+                batch = (np.stack([example[key] for example in examples]) if examples
+                         else np.zeros((0, *column.shape[1:]), np.float32))
+                if key == "video_2d" and self._pool and batch.shape[1] != column.shape[1]:
+                    batch = batch.reshape(len(idx), column.shape[1], -1, batch.shape[-1]).mean(2)
+                out[key] = batch
+            self._cached = (tag, out)
+            return out
+
+
+class FeatureColumn:
+    """One feature of a :class:`StreamedSplit`, indexable like an ``(N, ...)`` array
+    (``shape``, ``dtype``, ``nbytes`` are those the array would have)."""
+
+    def __init__(self, split: StreamedSplit, key: str, shape: tuple[int, ...]) -> None:
+        self._split, self.key, self.shape = split, key, shape
+        self.dtype = np.dtype(np.float32)
+        self.ndim = len(shape)
+        self.nbytes = int(np.prod(shape)) * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, slice):
+            return self._split.gather(np.arange(*index.indices(len(self))))[self.key]
+        if np.ndim(index) == 0:
+            return self._split.gather([int(index)])[self.key][0]
+        return self._split.gather(index)[self.key]
+
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError(f"the '{self.key}' feature of a streamed split is not held in memory: "
+                        f"index it with the rows you need")
+
+
 def load_split(
     root: PathLike,
     split: str,
@@ -812,8 +918,10 @@ def load_split(
     tfds_dir: PathLike | None = None,
     pool_frames: bool = False,
     allow_missing: bool = False,
+    stream: bool = False,
 ) -> SplitArrays:
-    """Loads one LLP split into memory, preparing the TFDS cache on first use.
+    """Loads one LLP split into memory (or opens it for streaming), preparing the TFDS
+    cache on first use.
 
     Args:
       root: feature root (``vggish/``, ``res152/``, ``r2plus1d_18/``).
@@ -826,6 +934,8 @@ def load_split(
       allow_missing: for val and test, leave out videos whose feature files are
         missing instead of failing (their ids are in ``.skipped``). Training
         videos without features are always left out, with a warning.
+      stream: return a :class:`StreamedSplit`: the labels in memory, the features
+        read from the prepared ``array_record`` files when a batch asks for them.
 
     Returns:
       A :class:`SplitArrays`: ``id`` (N,) str, ``audio`` (N, 10, 128),
@@ -858,12 +968,18 @@ def load_split(
     keys = [*FEATURE_FOLDERS, "label"]
     if split in DENSE_SPLITS:
         keys += ["label_audio", "label_visual"]
-    shapes = {key: builder.info.features[key].shape for key in keys}
-    frames = LLP_FRAMES_PER_SEGMENT
-    if pool_frames:
-        steps, dim = shapes["video_2d"]
-        shapes["video_2d"] = (steps // frames, dim)
+    shapes = feature_shapes(builder, pool_frames)
     source = builder.as_data_source(split=split)
+    if stream:
+        labels = dict(np.load(_labels_path(builder.data_dir, split)))
+        if len(labels["id"]) != len(source):
+            raise LLPDataError(f"{builder.data_dir}: labels_{split}.npz holds {len(labels['id'])} "
+                               f"videos, the split {len(source)}: delete the folder to prepare again")
+        out = StreamedSplit(source, labels, shapes, pool_frames)
+        out.skipped = tuple(skipped)
+        return out
+    frames = LLP_FRAMES_PER_SEGMENT
+    shapes.update({key: builder.info.features[key].shape for key in keys if key not in shapes})
     n = len(source)
     out = {key: np.empty((n, *shape), np.float32) for key, shape in shapes.items()}
     ids: list[str] = []

@@ -19,12 +19,17 @@ batches cost less and a handful of shapes get compiled.
 from __future__ import annotations
 
 import os
+import logging
+import queue
+import threading
 from typing import Iterator
 
 import numpy as np
 
 from coleaf_jax.data import llp, synthetic, unav100
 from coleaf_jax.data.classes import LLP_CLASSES
+
+logger = logging.getLogger(__name__)
 
 FEATURE_KEYS = ("audio", "video_2d", "video_3d")
 BATCH_KEYS = FEATURE_KEYS + ("label",)
@@ -118,12 +123,32 @@ def load_splits(config, workdir: str, splits=("train", "val", "test"),
     else:
         raise ValueError(f"config.data.dataset = {config.data.dataset!r}: expected one of "
                          f"{list(DATASETS)}")
-    out = {s: llp.load_split(root, s, annotation_dir=config.data.annotation_dir or None,
-                             tfds_dir=tfds_dir, pool_frames=pool_frames,
-                             allow_missing=allow_missing) for s in splits}
+    common = dict(annotation_dir=config.data.annotation_dir or None, tfds_dir=tfds_dir,
+                  pool_frames=pool_frames)
+    streamed = streamed_splits(config, splits, lambda s: llp.split_feature_bytes(root, s, **common))
+    out = {s: llp.load_split(root, s, allow_missing=allow_missing, stream=s in streamed, **common)
+           for s in splits}
     if config.data.pseudo_labels and "train" in out:
         out["train"].update(llp.load_pseudo_labels(root, out["train"]["id"]))
     return out
+
+
+def streamed_splits(config, splits, feature_bytes) -> set[str]:
+    """The splits to stream: held in memory, val and test first (read every epoch), then
+    train, while their features fit ``config.data.resident_max_gib`` together; the rest
+    are read from disk batch by batch. ``feature_bytes(split)`` gives a split's size."""
+    budget = config.data.resident_max_gib * 2**30
+    streamed = set()
+    for split in sorted(splits, key=lambda s: s == "train"):
+        size = feature_bytes(split)
+        if size <= budget:
+            budget -= size
+        else:
+            streamed.add(split)
+    if streamed:
+        logger.info("streaming %s from disk (features over config.data.resident_max_gib = %g GiB)",
+                    ", ".join(sorted(streamed)), config.data.resident_max_gib)
+    return streamed
 
 
 def _unav_skipped(config, root: str, split: str, loaded_ids) -> tuple[str, ...]:
@@ -169,6 +194,9 @@ def batch_keys(data: dict) -> tuple[str, ...]:
 def resident_fields(data: dict) -> dict[str, np.ndarray]:
     """The arrays of a split that training keeps on the device: the batch keys and,
     for variable-length data, ``mask``."""
+    if is_streamed(data):
+        raise ValueError("a streamed split (larger than config.data.resident_max_gib) cannot "
+                         "be kept on the device")
     return {k: data[k] for k in (*batch_keys(data), "mask") if k in data}
 
 
@@ -210,9 +238,64 @@ def make_batch(data: dict[str, np.ndarray], idx: np.ndarray, batch_size: int,
 
 
 def epoch_batches(data: dict[str, np.ndarray], batch_size: int,
-                  perm: np.ndarray | None = None, bucket: int = 0) -> Iterator[dict[str, np.ndarray]]:
-    """Fixed-size batches over a split in the order ``perm`` (default: as stored)."""
+                  perm: np.ndarray | None = None, bucket: int = 0,
+                  prefetch: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Fixed-size batches over a split in the order ``perm`` (default: as stored).
+
+    A streamed split (``is_streamed``) is read ``prefetch`` batches ahead by a
+    background thread (default ``PREFETCH_BATCHES``), so reading overlaps training.
+    """
     n = len(data["audio"])
     order = np.arange(n) if perm is None else np.asarray(perm)
-    for i in range(0, n, batch_size):
-        yield make_batch(data, order[i:i + batch_size], batch_size, bucket)
+    batches = (make_batch(data, order[i:i + batch_size], batch_size, bucket)
+               for i in range(0, n, batch_size))
+    if prefetch is None:
+        prefetch = PREFETCH_BATCHES if is_streamed(data) else 0
+    return background(batches, prefetch) if prefetch else batches
+
+
+PREFETCH_BATCHES = 2  # batches a streamed split is read ahead
+
+
+def is_streamed(data) -> bool:
+    """Whether a split's features are read from disk on demand (``llp.StreamedSplit``)."""
+    return isinstance(data, llp.StreamedSplit)
+
+
+def background(items: Iterator, size: int) -> Iterator:
+    """Iterates ``items`` in a background thread, ``size`` items ahead; an exception
+    there is raised here, and leaving the loop early stops the thread."""
+    buffer: queue.Queue = queue.Queue(maxsize=size)
+    stop = threading.Event()
+    done = object()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((done, None))
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+            put((done, e))
+
+    thread = threading.Thread(target=produce, name="coleaf-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = buffer.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
