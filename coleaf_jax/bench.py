@@ -10,6 +10,10 @@ frame projection is linear, as training does — and R(2+1)D (B, T, 512).
 Reports the compile time of the train step, steady-state training videos/s
 (median of ``--steps`` steps after two warm-up steps, with min and max),
 evaluation videos/s with and without the 18 metrics, and peak host memory.
+It also measures this machine's own float32 matmul rate (the best of a few
+large jitted matmuls) and reports the FLOP rate of the train step and of the
+evaluation forward (XLA's FLOP count / measured time) as a fraction of it:
+how close to the machine's limit the step runs, checked on every machine.
 ``--scaling`` adds training videos/s for batch 32/64/128/256 (T = 10) and
 T = 10/30/60 (batch 128). ``--plain`` measures the unoptimised step (every
 frame projected, the Anchor's forward pass recomputed inside its loss: the
@@ -78,6 +82,7 @@ def bench_train(config, batch_size: int, segments: int, steps: int, plain: bool 
     t0 = time.perf_counter()
     compiled = step.lower(state, batch, epoch, key).compile()
     compile_s = time.perf_counter() - t0
+    flops = _flops(compiled)
     for _ in range(2):
         state, _ = compiled(state, batch, epoch, key)
     jax.block_until_ready(state)
@@ -88,9 +93,40 @@ def bench_train(config, batch_size: int, segments: int, steps: int, plain: bool 
         jax.block_until_ready((state, logs))
         times.append(time.perf_counter() - t0)
     return {"compile_s": compile_s, "step_s_median": statistics.median(times),
+            "step_gflop": flops / 1e9, "gflops": flops / statistics.median(times) / 1e9,
             "videos_per_s_median": batch_size / statistics.median(times),
             "videos_per_s_min": batch_size / max(times), "videos_per_s_max": batch_size / min(times),
             "steps": steps}
+
+
+# Matmul shapes of the step: the per-frame ResNet projection, a D x D layer, the FFN.
+MATMUL_SHAPES = ((10240, 2048, 512), (4096, 512, 512), (8192, 1024, 512))
+
+
+def matmul_rate(repeats: int = 5) -> dict:
+    """This machine's float32 matmul rate: GFLOP/s of jitted ``(m, k) @ (k, n)`` products
+    at full precision, the best over ``MATMUL_SHAPES`` (each the median of ``repeats``)."""
+    rates = {}
+    for m, k, n in MATMUL_SHAPES:
+        a = jnp.asarray(np.random.default_rng(0).standard_normal((m, k), np.float32))
+        b = jnp.asarray(np.random.default_rng(1).standard_normal((k, n), np.float32))
+        f = jax.jit(lambda x, y: jnp.dot(x, y, precision="highest"))
+        jax.block_until_ready(f(a, b))
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(a, b))
+            times.append(time.perf_counter() - t0)
+        rates[f"{m}x{k}x{n}"] = 2 * m * k * n / statistics.median(times) / 1e9
+    return {"gflops_by_shape": rates, "gflops": max(rates.values())}
+
+
+def _flops(compiled) -> float:
+    """XLA's FLOP count of a compiled program (0 when the backend gives none)."""
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0] if analysis else {}
+    return float((analysis or {}).get("flops", 0.0))
 
 
 def _timed(fn, *args) -> float:
@@ -160,6 +196,9 @@ def bench_eval(config, n: int, segments: int) -> dict:
                          sample["video_3d"], sample["mask"])["params"]
     predict = evaluate.make_predict_fn(anchor)
     thresholds = evaluate.thresholds_from_config(config)
+    b = min(config.eval.batch_size, n)
+    one = {k: jnp.asarray(v) for k, v in pipeline.make_batch(data, np.arange(b), b).items()}
+    gflop = _flops(jax.jit(predict).lower(params, one).compile()) / 1e9 * pipeline.num_batches(n, b)
     evaluate.predict_split(predict, params, data, config.eval.batch_size)  # compile
     t0 = time.perf_counter()
     probs = evaluate.predict_split(predict, params, data, config.eval.batch_size)
@@ -167,7 +206,8 @@ def bench_eval(config, n: int, segments: int) -> dict:
     t0 = time.perf_counter()
     evaluate.score_split(probs, data, thresholds)
     metrics_s = time.perf_counter() - t0
-    return {"videos": n, "forward_s": forward_s, "metrics_s": metrics_s,
+    return {"videos": n, "forward_s": forward_s, "metrics_s": metrics_s, "forward_gflop": gflop,
+            "forward_gflops": gflop / forward_s,
             "total_s": forward_s + metrics_s, "videos_per_s_forward": n / forward_s,
             "videos_per_s_with_metrics": n / (forward_s + metrics_s)}
 
@@ -205,17 +245,29 @@ def main(argv=None) -> int:
     }
     print(f"{config.name}{' (plain step)' if args.plain else ''}: batch {args.batch}, "
           f"T {args.segments}, on {result['device']}", flush=True)
+    result["matmul"] = matmul_rate()
+    peak = result["matmul"]["gflops"]
+    print(f"this machine's float32 matmul rate: {peak:.0f} GFLOP/s (best of "
+          + ", ".join(f"{k} {v:.0f}" for k, v in result["matmul"]["gflops_by_shape"].items())
+          + ")", flush=True)
     result["train"] = bench_train(config, args.batch, args.segments, args.steps, args.plain)
     tr = result["train"]
+    tr["fraction_of_matmul_rate"] = tr["gflops"] / peak
     print(f"train: compile {tr['compile_s']:.1f}s, {tr['videos_per_s_median']:.1f} videos/s "
           f"(min {tr['videos_per_s_min']:.1f}, max {tr['videos_per_s_max']:.1f}; "
-          f"{tr['step_s_median']:.3f}s/step)", flush=True)
+          f"{tr['step_s_median']:.3f}s/step); {tr['step_gflop']:.0f} GFLOP per step, "
+          f"{tr['gflops']:.0f} GFLOP/s = {100 * tr['fraction_of_matmul_rate']:.0f} % of the "
+          f"matmul rate", flush=True)
     if args.eval_videos:
         result["eval"] = bench_eval(config, args.eval_videos, args.segments)
         ev = result["eval"]
+        ev["fraction_of_matmul_rate"] = ev["forward_gflops"] / peak
         print(f"eval {ev['videos']} videos: forward {ev['forward_s']:.2f}s, metrics "
               f"{ev['metrics_s']:.2f}s, total {ev['total_s']:.2f}s "
-              f"({ev['videos_per_s_with_metrics']:.0f} videos/s)", flush=True)
+              f"({ev['videos_per_s_with_metrics']:.0f} videos/s); forward {ev['forward_gflop']:.0f} "
+              f"GFLOP at {ev['forward_gflops']:.0f} GFLOP/s = "
+              f"{100 * ev['fraction_of_matmul_rate']:.0f} % of the matmul rate "
+              f"(floor {ev['forward_gflop'] / peak:.2f}s)", flush=True)
     if args.epoch:
         config.batch_size = args.batch
         result["epoch"] = bench_epoch(config, args.epoch, args.segments, args.seeds)
