@@ -1,0 +1,493 @@
+"""Public checkpoints -> flax variables of the extractors, saved with orbax.
+
+    python -m coleaf_jax.features.convert weights/
+
+converts every checkpoint of :data:`coleaf_jax.features.weights.SOURCES`
+found in ``weights/`` (torchvision's ResNet-152 and R(2+1)D-18 ``.pth``,
+torchvggish's VGGish ``.pth`` and PCA ``.pth``, Google's ``vggish_model.ckpt``
+when TensorFlow is installed, ``vggish_pca_params.npz``) into
+``weights/<model>/`` (orbax) plus ``weights/<model>.json`` (source file,
+size, SHA-256 prefix). Extraction also converts a checkpoint it finds
+unconverted. Nothing is downloaded.
+
+``.pth`` files are read without torch (:func:`read_pth`): both of torch's
+formats (the zip archive of torch >= 1.6 and the older single-stream one of
+the 2017-2019 torchvision checkpoints) are unpickled with a restricted
+unpickler that only builds tensors, ordered dicts and numpy arrays.
+
+The state-dict mappings (:func:`resnet152_variables`, :func:`r2plus1d_variables`,
+:func:`vggish_variables`) check that every expected key is present with
+its shape, and name missing, unexpected and mis-shaped keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import hashlib
+import io
+import json
+import os
+import pickle
+import struct
+import sys
+import zipfile
+
+import numpy as np
+
+from coleaf_jax.features import r2plus1d, resnet, vggish
+
+
+class ConversionError(ValueError):
+    """A checkpoint that cannot be converted; the message names the file and keys."""
+
+
+# ----------------------------------------------------------------------------- .pth reader
+
+_STORAGE_DTYPES = {
+    "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16,
+    "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
+    "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+}
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+class _Storage:
+    """A torch storage: its dtype and, once read, its flat data."""
+
+    def __init__(self, dtype, numel: int | None = None):
+        self.dtype = np.dtype(dtype)
+        self.numel = numel
+        self.data: np.ndarray | None = None
+
+
+class _StorageView:
+    def __init__(self, root: _Storage, offset: int, size: int):
+        self.root, self.offset, self.size = root, offset, size
+
+
+class _LazyTensor:
+    """A tensor whose storage is read after unpickling (the legacy format)."""
+
+    def __init__(self, storage, offset, size, stride):
+        self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
+
+    def materialize(self) -> np.ndarray:
+        storage, offset = self.storage, self.offset
+        if isinstance(storage, _StorageView):
+            offset += storage.offset
+            storage = storage.root
+        data = storage.data
+        if data is None:
+            raise ConversionError("a tensor's storage was never read")
+        if not self.size:
+            return data[offset].copy()
+        strides = tuple(s * data.itemsize for s in self.stride)
+        return np.lib.stride_tricks.as_strided(data[offset:], self.size, strides).copy()
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
+    return _LazyTensor(storage, storage_offset, size, stride)
+
+
+def _rebuild_parameter(data, *unused):
+    return data
+
+
+class _Unpickler(pickle.Unpickler):
+    """Builds only what a state dict holds; any other global is refused."""
+
+    def __init__(self, file, persistent_load):
+        super().__init__(file)
+        self._persistent_load = persistent_load
+
+    def persistent_load(self, pid):
+        return self._persistent_load(pid)
+
+    def find_class(self, module, name):
+        if module == "torch._utils" and name in ("_rebuild_tensor", "_rebuild_tensor_v2"):
+            return _rebuild_tensor
+        if module == "torch._utils" and name in ("_rebuild_parameter",
+                                                 "_rebuild_parameter_with_state"):
+            return _rebuild_parameter
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _STORAGE_DTYPES[name]
+        if module == "collections" and name == "OrderedDict":
+            return collections.OrderedDict
+        if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name in (
+                "_reconstruct", "scalar"):
+            return getattr(np.core.multiarray if hasattr(np, "core") else np._core.multiarray, name)
+        if module == "numpy" and name in ("ndarray", "dtype"):
+            return getattr(np, name)
+        if module == "torch" and name == "Size":
+            return tuple
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} (not part of a state dict)")
+
+
+def _materialize(obj):
+    if isinstance(obj, _LazyTensor):
+        return obj.materialize()
+    if isinstance(obj, dict):
+        return collections.OrderedDict((k, _materialize(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_materialize(v) for v in obj)
+    return obj
+
+
+def _read_zip(path: str) -> dict:
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+        pkl = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
+        if not pkl:
+            raise ConversionError(f"{path}: a zip file without data.pkl (not a torch checkpoint)")
+        prefix = pkl[0][: -len("data.pkl")]
+        byteorder = "little"
+        if prefix + "byteorder" in names:
+            byteorder = z.read(prefix + "byteorder").decode().strip()
+        storages: dict[str, _Storage] = {}
+
+        def load(pid):
+            kind, storage_type, key, _location, numel = pid[:5]
+            if kind != "storage":
+                raise pickle.UnpicklingError(f"unknown persistent id {kind!r}")
+            if key not in storages:
+                dtype = np.dtype(storage_type).newbyteorder("<" if byteorder == "little" else ">")
+                st = _Storage(dtype, numel)
+                st.data = np.frombuffer(z.read(f"{prefix}data/{key}"), dtype=dtype).astype(
+                    np.dtype(storage_type))
+                storages[key] = st
+            return storages[key]
+
+        return _Unpickler(io.BytesIO(z.read(pkl[0])), load).load()
+
+
+def _read_legacy(path: str) -> dict:
+    with open(path, "rb") as f:
+        magic = pickle.load(f)
+        if magic != _LEGACY_MAGIC:
+            raise ConversionError(f"{path}: not a torch checkpoint (bad magic number)")
+        pickle.load(f)  # protocol version
+        pickle.load(f)  # sys info
+        storages: dict[str, _Storage] = {}
+
+        def load(pid):
+            kind = pid[0]
+            if kind != "storage":
+                raise pickle.UnpicklingError(f"unknown persistent id {kind!r}")
+            storage_type, root_key, _location, numel, view = pid[1:6]
+            if root_key not in storages:
+                storages[root_key] = _Storage(storage_type, numel)
+            root = storages[root_key]
+            if view is not None:
+                _view_key, offset, size = view
+                return _StorageView(root, offset, size)
+            return root
+
+        obj = _Unpickler(f, load).load()
+        keys = pickle.load(f)
+        for key in keys:
+            st = storages[key]
+            (numel,) = struct.unpack("<q", f.read(8))
+            raw = f.read(numel * st.dtype.itemsize)
+            if len(raw) != numel * st.dtype.itemsize:
+                raise ConversionError(f"{path}: truncated (storage {key} ends early)")
+            st.data = np.frombuffer(raw, dtype=st.dtype.newbyteorder("<")).astype(st.dtype)
+    return obj
+
+
+def read_pth(path: str) -> dict[str, np.ndarray]:
+    """A torch ``.pth`` state dict as ``{key: numpy array}``, without torch.
+
+    Unwraps ``{'state_dict': ...}`` / ``{'model': ...}`` containers. Raises
+    :class:`ConversionError` naming the file when it cannot be read.
+    """
+    path = os.fspath(path)
+    try:
+        obj = _read_zip(path) if zipfile.is_zipfile(path) else _read_legacy(path)
+        obj = _materialize(obj)
+    except ConversionError:
+        raise
+    except (OSError, EOFError, pickle.UnpicklingError, KeyError, ValueError, struct.error) as e:
+        raise ConversionError(f"{path}: cannot be read as a torch checkpoint ({e})") from e
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise ConversionError(f"{path}: holds a {type(obj).__name__}, not a state dict")
+    return {k: np.asarray(v) for k, v in obj.items()}
+
+
+# ----------------------------------------------------------------------------- mappings
+
+def _set(tree: dict, path: tuple, value) -> None:
+    for p in path[:-1]:
+        tree = tree.setdefault(p, {})
+    tree[path[-1]] = value
+
+
+def _conv(w: np.ndarray) -> np.ndarray:
+    """torch ``(out, in, *kernel)`` -> flax ``(*kernel, in, out)``."""
+    return np.ascontiguousarray(np.moveaxis(w, (0, 1), (-1, -2)))
+
+
+def _bn(state: dict, prefix: str) -> tuple[dict, dict]:
+    return ({"scale": state[prefix + ".weight"], "bias": state[prefix + ".bias"]},
+            {"mean": state[prefix + ".running_mean"], "var": state[prefix + ".running_var"]})
+
+
+class _Mapping:
+    """Collects (torch key -> flax path) assignments and checks the state dict's keys."""
+
+    def __init__(self, state: dict, source: str, what: str, ignore_prefixes=("fc.",)):
+        self.state, self.source, self.what = state, source, what
+        self.ignore_prefixes = ignore_prefixes
+        self.used: set[str] = set()
+        self.expected_shapes: dict[str, tuple] = {}
+        self.variables: dict = {"params": {}, "batch_stats": {}}
+
+    def get(self, key: str, shape: tuple | None = None) -> np.ndarray:
+        self.used.add(key)
+        if shape is not None:
+            self.expected_shapes[key] = tuple(shape)
+        return self.state.get(key)
+
+    def conv(self, key: str, path: tuple, shape: tuple):
+        w = self.get(key + ".weight", shape)
+        if w is not None:
+            _set(self.variables["params"], path + ("kernel",), _conv(w))
+
+    def bn(self, key: str, path: tuple, width: int):
+        for suffix in ("weight", "bias", "running_mean", "running_var"):
+            self.get(f"{key}.{suffix}", (width,))
+        self.used.add(f"{key}.num_batches_tracked")
+        if all(f"{key}.{s}" in self.state for s in ("weight", "bias", "running_mean", "running_var")):
+            params, stats = _bn(self.state, key)
+            _set(self.variables["params"], path, params)
+            _set(self.variables["batch_stats"], path, stats)
+
+    def dense(self, key: str, path: tuple, shape: tuple):
+        w, b = self.get(key + ".weight", shape), self.get(key + ".bias", shape[:1])
+        if w is not None and b is not None:
+            _set(self.variables["params"], path, {"kernel": np.ascontiguousarray(w.T), "bias": b})
+
+    def check(self) -> dict:
+        missing = sorted(k for k in self.expected_shapes if k not in self.state)
+        wrong = sorted(f"{k} {tuple(self.state[k].shape)} (expected {self.expected_shapes[k]})"
+                       for k in self.expected_shapes
+                       if k in self.state and tuple(self.state[k].shape) != self.expected_shapes[k])
+        unexpected = sorted(k for k in self.state if k not in self.used
+                            and not k.startswith(self.ignore_prefixes))
+        problems = []
+        for label, keys in (("missing", missing), ("wrong shape", wrong), ("unexpected", unexpected)):
+            if keys:
+                shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+                problems.append(f"{len(keys)} {label}: {shown}")
+        if problems:
+            raise ConversionError(f"{self.source}: not a {self.what} state dict ({'; '.join(problems)})")
+        return self.variables
+
+
+def _stack_blocks(variables: dict, stage: str, count: int) -> None:
+    """Moves ``<stage>_<1..count-1>`` into ``<stage>_rest/block`` stacked on axis 0."""
+    import jax
+
+    for col in ("params", "batch_stats"):
+        tree = variables[col]
+        blocks = [tree.pop(f"{stage}_{i}") for i in range(1, count)]
+        if blocks:
+            tree[f"{stage}_rest"] = {"block": jax.tree_util.tree_map(
+                lambda *xs: np.stack(xs), *blocks)}
+
+
+def _resnet152_map(m: _Mapping) -> None:
+    m.conv("conv1", ("stem_conv",), (64, 3, 7, 7))
+    m.bn("bn1", ("stem_bn",), 64)
+    in_planes = 64
+    for k, (width, blocks, _stride) in enumerate(resnet.STAGES, start=1):
+        out = width * resnet.EXPANSION
+        for b in range(blocks):
+            key, path = f"layer{k}.{b}", (f"layer{k}_{b}",)
+            m.conv(key + ".conv1", path + ("conv1",), (width, in_planes, 1, 1))
+            m.bn(key + ".bn1", path + ("bn1",), width)
+            m.conv(key + ".conv2", path + ("conv2",), (width, width, 3, 3))
+            m.bn(key + ".bn2", path + ("bn2",), width)
+            m.conv(key + ".conv3", path + ("conv3",), (out, width, 1, 1))
+            m.bn(key + ".bn3", path + ("bn3",), out)
+            if b == 0:
+                m.conv(key + ".downsample.0", path + ("downsample_conv",), (out, in_planes, 1, 1))
+                m.bn(key + ".downsample.1", path + ("downsample_bn",), out)
+            in_planes = out
+
+
+def resnet152_variables(state: dict, source: str = "state dict") -> dict:
+    """torchvision ResNet-152 state dict -> :class:`~coleaf_jax.features.resnet.ResNet152`
+    variables (``fc.*``, the ImageNet classifier HAN drops, is ignored)."""
+    m = _Mapping(state, source, "torchvision ResNet-152")
+    _resnet152_map(m)
+    variables = m.check()
+    for k, (_w, blocks, _s) in enumerate(resnet.STAGES, start=1):
+        _stack_blocks(variables, f"layer{k}", blocks)
+    return variables
+
+
+def _r2plus1d_map(m: _Mapping) -> None:
+    m.conv("stem.0", ("stem_spatial",), (45, 3, 1, 7, 7))
+    m.bn("stem.1", ("stem_spatial_bn",), 45)
+    m.conv("stem.3", ("stem_temporal",), (64, 45, 3, 1, 1))
+    m.bn("stem.4", ("stem_temporal_bn",), 64)
+    in_planes = 64
+    for k, (width, stride) in enumerate(r2plus1d.STAGES, start=1):
+        for b in range(r2plus1d.BLOCKS_PER_STAGE):
+            key, path = f"layer{k}.{b}", (f"layer{k}_{b}",)
+            mid = r2plus1d.midplanes(in_planes, width)
+            for c, cin in (("conv1", in_planes), ("conv2", width)):
+                m.conv(f"{key}.{c}.0.0", path + (c, "spatial"), (mid, cin, 1, 3, 3))
+                m.bn(f"{key}.{c}.0.1", path + (c, "spatial_bn"), mid)
+                m.conv(f"{key}.{c}.0.3", path + (c, "temporal"), (width, mid, 3, 1, 1))
+                m.bn(f"{key}.{c}.1", path + ("bn1" if c == "conv1" else "bn2",), width)
+            if b == 0 and (stride != 1 or in_planes != width):
+                m.conv(f"{key}.downsample.0", path + ("downsample_conv",), (width, in_planes, 1, 1, 1))
+                m.bn(f"{key}.downsample.1", path + ("downsample_bn",), width)
+            in_planes = width
+
+
+def r2plus1d_variables(state: dict, source: str = "state dict") -> dict:
+    """torchvision R(2+1)D-18 state dict -> :class:`~coleaf_jax.features.r2plus1d.R2Plus1D18`
+    variables (``fc.*``, the Kinetics classifier HAN drops, is ignored)."""
+    m = _Mapping(state, source, "torchvision R(2+1)D-18")
+    _r2plus1d_map(m)
+    return m.check()
+
+
+_VGGISH_TORCH_CONVS = {"conv1": "features.0", "conv2": "features.3", "conv3_1": "features.6",
+                       "conv3_2": "features.8", "conv4_1": "features.11", "conv4_2": "features.13"}
+_VGGISH_TORCH_FCS = {"fc1_1": "embeddings.0", "fc1_2": "embeddings.2", "fc2": "embeddings.4"}
+
+
+def _vggish_shapes():
+    """``{layer: (torch weight shape)}`` of VGGish."""
+    shapes, cin = {}, 1
+    for layer in vggish.CONV_LAYERS:
+        if layer != "pool":
+            name, width = layer
+            shapes[name] = (width, cin, 3, 3)
+            cin = width
+    fin = 6 * 4 * cin
+    for name, width in vggish.FC_LAYERS:
+        shapes[name] = (width, fin)
+        fin = width
+    return shapes
+
+
+def _vggish_map(m: _Mapping) -> None:
+    shapes = _vggish_shapes()
+    for name, key in _VGGISH_TORCH_CONVS.items():
+        m.conv(key, (name,), shapes[name])
+        b = m.get(key + ".bias", shapes[name][:1])
+        if b is not None:
+            _set(m.variables["params"], (name, "bias"), b)
+    for name, key in _VGGISH_TORCH_FCS.items():
+        m.dense(key, (name,), shapes[name])
+
+
+def vggish_variables(state: dict, source: str = "state dict") -> dict:
+    """torchvggish ``vggish-10086976.pth`` state dict -> :class:`~coleaf_jax.features.vggish.VGGish`
+    variables. torchvggish flattens in TF's (NHWC) order, as the flax module does."""
+    m = _Mapping(state, source, "torchvggish VGGish", ignore_prefixes=())
+    _vggish_map(m)
+    variables = m.check()
+    variables.pop("batch_stats")
+    return variables
+
+
+_MAPS = {"resnet152": _resnet152_map, "r2plus1d_18": _r2plus1d_map, "vggish": _vggish_map}
+
+
+def torch_shapes(name: str) -> dict[str, tuple]:
+    """``{key: shape}`` of the state dict a model converts from (``num_batches_tracked``
+    and the dropped classifier ``fc.*`` left out): ``'resnet152'``, ``'r2plus1d_18'``,
+    ``'vggish'``."""
+    m = _Mapping({}, "", "")
+    _MAPS[name](m)
+    return dict(m.expected_shapes)
+
+
+def vggish_tf_variables(reader, source: str = "vggish_model.ckpt") -> dict:
+    """Google's TF-slim checkpoint (``reader.get_tensor(name)``, e.g.
+    ``tf.train.load_checkpoint``) -> VGGish variables; TF kernels are already HWIO / (in, out)."""
+    shapes = _vggish_shapes()
+    params = {}
+    try:
+        for name in shapes:
+            scope = {"conv3_1": "conv3/conv3_1", "conv3_2": "conv3/conv3_2",
+                     "conv4_1": "conv4/conv4_1", "conv4_2": "conv4/conv4_2",
+                     "fc1_1": "fc1/fc1_1", "fc1_2": "fc1/fc1_2"}.get(name, name)
+            w = np.asarray(reader.get_tensor(f"vggish/{scope}/weights"))
+            b = np.asarray(reader.get_tensor(f"vggish/{scope}/biases"))
+            want = shapes[name]
+            want = (want[2], want[3], want[1], want[0]) if len(want) == 4 else (want[1], want[0])
+            if w.shape != want:
+                raise ConversionError(f"{source}: vggish/{scope}/weights has shape {w.shape}, "
+                                      f"expected {want}")
+            params[name] = {"kernel": w.astype(np.float32), "bias": b.astype(np.float32)}
+    except (KeyError, ValueError) as e:
+        if isinstance(e, ConversionError):
+            raise
+        raise ConversionError(f"{source}: not a VGGish checkpoint ({e})") from e
+    return {"params": params}
+
+
+def pca_params(state: dict, source: str = "PCA parameters") -> dict:
+    """``{'pca_eigen_vectors' (128, 128), 'pca_means' (128,)}`` from torchvggish's
+    ``vggish_pca_params-970ea276.pth`` or Google's ``vggish_pca_params.npz``."""
+    try:
+        vectors = np.asarray(state["pca_eigen_vectors"], np.float32)
+        means = np.asarray(state["pca_means"], np.float32).reshape(-1)
+    except KeyError as e:
+        raise ConversionError(f"{source}: no {e} array (expected pca_eigen_vectors and "
+                              f"pca_means)") from e
+    if vectors.shape != (128, 128) or means.shape != (128,):
+        raise ConversionError(f"{source}: PCA shapes {vectors.shape} and {means.shape}, expected "
+                              f"(128, 128) and (128,)")
+    return {"pca_eigen_vectors": vectors, "pca_means": means}
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def main(argv=None) -> int:
+    from coleaf_jax.features import weights
+
+    parser = argparse.ArgumentParser(
+        prog="python -m coleaf_jax.features.convert",
+        description="Convert the extractors' public checkpoints found in a weights folder "
+                    "to flax variables (orbax) in the same folder.")
+    parser.add_argument("folder", help="the weights folder holding the downloaded checkpoints")
+    parser.add_argument("--force", action="store_true", help="convert again even if converted")
+    args = parser.parse_args(argv)
+    try:
+        done = weights.convert_folder(args.folder, force=args.force, verbose=True)
+    except (ConversionError, weights.MissingWeightsError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if not done:
+        print(weights.describe_folder(args.folder))
+        return 1
+    return 0
+
+
+def file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_json(path: str, obj) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""Decoding a video file with PyAV (FFmpeg): 8-fps frames and HAN's 16 kHz audio.
+
+Two streams come out of a file, each prepared the way HAN's extraction
+scripts prepared the released LLP features (``docs/features.md`` gives every
+source line):
+
+* **Frames** at 8 per second, exactly those of HAN's ``ffmpeg -i VIDEO -r 8
+  %06d.jpg`` (``scripts/extract_frames.py``; FFmpeg 4's constant-rate
+  conversion, :class:`CfrFrameRate`): about ``8 * duration`` frames (82 for
+  a 10.03 s clip). Only output frames are converted (``frame_fn`` turns each
+  into what the extractors need, so a long video never holds its full-size
+  frames). The extractors then take ``8 T`` of them by :func:`han_sample`.
+* **Audio** as moviepy 1.0.3 wrote HAN's WAV files
+  (``scripts/extract_audio.py``: ``write_audiofile(fps=16000)``): FFmpeg
+  resamples to 44.1 kHz stereo 16-bit, moviepy then takes, for the time
+  ``k / 16000`` of every output sample, the 44.1 kHz sample at the nearest
+  index (no low-pass filter), clips to ±0.99 and truncates to 16 bits; VGGish
+  reads that back as ``int16 / 32768`` and averages the channels.
+
+``T = num_segments(duration)`` one-second segments: ``ceil(duration)`` with a
+tail of less than one 8-fps frame (1/8 s, container or codec padding, as the
+10.03 s of a 10 s LLP clip) not counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Callable
+
+import numpy as np
+
+FPS = 8  # frames per second (extract_frames.py: ffmpeg -r 8)
+SAMPLE_RATE = 16000  # Hz (extract_audio.py: write_audiofile(fps=16000))
+MOVIEPY_AUDIO_RATE = 44100  # moviepy VideoFileClip(audio_fps=44100) reads audio at this rate
+SEGMENT_TAIL_TOLERANCE = 1.0 / FPS  # seconds of a last segment that do not make a segment
+
+
+class VideoError(ValueError):
+    """A video that cannot be used; the message names the file."""
+
+
+class NoAudioError(VideoError):
+    """A video without an audio stream."""
+
+
+def num_segments(duration: float) -> int:
+    """One-second segments of a video of ``duration`` seconds (module docstring)."""
+    return max(1, math.ceil(duration - SEGMENT_TAIL_TOLERANCE))
+
+
+@dataclasses.dataclass
+class DecodedVideo:
+    """What :func:`decode` returns.
+
+    ``frames``: the ``frame_fn`` results of the 8-fps frames (a list, in
+    order); ``audio``: ``(S, 2)`` float64 in ``[-1, 1)`` at 16 kHz (moviepy's
+    16-bit samples over 32768) or ``None`` without an audio stream;
+    ``duration``: seconds (the container's, else the longest stream's).
+    """
+
+    path: str
+    duration: float
+    frames: list
+    audio: np.ndarray | None
+    width: int = 0
+    height: int = 0
+
+    @property
+    def num_segments(self) -> int:
+        return num_segments(self.duration)
+
+
+def _open(path: str):
+    import av
+
+    if not os.path.exists(path):
+        raise VideoError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise VideoError(f"{path}: is a folder, not a video file")
+    try:
+        return av.open(path, metadata_errors="ignore")
+    except av.FFmpegError as e:
+        raise VideoError(f"{path}: cannot be read as a video by FFmpeg ({_ffmpeg_reason(e)})") from e
+
+
+def _ffmpeg_reason(e: Exception) -> str:
+    return getattr(e, "strerror", None) or str(e)
+
+
+def probe_duration(container) -> float:
+    """Seconds of a container: its duration, else the longest stream's."""
+    if container.duration:
+        return container.duration / 1e6
+    best = 0.0
+    for s in container.streams:
+        if s.duration and s.time_base:
+            best = max(best, float(s.duration * s.time_base))
+    return best
+
+
+def moviepy_duration(seconds: float) -> float:
+    """The duration moviepy works with: FFmpeg's printed ``Duration: hh:mm:ss.cc``
+    (rounded to the nearest centisecond, FFmpeg's ``dump.c``), as moviepy parses it."""
+    return math.floor(seconds * 100 + 0.5) / 100
+
+
+class CfrFrameRate:
+    """FFmpeg 4's constant-frame-rate conversion (``ffmpeg -i VIDEO -r 8 %06d.jpg``,
+    ``fftools/ffmpeg.c: do_video_out``, VSYNC_CFR), one input frame at a time.
+
+    ``push(t)`` takes the next input frame's time in seconds (from the stream's
+    start) and returns ``(copies of the previous frame, copies of this frame)``
+    to output: with ``ipts = t * fps`` and the output count so far ``opts``,
+    ``delta0 = ipts - opts`` and ``delta = delta0 + duration`` (``duration`` =
+    ``fps / input rate``, at most 1), ``delta0`` is clipped to 0 when the frame
+    straddles ``opts``; the frame is dropped when ``delta < -1.1``, output
+    ``lrint(delta)`` times when ``delta > 1.1`` (the first ``lrint(delta0 -
+    0.6)`` of them the previous frame, when ``delta0 > 1.1``), else once. On
+    the HAN repository's example video this picks exactly the 82 frames of
+    its ``data/LLP_dataset/frame/BjCEufrlXm4`` (tests/test_features_decode.py).
+    """
+
+    def __init__(self, input_rate: float, fps: int = FPS):
+        self.fps = fps
+        self.duration = min(fps / input_rate, 1.0) if input_rate > 0 else 1.0
+        self.opts = 0
+
+    def push(self, t: float) -> tuple[int, int]:
+        delta0 = t * self.fps - self.opts
+        delta = delta0 + self.duration
+        if delta0 < 0 < delta:
+            delta0 = 0.0
+        nb, nb0 = 1, 0
+        if delta < -1.1:
+            nb = 0
+        elif delta > 1.1:
+            nb = int(np.rint(delta))
+            if delta0 > 1.1:
+                nb0 = min(nb, int(np.rint(delta0 - 0.6)))
+        self.opts += nb
+        return nb0, nb - nb0
+
+
+def cfr_indices(times, input_rate: float, fps: int = FPS) -> list[int]:
+    """The input frame shown by each output frame of :class:`CfrFrameRate`."""
+    conv, out = CfrFrameRate(input_rate, fps), []
+    for i, t in enumerate(times):
+        before, this = conv.push(float(t))
+        out += [max(i - 1, 0)] * before + [i] * this
+    return out
+
+
+def han_sample(num_frames: int, num_samples: int) -> np.ndarray:
+    """HAN's choice of ``num_samples`` of ``num_frames`` extracted frames:
+    ``np.round(np.linspace(0, num_frames - 1, num_samples))``
+    (``scripts/extract_rgb_feat.py`` and ``extract_3D_feat.py``)."""
+    return np.round(np.linspace(0, num_frames - 1, num_samples)).astype(np.int64)
+
+
+def _input_rate(stream) -> float:
+    for rate in (getattr(stream, "guessed_rate", None), stream.average_rate, stream.base_rate):
+        if rate:
+            return float(rate)
+    return 0.0
+
+
+def _decode_frames(container, path: str, frame_fn: Callable) -> tuple[list, int, int]:
+    """Decodes the first video stream into its 8-fps frames (:class:`CfrFrameRate`);
+    ``frame_fn`` converts each frame that is output, once."""
+    import av
+
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    start = container.start_time / 1e6 if container.start_time is not None else (
+        float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0)
+    conv = CfrFrameRate(_input_rate(stream))
+    out: list = []
+    previous = None  # the previous frame's conversion (or the frame, not yet converted)
+    width = height = 0
+    try:
+        for frame in container.decode(stream):
+            if frame.pts is None:
+                continue
+            width, height = frame.width, frame.height
+            before, this = conv.push(float(frame.pts * frame.time_base) - start)
+            if before and previous is not None:
+                if not isinstance(previous, _Converted):
+                    previous = _Converted(frame_fn(previous))
+                out += [previous.value] * before
+            current = frame
+            if this:
+                current = _Converted(frame_fn(frame))
+                out += [current.value] * this
+            previous = current
+    except av.FFmpegError as e:
+        raise VideoError(f"{path}: the video stream cannot be decoded "
+                         f"({_ffmpeg_reason(e)})") from e
+    if not out:
+        raise VideoError(f"{path}: the video stream has no decodable frame")
+    return out, width, height
+
+
+class _Converted:
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+
+def _decode_audio(container, path: str, duration: float) -> np.ndarray:
+    """moviepy's 16 kHz stereo samples of the first audio stream (module docstring)."""
+    import av
+
+    stream = container.streams.audio[0]
+    resampler = av.AudioResampler(format="s16", layout="stereo", rate=MOVIEPY_AUDIO_RATE)
+    chunks = []
+    try:
+        for frame in container.decode(stream):
+            for out in resampler.resample(frame):
+                chunks.append(out.to_ndarray().reshape(-1, 2))
+        for out in resampler.resample(None):
+            chunks.append(out.to_ndarray().reshape(-1, 2))
+    except av.FFmpegError as e:
+        raise VideoError(f"{path}: the audio stream cannot be decoded "
+                         f"({_ffmpeg_reason(e)})") from e
+    samples = np.concatenate(chunks) if chunks else np.zeros((0, 2), np.int16)
+    return moviepy_resample(samples, moviepy_duration(duration))
+
+
+def moviepy_resample(samples_44k: np.ndarray, duration: float) -> np.ndarray:
+    """moviepy 1.0.3's ``write_audiofile(fps=16000)`` of 44.1 kHz int16 samples, read back
+    as VGGish reads a WAV file (``int16 / 32768``).
+
+    Output sample ``k < int(16000 * duration)`` at time ``t = k / 16000`` takes
+    the input sample ``round(44100 * t)`` (zero past the input or at ``t >=
+    duration``); values ``x / 32768`` are clipped to ±0.99 and truncated back
+    to 16 bits (``AudioClip.to_soundarray(quantize=True)``).
+    """
+    samples_44k = np.asarray(samples_44k)
+    channels = samples_44k.shape[1] if samples_44k.ndim == 2 else 1
+    samples_44k = samples_44k.reshape(len(samples_44k), channels)
+    total = int(SAMPLE_RATE * duration)
+    tt = (1.0 / SAMPLE_RATE) * np.arange(total)
+    idx = np.round(MOVIEPY_AUDIO_RATE * tt).astype(np.int64)
+    valid = (tt < duration) & (idx < len(samples_44k))
+    x = np.zeros((total, channels), np.float64)
+    x[valid] = samples_44k[idx[valid]] / 32768.0
+    x = np.maximum(-0.99, np.minimum(0.99, x))
+    q = (32768 * x).astype(np.int16)
+    return q / 32768.0
+
+
+def decode(path: str, frame_fn: Callable | None = None, *, audio: bool = True) -> DecodedVideo:
+    """Decodes ``path`` (module docstring).
+
+    ``frame_fn(av.VideoFrame)`` converts each chosen frame (default: an RGB
+    ``(H, W, 3)`` uint8 array). ``audio=False`` skips the audio stream. A
+    missing, unreadable or undecodable file, a file without a video stream
+    and, with ``audio``, one without an audio stream raise :class:`VideoError`
+    (:class:`NoAudioError`) naming the file.
+    """
+    import av
+
+    path = os.fspath(path)
+    frame_fn = frame_fn or (lambda f: f.to_ndarray(format="rgb24"))
+    container = _open(path)
+    try:
+        if not container.streams.video:
+            raise VideoError(f"{path}: no video stream (streams: "
+                             f"{', '.join(s.type for s in container.streams) or 'none'})")
+        if audio and not container.streams.audio:
+            raise NoAudioError(
+                f"{path}: no audio stream; the audio features (VGGish) need one. A silent video "
+                f"can be parsed with a silent track added, e.g. ffmpeg -i {os.path.basename(path)} "
+                f"-f lavfi -i anullsrc=r=44100:cl=stereo -shortest -c:v copy out.mp4")
+        duration = probe_duration(container)
+        if duration <= 0:
+            raise VideoError(f"{path}: the container has no duration")
+        frames, width, height = _decode_frames(container, path, frame_fn)
+        wave = None
+        if audio:
+            container.seek(0)
+            wave = _decode_audio(container, path, duration)
+    except av.FFmpegError as e:
+        raise VideoError(f"{path}: {_ffmpeg_reason(e)}") from e
+    finally:
+        container.close()
+    return DecodedVideo(path, duration, frames, wave, width, height)

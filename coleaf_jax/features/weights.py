@@ -1,0 +1,212 @@
+"""The weights folder: which public checkpoint each extractor needs, and where.
+
+A weights folder holds the downloaded checkpoints (file names as published)
+and their conversions::
+
+    weights/resnet152-b121ed2d.pth            torchvision ResNet-152 (ImageNet)
+    weights/r2plus1d_18-91a641e6.pth          torchvision R(2+1)D-18 (Kinetics-400)
+    weights/vggish-10086976.pth               VGGish (torchvggish's port of Google's
+      or weights/vggish_model.ckpt             checkpoint; Google's needs TensorFlow)
+    weights/vggish_pca_params-970ea276.pth    only for --vggish-postprocess pca
+      or weights/vggish_pca_params.npz
+    weights/<model>/  weights/<model>.json    the flax variables (orbax) and their source
+
+Nothing is downloaded: a missing checkpoint raises :class:`MissingWeightsError`
+with the file to download, its address and where to put it. A checkpoint
+present but not converted is converted on first use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+
+import numpy as np
+
+
+class MissingWeightsError(FileNotFoundError):
+    """An extractor's weights are not in the weights folder (the message says what to fetch)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One published checkpoint an extractor can be converted from."""
+
+    file: str
+    url: str
+    kind: str  # 'pth', 'tf', 'npz'
+    note: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    name: str
+    description: str
+    sources: tuple[Source, ...]
+
+
+MODELS: dict[str, Model] = {
+    "resnet152": Model("resnet152", "ResNet-152, ImageNet (torchvision; HAN's res152/ features)", (
+        Source("resnet152-b121ed2d.pth", "https://download.pytorch.org/models/resnet152-b121ed2d.pth",
+               "pth"),)),
+    "r2plus1d_18": Model("r2plus1d_18", "R(2+1)D-18, Kinetics-400 (torchvision; HAN's "
+                         "r2plus1d_18/ features)", (
+        Source("r2plus1d_18-91a641e6.pth",
+               "https://download.pytorch.org/models/r2plus1d_18-91a641e6.pth", "pth"),)),
+    "vggish": Model("vggish", "VGGish, AudioSet (HAN's vggish/ features)", (
+        Source("vggish-10086976.pth",
+               "https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish-10086976.pth",
+               "pth", "torchvggish's port of Google's checkpoint"),
+        Source("vggish_model.ckpt", "https://storage.googleapis.com/audioset/vggish_model.ckpt",
+               "tf", "Google's TF-slim checkpoint; converting it needs TensorFlow"))),
+    "vggish_pca": Model("vggish_pca", "VGGish PCA parameters (only for --vggish-postprocess pca)", (
+        Source("vggish_pca_params-970ea276.pth",
+               "https://github.com/harritaylor/torchvggish/releases/download/v0.1/"
+               "vggish_pca_params-970ea276.pth", "pth"),
+        Source("vggish_pca_params.npz", "https://storage.googleapis.com/audioset/vggish_pca_params.npz",
+               "npz"))),
+}
+
+
+def converted_path(folder: str, name: str) -> str:
+    return os.path.join(os.path.abspath(folder), name)
+
+
+def is_converted(folder: str, name: str) -> bool:
+    path = converted_path(folder, name)
+    return os.path.isdir(path) and os.path.exists(path + ".json")
+
+
+def find_source(folder: str, name: str) -> tuple[Source, str] | None:
+    for source in MODELS[name].sources:
+        path = os.path.join(folder, source.file)
+        if os.path.isfile(path):
+            return source, path
+    return None
+
+
+def missing_message(folder: str, name: str) -> str:
+    model = MODELS[name]
+    folder = os.path.abspath(folder)
+    lines = [f"{converted_path(folder, name)}: no converted {model.description} weights, and no "
+             f"checkpoint to convert in {folder}. Download"]
+    for i, s in enumerate(model.sources):
+        note = f" ({s.note})" if s.note else ""
+        lines.append(f"  {'or ' if i else ''}{s.url}{note}")
+        lines.append(f"     to {os.path.join(folder, s.file)}")
+    lines.append(f"then run: python -m coleaf_jax.features.convert {folder}  (or extract again: "
+                 f"it converts what it finds)")
+    return "\n".join(lines)
+
+
+def _read_source(source: Source, path: str, name: str) -> dict:
+    from coleaf_jax.features import convert
+
+    if source.kind == "npz":
+        try:
+            with np.load(path) as z:
+                return convert.pca_params(dict(z), path)
+        except (OSError, ValueError) as e:
+            raise convert.ConversionError(f"{path}: cannot be read as .npz ({e})") from e
+    if source.kind == "tf":
+        try:
+            import tensorflow as tf  # noqa: F401
+        except ImportError as e:
+            raise convert.ConversionError(
+                f"{path}: converting Google's TF checkpoint needs TensorFlow (pip install "
+                f"tensorflow); or download {MODELS[name].sources[0].url} instead, which needs "
+                f"nothing more") from e
+        return convert.vggish_tf_variables(tf.train.load_checkpoint(path), path)
+    state = convert.read_pth(path)
+    mapping = {"resnet152": convert.resnet152_variables, "r2plus1d_18": convert.r2plus1d_variables,
+               "vggish": convert.vggish_variables, "vggish_pca": convert.pca_params}[name]
+    return mapping(state, path)
+
+
+def convert_model(folder: str, name: str, force: bool = False, verbose: bool = True) -> bool:
+    """Converts ``name``'s checkpoint in ``folder`` (if there and not yet converted, or
+    ``force``); returns whether a converted copy exists afterwards."""
+    import orbax.checkpoint as ocp
+
+    from coleaf_jax.features import convert
+
+    if is_converted(folder, name) and not force:
+        return True
+    found = find_source(folder, name)
+    if found is None:
+        return False
+    source, path = found
+    if verbose:
+        print(f"converting {path} -> {converted_path(folder, name)}", flush=True)
+    variables = _read_source(source, path, name)
+    out = converted_path(folder, name)
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    if os.path.exists(out + ".json"):
+        os.remove(out + ".json")
+    ckpt = ocp.StandardCheckpointer()
+    ckpt.save(out, variables)
+    ckpt.wait_until_finished()
+    convert.write_json(out + ".json", {
+        "model": name, "source": source.file, "url": source.url,
+        "bytes": os.path.getsize(path), "sha256": convert.file_digest(path)[:16]})
+    return True
+
+
+def convert_folder(folder: str, force: bool = False, verbose: bool = True) -> list[str]:
+    """Converts every checkpoint found in ``folder``; returns the converted models."""
+    if not os.path.isdir(folder):
+        raise MissingWeightsError(f"{folder}: no such folder (put the downloaded checkpoints in it)")
+    return [name for name in MODELS if convert_model(folder, name, force, verbose)]
+
+
+def describe_folder(folder: str) -> str:
+    """What ``folder`` holds and what it lacks, one line per model."""
+    lines = [f"{os.path.abspath(folder)}:"]
+    for name, model in MODELS.items():
+        if is_converted(folder, name):
+            state = "converted"
+        elif find_source(folder, name):
+            state = f"{find_source(folder, name)[0].file} (not converted yet)"
+        else:
+            state = "missing: download " + " or ".join(s.url for s in model.sources)
+        lines.append(f"  {name:12s} {state}")
+    return "\n".join(lines)
+
+
+def load(folder: str, name: str, verbose: bool = True) -> dict:
+    """The converted variables of ``name`` (converting a checkpoint found in ``folder``
+    first); :class:`MissingWeightsError` with download instructions when there is none."""
+    import orbax.checkpoint as ocp
+
+    if folder is None:
+        raise MissingWeightsError("no weights folder given (--weights DIR): it holds the "
+                                  "extractors' checkpoints;\n" + missing_message("weights", name))
+    if not is_converted(folder, name) and not convert_model(folder, name, verbose=verbose):
+        raise MissingWeightsError(missing_message(folder, name))
+    path = converted_path(folder, name)
+    try:
+        return ocp.StandardCheckpointer().restore(path)
+    except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise plain exceptions
+        raise MissingWeightsError(
+            f"{path}: the converted weights cannot be read ({str(e)[:200]}); delete {path} and "
+            f"{path}.json and convert again: python -m coleaf_jax.features.convert "
+            f"{os.path.abspath(folder)}") from e
+
+
+def save_converted(folder: str, name: str, variables: dict, source: str = "random") -> str:
+    """Saves ``variables`` as ``name``'s converted weights (tests and tools)."""
+    import orbax.checkpoint as ocp
+
+    from coleaf_jax.features import convert
+
+    os.makedirs(folder, exist_ok=True)
+    out = converted_path(folder, name)
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    ckpt = ocp.StandardCheckpointer()
+    ckpt.save(out, variables)
+    ckpt.wait_until_finished()
+    convert.write_json(out + ".json", {"model": name, "source": source})
+    return out
