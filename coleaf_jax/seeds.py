@@ -128,12 +128,13 @@ def _train_seeds(config, workdir: str, data: dict | None, verbose: bool) -> dict
         t0 = time.time()
         orders = jnp.stack([jnp.asarray(padded_order(np.asarray(jax.random.permutation(
             jax.random.fold_in(k[2], epoch), n_train)), config.batch_size)) for k in keys])
+        record = None  # on device: summed logs and the first non-finite step
         for i in progress.bar(range(spe), total=spe, enabled=verbose,
                               desc=f"epoch {epoch + 1}/{config.num_epochs} ({len(seeds)} seeds)"):
             state, logs = vstep(state, train_dev, orders, jnp.int32(i), jnp.int32(epoch), train_keys)
-            record = train_lib._track_first(logs) if i == 0 else train_lib._track(record, logs,
-                                                                                  jnp.int32(i))
-        train_lib.check_finite(record, epoch, spe, config, None)  # any seed diverged: stop
+            record = train_lib.track(record, logs, i)
+        record["params_finite"] = train_lib.finite_params(state, per_seed=True)
+        train_lib.check_finite(record, epoch, spe, config, None, seeds)  # any seed diverged: stop
         val_scores = _score_seeds(config, anchor, state.anchor_params, val)
         host_params = jax.device_get(state.anchor_params)
         for k, scores in enumerate(val_scores):

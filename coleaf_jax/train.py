@@ -6,6 +6,7 @@ the workdir lock and stored config in ``coleaf_jax.workdir``.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -31,7 +32,7 @@ METRICS_FILE = "metrics.jsonl"
 
 
 class NonFiniteLossError(workdir_lib.RunError):
-    """A training loss became NaN or infinite."""
+    """A training loss or the parameters became NaN or infinite."""
 
 
 def validate_run_config(config) -> None:
@@ -141,6 +142,13 @@ def _track(record, logs, i):
                                                record["bad_logs"], logs)}
 
 
+def track(record: dict | None, logs, i: int) -> dict:
+    """The epoch's on-device record after step ``i`` (0-based; ``record`` None at the
+    first step): summed logs, the first step whose logs are not all finite and its logs.
+    No host round trip; :func:`check_finite` reads it once per epoch."""
+    return _track_first(logs) if record is None else _track(record, logs, jnp.int32(i))
+
+
 @jax.jit
 def _track_stacked(logs):
     """The record of an epoch from its per-step logs ``(steps, ...)`` (``lax.scan``)."""
@@ -152,29 +160,78 @@ def _track_stacked(logs):
             "bad_logs": jax.tree_util.tree_map(lambda v: v[first], logs)}
 
 
+@functools.partial(jax.jit, static_argnames="per_seed")
+def finite_params(state, per_seed: bool = False) -> dict:
+    """Whether the Anchor's and the Reference's parameters are all finite, on device
+    (``per_seed``: one flag per entry of the leading seed axis). A step's loss is
+    computed before its update, so the last update of an epoch shows only here."""
+
+    def check(tree):
+        leaves = jax.tree_util.tree_leaves(tree)
+        if not leaves:  # no Reference (method='anchor_only')
+            return jnp.array(True)
+        if per_seed:
+            return jnp.stack([jnp.isfinite(x).reshape(x.shape[0], -1).all(1) for x in leaves]).all(0)
+        return jnp.stack([jnp.isfinite(x).all() for x in leaves]).all()
+
+    return {"anchor": check(state.anchor_params), "reference": check(state.ref_params)}
+
+
 def _scalar(v) -> float:
     """One logged value (the first device's copy under pmap: all hold the psum)."""
     return float(np.ravel(v)[0])
 
 
+def _non_finite_terms(logs: dict, seeds: list[int] | None) -> str:
+    """``name = value`` of the non-finite logged values; with ``seeds`` (a leading seed
+    axis) grouped by seed, else the first non-finite copy (pmap: one per device)."""
+    if seeds is None:
+        values = {k: np.ravel(v) for k, v in logs.items()}
+        return ", ".join(f"{k} = {v[~np.isfinite(v)][0]}" for k, v in values.items()
+                         if not np.isfinite(v).all())
+    parts = []
+    for index, seed in enumerate(seeds):
+        bad = [f"{k} = {np.ravel(v[index])[0]}" for k, v in logs.items()
+               if not np.isfinite(v[index]).all()]
+        if bad:
+            parts.append(f"seed {seed} (index {index} of {len(seeds)}): {', '.join(bad)}")
+    return "; ".join(parts)
+
+
 def check_finite(record: dict, epoch: int, steps_per_epoch: int, config,
-                 workdir: str | None) -> dict:
+                 workdir: str | None, seeds: list[int] | None = None) -> dict:
     """Raises ``NonFiniteLossError`` when a step of ``epoch`` (0-based) logged a non-finite
-    loss (``workdir``: where the earlier epochs' checkpoints are, if any); returns the
-    epoch's summed logs otherwise."""
+    loss, or the epoch left non-finite parameters (``record["params_finite"]``, from
+    :func:`finite_params`; ``workdir``: where the earlier epochs' checkpoints are, if
+    any); returns the epoch's summed logs otherwise. ``seeds``: the record has a
+    leading seed axis (``coleaf_jax.seeds``); the message names the diverged seeds."""
     record = jax.device_get(record)
     first_bad = int(np.ravel(record["first_bad"])[0])
-    if first_bad < 0:
+    params_ok = {k: np.asarray(v) for k, v in record.get("params_finite", {}).items()}
+    if first_bad < 0 and all(v.all() for v in params_ok.values()):
+        if seeds is not None:
+            return {k: np.asarray(v) for k, v in record["sums"].items()}
         return {k: _scalar(v) for k, v in record["sums"].items()}
-    terms = {k: _scalar(v) for k, v in record["bad_logs"].items()}
-    bad = ", ".join(f"{k} = {v}" for k, v in terms.items() if not math.isfinite(v))
     kept = (f"; the checkpoints of epochs up to {epoch} are kept in "
             f"{os.path.join(workdir, 'checkpoints')}" if epoch and workdir else "")
+    advice = (f"Stopped before validation: nothing of epoch {epoch + 1} is scored, selected or "
+              f"saved{kept}. Lower --config.learning_rate (now {config.learning_rate}) in a new "
+              f"--workdir, or check the inputs")
+    if first_bad >= 0:
+        raise NonFiniteLossError(
+            f"training diverged: non-finite loss at step "
+            f"{epoch * steps_per_epoch + first_bad + 1} (epoch {epoch + 1}, step {first_bad + 1} "
+            f"of {steps_per_epoch}): {_non_finite_terms(record['bad_logs'], seeds)}. {advice}")
+    names = {"anchor": "the Anchor's", "reference": "the Reference's"}
+    which = " and ".join(names[k] for k, v in params_ok.items() if not v.all()) + " parameters"
+    if seeds is not None:
+        bad_seeds = sorted({seeds[i] for v in params_ok.values()
+                            for i in np.flatnonzero(~np.broadcast_to(v, (len(seeds),)))})
+        which += f" (seed{'s' if len(bad_seeds) > 1 else ''} {', '.join(map(str, bad_seeds))})"
     raise NonFiniteLossError(
-        f"training diverged: non-finite loss at step {epoch * steps_per_epoch + first_bad + 1} "
-        f"(epoch {epoch + 1}, step {first_bad + 1} of {steps_per_epoch}): {bad}. Stopped "
-        f"before validation: nothing of epoch {epoch + 1} is scored, selected or saved{kept}. "
-        f"Lower --config.learning_rate (now {config.learning_rate}) or check the inputs")
+        f"training diverged: {which} are NaN/inf after step "
+        f"{(epoch + 1) * steps_per_epoch} (the last of epoch {epoch + 1}), although every "
+        f"logged loss of the epoch is finite (a step logs its loss before its update). {advice}")
 
 
 def _read_rows(path: str) -> list[dict]:
@@ -349,11 +406,12 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose) -> d
                     logs = jax.tree_util.tree_map(lambda x: x[0], logs)
                 record = _track_stacked(logs)
             else:
-                record = _track_first(logs) if record is None else _track(record, logs, jnp.int32(i))
+                record = track(record, logs, i)
             if show and i % config.log_every_steps == 0:
                 shown = jax.device_get({k: logs[k] for k in ("anchor_loss", "ref_loss") if k in logs})
                 bar.set_postfix({k: f"{_scalar(v):.3f}" for k, v in shown.items()})
         bar.close()
+        record["params_finite"] = finite_params(state)  # fetched with the record: no extra sync
         sums = check_finite(record, epoch, steps_per_epoch, config, workdir)
         host_state = flax.jax_utils.unreplicate(state) if n_dev > 1 else state
         val_scores = evaluate.evaluate_params(config, anchor, host_state.anchor_params, val,

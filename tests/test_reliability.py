@@ -18,11 +18,13 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from types import SimpleNamespace
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from coleaf_jax import checkpoints, cli, progress, train
+from coleaf_jax import step as step_lib
 from coleaf_jax import workdir as workdir_lib
 from coleaf_jax.config import override
 from coleaf_jax.data import llp, pipeline
@@ -207,13 +209,71 @@ def test_non_finite_loss_stops_training_and_saves_nothing(tmp_path, data_root):
                                  verbose=False)
     message = str(info.value)
     assert "non-finite loss at step" in message and "(epoch 1, step" in message
-    assert "anchor_loss = nan" in message and "learning_rate (now 100000000.0)" in message
+    assert "anchor_loss = nan" in message
+    # A changed learning rate is refused on resume: the advice is a new workdir.
+    assert "learning_rate (now 100000000.0) in a new --workdir" in message
     assert kept(workdir) == set()
     assert not os.path.exists(os.path.join(workdir, "test_metrics.json"))
     assert not os.path.exists(os.path.join(workdir, "metrics.jsonl")) or rows(workdir) == []
-    with pytest.raises(SystemExit, match=r"^error: training diverged: non-finite loss"):
-        cli.exit_on_user_error(train.train_and_evaluate, run_config(root, learning_rate=1e8),
-                               workdir, data=data, verbose=False)
+
+    def diverged():  # the entry scripts' handling of the same error
+        raise info.value
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.exit_on_user_error(diverged)
+    assert str(exit_info.value) == f"error: {' '.join(message.split())}"
+
+
+def test_non_finite_parameters_with_finite_losses_stop_training(tmp_path, data_root):
+    """One step per epoch, learning rate 1e39: the step's loss, computed before its update,
+    is finite; the parameters the update leaves are not. Nothing is scored or saved."""
+    root, data = data_root
+    n_train = len(data["train"]["label"])
+    workdir = str(tmp_path / "diverged")
+    config = run_config(root, num_epochs=1, batch_size=n_train, learning_rate=1e39)
+    with pytest.raises(train.NonFiniteLossError) as info:
+        train.train_and_evaluate(config, workdir, data=data, verbose=False)
+    message = str(info.value)
+    assert ("the Anchor's parameters are NaN/inf after step 1 (the last of epoch 1), although "
+            "every logged loss of the epoch is finite") in message
+    assert "nothing of epoch 1 is scored, selected or saved" in message
+    assert "in a new --workdir" in message
+    assert kept(workdir) == set()
+    assert not os.path.exists(os.path.join(workdir, "test_metrics.json"))
+    assert not os.path.exists(os.path.join(workdir, "metrics.jsonl")) or rows(workdir) == []
+
+
+def test_a_diverged_seed_is_named_with_its_non_finite_terms(monkeypatch, data_root, tmp_path):
+    """Many seeds at once (coleaf_jax.seeds): seed 8 of 7, 8 starts from NaN parameters;
+    the error names it and its non-finite terms, not seed 7's finite ones."""
+    from coleaf_jax import seeds as seeds_lib
+
+    root, data = data_root
+    made = []
+    real = seeds_lib.create_train_state
+
+    def create(*args, **kwargs):
+        state, *rest = real(*args, **kwargs)
+        if made:  # the second seed
+            state = state.replace(anchor_params=jax.tree_util.tree_map(
+                lambda x: jnp.full_like(x, jnp.nan), state.anchor_params))
+        made.append(state)
+        return (state, *rest)
+
+    monkeypatch.setattr(seeds_lib, "create_train_state", create)
+    config = run_config(root, num_epochs=1, num_seeds=2, seed=7)
+    with pytest.raises(train.NonFiniteLossError) as info:
+        seeds_lib.train_seeds(config, str(tmp_path / "seeds"), data=data, verbose=False)
+    message = str(info.value)
+    assert "non-finite loss at step 1 (epoch 1, step 1 of" in message
+    assert "seed 8 (index 1 of 2): anchor_loss = nan" in message and "seed 7" not in message
+    # Parameters that become non-finite in one seed only: named too.
+    states = step_lib.TrainState(step=jnp.zeros(3), anchor_params={"w": jnp.array(
+        [[1.0, 2.0], [1.0, np.inf], [0.0, 0.0]])}, anchor_opt=(), ref_params={}, ref_opt=())
+    record = train.track(None, {"anchor_loss": jnp.ones(3)}, 0)
+    record["params_finite"] = train.finite_params(states, per_seed=True)
+    with pytest.raises(train.NonFiniteLossError, match=r"the Anchor's parameters \(seed 8\) are NaN"):
+        train.check_finite(record, 0, 1, config, None, [7, 8, 9])
 
 
 def test_non_finite_loss_in_a_later_epoch_names_it_and_keeps_the_earlier_run(run, tmp_path):
@@ -236,10 +296,10 @@ def test_non_finite_tracking_finds_the_first_bad_step():
     logs = [{"a": jnp.float32(1.0), "b": jnp.float32(2.0)},
             {"a": jnp.float32(1.0), "b": jnp.float32(np.inf)},
             {"a": jnp.float32(np.nan), "b": jnp.float32(2.0)}]
-    record = train._track_first(logs[0])
+    record = train.track(None, logs[0], 0)
     assert int(record["first_bad"]) == -1
     for i, step_logs in enumerate(logs[1:], start=1):
-        record = train._track(record, step_logs, jnp.int32(i))
+        record = train.track(record, step_logs, i)
     assert int(record["first_bad"]) == 1 and float(record["bad_logs"]["b"]) == np.inf
     stacked = {k: jnp.stack([step_logs[k] for step_logs in logs]) for k in ("a", "b")}
     scanned = train._track_stacked(stacked)  # the lax.scan epoch's per-step logs
