@@ -6,16 +6,21 @@
 * :func:`restore_checkpoint` tells a checkpoint that does not fit the config
   (:class:`CheckpointMismatchError`, naming the config keys that differ from
   the run's stored ``config.json``) from one whose files are damaged
-  (:class:`CheckpointDamagedError`, naming it); :func:`restore_latest_intact`
-  moves a damaged checkpoint to ``WORKDIR/damaged_checkpoints/`` and falls
-  back to the previous one.
+  (:class:`CheckpointDamagedError`, naming it; :func:`is_damage` says what
+  counts) and from one that cannot be read for another reason, e.g. no
+  permission (:class:`CheckpointReadError`); :func:`restore_latest_intact`
+  moves a damaged checkpoint (only) to ``WORKDIR/damaged_checkpoints/`` and
+  falls back to the previous one.
 """
 
 from __future__ import annotations
 
+import errno
 import gc
+import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -30,9 +35,17 @@ from coleaf_jax import workdir as workdir_lib
 
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "damaged_checkpoints"
-# What reading damaged files raises (tensorstore: ValueError; JSON: ValueError; a
-# missing file: OSError). Anything else is a bug and propagates as such.
-READ_ERRORS = (OSError, ValueError, KeyError, EOFError)
+ITEM_DIR = "default"  # orbax's folder of the one saved item (the state's arrays)
+# What reading damaged files raises, and only that counts as damage (a damaged checkpoint
+# is moved away): tensorstore's ValueError "<STATUS>: ..." with DATA_LOSS (undecodable
+# data), OUT_OF_RANGE (a truncated file) or NOT_FOUND (a missing file or key); a JSON
+# file (_METADATA, the score) that does not parse; a missing file (ENOENT) or a failing
+# disk (EIO), from Python or from tensorstore ("[OS error N: ..."). Anything else (no
+# permission, no memory, a bug) leaves the checkpoint in place and is raised naming it.
+DAMAGE_STATUSES = frozenset({"DATA_LOSS", "OUT_OF_RANGE", "NOT_FOUND"})
+DAMAGE_ERRNOS = frozenset({errno.ENOENT, errno.EIO})
+_TENSORSTORE_STATUS = re.compile(r"([A-Z_]+): ")
+_OS_ERROR = re.compile(r"\[OS error (\d+)")
 
 
 class CheckpointDamagedError(workdir_lib.RunError):
@@ -45,6 +58,54 @@ class CheckpointDamagedError(workdir_lib.RunError):
 
 class CheckpointMismatchError(workdir_lib.RunError):
     """A checkpoint holds another model than the config describes."""
+
+
+class CheckpointReadError(workdir_lib.RunError):
+    """A checkpoint cannot be read for a reason other than damage (e.g. no permission):
+    it is left in place."""
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    chain = [e]
+    while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 10:
+        chain.append(nxt)
+    return chain
+
+
+def is_damage(e: BaseException) -> bool | None:
+    """Whether ``e``, raised reading a checkpoint, says that its files are damaged
+    (:data:`DAMAGE_STATUSES`, :data:`DAMAGE_ERRNOS`, unparsable JSON): True; an I/O error
+    that does not (no permission, ...): False; anything else (not an I/O error): None.
+    The outermost error that tells decides."""
+    for x in _chain(e):
+        if isinstance(x, json.JSONDecodeError):
+            return True
+        if isinstance(x, OSError):
+            return isinstance(x, FileNotFoundError) or x.errno in DAMAGE_ERRNOS
+        status = _TENSORSTORE_STATUS.match(str(x)) if isinstance(x, ValueError) else None
+        if status:
+            os_error = _OS_ERROR.search(str(x))
+            if os_error:
+                return int(os_error.group(1)) in DAMAGE_ERRNOS
+            return status.group(1) in DAMAGE_STATUSES
+    return None
+
+
+def _raise_read_error(epoch: int, path: str, what: str, e: Exception):
+    """Raises what reading ``what`` of checkpoint ``epoch`` failing with ``e`` means:
+    ``CheckpointDamagedError`` (damage), ``CheckpointReadError`` (another I/O error), or
+    ``e`` itself with a note naming the checkpoint (not an I/O error: a bug)."""
+    damage = is_damage(e)
+    if damage:
+        raise CheckpointDamagedError(
+            f"checkpoint {epoch} ({path}) is damaged: cannot read its {what} ({_short(e)})",
+            epoch) from e
+    if damage is False:
+        raise CheckpointReadError(
+            f"checkpoint {epoch} ({path}): cannot read its {what} ({_short(e)}). This is not "
+            f"damage of its files, so it is left in place: fix the cause and run again") from e
+    e.add_note(f"checkpoint {epoch} ({path}): raised reading its {what}")
+    raise e
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -76,14 +137,14 @@ def selection_scores(mngr: ocp.CheckpointManager) -> dict[int, float]:
     """
     out = {}
     for epoch in mngr.all_steps():
-        where = f"checkpoint {epoch} ({os.path.join(str(mngr.directory), str(epoch))}) is damaged"
+        path = os.path.join(str(mngr.directory), str(epoch))
         try:
             metrics = mngr.metrics(epoch)
-        except READ_ERRORS as e:
-            raise CheckpointDamagedError(
-                f"{where}: cannot read its validation score ({_short(e)})", epoch) from e
+        except Exception as e:  # noqa: BLE001 -- classified: damage, I/O error or a bug
+            _raise_read_error(epoch, path, "validation score", e)
         if not isinstance(metrics, dict) or not isinstance(metrics.get("selection"), (int, float)):
-            raise CheckpointDamagedError(f"{where}: its validation score is missing", epoch)
+            raise CheckpointDamagedError(
+                f"checkpoint {epoch} ({path}) is damaged: its validation score is missing", epoch)
         out[epoch] = float(metrics["selection"])
     return out
 
@@ -125,10 +186,7 @@ def _forget_selected_thresholds(directory: str, epoch: int) -> None:
 
 def _short(e: BaseException, limit: int = 300) -> str:
     """The most specific message of ``e`` and its causes, without tensorstore's spec dumps."""
-    chain = [e]
-    while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 10:
-        chain.append(nxt)
-    innermost = chain[-1]
+    innermost = _chain(e)[-1]
     text = " ".join(str(innermost).split())
     for cut in (" [tensorstore_spec", " See full TensorStore details"):
         text = text.split(cut)[0]
@@ -150,17 +208,20 @@ def restore_checkpoint(mngr: ocp.CheckpointManager, epoch: int, template, workdi
       CheckpointMismatchError: the checkpoint holds other parameters than
         ``template`` (built from ``config``); the message names the config keys
         that differ from ``WORKDIR/config.json`` (with ``workdir`` and ``config``).
-      CheckpointDamagedError: its files cannot be read (truncated, deleted,
-        corrupted).
+      CheckpointDamagedError: its files are damaged (truncated, missing, unparsable:
+        see :func:`is_damage`).
+      CheckpointReadError: they cannot be read for another reason (no permission…).
     """
     path = os.path.join(str(mngr.directory), str(epoch))
     target = flax.serialization.to_state_dict(template)
+    if not os.path.isdir(os.path.join(path, ITEM_DIR)):
+        raise CheckpointDamagedError(
+            f"checkpoint {epoch} ({path}) is damaged: its arrays' folder {ITEM_DIR}/ is missing",
+            epoch)
     try:
         metadata = mngr.item_metadata(epoch)
-    except READ_ERRORS as e:
-        raise CheckpointDamagedError(
-            f"checkpoint {epoch} ({path}) is damaged: cannot read its metadata ({_short(e)})",
-            epoch) from e
+    except Exception as e:  # noqa: BLE001 -- classified: damage, I/O error or a bug
+        _raise_read_error(epoch, path, "metadata", e)
     if getattr(metadata, "tree", None) is None:
         raise CheckpointDamagedError(f"checkpoint {epoch} ({path}) is damaged: no array metadata",
                                      epoch)
@@ -179,12 +240,9 @@ def restore_checkpoint(mngr: ocp.CheckpointManager, epoch: int, template, workdi
     sys.unraisablehook = lambda unraisable: None
     try:
         restored = mngr.restore(epoch, args=ocp.args.StandardRestore(abstract))
-    except Exception as e:  # noqa: BLE001 -- orbax wraps tensorstore's read errors in Exception;
-        # the tree and shapes matched above, so a failed read is damaged data
+    except Exception as e:  # noqa: BLE001 -- classified: damage, I/O error or a bug
         gc.collect()  # the failed reads' coroutines, while their reports are silenced
-        raise CheckpointDamagedError(
-            f"checkpoint {epoch} ({path}) is damaged: cannot read its arrays ({_short(e)})",
-            epoch) from e
+        _raise_read_error(epoch, path, "arrays", e)
     finally:
         asyncio_logger.setLevel(level)
         sys.unraisablehook = hook

@@ -29,6 +29,13 @@ dropped exactly as HAN's scripts drop them:
   saved in both of torch's formats, for the torch-free reader.
 * Each model's real state-dict keys and shapes (``*_keys.json``), so the
   converters are checked against torchvision's naming.
+* With ``--han CHECKOUT`` (github.com/YapengTian/AVVP-ECCV20):
+  ``han_example_frames.json``, the decoded frames its ``ffmpeg -r 8`` kept of
+  its example video (matched to the 82 JPEGs it ships).
+* With ``--moviepy`` (moviepy==1.0.3, scipy; pip installs it with its FFmpeg):
+  ``moviepy_audio.npz``, which 44.1 kHz sample each 16 kHz sample of
+  ``write_audiofile(fps=16000)`` is, for a 10.03 s stream (as its delay
+  behind ``round(44100 k / 16000)``).
 """
 
 from __future__ import annotations
@@ -175,10 +182,65 @@ def pth_fixture():
                         **{k: v.numpy() for k, v in state.items()})
 
 
+def han_frames_fixture(han: str):
+    """The frames HAN's ffmpeg -r 8 kept of its example video: for each of the 82 JPEGs
+    of data/LLP_dataset/frame/BjCEufrlXm4, the decoded frame it is closest to."""
+    import glob
+
+    import av
+    from PIL import Image
+
+    video = os.path.join(han, "data", "LLP_dataset", "video", "BjCEufrlXm4.mp4")
+    with av.open(video) as c:
+        stream = c.streams.video[0]
+        rate = float(stream.guessed_rate)
+        frames, times = [], []
+        for f in c.decode(stream):
+            frames.append(f.to_ndarray(format="rgb24").astype(np.float32))
+            times.append(float(f.pts * f.time_base))
+    frames = np.stack(frames)
+    chosen = []
+    for path in sorted(glob.glob(os.path.join(han, "data", "LLP_dataset", "frame", "BjCEufrlXm4",
+                                              "*.jpg"))):
+        jpg = np.asarray(Image.open(path).convert("RGB"), np.float32)
+        chosen.append(int(((frames - jpg) ** 2).mean(axis=(1, 2, 3)).argmin()))
+    with open(os.path.join(OUT, "han_example_frames.json"), "w") as f:
+        json.dump({"video": "BjCEufrlXm4.mp4", "rate": rate, "times": times, "chosen": chosen}, f)
+
+
+def moviepy_fixture():
+    """moviepy 1.0.3's write_audiofile(fps=16000) (extract_audio.py) of a 10.03 s,
+    44.1 kHz stereo WAV whose samples encode their own index: the source index
+    behind every 16 kHz output sample."""
+    import tempfile
+
+    from moviepy.editor import AudioFileClip
+    from scipy.io import wavfile
+
+    n = int(44100 * 10.03) + 500
+    i = np.arange(n)
+    src = np.stack([i % 30000 - 15000, i // 30000 - 15000], axis=1).astype(np.int16)
+    with tempfile.TemporaryDirectory() as d:
+        wavfile.write(os.path.join(d, "src.wav"), 44100, src)
+        clip = AudioFileClip(os.path.join(d, "src.wav"))
+        duration = clip.duration
+        clip.write_audiofile(os.path.join(d, "out.wav"), fps=16000, logger=None)
+        _, out = wavfile.read(os.path.join(d, "out.wav"))
+    out = out.astype(np.int64)
+    index = (out[:, 0] + 15000) + 30000 * (out[:, 1] + 15000)
+    delay = np.round(44100 * np.arange(len(index)) / 16000).astype(np.int64) - index
+    np.savez_compressed(os.path.join(OUT, "moviepy_audio.npz"), source_samples=n,
+                        duration=duration, delay=delay.astype(np.int16))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--torchvggish", required=True,
                         help="checkout of harritaylor/torchvggish (the folder holding torchvggish/)")
+    parser.add_argument("--han", help="checkout of YapengTian/AVVP-ECCV20 (its example video and "
+                        "frames): writes han_example_frames.json")
+    parser.add_argument("--moviepy", action="store_true",
+                        help="also write moviepy_audio.npz (needs moviepy==1.0.3 and scipy)")
     args = parser.parse_args()
     import torch
 
@@ -187,6 +249,10 @@ def main():
     for step in (preprocess_fixture, lambda: vggish_fixture(args.torchvggish), resnet_fixture,
                  r2plus1d_fixture, pth_fixture):
         step()
+    if args.han:
+        han_frames_fixture(args.han)
+    if args.moviepy:
+        moviepy_fixture()
     total = sum(os.path.getsize(os.path.join(OUT, f)) for f in os.listdir(OUT))
     print(f"wrote {len(os.listdir(OUT))} files, {total / 1024:.0f} KiB, to {OUT}")
 

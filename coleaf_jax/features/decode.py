@@ -7,15 +7,19 @@ source line):
 * **Frames** at 8 per second, exactly those of HAN's ``ffmpeg -i VIDEO -r 8
   %06d.jpg`` (``scripts/extract_frames.py``; FFmpeg 4's constant-rate
   conversion, :class:`CfrFrameRate`): about ``8 * duration`` frames (82 for
-  a 10.03 s clip). Only output frames are converted (``frame_fn`` turns each
-  into what the extractors need, so a long video never holds its full-size
-  frames). The extractors then take ``8 T`` of them by :func:`han_sample`.
+  a 10.03 s clip), through a JPEG round trip as HAN's frames were JPEG
+  files (:class:`JpegRoundTrip`). Only output frames are converted
+  (``frame_fn`` turns each into what the extractors need, so a long video
+  never holds its full-size frames). The extractors then take ``8 T`` of
+  them by :func:`han_sample`.
 * **Audio** as moviepy 1.0.3 wrote HAN's WAV files
   (``scripts/extract_audio.py``: ``write_audiofile(fps=16000)``): FFmpeg
   resamples to 44.1 kHz stereo 16-bit, moviepy then takes, for the time
   ``k / 16000`` of every output sample, the 44.1 kHz sample at the nearest
-  index (no low-pass filter), clips to ±0.99 and truncates to 16 bits; VGGish
-  reads that back as ``int16 / 32768`` and averages the channels.
+  index (no low-pass filter; its reader's buffering adds a one-sample delay
+  at every re-centring, :class:`_MoviepyReader`), clips to ±0.99 and
+  truncates to 16 bits; VGGish reads that back as ``int16 / 32768`` and
+  averages the channels.
 
 ``T = num_segments(duration)`` one-second segments: ``ceil(duration)`` with a
 tail of less than one 8-fps frame (1/8 s, container or codec padding, as the
@@ -25,6 +29,8 @@ tail of less than one 8-fps frame (1/8 s, container or codec padding, as the
 from __future__ import annotations
 
 import dataclasses
+import fractions
+import io
 import math
 import os
 from typing import Callable
@@ -55,7 +61,7 @@ class DecodedVideo:
     """What :func:`decode` returns.
 
     ``frames``: the ``frame_fn`` results of the 8-fps frames (a list, in
-    order); ``audio``: ``(S, 2)`` float64 in ``[-1, 1)`` at 16 kHz (moviepy's
+    order; a repeated frame may be the same object); ``audio``: ``(S, 2)`` float64 in ``[-1, 1)`` at 16 kHz (moviepy's
     16-bit samples over 32768) or ``None`` without an audio stream;
     ``duration``: seconds (the container's, else the longest stream's).
     """
@@ -166,9 +172,47 @@ def _input_rate(stream) -> float:
     return 0.0
 
 
-def _decode_frames(container, path: str, frame_fn: Callable) -> tuple[list, int, int]:
-    """Decodes the first video stream into its 8-fps frames (:class:`CfrFrameRate`);
-    ``frame_fn`` converts each frame that is output, once."""
+class JpegRoundTrip:
+    """HAN's frames were JPEG files written by FFmpeg 4.3 (``%06d.jpg``: the mjpeg
+    encoder's defaults, 200 kb/s rate control at 8 fps, optimal Huffman tables,
+    full-range ``yuvj420p``) and read back by PIL (``LoadImage``: ``convert('RGB')``).
+    This encodes the output frames in the same order with PyAV's FFmpeg and decodes
+    them with PIL. On the HAN repository's example video the quantiser matches on
+    80 of its 82 frames and the pixels on average within one level (mean squared
+    difference 0.94, against 26.9 without the round trip; docs/features.md)."""
+
+    BIT_RATE = 200_000  # FFmpeg's default ``-b`` (AVCodecContext bit_rate)
+
+    def __init__(self, width: int, height: int, fps: int = FPS):
+        import av
+
+        self.cc = av.CodecContext.create("mjpeg", "w")
+        self.cc.width, self.cc.height = width, height
+        self.cc.pix_fmt = "yuvj420p"
+        self.cc.time_base = fractions.Fraction(1, fps)
+        self.cc.framerate = fractions.Fraction(fps, 1)
+        self.cc.bit_rate = self.BIT_RATE
+        self.cc.thread_count = 1  # one slice: no restart markers, as the CLI's output
+        self.cc.options = {"huffman": "optimal"}
+        self.count = 0
+
+    def __call__(self, frame):
+        from PIL import Image
+
+        yuv = frame.reformat(format="yuvj420p")
+        yuv.pts, yuv.time_base = self.count, self.cc.time_base
+        self.count += 1
+        packets = self.cc.encode(yuv)
+        if len(packets) != 1:
+            raise VideoError(f"the JPEG encoder returned {len(packets)} packets for one frame")
+        with Image.open(io.BytesIO(bytes(packets[0]))) as img:
+            return img.convert("RGB")
+
+
+def _decode_frames(container, path: str, frame_fn: Callable, jpeg: bool) -> tuple[list, int, int]:
+    """Decodes the first video stream into its 8-fps frames (:class:`CfrFrameRate`),
+    each given to ``frame_fn`` as a PIL image (through :class:`JpegRoundTrip` when
+    ``jpeg``; otherwise each distinct frame is converted once)."""
     import av
 
     stream = container.streams.video[0]
@@ -177,8 +221,22 @@ def _decode_frames(container, path: str, frame_fn: Callable) -> tuple[list, int,
         float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0)
     conv = CfrFrameRate(_input_rate(stream))
     out: list = []
-    previous = None  # the previous frame's conversion (or the frame, not yet converted)
     width = height = 0
+    roundtrip = None
+    previous, converted = None, None  # the previous frame and its conversion (when not jpeg)
+
+    def emit(frame, copies: int, cache: list):
+        nonlocal roundtrip
+        for _ in range(copies):
+            if jpeg:
+                if roundtrip is None:
+                    roundtrip = JpegRoundTrip(frame.width, frame.height)
+                out.append(frame_fn(roundtrip(frame)))
+            else:
+                if not cache:
+                    cache.append(frame_fn(frame.to_image()))
+                out.append(cache[0])
+
     try:
         for frame in container.decode(stream):
             if frame.pts is None:
@@ -186,27 +244,15 @@ def _decode_frames(container, path: str, frame_fn: Callable) -> tuple[list, int,
             width, height = frame.width, frame.height
             before, this = conv.push(float(frame.pts * frame.time_base) - start)
             if before and previous is not None:
-                if not isinstance(previous, _Converted):
-                    previous = _Converted(frame_fn(previous))
-                out += [previous.value] * before
-            current = frame
-            if this:
-                current = _Converted(frame_fn(frame))
-                out += [current.value] * this
-            previous = current
+                emit(previous, before, converted)
+            previous, converted = frame, []
+            emit(frame, this, converted)
     except av.FFmpegError as e:
         raise VideoError(f"{path}: the video stream cannot be decoded "
                          f"({_ffmpeg_reason(e)})") from e
     if not out:
         raise VideoError(f"{path}: the video stream has no decodable frame")
     return out, width, height
-
-
-class _Converted:
-    __slots__ = ("value",)
-
-    def __init__(self, value):
-        self.value = value
 
 
 def _decode_audio(container, path: str, duration: float) -> np.ndarray:
@@ -229,34 +275,121 @@ def _decode_audio(container, path: str, duration: float) -> np.ndarray:
     return moviepy_resample(samples, moviepy_duration(duration))
 
 
+MOVIEPY_READER_BUFFER = 200_000  # VideoFileClip(audio_buffersize=200000), samples at 44.1 kHz
+MOVIEPY_WRITE_CHUNK = 2000  # AudioClip.write_audiofile(buffersize=2000), samples at 16 kHz
+
+
+class _MoviepyReader:
+    """moviepy 1.0.3's ``FFMPEG_AudioReader`` buffering (``audio/io/readers.py``), on
+    sample indices: which 44.1 kHz sample ``get_frame`` returns for each request.
+
+    Its ``buffer_around`` keeps one sample too many when it re-centres an
+    overlapping buffer (``conserved = current_f_end - new_bufferstart + 1``), so
+    every re-centring delays the rest of the audio by one more 44.1 kHz sample
+    (a 10 s clip is read 1 sample late after 4.5 s, 2 after 6.8 s, ...). This is
+    reproduced, as it is in the released features.
+    """
+
+    def __init__(self, total: int, duration: float):
+        self.total = total  # samples the FFmpeg pipe delivers
+        self.duration = duration
+        self.nframes = int(MOVIEPY_AUDIO_RATE * duration)
+        self.buffersize = min(self.nframes + 1, MOVIEPY_READER_BUFFER)
+        self.read_at = 0  # the pipe's position (samples actually delivered so far)
+        self.pos = 0  # moviepy's own count (advances by the chunk asked for)
+        self.buffer = None  # source indices held
+        self.start = 1
+        self.buffer_around(1)
+
+    def _read(self, n: int) -> np.ndarray:
+        n = int(round(n))
+        got = np.arange(self.read_at, min(self.read_at + n, self.total))
+        self.read_at += len(got)
+        self.pos += n
+        return got
+
+    def _seek(self, pos: int) -> None:
+        if pos < self.pos or pos > self.pos + 1_000_000:
+            self.read_at = self.pos = int(np.round(pos))  # FFmpeg restarted with -ss
+        elif pos > self.pos:
+            self._read(pos - self.pos)
+        self.pos = pos
+
+    def buffer_around(self, frame: int) -> None:
+        new_start = max(0, frame - self.buffersize // 2)
+        if self.buffer is not None:
+            current_end = self.start + self.buffersize
+            if new_start < current_end < new_start + self.buffersize:
+                conserved = current_end - new_start + 1
+                kept = self.buffer[-conserved:] if conserved > 0 else self.buffer[:0]
+                self.buffer = np.concatenate([kept, self._read(self.buffersize - conserved)])
+            else:
+                self._seek(new_start)
+                self.buffer = self._read(self.buffersize)
+        else:
+            self._seek(new_start)
+            self.buffer = self._read(self.buffersize)
+        self.start = new_start
+
+    def get_frame(self, tt: np.ndarray) -> np.ndarray:
+        """Source index per time (-1: silence), as ``get_frame(tt)`` picks samples."""
+        in_time = (tt >= 0) & (tt < self.duration)
+        out = np.full(len(tt), -1, np.int64)
+        if not in_time.any():
+            return out
+        frames = np.round(MOVIEPY_AUDIO_RATE * tt).astype(int)[in_time]
+        lo, hi = frames.min(), frames.max()
+        if not 0 <= lo - self.start < len(self.buffer):
+            self.buffer_around(lo)
+        elif not 0 <= hi - self.start < len(self.buffer):
+            self.buffer_around(hi)
+        idx = frames - self.start
+        if len(self.buffer) < self.buffersize // 2:
+            idx = idx - (self.buffersize // 2 - len(self.buffer) + 1)
+        if len(self.buffer) == 0:
+            return out
+        if (idx >= len(self.buffer)).any() or (idx < -len(self.buffer)).any():
+            idx = np.where(idx >= len(self.buffer), len(self.buffer) - 1, idx)  # moviepy's repeat
+        out[in_time] = self.buffer[idx]
+        return out
+
+
 def moviepy_resample(samples_44k: np.ndarray, duration: float) -> np.ndarray:
     """moviepy 1.0.3's ``write_audiofile(fps=16000)`` of 44.1 kHz int16 samples, read back
     as VGGish reads a WAV file (``int16 / 32768``).
 
-    Output sample ``k < int(16000 * duration)`` at time ``t = k / 16000`` takes
-    the input sample ``round(44100 * t)`` (zero past the input or at ``t >=
-    duration``); values ``x / 32768`` are clipped to ±0.99 and truncated back
-    to 16 bits (``AudioClip.to_soundarray(quantize=True)``).
+    ``int(16000 * duration)`` output samples, written in chunks of 2000: the
+    one at time ``t = k / 16000`` is the 44.1 kHz sample ``round(44100 t)``
+    (``readers.py: get_frame``, through :class:`_MoviepyReader`'s buffering;
+    zero at ``t >= duration``); values ``x / 32768`` are clipped to ±0.99 and
+    truncated to 16 bits (``AudioClip.to_soundarray(quantize=True)``).
     """
     samples_44k = np.asarray(samples_44k)
     channels = samples_44k.shape[1] if samples_44k.ndim == 2 else 1
     samples_44k = samples_44k.reshape(len(samples_44k), channels)
     total = int(SAMPLE_RATE * duration)
-    tt = (1.0 / SAMPLE_RATE) * np.arange(total)
-    idx = np.round(MOVIEPY_AUDIO_RATE * tt).astype(np.int64)
-    valid = (tt < duration) & (idx < len(samples_44k))
+    reader = _MoviepyReader(len(samples_44k), duration)
+    nchunks = total // MOVIEPY_WRITE_CHUNK + 1
+    bounds = np.linspace(0, total, nchunks + 1, endpoint=True, dtype=int)
+    src = np.full(total, -1, np.int64)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if b > a:
+            src[a:b] = reader.get_frame((1.0 / SAMPLE_RATE) * np.arange(a, b))
     x = np.zeros((total, channels), np.float64)
-    x[valid] = samples_44k[idx[valid]] / 32768.0
+    valid = src >= 0
+    x[valid] = samples_44k[src[valid]] / 32768.0
     x = np.maximum(-0.99, np.minimum(0.99, x))
     q = (32768 * x).astype(np.int16)
     return q / 32768.0
 
 
-def decode(path: str, frame_fn: Callable | None = None, *, audio: bool = True) -> DecodedVideo:
+def decode(path: str, frame_fn: Callable | None = None, *, audio: bool = True,
+           jpeg: bool = True) -> DecodedVideo:
     """Decodes ``path`` (module docstring).
 
-    ``frame_fn(av.VideoFrame)`` converts each chosen frame (default: an RGB
-    ``(H, W, 3)`` uint8 array). ``audio=False`` skips the audio stream. A
+    ``frame_fn(PIL.Image)`` converts each 8-fps frame (default: an RGB ``(H, W,
+    3)`` uint8 array); ``jpeg`` passes the frames through HAN's JPEG files first
+    (:class:`JpegRoundTrip`). ``audio=False`` skips the audio stream. A
     missing, unreadable or undecodable file, a file without a video stream
     and, with ``audio``, one without an audio stream raise :class:`VideoError`
     (:class:`NoAudioError`) naming the file.
@@ -264,7 +397,7 @@ def decode(path: str, frame_fn: Callable | None = None, *, audio: bool = True) -
     import av
 
     path = os.fspath(path)
-    frame_fn = frame_fn or (lambda f: f.to_ndarray(format="rgb24"))
+    frame_fn = frame_fn or (lambda img: np.asarray(img, np.uint8))
     container = _open(path)
     try:
         if not container.streams.video:
@@ -278,13 +411,20 @@ def decode(path: str, frame_fn: Callable | None = None, *, audio: bool = True) -
         duration = probe_duration(container)
         if duration <= 0:
             raise VideoError(f"{path}: the container has no duration")
-        frames, width, height = _decode_frames(container, path, frame_fn)
-        wave = None
-        if audio:
-            container.seek(0)
-            wave = _decode_audio(container, path, duration)
+        frames, width, height = _decode_frames(container, path, frame_fn, jpeg)
     except av.FFmpegError as e:
         raise VideoError(f"{path}: {_ffmpeg_reason(e)}") from e
     finally:
         container.close()
+    wave = None
+    if audio:
+        # A fresh demuxer: after a seek FFmpeg may not trim the codec's priming
+        # samples as a first read does (and as the FFmpeg command line does).
+        container = _open(path)
+        try:
+            wave = _decode_audio(container, path, duration)
+        except av.FFmpegError as e:
+            raise VideoError(f"{path}: {_ffmpeg_reason(e)}") from e
+        finally:
+            container.close()
     return DecodedVideo(path, duration, frames, wave, width, height)

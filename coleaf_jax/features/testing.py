@@ -131,7 +131,7 @@ def write_test_video(path: str, seconds: float = 2.0, size: tuple[int, int] = (6
             chunk = 1024
             for start in range(0, n, chunk):
                 block = tone[start:start + chunk]
-                frame = av.AudioFrame.from_ndarray(np.stack([block, block]).reshape(1, -1),
+                frame = av.AudioFrame.from_ndarray(np.stack([block, block], axis=1).reshape(1, -1),
                                                    format="flt", layout="stereo")
                 frame.sample_rate = sample_rate
                 frame.pts = start
