@@ -45,9 +45,11 @@ def setup_jax(config) -> None:
 
 
 def one_line(e: BaseException) -> str:
-    """An exception's message on one line (a KeyError without its quotes)."""
+    """An exception's message on one line (a KeyError without its quotes), with its notes
+    (e.g. which checkpoint was being read) in parentheses."""
     text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-    return " ".join(str(text).split()) or type(e).__name__
+    text = str(text) + "".join(f" ({note})" for note in getattr(e, "__notes__", ()))
+    return " ".join(text.split()) or type(e).__name__
 
 
 def exit_on_user_error(fn, *args, **kwargs):

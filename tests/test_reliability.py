@@ -7,6 +7,7 @@ module; the tests that damage or extend a run work on copies of it.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -370,6 +371,50 @@ def test_damaged_checkpoints_are_named_moved_and_skipped(tmp_path, capsys):
     assert "no other checkpoint: training starts from scratch" in capsys.readouterr().out
     assert sorted(p.split("-")[0] for p in os.listdir(tmp_path / "damaged_checkpoints")) == [
         "1", "4", "5"]
+    mngr.close()
+
+
+def test_checkpoints_unreadable_without_damage_stay_in_place(tmp_path, monkeypatch):
+    """Only damage moves a checkpoint away: no permission (Python's or tensorstore's
+    EACCES) is a one-line error naming it, an unrelated exception propagates naming it;
+    the checkpoint stays either way."""
+    workdir = str(tmp_path)
+    mngr = checkpoints.checkpoint_manager(workdir)
+    state = {"w": np.arange(4, dtype=np.float32)}
+    for epoch, selection in ((1, 0.9), (2, 0.5)):
+        checkpoints.save_checkpoint(mngr, epoch, state, selection)
+    path = str(tmp_path / "checkpoints" / "2")
+    tensorstore_eacces = ValueError(
+        f'PERMISSION_DENIED: Error reading "w/0" in OCDBT database at local file "{path}/default/"'
+        f': Failed to open: {path}/default/d/x [OS error 13: EACCES Permission denied]')
+    failures = [(PermissionError(errno.EACCES, "Permission denied", path), checkpoints.CheckpointReadError),
+                (tensorstore_eacces, checkpoints.CheckpointReadError),
+                (RuntimeError("unrelated"), RuntimeError)]
+    for where, what in (("restore", "arrays"), ("item_metadata", "metadata"),
+                        ("metrics", "validation score")):
+        for error, expected in failures:
+            def fail(*args, _error=error, **kwargs):
+                raise _error
+
+            monkeypatch.setattr(mngr, where, fail)
+            with pytest.raises(expected) as info:
+                checkpoints.restore_latest_intact(mngr, workdir, dict(state), verbose=False)
+            named = f"checkpoint {1 if where == 'metrics' else 2} ("
+            message = cli.one_line(info.value)
+            assert named in message and f"its {what}" in message, message
+            assert set(mngr.all_steps()) == {1, 2} and kept(workdir) == {1, 2}
+            assert not os.path.exists(tmp_path / "damaged_checkpoints")
+            monkeypatch.undo()
+    for damage in (ValueError('DATA_LOSS: Error reading "w/0": Error decoding'),
+                   ValueError("OUT_OF_RANGE: Requested byte range [0, 15141) is not valid"),
+                   ValueError('NOT_FOUND: Error reading "w/.zarray" [OS error 2: ENOENT No such file]'),
+                   ValueError("UNKNOWN: Error reading [OS error 5: EIO Input/output error]"),
+                   OSError(errno.EIO, "Input/output error"), FileNotFoundError("_METADATA"),
+                   json.JSONDecodeError("Unterminated string", '{"tree', 1)):
+        assert checkpoints.is_damage(damage), damage
+    assert checkpoints.is_damage(ValueError("a shape mismatch")) is None
+    assert checkpoints.is_damage(MemoryError()) is None
+    assert checkpoints.is_damage(OSError(errno.ENOMEM, "Cannot allocate memory")) is False
     mngr.close()
 
 
