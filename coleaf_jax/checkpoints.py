@@ -1,7 +1,7 @@
 """Orbax checkpoints of a run: ``WORKDIR/checkpoints/<epoch>``.
 
-* Retention is exactly "best on validation + latest" (:func:`save_checkpoint`
-  deletes every other epoch after each save); on a tie of the selection
+* Retention is exactly "best on validation + latest" (:func:`prune_checkpoints`
+  deletes every other epoch after each save and when a run starts); on a tie of the selection
   score the later epoch is the best, as the authors' code (``>=``) keeps it.
 * :func:`restore_checkpoint` tells a checkpoint that does not fit the config
   (:class:`CheckpointMismatchError`, naming the config keys that differ from
@@ -167,13 +167,25 @@ def save_checkpoint(mngr: ocp.CheckpointManager, epoch: int, state, selection: f
         raise ValueError(f"epoch {epoch}: validation selection score {selection} is not finite; "
                          f"not saving it")
     _forget_selected_thresholds(str(mngr.directory), epoch)  # chosen for an older epoch-N
-    mngr.save(epoch, args=ocp.args.StandardSave(flax.serialization.to_state_dict(state)),
+    tree = flax.serialization.to_state_dict(state)
+    if jax.process_count() > 1:  # orbax refuses process-local jax.Arrays in multi-process runs
+        tree = jax.device_get(tree)
+    mngr.save(epoch, args=ocp.args.StandardSave(tree),
               metrics={"selection": float(selection)}, force=True)
     mngr.wait_until_finished()
+    prune_checkpoints(mngr)
+
+
+def prune_checkpoints(mngr: ocp.CheckpointManager) -> list[int]:
+    """Deletes every checkpoint but the best and the latest (:func:`kept_epochs`), with the
+    thresholds selected for them; returns the deleted epochs. After each save, and when
+    a run starts (a kill between a save and its deletes leaves a third checkpoint)."""
     scores = selection_scores(mngr)
-    for old in sorted(set(scores) - kept_epochs(scores)):
+    deleted = sorted(set(scores) - kept_epochs(scores))
+    for old in deleted:
         mngr.delete(old)
         _forget_selected_thresholds(str(mngr.directory), old)
+    return deleted
 
 
 def _forget_selected_thresholds(directory: str, epoch: int) -> None:
@@ -231,6 +243,8 @@ def restore_checkpoint(mngr: ocp.CheckpointManager, epoch: int, template, workdi
         raise CheckpointMismatchError(_mismatch_message(epoch, path, stored, wanted, workdir, config))
     abstract = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)), target)
+    if jax.process_count() > 1:  # numpy, as saved (a jax.Array here would need a sharding)
+        abstract = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype), abstract)
     # A failed read leaves orbax's other pending reads to fail later, each printing a
     # tensorstore dump (asyncio log, "Exception ignored in <coroutine>"): the error
     # below, which names the checkpoint, says it all.

@@ -19,10 +19,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from coleaf_jax import evaluate, metrics, progress
+from coleaf_jax import distributed, evaluate, metrics, progress
 from coleaf_jax import workdir as workdir_lib
-from coleaf_jax.checkpoints import (best_epoch, checkpoint_manager, restore_checkpoint,
-                                    restore_latest_intact, save_checkpoint, selection_scores)
+from coleaf_jax.checkpoints import (CheckpointDamagedError, best_epoch, checkpoint_manager,
+                                    prune_checkpoints, restore_checkpoint, restore_latest_intact,
+                                    save_checkpoint, selection_scores)
 from coleaf_jax.data import pipeline
 from coleaf_jax.step import (TrainState, create_train_state, make_train_step, matmul_precision,
                              num_devices, validate_config)
@@ -47,6 +48,7 @@ def validate_run_config(config) -> None:
     if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise ValueError(f"config.learning_rate = {lr!r}: expected a finite number > 0")
     validate_config(config)
+    distributed.validate(config)
 
 
 def make_device_step(step: Callable, batch_size: int, n_devices: int = 1,
@@ -113,7 +115,9 @@ def split_bytes(data: dict) -> int:
     return sum(data[k].nbytes for k in pipeline.batch_keys(data))
 
 
-def _device_batch(batch, n_devices: int):
+def _device_batch(batch, n_devices: int, rows: np.ndarray | None = None):
+    if rows is not None:  # multi-process: this process's devices' rows (distributed.local_rows)
+        return {k: jnp.asarray(v[rows]) for k, v in batch.items()}
     if n_devices == 1:
         return {k: jnp.asarray(v) for k, v in batch.items()}
     return {k: jnp.asarray(v.reshape((n_devices, -1) + v.shape[1:])) for k, v in batch.items()}
@@ -269,19 +273,17 @@ def _append_jsonl(path: str, record: dict) -> None:
         os.fsync(f.fileno())
 
 
-def finished_result(workdir: str, num_epochs: int) -> dict | None:
-    """The stored test result when the run in ``workdir`` is complete: it trained at
-    least ``num_epochs`` epochs and ``test_metrics.json`` scores its best checkpoint."""
+def finished_result(mngr, workdir: str, num_epochs: int) -> dict | None:
+    """The stored test result when the run in ``workdir`` (its checkpoints: ``mngr``) is
+    complete: it trained at least ``num_epochs`` epochs and ``test_metrics.json`` scores
+    its best checkpoint."""
     path = os.path.join(workdir, RESULT_FILE)
-    if not (os.path.isdir(os.path.join(workdir, "checkpoints")) and os.path.exists(path)):
+    if not os.path.exists(path):
         return None
-    mngr = checkpoint_manager(workdir, create=False)
     try:
         scores = selection_scores(mngr)
-    except workdir_lib.RunError:  # damaged: the normal path names it and falls back
+    except CheckpointDamagedError:  # the normal path names it and falls back
         return None
-    finally:
-        mngr.close()
     if not scores or max(scores) < num_epochs:
         return None
     try:
@@ -290,6 +292,19 @@ def finished_result(workdir: str, num_epochs: int) -> dict | None:
     except (OSError, ValueError):
         return None
     return result if result.get("epoch") == best_epoch(scores) else None
+
+
+def prune_left_over(mngr, verbose: bool) -> None:
+    """Keeps only the best and the latest checkpoint when a run starts: a kill between a
+    save and its deletes leaves a third one (on the last epoch, for good). A damaged
+    score is left to ``restore_latest_intact``, which names it and moves it away."""
+    try:
+        deleted = prune_checkpoints(mngr)
+    except CheckpointDamagedError:
+        return
+    if deleted and verbose:
+        print(f"removed checkpoint(s) {deleted}: neither the best on validation nor the latest "
+              f"(left by a run stopped while saving)")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -307,7 +322,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     latter. Stops with ``NonFiniteLossError`` at the first non-finite loss.
     """
     validate_run_config(config)
-    with workdir_lib.lock(workdir, verbose), matmul_precision(config):
+    if not distributed.is_primary():  # multi-process: process 0 alone holds the workdir
+        with matmul_precision(config):
+            return _train_and_evaluate(config, workdir, None, data, on_epoch_end, False)
+    with (distributed.announce_failure(), workdir_lib.lock(workdir, verbose),
+          matmul_precision(config)):
         mngr = checkpoint_manager(workdir)
         try:
             return _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose)
@@ -318,14 +337,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose) -> dict:
     from coleaf_jax.config import base_config
 
-    trained = max(mngr.all_steps(), default=0)
+    primary = mngr is not None  # False: another process of a multi-process run (no files)
+    start_epoch = 0 if primary else distributed.wait_for_start()  # process 0's decision
+    if start_epoch is None:  # process 0 found the run finished
+        return {}
+    trained = max(mngr.all_steps(), default=0) if primary else 0
     if trained:
         changed = workdir_lib.check_resume(workdir, config, trained, defaults=base_config())
         if changed and verbose:
             print(f"resuming with {workdir_lib.format_differences(changed)}")
-    workdir_lib.write_config(workdir, config)
-    done = finished_result(workdir, config.num_epochs) if trained else None
+    if primary:
+        workdir_lib.write_config(workdir, config)
+    if trained:
+        prune_left_over(mngr, verbose)
+    done = finished_result(mngr, workdir, config.num_epochs) if trained else None
     if done is not None:
+        distributed.announce_start(None)
         if verbose:
             print(f"{workdir}: this run is finished ({trained} of {config.num_epochs} epochs, "
                   f"test scores of epoch {done['epoch']} in {os.path.join(workdir, RESULT_FILE)}); "
@@ -338,6 +365,8 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose) -> d
     n_train = len(train["label"])
     steps_per_epoch = pipeline.num_batches(n_train, config.batch_size)
     n_dev = num_devices(config)
+    n_all = distributed.global_devices(n_dev)  # the global batch's shards: n_dev in one process
+    axis = "batch" if n_all > 1 else None
 
     root_key = jax.random.key(config.seed)
     init_key, train_key, shuffle_key = jax.random.split(root_key, 3)
@@ -345,22 +374,29 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose) -> d
     state, anchor, reference, tx = create_train_state(config, init_key, sample, steps_per_epoch,
                                                       num_classes)
     template = state
-    start_epoch, state = restore_latest_intact(mngr, workdir, template, config, verbose)
+    if primary:
+        start_epoch, state = restore_latest_intact(mngr, workdir, template, config, verbose)
+    if start_epoch and primary:  # again, once damaged checkpoints are out of the way
+        prune_left_over(mngr, verbose)
     if start_epoch and verbose:
         print(f"resuming from the checkpoint after epoch {start_epoch}")
     metrics_path = os.path.join(workdir, METRICS_FILE)
-    keep_metrics_rows(metrics_path, start_epoch)
+    if primary:
+        keep_metrics_rows(metrics_path, start_epoch)
+        distributed.announce_start(start_epoch)  # the other processes load the data now
+    if start_epoch:  # multi-process: all continue from process 0's restored state
+        state = distributed.broadcast(state)
 
-    step = make_train_step(config, anchor, reference, tx, "batch" if n_dev > 1 else None,
+    step = make_train_step(config, anchor, reference, tx, axis,
                            steps_per_epoch)
     on_device = (config.data.on_device and not pipeline.is_streamed(train)
                  and split_bytes(train) <= config.data.on_device_max_gib * 2**30)
     scan = on_device and config.scan_epoch
     if on_device:  # the split lives on every device; batches are gathered there
-        step = make_device_step(step, config.batch_size, n_dev, "batch" if n_dev > 1 else None)
+        step = make_device_step(step, config.batch_size, n_all, axis)
         train_dev = pipeline.resident_fields(train)
         devices = jax.local_devices()[:n_dev]
-        train_dev = (flax.jax_utils.replicate(train_dev, devices) if n_dev > 1
+        train_dev = (flax.jax_utils.replicate(train_dev, devices) if axis
                      else jax.device_put(train_dev))
         in_axes = (0, 0, None, None, None, None)
         if scan:  # one compiled program per epoch: lax.scan over its steps
@@ -368,9 +404,9 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose) -> d
             in_axes = (0, 0, None, None, None)
     else:
         in_axes = (0, 0, None, None)
-    if n_dev > 1:
+    if axis:
         step_fn = jax.pmap(step, axis_name="batch", in_axes=in_axes, donate_argnums=(0,),
-                           devices=jax.local_devices()[:n_dev])
+                           devices=distributed.pmap_devices(n_dev))
         state = flax.jax_utils.replicate(state, jax.local_devices()[:n_dev])
     else:
         step_fn = jax.jit(step, donate_argnums=(0,))  # the state is replaced every step
@@ -378,6 +414,13 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose) -> d
         print(f"training on {n_dev} device(s) ({jax.devices()[0].platform}), "
               f"{'data on device' if on_device else 'host input pipeline'}, "
               f"{steps_per_epoch} steps per epoch")
+    rows = None
+    if distributed.process_count() > 1:
+        if not on_device:  # the host pipeline's global batch: this process's rows
+            rows = distributed.local_rows(config.batch_size, n_dev)
+        if verbose:
+            print(f"{distributed.process_count()} processes, {n_all} devices in all, "
+                  f"{config.batch_size // n_all} videos of each batch per device")
     predict_fn = evaluate.make_predict_fn(anchor)
     val_counts = evaluate.video_counts(val)
 
@@ -392,7 +435,7 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose) -> d
             if scan:
                 calls = [(train_dev, order, epoch_arg, train_key)]
         else:
-            calls = ((_device_batch(b, n_dev), epoch_arg, train_key)
+            calls = ((_device_batch(b, n_dev, rows), epoch_arg, train_key)
                      for b in pipeline.epoch_batches(train, config.batch_size, perm,
                                                       config.data.bucket))
         bar = progress.bar(calls, total=1 if scan else steps_per_epoch,
@@ -402,7 +445,7 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose) -> d
         for i, args in enumerate(bar):
             state, logs = step_fn(state, *args)
             if scan:
-                if n_dev > 1:  # every device holds the same (psum-ed) logs
+                if axis:  # every device holds the same (psum-ed) logs
                     logs = jax.tree_util.tree_map(lambda x: x[0], logs)
                 record = _track_stacked(logs)
             else:
@@ -413,7 +456,11 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose) -> d
         bar.close()
         record["params_finite"] = finite_params(state)  # fetched with the record: no extra sync
         sums = check_finite(record, epoch, steps_per_epoch, config, workdir)
-        host_state = flax.jax_utils.unreplicate(state) if n_dev > 1 else state
+        host_state = flax.jax_utils.unreplicate(state) if axis else state
+        if not primary:  # validation, metrics and checkpoints are process 0's; the others
+            if on_epoch_end is not None:  # wait for it in the next step's collectives
+                on_epoch_end(epoch + 1, host_state)
+            continue
         val_scores = evaluate.evaluate_params(config, anchor, host_state.anchor_params, val,
                                               predict_fn=predict_fn)
         selection = metrics.selection_score(val_scores, config.eval.selection)
@@ -434,6 +481,8 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose) -> d
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, host_state)
 
+    if not primary:  # process 0 scores the best checkpoint on test and writes the result
+        return {}
     best = best_epoch(selection_scores(mngr))
     host_state = restore_checkpoint(mngr, best, template, workdir, config)
     test_scores = evaluate.evaluate_params(config, anchor, host_state.anchor_params, test,

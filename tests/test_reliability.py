@@ -166,6 +166,29 @@ def test_rerunning_a_finished_run_is_a_no_op_that_says_so(run, tmp_path, capsys)
     assert "this run is finished" in out and "nothing to do" in out
     for name, content in before.items():
         assert open(os.path.join(workdir, name), "rb").read() == content, name
+    mngr = checkpoints.checkpoint_manager(workdir, create=False)  # the caller's manager
+    assert train.finished_result(mngr, workdir, EPOCHS) == run.result
+    assert train.finished_result(mngr, workdir, EPOCHS + 1) is None  # extended: not finished
+    mngr.close()
+
+
+def test_a_checkpoint_left_by_a_kill_while_saving_is_pruned_when_the_run_starts(run, tmp_path,
+                                                                                capsys):
+    """Killed between the last epoch's save and its deletes: three checkpoints. The next
+    run on the workdir (here the no-op re-run of the finished run) keeps best + latest."""
+    workdir = copy_run(run, tmp_path)
+    best = expected_best(workdir)
+    extra = min(set(range(1, EPOCHS)) - {best})
+    checkpoints_dir = Path(workdir) / "checkpoints"
+    shutil.copytree(checkpoints_dir / str(EPOCHS), checkpoints_dir / str(extra))
+    (checkpoints_dir / str(extra) / "metrics" / "metrics").write_text('{"selection": -1.0}')
+    (checkpoints_dir / f"selected_thresholds_{extra}.json").write_text("{}")
+    assert kept(workdir) == {best, EPOCHS, extra}
+    result = train.train_and_evaluate(run_config(run.root), workdir)  # finished: no data needed
+    assert result == run.result and kept(workdir) == {best, EPOCHS}
+    assert not (checkpoints_dir / f"selected_thresholds_{extra}.json").exists()
+    out = capsys.readouterr().out
+    assert f"removed checkpoint(s) [{extra}]" in out and "this run is finished" in out
 
 
 # --- Resuming with another config -------------------------------------------------------------
