@@ -282,11 +282,16 @@ def _mismatch_message(epoch, path, stored, wanted, workdir, config) -> str:
 
 
 def move_damaged(workdir: str, epoch: int) -> str:
-    """Moves checkpoint ``epoch`` to ``WORKDIR/damaged_checkpoints/<epoch>-<time>``."""
+    """Moves checkpoint ``epoch`` to ``WORKDIR/damaged_checkpoints/<epoch>-<time>``
+    (``-2``, ``-3``… appended when that name is taken: never into an existing folder)."""
     src = os.path.join(checkpoint_dir(workdir), str(epoch))
     dst_dir = os.path.join(workdir, DAMAGED_DIR)
     os.makedirs(dst_dir, exist_ok=True)
-    dst = os.path.join(dst_dir, f"{epoch}-{time.strftime('%Y%m%d-%H%M%S')}")
+    name = f"{epoch}-{time.strftime('%Y%m%d-%H%M%S')}"
+    dst, n = os.path.join(dst_dir, name), 1
+    while os.path.lexists(dst):  # the workdir lock: no other process moves in here
+        n += 1
+        dst = os.path.join(dst_dir, f"{name}-{n}")
     shutil.move(src, dst)
     _forget_selected_thresholds(checkpoint_dir(workdir), epoch)
     return dst

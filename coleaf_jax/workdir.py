@@ -3,7 +3,9 @@
 * :func:`lock` holds ``WORKDIR/train.lock`` (``fcntl.flock``) for the life of a
   training: a second training on the same workdir fails naming the process
   that holds it. The kernel drops the lock when its process dies, so a lock
-  left by a killed run is taken over (with a message naming it).
+  left by a killed run is taken over (with a message naming it). On
+  filesystems whose flock is local to a host it holds per host; where flock
+  fails, the error names ``train.lock``.
 * :func:`check_resume` compares a config with the one stored in
   ``WORKDIR/config.json`` when the run started: resuming is refused unless
   only keys of :data:`RESUMABLE_KEYS` changed.
@@ -22,10 +24,12 @@ import json
 import os
 import socket
 import sys
+import time
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 LOCK_FILE = "train.lock"
+LOCK_INFO_WAIT_S = 2.0  # how long a refused process waits for the holder's record
 CONFIG_FILE = "config.json"
 
 # Keys that may change between the start of a run and its resumption: they do not
@@ -68,6 +72,17 @@ def _read_lock_info(f) -> dict[str, Any]:
         return {"pid": "?", "host": "?", "command": text.strip()[:200]}
 
 
+def _holder_info(f, wait_s: float = LOCK_INFO_WAIT_S) -> dict[str, Any]:
+    """The lock holder's record. The holder writes it right after taking the lock, so an
+    empty or cut record is read again for up to ``wait_s`` seconds."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        info = _read_lock_info(f)
+        if info.get("pid", "?") != "?" or time.monotonic() >= deadline:
+            return info
+        time.sleep(0.05)
+
+
 @contextmanager
 def lock(workdir: str, verbose: bool = True) -> Iterator[str]:
     """Holds ``WORKDIR/train.lock`` while the block runs (creating ``workdir``).
@@ -75,6 +90,7 @@ def lock(workdir: str, verbose: bool = True) -> Iterator[str]:
     Raises:
       WorkdirLockedError: another process holds it; the message names that
         process (pid, host, start time and command line).
+      RunError: flock is not supported on the workdir's filesystem.
     """
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, LOCK_FILE)
@@ -85,8 +101,11 @@ def lock(workdir: str, verbose: bool = True) -> Iterator[str]:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise
-            holder = _read_lock_info(f)
+                raise RunError(
+                    f"{path}: cannot lock the workdir (flock: {e.strerror or e}); its filesystem "
+                    f"does not support flock. Use a --workdir on one that does (a local disk, "
+                    f"NFS)") from e
+            holder = _holder_info(f)
             raise WorkdirLockedError(
                 f"{workdir} is in use by {_process_description(holder)}: one training per "
                 f"workdir. Wait for it to finish, stop it, or use another --workdir") from None
