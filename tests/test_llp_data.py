@@ -414,9 +414,12 @@ def test_load_split_rejects_unknown_split(tmp_path: Path) -> None:
 # --- Dense CSVs cross-checked against the weak labels ---------------------------------------
 
 @pytest.mark.parametrize("keep", [0, 4], ids=["header-only", "head-n-5"])
-def test_dense_csv_that_lost_rows_fails_naming_it(tmp_path: Path, keep: int) -> None:
+def test_dense_csv_that_lost_rows_fails_naming_it(tmp_path: Path, keep: int, monkeypatch) -> None:
     """``AVVP_eval_audio.csv`` cut at a line boundary (``head -n 5``) or left with its
     header only: every affected video would get all-zero audio truth."""
+    # The tiny layout has 2 videos per split, one of them without a visual (val: and
+    # without an audio) row: below the floor of a few videos that always pass.
+    monkeypatch.setattr(llp, "DENSE_FEW_VIDEOS", 1)
     root = tmp_path / "llp"
     root.mkdir()
     make_layout(root)
@@ -425,9 +428,8 @@ def test_dense_csv_that_lost_rows_fails_naming_it(tmp_path: Path, keep: int) -> 
         llp.load_split(root, "val", tfds_dir=tmp_path / "tfds")
     message = str(info.value)
     # The test split fails first when val still has its rows (head -n 5 keeps val's).
-    assert ("LLP val: 1 of 2 videos" if keep == 0 else "LLP test: 2 of 2 videos") in message
-    assert f"{root / LLP_DENSE_CSV['audio']} has rows for 0 of them" in message
-    assert "at most 5 %" in message and str(root / LLP_DENSE_CSV["visual"]) in message
+    assert ("LLP val: 2 of 2 videos" if keep == 0 else "LLP test: 2 of 2 videos") in message
+    assert f"have no row in {root / LLP_DENSE_CSV['audio']} (expected at most 2 %" in message
 
 
 def test_dense_coverage_warns_when_few_videos_lack_rows(caplog: pytest.LogCaptureFixture) -> None:
@@ -455,6 +457,49 @@ def test_dense_coverage_warns_when_few_videos_lack_rows(caplog: pytest.LogCaptur
         del rows[vid]
     with pytest.raises(llp.LLPDataError, match=r"LLP test: 6 of 100 videos .*a.csv has rows for 94"):
         llp.check_dense_coverage("test", filenames, labels, {"audio": rows, "visual": {}}, paths)
+    # A small split: a few uncovered videos pass whatever their share (1 of 19 is 5.3 %).
+    small = {f[:11]: rows.get(f[:11], dense((0, 2, "Dog"))) for f in filenames[:19]}
+    del small["video000005"]
+    assert llp.DENSE_FEW_VIDEOS == 5
+    assert llp.check_dense_coverage("test", filenames[:19], labels[:19],
+                                    {"audio": small, "visual": {}}, paths) == ["video000005"]
+    for vid in ("video000006", "video000008", "video000009", "video000010", "video000011"):
+        del small[vid]  # 6 of 19
+    with pytest.raises(llp.LLPDataError, match=r"LLP test: 6 of 19 videos .*or 5 videos"):
+        llp.check_dense_coverage("test", filenames[:19], labels[:19],
+                                 {"audio": small, "visual": {}}, paths)
+
+
+def test_dense_rows_are_checked_per_modality() -> None:
+    """An audio CSV that lost a few percent of its rows passes the weak/dense cross-check
+    (the visual rows still cover those classes), not the per-modality one."""
+    n = 400
+    filenames = [f"video{i:06d}_0_10" for i in range(n)]
+    ids = [f[:11] for f in filenames]
+    labels = np.zeros((n, 25), np.float32)
+    labels[:, LLP_CLASS_INDEX["Dog"]] = 1
+    segment = dense((0, 2, "Dog"))
+    paths = {"audio": "a.csv", "visual": "v.csv"}
+    # As released: 0.5 % without an audio row, 10 % without a visual row.
+    audio, visual = {v: segment for v in ids[2:]}, {v: segment for v in ids[40:]}
+    llp.check_dense_rows("test", filenames, {"audio": audio, "visual": visual}, paths)
+    lost = {v: segment for v in ids[10:]}  # 10 of 400 = 2.5 % without an audio row
+    assert len(llp.check_dense_coverage("test", filenames, labels,
+                                        {"audio": lost, "visual": visual}, paths)) == 10  # < 5 %
+    with pytest.raises(llp.LLPDataError,
+                       match=r"LLP test: 10 of 400 videos \(2.5 %\) have no row in a.csv \(expected "
+                             r"at most 2 % or 5 videos; the released file leaves 4 of 649 val"):
+        llp.check_dense_rows("test", filenames, {"audio": lost, "visual": visual}, paths)
+    fewer = {v: segment for v in ids[61:]}  # 61 of 400 = 15.25 % without a visual row
+    with pytest.raises(llp.LLPDataError, match=r"61 of 400 videos .* no row in v.csv .* 15 %"):
+        llp.check_dense_rows("test", filenames, {"audio": audio, "visual": fewer}, paths)
+    # A small split: up to DENSE_FEW_VIDEOS videos without rows pass.
+    every = {v: segment for v in ids}
+    llp.check_dense_rows("val", filenames[:20], {"audio": {v: segment for v in ids[5:]},
+                                                 "visual": every}, paths)
+    with pytest.raises(llp.LLPDataError, match=r"LLP val: 6 of 20 videos"):
+        llp.check_dense_rows("val", filenames[:20], {"audio": {v: segment for v in ids[6:]},
+                                                     "visual": every}, paths)
 
 
 # --- The real annotation files --------------------------------------------------------------
@@ -519,6 +564,30 @@ def test_real_dense_coverage(real_llp: Path, tmp_path: Path) -> None:
     truncated = dict(dense_rows, audio=llp.read_dense_csv(cut, known_ids=known)[0])
     with pytest.raises(llp.LLPDataError, match=r"LLP test: 6\d\d of 1200 videos"):
         llp.check_dense_coverage("test", *splits["test"], truncated, dict(paths, audio=cut))
+
+
+def test_real_dense_rows_per_modality(real_llp: Path, tmp_path: Path) -> None:
+    """The released CSVs pass the per-modality check (4 of 649 val and 6 of 1,200 test
+    videos have no audio row, 70 and 121 no visual row); the audio CSV without its last
+    2 % of rows (`head -n -83`) fails it, though it passes the weak/dense cross-check."""
+    splits = {s: llp.read_weak_csv(real_llp / csv) for s, csv in LLP_SPLIT_CSV.items()}
+    known = [f for names, _ in splits.values() for f in names]
+    paths = {m: real_llp / csv for m, csv in LLP_DENSE_CSV.items()}
+    dense_rows = {m: llp.read_dense_csv(p, known_ids=known)[0] for m, p in paths.items()}
+    for split in ("val", "test"):
+        llp.check_dense_rows(split, splits[split][0], dense_rows, paths)
+        missing = {m: sum(f[:11] not in rows for f in splits[split][0])
+                   for m, rows in dense_rows.items()}
+        assert missing == {"val": {"audio": 4, "visual": 70},
+                           "test": {"audio": 6, "visual": 121}}[split]
+    lines = paths["audio"].read_text().splitlines(keepends=True)
+    cut = tmp_path / LLP_DENSE_CSV["audio"]
+    cut.write_text("".join(lines[:-83]))  # 83 of 4,131 rows
+    truncated = dict(dense_rows, audio=llp.read_dense_csv(cut, known_ids=known)[0])
+    cut_paths = dict(paths, audio=cut)
+    assert len(llp.check_dense_coverage("val", *splits["val"], truncated, cut_paths)) == 32  # < 5 %
+    with pytest.raises(llp.LLPDataError, match=rf"LLP val: 37 of 649 videos .* no row in {cut}"):
+        llp.check_dense_rows("val", splits["val"][0], truncated, cut_paths)
 
 
 def test_unreadable_feature_folder_fails_clearly(tmp_path: Path, monkeypatch) -> None:

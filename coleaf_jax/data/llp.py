@@ -75,6 +75,17 @@ _READ_CHUNK = 128  # examples decoded per data-source call in load_split
 # either dense CSV. The real LLP CSVs give 12 of 649 val and 23 of 1,200 test videos
 # (≈ 1.9 %); a dense CSV cut at a line boundary or left header-only gives 8-55 %.
 DENSE_UNCOVERED_MAX_SHARE = 0.05
+# Per modality (:func:`check_dense_rows`): a val/test split fails when more than this
+# share of its videos has no row at all in that modality's dense CSV. The released
+# files leave 4 of 649 val and 6 of 1,200 test videos without an audio row (≤ 0.62 %)
+# and 70 and 121 without a visual row (≤ 10.8 %); cutting the last 1 % of the audio
+# CSV's rows leaves 2.9 % of val without one, the last 2 % of the visual CSV's 15.6 %.
+DENSE_NO_ROW_MAX_SHARE = {"audio": 0.02, "visual": 0.15}
+DENSE_NO_ROW_RELEASED = {"audio": "4 of 649 val and 6 of 1,200 test videos",
+                         "visual": "70 of 649 val and 121 of 1,200 test videos"}
+# Both checks allow this many videos whatever the share: in a small split one
+# video is already several percent (1 of 19 is above 5 %).
+DENSE_FEW_VIDEOS = 5
 # Dense rows of videos in no split CSV: the released files have 8 such filenames
 # (0.4 % of the 1,849 val + test videos); a val/test CSV that lost rows leaves its
 # videos' dense rows orphaned. More than this share of the val + test videos, and
@@ -331,6 +342,7 @@ def check_dense_coverage(
     dense: Mapping[str, Mapping[str, np.ndarray]],
     dense_paths: Mapping[str, PathLike],
     max_share: float = DENSE_UNCOVERED_MAX_SHARE,
+    allowed: int | None = None,
 ) -> list[str]:
     """Cross-checks a dense split's weak labels against the dense CSV rows.
 
@@ -345,10 +357,11 @@ def check_dense_coverage(
       The uncovered video ids, in CSV order.
 
     Raises:
-      LLPDataError: more than ``max_share`` of the split's videos are uncovered;
-        the message names both dense CSVs and how many of the split's videos
-        each one covers.
+      LLPDataError: more than ``max_share`` of the split's videos and more than
+        ``allowed`` (default :data:`DENSE_FEW_VIDEOS`) are uncovered; the message
+        names both dense CSVs and how many of the split's videos each one covers.
     """
+    allowed = DENSE_FEW_VIDEOS if allowed is None else allowed
     uncovered = []
     covered_by = {modality: 0 for modality in dense}
     for filename, label in zip(filenames, labels):
@@ -364,13 +377,14 @@ def check_dense_coverage(
     if not uncovered:
         return uncovered
     first = ", ".join(uncovered[:_MAX_SHOWN_IDS])
-    if len(uncovered) > max_share * n:
+    if len(uncovered) > max(max_share * n, allowed):
         files = "; ".join(f"{dense_paths[m]} has rows for {covered_by[m]} of them"
                           for m in dense)
         raise LLPDataError(
             f"LLP {split}: {len(uncovered)} of {n} videos ({100 * len(uncovered) / n:.0f} %) "
             f"have a weak-labelled class with no segment in either dense annotation CSV "
-            f"(expected at most {100 * max_share:.0f} %; the real LLP files: under 2 %). "
+            f"(expected at most {100 * max_share:.0f} % or {allowed} videos; the real LLP "
+            f"files: under 2 %). "
             f"A dense CSV probably lost rows (truncated or header-only): {files}. "
             f"Their truth would be all zeros. First videos: {first}")
     logger.warning(
@@ -378,6 +392,40 @@ def check_dense_coverage(
         "CSV (as in the released annotation; scored as annotated). First: %s",
         split, len(uncovered), n, first)
     return uncovered
+
+
+def check_dense_rows(
+    split: str,
+    filenames: list[str],
+    dense: Mapping[str, Mapping[str, np.ndarray]],
+    dense_paths: Mapping[str, PathLike],
+    allowed: int | None = None,
+) -> None:
+    """Fails when a dense CSV has no row for too many of a split's videos.
+
+    :func:`check_dense_coverage` counts a class as covered by either modality, so
+    an audio CSV that lost a few percent of its rows would pass it; here each
+    modality's CSV is checked on its own against :data:`DENSE_NO_ROW_MAX_SHARE`
+    (derived from the released files).
+
+    Raises:
+      LLPDataError: more than that share of the split's videos and more than
+        ``allowed`` (default :data:`DENSE_FEW_VIDEOS`) have no row in one dense
+        CSV; the message names it.
+    """
+    allowed = DENSE_FEW_VIDEOS if allowed is None else allowed
+    n = len(filenames)
+    for modality, rows in dense.items():
+        missing = [video_id(f) for f in filenames if video_id(f) not in rows]
+        max_share = DENSE_NO_ROW_MAX_SHARE[modality]
+        if len(missing) <= max(max_share * n, allowed):
+            continue
+        raise LLPDataError(
+            f"LLP {split}: {len(missing)} of {n} videos ({100 * len(missing) / n:.1f} %) have no "
+            f"row in {dense_paths[modality]} (expected at most {100 * max_share:.0f} % or "
+            f"{allowed} videos; the released file leaves {DENSE_NO_ROW_RELEASED[modality]} "
+            f"without one). It probably lost rows (truncated or header-only); their {modality} "
+            f"truth would be all zeros. First videos: {', '.join(missing[:_MAX_SHOWN_IDS])}")
 
 
 def check_dense_orphans(
@@ -468,7 +516,8 @@ class Llp(tfds.core.ShardBasedBuilder):
     ``label_audio``/``label_visual`` and ``has_dense = False``. Examples keep the
     CSV order. Videos whose feature files are missing are skipped; their ids
     per split are in ``info.metadata['skipped_videos']``. Val and test are
-    cross-checked against the dense CSVs (:func:`check_dense_coverage`); the
+    cross-checked against the dense CSVs (:func:`check_dense_rows`,
+    :func:`check_dense_coverage`); the
     ids of their videos with a weak class but no dense segment are in
     ``info.metadata['dense_uncovered']``.
 
@@ -555,10 +604,12 @@ class Llp(tfds.core.ShardBasedBuilder):
             check_dense_orphans(orphans, {s: len(weak[s][0]) for s in DENSE_SPLITS},
                                 {s: annotations / LLP_SPLIT_CSV[s] for s in DENSE_SPLITS},
                                 list(dense_paths.values()))
-        self.info.metadata["dense_uncovered"] = {
-            split: check_dense_coverage(split, *weak[split], dense, dense_paths)
-            for split in DENSE_SPLITS if weak[split][0]
-        }
+        self.info.metadata["dense_uncovered"] = {}
+        for split in DENSE_SPLITS:
+            if weak[split][0]:
+                check_dense_rows(split, weak[split][0], dense, dense_paths)
+                self.info.metadata["dense_uncovered"][split] = check_dense_coverage(
+                    split, *weak[split], dense, dense_paths)
         self.info.metadata["skipped_videos"] = {}
         shards = {}
         for split, (filenames, labels) in weak.items():
