@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from coleaf_jax import cli, evaluate, metrics, paper, plots
+from coleaf_jax import cli, evaluate, metrics, paper, plots, train
 from coleaf_jax.data import pipeline
 
 LOSS_KEYS = ("anchor_loss", "ref_loss", "backbone", "nce_a", "nce_v", "correlation", "ref_kd")
@@ -53,15 +53,8 @@ def _score_table(rows: list[tuple[str, dict, str]]) -> str:
 
 
 def _read_history(workdir: str) -> list[dict]:
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return []
-    by_epoch = {}
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                r = json.loads(line)
-                by_epoch[r["epoch"]] = r  # a resumed run rewrites later epochs
+    """One row per epoch (a resumed run rewrites later epochs; a cut line is skipped)."""
+    by_epoch = train.read_metrics(os.path.join(workdir, train.METRICS_FILE))
     return [by_epoch[k] for k in sorted(by_epoch)]
 
 

@@ -238,15 +238,19 @@ def check_finite(record: dict, epoch: int, steps_per_epoch: int, config,
         f"logged loss of the epoch is finite (a step logs its loss before its update). {advice}")
 
 
-def _read_rows(path: str) -> list[dict]:
-    rows = []
+def read_metrics(path: str) -> dict[int, dict]:
+    """The rows of ``metrics.jsonl`` by epoch (of rows for one epoch, the last). A line cut
+    by a kill mid-write, or a row without an epoch, is skipped."""
+    rows = {}
     if os.path.exists(path):
         with open(path) as f:
             for line in f:
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
                 except ValueError:  # a line cut by a kill mid-write
                     continue
+                if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+                    rows[row["epoch"]] = row
     return rows
 
 
@@ -255,10 +259,7 @@ def keep_metrics_rows(path: str, last_epoch: int) -> None:
     rows of epochs that are trained again after a resume are not duplicated."""
     if not os.path.exists(path):
         return
-    rows = {}
-    for row in _read_rows(path):
-        if isinstance(row, dict) and isinstance(row.get("epoch"), int) and row["epoch"] <= last_epoch:
-            rows[row["epoch"]] = row
+    rows = {epoch: row for epoch, row in read_metrics(path).items() if epoch <= last_epoch}
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         for epoch in sorted(rows):
@@ -440,7 +441,7 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose) -> d
                                                       config.data.bucket))
         bar = progress.bar(calls, total=1 if scan else steps_per_epoch,
                            desc=f"epoch {epoch + 1}/{config.num_epochs}", enabled=verbose)
-        show = isinstance(bar, progress.tqdm) and not scan
+        show = not bar.disable and not scan
         record = None  # on device: summed logs and the first non-finite step
         for i, args in enumerate(bar):
             state, logs = step_fn(state, *args)

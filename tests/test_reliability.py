@@ -146,12 +146,41 @@ def test_progress_bar_only_on_a_terminal():
             return True
 
     tty, log = Terminal(), io.StringIO()
-    assert list(progress.bar(range(3), total=3, desc="epoch 1/1", stream=tty)) == [0, 1, 2]
+    shown = progress.bar(range(3), total=3, desc="epoch 1/1", stream=tty)
+    assert not shown.disable  # (until closed: tqdm sets it then)
+    assert list(shown) == [0, 1, 2]
     assert "\r" in tty.getvalue() and "epoch 1/1" in tty.getvalue()
     quiet = progress.bar(range(3), total=3, desc="epoch 1/1", stream=log)
     quiet.set_postfix({"loss": 1.0})
-    assert list(quiet) == [0, 1, 2] and log.getvalue() == ""
-    assert list(progress.bar(range(2), stream=tty, enabled=False)) == [0, 1]
+    assert list(quiet) == [0, 1, 2] and log.getvalue() == "" and quiet.disable
+    off = progress.bar(range(2), stream=tty, enabled=False)
+    assert list(off) == [0, 1] and off.disable
+
+
+def test_one_reader_of_metrics_rows_tolerates_a_cut_line(tmp_path):
+    """A kill mid-write leaves a cut last line: training and the report both skip it."""
+    from coleaf_jax import report
+
+    rows_written = [{"epoch": 1, "train": {}, "val_selection": 1.0},
+                    {"epoch": 2, "train": {}, "val_selection": 2.0},
+                    {"epoch": 1, "train": {}, "val_selection": 3.0}]  # epoch 1 trained again
+    with open(tmp_path / train.METRICS_FILE, "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows_written) + '{"epoch": 3, "tr')
+    assert report._read_history(str(tmp_path)) == [rows_written[2], rows_written[1]]
+    assert train.read_metrics(str(tmp_path / train.METRICS_FILE)) == {1: rows_written[2],
+                                                                     2: rows_written[1]}
+    train.keep_metrics_rows(str(tmp_path / train.METRICS_FILE), 1)
+    assert rows(str(tmp_path)) == [rows_written[2]]
+
+
+def test_quiet_libraries_leaves_asyncio_logging_alone():
+    """Failed reads of a damaged checkpoint are silenced where they happen (restore), not
+    for the whole process."""
+    import logging
+
+    level = logging.getLogger("asyncio").level
+    cli.quiet_libraries()
+    assert logging.getLogger("asyncio").level == level
 
 
 def test_rerunning_a_finished_run_is_a_no_op_that_says_so(run, tmp_path, capsys):
