@@ -4,9 +4,9 @@
                    [--select-thresholds] [--config.eval.thresholds=official]
 
 Uses the best-on-validation checkpoint unless --step is given; writes the
-scores as JSON (default WORKDIR/eval/<split>_epoch<E>_<thresholds>.json, so
-training's WORKDIR/test_metrics.json is never overwritten) and prints the
-table. A missing --workdir, a damaged checkpoint or one that does not fit the
+scores as JSON (default WORKDIR/eval/<split>_epoch<E>_<thresholds>.json;
+training's WORKDIR/test_metrics.json is never overwritten, an --output naming
+it is refused) and prints the table. A missing --workdir, a damaged checkpoint or one that does not fit the
 config is one line "error: ..." (nothing is created).
 --select-thresholds searches per-class visual video-level thresholds in
 {0.25, 0.30, ..., 0.70} on the validation split for the checkpoint being

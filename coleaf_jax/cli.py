@@ -211,10 +211,15 @@ def evaluate_checkpoint(config, workdir: str, split: str = "test", step: int | N
     With ``select``, per-class visual thresholds are chosen on validation for
     this checkpoint (``select_thresholds``) and used for ``split``.
     """
-    from coleaf_jax.train import validate_run_config
+    from coleaf_jax.train import RESULT_FILE, validate_run_config
 
     validate_run_config(config)
     require_run(workdir)
+    trained = os.path.join(workdir, RESULT_FILE)
+    if output and os.path.realpath(output) == os.path.realpath(trained):
+        raise ValueError(f"--output {output} is training's result ({trained}), which eval.py "
+                         f"never overwrites: pass another --output, or none for "
+                         f"{default_output(workdir, split, 'E', 'THRESHOLDS')}")
     with matmul_precision(config):
         return _evaluate_checkpoint(config, workdir, split, step, output, verbose, select)
 

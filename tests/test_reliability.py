@@ -523,6 +523,14 @@ def test_eval_writes_its_own_file_and_never_test_metrics(run, tmp_path):
     assert written == result and result["videos_scored"] == len(run.data["test"]["label"])
     assert os.path.exists(os.path.join(workdir, "eval", f"val_epoch{other}_standard.json"))
     assert {k: result[k] for k in ("seg_av", "evt_av")} == {k: run.result[k] for k in ("seg_av", "evt_av")}
+    # Not even when asked to: --output naming training's result is refused, as is.
+    for output in (os.path.join(workdir, "test_metrics.json"),
+                   os.path.join(workdir, "eval", "..", "test_metrics.json")):
+        with pytest.raises(SystemExit) as info:
+            cli.exit_on_user_error(cli.evaluate_checkpoint, run_config(run.root), workdir,
+                                   step=other, output=output, verbose=False)
+        assert str(info.value).startswith(f"error: --output {output} is training's result")
+    assert open(os.path.join(workdir, "test_metrics.json")).read() == trained
 
 
 def test_missing_test_features_fail_unless_allowed_then_the_count_is_recorded(run, tmp_path):
