@@ -78,7 +78,7 @@ def is_damage(e: BaseException) -> bool | None:
     that does not (no permission, ...): False; anything else (not an I/O error): None.
     The outermost error that tells decides."""
     for x in _chain(e):
-        if isinstance(x, json.JSONDecodeError):
+        if isinstance(x, (json.JSONDecodeError, UnicodeDecodeError)):  # an unparsable file
             return True
         if isinstance(x, OSError):
             return isinstance(x, FileNotFoundError) or x.errno in DAMAGE_ERRNOS
@@ -295,6 +295,48 @@ def move_damaged(workdir: str, epoch: int) -> str:
     shutil.move(src, dst)
     _forget_selected_thresholds(checkpoint_dir(workdir), epoch)
     return dst
+
+
+def _unparsable_score(directory: str) -> int | None:
+    """The first checkpoint whose stored validation score (orbax's ``<epoch>/metrics/metrics``
+    JSON) does not parse, or None."""
+    epochs = sorted(int(p) for p in os.listdir(directory) if p.isdigit()) if os.path.isdir(
+        directory) else []
+    for epoch in epochs:
+        path = os.path.join(directory, str(epoch), "metrics", "metrics")
+        try:
+            with open(path) as f:
+                json.load(f)
+        except ValueError:  # JSON or UTF-8
+            return epoch
+        except OSError:
+            continue
+    return None
+
+
+def open_checkpoints(workdir: str, create: bool = True, move: bool = False,
+                     verbose: bool = True) -> ocp.CheckpointManager:
+    """:func:`checkpoint_manager`, naming a checkpoint whose validation score does not parse:
+    orbax reads every score when it opens the folder, and its error names none. Raises
+    ``CheckpointDamagedError`` (evaluation), or with ``move`` (training) moves it to
+    ``WORKDIR/damaged_checkpoints/``, says so and opens the rest."""
+    while True:
+        try:
+            return checkpoint_manager(workdir, create)
+        except Exception as e:  # noqa: BLE001 -- re-raised unless it is a damaged score
+            epoch = _unparsable_score(checkpoint_dir(workdir))
+            if epoch is None or not is_damage(e):
+                raise
+            path = os.path.join(checkpoint_dir(workdir), str(epoch))
+            damaged = CheckpointDamagedError(
+                f"checkpoint {epoch} ({path}) is damaged: cannot read its validation score "
+                f"({_short(e)})", epoch)
+            if not move:
+                raise damaged from e
+            moved = move_damaged(workdir, epoch)
+            if verbose:
+                print(f"warning: {damaged}. Moved it to {moved}; going on with the other "
+                      f"checkpoints", flush=True)
 
 
 def restore_latest_intact(mngr: ocp.CheckpointManager, workdir: str, template, config=None,

@@ -16,7 +16,7 @@ import numpy as np
 from coleaf_jax import evaluate, metrics
 from coleaf_jax.data import pipeline
 from coleaf_jax import workdir as workdir_lib
-from coleaf_jax.checkpoints import (best_epoch, checkpoint_manager, restore_checkpoint,
+from coleaf_jax.checkpoints import (best_epoch, open_checkpoints, restore_checkpoint,
                                     selection_scores)
 from coleaf_jax.step import create_train_state, matmul_precision
 
@@ -143,7 +143,7 @@ def restore_anchor(config, workdir: str, data: dict, step: int | None = None):
     Returns ``(state, anchor, anchor_params, step)``.
     """
     require_run(workdir)
-    mngr = checkpoint_manager(workdir, create=False)
+    mngr = open_checkpoints(workdir, create=False)
     try:
         step = best_epoch(selection_scores(mngr)) if step is None else step
         if step is None or step not in mngr.all_steps():

@@ -21,7 +21,7 @@ import numpy as np
 
 from coleaf_jax import distributed, evaluate, metrics, progress
 from coleaf_jax import workdir as workdir_lib
-from coleaf_jax.checkpoints import (CheckpointDamagedError, best_epoch, checkpoint_manager,
+from coleaf_jax.checkpoints import (CheckpointDamagedError, best_epoch, open_checkpoints,
                                     prune_checkpoints, restore_checkpoint, restore_latest_intact,
                                     save_checkpoint, selection_scores)
 from coleaf_jax.data import pipeline
@@ -328,7 +328,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             return _train_and_evaluate(config, workdir, None, data, on_epoch_end, False)
     with (distributed.announce_failure(), workdir_lib.lock(workdir, verbose),
           matmul_precision(config)):
-        mngr = checkpoint_manager(workdir)
+        mngr = open_checkpoints(workdir, move=True, verbose=verbose)
         try:
             return _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose)
         finally:

@@ -429,6 +429,34 @@ def test_damaged_checkpoints_are_named_moved_and_skipped(tmp_path, capsys):
     mngr.close()
 
 
+def test_an_unparsable_score_is_named_when_the_checkpoints_are_opened(run, tmp_path, capsys):
+    """Orbax reads every checkpoint's score when it opens the folder (a new process), and
+    its error names none: eval.py names the checkpoint, training moves it away."""
+    workdir = str(tmp_path / "w")
+    mngr = checkpoints.checkpoint_manager(workdir)
+    for epoch, selection in ((1, 0.9), (2, 0.5)):
+        checkpoints.save_checkpoint(mngr, epoch, {"w": np.arange(4, dtype=np.float32)}, selection)
+    mngr.close()
+    (tmp_path / "w" / "checkpoints" / "1" / "metrics" / "metrics").write_text('{"selec')
+    with pytest.raises(checkpoints.CheckpointDamagedError,
+                       match=r"^checkpoint 1 \(.*\) is damaged: cannot read its validation score"):
+        checkpoints.open_checkpoints(workdir, create=False)
+    assert kept(workdir) == {1, 2}
+    mngr = checkpoints.open_checkpoints(workdir, move=True)
+    assert set(mngr.all_steps()) == {2} and kept(workdir) == {2}
+    mngr.close()
+    out = capsys.readouterr().out
+    assert "checkpoint 1 (" in out and "Moved it to" in out
+    assert os.listdir(tmp_path / "w" / "damaged_checkpoints")[0].startswith("1-")
+    # The entry points open the folder this way: eval fails naming it, in one line.
+    copy = copy_run(run, tmp_path)
+    best = expected_best(copy)
+    (Path(copy) / "checkpoints" / str(best) / "metrics" / "metrics").write_bytes(b"\xff\xfe")
+    with pytest.raises(SystemExit, match=rf"^error: checkpoint {best} \(.*\) is damaged: cannot "
+                                         rf"read its validation score"):
+        cli.exit_on_user_error(cli.evaluate_checkpoint, run_config(run.root), copy, verbose=False)
+
+
 def test_checkpoints_unreadable_without_damage_stay_in_place(tmp_path, monkeypatch):
     """Only damage moves a checkpoint away: no permission (Python's or tensorstore's
     EACCES) is a one-line error naming it, an unrelated exception propagates naming it;
