@@ -6,6 +6,14 @@
                     --output parsed/ --timelines 5 [--compare-workdir runs/han --compare-config configs/synthetic.py:han]
                     [--compare-step N]
 
+    python parse.py --config configs/llp.py --workdir runs/llp --video a.mp4 [b.mkv ...] \
+                    --weights weights/ --output parsed/
+
+--video extracts HAN's features from video files first (coleaf_jax.features:
+PyAV decoding, VGGish, ResNet-152, R(2+1)D-18 with the weights converted in
+--weights; docs/features.md) and also writes OUTPUT/pages/<id>.html (the
+video with its event timeline; a click on a bar plays the event) and
+OUTPUT/features/ (the extracted features, LLP layout).
 --features is a folder in the dataset's feature layout (LLP: vggish/, res152/,
 r2plus1d_18/; UnAV-100: <id>_vggish.npy, <id>_rgb.npy, <id>_flow.npy); no
 annotation file is needed. --split parses an annotated split instead, and its
@@ -29,6 +37,10 @@ flags.DEFINE_string("workdir", None, "The training run's directory.")
 flags.DEFINE_string("output", None, "Folder for events.jsonl, events.csv and timelines/.")
 flags.DEFINE_string("features", None, "Feature folder of the videos to parse (no annotations needed).")
 flags.DEFINE_enum("split", None, ["train", "val", "test"], "Parse an annotated split instead.")
+flags.DEFINE_list("video", None, "Video files to parse (features extracted first; more files may "
+                  "follow as arguments: --video a.mp4 b.mkv).")
+flags.DEFINE_string("weights", None, "With --video: the folder of the extractors' weights "
+                    "(python -m coleaf_jax.features.convert; docs/features.md).")
 flags.DEFINE_list("ids", None, "Only these video ids.")
 flags.DEFINE_integer("step", None, "Checkpoint (epoch) to restore; default: best on validation.")
 flags.DEFINE_bool("select_thresholds", False,
@@ -43,11 +55,24 @@ flags.mark_flags_as_required(["config", "workdir", "output"])
 
 
 def main(argv):
-    if len(argv) > 1:
+    videos = list(FLAGS.video or [])
+    if len(argv) > 1 and not videos:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    videos += argv[1:]
     cli.quiet_libraries()
     cli.setup_jax(FLAGS.config)
     cli.exit_on_user_error(cli.require_run, FLAGS.workdir)
+    if videos:
+        if FLAGS.features or FLAGS.split or FLAGS.compare_workdir or FLAGS.ids:
+            raise SystemExit("error: --video cannot be combined with --features, --split, --ids "
+                             "or --compare-workdir")
+        from coleaf_jax.features.videos import parse_video_files
+
+        cli.exit_on_user_error(parse_video_files, FLAGS.config, FLAGS.workdir, FLAGS.output,
+                               videos, FLAGS.weights, step=FLAGS.step,
+                               select_thresholds=FLAGS.select_thresholds,
+                               timelines=FLAGS.timelines)
+        return
     compare = None
     if FLAGS.compare_workdir:
         spec = FLAGS.compare_config or flags.FLAGS["config"].config_filename

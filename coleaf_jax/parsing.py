@@ -103,11 +103,14 @@ def read_events(path: str) -> list[dict]:
 def parse_videos(config, workdir: str, output: str, *, features: str | None = None,
                  split: str | None = None, ids=None, step: int | None = None,
                  select_thresholds: bool = False, timelines: int = 0,
-                 compare: tuple | None = None, verbose: bool = True) -> list[dict]:
+                 compare: tuple | None = None, verbose: bool = True,
+                 data: dict | None = None) -> list[dict]:
     """Parses videos with a trained run and writes ``OUTPUT/events.{jsonl,csv}``.
 
-    Videos come from a feature directory (``features``, no annotations needed)
-    or an annotated ``split`` (then the timelines show the truth too). The
+    Videos come from a feature directory (``features``, no annotations needed),
+    an annotated ``split`` (then the timelines show the truth too), or ``data``:
+    features already in memory (``audio``, ``video_2d``, ``video_3d``, ``id``,
+    optional ``mask``; ``parse.py --video`` extracts them). The
     thresholds are evaluation's: ``config.eval.thresholds``, or with
     ``select_thresholds`` the per-class visual thresholds selected on
     validation for the checkpoint (``cli.select_thresholds``). ``timelines``
@@ -118,9 +121,12 @@ def parse_videos(config, workdir: str, output: str, *, features: str | None = No
     from coleaf_jax import cli, evaluate, plots
     from coleaf_jax.data import pipeline
 
-    if (features is None) == (split is None):
+    if data is not None:
+        if features is not None or split is not None:
+            raise ValueError("give features in memory or a feature directory / split, not both")
+    elif (features is None) == (split is None):
         raise ValueError("give exactly one of a feature directory (--features) or a split (--split)")
-    if features is not None:
+    elif features is not None:
         data = pipeline.load_feature_dir(config, features, ids)
     else:
         data = pipeline.load_splits(config, workdir, (split,))[split]

@@ -383,6 +383,35 @@ def moviepy_resample(samples_44k: np.ndarray, duration: float) -> np.ndarray:
     return q / 32768.0
 
 
+def probe(path: str, audio: bool = True) -> float:
+    """Checks that ``path`` opens and has a video stream (and, with ``audio``, an audio
+    stream) without decoding it; returns its duration. Raises as :func:`decode`."""
+    import av
+
+    path = os.fspath(path)
+    container = _open(path)
+    try:
+        if not container.streams.video:
+            raise VideoError(f"{path}: no video stream (streams: "
+                             f"{', '.join(s.type for s in container.streams) or 'none'})")
+        if audio and not container.streams.audio:
+            raise NoAudioError(_no_audio_message(path))
+        duration = probe_duration(container)
+        if duration <= 0:
+            raise VideoError(f"{path}: the container has no duration")
+        return duration
+    except av.FFmpegError as e:
+        raise VideoError(f"{path}: {_ffmpeg_reason(e)}") from e
+    finally:
+        container.close()
+
+
+def _no_audio_message(path: str) -> str:
+    return (f"{path}: no audio stream; the audio features (VGGish) need one. A silent video "
+            f"can be parsed with a silent track added, e.g. ffmpeg -i {os.path.basename(path)} "
+            f"-f lavfi -i anullsrc=r=44100:cl=stereo -shortest -c:v copy out.mp4")
+
+
 def decode(path: str, frame_fn: Callable | None = None, *, audio: bool = True,
            jpeg: bool = True) -> DecodedVideo:
     """Decodes ``path`` (module docstring).
@@ -404,10 +433,7 @@ def decode(path: str, frame_fn: Callable | None = None, *, audio: bool = True,
             raise VideoError(f"{path}: no video stream (streams: "
                              f"{', '.join(s.type for s in container.streams) or 'none'})")
         if audio and not container.streams.audio:
-            raise NoAudioError(
-                f"{path}: no audio stream; the audio features (VGGish) need one. A silent video "
-                f"can be parsed with a silent track added, e.g. ffmpeg -i {os.path.basename(path)} "
-                f"-f lavfi -i anullsrc=r=44100:cl=stereo -shortest -c:v copy out.mp4")
+            raise NoAudioError(_no_audio_message(path))
         duration = probe_duration(container)
         if duration <= 0:
             raise VideoError(f"{path}: the container has no duration")

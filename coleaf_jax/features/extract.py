@@ -1,0 +1,330 @@
+"""Video files -> HAN's three features, batched and jitted (on the GPU when there is one).
+
+For a video of ``T`` one-second segments (:func:`decode.num_segments`):
+
+* ``audio (T, 128)``: VGGish of ``T`` log-mel examples (``preprocess.vggish_examples``);
+* ``video_2d (8T, 2048)``: ResNet-152 of ``8T`` frames chosen among the 8-fps
+  frames by ``np.round(np.linspace(0, K - 1, 8T))`` (HAN: 80 of about 82);
+* ``video_3d (T, 512)``: R(2+1)D-18 of the same ``8T`` frames, 8 consecutive
+  ones per clip.
+
+Decoding (CPU: FFmpeg, PIL) of the next video overlaps the networks' work on
+the current one. The networks run in fixed-size batches (one compiled
+program each, whatever the video's length).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import queue
+import sys
+import threading
+import time
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from coleaf_jax.features import decode, preprocess, weights
+
+MODEL_NAMES = ("vggish", "resnet152", "r2plus1d_18")
+LLP_FOLDERS = {"audio": "vggish", "video_2d": "res152", "video_3d": "r2plus1d_18"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Extraction settings; the defaults reproduce HAN's released LLP features.
+
+    ``vggish_relu``: keep fc2's ReLU (the VGGish of 2018 that HAN's linked
+    extractor used); ``vggish_postprocess``: ``'none'`` (HAN: the raw
+    embedding) or ``'pca'`` (AudioSet's PCA + 8-bit quantisation, needs the
+    PCA parameters); ``jpeg``: HAN's JPEG round trip of the frames;
+    ``frame_batch`` / ``clip_batch`` / ``example_batch``: batch sizes of
+    ResNet-152 (frames), R(2+1)D-18 (8-frame clips) and VGGish (examples);
+    ``precision``: matmul/convolution precision (``'highest'``: float32 as the
+    reference; ``'default'`` lets a GPU use TF32). ``resnet_crop`` /
+    ``r21d_size``: frame sizes (HAN: 224, resized from 256, and 112); other
+    sizes do not reproduce HAN's features (quick checks and tests).
+    """
+
+    vggish_relu: bool = True
+    vggish_postprocess: str = "none"
+    jpeg: bool = True
+    frame_batch: int = 40
+    clip_batch: int = 5
+    example_batch: int = 10
+    precision: str = "highest"
+    resnet_crop: int = preprocess.RESNET_SIZE
+    r21d_size: int = preprocess.R21D_SIZE
+
+    def __post_init__(self):
+        if self.vggish_postprocess not in ("none", "pca"):
+            raise ValueError(f"vggish_postprocess = {self.vggish_postprocess!r}: expected 'none' "
+                             f"or 'pca'")
+        if self.precision not in ("highest", "high", "default"):
+            raise ValueError(f"precision = {self.precision!r}: expected highest, high or default")
+        if self.resnet_crop < 32 or self.r21d_size < 16:
+            raise ValueError(f"frame sizes {self.resnet_crop} / {self.r21d_size}: expected at "
+                             f"least 32 (ResNet-152) and 16 (R(2+1)D-18)")
+        for name in ("frame_batch", "clip_batch", "example_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} = {getattr(self, name)}: expected at least 1")
+
+
+@dataclasses.dataclass
+class VideoFeatures:
+    """One video's features (float32) and what they were made from."""
+
+    id: str
+    path: str
+    duration: float
+    audio: np.ndarray  # (T, 128)
+    video_2d: np.ndarray  # (8T, 2048)
+    video_3d: np.ndarray  # (T, 512)
+    frames_decoded: int = 0
+    seconds: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def num_segments(self) -> int:
+        return len(self.audio)
+
+
+def video_id(path: str) -> str:
+    """A video's id: its file name without the extension."""
+    return os.path.splitext(os.path.basename(os.fspath(path)))[0]
+
+
+def check_ids(paths: list[str]) -> None:
+    """Videos must have distinct ids (file stems): they name the output files."""
+    seen: dict[str, str] = {}
+    for p in paths:
+        vid = video_id(p)
+        if vid in seen:
+            raise ValueError(f"{seen[vid]} and {p} have the same id {vid!r} (the file name without "
+                             f"its extension names the outputs): rename one")
+        seen[vid] = p
+
+
+def _frame_fn(options: Options):
+    crop, r21d = options.resnet_crop, options.r21d_size
+    resize = int(crop / preprocess.RESNET_SCALE)  # floor(224 / 0.875) = 256
+
+    def fn(image):
+        return preprocess.resnet_frame(image, resize, crop), preprocess.r21d_frame(image, r21d)
+    return fn
+
+
+@dataclasses.dataclass
+class Decoded:
+    """A decoded video, ready for the networks (uint8 frames, float32 examples)."""
+
+    path: str
+    duration: float
+    frames_decoded: int
+    resnet_frames: np.ndarray  # (8T, 224, 224, 3) uint8
+    clips: np.ndarray  # (T, 8, 112, 112, 3) uint8
+    examples: np.ndarray  # (T, 96, 64) float32
+    seconds: float
+
+
+def prepare(path: str, options: Options = Options()) -> Decoded:
+    """Decodes ``path`` and prepares the three networks' inputs (CPU)."""
+    start = time.perf_counter()
+    d = decode.decode(path, _frame_fn(options), jpeg=options.jpeg)
+    t = d.num_segments
+    idx = decode.han_sample(len(d.frames), preprocess.R21D_CLIP * t)
+    resnet_frames = np.stack([d.frames[i][0] for i in idx])
+    clips = np.stack([d.frames[i][1] for i in idx]).reshape(
+        t, preprocess.R21D_CLIP, options.r21d_size, options.r21d_size, 3)
+    examples = preprocess.vggish_examples(d.audio, t)
+    return Decoded(d.path, d.duration, len(d.frames), resnet_frames, clips, examples,
+                   time.perf_counter() - start)
+
+
+def _batched(fn, variables, x: np.ndarray, batch: int) -> np.ndarray:
+    """``fn(variables, chunk)`` over ``x`` in chunks of ``batch`` (the last one padded); a
+    short input uses the smallest power of two that holds it, so few shapes compile."""
+    import jax
+
+    batch = min(batch, 1 << max(0, int(np.ceil(np.log2(max(len(x), 1))))))
+    outs = []
+    for i in range(0, len(x), batch):
+        chunk = x[i:i + batch]
+        n = len(chunk)
+        if n < batch:
+            chunk = np.concatenate([chunk, np.zeros((batch - n,) + chunk.shape[1:], chunk.dtype)])
+        outs.append(fn(variables, chunk)[:n])
+    return np.asarray(jax.device_get(jax.numpy.concatenate(outs)), np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def _networks(precision: str, vggish_relu: bool, pca: bool):
+    """The three jitted networks (weights are arguments: every :class:`Extractor` with
+    these settings shares their compiled programs)."""
+    import jax
+
+    from coleaf_jax.features import r2plus1d, resnet, vggish
+
+    res = resnet.ResNet152(precision=precision)
+    r21d = r2plus1d.R2Plus1D18(precision=precision)
+    vgg = vggish.VGGish(relu_embedding=vggish_relu, precision=precision)
+
+    def resnet_fn(v, frames):
+        x = preprocess.normalize(frames, preprocess.IMAGENET_MEAN, preprocess.IMAGENET_STD)
+        return res.apply(v, x)
+
+    def r21d_fn(v, clips):
+        x = preprocess.normalize(clips, preprocess.KINETICS_MEAN, preprocess.KINETICS_STD)
+        return r21d.apply(v, x)
+
+    def vggish_fn(v, examples):
+        emb = vgg.apply(v["net"], examples)
+        if pca:
+            emb = vggish.postprocess(emb, v["pca"]["pca_eigen_vectors"], v["pca"]["pca_means"])
+        return emb
+
+    # The networks are compute-bound: on a CPU they are compiled at XLA's full backend
+    # optimisation whatever XLA_FLAGS says (the test suite lowers it to save compile
+    # time; the convolutions then run about 7 times slower).
+    opts = {"xla_backend_optimization_level": 3} if jax.default_backend() == "cpu" else None
+    return (jax.jit(resnet_fn, compiler_options=opts), jax.jit(r21d_fn, compiler_options=opts),
+            jax.jit(vggish_fn, compiler_options=opts))
+
+
+class Extractor:
+    """The three networks with their weights, jitted.
+
+    ``Extractor(weights_dir)`` loads (converting if needed) every model's
+    weights first, so a missing checkpoint fails before any video is decoded
+    (:class:`weights.MissingWeightsError` says what to download). ``variables``
+    (``{model: variables}``) bypasses the folder (tests).
+    """
+
+    def __init__(self, weights_dir: str | None, options: Options = Options(), *,
+                 variables: dict | None = None, verbose: bool = True):
+        import jax
+
+        self.options = options
+        needed = list(MODEL_NAMES) + (["vggish_pca"] if options.vggish_postprocess == "pca" else [])
+        loaded = dict(variables or {})
+        for name in needed:
+            if name not in loaded:
+                loaded[name] = weights.load(weights_dir, name, verbose=verbose)
+        self.variables = {k: jax.device_put(v) for k, v in loaded.items() if k in needed}
+        self._resnet, self._r21d, self._vggish = _networks(
+            options.precision, options.vggish_relu, options.vggish_postprocess == "pca")
+        post = options.vggish_postprocess == "pca"
+        self._vggish_vars = {"net": self.variables["vggish"]}
+        if post:
+            self._vggish_vars["pca"] = self.variables["vggish_pca"]
+
+    def run(self, d: Decoded) -> VideoFeatures:
+        """The networks on a prepared video."""
+        o = self.options
+        start = time.perf_counter()
+        audio = _batched(self._vggish, self._vggish_vars, d.examples, o.example_batch)
+        video_2d = _batched(self._resnet, self.variables["resnet152"], d.resnet_frames, o.frame_batch)
+        video_3d = _batched(self._r21d, self.variables["r2plus1d_18"], d.clips, o.clip_batch)
+        return VideoFeatures(video_id(d.path), d.path, d.duration, audio, video_2d, video_3d,
+                             d.frames_decoded, {"decode": d.seconds,
+                                                "networks": time.perf_counter() - start})
+
+    def extract(self, path: str) -> VideoFeatures:
+        """One video's features."""
+        return self.run(prepare(path, self.options))
+
+    def extract_many(self, paths: Iterable[str], progress: bool = True,
+                     prefetch: int = 1) -> Iterator[VideoFeatures]:
+        """Features of ``paths`` in order; the next video is decoded while the networks run
+        on the current one. A bar on a terminal, one line per video otherwise."""
+        from coleaf_jax import progress as progress_lib
+
+        paths = [os.fspath(p) for p in paths]
+        prepared = (prepare(p, self.options) for p in paths)
+        if prefetch:
+            prepared = background(prepared, prefetch)
+        bar = progress_lib.bar(prepared, total=len(paths), desc="extracting", enabled=progress)
+        terminal = progress and progress_lib.is_terminal()
+        for i, d in enumerate(bar, start=1):
+            f = self.run(d)
+            if progress and not terminal:
+                print(f"[{i}/{len(paths)}] {f.path}: {f.num_segments} segments "
+                      f"({f.duration:.2f} s), decoded in {f.seconds['decode']:.1f} s, networks "
+                      f"{f.seconds['networks']:.1f} s", file=sys.stderr, flush=True)
+            else:
+                bar.set_postfix(video=f.id)
+            yield f
+        bar.close()
+
+
+def background(items: Iterator, size: int) -> Iterator:
+    """``items`` produced ``size`` ahead by a thread (FFmpeg and PIL release the GIL); an
+    exception there is raised here; leaving the loop early stops the thread."""
+    buffer: queue.Queue = queue.Queue(maxsize=size)
+    stop = threading.Event()
+    done = object()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((done, None))
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+            put((done, e))
+
+    threading.Thread(target=produce, name="coleaf-decode", daemon=True).start()
+    try:
+        while True:
+            item, error = buffer.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+
+
+def write_llp(features: VideoFeatures, root: str) -> dict[str, str]:
+    """Writes ``ROOT/vggish/<id>.npy``, ``ROOT/res152/<id>.npy``, ``ROOT/r2plus1d_18/<id>.npy``
+    (float32); returns the paths by feature key."""
+    out = {}
+    for key, folder in LLP_FOLDERS.items():
+        os.makedirs(os.path.join(root, folder), exist_ok=True)
+        path = os.path.join(root, folder, f"{features.id}.npy")
+        np.save(path, getattr(features, key).astype(np.float32))
+        out[key] = path
+    return out
+
+
+def stack_features(videos: list[VideoFeatures], pool_frames: bool = False) -> dict[str, np.ndarray]:
+    """Videos of any lengths as one split for the models: ``audio (N, T, 128)``,
+    ``video_2d (N, 8T or T, 2048)`` (``pool_frames``: each second's 8 frames
+    averaged), ``video_3d (N, T, 512)`` padded with zeros to the longest ``T``,
+    ``mask (N, T)`` and ``id``."""
+    t = max(v.num_segments for v in videos)
+    n = len(videos)
+    per = preprocess.R21D_CLIP
+    audio = np.zeros((n, t, videos[0].audio.shape[1]), np.float32)
+    frames = np.zeros((n, t * per, videos[0].video_2d.shape[1]), np.float32)
+    clips = np.zeros((n, t, videos[0].video_3d.shape[1]), np.float32)
+    mask = np.zeros((n, t), bool)
+    for i, v in enumerate(videos):
+        k = v.num_segments
+        audio[i, :k], frames[i, :k * per], clips[i, :k], mask[i, :k] = (
+            v.audio, v.video_2d, v.video_3d, True)
+    if pool_frames:
+        frames = frames.reshape(n, t, per, -1).mean(2)
+    return {"audio": audio, "video_2d": frames, "video_3d": clips, "mask": mask,
+            "id": np.array([v.id for v in videos], dtype=str)}

@@ -1,0 +1,61 @@
+"""``parse.py --video``: video files -> features -> a trained Anchor -> events and pages.
+
+Writes, under ``OUTPUT``: ``events.jsonl`` / ``events.csv`` (as ``--features``),
+``pages/<id>.html`` (the video with its timeline, :mod:`~coleaf_jax.features.page`),
+``features/`` (the extracted features in the LLP layout, reusable with
+``--features``) and ``timelines/<id>.png`` with ``--timelines``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from coleaf_jax.features import decode, extract, page
+
+
+def check_config(config) -> None:
+    """--video extracts HAN's LLP features; the run must have been trained on them."""
+    if config.data.dataset not in ("llp", "synthetic"):
+        raise ValueError(
+            f"--video extracts HAN's LLP features (VGGish 128-d, ResNet-152 2048-d, R(2+1)D-18 "
+            f"512-d); this run's config has data.dataset = {config.data.dataset!r}, whose models "
+            f"take other features: use a run trained on LLP (configs/llp.py)")
+
+
+def parse_video_files(config, workdir: str, output: str, videos: list[str], weights_dir: str | None,
+                      *, options: extract.Options = extract.Options(), step: int | None = None,
+                      select_thresholds: bool = False, timelines: int = 0,
+                      verbose: bool = True) -> list[dict]:
+    """Extracts the features of ``videos``, parses them with the run's checkpoint (``step``,
+    default: best on validation) and writes the outputs (module docstring)."""
+    from coleaf_jax.data import pipeline
+    from coleaf_jax.parsing import parse_videos
+
+    check_config(config)
+    if not videos:
+        raise ValueError("--video: no video file given")
+    paths = [os.fspath(v) for v in videos]
+    extract.check_ids(paths)
+    for p in paths:  # every file checked before any weight is loaded or frame decoded
+        decode.probe(p)
+    extractor = extract.Extractor(weights_dir, options, verbose=verbose)
+    feats = []
+    folder = os.path.join(output, "features")
+    for f in extractor.extract_many(paths, progress=verbose):
+        extract.write_llp(f, folder)
+        feats.append(f)
+    data = extract.stack_features(feats, pool_frames=pipeline.can_pool_frames(config))
+    records = parse_videos(config, workdir, output, data=data, step=step,
+                           select_thresholds=select_thresholds, timelines=timelines,
+                           verbose=verbose)
+    info = {f.id: {"path": f.path, "duration": f.duration, "num_segments": f.num_segments}
+            for f in feats}
+    with open(os.path.join(folder, "videos.json"), "w") as fh:
+        json.dump(info, fh, indent=2)
+    subtitle = f"{config.name} · {os.path.abspath(workdir)}"
+    pages = page.write_video_pages(records, info, output, subtitle)
+    if verbose:
+        print(f"wrote {len(pages)} video pages to {os.path.join(output, 'pages')} and the "
+              f"features to {folder}")
+    return records
