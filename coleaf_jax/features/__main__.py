@@ -37,6 +37,10 @@ def expand(paths: list[str]) -> list[str]:
     return out
 
 
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m coleaf_jax.features",
@@ -59,6 +63,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--frame-sizes", type=int, nargs=2, metavar=("RESNET", "R21D"),
                    default=None, help="other frame sizes than HAN's 224 and 112 (quick checks "
                    "only: the features are not HAN's)")
+    p.add_argument("--workers", type=int, default=default_workers(),
+                   help="threads decoding the next videos while the networks run "
+                        "(default: the CPU cores less one, at most 8)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
 
@@ -99,7 +106,7 @@ def main(argv=None) -> int:
         manifest["weights"] = {name: _provenance(args.weights, name) for name in extract.MODEL_NAMES}
         os.makedirs(args.out, exist_ok=True)
         short = []
-        for f in extractor.extract_many(todo, progress=not args.quiet):
+        for f in extractor.extract_many(todo, progress=not args.quiet, workers=args.workers):
             extract.write_llp(f, args.out)
             manifest["videos"][f.id] = {"path": os.path.abspath(f.path), "duration": f.duration,
                                         "num_segments": f.num_segments,

@@ -8,19 +8,19 @@ For a video of ``T`` one-second segments (:func:`decode.num_segments`):
 * ``video_3d (T, 512)``: R(2+1)D-18 of the same ``8T`` frames, 8 consecutive
   ones per clip.
 
-Decoding (CPU: FFmpeg, PIL) of the next video overlaps the networks' work on
-the current one. The networks run in fixed-size batches (one compiled
+Decoding (CPU: FFmpeg, PIL; ``workers`` threads) of the next videos overlaps
+the networks' work on the current one. The networks run in fixed-size batches (one compiled
 program each, whatever the video's length).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
+import itertools
 import os
-import queue
 import sys
-import threading
 import time
 from typing import Iterable, Iterator
 
@@ -235,15 +235,15 @@ class Extractor:
         return self.run(prepare(path, self.options))
 
     def extract_many(self, paths: Iterable[str], progress: bool = True,
-                     prefetch: int = 1) -> Iterator[VideoFeatures]:
-        """Features of ``paths`` in order; the next video is decoded while the networks run
-        on the current one. A bar on a terminal, one line per video otherwise."""
+                     workers: int = 1) -> Iterator[VideoFeatures]:
+        """Features of ``paths`` in order. ``workers`` threads decode the next videos while
+        the networks run on the current one (FFmpeg and PIL release the GIL; on a GPU
+        decoding is the bottleneck: give it the CPU's cores). A bar on a terminal, one
+        line per video otherwise."""
         from coleaf_jax import progress as progress_lib
 
         paths = [os.fspath(p) for p in paths]
-        prepared = (prepare(p, self.options) for p in paths)
-        if prefetch:
-            prepared = background(prepared, prefetch)
+        prepared = prefetched(lambda p: prepare(p, self.options), paths, max(1, workers))
         bar = progress_lib.bar(prepared, total=len(paths), desc="extracting", enabled=progress)
         terminal = progress and progress_lib.is_terminal()
         for i, d in enumerate(bar, start=1):
@@ -258,42 +258,25 @@ class Extractor:
         bar.close()
 
 
-def background(items: Iterator, size: int) -> Iterator:
-    """``items`` produced ``size`` ahead by a thread (FFmpeg and PIL release the GIL); an
-    exception there is raised here; leaving the loop early stops the thread."""
-    buffer: queue.Queue = queue.Queue(maxsize=size)
-    stop = threading.Event()
-    done = object()
+def prefetched(fn, items: list, workers: int) -> Iterator:
+    """``fn(item)`` for ``items`` in order, computed by ``workers`` threads up to
+    ``workers + 1`` items ahead; an exception is raised when its item is reached."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    def put(entry) -> bool:
-        while not stop.is_set():
-            try:
-                buffer.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce():
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="coleaf-decode") as pool:
+        pending = collections.deque()
+        it = iter(items)
         try:
-            for item in items:
-                if not put((item, None)):
-                    return
-            put((done, None))
-        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
-            put((done, e))
-
-    threading.Thread(target=produce, name="coleaf-decode", daemon=True).start()
-    try:
-        while True:
-            item, error = buffer.get()
-            if item is done:
-                if error is not None:
-                    raise error
-                return
-            yield item
-    finally:
-        stop.set()
+            for item in itertools.islice(it, workers + 1):
+                pending.append(pool.submit(fn, item))
+            while pending:
+                result = pending.popleft().result()
+                for item in itertools.islice(it, 1):
+                    pending.append(pool.submit(fn, item))
+                yield result
+        finally:
+            for f in pending:
+                f.cancel()
 
 
 def write_llp(features: VideoFeatures, root: str) -> dict[str, str]:

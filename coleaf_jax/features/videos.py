@@ -42,7 +42,8 @@ def parse_video_files(config, workdir: str, output: str, videos: list[str], weig
     extractor = extract.Extractor(weights_dir, options, verbose=verbose)
     feats = []
     folder = os.path.join(output, "features")
-    for f in extractor.extract_many(paths, progress=verbose):
+    workers = max(1, min(8, (os.cpu_count() or 2) - 1))
+    for f in extractor.extract_many(paths, progress=verbose, workers=workers):
         extract.write_llp(f, folder)
         feats.append(f)
     data = extract.stack_features(feats, pool_frames=pipeline.can_pool_frames(config))

@@ -1,0 +1,151 @@
+"""Feature-extraction throughput (and, on an accelerator, parity) — the numbers of docs/performance.md.
+
+    python tools/bench_features.py [--videos 3] [--seconds 10] [--out bench.json] [--parity]
+
+* ``networks``: the three networks on one 10 s video's inputs (80 frames at
+  224, 10 clips of 8 x 112 x 112, 10 VGGish examples), random weights, after
+  a warm-up call: seconds per video, per network, and videos per second, for
+  ``--precision`` highest (float32, the default) and default (TF32 on a GPU).
+* ``pipeline``: ``Extractor.extract_many`` on ``--videos`` generated
+  videos of ``--seconds`` (640x360, 30 fps, AAC): decoding, HAN's JPEG round
+  trip, resizing and the networks, decoding overlapping the networks; videos
+  per second and the decode / network split.
+* ``--parity``: the parity fixtures of tests/test_features_models.py on this
+  machine's default device (float32 'highest', and TF32 'default').
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from coleaf_jax.features import convert, extract, testing  # noqa: E402
+
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "tests", "fixtures", "features")
+
+
+def random_variables() -> dict:
+    return {"resnet152": convert.resnet152_variables(testing.random_state_dict("resnet152")),
+            "r2plus1d_18": convert.r2plus1d_variables(testing.random_state_dict("r2plus1d_18")),
+            "vggish": convert.vggish_variables(testing.random_state_dict("vggish"))}
+
+
+def bench_networks(variables: dict, precision: str, repeats: int = 3) -> dict:
+    ex = extract.Extractor(None, extract.Options(precision=precision), variables=variables,
+                           verbose=False)
+    rng = np.random.default_rng(0)
+    d = extract.Decoded("synthetic.mp4", 10.0, 82,
+                        rng.integers(0, 256, (80, 224, 224, 3), dtype=np.uint8),
+                        rng.integers(0, 256, (10, 8, 112, 112, 3), dtype=np.uint8),
+                        rng.standard_normal((10, 96, 64)).astype(np.float32), 0.0)
+    o = ex.options
+    parts = {"vggish": (ex._vggish, ex._vggish_vars, d.examples, o.example_batch),
+             "resnet152": (ex._resnet, ex.variables["resnet152"], d.resnet_frames, o.frame_batch),
+             "r2plus1d_18": (ex._r21d, ex.variables["r2plus1d_18"], d.clips, o.clip_batch)}
+    out = {}
+    for name, (fn, v, x, b) in parts.items():
+        start = time.perf_counter()
+        extract._batched(fn, v, x, b)
+        first = time.perf_counter() - start
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            extract._batched(fn, v, x, b)
+            times.append(time.perf_counter() - start)
+        out[name] = {"first_call_s": round(first, 3), "s_per_video": round(min(times), 4)}
+    total = sum(v["s_per_video"] for v in out.values())
+    out["total_s_per_video"] = round(total, 4)
+    out["videos_per_s"] = round(1.0 / total, 3)
+    return out
+
+
+def bench_pipeline(variables: dict, videos: int, seconds: float, workers: int) -> dict:
+    ex = extract.Extractor(None, extract.Options(), variables=variables, verbose=False)
+    with tempfile.TemporaryDirectory() as d:
+        paths = [testing.write_test_video(os.path.join(d, f"v{i}.mp4"), seconds=seconds,
+                                          size=(640, 360), fps=30, tone_hz=300.0 + 100 * i)
+                 for i in range(videos + 1)]
+        ex.extract(paths[0])  # compile
+        start = time.perf_counter()
+        feats = list(ex.extract_many(paths[1:], progress=False, workers=workers))
+        wall = time.perf_counter() - start
+    decode_s = sum(f.seconds["decode"] for f in feats) / len(feats)
+    net_s = sum(f.seconds["networks"] for f in feats) / len(feats)
+    return {"videos": videos, "seconds_each": seconds, "workers": workers, "wall_s": round(wall, 2),
+            "videos_per_s": round(videos / wall, 3), "decode_s_per_video": round(decode_s, 3),
+            "networks_s_per_video": round(net_s, 3)}
+
+
+def parity(precision: str) -> dict:
+    import jax
+
+    from coleaf_jax.features import r2plus1d, resnet, vggish
+
+    def rel(a, b):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+    out = {}
+    fx = np.load(os.path.join(FIXTURES, "resnet152.npz"))
+    v = convert.resnet152_variables(testing.random_state_dict("resnet152"))
+    y = jax.jit(resnet.ResNet152(precision=precision).apply)(v, fx["input"].transpose(0, 2, 3, 1))
+    out["resnet152"] = rel(y, fx["output"])
+    fx = np.load(os.path.join(FIXTURES, "r2plus1d_18.npz"))
+    v = convert.r2plus1d_variables(testing.random_state_dict("r2plus1d_18"))
+    y = jax.jit(r2plus1d.R2Plus1D18(precision=precision).apply)(
+        v, fx["input"].transpose(0, 2, 3, 4, 1))
+    out["r2plus1d_18"] = rel(y, fx["output"])
+    fx = np.load(os.path.join(FIXTURES, "vggish.npz"))
+    v = convert.vggish_variables(testing.random_state_dict("vggish"))
+    y = jax.jit(vggish.VGGish(precision=precision).apply)(v, fx["examples"].astype(np.float32))
+    out["vggish"] = rel(y, fx["embedding"])
+    return out
+
+
+def main():
+    import jax
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--videos", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--precisions", default="highest,default")
+    p.add_argument("--parity", action="store_true")
+    p.add_argument("--no-pipeline", action="store_true")
+    p.add_argument("--workers", type=int, default=1, help="decoding threads")
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    result = {"device": str(jax.devices()[0]), "backend": jax.default_backend(),
+              "cpu_count": os.cpu_count(), "load_average": os.getloadavg()}
+    print(json.dumps(result), flush=True)
+    variables = random_variables()
+    if args.parity:
+        result["parity"] = {p_: parity(p_) for p_ in args.precisions.split(",")}
+        print(json.dumps(result["parity"]), flush=True)
+    result["networks"] = {}
+    for precision in args.precisions.split(","):
+        result["networks"][precision] = bench_networks(variables, precision)
+        print(precision, json.dumps(result["networks"][precision]), flush=True)
+    if not args.no_pipeline:
+        try:
+            result["pipeline"] = bench_pipeline(variables, args.videos, args.seconds, args.workers)
+            print("pipeline", json.dumps(result["pipeline"]), flush=True)
+        except ImportError as e:
+            result["pipeline"] = f"skipped: {e}"
+    result["load_average_end"] = os.getloadavg()
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
