@@ -21,7 +21,7 @@ BROWSER_CONTAINERS = (".mp4", ".m4v", ".webm", ".ogv", ".ogg", ".mov")
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1100px}
 h1{font-size:20px;margin:0 0 4px}.meta{color:#666;font-size:13px;margin-bottom:12px}
-video{width:100%;max-height:480px;background:#000;border-radius:4px}
+video{width:100%;max-height:360px;background:#000;border-radius:4px}
 .note{background:#fff6d6;border:1px solid #e8d48a;padding:6px 10px;font-size:13px;margin:8px 0}
 .timeline{position:relative;margin-top:12px;user-select:none}
 .row{display:flex;align-items:center;height:24px;border-bottom:1px solid #eee}
