@@ -20,7 +20,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from coleaf_jax import cli, report
+from coleaf_jax import cli, distributed, report
 from coleaf_jax.seeds import train_seeds
 from coleaf_jax.train import train_and_evaluate
 
@@ -28,6 +28,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
 config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
+distributed.define_flags()  # --coordinator_address, --num_processes, --process_id, --distributed
 
 
 def main(argv):
@@ -35,10 +36,11 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     cli.quiet_libraries()
     cli.setup_jax(FLAGS.config)
+    cli.exit_on_user_error(distributed.initialize_from_flags)  # before JAX's first computation
     logging.info("config:\n%s", FLAGS.config)
     run = train_seeds if FLAGS.config.num_seeds > 1 else train_and_evaluate
     cli.exit_on_user_error(run, FLAGS.config, FLAGS.workdir)
-    if FLAGS.config.num_seeds == 1:
+    if FLAGS.config.num_seeds == 1 and distributed.is_primary():
         html = os.path.join(FLAGS.workdir, "report.html")
         result = os.path.join(FLAGS.workdir, "test_metrics.json")
         if os.path.exists(html) and os.path.getmtime(html) >= os.path.getmtime(result):

@@ -123,8 +123,16 @@ def checkpoint_manager(workdir: str, create: bool = True) -> ocp.CheckpointManag
                                 f"--workdir?)")
     # Orbax keeps everything (max_to_keep=None): its best_fn retention keeps the
     # N best and may delete the latest; save_checkpoint prunes to best + latest.
+    extra = {}
+    if jax.process_count() > 1:  # multi-process: process 0 alone checkpoints (no barriers)
+        extra["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
+            primary_host=0, active_processes={0})
+        if create:  # orbax does not create the folder with active_processes
+            os.makedirs(directory, exist_ok=True)
+            create = False
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=None, best_fn=lambda m: m["selection"], best_mode="max", create=create)
+        max_to_keep=None, best_fn=lambda m: m["selection"], best_mode="max", create=create,
+        **extra)
     return ocp.CheckpointManager(directory, options=options,
                                  item_handlers=ocp.StandardCheckpointHandler())
 

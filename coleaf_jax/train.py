@@ -412,7 +412,7 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose) -> d
     else:
         step_fn = jax.jit(step, donate_argnums=(0,))  # the state is replaced every step
     if verbose and start_epoch < config.num_epochs:
-        print(f"training on {n_dev} device(s) ({jax.devices()[0].platform}), "
+        print(f"training on {n_all} device(s) ({jax.devices()[0].platform}), "
               f"{'data on device' if on_device else 'host input pipeline'}, "
               f"{steps_per_epoch} steps per epoch")
     rows = None
