@@ -80,9 +80,10 @@ def bench_train(config, batch_size: int, segments: int, steps: int, plain: bool 
     step = jax.jit(step_lib.make_train_step(config, anchor, reference, tx, None, 100, plain=plain))
     key, epoch = jax.random.key(1), jnp.int32(config.num_epochs - 1)  # every term on
     t0 = time.perf_counter()
-    compiled = step.lower(state, batch, epoch, key).compile()
+    lowered = step.lower(state, batch, epoch, key)
+    compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
-    flops = _flops(compiled)
+    flops = _flops(lowered)
     for _ in range(2):
         state, _ = compiled(state, batch, epoch, key)
     jax.block_until_ready(state)
@@ -105,12 +106,13 @@ MATMUL_SHAPES = ((10240, 2048, 512), (4096, 512, 512), (8192, 1024, 512))
 
 def matmul_rate(repeats: int = 5) -> dict:
     """This machine's float32 matmul rate: GFLOP/s of jitted ``(m, k) @ (k, n)`` products
-    at full precision, the best over ``MATMUL_SHAPES`` (each the median of ``repeats``)."""
+    at the matmul precision in effect, the best over ``MATMUL_SHAPES`` (each the median of
+    ``repeats``)."""
     rates = {}
     for m, k, n in MATMUL_SHAPES:
         a = jnp.asarray(np.random.default_rng(0).standard_normal((m, k), np.float32))
         b = jnp.asarray(np.random.default_rng(1).standard_normal((k, n), np.float32))
-        f = jax.jit(lambda x, y: jnp.dot(x, y, precision="highest"))
+        f = jax.jit(jnp.dot)  # at the precision in effect (config.matmul_precision)
         jax.block_until_ready(f(a, b))
         times = []
         for _ in range(repeats):
@@ -121,9 +123,10 @@ def matmul_rate(repeats: int = 5) -> dict:
     return {"gflops_by_shape": rates, "gflops": max(rates.values())}
 
 
-def _flops(compiled) -> float:
-    """XLA's FLOP count of a compiled program (0 when the backend gives none)."""
-    analysis = compiled.cost_analysis()
+def _flops(lowered) -> float:
+    """XLA's FLOP count of a lowered program, before backend compilation (a GPU backend's
+    own count misses the matmuls it hands to cuBLAS); 0 when none is given."""
+    analysis = lowered.cost_analysis()
     if isinstance(analysis, (list, tuple)):
         analysis = analysis[0] if analysis else {}
     return float((analysis or {}).get("flops", 0.0))
@@ -198,7 +201,7 @@ def bench_eval(config, n: int, segments: int) -> dict:
     thresholds = evaluate.thresholds_from_config(config)
     b = min(config.eval.batch_size, n)
     one = {k: jnp.asarray(v) for k, v in pipeline.make_batch(data, np.arange(b), b).items()}
-    gflop = _flops(jax.jit(predict).lower(params, one).compile()) / 1e9 * pipeline.num_batches(n, b)
+    gflop = _flops(jax.jit(predict).lower(params, one)) / 1e9 * pipeline.num_batches(n, b)
     evaluate.predict_split(predict, params, data, config.eval.batch_size)  # compile
     t0 = time.perf_counter()
     probs = evaluate.predict_split(predict, params, data, config.eval.batch_size)
@@ -244,7 +247,20 @@ def main(argv=None) -> int:
         "batch": args.batch, "segments": args.segments, "plain": args.plain,
     }
     print(f"{config.name}{' (plain step)' if args.plain else ''}: batch {args.batch}, "
-          f"T {args.segments}, on {result['device']}", flush=True)
+          f"T {args.segments}, on {result['device']}, matmul precision "
+          f"{config.matmul_precision}", flush=True)
+    result["matmul_precision"] = config.matmul_precision
+    with step_lib.matmul_precision(config):
+        _run(config, args, result)
+    result["peak_host_memory_mib"] = peak_host_memory_mib()
+    print(f"peak host memory {result['peak_host_memory_mib']:.0f} MiB")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+def _run(config, args, result: dict) -> None:
     result["matmul"] = matmul_rate()
     peak = result["matmul"]["gflops"]
     print(f"this machine's float32 matmul rate: {peak:.0f} GFLOP/s (best of "
@@ -285,12 +301,6 @@ def main(argv=None) -> int:
             r = bench_train(config, 128, t, max(3, args.steps // 2))
             result["scaling"]["segments"][t] = r["videos_per_s_median"]
             print(f"  batch 128, T {t:>2}: {r['videos_per_s_median']:.1f} videos/s", flush=True)
-    result["peak_host_memory_mib"] = peak_host_memory_mib()
-    print(f"peak host memory {result['peak_host_memory_mib']:.0f} MiB")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-    return 0
 
 
 if __name__ == "__main__":
