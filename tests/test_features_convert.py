@@ -122,3 +122,12 @@ def test_convert_cli_lists_what_is_missing(tmp_path, capsys):
     assert convert.main([str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "resnet152" in out and "missing: download https://download.pytorch.org" in out
+
+
+def test_reads_numpy_arrays_pickled_in_a_checkpoint():
+    state = convert.read_pth(os.path.join(FIXTURES, "pth_numpy.pth"))
+    np.testing.assert_array_equal(state["pca_eigen_vectors"],
+                                  np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert state["pca_means"].dtype == np.float64 and state["pca_means"].tolist() == [0.5, -1.0]
+    with pytest.raises(convert.ConversionError, match=r"PCA shapes \(2, 3\)"):
+        convert.pca_params(state, "vggish_pca_params-970ea276.pth")

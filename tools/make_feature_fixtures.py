@@ -26,7 +26,8 @@ dropped exactly as HAN's scripts drop them:
 * ``r2plus1d_18.npz``: ``nn.Sequential(*list(r2plus1d_18().children())[:-1])``
   on one (8, 32, 32) clip.
 * ``pth_zip.pth``, ``pth_legacy.pth``, ``pth_expected.npz``: a small state dict
-  saved in both of torch's formats, for the torch-free reader.
+  saved in both of torch's formats, for the torch-free reader; ``pth_numpy.pth``:
+  numpy arrays in a checkpoint.
 * Each model's real state-dict keys and shapes (``*_keys.json``), so the
   converters are checked against torchvision's naming.
 * With ``--han CHECKOUT`` (github.com/YapengTian/AVVP-ECCV20):
@@ -180,6 +181,10 @@ def pth_fixture():
     torch.save(state, os.path.join(OUT, "pth_legacy.pth"), _use_new_zipfile_serialization=False)
     np.savez_compressed(os.path.join(OUT, "pth_expected.npz"),
                         **{k: v.numpy() for k, v in state.items()})
+    # numpy arrays pickled inside a checkpoint (as torchvggish's PCA parameters file)
+    torch.save({"pca_eigen_vectors": np.arange(6, dtype=np.float32).reshape(2, 3),
+                "pca_means": np.array([0.5, -1.0], np.float64)},
+               os.path.join(OUT, "pth_numpy.pth"))
 
 
 def han_frames_fixture(han: str):

@@ -116,7 +116,12 @@ class _Unpickler(pickle.Unpickler):
             return collections.OrderedDict
         if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name in (
                 "_reconstruct", "scalar"):
-            return getattr(np.core.multiarray if hasattr(np, "core") else np._core.multiarray, name)
+            import importlib
+
+            try:
+                return getattr(importlib.import_module("numpy._core.multiarray"), name)
+            except ImportError:  # numpy < 2
+                return getattr(importlib.import_module("numpy.core.multiarray"), name)
         if module == "numpy" and name in ("ndarray", "dtype"):
             return getattr(np, name)
         if module == "torch" and name == "Size":
@@ -469,10 +474,8 @@ def main(argv=None) -> int:
     except (ConversionError, weights.MissingWeightsError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    if not done:
-        print(weights.describe_folder(args.folder))
-        return 1
-    return 0
+    print(weights.describe_folder(args.folder))
+    return 0 if done else 1
 
 
 def file_digest(path: str) -> str:
