@@ -126,6 +126,10 @@ class _Unpickler(pickle.Unpickler):
             return getattr(np, name)
         if module == "torch" and name == "Size":
             return tuple
+        if module == "_codecs" and name == "encode":  # bytes in protocol-2 pickles of numpy arrays
+            import codecs
+
+            return codecs.encode
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} (not part of a state dict)")
 
 
