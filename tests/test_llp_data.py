@@ -429,7 +429,8 @@ def test_dense_csv_that_lost_rows_fails_naming_it(tmp_path: Path, keep: int, mon
     message = str(info.value)
     # The test split fails first when val still has its rows (head -n 5 keeps val's).
     assert ("LLP val: 2 of 2 videos" if keep == 0 else "LLP test: 2 of 2 videos") in message
-    assert f"have no row in {root / LLP_DENSE_CSV['audio']} (expected at most 2 %" in message
+    assert f"have no row in {root / LLP_DENSE_CSV['audio']} (the released file" in message
+    assert "more than 25 %: it probably lost rows" in message
 
 
 def test_dense_coverage_warns_when_few_videos_lack_rows(caplog: pytest.LogCaptureFixture) -> None:
@@ -470,9 +471,10 @@ def test_dense_coverage_warns_when_few_videos_lack_rows(caplog: pytest.LogCaptur
                                  {"audio": small, "visual": {}}, paths)
 
 
-def test_dense_rows_are_checked_per_modality() -> None:
+def test_dense_rows_are_checked_per_modality(caplog: pytest.LogCaptureFixture) -> None:
     """An audio CSV that lost a few percent of its rows passes the weak/dense cross-check
-    (the visual rows still cover those classes), not the per-modality one."""
+    (the visual rows still cover those classes), not silently the per-modality one: a
+    warning names the file; far fewer rows than any dataset leaves fail."""
     n = 400
     filenames = [f"video{i:06d}_0_10" for i in range(n)]
     ids = [f[:11] for f in filenames]
@@ -486,20 +488,27 @@ def test_dense_rows_are_checked_per_modality() -> None:
     lost = {v: segment for v in ids[10:]}  # 10 of 400 = 2.5 % without an audio row
     assert len(llp.check_dense_coverage("test", filenames, labels,
                                         {"audio": lost, "visual": visual}, paths)) == 10  # < 5 %
-    with pytest.raises(llp.LLPDataError,
-                       match=r"LLP test: 10 of 400 videos \(2.5 %\) have no row in a.csv \(expected "
-                             r"at most 2 % or 5 videos; the released file leaves 4 of 649 val"):
+    with caplog.at_level(logging.WARNING, logger=llp.__name__):
         llp.check_dense_rows("test", filenames, {"audio": lost, "visual": visual}, paths)
-    fewer = {v: segment for v in ids[61:]}  # 61 of 400 = 15.25 % without a visual row
-    with pytest.raises(llp.LLPDataError, match=r"61 of 400 videos .* no row in v.csv .* 15 %"):
+    assert any("LLP test: 10 of 400 videos (2.5 %) have no row in a.csv (the released file "
+               "leaves 4 of 649 val" in r.message for r in caplog.records)
+    caplog.clear()
+    fewer = {v: segment for v in ids[61:]}  # 61 of 400 = 15.25 % without a visual row: warns
+    with caplog.at_level(logging.WARNING, logger=llp.__name__):
         llp.check_dense_rows("test", filenames, {"audio": audio, "visual": fewer}, paths)
+    assert any("61 of 400 videos" in r.message and "v.csv" in r.message for r in caplog.records)
+    cut = {v: segment for v in ids[101:]}  # 101 of 400 = 25.25 % without an audio row: fails
+    with pytest.raises(llp.LLPDataError, match=r"101 of 400 videos .* no row in a.csv .* more "
+                                              r"than 25 %: it probably lost rows"):
+        llp.check_dense_rows("test", filenames, {"audio": cut, "visual": visual}, paths)
+    with pytest.raises(llp.LLPDataError, match=r"no row in v.csv .* more than 50 %"):
+        llp.check_dense_rows("test", filenames, {"audio": audio, "visual": {}}, paths)
     # A small split: up to DENSE_FEW_VIDEOS videos without rows pass.
     every = {v: segment for v in ids}
     llp.check_dense_rows("val", filenames[:20], {"audio": {v: segment for v in ids[5:]},
                                                  "visual": every}, paths)
-    with pytest.raises(llp.LLPDataError, match=r"LLP val: 6 of 20 videos"):
-        llp.check_dense_rows("val", filenames[:20], {"audio": {v: segment for v in ids[6:]},
-                                                     "visual": every}, paths)
+    with pytest.raises(llp.LLPDataError, match=r"LLP val: 20 of 20 videos"):
+        llp.check_dense_rows("val", filenames[:20], {"audio": {}, "visual": every}, paths)
 
 
 # --- The real annotation files --------------------------------------------------------------
@@ -566,10 +575,12 @@ def test_real_dense_coverage(real_llp: Path, tmp_path: Path) -> None:
         llp.check_dense_coverage("test", *splits["test"], truncated, dict(paths, audio=cut))
 
 
-def test_real_dense_rows_per_modality(real_llp: Path, tmp_path: Path) -> None:
+def test_real_dense_rows_per_modality(real_llp: Path, tmp_path: Path,
+                                      caplog: pytest.LogCaptureFixture) -> None:
     """The released CSVs pass the per-modality check (4 of 649 val and 6 of 1,200 test
     videos have no audio row, 70 and 121 no visual row); the audio CSV without its last
-    2 % of rows (`head -n -83`) fails it, though it passes the weak/dense cross-check."""
+    2 % of rows (`head -n -83`) passes the weak/dense cross-check but is warned about, and
+    without its last half it fails."""
     splits = {s: llp.read_weak_csv(real_llp / csv) for s, csv in LLP_SPLIT_CSV.items()}
     known = [f for names, _ in splits.values() for f in names]
     paths = {m: real_llp / csv for m, csv in LLP_DENSE_CSV.items()}
@@ -586,8 +597,14 @@ def test_real_dense_rows_per_modality(real_llp: Path, tmp_path: Path) -> None:
     truncated = dict(dense_rows, audio=llp.read_dense_csv(cut, known_ids=known)[0])
     cut_paths = dict(paths, audio=cut)
     assert len(llp.check_dense_coverage("val", *splits["val"], truncated, cut_paths)) == 32  # < 5 %
-    with pytest.raises(llp.LLPDataError, match=rf"LLP val: 37 of 649 videos .* no row in {cut}"):
+    with caplog.at_level(logging.WARNING, logger=llp.__name__):
         llp.check_dense_rows("val", splits["val"][0], truncated, cut_paths)
+    assert any(f"LLP val: 37 of 649 videos (5.7 %) have no row in {cut}" in r.message
+               for r in caplog.records)
+    cut.write_text("".join(lines[:len(lines) // 2]))
+    halved = dict(dense_rows, audio=llp.read_dense_csv(cut, known_ids=known)[0])
+    with pytest.raises(llp.LLPDataError, match=rf"LLP val: .* no row in {cut} .* more than 25 %"):
+        llp.check_dense_rows("val", splits["val"][0], halved, cut_paths)
 
 
 def test_unreadable_feature_folder_fails_clearly(tmp_path: Path, monkeypatch) -> None:

@@ -75,12 +75,17 @@ _READ_CHUNK = 128  # examples decoded per data-source call in load_split
 # either dense CSV. The real LLP CSVs give 12 of 649 val and 23 of 1,200 test videos
 # (≈ 1.9 %); a dense CSV cut at a line boundary or left header-only gives 8-55 %.
 DENSE_UNCOVERED_MAX_SHARE = 0.05
-# Per modality (:func:`check_dense_rows`): a val/test split fails when more than this
-# share of its videos has no row at all in that modality's dense CSV. The released
-# files leave 4 of 649 val and 6 of 1,200 test videos without an audio row (≤ 0.62 %)
-# and 70 and 121 without a visual row (≤ 10.8 %); cutting the last 1 % of the audio
-# CSV's rows leaves 2.9 % of val without one, the last 2 % of the visual CSV's 15.6 %.
-DENSE_NO_ROW_MAX_SHARE = {"audio": 0.02, "visual": 0.15}
+# Per modality (:func:`check_dense_rows`), the share of a val/test split's videos with
+# no row at all in that modality's dense CSV. The released files leave 4 of 649 val and
+# 6 of 1,200 test videos without an audio row (≤ 0.62 %) and 70 and 121 without a visual
+# row (≤ 10.8 %); cutting the last 1 % of the audio CSV's rows leaves 2.9 % of val without
+# one, the last 2 % of the visual CSV's 15.6 %. But a dataset may legitimately hold more
+# visible-only (or audible-only) videos: the project's synthetic LLP-layout sets leave
+# 3.4-4.0 % without an audio row and 18-21 % without a visual row. Above the WARN share a
+# warning names the file and the count; above the MAX share (a file cut to well under
+# what any dataset leaves, or header-only) preparation fails naming it.
+DENSE_NO_ROW_WARN_SHARE = {"audio": 0.02, "visual": 0.15}
+DENSE_NO_ROW_MAX_SHARE = {"audio": 0.25, "visual": 0.50}
 DENSE_NO_ROW_RELEASED = {"audio": "4 of 649 val and 6 of 1,200 test videos",
                          "visual": "70 of 649 val and 121 of 1,200 test videos"}
 # Both checks allow this many videos whatever the share: in a small split one
@@ -401,15 +406,16 @@ def check_dense_rows(
     dense_paths: Mapping[str, PathLike],
     allowed: int | None = None,
 ) -> None:
-    """Fails when a dense CSV has no row for too many of a split's videos.
+    """Warns, or fails, when a dense CSV has no row for many of a split's videos.
 
     :func:`check_dense_coverage` counts a class as covered by either modality, so
     an audio CSV that lost a few percent of its rows would pass it; here each
-    modality's CSV is checked on its own against :data:`DENSE_NO_ROW_MAX_SHARE`
-    (derived from the released files).
+    modality's CSV is checked on its own: above :data:`DENSE_NO_ROW_WARN_SHARE`
+    (about 3x the released files) a warning names the file and the count, above
+    :data:`DENSE_NO_ROW_MAX_SHARE` it is an error.
 
     Raises:
-      LLPDataError: more than that share of the split's videos and more than
+      LLPDataError: more than the MAX share of the split's videos and more than
         ``allowed`` (default :data:`DENSE_FEW_VIDEOS`) have no row in one dense
         CSV; the message names it.
     """
@@ -417,15 +423,19 @@ def check_dense_rows(
     n = len(filenames)
     for modality, rows in dense.items():
         missing = [video_id(f) for f in filenames if video_id(f) not in rows]
-        max_share = DENSE_NO_ROW_MAX_SHARE[modality]
-        if len(missing) <= max(max_share * n, allowed):
+        if len(missing) <= max(DENSE_NO_ROW_WARN_SHARE[modality] * n, allowed):
             continue
-        raise LLPDataError(
-            f"LLP {split}: {len(missing)} of {n} videos ({100 * len(missing) / n:.1f} %) have no "
-            f"row in {dense_paths[modality]} (expected at most {100 * max_share:.0f} % or "
-            f"{allowed} videos; the released file leaves {DENSE_NO_ROW_RELEASED[modality]} "
-            f"without one). It probably lost rows (truncated or header-only); their {modality} "
-            f"truth would be all zeros. First videos: {', '.join(missing[:_MAX_SHOWN_IDS])}")
+        what = (f"LLP {split}: {len(missing)} of {n} videos ({100 * len(missing) / n:.1f} %) have "
+                f"no row in {dense_paths[modality]} (the released file leaves "
+                f"{DENSE_NO_ROW_RELEASED[modality]} without one)")
+        first = ", ".join(missing[:_MAX_SHOWN_IDS])
+        if len(missing) > DENSE_NO_ROW_MAX_SHARE[modality] * n:
+            raise LLPDataError(
+                f"{what}, more than {100 * DENSE_NO_ROW_MAX_SHARE[modality]:.0f} %: it probably "
+                f"lost rows (truncated or header-only); their {modality} truth would be all "
+                f"zeros. First videos: {first}")
+        logger.warning("%s: if the file lost rows, their %s truth is all zeros; check it "
+                       "(first videos: %s)", what, modality, first)
 
 
 def check_dense_orphans(
