@@ -391,19 +391,25 @@ def probe(path: str, audio: bool = True) -> float:
     path = os.fspath(path)
     container = _open(path)
     try:
-        if not container.streams.video:
-            raise VideoError(f"{path}: no video stream (streams: "
-                             f"{', '.join(s.type for s in container.streams) or 'none'})")
-        if audio and not container.streams.audio:
-            raise NoAudioError(_no_audio_message(path))
-        duration = probe_duration(container)
-        if duration <= 0:
-            raise VideoError(f"{path}: the container has no duration")
-        return duration
+        return _checked_duration(container, path, audio)
     except av.FFmpegError as e:
         raise VideoError(f"{path}: {_ffmpeg_reason(e)}") from e
     finally:
         container.close()
+
+
+def _checked_duration(container, path: str, audio: bool) -> float:
+    """The container's duration, after checking its streams (a video stream, and an
+    audio stream when ``audio``); raises :class:`VideoError` / :class:`NoAudioError`."""
+    if not container.streams.video:
+        raise VideoError(f"{path}: no video stream (streams: "
+                         f"{', '.join(s.type for s in container.streams) or 'none'})")
+    if audio and not container.streams.audio:
+        raise NoAudioError(_no_audio_message(path))
+    duration = probe_duration(container)
+    if duration <= 0:
+        raise VideoError(f"{path}: the container has no duration")
+    return duration
 
 
 def _no_audio_message(path: str) -> str:
@@ -429,14 +435,7 @@ def decode(path: str, frame_fn: Callable | None = None, *, audio: bool = True,
     frame_fn = frame_fn or (lambda img: np.asarray(img, np.uint8))
     container = _open(path)
     try:
-        if not container.streams.video:
-            raise VideoError(f"{path}: no video stream (streams: "
-                             f"{', '.join(s.type for s in container.streams) or 'none'})")
-        if audio and not container.streams.audio:
-            raise NoAudioError(_no_audio_message(path))
-        duration = probe_duration(container)
-        if duration <= 0:
-            raise VideoError(f"{path}: the container has no duration")
+        duration = _checked_duration(container, path, audio)
         frames, width, height = _decode_frames(container, path, frame_fn, jpeg)
     except av.FFmpegError as e:
         raise VideoError(f"{path}: {_ffmpeg_reason(e)}") from e
