@@ -35,12 +35,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(workdirs, overrides, cache_dir, timeout=300):
-    """train.py as process i of len(workdirs), each on its own CPU device (sharing the
-    test session's compilation cache); returns ``[(returncode, output)]``."""
-    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache_dir,
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.2",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+def _launch(workdirs, overrides, timeout=300):
+    """train.py as process i of len(workdirs), each on its own CPU device; returns
+    ``[(returncode, output)]``."""
+    env = dict(os.environ)
     flags = [f for f in env.get("XLA_FLAGS", "").split()
              if not f.startswith("--xla_force_host_platform_device_count")]
     env["XLA_FLAGS"] = " ".join(flags + ["--xla_force_host_platform_device_count=1"])
@@ -71,7 +69,7 @@ def _rows(workdir):
                     "(jax._src.lib._jax.make_gloo_tcp_collectives)")
 def test_two_processes_train_exactly_like_one(tmp_path, compilation_cache):
     data_root = str(tmp_path / "data")
-    overrides = {**TINY, "data.root": data_root}
+    overrides = {**TINY, "data.root": data_root, "compilation_cache_dir": compilation_cache}
     # The one-process run (one device), which also generates the data both runs read.
     config = load_config_file(CONFIG, [f"{k}={v}" for k, v in {**overrides, "num_devices": 1}.items()])
     single = str(tmp_path / "single")
@@ -81,12 +79,12 @@ def test_two_processes_train_exactly_like_one(tmp_path, compilation_cache):
     # device (the default); process 1 is given a workdir of its own to show it writes
     # nothing (process 0 alone holds the run's files).
     workdir, other = str(tmp_path / "multi"), str(tmp_path / "process1")
-    first = _launch([workdir, other], {**overrides, "num_epochs": 1}, compilation_cache)
+    first = _launch([workdir, other], {**overrides, "num_epochs": 1})
     assert [rc for rc, _ in first] == [0, 0], first
     assert "2 processes, 2 devices in all, 4 videos of each batch per device" in first[0][1]
     # Epoch 2 resumes (process 0 restores, the state is broadcast) through the host
     # input pipeline, each process feeding its own rows of the global batch.
-    second = _launch([workdir, other], {**overrides, "data.on_device": False}, compilation_cache)
+    second = _launch([workdir, other], {**overrides, "data.on_device": False})
     assert [rc for rc, _ in second] == [0, 0], second
     assert "resuming from the checkpoint after epoch 1" in second[0][1]
     assert not os.path.exists(other)
@@ -109,7 +107,7 @@ def test_two_processes_train_exactly_like_one(tmp_path, compilation_cache):
 
     # Process 0 fails before training (another config on this run's workdir): every
     # process ends at once with one line, none waits for the others.
-    failed = _launch([workdir, other], {**overrides, "seed": 1}, compilation_cache, timeout=120)
+    failed = _launch([workdir, other], {**overrides, "seed": 1}, timeout=120)
     assert [rc for rc, _ in failed] == [1, 1], failed
     assert "error:" in failed[0][1] and "seed" in failed[0][1]
     assert "error: process 0 stopped before training:" in failed[1][1]
