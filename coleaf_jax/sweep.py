@@ -170,7 +170,7 @@ def run_all(manifest: dict, workdir: str, workers: int = 1, worker: int = 0,
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')}: "
                   f"{' '.join(_command(manifest, setting, seed, directory))}\n")
         log.flush()
-        proc = subprocess.Popen(_command(manifest, setting, seed, directory), cwd=ROOT, env=env,
+        proc = subprocess.Popen(_command(manifest, setting, seed, directory), env=env,
                                 stdout=log, stderr=subprocess.STDOUT)
         label = f"[{index}/{len(todo)}] {setting['name']} seed {seed}"
         running[slot] = (proc, log, label, directory, time.time())
