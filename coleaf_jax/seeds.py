@@ -6,7 +6,8 @@ derives them — by ``vmap``-ing the device-resident training step over the
 seed axis. Every epoch each model is validated and keeps its own best
 parameters; at the end each is scored on test. Writes
 ``WORKDIR/seeds_metrics.json``: the per-seed scores, and the mean and
-standard deviation of the 18 scores over seeds.
+standard deviation of the 18 scores over seeds, each seed's best epoch and
+its validation curve (the selection score of every epoch).
 
 Single device only; no checkpoints (a multi-seed run is a measurement of
 variance: rerun it to repeat it).
@@ -124,6 +125,7 @@ def _train_seeds(config, workdir: str, data: dict | None, verbose: bool) -> dict
     best_score = [-np.inf] * len(seeds)
     best_params = [None] * len(seeds)
     best_epoch = [0] * len(seeds)
+    curves = [[] for _ in seeds]  # the validation selection score of every epoch, per seed
     for epoch in range(config.num_epochs):
         t0 = time.time()
         orders = jnp.stack([jnp.asarray(padded_order(np.asarray(jax.random.permutation(
@@ -139,6 +141,7 @@ def _train_seeds(config, workdir: str, data: dict | None, verbose: bool) -> dict
         host_params = jax.device_get(state.anchor_params)
         for k, scores in enumerate(val_scores):
             sel = metrics.selection_score(scores, config.eval.selection)
+            curves[k].append(sel)
             if sel >= best_score[k]:  # a tie keeps the later epoch, as train_and_evaluate
                 best_score[k], best_epoch[k] = sel, epoch + 1
                 best_params[k] = jax.tree_util.tree_map(lambda x, k=k: x[k], host_params)
@@ -149,6 +152,7 @@ def _train_seeds(config, workdir: str, data: dict | None, verbose: bool) -> dict
     stacked = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *best_params)
     per_seed = _score_seeds(config, anchor, stacked, test)
     result = {"config": config.name, "split": "test", "seeds": seeds, "best_epochs": best_epoch,
+              "val_selection_per_epoch": curves,
               "per_seed": per_seed, **summarize(per_seed), **evaluate.video_counts(test)}
     with open(os.path.join(workdir, "seeds_metrics.json"), "w") as f:
         json.dump(result, f, indent=2)

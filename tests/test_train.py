@@ -283,3 +283,7 @@ def test_many_seeds_at_once_equal_separate_runs(data, tmp_path):
         assert result["best_epochs"][i] == single["epoch"]
         assert {k: result["per_seed"][i][k] for k in metrics.SCORE_KEYS} == pytest.approx(
             {k: single[k] for k in metrics.SCORE_KEYS}, abs=1e-6)
+        # ... and its validation curve is the single run's (metrics.jsonl, one row per epoch).
+        rows = train.read_metrics(str(tmp_path / f"single{seed}" / "metrics.jsonl"))
+        assert saved["val_selection_per_epoch"][i] == pytest.approx(
+            [rows[e]["val_selection"] for e in sorted(rows)], abs=1e-6)
