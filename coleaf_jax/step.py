@@ -128,8 +128,9 @@ def create_train_state(config, key, batch, steps_per_epoch: int, num_classes: in
     tx = make_optimizer(config)
     k_anchor, k_ref = jax.random.split(key)
     inputs = (batch["audio"], batch["video_2d"], batch["video_3d"], batch["mask"])
-    anchor_params = anchor.init(k_anchor, *inputs)["params"]
-    ref_params = reference.init(k_ref, *inputs)["params"] if reference is not None else {}
+    # jitted: one compiled program instead of ~180 eager ops (same values).
+    anchor_params = jax.jit(anchor.init)(k_anchor, *inputs)["params"]
+    ref_params = jax.jit(reference.init)(k_ref, *inputs)["params"] if reference is not None else {}
     state = TrainState(step=jnp.zeros((), jnp.int32), anchor_params=anchor_params,
                        anchor_opt=tx.init(anchor_params), ref_params=ref_params,
                        ref_opt=tx.init(ref_params) if reference is not None else {})

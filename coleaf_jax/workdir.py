@@ -40,6 +40,8 @@ RESUMABLE_KEYS = frozenset({
     "eval.batch_size",  # evaluation batching: the same scores
     "data.on_device",  # where batches are gathered: tested equal to the host pipeline
     "data.on_device_max_gib",
+    "data.resident_max_gib",  # streamed or held in memory: tested to give identical batches
+    "compilation_cache_dir",  # where compiled programs are cached: the same programs
     "scan_epoch",  # an epoch as one lax.scan: tested equal to the step loop
     "num_devices",  # data-parallel devices: the step equals the one-device step
     "data.tfds_dir",  # where the prepared copy of the same inputs is cached
