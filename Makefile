@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,11 +18,19 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m coleaf_jax.demo
 
+# Lint and format check first (ruff, configured in pyproject.toml), then the tests.
 # pytest exits 5 when it collects no test: that is a failure too. Two workers (-n 2):
 # the suite is dominated by XLA compiles, which use one core each.
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	XLA_FLAGS=--xla_force_host_platform_device_count=2 $(PY) -m pytest -q -n 2 tests; \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# Fix what ruff can (imports, formatting); review the diff.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 clean:
 	rm -rf $(VENV) runs/demo

@@ -25,10 +25,14 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The training run's directory.")
 flags.DEFINE_enum("split", "test", ["val", "test"], "Split to score.")
 flags.DEFINE_integer("step", None, "Checkpoint (epoch) to restore; default: best on validation.")
-flags.DEFINE_string("output", None, "JSON file to write; default "
-                    "WORKDIR/eval/<split>_epoch<E>_<thresholds>.json.")
-flags.DEFINE_bool("select_thresholds", False,
-                  "Select per-class visual video-level thresholds on validation for this checkpoint.")
+flags.DEFINE_string(
+    "output", None, "JSON file to write; default WORKDIR/eval/<split>_epoch<E>_<thresholds>.json."
+)
+flags.DEFINE_bool(
+    "select_thresholds",
+    False,
+    "Select per-class visual video-level thresholds on validation for this checkpoint.",
+)
 config_flags.DEFINE_config_file("config", None, "The run's configuration file.", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -38,9 +42,15 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     cli.quiet_libraries()
     cli.setup_jax(FLAGS.config)
-    cli.exit_on_user_error(cli.evaluate_checkpoint, FLAGS.config, FLAGS.workdir,
-                           split=FLAGS.split, step=FLAGS.step, output=FLAGS.output,
-                           select=FLAGS.select_thresholds)
+    cli.exit_on_user_error(
+        cli.evaluate_checkpoint,
+        FLAGS.config,
+        FLAGS.workdir,
+        split=FLAGS.split,
+        step=FLAGS.step,
+        output=FLAGS.output,
+        select=FLAGS.select_thresholds,
+    )
 
 
 if __name__ == "__main__":

@@ -35,21 +35,38 @@ from coleaf_jax.parsing import parse_videos
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The training run's directory.")
 flags.DEFINE_string("output", None, "Folder for events.jsonl, events.csv and timelines/.")
-flags.DEFINE_string("features", None, "Feature folder of the videos to parse (no annotations needed).")
+flags.DEFINE_string(
+    "features", None, "Feature folder of the videos to parse (no annotations needed)."
+)
 flags.DEFINE_enum("split", None, ["train", "val", "test"], "Parse an annotated split instead.")
-flags.DEFINE_list("video", None, "Video files to parse (features extracted first; more files may "
-                  "follow as arguments: --video a.mp4 b.mkv).")
-flags.DEFINE_string("weights", None, "With --video: the folder of the extractors' weights "
-                    "(python -m coleaf_jax.features.convert; docs/features.md).")
+flags.DEFINE_list(
+    "video",
+    None,
+    "Video files to parse (features extracted first; more files may "
+    "follow as arguments: --video a.mp4 b.mkv).",
+)
+flags.DEFINE_string(
+    "weights",
+    None,
+    "With --video: the folder of the extractors' weights "
+    "(python -m coleaf_jax.features.convert; docs/features.md).",
+)
 flags.DEFINE_list("ids", None, "Only these video ids.")
 flags.DEFINE_integer("step", None, "Checkpoint (epoch) to restore; default: best on validation.")
-flags.DEFINE_bool("select_thresholds", False,
-                  "Use per-class visual thresholds selected on validation (as eval.py).")
+flags.DEFINE_bool(
+    "select_thresholds",
+    False,
+    "Use per-class visual thresholds selected on validation (as eval.py).",
+)
 flags.DEFINE_integer("timelines", 0, "Write timeline PNGs for this many videos.")
 flags.DEFINE_string("compare_workdir", None, "A second run drawn side by side in the timelines.")
 flags.DEFINE_string("compare_config", None, "The second run's config (default: --config's file).")
-flags.DEFINE_integer("compare_step", None, "The second run's checkpoint (default: its best); with "
-                     "--compare-workdir equal to --workdir, two checkpoints of one run.")
+flags.DEFINE_integer(
+    "compare_step",
+    None,
+    "The second run's checkpoint (default: its best); with "
+    "--compare-workdir equal to --workdir, two checkpoints of one run.",
+)
 config_flags.DEFINE_config_file("config", None, "The run's configuration file.", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir", "output"])
 
@@ -64,24 +81,45 @@ def main(argv):
     cli.exit_on_user_error(cli.require_run, FLAGS.workdir)
     if videos:
         if FLAGS.features or FLAGS.split or FLAGS.compare_workdir or FLAGS.ids:
-            raise SystemExit("error: --video cannot be combined with --features, --split, --ids "
-                             "or --compare-workdir")
+            raise SystemExit(
+                "error: --video cannot be combined with --features, --split, --ids "
+                "or --compare-workdir"
+            )
         from coleaf_jax.features.videos import parse_video_files
 
-        cli.exit_on_user_error(parse_video_files, FLAGS.config, FLAGS.workdir, FLAGS.output,
-                               videos, FLAGS.weights, step=FLAGS.step,
-                               select_thresholds=FLAGS.select_thresholds,
-                               timelines=FLAGS.timelines)
+        cli.exit_on_user_error(
+            parse_video_files,
+            FLAGS.config,
+            FLAGS.workdir,
+            FLAGS.output,
+            videos,
+            FLAGS.weights,
+            step=FLAGS.step,
+            select_thresholds=FLAGS.select_thresholds,
+            timelines=FLAGS.timelines,
+        )
         return
     compare = None
     if FLAGS.compare_workdir:
         spec = FLAGS.compare_config or flags.FLAGS["config"].config_filename
-        compare = (cli.exit_on_user_error(load_config_file, spec), FLAGS.compare_workdir,
-                   FLAGS.compare_step)
-    cli.exit_on_user_error(parse_videos, FLAGS.config, FLAGS.workdir, FLAGS.output,
-                           features=FLAGS.features, split=FLAGS.split, ids=FLAGS.ids,
-                           step=FLAGS.step, select_thresholds=FLAGS.select_thresholds,
-                           timelines=FLAGS.timelines, compare=compare)
+        compare = (
+            cli.exit_on_user_error(load_config_file, spec),
+            FLAGS.compare_workdir,
+            FLAGS.compare_step,
+        )
+    cli.exit_on_user_error(
+        parse_videos,
+        FLAGS.config,
+        FLAGS.workdir,
+        FLAGS.output,
+        features=FLAGS.features,
+        split=FLAGS.split,
+        ids=FLAGS.ids,
+        step=FLAGS.step,
+        select_thresholds=FLAGS.select_thresholds,
+        timelines=FLAGS.timelines,
+        compare=compare,
+    )
 
 
 if __name__ == "__main__":

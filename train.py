@@ -46,7 +46,9 @@ def main(argv):
         if os.path.exists(html) and os.path.getmtime(html) >= os.path.getmtime(result):
             print(f"report (up to date): {html}")
         else:
-            print(f"report: {cli.exit_on_user_error(report.build_report, FLAGS.config, FLAGS.workdir)}")
+            print(
+                f"report: {cli.exit_on_user_error(report.build_report, FLAGS.config, FLAGS.workdir)}"
+            )
 
 
 if __name__ == "__main__":

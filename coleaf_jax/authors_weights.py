@@ -30,15 +30,23 @@ import numpy as np
 
 # Authors' state_dict entries with no effect on any output (never used in forward).
 UNUSED_PREFIXES: dict[str, tuple[str, ...]] = {
-    "anchor": ("fc_global.", "hat_encoder.layers.0.cls_tokens_a", "hat_encoder.layers.0.cls_tokens_v",
-               "hat_encoder.norm1.", "hat_encoder.norm2."),
+    "anchor": (
+        "fc_global.",
+        "hat_encoder.layers.0.cls_tokens_a",
+        "hat_encoder.layers.0.cls_tokens_v",
+        "hat_encoder.norm1.",
+        "hat_encoder.norm2.",
+    ),
     "audio": ("hat_encoder.layers.0.cm_attn.", "hat_encoder.norm1.", "hat_encoder.norm2."),
     "visual": ("hat_encoder.layers.0.cm_attn.", "hat_encoder.norm1.", "hat_encoder.norm2."),
 }
 
 
 def _linear(torch_name: str, path: str) -> list[tuple[str, str, str]]:
-    return [(f"{torch_name}.weight", f"{path}/kernel", "t"), (f"{torch_name}.bias", f"{path}/bias", "")]
+    return [
+        (f"{torch_name}.weight", f"{path}/kernel", "t"),
+        (f"{torch_name}.bias", f"{path}/bias", ""),
+    ]
 
 
 def _attention(torch_name: str, path: str) -> list[tuple[str, str, str]]:
@@ -50,15 +58,20 @@ def _attention(torch_name: str, path: str) -> list[tuple[str, str, str]]:
 
 
 def _layer_norm(torch_name: str, path: str) -> list[tuple[str, str, str]]:
-    return [(f"{torch_name}.weight", f"{path}/scale", ""), (f"{torch_name}.bias", f"{path}/bias", "")]
+    return [
+        (f"{torch_name}.weight", f"{path}/scale", ""),
+        (f"{torch_name}.bias", f"{path}/bias", ""),
+    ]
 
 
 def _encoder_layer(torch_prefix: str, path: str, cross: bool) -> list[tuple[str, str, str]]:
-    rows = [*_attention(f"{torch_prefix}.self_attn", f"{path}/self_attn"),
-            *_linear(f"{torch_prefix}.linear1", f"{path}/ffn/linear1"),
-            *_linear(f"{torch_prefix}.linear2", f"{path}/ffn/linear2"),
-            *_layer_norm(f"{torch_prefix}.norm1", f"{path}/norm1"),
-            *_layer_norm(f"{torch_prefix}.norm2", f"{path}/norm2")]
+    rows = [
+        *_attention(f"{torch_prefix}.self_attn", f"{path}/self_attn"),
+        *_linear(f"{torch_prefix}.linear1", f"{path}/ffn/linear1"),
+        *_linear(f"{torch_prefix}.linear2", f"{path}/ffn/linear2"),
+        *_layer_norm(f"{torch_prefix}.norm1", f"{path}/norm1"),
+        *_layer_norm(f"{torch_prefix}.norm2", f"{path}/norm2"),
+    ]
     if cross:
         rows += _attention(f"{torch_prefix}.cm_attn", f"{path}/cross_attn")
     return rows
@@ -131,8 +144,9 @@ def to_authors(params: Mapping, table: list[tuple[str, str, str]]) -> dict[str, 
     return out
 
 
-def from_authors(state_dict: Mapping[str, np.ndarray], table: list[tuple[str, str, str]],
-                 network: str) -> dict:
+def from_authors(
+    state_dict: Mapping[str, np.ndarray], table: list[tuple[str, str, str]], network: str
+) -> dict:
     """The authors' ``state_dict`` (numpy arrays) -> our parameter tree for ``table``.
 
     Raises:
@@ -140,8 +154,9 @@ def from_authors(state_dict: Mapping[str, np.ndarray], table: list[tuple[str, st
       the table does not know and that is not one of :data:`UNUSED_PREFIXES`.
     """
     known = {name for name, _, _ in table}
-    unknown = [k for k in state_dict if k not in known
-               and not k.startswith(UNUSED_PREFIXES[network])]
+    unknown = [
+        k for k in state_dict if k not in known and not k.startswith(UNUSED_PREFIXES[network])
+    ]
     if unknown:
         raise ValueError(f"authors' {network} state_dict: unexpected entries {unknown[:5]}")
     out: dict = {}
@@ -167,11 +182,18 @@ def anchor_to_authors(params: Mapping) -> dict[str, np.ndarray]:
     return to_authors(params, ANCHOR_TABLE)
 
 
-def reference_from_authors(audio: Mapping[str, np.ndarray], visual: Mapping[str, np.ndarray]) -> dict:
+def reference_from_authors(
+    audio: Mapping[str, np.ndarray], visual: Mapping[str, np.ndarray]
+) -> dict:
     """``Self_Audio_Net`` and ``Self_Video_Net`` state_dicts -> ``ReferenceBranch`` params."""
     a = from_authors(audio, REFERENCE_AUDIO_TABLE, "audio")
     v = from_authors(visual, REFERENCE_VISUAL_TABLE, "visual")
-    return {"embed_a": a["embed_a"], "embed_v": v["embed_v"], "audio": a["audio"], "visual": v["visual"]}
+    return {
+        "embed_a": a["embed_a"],
+        "embed_v": v["embed_v"],
+        "audio": a["audio"],
+        "visual": v["visual"],
+    }
 
 
 def reference_to_authors(params: Mapping) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:

@@ -52,11 +52,12 @@ def ridge_mil(train: dict, evaluate: dict, l2: float = 100.0) -> dict[str, np.nd
     """
     y = train["label"].astype(np.float64)
     out = {}
-    for m, feats in (("a", lambda s: s["audio"]),
-                     ("v", lambda s: segment_visual_features(s["video_2d"], s["video_3d"]))):
+    for m, feats in (
+        ("a", lambda s: s["audio"]),
+        ("v", lambda s: segment_visual_features(s["video_2d"], s["video_3d"])),
+    ):
         tr, ev = _standardise(feats(train).astype(np.float64), feats(evaluate).astype(np.float64))
         w = _ridge(tr.mean(axis=1), y, l2)
         out[f"seg_prob_{m}"] = np.clip(_apply(ev, w), 0.0, 1.0)
         out[f"video_prob_{m}"] = np.clip(_apply(ev.mean(axis=1), w), 0.0, 1.0)
     return out
-

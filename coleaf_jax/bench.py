@@ -38,8 +38,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from coleaf_jax import evaluate, step as step_lib, train
+from coleaf_jax import evaluate, train
 from coleaf_jax import seeds as seeds_lib
+from coleaf_jax import step as step_lib
 from coleaf_jax.config import load_config_file
 from coleaf_jax.data import pipeline
 from coleaf_jax.data.classes import LLP_FRAMES_PER_SEGMENT
@@ -76,7 +77,8 @@ def bench_train(config, batch_size: int, segments: int, steps: int, plain: bool 
     pooled = pipeline.can_pool_frames(config)
     batch = _batch(random_split(batch_size, segments, pooled), batch_size)
     state, anchor, reference, tx = step_lib.create_train_state(
-        config, jax.random.key(0), batch, 100, NUM_CLASSES)
+        config, jax.random.key(0), batch, 100, NUM_CLASSES
+    )
     step = jax.jit(step_lib.make_train_step(config, anchor, reference, tx, None, 100, plain=plain))
     key, epoch = jax.random.key(1), jnp.int32(config.num_epochs - 1)  # every term on
     t0 = time.perf_counter()
@@ -93,11 +95,16 @@ def bench_train(config, batch_size: int, segments: int, steps: int, plain: bool 
         state, logs = compiled(state, batch, epoch, key)
         jax.block_until_ready((state, logs))
         times.append(time.perf_counter() - t0)
-    return {"compile_s": compile_s, "step_s_median": statistics.median(times),
-            "step_gflop": flops / 1e9, "gflops": flops / statistics.median(times) / 1e9,
-            "videos_per_s_median": batch_size / statistics.median(times),
-            "videos_per_s_min": batch_size / max(times), "videos_per_s_max": batch_size / min(times),
-            "steps": steps}
+    return {
+        "compile_s": compile_s,
+        "step_s_median": statistics.median(times),
+        "step_gflop": flops / 1e9,
+        "gflops": flops / statistics.median(times) / 1e9,
+        "videos_per_s_median": batch_size / statistics.median(times),
+        "videos_per_s_min": batch_size / max(times),
+        "videos_per_s_max": batch_size / min(times),
+        "steps": steps,
+    }
 
 
 # Matmul shapes of the step: the per-frame ResNet projection, a D x D layer, the FFN.
@@ -145,7 +152,8 @@ def bench_epoch(config, n: int, segments: int, seeds: int) -> dict:
     b = config.batch_size
     spe = pipeline.num_batches(n, b)
     state, anchor, reference, tx = step_lib.create_train_state(
-        config, jax.random.key(0), _batch(data, 2), spe, NUM_CLASSES)
+        config, jax.random.key(0), _batch(data, 2), spe, NUM_CLASSES
+    )
     step = step_lib.make_train_step(config, anchor, reference, tx, None, spe)
     device_step = train.make_device_step(step, b)
     order = jnp.asarray(train.padded_order(np.arange(n), b))
@@ -165,8 +173,11 @@ def bench_epoch(config, n: int, segments: int, seeds: int) -> dict:
             s, _ = dev_step(s, resident, order, jnp.int32(i), epoch, key)
         return s
 
-    modes = {"host pipeline": host_epoch, "device-resident": device_epoch,
-             "device-resident, lax.scan epoch": lambda s: scan(s, resident, order, epoch, key)[0]}
+    modes = {
+        "host pipeline": host_epoch,
+        "device-resident": device_epoch,
+        "device-resident, lax.scan epoch": lambda s: scan(s, resident, order, epoch, key)[0],
+    }
     result = {"videos": n, "batch": b, "epoch_s": {}}
     for name, fn in modes.items():
         _timed(fn, state)  # compile
@@ -185,7 +196,8 @@ def bench_epoch(config, n: int, segments: int, seeds: int) -> dict:
         result["seeds"] = seeds
         result["epoch_s"][f"{seeds} seeds at once (vmap)"] = _timed(seeds_epoch, stacked)
         result["epoch_s"][f"{seeds} single runs (device-resident)"] = (
-            seeds * result["epoch_s"]["device-resident"])
+            seeds * result["epoch_s"]["device-resident"]
+        )
     return result
 
 
@@ -195,8 +207,9 @@ def bench_eval(config, n: int, segments: int) -> dict:
     data = random_split(n, segments, pooled, seed=1, dense=True)
     anchor = step_lib.build_models(config, NUM_CLASSES)[0]
     sample = _batch(data, 2)
-    params = anchor.init(jax.random.key(0), sample["audio"], sample["video_2d"],
-                         sample["video_3d"], sample["mask"])["params"]
+    params = anchor.init(
+        jax.random.key(0), sample["audio"], sample["video_2d"], sample["video_3d"], sample["mask"]
+    )["params"]
     predict = evaluate.make_predict_fn(anchor)
     thresholds = evaluate.thresholds_from_config(config)
     b = min(config.eval.batch_size, n)
@@ -209,10 +222,16 @@ def bench_eval(config, n: int, segments: int) -> dict:
     t0 = time.perf_counter()
     evaluate.score_split(probs, data, thresholds)
     metrics_s = time.perf_counter() - t0
-    return {"videos": n, "forward_s": forward_s, "metrics_s": metrics_s, "forward_gflop": gflop,
-            "forward_gflops": gflop / forward_s,
-            "total_s": forward_s + metrics_s, "videos_per_s_forward": n / forward_s,
-            "videos_per_s_with_metrics": n / (forward_s + metrics_s)}
+    return {
+        "videos": n,
+        "forward_s": forward_s,
+        "metrics_s": metrics_s,
+        "forward_gflop": gflop,
+        "forward_gflops": gflop / forward_s,
+        "total_s": forward_s + metrics_s,
+        "videos_per_s_forward": n / forward_s,
+        "videos_per_s_with_metrics": n / (forward_s + metrics_s),
+    }
 
 
 def peak_host_memory_mib() -> float:
@@ -220,8 +239,11 @@ def peak_host_memory_mib() -> float:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m coleaf_jax.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m coleaf_jax.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", default="configs/llp.py", help="FILE.py[:variant]")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--batch", type=int, default=128)
@@ -229,26 +251,48 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--eval-videos", type=int, default=1200)
     parser.add_argument("--scaling", action="store_true")
-    parser.add_argument("--plain", action="store_true",
-                        help="the unoptimised step: per-frame projection, Anchor recomputed")
-    parser.add_argument("--epoch", type=int, default=0, metavar="N",
-                        help="also time whole epochs over N videos (host, resident, scan)")
-    parser.add_argument("--seeds", type=int, default=1, metavar="K",
-                        help="with --epoch: K models at once (vmap) against K single runs")
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="the unoptimised step: per-frame projection, Anchor recomputed",
+    )
+    parser.add_argument(
+        "--epoch",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time whole epochs over N videos (host, resident, scan)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="K",
+        help="with --epoch: K models at once (vmap) against K single runs",
+    )
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
     config = load_config_file(args.config, args.set)
     if args.plain:
         config.model.pool_frames_first = False
     result = {
-        "config": config.name, "method": config.method, "anchor": config.model.anchor,
-        "device": str(jax.devices()[0]), "device_count": jax.device_count(),
-        "machine": platform.processor() or platform.machine(), "jax": jax.__version__,
-        "batch": args.batch, "segments": args.segments, "plain": args.plain,
+        "config": config.name,
+        "method": config.method,
+        "anchor": config.model.anchor,
+        "device": str(jax.devices()[0]),
+        "device_count": jax.device_count(),
+        "machine": platform.processor() or platform.machine(),
+        "jax": jax.__version__,
+        "batch": args.batch,
+        "segments": args.segments,
+        "plain": args.plain,
     }
-    print(f"{config.name}{' (plain step)' if args.plain else ''}: batch {args.batch}, "
-          f"T {args.segments}, on {result['device']}, matmul precision "
-          f"{config.matmul_precision}", flush=True)
+    print(
+        f"{config.name}{' (plain step)' if args.plain else ''}: batch {args.batch}, "
+        f"T {args.segments}, on {result['device']}, matmul precision "
+        f"{config.matmul_precision}",
+        flush=True,
+    )
     result["matmul_precision"] = config.matmul_precision
     with step_lib.matmul_precision(config):
         _run(config, args, result)
@@ -263,34 +307,46 @@ def main(argv=None) -> int:
 def _run(config, args, result: dict) -> None:
     result["matmul"] = matmul_rate()
     peak = result["matmul"]["gflops"]
-    print(f"this machine's float32 matmul rate: {peak:.0f} GFLOP/s (best of "
-          + ", ".join(f"{k} {v:.0f}" for k, v in result["matmul"]["gflops_by_shape"].items())
-          + ")", flush=True)
+    print(
+        f"this machine's float32 matmul rate: {peak:.0f} GFLOP/s (best of "
+        + ", ".join(f"{k} {v:.0f}" for k, v in result["matmul"]["gflops_by_shape"].items())
+        + ")",
+        flush=True,
+    )
     result["train"] = bench_train(config, args.batch, args.segments, args.steps, args.plain)
     tr = result["train"]
     tr["fraction_of_matmul_rate"] = tr["gflops"] / peak
-    print(f"train: compile {tr['compile_s']:.1f}s, {tr['videos_per_s_median']:.1f} videos/s "
-          f"(min {tr['videos_per_s_min']:.1f}, max {tr['videos_per_s_max']:.1f}; "
-          f"{tr['step_s_median']:.3f}s/step); {tr['step_gflop']:.0f} GFLOP per step, "
-          f"{tr['gflops']:.0f} GFLOP/s = {100 * tr['fraction_of_matmul_rate']:.0f} % of the "
-          f"matmul rate", flush=True)
+    print(
+        f"train: compile {tr['compile_s']:.1f}s, {tr['videos_per_s_median']:.1f} videos/s "
+        f"(min {tr['videos_per_s_min']:.1f}, max {tr['videos_per_s_max']:.1f}; "
+        f"{tr['step_s_median']:.3f}s/step); {tr['step_gflop']:.0f} GFLOP per step, "
+        f"{tr['gflops']:.0f} GFLOP/s = {100 * tr['fraction_of_matmul_rate']:.0f} % of the "
+        f"matmul rate",
+        flush=True,
+    )
     if args.eval_videos:
         result["eval"] = bench_eval(config, args.eval_videos, args.segments)
         ev = result["eval"]
         ev["fraction_of_matmul_rate"] = ev["forward_gflops"] / peak
-        print(f"eval {ev['videos']} videos: forward {ev['forward_s']:.2f}s, metrics "
-              f"{ev['metrics_s']:.2f}s, total {ev['total_s']:.2f}s "
-              f"({ev['videos_per_s_with_metrics']:.0f} videos/s); forward {ev['forward_gflop']:.0f} "
-              f"GFLOP at {ev['forward_gflops']:.0f} GFLOP/s = "
-              f"{100 * ev['fraction_of_matmul_rate']:.0f} % of the matmul rate "
-              f"(floor {ev['forward_gflop'] / peak:.2f}s)", flush=True)
+        print(
+            f"eval {ev['videos']} videos: forward {ev['forward_s']:.2f}s, metrics "
+            f"{ev['metrics_s']:.2f}s, total {ev['total_s']:.2f}s "
+            f"({ev['videos_per_s_with_metrics']:.0f} videos/s); forward {ev['forward_gflop']:.0f} "
+            f"GFLOP at {ev['forward_gflops']:.0f} GFLOP/s = "
+            f"{100 * ev['fraction_of_matmul_rate']:.0f} % of the matmul rate "
+            f"(floor {ev['forward_gflop'] / peak:.2f}s)",
+            flush=True,
+        )
     if args.epoch:
         config.batch_size = args.batch
         result["epoch"] = bench_epoch(config, args.epoch, args.segments, args.seeds)
         for name, sec in result["epoch"]["epoch_s"].items():
             k = args.seeds if "seeds" in name or "single runs" in name else 1
-            print(f"epoch of {args.epoch} videos, {name}: {sec:.2f}s "
-                  f"({k * args.epoch / sec:.1f} videos/s)", flush=True)
+            print(
+                f"epoch of {args.epoch} videos, {name}: {sec:.2f}s "
+                f"({k * args.epoch / sec:.1f} videos/s)",
+                flush=True,
+            )
     if args.scaling:
         result["scaling"] = {"batch": {}, "segments": {}}
         for b in (32, 64, 128, 256):

@@ -98,12 +98,13 @@ def _raise_read_error(epoch: int, path: str, what: str, e: Exception):
     damage = is_damage(e)
     if damage:
         raise CheckpointDamagedError(
-            f"checkpoint {epoch} ({path}) is damaged: cannot read its {what} ({_short(e)})",
-            epoch) from e
+            f"checkpoint {epoch} ({path}) is damaged: cannot read its {what} ({_short(e)})", epoch
+        ) from e
     if damage is False:
         raise CheckpointReadError(
             f"checkpoint {epoch} ({path}): cannot read its {what} ({_short(e)}). This is not "
-            f"damage of its files, so it is left in place: fix the cause and run again") from e
+            f"damage of its files, so it is left in place: fix the cause and run again"
+        ) from e
     e.add_note(f"checkpoint {epoch} ({path}): raised reading its {what}")
     raise e
 
@@ -119,22 +120,25 @@ def checkpoint_manager(workdir: str, create: bool = True) -> ocp.CheckpointManag
     """
     directory = checkpoint_dir(workdir)
     if not create and not os.path.isdir(directory):
-        raise FileNotFoundError(f"{directory}: no checkpoints (is {workdir} a training run's "
-                                f"--workdir?)")
+        raise FileNotFoundError(
+            f"{directory}: no checkpoints (is {workdir} a training run's --workdir?)"
+        )
     # Orbax keeps everything (max_to_keep=None): its best_fn retention keeps the
     # N best and may delete the latest; save_checkpoint prunes to best + latest.
     extra = {}
     if jax.process_count() > 1:  # multi-process: process 0 alone checkpoints (no barriers)
         extra["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
-            primary_host=0, active_processes={0})
+            primary_host=0, active_processes={0}
+        )
         if create:  # orbax does not create the folder with active_processes
             os.makedirs(directory, exist_ok=True)
             create = False
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=None, best_fn=lambda m: m["selection"], best_mode="max", create=create,
-        **extra)
-    return ocp.CheckpointManager(directory, options=options,
-                                 item_handlers=ocp.StandardCheckpointHandler())
+        max_to_keep=None, best_fn=lambda m: m["selection"], best_mode="max", create=create, **extra
+    )
+    return ocp.CheckpointManager(
+        directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
+    )
 
 
 def selection_scores(mngr: ocp.CheckpointManager) -> dict[int, float]:
@@ -152,7 +156,8 @@ def selection_scores(mngr: ocp.CheckpointManager) -> dict[int, float]:
             _raise_read_error(epoch, path, "validation score", e)
         if not isinstance(metrics, dict) or not isinstance(metrics.get("selection"), (int, float)):
             raise CheckpointDamagedError(
-                f"checkpoint {epoch} ({path}) is damaged: its validation score is missing", epoch)
+                f"checkpoint {epoch} ({path}) is damaged: its validation score is missing", epoch
+            )
         out[epoch] = float(metrics["selection"])
     return out
 
@@ -172,14 +177,16 @@ def kept_epochs(scores: dict[int, float]) -> set[int]:
 def save_checkpoint(mngr: ocp.CheckpointManager, epoch: int, state, selection: float) -> None:
     """Saves ``state`` as checkpoint ``epoch``, then deletes all but the best and latest."""
     if not np.isfinite(selection):
-        raise ValueError(f"epoch {epoch}: validation selection score {selection} is not finite; "
-                         f"not saving it")
+        raise ValueError(
+            f"epoch {epoch}: validation selection score {selection} is not finite; not saving it"
+        )
     _forget_selected_thresholds(str(mngr.directory), epoch)  # chosen for an older epoch-N
     tree = flax.serialization.to_state_dict(state)
     if jax.process_count() > 1:  # orbax refuses process-local jax.Arrays in multi-process runs
         tree = jax.device_get(tree)
-    mngr.save(epoch, args=ocp.args.StandardSave(tree),
-              metrics={"selection": float(selection)}, force=True)
+    mngr.save(
+        epoch, args=ocp.args.StandardSave(tree), metrics={"selection": float(selection)}, force=True
+    )
     mngr.wait_until_finished()
     prune_checkpoints(mngr)
 
@@ -216,12 +223,17 @@ def _short(e: BaseException, limit: int = 300) -> str:
 def _signature(tree) -> dict[str, tuple]:
     """``{leaf path: shape}`` of a state tree or of orbax's metadata tree."""
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path):
-            tuple(getattr(leaf, "shape", np.shape(leaf))) for path, leaf in leaves}
+    return {
+        "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): tuple(
+            getattr(leaf, "shape", np.shape(leaf))
+        )
+        for path, leaf in leaves
+    }
 
 
-def restore_checkpoint(mngr: ocp.CheckpointManager, epoch: int, template, workdir: str | None = None,
-                       config=None):
+def restore_checkpoint(
+    mngr: ocp.CheckpointManager, epoch: int, template, workdir: str | None = None, config=None
+):
     """Restores checkpoint ``epoch`` into the structure of ``template``.
 
     Raises:
@@ -237,20 +249,25 @@ def restore_checkpoint(mngr: ocp.CheckpointManager, epoch: int, template, workdi
     if not os.path.isdir(os.path.join(path, ITEM_DIR)):
         raise CheckpointDamagedError(
             f"checkpoint {epoch} ({path}) is damaged: its arrays' folder {ITEM_DIR}/ is missing",
-            epoch)
+            epoch,
+        )
     try:
         metadata = mngr.item_metadata(epoch)
     except Exception as e:  # noqa: BLE001 -- classified: damage, I/O error or a bug
         _raise_read_error(epoch, path, "metadata", e)
     if getattr(metadata, "tree", None) is None:
-        raise CheckpointDamagedError(f"checkpoint {epoch} ({path}) is damaged: no array metadata",
-                                     epoch)
+        raise CheckpointDamagedError(
+            f"checkpoint {epoch} ({path}) is damaged: no array metadata", epoch
+        )
     stored = _signature(metadata.tree)
     wanted = _signature(target)
     if stored != wanted:
-        raise CheckpointMismatchError(_mismatch_message(epoch, path, stored, wanted, workdir, config))
+        raise CheckpointMismatchError(
+            _mismatch_message(epoch, path, stored, wanted, workdir, config)
+        )
     abstract = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)), target)
+        lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)), target
+    )
     if jax.process_count() > 1:  # numpy, as saved (a jax.Array here would need a sharding)
         abstract = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype), abstract)
     # A failed read leaves orbax's other pending reads to fail later, each printing a
@@ -277,16 +294,23 @@ def _mismatch_message(epoch, path, stored, wanted, workdir, config) -> str:
         saved = workdir_lib.read_stored_config(workdir)
         if saved is not None:
             diffs = workdir_lib.config_differences(saved, config)
-            diffs = {k: v for k, v in diffs.items()
-                     if k not in workdir_lib.RESUMABLE_KEYS and not k.startswith("eval.")}
+            diffs = {
+                k: v
+                for k, v in diffs.items()
+                if k not in workdir_lib.RESUMABLE_KEYS and not k.startswith("eval.")
+            }
             if diffs:
-                return (f"{head}: the config differs from the run's "
-                        f"({os.path.join(workdir, workdir_lib.CONFIG_FILE)}) in "
-                        f"{workdir_lib.format_differences(diffs)}; pass the run's values")
+                return (
+                    f"{head}: the config differs from the run's "
+                    f"({os.path.join(workdir, workdir_lib.CONFIG_FILE)}) in "
+                    f"{workdir_lib.format_differences(diffs)}; pass the run's values"
+                )
     keys = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
     examples = [f"{k}: stored {stored.get(k)}, expected {wanted.get(k)}" for k in keys[:3]]
-    return (f"{head}: its parameters differ ({'; '.join(examples)}), but no model key of the "
-            f"run's stored config does (saved by another version of the code?)")
+    return (
+        f"{head}: its parameters differ ({'; '.join(examples)}), but no model key of the "
+        f"run's stored config does (saved by another version of the code?)"
+    )
 
 
 def move_damaged(workdir: str, epoch: int) -> str:
@@ -308,8 +332,11 @@ def move_damaged(workdir: str, epoch: int) -> str:
 def _unparsable_score(directory: str) -> int | None:
     """The first checkpoint whose stored validation score (orbax's ``<epoch>/metrics/metrics``
     JSON) does not parse, or None."""
-    epochs = sorted(int(p) for p in os.listdir(directory) if p.isdigit()) if os.path.isdir(
-        directory) else []
+    epochs = (
+        sorted(int(p) for p in os.listdir(directory) if p.isdigit())
+        if os.path.isdir(directory)
+        else []
+    )
     for epoch in epochs:
         path = os.path.join(directory, str(epoch), "metrics", "metrics")
         try:
@@ -322,8 +349,9 @@ def _unparsable_score(directory: str) -> int | None:
     return None
 
 
-def open_checkpoints(workdir: str, create: bool = True, move: bool = False,
-                     verbose: bool = True) -> ocp.CheckpointManager:
+def open_checkpoints(
+    workdir: str, create: bool = True, move: bool = False, verbose: bool = True
+) -> ocp.CheckpointManager:
     """:func:`checkpoint_manager`, naming a checkpoint whose validation score does not parse:
     orbax reads every score when it opens the folder, and its error names none. Raises
     ``CheckpointDamagedError`` (evaluation), or with ``move`` (training) moves it to
@@ -338,17 +366,22 @@ def open_checkpoints(workdir: str, create: bool = True, move: bool = False,
             path = os.path.join(checkpoint_dir(workdir), str(epoch))
             damaged = CheckpointDamagedError(
                 f"checkpoint {epoch} ({path}) is damaged: cannot read its validation score "
-                f"({_short(e)})", epoch)
+                f"({_short(e)})",
+                epoch,
+            )
             if not move:
                 raise damaged from e
             moved = move_damaged(workdir, epoch)
             if verbose:
-                print(f"warning: {damaged}. Moved it to {moved}; going on with the other "
-                      f"checkpoints", flush=True)
+                print(
+                    f"warning: {damaged}. Moved it to {moved}; going on with the other checkpoints",
+                    flush=True,
+                )
 
 
-def restore_latest_intact(mngr: ocp.CheckpointManager, workdir: str, template, config=None,
-                          verbose: bool = True):
+def restore_latest_intact(
+    mngr: ocp.CheckpointManager, workdir: str, template, config=None, verbose: bool = True
+):
     """The latest checkpoint that can be read: ``(epoch, state)``, or ``(0, template)``.
 
     The best checkpoint is read too (the run's test scores come from it). A
@@ -377,6 +410,8 @@ def restore_latest_intact(mngr: ocp.CheckpointManager, workdir: str, template, c
                 elif damaged == epoch:
                     then = f"falling back to checkpoint {rest[0]}"
                 else:
-                    then = (f"it was the best on validation; the best is now chosen among the "
-                            f"remaining checkpoints {sorted(rest)} and the epochs still to train")
+                    then = (
+                        f"it was the best on validation; the best is now chosen among the "
+                        f"remaining checkpoints {sorted(rest)} and the epochs still to train"
+                    )
                 print(f"warning: {e}. Moved it to {moved}; {then}", flush=True)

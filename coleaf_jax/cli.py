@@ -8,16 +8,19 @@ import difflib
 import json
 import logging
 import os
-import sys
 
 import jax
 import numpy as np
 
 from coleaf_jax import evaluate, metrics
-from coleaf_jax.data import pipeline
 from coleaf_jax import workdir as workdir_lib
-from coleaf_jax.checkpoints import (best_epoch, open_checkpoints, restore_checkpoint,
-                                    selection_scores)
+from coleaf_jax.checkpoints import (
+    best_epoch,
+    open_checkpoints,
+    restore_checkpoint,
+    selection_scores,
+)
+from coleaf_jax.data import pipeline
 from coleaf_jax.step import create_train_state, matmul_precision
 
 
@@ -71,7 +74,7 @@ def _config_overrides(argv) -> tuple[str | None, list[str]]:
         elif arg == "--config" and i + 1 < len(argv):
             spec = argv[i + 1]
         elif arg.startswith("--config."):
-            keys.append(arg[len("--config."):].split("=", 1)[0])
+            keys.append(arg[len("--config.") :].split("=", 1)[0])
     return spec, keys
 
 
@@ -119,11 +122,14 @@ def parse_flags(argv, flag_values=None):
 def require_run(workdir: str) -> None:
     """Fails (creating nothing) unless ``workdir`` holds a training run's checkpoints."""
     if not os.path.isdir(workdir):
-        raise FileNotFoundError(f"--workdir {workdir}: no such folder (the run's --workdir "
-                                f"from train.py)")
+        raise FileNotFoundError(
+            f"--workdir {workdir}: no such folder (the run's --workdir from train.py)"
+        )
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        raise FileNotFoundError(f"--workdir {workdir}: no checkpoints/ folder in it (not a "
-                                f"train.py --workdir, or no epoch finished yet)")
+        raise FileNotFoundError(
+            f"--workdir {workdir}: no checkpoints/ folder in it (not a "
+            f"train.py --workdir, or no epoch finished yet)"
+        )
 
 
 def dashes_to_underscores(argv, prefixes=("--select-", "--compare-")):
@@ -149,10 +155,12 @@ def restore_anchor(config, workdir: str, data: dict, step: int | None = None):
         if step is None or step not in mngr.all_steps():
             raise FileNotFoundError(
                 f"no checkpoint {'(best)' if step is None else step} in "
-                f"{os.path.join(workdir, 'checkpoints')}; available: {mngr.all_steps()}")
+                f"{os.path.join(workdir, 'checkpoints')}; available: {mngr.all_steps()}"
+            )
         sample = pipeline.make_batch(data, np.arange(1), 1)
-        template, anchor, _, _ = create_train_state(config, jax.random.key(0), sample, 1,
-                                                    pipeline.num_classes(config))
+        template, anchor, _, _ = create_train_state(
+            config, jax.random.key(0), sample, 1, pipeline.num_classes(config)
+        )
         state = restore_checkpoint(mngr, step, template, workdir, config)
     finally:
         mngr.close()
@@ -164,8 +172,9 @@ def thresholds_path(workdir: str, step: int) -> str:
     return os.path.join(workdir, "checkpoints", f"selected_thresholds_{step}.json")
 
 
-def select_thresholds(config, workdir: str, step: int, anchor, params,
-                      verbose: bool = True) -> metrics.Thresholds:
+def select_thresholds(
+    config, workdir: str, step: int, anchor, params, verbose: bool = True
+) -> metrics.Thresholds:
     """Per-class visual video-level thresholds for checkpoint ``step`` (SPEC §8).
 
     Searched on the validation split with this checkpoint's predictions and
@@ -177,24 +186,33 @@ def select_thresholds(config, workdir: str, step: int, anchor, params,
         with open(path) as f:
             saved = json.load(f)
         if saved["base"] != base.name:
-            raise ValueError(f"{path} was selected with base thresholds {saved['base']!r}, "
-                             f"but config.eval.thresholds is {base.name!r}; delete it to re-select")
+            raise ValueError(
+                f"{path} was selected with base thresholds {saved['base']!r}, "
+                f"but config.eval.thresholds is {base.name!r}; delete it to re-select"
+            )
         if verbose:
             print(f"reusing the thresholds selected on validation for epoch {step}: {path}")
     else:
         val = pipeline.load_splits(config, workdir, splits=("val",))["val"]
         probs = evaluate.predict_with_config(config, anchor, params, val)
         gate = probs["video_prob"] if base.gate == "joint" else probs["video_prob_v"]
-        chosen = metrics.search_visual_thresholds(probs["seg_prob"][:, :, 1], gate,
-                                                  val["label_visual"], base)
-        saved = {"base": base.name, "epoch": step, "split": "val",
-                 "grid": list(metrics.DEFAULT_THRESHOLD_GRID), "video_v": chosen.tolist()}
+        chosen = metrics.search_visual_thresholds(
+            probs["seg_prob"][:, :, 1], gate, val["label_visual"], base
+        )
+        saved = {
+            "base": base.name,
+            "epoch": step,
+            "split": "val",
+            "grid": list(metrics.DEFAULT_THRESHOLD_GRID),
+            "video_v": chosen.tolist(),
+        }
         with open(path, "w") as f:
             json.dump(saved, f, indent=2)
         if verbose:
             print(f"selected per-class visual thresholds on validation for epoch {step}: {path}")
-    return dataclasses.replace(base, video_v=np.asarray(saved["video_v"]),
-                               name=f"{base.name}+selected")
+    return dataclasses.replace(
+        base, video_v=np.asarray(saved["video_v"]), name=f"{base.name}+selected"
+    )
 
 
 def default_output(workdir: str, split: str, epoch: int, thresholds: str) -> str:
@@ -203,9 +221,15 @@ def default_output(workdir: str, split: str, epoch: int, thresholds: str) -> str
     return os.path.join(workdir, "eval", f"{split}_epoch{epoch}_{thresholds}.json")
 
 
-def evaluate_checkpoint(config, workdir: str, split: str = "test", step: int | None = None,
-                        output: str | None = None, verbose: bool = True,
-                        select: bool = False) -> dict:
+def evaluate_checkpoint(
+    config,
+    workdir: str,
+    split: str = "test",
+    step: int | None = None,
+    output: str | None = None,
+    verbose: bool = True,
+    select: bool = False,
+) -> dict:
     """Restores the best (or ``step``) checkpoint of ``workdir`` and scores ``split``.
 
     With ``select``, per-class visual thresholds are chosen on validation for
@@ -217,9 +241,11 @@ def evaluate_checkpoint(config, workdir: str, split: str = "test", step: int | N
     require_run(workdir)
     trained = os.path.join(workdir, RESULT_FILE)
     if output and os.path.realpath(output) == os.path.realpath(trained):
-        raise ValueError(f"--output {output} is training's result ({trained}), which eval.py "
-                         f"never overwrites: pass another --output, or none for "
-                         f"{default_output(workdir, split, 'E', 'THRESHOLDS')}")
+        raise ValueError(
+            f"--output {output} is training's result ({trained}), which eval.py "
+            f"never overwrites: pass another --output, or none for "
+            f"{default_output(workdir, split, 'E', 'THRESHOLDS')}"
+        )
     with matmul_precision(config):
         return _evaluate_checkpoint(config, workdir, split, step, output, verbose, select)
 
@@ -232,11 +258,22 @@ def _evaluate_checkpoint(config, workdir, split, step, output, verbose, select) 
         thresholds = select_thresholds(config, workdir, step, anchor, params, verbose)
     scores = evaluate.evaluate_params(config, anchor, params, data, thresholds)
     output = output or default_output(workdir, split, step, thresholds.name)
-    result = evaluate.write_result(output, scores, config, split, step, state.step, thresholds.name,
-                                   evaluate.video_counts(data))
+    result = evaluate.write_result(
+        output,
+        scores,
+        config,
+        split,
+        step,
+        state.step,
+        thresholds.name,
+        evaluate.video_counts(data),
+    )
     if verbose:
-        print(metrics.format_table({config.name: scores},
-                                   title=f"{split}, epoch {step}, {thresholds.name} (%)"))
+        print(
+            metrics.format_table(
+                {config.name: scores}, title=f"{split}, epoch {step}, {thresholds.name} (%)"
+            )
+        )
         print(f"wrote {output}")
     return result
 
@@ -246,15 +283,24 @@ def noise_ratios_main(argv=None) -> int:
     import argparse
 
     from coleaf_jax.config import load_config_file
-    from coleaf_jax.noise_ratios import __doc__ as doc, estimate_noise_ratios
+    from coleaf_jax.noise_ratios import __doc__ as doc
+    from coleaf_jax.noise_ratios import estimate_noise_ratios
 
-    parser = argparse.ArgumentParser(prog="python -m coleaf_jax.noise_ratios", description=doc,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m coleaf_jax.noise_ratios",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", required=True, help="config file (optionally FILE:variant)")
     parser.add_argument("--workdir", required=True, help="the trained run")
     parser.add_argument("--output", required=True, help=".npz to write (keys audio, visual)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. --set data.root=/path/to/LLP")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, e.g. --set data.root=/path/to/LLP",
+    )
     args = parser.parse_args(argv)
     quiet_libraries()
     return exit_on_user_error(_noise_ratios, args, load_config_file, estimate_noise_ratios)
@@ -268,6 +314,8 @@ def _noise_ratios(args, load_config_file, estimate_noise_ratios) -> int:
     probs = evaluate.predict_with_config(config, anchor, params, data)
     r_a, r_v = estimate_noise_ratios(probs["video_prob_a"], probs["video_prob_v"], data["label"])
     np.savez(args.output, audio=r_a, visual=r_v)
-    print(f"wrote {args.output} from checkpoint {step} ({len(data['label'])} training videos); "
-          f"mean audio {r_a.mean():.3f}, visual {r_v.mean():.3f}")
+    print(
+        f"wrote {args.output} from checkpoint {step} ({len(data['label'])} training videos); "
+        f"mean audio {r_a.mean():.3f}, visual {r_v.mean():.3f}"
+    )
     return 0

@@ -165,8 +165,10 @@ def apply_variant(config: ml_collections.ConfigDict, variant: str, dataset: str)
     (0.5 / 0.5, joint gate).
     """
     if variant not in VARIANTS:
-        raise ValueError(f"configs/{dataset}.py: unknown variant {variant!r} "
-                         f"(expected one of {sorted(VARIANTS)})")
+        raise ValueError(
+            f"configs/{dataset}.py: unknown variant {variant!r} "
+            f"(expected one of {sorted(VARIANTS)})"
+        )
     config.method, config.model.anchor = VARIANTS[variant]
     config.loss.denoise = config.model.anchor == "cmpae"
     config.eval.thresholds = "official" if config.model.anchor == "cmpae" else "standard"

@@ -41,8 +41,11 @@ def headline(scores: dict) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m coleaf_jax.demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m coleaf_jax.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--workdir", default="runs/demo")
     parser.add_argument("--epochs", type=int, default=None, help="override config.num_epochs")
     parser.add_argument("--seed", type=int, default=0)
@@ -50,8 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     cli.quiet_libraries()
 
     t0 = time.time()
-    configs = {"HAN": synthetic_config("han"), "CoLeaF (HAN)": synthetic_config("coleaf_han"),
-               "CoLeaF (CMPAE)": synthetic_config("coleaf_cmpae")}
+    configs = {
+        "HAN": synthetic_config("han"),
+        "CoLeaF (HAN)": synthetic_config("coleaf_han"),
+        "CoLeaF (CMPAE)": synthetic_config("coleaf_cmpae"),
+    }
     for c in configs.values():
         c.seed = args.seed
         c.data.root = os.path.join(args.workdir, "data")
@@ -65,8 +71,9 @@ def main(argv: list[str] | None = None) -> int:
 
     test = data["test"]
     probs = baselines.ridge_mil(data["train"], test)
-    pred = metrics.binarize(probs["seg_prob_a"], probs["seg_prob_v"], probs["video_prob_a"],
-                            probs["video_prob_v"])
+    pred = metrics.binarize(
+        probs["seg_prob_a"], probs["seg_prob_v"], probs["video_prob_a"], probs["video_prob_v"]
+    )
     rows = {"ridge MIL": metrics.avvp_scores(*pred, test["label_audio"], test["label_visual"])}
     for name, config in configs.items():
         print(f"\n== training {name} ({config.name}) ==")
@@ -75,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         rows[name] = {k: result[k] for k in metrics.SCORE_KEYS}
 
     print("\n" + metrics.format_table(rows, title="synthetic test (%)"))
-    print("\nmean of Ao, Vo, AV (segment and event): "
-          + ", ".join(f"{name} {headline(s):.1f}" for name, s in rows.items()))
+    print(
+        "\nmean of Ao, Vo, AV (segment and event): "
+        + ", ".join(f"{name} {headline(s):.1f}" for name, s in rows.items())
+    )
 
     unav = unav100_config("synthetic")
     unav.seed = args.seed
@@ -85,12 +94,15 @@ def main(argv: list[str] | None = None) -> int:
         unav.num_epochs = args.epochs
     print(f"\n== training CoLeaF (HAN) on variable-length videos ({unav.name}) ==")
     result = train_and_evaluate(unav, os.path.join(args.workdir, unav.name), verbose=True)
-    print(f"variable-length synthetic test (UnAV-100 layout): AV segment {result['seg_av']:.1f}, "
-          f"AV event {result['evt_av']:.1f}")
+    print(
+        f"variable-length synthetic test (UnAV-100 layout): AV segment {result['seg_av']:.1f}, "
+        f"AV event {result['evt_av']:.1f}"
+    )
 
     best = configs["CoLeaF (CMPAE)"]
-    path = report.build_report(best, os.path.join(args.workdir, best.name.removesuffix("_synthetic")),
-                               test=data["test"])
+    path = report.build_report(
+        best, os.path.join(args.workdir, best.name.removesuffix("_synthetic")), test=data["test"]
+    )
     print(f"\ndone in {time.time() - t0:.0f}s; runs and checkpoints in {args.workdir}/")
     print(f"report: {path}")
     return 0

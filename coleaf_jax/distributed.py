@@ -57,18 +57,33 @@ def define_flags(flag_values=None) -> None:
     from absl import flags
 
     fv = flags.FLAGS if flag_values is None else flag_values
-    flags.DEFINE_string("coordinator_address", None,
-                        f"host:port of process 0 for a multi-process run (or ${ENV_ADDRESS})",
-                        flag_values=fv)
-    flags.DEFINE_integer("num_processes", None,
-                         f"processes of a multi-process run (or ${ENV_NUM_PROCESSES})",
-                         lower_bound=1, flag_values=fv)
-    flags.DEFINE_integer("process_id", None,
-                         f"this process's index, 0 to num_processes - 1 (or ${ENV_PROCESS_ID})",
-                         lower_bound=0, flag_values=fv)
-    flags.DEFINE_bool("distributed", False,
-                      "jax.distributed.initialize() with the cluster's own variables (SLURM, "
-                      "Open MPI, Kubernetes, TPU pods)", flag_values=fv)
+    flags.DEFINE_string(
+        "coordinator_address",
+        None,
+        f"host:port of process 0 for a multi-process run (or ${ENV_ADDRESS})",
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        "num_processes",
+        None,
+        f"processes of a multi-process run (or ${ENV_NUM_PROCESSES})",
+        lower_bound=1,
+        flag_values=fv,
+    )
+    flags.DEFINE_integer(
+        "process_id",
+        None,
+        f"this process's index, 0 to num_processes - 1 (or ${ENV_PROCESS_ID})",
+        lower_bound=0,
+        flag_values=fv,
+    )
+    flags.DEFINE_bool(
+        "distributed",
+        False,
+        "jax.distributed.initialize() with the cluster's own variables (SLURM, "
+        "Open MPI, Kubernetes, TPU pods)",
+        flag_values=fv,
+    )
 
 
 def _env_int(name: str) -> int | None:
@@ -81,8 +96,12 @@ def _env_int(name: str) -> int | None:
         raise ValueError(f"${name} = {value!r}: expected a whole number") from None
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, auto: bool = False) -> bool:
+def initialize(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    auto: bool = False,
+) -> bool:
     """Starts ``jax.distributed`` when a multi-process run is asked for; returns whether it was.
 
     Arguments fall back to ``$JAX_COORDINATOR_ADDRESS``, ``$JAX_NUM_PROCESSES`` and
@@ -96,13 +115,21 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     if not (address or num or pid is not None or auto):
         return False
     if not auto and (address is None or num is None or pid is None):
-        missing = [name for name, value in (("--coordinator_address", address),
-                                            ("--num_processes", num), ("--process_id", pid))
-                   if value is None]
-        raise ValueError(f"a multi-process run needs --coordinator_address, --num_processes and "
-                         f"--process_id (or ${ENV_ADDRESS}, ${ENV_NUM_PROCESSES}, "
-                         f"${ENV_PROCESS_ID}; or --distributed on a cluster); missing "
-                         f"{', '.join(missing)}")
+        missing = [
+            name
+            for name, value in (
+                ("--coordinator_address", address),
+                ("--num_processes", num),
+                ("--process_id", pid),
+            )
+            if value is None
+        ]
+        raise ValueError(
+            f"a multi-process run needs --coordinator_address, --num_processes and "
+            f"--process_id (or ${ENV_ADDRESS}, ${ENV_NUM_PROCESSES}, "
+            f"${ENV_PROCESS_ID}; or --distributed on a cluster); missing "
+            f"{', '.join(missing)}"
+        )
     if num is not None and pid is not None and not 0 <= pid < num:
         raise ValueError(f"--process_id = {pid}: expected 0 to {num - 1} (--num_processes = {num})")
     if jax.config.jax_cpu_collectives_implementation is None:  # older JAX: none by default
@@ -139,14 +166,20 @@ def validate(config) -> None:
     if jax.process_count() == 1:
         return
     if config.num_devices not in (0, jax.local_device_count()):
-        raise ValueError(f"config.num_devices = {config.num_devices}: a multi-process run uses "
-                         f"all local devices (0 or {jax.local_device_count()})")
+        raise ValueError(
+            f"config.num_devices = {config.num_devices}: a multi-process run uses "
+            f"all local devices (0 or {jax.local_device_count()})"
+        )
     if config.batch_size % jax.device_count():
-        raise ValueError(f"config.batch_size = {config.batch_size} must be divisible by the "
-                         f"{jax.device_count()} devices of the {jax.process_count()} processes")
+        raise ValueError(
+            f"config.batch_size = {config.batch_size} must be divisible by the "
+            f"{jax.device_count()} devices of the {jax.process_count()} processes"
+        )
     if config.num_seeds != 1:
-        raise ValueError("config.num_seeds > 1 trains on one device; spread seeds over "
-                         "processes with python -m coleaf_jax.sweep --seeds K")
+        raise ValueError(
+            "config.num_seeds > 1 trains on one device; spread seeds over "
+            "processes with python -m coleaf_jax.sweep --seeds K"
+        )
 
 
 def global_devices(n_local: int) -> int:
@@ -165,8 +198,9 @@ def local_rows(batch_size: int, n_local: int) -> np.ndarray:
     take, from each device's ``axis_index`` (the index ``make_device_step`` and the
     dropout keys use), so the host pipeline feeds exactly the on-device gather's rows."""
     per_device = batch_size // global_devices(n_local)
-    index = jax.pmap(lambda x: jax.lax.axis_index("batch"), axis_name="batch",
-                     devices=pmap_devices(n_local))(np.zeros(n_local, np.int32))
+    index = jax.pmap(
+        lambda x: jax.lax.axis_index("batch"), axis_name="batch", devices=pmap_devices(n_local)
+    )(np.zeros(n_local, np.int32))
     return np.asarray(index)[:, None] * per_device + np.arange(per_device)
 
 
@@ -222,5 +256,5 @@ def wait_for_start() -> int | None:
     if value == "finished":
         return None
     if value.startswith("failed "):
-        raise RunError(f"process 0 stopped before training: {value[len('failed '):]}")
+        raise RunError(f"process 0 stopped before training: {value[len('failed ') :]}")
     return int(value.split()[1])

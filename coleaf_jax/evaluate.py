@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -22,15 +21,22 @@ def make_predict_fn(anchor) -> Callable:
 
     @jax.jit
     def predict(params, batch):
-        out = anchor.apply({"params": params}, batch["audio"], batch["video_2d"],
-                           batch["video_3d"], batch["mask"], train=False)
+        out = anchor.apply(
+            {"params": params},
+            batch["audio"],
+            batch["video_2d"],
+            batch["video_3d"],
+            batch["mask"],
+            train=False,
+        )
         return {k: out[k] for k in PREDICTION_KEYS}
 
     return predict
 
 
-def predict_split(predict_fn: Callable, params, data: dict[str, np.ndarray],
-                  batch_size: int, bucket: int = 0) -> dict[str, np.ndarray]:
+def predict_split(
+    predict_fn: Callable, params, data: dict[str, np.ndarray], batch_size: int, bucket: int = 0
+) -> dict[str, np.ndarray]:
     """Runs ``predict_fn`` over a split in fixed-size batches.
 
     ``bucket`` crops each batch's time axis as ``pipeline.make_batch`` does;
@@ -51,23 +57,31 @@ def predict_split(predict_fn: Callable, params, data: dict[str, np.ndarray],
     return {k: np.concatenate([c[k] for c in out])[:n] for k in PREDICTION_KEYS}
 
 
-def predict_with_config(config, anchor, params, data: dict[str, np.ndarray],
-                        predict_fn: Callable | None = None) -> dict[str, np.ndarray]:
+def predict_with_config(
+    config, anchor, params, data: dict[str, np.ndarray], predict_fn: Callable | None = None
+) -> dict[str, np.ndarray]:
     """``predict_split`` with the batch size and bucketing of ``config``."""
     predict_fn = predict_fn or make_predict_fn(anchor)
     return predict_split(predict_fn, params, data, config.eval.batch_size, config.data.bucket)
 
 
-def evaluate_params(config, anchor, params, data: dict[str, np.ndarray],
-                    thresholds: metrics.Thresholds | None = None,
-                    predict_fn: Callable | None = None) -> dict[str, float]:
+def evaluate_params(
+    config,
+    anchor,
+    params,
+    data: dict[str, np.ndarray],
+    thresholds: metrics.Thresholds | None = None,
+    predict_fn: Callable | None = None,
+) -> dict[str, float]:
     """The 18 scores of Anchor ``params`` on a split; ``thresholds`` default to
     ``config.eval.thresholds``."""
     probs = predict_with_config(config, anchor, params, data, predict_fn)
     return score_split(probs, data, thresholds or thresholds_from_config(config))
 
 
-def decisions(probs: dict[str, np.ndarray], thresholds: metrics.Thresholds) -> tuple[np.ndarray, np.ndarray]:
+def decisions(
+    probs: dict[str, np.ndarray], thresholds: metrics.Thresholds
+) -> tuple[np.ndarray, np.ndarray]:
     """Binary audio/visual segment decisions ``(N, T, C)`` from Anchor probabilities."""
     if thresholds.gate == "joint":
         gate_a = gate_v = probs["video_prob"]
@@ -79,38 +93,60 @@ def decisions(probs: dict[str, np.ndarray], thresholds: metrics.Thresholds) -> t
     return metrics.binarize(seg[:, :, 0], seg[:, :, 1], gate_a, gate_v, thresholds)
 
 
-def score_split(probs: dict[str, np.ndarray], data: dict[str, np.ndarray],
-                thresholds: metrics.Thresholds) -> dict[str, float]:
+def score_split(
+    probs: dict[str, np.ndarray], data: dict[str, np.ndarray], thresholds: metrics.Thresholds
+) -> dict[str, float]:
     """The 18 scores of a split from its predictions and dense truth."""
     if "label_audio" not in data:
         raise ValueError("this split has no dense audio/visual labels to score against")
     pred_a, pred_v = decisions(probs, thresholds)
-    return metrics.avvp_scores(pred_a, pred_v, data["label_audio"], data["label_visual"],
-                               mask=data.get("mask"))
+    return metrics.avvp_scores(
+        pred_a, pred_v, data["label_audio"], data["label_visual"], mask=data.get("mask")
+    )
 
 
 def thresholds_from_config(config) -> metrics.Thresholds:
     name = config.eval.thresholds
     if name not in metrics.THRESHOLD_PRESETS:
-        raise ValueError(f"config.eval.thresholds = {name!r}: expected one of "
-                         f"{sorted(metrics.THRESHOLD_PRESETS)}")
+        raise ValueError(
+            f"config.eval.thresholds = {name!r}: expected one of "
+            f"{sorted(metrics.THRESHOLD_PRESETS)}"
+        )
     return metrics.THRESHOLD_PRESETS[name]
 
 
 def video_counts(data) -> dict[str, int]:
     """How many videos a split's scores come from, and how many of its annotated videos
     were left out for missing features (``config.data.allow_missing``)."""
-    return {"videos_scored": int(len(data["label"])),
-            "videos_skipped": len(pipeline.skipped_ids(data))}
+    return {
+        "videos_scored": int(len(data["label"])),
+        "videos_skipped": len(pipeline.skipped_ids(data)),
+    }
 
 
-def write_result(path: str, scores: dict[str, float], config, split: str, epoch: int, step: int,
-                 thresholds: str, counts: dict[str, int] | None = None) -> dict:
+def write_result(
+    path: str,
+    scores: dict[str, float],
+    config,
+    split: str,
+    epoch: int,
+    step: int,
+    thresholds: str,
+    counts: dict[str, int] | None = None,
+) -> dict:
     """Writes the scores JSON of ``train.py`` / ``eval.py``: the 18 scores as top-level
     floats plus what produced them (``counts``: ``video_counts`` of the split); returns
     the record. The file is written whole or not at all (a temporary file renamed)."""
-    result = dict(scores, config=config.name, method=config.method, split=split, epoch=int(epoch),
-                  step=int(step), thresholds=thresholds, **(counts or {}))
+    result = dict(
+        scores,
+        config=config.name,
+        method=config.method,
+        split=split,
+        epoch=int(epoch),
+        step=int(step),
+        thresholds=thresholds,
+        **(counts or {}),
+    )
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp")

@@ -30,10 +30,12 @@ PAPER_REFERENCE_GFLOPS = {"without class tokens": 12.7, "with class tokens": 18.
 
 def _inputs(batch: int, num_segments: int = LLP_NUM_SEGMENTS):
     frames = num_segments * LLP_FRAMES_PER_SEGMENT
-    return (jnp.zeros((batch, num_segments, LLP_FEATURES["vggish"][1])),
-            jnp.zeros((batch, frames, LLP_FEATURES["res152"][1])),
-            jnp.zeros((batch, num_segments, LLP_FEATURES["r2plus1d_18"][1])),
-            jnp.ones((batch, num_segments), bool))
+    return (
+        jnp.zeros((batch, num_segments, LLP_FEATURES["vggish"][1])),
+        jnp.zeros((batch, frames, LLP_FEATURES["res152"][1])),
+        jnp.zeros((batch, num_segments, LLP_FEATURES["r2plus1d_18"][1])),
+        jnp.ones((batch, num_segments), bool),
+    )
 
 
 def cost(module, batch: int) -> tuple[int, float]:
@@ -54,9 +56,14 @@ def report(config, batch: int) -> dict[str, tuple[int, float]]:
     m = config.model
     rows = {f"Anchor ({m.anchor}, inference)": cost(build_anchor(m, num_classes), batch)}
     for tokens in (False, True):
-        ref = ReferenceBranch(num_classes=num_classes, d_model=m.d_model, ffn_dim=m.ffn_dim,
-                              dropout=m.dropout, head_dropout=m.reference_head_dropout,
-                              class_tokens=tokens)
+        ref = ReferenceBranch(
+            num_classes=num_classes,
+            d_model=m.d_model,
+            ffn_dim=m.ffn_dim,
+            dropout=m.dropout,
+            head_dropout=m.reference_head_dropout,
+            class_tokens=tokens,
+        )
         rows[f"Reference {'with' if tokens else 'without'} class tokens"] = cost(ref, batch)
     return rows
 
@@ -71,13 +78,17 @@ def main(argv):
     frames, width = LLP_NUM_SEGMENTS * LLP_FRAMES_PER_SEGMENT, LLP_FEATURES["res152"][1]
     # The PyTorch code projects all 80 frames, then averages: 7/8 of that layer is extra.
     extra = 2 * frames * width * d * (1 - 1 / LLP_FRAMES_PER_SEGMENT) / 1e9
-    print(f"\nThe PyTorch code projects every frame before averaging: +{extra:.4f} G per visual"
-          " embedding per video.\nThe paper's Reference cost (12.7 G without / 18.0 G with class"
-          " tokens) then equals, in videos:")
+    print(
+        f"\nThe PyTorch code projects every frame before averaging: +{extra:.4f} G per visual"
+        " embedding per video.\nThe paper's Reference cost (12.7 G without / 18.0 G with class"
+        " tokens) then equals, in videos:"
+    )
     for key, paper in PAPER_REFERENCE_GFLOPS.items():
         ours = rows[f"Reference {key}"][1] / 1e9
-        print(f"  {key:<22} ours {ours:.4f} G -> {paper / ours:6.1f} videos; "
-              f"PyTorch-style {ours + extra:.4f} G -> {paper / (ours + extra):6.1f} videos")
+        print(
+            f"  {key:<22} ours {ours:.4f} G -> {paper / ours:6.1f} videos; "
+            f"PyTorch-style {ours + extra:.4f} G -> {paper / (ours + extra):6.1f} videos"
+        )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,9 @@ def _global_sum(x: jnp.ndarray, axis_name: str | None) -> jnp.ndarray:
     return jax.lax.psum(x, axis_name) if axis_name else x
 
 
-def batch_mean(per_item: jnp.ndarray, weights: jnp.ndarray, axis_name: str | None = None) -> jnp.ndarray:
+def batch_mean(
+    per_item: jnp.ndarray, weights: jnp.ndarray, axis_name: str | None = None
+) -> jnp.ndarray:
     """``Σ w·x / Σ w`` with the denominator summed over all devices of ``axis_name``.
 
     Args:
@@ -98,9 +100,11 @@ def pseudo_label_segment_bce(seg_prob, pl_audio, pl_visual, mask, video_mask, ax
 
 def han_loss(anchor_out, y, y_a, y_v, video_mask, axis_name=None):
     """HAN's backbone loss ``BCE(p, y) + BCE(p^a, ȳ_a) + BCE(p^v, ȳ_v)`` (SPEC §4.2)."""
-    return (bce(anchor_out["video_prob"], y, video_mask, axis_name)
-            + bce(anchor_out["video_prob_a"], y_a, video_mask, axis_name)
-            + bce(anchor_out["video_prob_v"], y_v, video_mask, axis_name))
+    return (
+        bce(anchor_out["video_prob"], y, video_mask, axis_name)
+        + bce(anchor_out["video_prob_a"], y_a, video_mask, axis_name)
+        + bce(anchor_out["video_prob_v"], y_v, video_mask, axis_name)
+    )
 
 
 def reference_loss_fn(kind, video_mask, axis_name=None):
@@ -137,8 +141,18 @@ def event_aware_weights(q_a, q_v, threshold=0.5):
     return n_ao / jnp.maximum(n_ao + n_av, 1.0), n_vo / jnp.maximum(n_vo + n_av, 1.0)
 
 
-def segment_nce(queries, keys, weights, mask, video_mask, tau=0.2, smoothing=0.1,
-                form="expected", axis_name=None, stop_query_gradient=True):
+def segment_nce(
+    queries,
+    keys,
+    weights,
+    mask,
+    video_mask,
+    tau=0.2,
+    smoothing=0.1,
+    form="expected",
+    axis_name=None,
+    stop_query_gradient=True,
+):
     """Smoothed segment-level InfoNCE between two token sequences of the same videos (SPEC §6a).
 
     ``s_{t,t'} = <û_t, ẑ_t'>/τ`` (unit-normalised), ``π = softmax_{t'}(s)`` over
@@ -175,14 +189,25 @@ def segment_nce(queries, keys, weights, mask, video_mask, tau=0.2, smoothing=0.1
     return batch_mean(per_seg, valid.astype(jnp.float32), axis_name)
 
 
-def event_aware_nce(ref_tokens, anchor_tokens, w, mask, video_mask, tau=0.2, smoothing=0.1,
-                    form="expected", axis_name=None):
+def event_aware_nce(
+    ref_tokens,
+    anchor_tokens,
+    w,
+    mask,
+    video_mask,
+    tau=0.2,
+    smoothing=0.1,
+    form="expected",
+    axis_name=None,
+):
     """Event-aware NCE of one modality: Reference tokens as queries, Anchor tokens as keys.
 
     ``L^m = mean_{b,t}[-w^m_b log Σ_t' q_{t,t'} π_{t,t'}]`` (SPEC §6a); pass
     ``w = 1`` for the "standard NCE" ablation.
     """
-    return segment_nce(ref_tokens, anchor_tokens, w, mask, video_mask, tau, smoothing, form, axis_name)
+    return segment_nce(
+        ref_tokens, anchor_tokens, w, mask, video_mask, tau, smoothing, form, axis_name
+    )
 
 
 def pseudo_label_bce(anchor_prob, ref_prob, video_mask, threshold=0.5, axis_name=None):
@@ -198,12 +223,25 @@ def pseudo_label_bce(anchor_prob, ref_prob, video_mask, threshold=0.5, axis_name
 def kd_targets(p_a, p_v, y_a, y_v, threshold_a=0.5, threshold_v=0.6):
     """The Reference's KD targets ``ỹ^a = 1[p^a >= θ_a]·ȳ_a``, ``ỹ^v = 1[p^v >= θ_v]·ȳ_v``
     from the Anchor's ``p^a, p^v`` (SPEC §6b), without gradient. All ``(B, C)``."""
-    return ((sg(p_a) >= threshold_a).astype(jnp.float32) * y_a,
-            (sg(p_v) >= threshold_v).astype(jnp.float32) * y_v)
+    return (
+        (sg(p_a) >= threshold_a).astype(jnp.float32) * y_a,
+        (sg(p_v) >= threshold_v).astype(jnp.float32) * y_v,
+    )
 
 
-def self_modality_kd(q_a, q_v, p_a, p_v, y_a, y_v, video_mask, threshold_a=0.5, threshold_v=0.6,
-                     kind="bce", axis_name=None):
+def self_modality_kd(
+    q_a,
+    q_v,
+    p_a,
+    p_v,
+    y_a,
+    y_v,
+    video_mask,
+    threshold_a=0.5,
+    threshold_v=0.6,
+    kind="bce",
+    axis_name=None,
+):
     """``L(q^a, ỹ^a) + L(q^v, ỹ^v)`` with the targets of ``kd_targets`` (SPEC §6b) and
     ``L`` the Reference loss ``kind`` (``reference_loss_fn``).
 
@@ -258,8 +296,9 @@ def class_correlation_mse(p_anchor, teacher, video_mask, scaling="official", axi
 # The CMPAE Anchor's own losses (SPEC Appendix A)
 
 
-def uncertainty_mutual_learning(p_a, p_v, u_a, u_v, p_glob, u_glob, y, video_mask, parity,
-                                axis_name=None):
+def uncertainty_mutual_learning(
+    p_a, p_v, u_a, u_v, p_glob, u_glob, y, video_mask, parity, axis_name=None
+):
     """CMPAE's uncertainty-weighted mutual learning between global and modality branches.
 
     ``g = max(u_glob, 0.9)``; per class ``m* = argmax_m p^m``. When
@@ -293,8 +332,19 @@ def uncertainty_mutual_learning(p_a, p_v, u_a, u_v, p_glob, u_glob, y, video_mas
     return batch_mean(per, _video_weights(video_mask, 2), axis_name)
 
 
-def cmpae_loss(out, y, y_a, y_v, mask, video_mask, parity, weights=(2.0, 1.0, 2.0, 1.0, 1.0),
-               nce_tau=0.2, nce_smoothing=0.1, axis_name=None):
+def cmpae_loss(
+    out,
+    y,
+    y_a,
+    y_v,
+    mask,
+    video_mask,
+    parity,
+    weights=(2.0, 1.0, 2.0, 1.0, 1.0),
+    nce_tau=0.2,
+    nce_smoothing=0.1,
+    axis_name=None,
+):
     """CMPAE's backbone loss (SPEC Appendix A), official weights by default.
 
     ``2·BCE(p^a, ȳ_a) + BCE(p^v, ȳ_v) + 2·BCE(p_glob, y) + NCE_av + L_mutual``
@@ -308,15 +358,38 @@ def cmpae_loss(out, y, y_a, y_v, mask, video_mask, parity, weights=(2.0, 1.0, 2.
         "bce_a": bce(out["video_prob_a"], y_a, video_mask, axis_name),
         "bce_v": bce(out["video_prob_v"], y_v, video_mask, axis_name),
         "bce_global": bce(out["global_prob"], y, video_mask, axis_name),
-        "nce_av": segment_nce(out["tokens_a"], out["tokens_v"], jnp.ones_like(video_mask), mask,
-                              video_mask, nce_tau, nce_smoothing, "expected", axis_name,
-                              stop_query_gradient=False),
+        "nce_av": segment_nce(
+            out["tokens_a"],
+            out["tokens_v"],
+            jnp.ones_like(video_mask),
+            mask,
+            video_mask,
+            nce_tau,
+            nce_smoothing,
+            "expected",
+            axis_name,
+            stop_query_gradient=False,
+        ),
         "mutual": uncertainty_mutual_learning(
-            out["video_prob_a"], out["video_prob_v"], out["video_unc"][:, 0], out["video_unc"][:, 1],
-            out["global_prob"], out["global_unc"], y, video_mask, parity, axis_name),
+            out["video_prob_a"],
+            out["video_prob_v"],
+            out["video_unc"][:, 0],
+            out["video_unc"][:, 1],
+            out["global_prob"],
+            out["global_unc"],
+            y,
+            video_mask,
+            parity,
+            axis_name,
+        ),
     }
-    total = (w_a * terms["bce_a"] + w_v * terms["bce_v"] + w_g * terms["bce_global"]
-             + w_nce * terms["nce_av"] + w_mut * terms["mutual"])
+    total = (
+        w_a * terms["bce_a"]
+        + w_v * terms["bce_v"]
+        + w_g * terms["bce_global"]
+        + w_nce * terms["nce_av"]
+        + w_mut * terms["mutual"]
+    )
     return total, terms
 
 
@@ -347,7 +420,9 @@ def drop_counts(ratio, count, scale=1.0, max_count=None):
     if not isinstance(ratio, np.ndarray) or max_count is None:
         return approx
     table = np.floor(ratio.astype(np.float64)[:, None] * np.arange(max_count + 1))
-    exact = jnp.asarray(table, jnp.float32)[jnp.arange(ratio.shape[0]), jnp.minimum(count, max_count)]
+    exact = jnp.asarray(table, jnp.float32)[
+        jnp.arange(ratio.shape[0]), jnp.minimum(count, max_count)
+    ]
     return jnp.where(jnp.asarray(scale) >= 1.0, exact, approx)
 
 

@@ -22,7 +22,7 @@ Arrays are ``(N, T, C)``: videos, segments, classes.
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -30,14 +30,29 @@ ArrayLike = np.ndarray
 
 # The nine scores of one level, in the order of the paper's tables.
 SCORE_NAMES: tuple[str, ...] = (
-    "a", "ao", "v", "vo", "av", "type", "type_o", "event", "event_o",
+    "a",
+    "ao",
+    "v",
+    "vo",
+    "av",
+    "type",
+    "type_o",
+    "event",
+    "event_o",
 )
 LEVELS: tuple[str, ...] = ("seg", "evt")
 SCORE_KEYS: tuple[str, ...] = tuple(f"{lvl}_{n}" for lvl in LEVELS for n in SCORE_NAMES)
 # Column titles for printed tables.
 SCORE_TITLES: dict[str, str] = {
-    "a": "A", "ao": "Ao", "v": "V", "vo": "Vo", "av": "AV",
-    "type": "T@", "type_o": "T@o", "event": "E@", "event_o": "E@o",
+    "a": "A",
+    "ao": "Ao",
+    "v": "V",
+    "vo": "Vo",
+    "av": "AV",
+    "type": "T@",
+    "type_o": "T@o",
+    "event": "E@",
+    "event_o": "E@o",
 }
 # Model selection (SPEC §7): Ao, Vo, AV, Type@AVo, Event@AVo at both levels.
 SELECTION_KEYS: tuple[str, ...] = tuple(
@@ -109,7 +124,9 @@ def _event_counts_chunk(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, .
     ps, pe, pv = runs(np.swapaxes(pred, 1, 2))
     gs, ge, gv = runs(np.swapaxes(gt, 1, 2))
     # (N, C, Rp, Rg) overlap of every predicted run with every true run.
-    inter = np.minimum(pe[..., :, None], ge[..., None, :]) - np.maximum(ps[..., :, None], gs[..., None, :])
+    inter = np.minimum(pe[..., :, None], ge[..., None, :]) - np.maximum(
+        ps[..., :, None], gs[..., None, :]
+    )
     inter = np.maximum(inter, 0)
     union = (pe - ps)[..., :, None] + (ge - gs)[..., None, :] - inter
     match = (2 * inter >= union) & pv[..., :, None] & gv[..., None, :]
@@ -132,7 +149,9 @@ def event_counts(pred: ArrayLike, gt: ArrayLike) -> tuple[np.ndarray, np.ndarray
     n, t_len, c = pred.shape
     r = (t_len + 1) // 2
     chunk = max(1, _EVENT_CHUNK_ELEMENTS // max(1, c * r * r))
-    parts = [_event_counts_chunk(pred[i:i + chunk], gt[i:i + chunk]) for i in range(0, n, chunk)]
+    parts = [
+        _event_counts_chunk(pred[i : i + chunk], gt[i : i + chunk]) for i in range(0, n, chunk)
+    ]
     if not parts:
         empty = np.zeros((0, c), np.int64)
         return empty, empty, empty
@@ -229,8 +248,9 @@ def avvp_scores(
     return scores
 
 
-def per_class_f_scores(pred: ArrayLike, gt: ArrayLike, mask: ArrayLike | None = None,
-                       level: str = "seg") -> np.ndarray:
+def per_class_f_scores(
+    pred: ArrayLike, gt: ArrayLike, mask: ArrayLike | None = None, level: str = "seg"
+) -> np.ndarray:
     """Per-class F-score (percent): the mean, over the videos where class ``c``
     occurs (predicted or true), of that video's ``F_c`` — the per-class view of
     the per-video scores above. NaN for a class that occurs nowhere.
@@ -242,8 +262,7 @@ def per_class_f_scores(pred: ArrayLike, gt: ArrayLike, mask: ArrayLike | None = 
       float64 ``(C,)``.
     """
     arrays = _masked_binary({"pred": pred, "gt": gt}, mask)
-    tp, fp, fn = (segment_counts if level == "seg" else event_counts)(arrays["pred"],
-                                                                      arrays["gt"])
+    tp, fp, fn = (segment_counts if level == "seg" else event_counts)(arrays["pred"], arrays["gt"])
     denom = 2 * tp + fp + fn
     f = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
     n_occ = (denom > 0).sum(axis=0)
@@ -251,14 +270,20 @@ def per_class_f_scores(pred: ArrayLike, gt: ArrayLike, mask: ArrayLike | None = 
         return np.where(n_occ > 0, 100.0 * f.sum(axis=0) / n_occ, np.nan)
 
 
-def per_video_scores(pred_a: ArrayLike, pred_v: ArrayLike, gt_a: ArrayLike, gt_v: ArrayLike,
-                     mask: ArrayLike | None = None) -> np.ndarray:
+def per_video_scores(
+    pred_a: ArrayLike,
+    pred_v: ArrayLike,
+    gt_a: ArrayLike,
+    gt_v: ArrayLike,
+    mask: ArrayLike | None = None,
+) -> np.ndarray:
     """Segment-level Type@AV of each video (percent, ``(N,)``): ranks videos for display."""
     x = _masked_binary({"pred_a": pred_a, "pred_v": pred_v, "gt_a": gt_a, "gt_v": gt_v}, mask)
     p = modality_decisions(x["pred_a"], x["pred_v"])
     g = modality_decisions(x["gt_a"], x["gt_v"])
-    return 100.0 * np.mean([video_f_scores(*segment_counts(p[k], g[k])) for k in ("a", "v", "av")],
-                           axis=0)
+    return 100.0 * np.mean(
+        [video_f_scores(*segment_counts(p[k], g[k])) for k in ("a", "v", "av")], axis=0
+    )
 
 
 # ``config.eval.selection`` -> the scores averaged for model selection.
@@ -269,11 +294,15 @@ def selection_score(scores: Mapping[str, float], selection: str = "avvp") -> flo
     """Model-selection criterion: the mean of ``SELECTIONS[selection]`` (``'avvp'``:
     the ten ``SELECTION_KEYS`` of SPEC §7; ``'av'``: segment and event AV, UnAV-100)."""
     if selection not in SELECTIONS:
-        raise ValueError(f"config.eval.selection = {selection!r}: expected one of {sorted(SELECTIONS)}")
+        raise ValueError(
+            f"config.eval.selection = {selection!r}: expected one of {sorted(SELECTIONS)}"
+        )
     return float(np.mean([scores[k] for k in SELECTIONS[selection]]))
 
 
-def format_table(rows: Mapping[str, Mapping[str, float]] | Mapping[str, float], title: str = "") -> str:
+def format_table(
+    rows: Mapping[str, Mapping[str, float]] | Mapping[str, float], title: str = ""
+) -> str:
     """A readable 2×9 table (segment and event level) of one or more score dicts.
 
     Args:
@@ -287,8 +316,10 @@ def format_table(rows: Mapping[str, Mapping[str, float]] | Mapping[str, float], 
     for name, scores in rows.items():
         for level, label in (("seg", "segment"), ("evt", "event")):
             row_name = f"{name} {label}".strip()
-            lines.append(f"{row_name:<{width}}" + "".join(
-                f"{scores[f'{level}_{n}']:>7.1f}" for n in SCORE_NAMES))
+            lines.append(
+                f"{row_name:<{width}}"
+                + "".join(f"{scores[f'{level}_{n}']:>7.1f}" for n in SCORE_NAMES)
+            )
     return "\n".join(lines)
 
 
@@ -317,8 +348,9 @@ class Thresholds:
 # HAN's standard setting (every number of SPEC §8's table).
 STANDARD = Thresholds(name="standard")
 # The CMPAE / CoLeaF official code's inference thresholds.
-OFFICIAL = Thresholds(video_a=0.52, video_v=0.52, segment_a=0.25, segment_v=0.25,
-                      gate="modality", name="official")
+OFFICIAL = Thresholds(
+    video_a=0.52, video_v=0.52, segment_a=0.25, segment_v=0.25, gate="modality", name="official"
+)
 THRESHOLD_PRESETS: dict[str, Thresholds] = {"standard": STANDARD, "official": OFFICIAL}
 
 

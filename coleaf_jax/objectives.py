@@ -56,17 +56,29 @@ def reference_weights(lc, epoch) -> ReferenceWeights:
         weak=1.0 - kd_on * (1.0 - lc.kd_weight),
         token_a=_switch(epoch, lc.class_token_warmup_epochs, *lc.class_token_weight_audio),
         token_v=_switch(epoch, lc.class_token_warmup_epochs, *lc.class_token_weight_visual),
-        kd=kd_on * lc.kd_weight)
+        kd=kd_on * lc.kd_weight,
+    )
 
 
 def anchor_weights(lc, epoch, index_in_epoch) -> AnchorWeights:
     """The Anchor's switches at 0-based ``epoch`` and batch ``index_in_epoch``."""
-    return AnchorWeights(collab=_switch(epoch, lc.collab_start_epoch, 0.0, 1.0),
-                         parity=(index_in_epoch % 2 == 1).astype(jnp.float32))
+    return AnchorWeights(
+        collab=_switch(epoch, lc.collab_start_epoch, 0.0, 1.0),
+        parity=(index_in_epoch % 2 == 1).astype(jnp.float32),
+    )
 
 
-def reference_objective(ref_out: Outputs, y_a, y_v, anchor_prob_a, anchor_prob_v, video_mask,
-                        weights: ReferenceWeights, lc, axis_name: str | None = None):
+def reference_objective(
+    ref_out: Outputs,
+    y_a,
+    y_v,
+    anchor_prob_a,
+    anchor_prob_v,
+    video_mask,
+    weights: ReferenceWeights,
+    lc,
+    axis_name: str | None = None,
+):
     """The Reference's loss ``L_R`` and its terms.
 
     ``L_R = Σ_m w_weak·L(q^m, ȳ_m) + w_tok^m·L(k^m, ȳ_m) + w_kd·L(q^m, ỹ^m)`` with
@@ -92,22 +104,38 @@ def reference_objective(ref_out: Outputs, y_a, y_v, anchor_prob_a, anchor_prob_v
     for m, y_m in (("a", y_a), ("v", y_v)):
         out = ref_out[m]
         terms[f"ref_weak_{m}"] = loss(out["video_prob"], y_m)
-        terms[f"ref_token_{m}"] = (loss(out["class_prob"], y_m) if "class_prob" in out
-                                   else jnp.zeros((), jnp.float32))
-    targets = losses.kd_targets(anchor_prob_a, anchor_prob_v, y_a, y_v,
-                                lc.kd_threshold_audio, lc.kd_threshold_visual)
+        terms[f"ref_token_{m}"] = (
+            loss(out["class_prob"], y_m) if "class_prob" in out else jnp.zeros((), jnp.float32)
+        )
+    targets = losses.kd_targets(
+        anchor_prob_a, anchor_prob_v, y_a, y_v, lc.kd_threshold_audio, lc.kd_threshold_visual
+    )
     for m, t_m in zip(("a", "v"), targets):
         terms[f"ref_kd_{m}"] = loss(ref_out[m]["video_prob"], t_m)
     terms["ref_kd"] = terms["ref_kd_a"] + terms["ref_kd_v"]
-    total = (weights.weak * (terms["ref_weak_a"] + terms["ref_weak_v"])
-             + weights.token_a * terms["ref_token_a"] + weights.token_v * terms["ref_token_v"]
-             + weights.kd * terms["ref_kd"])
+    total = (
+        weights.weak * (terms["ref_weak_a"] + terms["ref_weak_v"])
+        + weights.token_a * terms["ref_token_a"]
+        + weights.token_v * terms["ref_token_v"]
+        + weights.kd * terms["ref_kd"]
+    )
     return total, terms
 
 
-def anchor_objective(out: Outputs, teacher: Outputs | None, y, y_a, y_v, mask, video_mask,
-                     weights: AnchorWeights, lc, cmpae: bool, pseudo_labels=None,
-                     axis_name: str | None = None):
+def anchor_objective(
+    out: Outputs,
+    teacher: Outputs | None,
+    y,
+    y_a,
+    y_v,
+    mask,
+    video_mask,
+    weights: AnchorWeights,
+    lc,
+    cmpae: bool,
+    pseudo_labels=None,
+    axis_name: str | None = None,
+):
     """The Anchor's loss ``L_A`` and its terms.
 
     ``L_A = L_backbone [+ L_pseudo] + collab·(λ_a·L_nce^a + λ_v·L_nce^v + λ_cc·L_cc)``:
@@ -136,8 +164,17 @@ def anchor_objective(out: Outputs, teacher: Outputs | None, y, y_a, y_v, mask, v
     if cmpae:
         backbone, terms = losses.cmpae_loss(
             dict(out, video_prob_a=p_a, video_prob_v=p_v, global_prob=clamp(out["global_prob"])),
-            y, y_a, y_v, mask, video_mask, weights.parity, tuple(lc.cmpae_weights),
-            lc.nce_temperature, lc.nce_smoothing, axis_name)
+            y,
+            y_a,
+            y_v,
+            mask,
+            video_mask,
+            weights.parity,
+            tuple(lc.cmpae_weights),
+            lc.nce_temperature,
+            lc.nce_smoothing,
+            axis_name,
+        )
     else:
         backbone = losses.han_loss(out, y, y_a, y_v, video_mask, axis_name)
         terms = {}
@@ -145,7 +182,8 @@ def anchor_objective(out: Outputs, teacher: Outputs | None, y, y_a, y_v, mask, v
     total = backbone
     if pseudo_labels is not None:
         terms["pseudo_segment"] = losses.pseudo_label_segment_bce(
-            out["seg_prob"], *pseudo_labels, mask, video_mask, axis_name)
+            out["seg_prob"], *pseudo_labels, mask, video_mask, axis_name
+        )
         total = total + lc.pseudo_label_segment_weight * terms["pseudo_segment"]
     if teacher is None:
         return total, terms
@@ -153,28 +191,48 @@ def anchor_objective(out: Outputs, teacher: Outputs | None, y, y_a, y_v, mask, v
     q = {m: teacher[m]["video_prob"] for m in ("a", "v")}
     if lc.contrastive in ("event_aware", "standard"):
         if lc.contrastive == "event_aware":
-            w = dict(zip(("a", "v"), losses.event_aware_weights(q["a"], q["v"],
-                                                                lc.pseudo_label_threshold)))
+            w = dict(
+                zip(
+                    ("a", "v"),
+                    losses.event_aware_weights(q["a"], q["v"], lc.pseudo_label_threshold),
+                )
+            )
         else:
             w = {m: jnp.ones_like(video_mask) for m in ("a", "v")}
         for m in ("a", "v"):
             terms[f"nce_{m}"] = losses.event_aware_nce(
-                teacher[m]["tokens"], out[f"tokens_{m}"], w[m], mask, video_mask,
-                lc.nce_temperature, lc.nce_smoothing, lc.nce_form, axis_name)
+                teacher[m]["tokens"],
+                out[f"tokens_{m}"],
+                w[m],
+                mask,
+                video_mask,
+                lc.nce_temperature,
+                lc.nce_smoothing,
+                lc.nce_form,
+                axis_name,
+            )
     elif lc.contrastive == "bce":
         for m, p_m in (("a", p_a), ("v", p_v)):
-            terms[f"nce_{m}"] = losses.pseudo_label_bce(p_m, q[m], video_mask,
-                                                        lc.pseudo_label_threshold, axis_name)
+            terms[f"nce_{m}"] = losses.pseudo_label_bce(
+                p_m, q[m], video_mask, lc.pseudo_label_threshold, axis_name
+            )
     if lc.contrastive != "none":
-        total = total + weights.collab * (lc.nce_weight_audio * terms["nce_a"]
-                                          + lc.nce_weight_visual * terms["nce_v"])
+        total = total + weights.collab * (
+            lc.nce_weight_audio * terms["nce_a"] + lc.nce_weight_visual * terms["nce_v"]
+        )
     if lc.correlation:
-        for m, p_m, y_m, conf in (("a", p_a, y_a, lc.correlation_confidence_audio),
-                                  ("v", p_v, y_v, lc.correlation_confidence_visual)):
-            t_m = q[m] if lc.correlation_teacher == "reference" else \
-                losses.confident_teacher(q[m], p_m, y_m, *conf)
+        for m, p_m, y_m, conf in (
+            ("a", p_a, y_a, lc.correlation_confidence_audio),
+            ("v", p_v, y_v, lc.correlation_confidence_visual),
+        ):
+            t_m = (
+                q[m]
+                if lc.correlation_teacher == "reference"
+                else losses.confident_teacher(q[m], p_m, y_m, *conf)
+            )
             terms[f"correlation_{m}"] = losses.class_correlation_mse(
-                p_m, t_m, video_mask, lc.correlation_scaling, axis_name)
+                p_m, t_m, video_mask, lc.correlation_scaling, axis_name
+            )
         terms["correlation"] = terms["correlation_a"] + terms["correlation_v"]
         total = total + weights.collab * lc.correlation_weight * terms["correlation"]
     return total, terms

@@ -25,8 +25,9 @@ EVENT_TYPES = ("audible-only", "visible-only", "audible-visible")
 RECORD_FIELDS = ("video", "class", "type", "onset", "offset", "score")
 
 
-def event_tracks(pred_a: np.ndarray, pred_v: np.ndarray, prob_a: np.ndarray,
-                 prob_v: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def event_tracks(
+    pred_a: np.ndarray, pred_v: np.ndarray, prob_a: np.ndarray, prob_v: np.ndarray
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per event type, its decisions and the probability behind them.
 
     Args:
@@ -36,13 +37,23 @@ def event_tracks(pred_a: np.ndarray, pred_v: np.ndarray, prob_a: np.ndarray,
       ``{type: (decisions (N, T, C) bool, probabilities (N, T, C))}``.
     """
     d = metrics.modality_decisions(np.asarray(pred_a, bool), np.asarray(pred_v, bool))
-    return {"audible-only": (d["ao"], prob_a), "visible-only": (d["vo"], prob_v),
-            "audible-visible": (d["av"], np.minimum(prob_a, prob_v))}
+    return {
+        "audible-only": (d["ao"], prob_a),
+        "visible-only": (d["vo"], prob_v),
+        "audible-visible": (d["av"], np.minimum(prob_a, prob_v)),
+    }
 
 
-def merge_events(pred_a: np.ndarray, pred_v: np.ndarray, prob_a: np.ndarray, prob_v: np.ndarray,
-                 video_ids, class_names, mask: np.ndarray | None = None,
-                 segment_seconds: float = 1.0) -> list[dict]:
+def merge_events(
+    pred_a: np.ndarray,
+    pred_v: np.ndarray,
+    prob_a: np.ndarray,
+    prob_v: np.ndarray,
+    video_ids,
+    class_names,
+    mask: np.ndarray | None = None,
+    segment_seconds: float = 1.0,
+) -> list[dict]:
     """Event records of every video from its segment decisions (module docstring).
 
     Runs are found for all videos, classes and types at once; ``mask (N, T)``
@@ -56,10 +67,12 @@ def merge_events(pred_a: np.ndarray, pred_v: np.ndarray, prob_a: np.ndarray, pro
         pred_a, pred_v = pred_a & m, pred_v & m
     n, t, c = pred_a.shape
     if len(video_ids) != n or len(class_names) != c:
-        raise ValueError(f"{len(video_ids)} video ids and {len(class_names)} class names for "
-                         f"decisions of shape (N={n}, T={t}, C={c})")
+        raise ValueError(
+            f"{len(video_ids)} video ids and {len(class_names)} class names for "
+            f"decisions of shape (N={n}, T={t}, C={c})"
+        )
     columns = []
-    for k, (kind, (dec, prob)) in enumerate(event_tracks(pred_a, pred_v, prob_a, prob_v).items()):
+    for k, (dec, prob) in enumerate(event_tracks(pred_a, pred_v, prob_a, prob_v).values()):
         start, end, valid = metrics.runs(np.swapaxes(dec, 1, 2))  # (N, C, R)
         vi, ci, ri = np.nonzero(valid)
         s, e = start[vi, ci, ri].astype(np.int64), end[vi, ci, ri].astype(np.int64)
@@ -69,10 +82,17 @@ def merge_events(pred_a: np.ndarray, pred_v: np.ndarray, prob_a: np.ndarray, pro
         columns.append((vi, s, ci, np.full(len(vi), k), e, score))
     vi, s, ci, ki, e, score = (np.concatenate(x) for x in zip(*columns))
     order = np.lexsort((ki, ci, s, vi))
-    return [{"video": str(video_ids[vi[j]]), "class": str(class_names[ci[j]]),
-             "type": EVENT_TYPES[ki[j]], "onset": float(s[j] * segment_seconds),
-             "offset": float(e[j] * segment_seconds), "score": round(float(score[j]), 4)}
-            for j in order]
+    return [
+        {
+            "video": str(video_ids[vi[j]]),
+            "class": str(class_names[ci[j]]),
+            "type": EVENT_TYPES[ki[j]],
+            "onset": float(s[j] * segment_seconds),
+            "offset": float(e[j] * segment_seconds),
+            "score": round(float(score[j]), 4),
+        }
+        for j in order
+    ]
 
 
 def write_events(records: list[dict], out_dir: str, stem: str = "events") -> tuple[str, str]:
@@ -96,15 +116,29 @@ def read_events(path: str) -> list[dict]:
             return [json.loads(line) for line in f if line.strip()]
         rows = list(csv.DictReader(f))
     for r in rows:
-        r["onset"], r["offset"], r["score"] = float(r["onset"]), float(r["offset"]), float(r["score"])
+        r["onset"], r["offset"], r["score"] = (
+            float(r["onset"]),
+            float(r["offset"]),
+            float(r["score"]),
+        )
     return rows
 
 
-def parse_videos(config, workdir: str, output: str, *, features: str | None = None,
-                 split: str | None = None, ids=None, step: int | None = None,
-                 select_thresholds: bool = False, timelines: int = 0,
-                 compare: tuple | None = None, verbose: bool = True,
-                 data: dict | None = None) -> list[dict]:
+def parse_videos(
+    config,
+    workdir: str,
+    output: str,
+    *,
+    features: str | None = None,
+    split: str | None = None,
+    ids=None,
+    step: int | None = None,
+    select_thresholds: bool = False,
+    timelines: int = 0,
+    compare: tuple | None = None,
+    verbose: bool = True,
+    data: dict | None = None,
+) -> list[dict]:
     """Parses videos with a trained run and writes ``OUTPUT/events.{jsonl,csv}``.
 
     Videos come from a feature directory (``features``, no annotations needed),
@@ -125,7 +159,9 @@ def parse_videos(config, workdir: str, output: str, *, features: str | None = No
         if features is not None or split is not None:
             raise ValueError("give features in memory or a feature directory / split, not both")
     elif (features is None) == (split is None):
-        raise ValueError("give exactly one of a feature directory (--features) or a split (--split)")
+        raise ValueError(
+            "give exactly one of a feature directory (--features) or a split (--split)"
+        )
     elif features is not None:
         data = pipeline.load_feature_dir(config, features, ids)
     else:
@@ -151,8 +187,10 @@ def parse_videos(config, workdir: str, output: str, *, features: str | None = No
     records = merge_events(pred_a, pred_v, seg[:, :, 0], seg[:, :, 1], data["id"], names, mask)
     jsonl, csv_path = write_events(records, output)
     if verbose:
-        print(f"parsed {len(data['id'])} videos with epoch {restored} of {workdir} "
-              f"({thresholds.name} thresholds): {len(records)} events -> {jsonl}, {csv_path}")
+        print(
+            f"parsed {len(data['id'])} videos with epoch {restored} of {workdir} "
+            f"({thresholds.name} thresholds): {len(records)} events -> {jsonl}, {csv_path}"
+        )
     if timelines:
         columns = {f"{config.name} (epoch {restored})": (pred_a, pred_v)}
         if compare is not None:
@@ -164,8 +202,12 @@ def parse_videos(config, workdir: str, output: str, *, features: str | None = No
         for i in range(min(timelines, len(data["id"]))):
             length = int(mask[i].sum()) if mask is not None else None
             fig = plots.plot_timeline(
-                data["id"][i], names, {k: (a[i], v[i]) for k, (a, v) in columns.items()},
-                (data["label_audio"][i], data["label_visual"][i]) if has_truth else None, length)
+                data["id"][i],
+                names,
+                {k: (a[i], v[i]) for k, (a, v) in columns.items()},
+                (data["label_audio"][i], data["label_visual"][i]) if has_truth else None,
+                length,
+            )
             plots.save_png(fig, os.path.join(folder, f"{data['id'][i]}.png"))
         if verbose:
             print(f"wrote {min(timelines, len(data['id']))} timelines to {folder}")

@@ -20,8 +20,11 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from coleaf_jax import metrics  # noqa: E402
 
-TYPE_COLOURS = {"ao": ("audible-only", "#1f77b4"), "vo": ("visible-only", "#ff7f0e"),
-                "av": ("audible-visible", "#2ca02c")}
+TYPE_COLOURS = {
+    "ao": ("audible-only", "#1f77b4"),
+    "vo": ("visible-only", "#ff7f0e"),
+    "av": ("audible-visible", "#2ca02c"),
+}
 
 
 def _runs_1d(x: np.ndarray) -> list[tuple[int, int]]:
@@ -30,9 +33,14 @@ def _runs_1d(x: np.ndarray) -> list[tuple[int, int]]:
     return [(int(s), int(e - s)) for s, e in zip(start[valid], end[valid])]
 
 
-def plot_timeline(video_id: str, class_names, predictions: dict[str, tuple[np.ndarray, np.ndarray]],
-                  truth: tuple[np.ndarray, np.ndarray] | None = None, length: int | None = None,
-                  title: str = ""):
+def plot_timeline(
+    video_id: str,
+    class_names,
+    predictions: dict[str, tuple[np.ndarray, np.ndarray]],
+    truth: tuple[np.ndarray, np.ndarray] | None = None,
+    length: int | None = None,
+    title: str = "",
+):
     """A timeline figure of one video.
 
     Args:
@@ -47,26 +55,52 @@ def plot_timeline(video_id: str, class_names, predictions: dict[str, tuple[np.nd
     t_len = length or first.shape[0]
     shown = np.zeros(first.shape[1], bool)
     for a, v in list(predictions.values()) + ([truth] if truth is not None else []):
-        shown |= (np.asarray(a)[:t_len].any(0) | np.asarray(v)[:t_len].any(0))
+        shown |= np.asarray(a)[:t_len].any(0) | np.asarray(v)[:t_len].any(0)
     classes = np.flatnonzero(shown)
     rows = max(len(classes), 1)
-    fig, axes = plt.subplots(1, len(predictions), squeeze=False, sharey=True,
-                             figsize=(4.2 * len(predictions) + 1.6, 0.55 * rows + 1.3))
+    fig, axes = plt.subplots(
+        1,
+        len(predictions),
+        squeeze=False,
+        sharey=True,
+        figsize=(4.2 * len(predictions) + 1.6, 0.55 * rows + 1.3),
+    )
     for ax, (name, (a, v)) in zip(axes[0], predictions.items()):
-        tracks = [(metrics.modality_decisions(np.asarray(a, bool)[:t_len], np.asarray(v, bool)[:t_len]),
-                   0.0, 0.5, None)]
+        tracks = [
+            (
+                metrics.modality_decisions(
+                    np.asarray(a, bool)[:t_len], np.asarray(v, bool)[:t_len]
+                ),
+                0.0,
+                0.5,
+                None,
+            )
+        ]
         if truth is not None:
-            tracks.append((metrics.modality_decisions(np.asarray(truth[0], bool)[:t_len],
-                                                      np.asarray(truth[1], bool)[:t_len]),
-                           -0.38, 0.22, "///"))
+            tracks.append(
+                (
+                    metrics.modality_decisions(
+                        np.asarray(truth[0], bool)[:t_len], np.asarray(truth[1], bool)[:t_len]
+                    ),
+                    -0.38,
+                    0.22,
+                    "///",
+                )
+            )
         for row, c in enumerate(classes):
             y = rows - 1 - row
             for decisions, dy, height, hatch in tracks:
                 for key, (_, colour) in TYPE_COLOURS.items():
                     runs = _runs_1d(decisions[key][:, c])
                     if runs:
-                        ax.broken_barh(runs, (y + dy - height / 2, height), facecolors=colour,
-                                       alpha=0.55 if hatch else 0.9, hatch=hatch, edgecolor="white")
+                        ax.broken_barh(
+                            runs,
+                            (y + dy - height / 2, height),
+                            facecolors=colour,
+                            alpha=0.55 if hatch else 0.9,
+                            hatch=hatch,
+                            edgecolor="white",
+                        )
         ax.set_xlim(0, t_len)
         ax.set_xlabel("time (s)")
         ax.set_title(name, fontsize=10)
@@ -77,7 +111,9 @@ def plot_timeline(video_id: str, class_names, predictions: dict[str, tuple[np.nd
     axes[0][0].set_ylim(-0.7, rows - 0.5)
     handles = [Patch(color=colour, label=label) for label, colour in TYPE_COLOURS.values()]
     if truth is not None:
-        handles.append(Patch(facecolor="grey", alpha=0.55, hatch="///", label="ground truth (below)"))
+        handles.append(
+            Patch(facecolor="grey", alpha=0.55, hatch="///", label="ground truth (below)")
+        )
     fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=8, frameon=False)
     fig.suptitle(title or video_id, fontsize=10, y=0.02, va="bottom")
     fig.tight_layout(rect=(0, 0.05, 1, 0.9))

@@ -46,8 +46,10 @@ def _score_table(rows: list[tuple[str, dict, str]]) -> str:
     head = "".join(f"<th>{metrics.SCORE_TITLES[n]}</th>" for n in metrics.SCORE_NAMES)
     body = []
     for label, values, cls in rows:
-        cells = "".join(f"<td>{values[n]:.1f}</td>" if n in values else "<td>–</td>"
-                        for n in metrics.SCORE_NAMES)
+        cells = "".join(
+            f"<td>{values[n]:.1f}</td>" if n in values else "<td>–</td>"
+            for n in metrics.SCORE_NAMES
+        )
         body.append(f'<tr class="{cls}"><td class="l">{html.escape(label)}</td>{cells}</tr>')
     return f'<table><tr><th class="l"></th>{head}</tr>{"".join(body)}</table>'
 
@@ -58,8 +60,14 @@ def _read_history(workdir: str) -> list[dict]:
     return [by_epoch[k] for k in sorted(by_epoch)]
 
 
-def build_report(config, workdir: str, *, test: dict | None = None, num_timelines: int = 3,
-                 checkpoint: int | None = None) -> str:
+def build_report(
+    config,
+    workdir: str,
+    *,
+    test: dict | None = None,
+    num_timelines: int = 3,
+    checkpoint: int | None = None,
+) -> str:
     """Writes ``WORKDIR/report.html`` for a finished run; returns its path.
 
     ``test`` is the test split (loaded from ``config.data`` when omitted); the
@@ -72,33 +80,57 @@ def build_report(config, workdir: str, *, test: dict | None = None, num_timeline
     if os.path.exists(result_path):
         with open(result_path) as f:
             result = json.load(f)
-    summary = [("workdir", os.path.abspath(workdir)), ("method", config.method),
-               ("Anchor", config.model.anchor), ("dataset", config.data.dataset),
-               ("written", time.strftime("%Y-%m-%d %H:%M"))]
+    summary = [
+        ("workdir", os.path.abspath(workdir)),
+        ("method", config.method),
+        ("Anchor", config.model.anchor),
+        ("dataset", config.data.dataset),
+        ("written", time.strftime("%Y-%m-%d %H:%M")),
+    ]
     if result:
-        summary += [("best epoch (validation)", result["epoch"]), ("thresholds", result["thresholds"])]
-    parts.append("<table>" + "".join(f'<tr><th class="l">{k}</th><td class="l">{html.escape(str(v))}</td></tr>'
-                                     for k, v in summary) + "</table>")
+        summary += [
+            ("best epoch (validation)", result["epoch"]),
+            ("thresholds", result["thresholds"]),
+        ]
+    parts.append(
+        "<table>"
+        + "".join(
+            f'<tr><th class="l">{k}</th><td class="l">{html.escape(str(v))}</td></tr>'
+            for k, v in summary
+        )
+        + "</table>"
+    )
 
     history = _read_history(workdir)
     parts.append("<h2>Training curves</h2>")
     if history:
         losses = [k for k in LOSS_KEYS if k in history[0]["train"]]
-        fig = plots.plot_curves(history, losses, [k for k in CURVE_SCORES if k in history[0]["val"]])
+        fig = plots.plot_curves(
+            history, losses, [k for k in CURVE_SCORES if k in history[0]["val"]]
+        )
         parts.append(_img(plots.save_png(fig), "training curves"))
-        parts.append(f'<p class="note">{len(history)} epochs; validation selection score per epoch: '
-                     + ", ".join(f"{h['val_selection']:.1f}" for h in history) + "</p>")
+        parts.append(
+            f'<p class="note">{len(history)} epochs; validation selection score per epoch: '
+            + ", ".join(f"{h['val_selection']:.1f}" for h in history)
+            + "</p>"
+        )
     else:
         parts.append('<p class="note">no metrics.jsonl in this workdir</p>')
 
     parts.append("<h2>Test scores (%)</h2>")
     if result:
-        rows = [(f"ours {lvl}", {n: result[f"{key}_{n}"] for n in metrics.SCORE_NAMES}, "")
-                for lvl, key in (("segment", "seg"), ("event", "evt"))]
+        rows = [
+            (f"ours {lvl}", {n: result[f"{key}_{n}"] for n in metrics.SCORE_NAMES}, "")
+            for lvl, key in (("segment", "seg"), ("event", "evt"))
+        ]
         published = paper.paper_scores(config)
         if published:
             source, values = published
-            rows += [(f"paper {lvl}", values[lvl], "paper") for lvl in ("segment", "event") if lvl in values]
+            rows += [
+                (f"paper {lvl}", values[lvl], "paper")
+                for lvl in ("segment", "event")
+                if lvl in values
+            ]
             note = f"Paper rows: {source} (LLP test, standard thresholds)."
             if config.data.dataset != "llp":
                 note += " This run is on other data, so they are a reference, not a target."
@@ -109,7 +141,9 @@ def build_report(config, workdir: str, *, test: dict | None = None, num_timeline
         parts.append('<p class="note">no test_metrics.json yet: the run has not finished</p>')
 
     try:
-        test = test if test is not None else pipeline.load_splits(config, workdir, ("test",))["test"]
+        test = (
+            test if test is not None else pipeline.load_splits(config, workdir, ("test",))["test"]
+        )
         _, anchor, params, step = cli.restore_anchor(config, workdir, test, checkpoint)
     except (FileNotFoundError, ValueError) as e:
         parts.append(f'<p class="note">no predictions: {html.escape(str(e))}</p>')
@@ -117,11 +151,15 @@ def build_report(config, workdir: str, *, test: dict | None = None, num_timeline
     if test is not None:
         parts += _prediction_sections(config, workdir, test, anchor, params, step, num_timelines)
 
-    parts.append("<h2>Config</h2><pre>" + html.escape(config.to_json_best_effort(indent=2)) + "</pre>")
+    parts.append(
+        "<h2>Config</h2><pre>" + html.escape(config.to_json_best_effort(indent=2)) + "</pre>"
+    )
     path = os.path.join(workdir, "report.html")
     with open(path, "w") as f:
-        f.write(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(config.name)}"
-                f"</title><style>{_CSS}</style></head><body>{''.join(parts)}</body></html>")
+        f.write(
+            f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(config.name)}"
+            f"</title><style>{_CSS}</style></head><body>{''.join(parts)}</body></html>"
+        )
     return path
 
 
@@ -132,34 +170,48 @@ def _prediction_sections(config, workdir, test, anchor, params, step, num_timeli
     gt_a, gt_v, mask = test["label_audio"], test["label_visual"], test.get("mask")
     names = pipeline.class_names(config, workdir)
     out = [f"<h2>Per-class segment F-scores (%), test, epoch {step}</h2>"]
-    pa, ga = metrics.modality_decisions(pred_a, pred_v), metrics.modality_decisions(
-        gt_a.astype(bool), gt_v.astype(bool))
+    pa, ga = (
+        metrics.modality_decisions(pred_a, pred_v),
+        metrics.modality_decisions(gt_a.astype(bool), gt_v.astype(bool)),
+    )
     cols = ("a", "v", "av", "ao", "vo")
     table = {k: metrics.per_class_f_scores(pa[k], ga[k], mask) for k in cols}
     n_true = (ga["a"] | ga["v"]).any(axis=1).sum(axis=0)
     head = "".join(f"<th>{metrics.SCORE_TITLES[k]}</th>" for k in cols)
     rows = []
     for c in range(len(names)):
-        cells = "".join("<td>–</td>" if np.isnan(table[k][c]) else f"<td>{table[k][c]:.1f}</td>"
-                        for k in cols)
-        rows.append(f'<tr><td class="l">{html.escape(str(names[c]))}</td><td>{n_true[c]}</td>{cells}</tr>')
-    out.append(f'<table><tr><th class="l">class</th><th>videos</th>{head}</tr>{"".join(rows)}</table>'
-               '<p class="note">Mean over the videos where the class is predicted or true of that '
-               "video's F for the class; – where it occurs nowhere.</p>")
+        cells = "".join(
+            "<td>–</td>" if np.isnan(table[k][c]) else f"<td>{table[k][c]:.1f}</td>" for k in cols
+        )
+        rows.append(
+            f'<tr><td class="l">{html.escape(str(names[c]))}</td><td>{n_true[c]}</td>{cells}</tr>'
+        )
+    out.append(
+        f'<table><tr><th class="l">class</th><th>videos</th>{head}</tr>{"".join(rows)}</table>'
+        '<p class="note">Mean over the videos where the class is predicted or true of that '
+        "video's F for the class; – where it occurs nowhere.</p>"
+    )
 
     scores = metrics.per_video_scores(pred_a, pred_v, gt_a, gt_v, mask)
     order = np.argsort(scores, kind="stable")
     k = min(num_timelines, len(order) // 2 or 1)
-    out.append("<h2>Timelines: best and worst test videos</h2>"
-               '<p class="note">Ranked by segment-level Type@AV of the video. Bars: prediction; '
-               "hatched bars below: ground truth.</p>")
+    out.append(
+        "<h2>Timelines: best and worst test videos</h2>"
+        '<p class="note">Ranked by segment-level Type@AV of the video. Bars: prediction; '
+        "hatched bars below: ground truth.</p>"
+    )
     ids = test.get("id", np.arange(len(scores)).astype(str))
     for label, picks in (("best", order[::-1][:k]), ("worst", order[:k])):
         for i in picks:
             length = int(mask[i].sum()) if mask is not None else None
-            fig = plots.plot_timeline(ids[i], names, {config.name: (pred_a[i], pred_v[i])},
-                                      (gt_a[i], gt_v[i]), length,
-                                      title=f"{label}: {ids[i]} (Type@AV {scores[i]:.1f})")
+            fig = plots.plot_timeline(
+                ids[i],
+                names,
+                {config.name: (pred_a[i], pred_v[i])},
+                (gt_a[i], gt_v[i]),
+                length,
+                title=f"{label}: {ids[i]} (Type@AV {scores[i]:.1f})",
+            )
             out.append(_img(plots.save_png(fig), f"timeline {ids[i]}"))
     return out
 
@@ -167,8 +219,11 @@ def _prediction_sections(config, workdir, test, anchor, params, step, num_timeli
 def main(argv=None) -> int:
     from coleaf_jax.config import load_config_file
 
-    parser = argparse.ArgumentParser(prog="python -m coleaf_jax.report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m coleaf_jax.report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", required=True, help="FILE.py[:variant], as for train.py")
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")

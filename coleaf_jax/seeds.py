@@ -24,10 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from coleaf_jax import evaluate, metrics, progress
+from coleaf_jax import train as train_lib
 from coleaf_jax import workdir as workdir_lib
 from coleaf_jax.data import pipeline
 from coleaf_jax.step import create_train_state, make_train_step, matmul_precision
-from coleaf_jax import train as train_lib
 from coleaf_jax.train import make_device_step, padded_order, validate_run_config
 
 
@@ -48,40 +48,59 @@ def predict_seeds(anchor, params, data: dict, batch_size: int) -> dict[str, np.n
     @jax.jit
     def predict(p, batch):
         def one(q):
-            out = anchor.apply({"params": q}, batch["audio"], batch["video_2d"],
-                               batch["video_3d"], batch["mask"], train=False)
+            out = anchor.apply(
+                {"params": q},
+                batch["audio"],
+                batch["video_2d"],
+                batch["video_3d"],
+                batch["mask"],
+                train=False,
+            )
             return {k: out[k] for k in evaluate.PREDICTION_KEYS}
+
         return jax.vmap(one)(p)
 
     n = len(data["label"])
-    chunks = [jax.device_get(predict(params, {k: jnp.asarray(v) for k, v in b.items()}))
-              for b in pipeline.epoch_batches(data, min(batch_size, n))]
-    return {k: np.concatenate([c[k] for c in chunks], axis=1)[:, :n] for k in evaluate.PREDICTION_KEYS}
+    chunks = [
+        jax.device_get(predict(params, {k: jnp.asarray(v) for k, v in b.items()}))
+        for b in pipeline.epoch_batches(data, min(batch_size, n))
+    ]
+    return {
+        k: np.concatenate([c[k] for c in chunks], axis=1)[:, :n] for k in evaluate.PREDICTION_KEYS
+    }
 
 
 def _score_seeds(config, anchor, params, data) -> list[dict[str, float]]:
     probs = predict_seeds(anchor, params, data, config.eval.batch_size)
     thresholds = evaluate.thresholds_from_config(config)
     k = next(iter(probs.values())).shape[0]
-    return [evaluate.score_split({key: v[i] for key, v in probs.items()}, data, thresholds)
-            for i in range(k)]
+    return [
+        evaluate.score_split({key: v[i] for key, v in probs.items()}, data, thresholds)
+        for i in range(k)
+    ]
 
 
 def summarize(per_seed: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     """Mean and (sample) standard deviation over seeds of each of the 18 scores."""
     table = np.array([[s[k] for k in metrics.SCORE_KEYS] for s in per_seed])
     std = table.std(axis=0, ddof=1) if len(per_seed) > 1 else np.zeros(len(metrics.SCORE_KEYS))
-    return {"mean": dict(zip(metrics.SCORE_KEYS, table.mean(axis=0).tolist())),
-            "std": dict(zip(metrics.SCORE_KEYS, std.tolist()))}
+    return {
+        "mean": dict(zip(metrics.SCORE_KEYS, table.mean(axis=0).tolist())),
+        "std": dict(zip(metrics.SCORE_KEYS, std.tolist())),
+    }
 
 
 def format_mean_std(summary: dict, title: str) -> str:
     names = metrics.SCORE_NAMES
     lines = [title, f"{'':<10}" + "".join(f"{metrics.SCORE_TITLES[n]:>12}" for n in names)]
     for level, label in (("seg", "segment"), ("evt", "event")):
-        lines.append(f"{label:<10}" + "".join(
-            f"{summary['mean'][f'{level}_{n}']:>7.1f}±{summary['std'][f'{level}_{n}']:<4.1f}"
-            for n in names))
+        lines.append(
+            f"{label:<10}"
+            + "".join(
+                f"{summary['mean'][f'{level}_{n}']:>7.1f}±{summary['std'][f'{level}_{n}']:<4.1f}"
+                for n in names
+            )
+        )
     return "\n".join(lines)
 
 
@@ -104,22 +123,30 @@ def _train_seeds(config, workdir: str, data: dict | None, verbose: bool) -> dict
     spe = pipeline.num_batches(n_train, config.batch_size)
     seeds = [config.seed + k for k in range(config.num_seeds)]
     keys = [run_keys(s) for s in seeds]
-    sample = {k: jnp.asarray(v) for k, v in pipeline.make_batch(train, np.arange(min(2, n_train)), 2).items()}
+    sample = {
+        k: jnp.asarray(v)
+        for k, v in pipeline.make_batch(train, np.arange(min(2, n_train)), 2).items()
+    }
     states = []
     for init_key, _, _ in keys:
-        state, anchor, reference, tx = create_train_state(config, init_key, sample, spe, num_classes)
+        state, anchor, reference, tx = create_train_state(
+            config, init_key, sample, spe, num_classes
+        )
         states.append(state)
     state = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *states)
     train_keys = jnp.stack([k[1] for k in keys])
-    step = make_device_step(make_train_step(config, anchor, reference, tx, None, spe),
-                            config.batch_size)
+    step = make_device_step(
+        make_train_step(config, anchor, reference, tx, None, spe), config.batch_size
+    )
     vstep = jax.jit(vmap_seeds(step))
     if pipeline.is_streamed(train):
-        raise ValueError(f"config.num_seeds = {len(seeds)} trains the seeds in one program on the "
-                         f"device-resident training split, but it is streamed from disk (larger "
-                         f"than config.data.resident_max_gib = {config.data.resident_max_gib} GiB): "
-                         f"raise that budget if the memory allows, or train the seeds as separate "
-                         f"runs (python -m coleaf_jax.sweep)")
+        raise ValueError(
+            f"config.num_seeds = {len(seeds)} trains the seeds in one program on the "
+            f"device-resident training split, but it is streamed from disk (larger "
+            f"than config.data.resident_max_gib = {config.data.resident_max_gib} GiB): "
+            f"raise that budget if the memory allows, or train the seeds as separate "
+            f"runs (python -m coleaf_jax.sweep)"
+        )
     train_dev = jax.device_put(pipeline.resident_fields(train))
 
     best_score = [-np.inf] * len(seeds)
@@ -128,12 +155,29 @@ def _train_seeds(config, workdir: str, data: dict | None, verbose: bool) -> dict
     curves = [[] for _ in seeds]  # the validation selection score of every epoch, per seed
     for epoch in range(config.num_epochs):
         t0 = time.time()
-        orders = jnp.stack([jnp.asarray(padded_order(np.asarray(jax.random.permutation(
-            jax.random.fold_in(k[2], epoch), n_train)), config.batch_size)) for k in keys])
+        orders = jnp.stack(
+            [
+                jnp.asarray(
+                    padded_order(
+                        np.asarray(
+                            jax.random.permutation(jax.random.fold_in(k[2], epoch), n_train)
+                        ),
+                        config.batch_size,
+                    )
+                )
+                for k in keys
+            ]
+        )
         record = None  # on device: summed logs and the first non-finite step
-        for i in progress.bar(range(spe), total=spe, enabled=verbose,
-                              desc=f"epoch {epoch + 1}/{config.num_epochs} ({len(seeds)} seeds)"):
-            state, logs = vstep(state, train_dev, orders, jnp.int32(i), jnp.int32(epoch), train_keys)
+        for i in progress.bar(
+            range(spe),
+            total=spe,
+            enabled=verbose,
+            desc=f"epoch {epoch + 1}/{config.num_epochs} ({len(seeds)} seeds)",
+        ):
+            state, logs = vstep(
+                state, train_dev, orders, jnp.int32(i), jnp.int32(epoch), train_keys
+            )
             record = train_lib.track(record, logs, i)
         record["params_finite"] = train_lib.finite_params(state, per_seed=True)
         train_lib.check_finite(record, epoch, spe, config, None, seeds)  # any seed diverged: stop
@@ -146,14 +190,25 @@ def _train_seeds(config, workdir: str, data: dict | None, verbose: bool) -> dict
                 best_score[k], best_epoch[k] = sel, epoch + 1
                 best_params[k] = jax.tree_util.tree_map(lambda x, k=k: x[k], host_params)
         if verbose:
-            print(f"epoch {epoch + 1}/{config.num_epochs} ({time.time() - t0:.1f}s): val selection "
-                  + ", ".join(f"{metrics.selection_score(s, config.eval.selection):.1f}" for s in val_scores))
+            print(
+                f"epoch {epoch + 1}/{config.num_epochs} ({time.time() - t0:.1f}s): val selection "
+                + ", ".join(
+                    f"{metrics.selection_score(s, config.eval.selection):.1f}" for s in val_scores
+                )
+            )
 
     stacked = jax.tree_util.tree_map(lambda *x: jnp.stack(x), *best_params)
     per_seed = _score_seeds(config, anchor, stacked, test)
-    result = {"config": config.name, "split": "test", "seeds": seeds, "best_epochs": best_epoch,
-              "val_selection_per_epoch": curves,
-              "per_seed": per_seed, **summarize(per_seed), **evaluate.video_counts(test)}
+    result = {
+        "config": config.name,
+        "split": "test",
+        "seeds": seeds,
+        "best_epochs": best_epoch,
+        "val_selection_per_epoch": curves,
+        "per_seed": per_seed,
+        **summarize(per_seed),
+        **evaluate.video_counts(test),
+    }
     with open(os.path.join(workdir, "seeds_metrics.json"), "w") as f:
         json.dump(result, f, indent=2)
     if verbose:

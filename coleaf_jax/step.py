@@ -21,7 +21,8 @@ batch, so a data-parallel step equals the one-device step with dropout on.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax
 import jax
@@ -67,15 +68,21 @@ def validate_config(config) -> None:
         if value not in allowed:
             raise ValueError(f"config.{key} = {value!r}: expected one of {list(allowed)}")
     if config.data.pseudo_labels and config.data.dataset not in ("llp", "synthetic"):
-        raise ValueError(f"config.data.pseudo_labels needs LLP-layout data (VALOR's CLAP/CLIP "
-                         f"folders), not config.data.dataset = {config.data.dataset!r}")
+        raise ValueError(
+            f"config.data.pseudo_labels needs LLP-layout data (VALOR's CLAP/CLIP "
+            f"folders), not config.data.dataset = {config.data.dataset!r}"
+        )
     available = jax.local_device_count()
     if not 0 <= config.num_devices <= available:
-        raise ValueError(f"config.num_devices = {config.num_devices}: expected 0 (all) to "
-                         f"{available}, the local devices")
+        raise ValueError(
+            f"config.num_devices = {config.num_devices}: expected 0 (all) to "
+            f"{available}, the local devices"
+        )
     if config.batch_size % num_devices(config):
-        raise ValueError(f"config.batch_size = {config.batch_size} must be divisible by the "
-                         f"{num_devices(config)} devices used (config.num_devices)")
+        raise ValueError(
+            f"config.batch_size = {config.batch_size} must be divisible by the "
+            f"{num_devices(config)} devices used (config.num_devices)"
+        )
 
 
 def matmul_precision(config):
@@ -97,10 +104,16 @@ def build_models(config, num_classes: int):
         return anchor, None
     m = config.model
     reference = ReferenceBranch(
-        num_classes=num_classes, d_model=m.d_model, ffn_dim=m.ffn_dim, dropout=m.dropout,
-        head_dropout=m.reference_head_dropout, class_tokens=m.class_tokens,
+        num_classes=num_classes,
+        d_model=m.d_model,
+        ffn_dim=m.ffn_dim,
+        dropout=m.dropout,
+        head_dropout=m.reference_head_dropout,
+        class_tokens=m.class_tokens,
         pool_frames_first=m.pool_frames_first,
-        visual_time_reads_dropped=m.reference_visual_time_reads_dropped, param_init=m.init)
+        visual_time_reads_dropped=m.reference_visual_time_reads_dropped,
+        param_init=m.init,
+    )
     return anchor, reference
 
 
@@ -131,9 +144,13 @@ def create_train_state(config, key, batch, steps_per_epoch: int, num_classes: in
     # jitted: one compiled program instead of ~180 eager ops (same values).
     anchor_params = jax.jit(anchor.init)(k_anchor, *inputs)["params"]
     ref_params = jax.jit(reference.init)(k_ref, *inputs)["params"] if reference is not None else {}
-    state = TrainState(step=jnp.zeros((), jnp.int32), anchor_params=anchor_params,
-                       anchor_opt=tx.init(anchor_params), ref_params=ref_params,
-                       ref_opt=tx.init(ref_params) if reference is not None else {})
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        anchor_params=anchor_params,
+        anchor_opt=tx.init(anchor_params),
+        ref_params=ref_params,
+        ref_opt=tx.init(ref_params) if reference is not None else {},
+    )
     return state, anchor, reference, tx
 
 
@@ -162,8 +179,9 @@ def apply_per_example(module, params, inputs, keys, **kwargs):
     """
 
     def one(example, key):
-        out = module.apply({"params": params}, *(x[None] for x in example),
-                           rngs={"dropout": key}, **kwargs)
+        out = module.apply(
+            {"params": params}, *(x[None] for x in example), rngs={"dropout": key}, **kwargs
+        )
         return jax.tree_util.tree_map(lambda x: x[0], out)
 
     return jax.vmap(one)(inputs, keys)
@@ -171,12 +189,21 @@ def apply_per_example(module, params, inputs, keys, **kwargs):
 
 def _adam_step(tx, grads, opt_state, params, lr):
     direction, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, jax.tree_util.tree_map(lambda u: -lr * u, direction)), opt_state
+    return optax.apply_updates(
+        params, jax.tree_util.tree_map(lambda u: -lr * u, direction)
+    ), opt_state
 
 
-def make_train_step(config, anchor, reference, tx, axis_name: str | None = None,
-                    steps_per_epoch: int = 1, plain: bool = False,
-                    diagnostics: bool = False) -> Callable:
+def make_train_step(
+    config,
+    anchor,
+    reference,
+    tx,
+    axis_name: str | None = None,
+    steps_per_epoch: int = 1,
+    plain: bool = False,
+    diagnostics: bool = False,
+) -> Callable:
     """Builds ``step(state, batch, epoch, key) -> (state, logs)``.
 
     ``epoch`` is 0-based; ``steps_per_epoch`` gives the batch's index in its
@@ -212,7 +239,9 @@ def make_train_step(config, anchor, reference, tx, axis_name: str | None = None,
     def step(state: TrainState, batch, epoch, key):
         key = jax.random.fold_in(key, state.step)
         b = batch["audio"].shape[0]
-        k_anchor, k_ref, k_teacher = (example_keys(k, b, axis_name) for k in jax.random.split(key, 3))
+        k_anchor, k_ref, k_teacher = (
+            example_keys(k, b, axis_name) for k in jax.random.split(key, 3)
+        )
         inputs = (batch["audio"], batch["video_2d"], batch["video_3d"], batch["mask"])
         vm, mask = batch["video_mask"], batch["mask"]
         lr = learning_rate(config, epoch)
@@ -232,11 +261,20 @@ def make_train_step(config, anchor, reference, tx, axis_name: str | None = None,
         if lc.denoise:  # JoMoLD: drop modality-inconsistent positives of this batch
             src = "noca_video_prob" if cmpae else "video_prob"
             y_a, y_v = losses.jomold_denoise(
-                a_out[f"{src}_a"], a_out[f"{src}_v"], y_a, y_v, ratio_a, ratio_v, vm,
-                denoise_scale(lc, state.step, epoch, steps_per_epoch), axis_name)
+                a_out[f"{src}_a"],
+                a_out[f"{src}_v"],
+                y_a,
+                y_v,
+                ratio_a,
+                ratio_v,
+                vm,
+                denoise_scale(lc, state.step, epoch, steps_per_epoch),
+                axis_name,
+            )
             positive = (y > 0.5).astype(jnp.float32)
             logs["denoised_share_v"] = losses.batch_mean(
-                (y_v < 0.5) * positive, vm[:, None] * positive, axis_name)
+                (y_v < 0.5) * positive, vm[:, None] * positive, axis_name
+            )
 
         # -- Reference update (student of the Anchor) -------------------------
         if reference is not None:
@@ -245,16 +283,27 @@ def make_train_step(config, anchor, reference, tx, axis_name: str | None = None,
             def ref_loss_fn(params):
                 out = apply_per_example(reference, params, inputs, k_ref, train=True)
                 return objectives.reference_objective(
-                    out, y_a, y_v, a_out["video_prob_a"], a_out["video_prob_v"], vm, weights, lc,
-                    axis_name)
+                    out,
+                    y_a,
+                    y_v,
+                    a_out["video_prob_a"],
+                    a_out["video_prob_v"],
+                    vm,
+                    weights,
+                    lc,
+                    axis_name,
+                )
 
             (ref_loss, ref_terms), ref_grads = jax.value_and_grad(ref_loss_fn, has_aux=True)(
-                state.ref_params)
-            ref_params, ref_opt = _adam_step(tx, reduce_grads(ref_grads), state.ref_opt,
-                                             state.ref_params, lr)
+                state.ref_params
+            )
+            ref_params, ref_opt = _adam_step(
+                tx, reduce_grads(ref_grads), state.ref_opt, state.ref_params, lr
+            )
             diag = {"ref_grads": ref_grads}
             teacher = jax.lax.stop_gradient(
-                apply_per_example(reference, ref_params, inputs, k_teacher, train=True))
+                apply_per_example(reference, ref_params, inputs, k_teacher, train=True)
+            )
             logs.update(ref_terms, ref_loss=ref_loss)
         else:
             ref_params, ref_opt, teacher = state.ref_params, state.ref_opt, None
@@ -265,26 +314,36 @@ def make_train_step(config, anchor, reference, tx, axis_name: str | None = None,
         pl = (batch["pl_audio"], batch["pl_visual"]) if pseudo else None
 
         def anchor_loss_fn(out):
-            return objectives.anchor_objective(out, teacher, y, y_a, y_v, mask, vm, weights, lc,
-                                               cmpae, pl, axis_name)
+            return objectives.anchor_objective(
+                out, teacher, y, y_a, y_v, mask, vm, weights, lc, cmpae, pl, axis_name
+            )
 
         if plain:
             (anchor_loss, anchor_terms), anchor_grads = jax.value_and_grad(
-                lambda p: anchor_loss_fn(anchor_forward(p)), has_aux=True)(state.anchor_params)
+                lambda p: anchor_loss_fn(anchor_forward(p)), has_aux=True
+            )(state.anchor_params)
         else:
             (anchor_loss, anchor_terms), out_grads = jax.value_and_grad(
-                anchor_loss_fn, has_aux=True)(a_out)
+                anchor_loss_fn, has_aux=True
+            )(a_out)
             (anchor_grads,) = anchor_vjp(out_grads)
-        anchor_params, anchor_opt = _adam_step(tx, reduce_grads(anchor_grads), state.anchor_opt,
-                                               state.anchor_params, lr)
+        anchor_params, anchor_opt = _adam_step(
+            tx, reduce_grads(anchor_grads), state.anchor_opt, state.anchor_params, lr
+        )
         logs.update(anchor_terms, anchor_loss=anchor_loss)
         if axis_name:  # every term is a device-local share of the global loss
             logs = jax.lax.psum(logs, axis_name)
-        new_state = TrainState(step=state.step + 1, anchor_params=anchor_params,
-                               anchor_opt=anchor_opt, ref_params=ref_params, ref_opt=ref_opt)
+        new_state = TrainState(
+            step=state.step + 1,
+            anchor_params=anchor_params,
+            anchor_opt=anchor_opt,
+            ref_params=ref_params,
+            ref_opt=ref_opt,
+        )
         if diagnostics:
-            diag.update(anchor_out=a_out, teacher=teacher, y_a=y_a, y_v=y_v,
-                        anchor_grads=anchor_grads)
+            diag.update(
+                anchor_out=a_out, teacher=teacher, y_a=y_a, y_v=y_v, anchor_grads=anchor_grads
+            )
             return new_state, logs, diag
         return new_state, logs
 

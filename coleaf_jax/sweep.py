@@ -79,15 +79,24 @@ def settings(specs, overrides) -> list[dict]:
     for spec in specs:
         config = load_config_file(_resolve(spec), overrides)
         if config.num_seeds != 1:
-            raise ValueError(f"{spec}: num_seeds = {config.num_seeds}; the sweep trains each "
-                             f"seed as its own run (--seeds)")
+            raise ValueError(
+                f"{spec}: num_seeds = {config.num_seeds}; the sweep trains each "
+                f"seed as its own run (--seeds)"
+            )
         name = config.name
         if name in seen:
-            raise ValueError(f"--config {spec} and --config {seen[name]} are the same setting "
-                             f"({name})")
+            raise ValueError(
+                f"--config {spec} and --config {seen[name]} are the same setting ({name})"
+            )
         seen[name] = spec
-        out.append({"name": name, "config": spec, "num_epochs": int(config.num_epochs),
-                    "seed": int(config.seed)})
+        out.append(
+            {
+                "name": name,
+                "config": spec,
+                "num_epochs": int(config.num_epochs),
+                "seed": int(config.seed),
+            }
+        )
     return out
 
 
@@ -116,8 +125,10 @@ def write_manifest(workdir: str, manifest: dict) -> None:
         with open(path) as f:
             old = json.load(f)
         if old != manifest:
-            raise ValueError(f"{path} describes another sweep (other configs, seeds or "
-                             f"overrides); use another --workdir, or delete it")
+            raise ValueError(
+                f"{path} describes another sweep (other configs, seeds or "
+                f"overrides); use another --workdir, or delete it"
+            )
         return
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
@@ -135,8 +146,16 @@ def read_manifest(workdir: str) -> dict:
 
 def _command(manifest: dict, setting: dict, seed: int, workdir: str) -> list[str]:
     sets = [f"--config.{item}" for item in manifest["overrides"]]
-    return [sys.executable, TRAIN, "--config", _resolve(setting["config"]), *sets,
-            f"--config.seed={seed}", "--workdir", workdir]
+    return [
+        sys.executable,
+        TRAIN,
+        "--config",
+        _resolve(setting["config"]),
+        *sets,
+        f"--config.seed={seed}",
+        "--workdir",
+        workdir,
+    ]
 
 
 def _last_line(path: str) -> str:
@@ -149,8 +168,15 @@ def _last_line(path: str) -> str:
     return (errors or lines or [""])[-1][:300]
 
 
-def run_all(manifest: dict, workdir: str, workers: int = 1, worker: int = 0,
-            num_workers: int = 1, gpus_per_worker: int = 0, verbose: bool = True) -> list[str]:
+def run_all(
+    manifest: dict,
+    workdir: str,
+    workers: int = 1,
+    worker: int = 0,
+    num_workers: int = 1,
+    gpus_per_worker: int = 0,
+    verbose: bool = True,
+) -> list[str]:
     """Runs this worker's share of the sweep, ``workers`` train.py processes at a time;
     returns the runs that failed (their workdirs)."""
     todo = [(s, seed) for i, (s, seed) in enumerate(plan(manifest)) if i % num_workers == worker]
@@ -165,13 +191,20 @@ def run_all(manifest: dict, workdir: str, workers: int = 1, worker: int = 0,
         env = dict(os.environ, PYTHONUNBUFFERED="1")  # the log as it happens
         if gpus_per_worker:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(
-                str(slot * gpus_per_worker + g) for g in range(gpus_per_worker))
+                str(slot * gpus_per_worker + g) for g in range(gpus_per_worker)
+            )
         log = open(os.path.join(directory, LOG), "a")
-        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')}: "
-                  f"{' '.join(_command(manifest, setting, seed, directory))}\n")
+        log.write(
+            f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+            f"{' '.join(_command(manifest, setting, seed, directory))}\n"
+        )
         log.flush()
-        proc = subprocess.Popen(_command(manifest, setting, seed, directory), env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            _command(manifest, setting, seed, directory),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         label = f"[{index}/{len(todo)}] {setting['name']} seed {seed}"
         running[slot] = (proc, log, label, directory, time.time())
         if verbose:
@@ -181,8 +214,10 @@ def run_all(manifest: dict, workdir: str, workers: int = 1, worker: int = 0,
         """Whether the first run got past loading the data (which it may generate or
         prepare in a folder the runs share), or has ended."""
         nonlocal first
-        if first is not None and (all(r[3] != first for r in running.values())
-                                  or _log_says(os.path.join(first, LOG), READY_MARKS)):
+        if first is not None and (
+            all(r[3] != first for r in running.values())
+            or _log_says(os.path.join(first, LOG), READY_MARKS)
+        ):
             first = None  # from now on, every free slot is filled
         return first is None
 
@@ -203,14 +238,17 @@ def run_all(manifest: dict, workdir: str, workers: int = 1, worker: int = 0,
                 if proc.returncode:
                     failed.append(directory)
                     if verbose:
-                        print(f"{label}: failed (exit {proc.returncode}): "
-                              f"{_last_line(os.path.join(directory, LOG))}", flush=True)
+                        print(
+                            f"{label}: failed (exit {proc.returncode}): "
+                            f"{_last_line(os.path.join(directory, LOG))}",
+                            flush=True,
+                        )
                 elif verbose:
                     result = _read_result(directory)
                     score = f", test headline {headline(result):.2f}" if result else ""
                     print(f"{label}: done in {time.time() - t0:.0f} s{score}", flush=True)
     finally:  # interrupted: stop the runs (train.py resumes them next time)
-        for proc, log, *_ in running.values():
+        for proc, _log, *_ in running.values():
             proc.terminate()
         for proc, log, *_ in running.values():
             try:
@@ -278,10 +316,15 @@ def summarize(workdir: str, manifest: dict | None = None) -> dict:
         entry = {"config": setting["config"], "seeds": seeds, "missing_seeds": missing}
         if per_seed:
             heads = [headline(s) for s in per_seed]
-            entry.update(mean_std(per_seed), per_seed=per_seed, headline={
-                "mean": float(np.mean(heads)),
-                "std": float(np.std(heads, ddof=1)) if len(heads) > 1 else 0.0,
-                "per_seed": heads})
+            entry.update(
+                mean_std(per_seed),
+                per_seed=per_seed,
+                headline={
+                    "mean": float(np.mean(heads)),
+                    "std": float(np.std(heads, ddof=1)) if len(heads) > 1 else 0.0,
+                    "per_seed": heads,
+                },
+            )
         out["settings"][setting["name"]] = entry
     path = os.path.join(workdir, SUMMARY)
     with open(path + ".tmp", "w") as f:
@@ -297,15 +340,22 @@ def format_summary(summary: dict) -> str:
     rows = summary["settings"]
     width = max([len("setting")] + [len(name) for name in rows]) + 2
     total = len(summary["seeds"])
-    cols = [f"{'seg' if k.startswith('seg') else 'evt'} {metrics.SCORE_TITLES[k[4:]]}"
-            for k in HEADLINE_KEYS]
-    lines = ["test scores (%), mean ± std over seeds",
-             f"{'setting':<{width}}{'seeds':>7}" + "".join(f"{c:>13}" for c in cols)
-             + f"{'headline':>15}"]
+    cols = [
+        f"{'seg' if k.startswith('seg') else 'evt'} {metrics.SCORE_TITLES[k[4:]]}"
+        for k in HEADLINE_KEYS
+    ]
+    lines = [
+        "test scores (%), mean ± std over seeds",
+        f"{'setting':<{width}}{'seeds':>7}"
+        + "".join(f"{c:>13}" for c in cols)
+        + f"{'headline':>15}",
+    ]
     for name, entry in rows.items():
         line = f"{name:<{width}}{len(entry['seeds'])}/{total:<5}"
         if "mean" in entry:
-            line += "".join(f"{entry['mean'][k]:>8.1f}±{entry['std'][k]:<4.1f}" for k in HEADLINE_KEYS)
+            line += "".join(
+                f"{entry['mean'][k]:>8.1f}±{entry['std'][k]:<4.1f}" for k in HEADLINE_KEYS
+            )
             line += f"{entry['headline']['mean']:>9.2f}±{entry['headline']['std']:<5.2f}"
         else:
             line += "  (no finished run)"
@@ -318,27 +368,58 @@ def format_summary(summary: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m coleaf_jax.sweep", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", action="append", default=[], metavar="FILE[:variant]",
-                        help="a setting (repeat for several)")
-    parser.add_argument("--table", action="append", default=[], choices=sorted(TABLES),
-                        help="the rows of the paper's ablation Table 2, 3 or 4 (configs/ablations.py)")
-    parser.add_argument("--options", default="",
-                        help="options appended to --table rows, e.g. 'synthetic' or 'synthetic,cmpae'")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override for every run, e.g. --set num_epochs=4")
+    parser = argparse.ArgumentParser(
+        prog="python -m coleaf_jax.sweep",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="FILE[:variant]",
+        help="a setting (repeat for several)",
+    )
+    parser.add_argument(
+        "--table",
+        action="append",
+        default=[],
+        choices=sorted(TABLES),
+        help="the rows of the paper's ablation Table 2, 3 or 4 (configs/ablations.py)",
+    )
+    parser.add_argument(
+        "--options",
+        default="",
+        help="options appended to --table rows, e.g. 'synthetic' or 'synthetic,cmpae'",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every run, e.g. --set num_epochs=4",
+    )
     parser.add_argument("--seeds", type=int, default=1, help="seeds per setting")
-    parser.add_argument("--seed-start", type=int, default=None,
-                        help="first seed (default: the config's seed)")
-    parser.add_argument("--workdir", required=True, help="the sweep's folder (one run per subfolder)")
+    parser.add_argument(
+        "--seed-start", type=int, default=None, help="first seed (default: the config's seed)"
+    )
+    parser.add_argument(
+        "--workdir", required=True, help="the sweep's folder (one run per subfolder)"
+    )
     parser.add_argument("--workers", type=int, default=1, help="runs at a time on this machine")
     parser.add_argument("--worker", type=int, default=0, help="this machine's index (0-based)")
     parser.add_argument("--num-workers", type=int, default=1, help="machines sharing the sweep")
-    parser.add_argument("--gpus-per-worker", type=int, default=0,
-                        help="give each local run its own GPUs (CUDA_VISIBLE_DEVICES)")
-    parser.add_argument("--summarize", action="store_true",
-                        help="only aggregate the finished runs (after all workers are done)")
+    parser.add_argument(
+        "--gpus-per-worker",
+        type=int,
+        default=0,
+        help="give each local run its own GPUs (CUDA_VISIBLE_DEVICES)",
+    )
+    parser.add_argument(
+        "--summarize",
+        action="store_true",
+        help="only aggregate the finished runs (after all workers are done)",
+    )
     args = parser.parse_args(argv)
     try:
         return _main(args)
@@ -358,8 +439,11 @@ def _main(args) -> int:
     if specs:
         found = settings(specs, args.set)
         start = args.seed_start if args.seed_start is not None else found[0]["seed"]
-        manifest = {"settings": found, "seeds": list(range(start, start + args.seeds)),
-                    "overrides": list(args.set)}
+        manifest = {
+            "settings": found,
+            "seeds": list(range(start, start + args.seeds)),
+            "overrides": list(args.set),
+        }
         write_manifest(args.workdir, manifest)
     elif args.summarize:
         manifest = read_manifest(args.workdir)
@@ -368,15 +452,25 @@ def _main(args) -> int:
     failed = []
     if not args.summarize:
         runs = len(plan(manifest))
-        print(f"sweep: {len(manifest['settings'])} setting(s) x {len(manifest['seeds'])} seed(s) "
-              f"= {runs} runs in {args.workdir}"
-              + (f"; worker {args.worker} of {args.num_workers}" if args.num_workers > 1 else ""),
-              flush=True)
-        failed = run_all(manifest, args.workdir, args.workers, args.worker, args.num_workers,
-                         args.gpus_per_worker)
+        print(
+            f"sweep: {len(manifest['settings'])} setting(s) x {len(manifest['seeds'])} seed(s) "
+            f"= {runs} runs in {args.workdir}"
+            + (f"; worker {args.worker} of {args.num_workers}" if args.num_workers > 1 else ""),
+            flush=True,
+        )
+        failed = run_all(
+            manifest,
+            args.workdir,
+            args.workers,
+            args.worker,
+            args.num_workers,
+            args.gpus_per_worker,
+        )
         if args.num_workers > 1:
-            print(f"worker {args.worker} done; once every worker is, aggregate with: "
-                  f"python -m coleaf_jax.sweep --workdir {args.workdir} --summarize")
+            print(
+                f"worker {args.worker} done; once every worker is, aggregate with: "
+                f"python -m coleaf_jax.sweep --workdir {args.workdir} --summarize"
+            )
             return 1 if failed else 0
     summary = summarize(args.workdir, manifest)
     print(format_summary(summary))

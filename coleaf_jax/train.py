@@ -11,7 +11,7 @@ import json
 import math
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import flax
 import jax
@@ -21,12 +21,25 @@ import numpy as np
 
 from coleaf_jax import distributed, evaluate, metrics, progress
 from coleaf_jax import workdir as workdir_lib
-from coleaf_jax.checkpoints import (CheckpointDamagedError, best_epoch, open_checkpoints,
-                                    prune_checkpoints, restore_checkpoint, restore_latest_intact,
-                                    save_checkpoint, selection_scores)
+from coleaf_jax.checkpoints import (
+    CheckpointDamagedError,
+    best_epoch,
+    open_checkpoints,
+    prune_checkpoints,
+    restore_checkpoint,
+    restore_latest_intact,
+    save_checkpoint,
+    selection_scores,
+)
 from coleaf_jax.data import pipeline
-from coleaf_jax.step import (TrainState, create_train_state, make_train_step, matmul_precision,
-                             num_devices, validate_config)
+from coleaf_jax.step import (
+    TrainState,
+    create_train_state,
+    make_train_step,
+    matmul_precision,
+    num_devices,
+    validate_config,
+)
 
 RESULT_FILE = "test_metrics.json"
 METRICS_FILE = "metrics.jsonl"
@@ -38,9 +51,13 @@ class NonFiniteLossError(workdir_lib.RunError):
 
 def validate_run_config(config) -> None:
     """The run-level keys (sizes, epochs, rate), then the step's keys (``validate_config``)."""
-    positive = [("batch_size", config.batch_size), ("num_epochs", config.num_epochs),
-                ("eval.batch_size", config.eval.batch_size),
-                ("log_every_steps", config.log_every_steps), ("num_seeds", config.num_seeds)]
+    positive = [
+        ("batch_size", config.batch_size),
+        ("num_epochs", config.num_epochs),
+        ("eval.batch_size", config.eval.batch_size),
+        ("log_every_steps", config.log_every_steps),
+        ("num_seeds", config.num_seeds),
+    ]
     for key, value in positive:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"config.{key} = {value!r}: expected a whole number >= 1")
@@ -51,8 +68,9 @@ def validate_run_config(config) -> None:
     distributed.validate(config)
 
 
-def make_device_step(step: Callable, batch_size: int, n_devices: int = 1,
-                     axis_name: str | None = None) -> Callable:
+def make_device_step(
+    step: Callable, batch_size: int, n_devices: int = 1, axis_name: str | None = None
+) -> Callable:
     """Wraps ``step`` to gather its batch on device from a resident split.
 
     ``device_step(state, data, order, i, epoch, key)``: ``data`` holds the whole
@@ -83,7 +101,9 @@ def make_device_step(step: Callable, batch_size: int, n_devices: int = 1,
     return device_step
 
 
-def make_scan_epoch(device_step: Callable, steps_per_epoch: int, per_step: bool = False) -> Callable:
+def make_scan_epoch(
+    device_step: Callable, steps_per_epoch: int, per_step: bool = False
+) -> Callable:
     """A whole epoch as one ``lax.scan`` over ``device_step`` (``make_device_step``).
 
     ``run_epoch(state, data, order, epoch, key) -> (state, logs)``: no host
@@ -132,18 +152,24 @@ def _finite(logs) -> jnp.ndarray:
 def _track_first(logs):
     """Starts an epoch's on-device record: summed logs, the first step (0-based) whose
     logs are not all finite (-1: none yet) and that step's logs."""
-    return {"sums": logs, "first_bad": jnp.where(_finite(logs), -1, 0).astype(jnp.int32),
-            "bad_logs": logs}
+    return {
+        "sums": logs,
+        "first_bad": jnp.where(_finite(logs), -1, 0).astype(jnp.int32),
+        "bad_logs": logs,
+    }
 
 
 @jax.jit
 def _track(record, logs, i):
     """Adds step ``i``'s logs to the record (no host round trip)."""
     first = (record["first_bad"] < 0) & ~_finite(logs)
-    return {"sums": jax.tree_util.tree_map(jnp.add, record["sums"], logs),
-            "first_bad": jnp.where(first, i, record["first_bad"]).astype(jnp.int32),
-            "bad_logs": jax.tree_util.tree_map(lambda b, v: jnp.where(first, v, b),
-                                               record["bad_logs"], logs)}
+    return {
+        "sums": jax.tree_util.tree_map(jnp.add, record["sums"], logs),
+        "first_bad": jnp.where(first, i, record["first_bad"]).astype(jnp.int32),
+        "bad_logs": jax.tree_util.tree_map(
+            lambda b, v: jnp.where(first, v, b), record["bad_logs"], logs
+        ),
+    }
 
 
 def track(record: dict | None, logs, i: int) -> dict:
@@ -159,9 +185,11 @@ def _track_stacked(logs):
     leaves = jax.tree_util.tree_leaves(logs)
     ok = jnp.stack([jnp.isfinite(v).reshape(v.shape[0], -1).all(1) for v in leaves]).all(0)
     first = jnp.argmin(ok)  # the first False
-    return {"sums": jax.tree_util.tree_map(lambda v: v.sum(0), logs),
-            "first_bad": jnp.where(ok.all(), -1, first).astype(jnp.int32),
-            "bad_logs": jax.tree_util.tree_map(lambda v: v[first], logs)}
+    return {
+        "sums": jax.tree_util.tree_map(lambda v: v.sum(0), logs),
+        "first_bad": jnp.where(ok.all(), -1, first).astype(jnp.int32),
+        "bad_logs": jax.tree_util.tree_map(lambda v: v[first], logs),
+    }
 
 
 @functools.partial(jax.jit, static_argnames="per_seed")
@@ -175,7 +203,9 @@ def finite_params(state, per_seed: bool = False) -> dict:
         if not leaves:  # no Reference (method='anchor_only')
             return jnp.array(True)
         if per_seed:
-            return jnp.stack([jnp.isfinite(x).reshape(x.shape[0], -1).all(1) for x in leaves]).all(0)
+            return jnp.stack([jnp.isfinite(x).reshape(x.shape[0], -1).all(1) for x in leaves]).all(
+                0
+            )
         return jnp.stack([jnp.isfinite(x).all() for x in leaves]).all()
 
     return {"anchor": check(state.anchor_params), "reference": check(state.ref_params)}
@@ -191,19 +221,29 @@ def _non_finite_terms(logs: dict, seeds: list[int] | None) -> str:
     axis) grouped by seed, else the first non-finite copy (pmap: one per device)."""
     if seeds is None:
         values = {k: np.ravel(v) for k, v in logs.items()}
-        return ", ".join(f"{k} = {v[~np.isfinite(v)][0]}" for k, v in values.items()
-                         if not np.isfinite(v).all())
+        return ", ".join(
+            f"{k} = {v[~np.isfinite(v)][0]}" for k, v in values.items() if not np.isfinite(v).all()
+        )
     parts = []
     for index, seed in enumerate(seeds):
-        bad = [f"{k} = {np.ravel(v[index])[0]}" for k, v in logs.items()
-               if not np.isfinite(v[index]).all()]
+        bad = [
+            f"{k} = {np.ravel(v[index])[0]}"
+            for k, v in logs.items()
+            if not np.isfinite(v[index]).all()
+        ]
         if bad:
             parts.append(f"seed {seed} (index {index} of {len(seeds)}): {', '.join(bad)}")
     return "; ".join(parts)
 
 
-def check_finite(record: dict, epoch: int, steps_per_epoch: int, config,
-                 workdir: str | None, seeds: list[int] | None = None) -> dict:
+def check_finite(
+    record: dict,
+    epoch: int,
+    steps_per_epoch: int,
+    config,
+    workdir: str | None,
+    seeds: list[int] | None = None,
+) -> dict:
     """Raises ``NonFiniteLossError`` when a step of ``epoch`` (0-based) logged a non-finite
     loss, or the epoch left non-finite parameters (``record["params_finite"]``, from
     :func:`finite_params`; ``workdir``: where the earlier epochs' checkpoints are, if
@@ -216,26 +256,39 @@ def check_finite(record: dict, epoch: int, steps_per_epoch: int, config,
         if seeds is not None:
             return {k: np.asarray(v) for k, v in record["sums"].items()}
         return {k: _scalar(v) for k, v in record["sums"].items()}
-    kept = (f"; the checkpoints of epochs up to {epoch} are kept in "
-            f"{os.path.join(workdir, 'checkpoints')}" if epoch and workdir else "")
-    advice = (f"Stopped before validation: nothing of epoch {epoch + 1} is scored, selected or "
-              f"saved{kept}. Lower --config.learning_rate (now {config.learning_rate}) in a new "
-              f"--workdir, or check the inputs")
+    kept = (
+        f"; the checkpoints of epochs up to {epoch} are kept in "
+        f"{os.path.join(workdir, 'checkpoints')}"
+        if epoch and workdir
+        else ""
+    )
+    advice = (
+        f"Stopped before validation: nothing of epoch {epoch + 1} is scored, selected or "
+        f"saved{kept}. Lower --config.learning_rate (now {config.learning_rate}) in a new "
+        f"--workdir, or check the inputs"
+    )
     if first_bad >= 0:
         raise NonFiniteLossError(
             f"training diverged: non-finite loss at step "
             f"{epoch * steps_per_epoch + first_bad + 1} (epoch {epoch + 1}, step {first_bad + 1} "
-            f"of {steps_per_epoch}): {_non_finite_terms(record['bad_logs'], seeds)}. {advice}")
+            f"of {steps_per_epoch}): {_non_finite_terms(record['bad_logs'], seeds)}. {advice}"
+        )
     names = {"anchor": "the Anchor's", "reference": "the Reference's"}
     which = " and ".join(names[k] for k, v in params_ok.items() if not v.all()) + " parameters"
     if seeds is not None:
-        bad_seeds = sorted({seeds[i] for v in params_ok.values()
-                            for i in np.flatnonzero(~np.broadcast_to(v, (len(seeds),)))})
+        bad_seeds = sorted(
+            {
+                seeds[i]
+                for v in params_ok.values()
+                for i in np.flatnonzero(~np.broadcast_to(v, (len(seeds),)))
+            }
+        )
         which += f" (seed{'s' if len(bad_seeds) > 1 else ''} {', '.join(map(str, bad_seeds))})"
     raise NonFiniteLossError(
         f"training diverged: {which} are NaN/inf after step "
         f"{(epoch + 1) * steps_per_epoch} (the last of epoch {epoch + 1}), although every "
-        f"logged loss of the epoch is finite (a step logs its loss before its update). {advice}")
+        f"logged loss of the epoch is finite (a step logs its loss before its update). {advice}"
+    )
 
 
 def read_metrics(path: str) -> dict[int, dict]:
@@ -304,14 +357,20 @@ def prune_left_over(mngr, verbose: bool) -> None:
     except CheckpointDamagedError:
         return
     if deleted and verbose:
-        print(f"removed checkpoint(s) {deleted}: neither the best on validation nor the latest "
-              f"(left by a run stopped while saving)")
+        print(
+            f"removed checkpoint(s) {deleted}: neither the best on validation nor the latest "
+            f"(left by a run stopped while saving)"
+        )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       data: dict | None = None,
-                       on_epoch_end: Callable[[int, TrainState], None] | None = None,
-                       verbose: bool = True) -> dict:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    data: dict | None = None,
+    on_epoch_end: Callable[[int, TrainState], None] | None = None,
+    verbose: bool = True,
+) -> dict:
     """Trains, validates every epoch, keeps checkpoints, then scores the best on test.
 
     One training per workdir at a time (``WORKDIR/train.lock``). Re-running
@@ -326,8 +385,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if not distributed.is_primary():  # multi-process: process 0 alone holds the workdir
         with matmul_precision(config):
             return _train_and_evaluate(config, workdir, None, data, on_epoch_end, False)
-    with (distributed.announce_failure(), workdir_lib.lock(workdir, verbose),
-          matmul_precision(config)):
+    with (
+        distributed.announce_failure(),
+        workdir_lib.lock(workdir, verbose),
+        matmul_precision(config),
+    ):
         mngr = open_checkpoints(workdir, move=True, verbose=verbose)
         try:
             return _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose)
@@ -355,9 +417,11 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose) -> d
     if done is not None:
         distributed.announce_start(None)
         if verbose:
-            print(f"{workdir}: this run is finished ({trained} of {config.num_epochs} epochs, "
-                  f"test scores of epoch {done['epoch']} in {os.path.join(workdir, RESULT_FILE)}); "
-                  f"nothing to do (raise --config.num_epochs to train longer)")
+            print(
+                f"{workdir}: this run is finished ({trained} of {config.num_epochs} epochs, "
+                f"test scores of epoch {done['epoch']} in {os.path.join(workdir, RESULT_FILE)}); "
+                f"nothing to do (raise --config.num_epochs to train longer)"
+            )
         return done
 
     data = data or pipeline.load_splits(config, workdir)
@@ -372,8 +436,9 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose) -> d
     root_key = jax.random.key(config.seed)
     init_key, train_key, shuffle_key = jax.random.split(root_key, 3)
     sample = _device_batch(pipeline.make_batch(train, np.arange(min(2, n_train)), 2), 1)
-    state, anchor, reference, tx = create_train_state(config, init_key, sample, steps_per_epoch,
-                                                      num_classes)
+    state, anchor, reference, tx = create_train_state(
+        config, init_key, sample, steps_per_epoch, num_classes
+    )
     template = state
     if primary:
         start_epoch, state = restore_latest_intact(mngr, workdir, template, config, verbose)
@@ -388,17 +453,20 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose) -> d
     if start_epoch:  # multi-process: all continue from process 0's restored state
         state = distributed.broadcast(state)
 
-    step = make_train_step(config, anchor, reference, tx, axis,
-                           steps_per_epoch)
-    on_device = (config.data.on_device and not pipeline.is_streamed(train)
-                 and split_bytes(train) <= config.data.on_device_max_gib * 2**30)
+    step = make_train_step(config, anchor, reference, tx, axis, steps_per_epoch)
+    on_device = (
+        config.data.on_device
+        and not pipeline.is_streamed(train)
+        and split_bytes(train) <= config.data.on_device_max_gib * 2**30
+    )
     scan = on_device and config.scan_epoch
     if on_device:  # the split lives on every device; batches are gathered there
         step = make_device_step(step, config.batch_size, n_all, axis)
         train_dev = pipeline.resident_fields(train)
         devices = jax.local_devices()[:n_dev]
-        train_dev = (flax.jax_utils.replicate(train_dev, devices) if axis
-                     else jax.device_put(train_dev))
+        train_dev = (
+            flax.jax_utils.replicate(train_dev, devices) if axis else jax.device_put(train_dev)
+        )
         in_axes = (0, 0, None, None, None, None)
         if scan:  # one compiled program per epoch: lax.scan over its steps
             step = make_scan_epoch(step, steps_per_epoch, per_step=True)
@@ -406,22 +474,31 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose) -> d
     else:
         in_axes = (0, 0, None, None)
     if axis:
-        step_fn = jax.pmap(step, axis_name="batch", in_axes=in_axes, donate_argnums=(0,),
-                           devices=distributed.pmap_devices(n_dev))
+        step_fn = jax.pmap(
+            step,
+            axis_name="batch",
+            in_axes=in_axes,
+            donate_argnums=(0,),
+            devices=distributed.pmap_devices(n_dev),
+        )
         state = flax.jax_utils.replicate(state, jax.local_devices()[:n_dev])
     else:
         step_fn = jax.jit(step, donate_argnums=(0,))  # the state is replaced every step
     if verbose and start_epoch < config.num_epochs:
-        print(f"training on {n_all} device(s) ({jax.devices()[0].platform}), "
-              f"{'data on device' if on_device else 'host input pipeline'}, "
-              f"{steps_per_epoch} steps per epoch")
+        print(
+            f"training on {n_all} device(s) ({jax.devices()[0].platform}), "
+            f"{'data on device' if on_device else 'host input pipeline'}, "
+            f"{steps_per_epoch} steps per epoch"
+        )
     rows = None
     if distributed.process_count() > 1:
         if not on_device:  # the host pipeline's global batch: this process's rows
             rows = distributed.local_rows(config.batch_size, n_dev)
         if verbose:
-            print(f"{distributed.process_count()} processes, {n_all} devices in all, "
-                  f"{config.batch_size // n_all} videos of each batch per device")
+            print(
+                f"{distributed.process_count()} processes, {n_all} devices in all, "
+                f"{config.batch_size // n_all} videos of each batch per device"
+            )
     predict_fn = evaluate.make_predict_fn(anchor)
     val_counts = evaluate.video_counts(val)
 
@@ -431,16 +508,23 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose) -> d
         epoch_arg = jnp.int32(epoch)
         if on_device:
             order = jnp.asarray(padded_order(perm, config.batch_size))
-            calls = ((train_dev, order, jnp.int32(i), epoch_arg, train_key)
-                     for i in range(steps_per_epoch))
+            calls = (
+                (train_dev, order, jnp.int32(i), epoch_arg, train_key)
+                for i in range(steps_per_epoch)
+            )
             if scan:
                 calls = [(train_dev, order, epoch_arg, train_key)]
         else:
-            calls = ((_device_batch(b, n_dev, rows), epoch_arg, train_key)
-                     for b in pipeline.epoch_batches(train, config.batch_size, perm,
-                                                      config.data.bucket))
-        bar = progress.bar(calls, total=1 if scan else steps_per_epoch,
-                           desc=f"epoch {epoch + 1}/{config.num_epochs}", enabled=verbose)
+            calls = (
+                (_device_batch(b, n_dev, rows), epoch_arg, train_key)
+                for b in pipeline.epoch_batches(train, config.batch_size, perm, config.data.bucket)
+            )
+        bar = progress.bar(
+            calls,
+            total=1 if scan else steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{config.num_epochs}",
+            enabled=verbose,
+        )
         show = not bar.disable and not scan
         record = None  # on device: summed logs and the first non-finite step
         for i, args in enumerate(bar):
@@ -452,7 +536,9 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose) -> d
             else:
                 record = track(record, logs, i)
             if show and i % config.log_every_steps == 0:
-                shown = jax.device_get({k: logs[k] for k in ("anchor_loss", "ref_loss") if k in logs})
+                shown = jax.device_get(
+                    {k: logs[k] for k in ("anchor_loss", "ref_loss") if k in logs}
+                )
                 bar.set_postfix({k: f"{_scalar(v):.3f}" for k, v in shown.items()})
         bar.close()
         record["params_finite"] = finite_params(state)  # fetched with the record: no extra sync
@@ -462,23 +548,39 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose) -> d
             if on_epoch_end is not None:  # wait for it in the next step's collectives
                 on_epoch_end(epoch + 1, host_state)
             continue
-        val_scores = evaluate.evaluate_params(config, anchor, host_state.anchor_params, val,
-                                              predict_fn=predict_fn)
+        val_scores = evaluate.evaluate_params(
+            config, anchor, host_state.anchor_params, val, predict_fn=predict_fn
+        )
         selection = metrics.selection_score(val_scores, config.eval.selection)
         train_logs = {k: v / steps_per_epoch for k, v in sums.items()}
         # The row first, then the checkpoint: a kill in between re-trains this epoch
         # and keep_metrics_rows drops the row, so metrics.jsonl never repeats an epoch.
-        _append_jsonl(metrics_path, {"epoch": epoch + 1, "step": int(host_state.step),
-                                     "seconds": time.time() - t0, "train": train_logs,
-                                     "val": val_scores, "val_selection": selection,
-                                     **{f"val_{k}": v for k, v in val_counts.items()}})
+        _append_jsonl(
+            metrics_path,
+            {
+                "epoch": epoch + 1,
+                "step": int(host_state.step),
+                "seconds": time.time() - t0,
+                "train": train_logs,
+                "val": val_scores,
+                "val_selection": selection,
+                **{f"val_{k}": v for k, v in val_counts.items()},
+            },
+        )
         save_checkpoint(mngr, epoch + 1, host_state, selection)
         if verbose:
-            print(f"epoch {epoch + 1}/{config.num_epochs} ({time.time() - t0:.1f}s): "
-                  f"anchor loss {train_logs['anchor_loss']:.4f}"
-                  + (f", reference loss {train_logs['ref_loss']:.4f}" if "ref_loss" in train_logs else "")
-                  + f" | val selection {selection:.2f}, seg AV {val_scores['seg_av']:.1f}, "
-                  f"Ao {val_scores['seg_ao']:.1f}, Vo {val_scores['seg_vo']:.1f}", flush=True)
+            print(
+                f"epoch {epoch + 1}/{config.num_epochs} ({time.time() - t0:.1f}s): "
+                f"anchor loss {train_logs['anchor_loss']:.4f}"
+                + (
+                    f", reference loss {train_logs['ref_loss']:.4f}"
+                    if "ref_loss" in train_logs
+                    else ""
+                )
+                + f" | val selection {selection:.2f}, seg AV {val_scores['seg_av']:.1f}, "
+                f"Ao {val_scores['seg_ao']:.1f}, Vo {val_scores['seg_vo']:.1f}",
+                flush=True,
+            )
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, host_state)
 
@@ -486,19 +588,32 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose) -> d
         return {}
     best = best_epoch(selection_scores(mngr))
     host_state = restore_checkpoint(mngr, best, template, workdir, config)
-    test_scores = evaluate.evaluate_params(config, anchor, host_state.anchor_params, test,
-                                          predict_fn=predict_fn)
-    result = evaluate.write_result(os.path.join(workdir, RESULT_FILE), test_scores, config,
-                                   "test", best, host_state.step, config.eval.thresholds,
-                                   evaluate.video_counts(test))
+    test_scores = evaluate.evaluate_params(
+        config, anchor, host_state.anchor_params, test, predict_fn=predict_fn
+    )
+    result = evaluate.write_result(
+        os.path.join(workdir, RESULT_FILE),
+        test_scores,
+        config,
+        "test",
+        best,
+        host_state.step,
+        config.eval.thresholds,
+        evaluate.video_counts(test),
+    )
     if verbose:
-        print(metrics.format_table({config.name: test_scores},
-                                   title=f"test, best epoch {best} (%)"))
+        print(
+            metrics.format_table({config.name: test_scores}, title=f"test, best epoch {best} (%)")
+        )
         skipped = result["videos_skipped"]
         if skipped:
-            print(f"test scores from {result['videos_scored']} videos; {skipped} skipped for "
-                  f"missing features (config.data.allow_missing)")
+            print(
+                f"test scores from {result['videos_scored']} videos; {skipped} skipped for "
+                f"missing features (config.data.allow_missing)"
+            )
         if config.eval.selection == "av":  # UnAV-100: audio-visual labels, AV is the score
-            print(f"audio-visual events (UnAV-100 metric): segment AV {test_scores['seg_av']:.1f}, "
-                  f"event AV {test_scores['evt_av']:.1f}")
+            print(
+                f"audio-visual events (UnAV-100 metric): segment AV {test_scores['seg_av']:.1f}, "
+                f"event AV {test_scores['evt_av']:.1f}"
+            )
     return result

@@ -25,8 +25,9 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 LOCK_FILE = "train.lock"
 LOCK_INFO_WAIT_S = 2.0  # how long a refused process waits for the holder's record
@@ -34,18 +35,20 @@ CONFIG_FILE = "config.json"
 
 # Keys that may change between the start of a run and its resumption: they do not
 # change what an epoch computes (or, for num_epochs, only how many epochs there are).
-RESUMABLE_KEYS = frozenset({
-    "num_epochs",  # extend a run (not below the epochs already trained)
-    "log_every_steps",  # console only
-    "eval.batch_size",  # evaluation batching: the same scores
-    "data.on_device",  # where batches are gathered: tested equal to the host pipeline
-    "data.on_device_max_gib",
-    "data.resident_max_gib",  # streamed or held in memory: tested to give identical batches
-    "compilation_cache_dir",  # where compiled programs are cached: the same programs
-    "scan_epoch",  # an epoch as one lax.scan: tested equal to the step loop
-    "num_devices",  # data-parallel devices: the step equals the one-device step
-    "data.tfds_dir",  # where the prepared copy of the same inputs is cached
-})
+RESUMABLE_KEYS = frozenset(
+    {
+        "num_epochs",  # extend a run (not below the epochs already trained)
+        "log_every_steps",  # console only
+        "eval.batch_size",  # evaluation batching: the same scores
+        "data.on_device",  # where batches are gathered: tested equal to the host pipeline
+        "data.on_device_max_gib",
+        "data.resident_max_gib",  # streamed or held in memory: tested to give identical batches
+        "compilation_cache_dir",  # where compiled programs are cached: the same programs
+        "scan_epoch",  # an epoch as one lax.scan: tested equal to the step loop
+        "num_devices",  # data-parallel devices: the step equals the one-device step
+        "data.tfds_dir",  # where the prepared copy of the same inputs is cached
+    }
+)
 
 
 class RunError(RuntimeError):
@@ -61,8 +64,10 @@ class ConfigMismatchError(RunError):
 
 
 def _process_description(info: dict[str, Any]) -> str:
-    return (f"process {info.get('pid', '?')} on {info.get('host', '?')} "
-            f"(started {info.get('started', '?')}: {info.get('command', '?')})")
+    return (
+        f"process {info.get('pid', '?')} on {info.get('host', '?')} "
+        f"(started {info.get('started', '?')}: {info.get('command', '?')})"
+    )
 
 
 def _read_lock_info(f) -> dict[str, Any]:
@@ -106,21 +111,31 @@ def lock(workdir: str, verbose: bool = True) -> Iterator[str]:
                 raise RunError(
                     f"{path}: cannot lock the workdir (flock: {e.strerror or e}); its filesystem "
                     f"does not support flock. Use a --workdir on one that does (a local disk, "
-                    f"NFS)") from e
+                    f"NFS)"
+                ) from e
             holder = _holder_info(f)
             raise WorkdirLockedError(
                 f"{workdir} is in use by {_process_description(holder)}: one training per "
-                f"workdir. Wait for it to finish, stop it, or use another --workdir") from None
+                f"workdir. Wait for it to finish, stop it, or use another --workdir"
+            ) from None
         previous = _read_lock_info(f)
         if previous and verbose:
-            print(f"{path}: taking over the lock of {_process_description(previous)}, which "
-                  f"is no longer running (killed?); resuming its run")
+            print(
+                f"{path}: taking over the lock of {_process_description(previous)}, which "
+                f"is no longer running (killed?); resuming its run"
+            )
         f.seek(0)
         f.truncate()
-        f.write(json.dumps({
-            "pid": os.getpid(), "host": socket.gethostname(),
-            "started": datetime.datetime.now().isoformat(timespec="seconds"),
-            "command": " ".join(sys.argv)}))
+        f.write(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "started": datetime.datetime.now().isoformat(timespec="seconds"),
+                    "command": " ".join(sys.argv),
+                }
+            )
+        )
         f.flush()
         try:
             yield path
@@ -186,8 +201,10 @@ def read_stored_config(workdir: str) -> dict | None:
         with open(path) as f:
             return json.load(f)
     except (OSError, ValueError) as e:
-        raise RunError(f"{path}: cannot read the run's stored config ({e}); restore it, or "
-                       f"use another --workdir") from e
+        raise RunError(
+            f"{path}: cannot read the run's stored config ({e}); restore it, or "
+            f"use another --workdir"
+        ) from e
 
 
 def write_config(workdir: str, config) -> None:
@@ -220,7 +237,8 @@ def check_resume(workdir: str, config, trained_epochs: int, defaults=None) -> di
         raise ConfigMismatchError(
             f"{workdir} holds checkpoints but no {CONFIG_FILE}: there is no way to check that "
             f"this config is the run's. Restore {os.path.join(workdir, CONFIG_FILE)}, or use "
-            f"another --workdir")
+            f"another --workdir"
+        )
     diffs = config_differences(stored, config, defaults)
     blocking = {k: v for k, v in diffs.items() if k not in RESUMABLE_KEYS}
     if blocking:
@@ -228,10 +246,12 @@ def check_resume(workdir: str, config, trained_epochs: int, defaults=None) -> di
             f"{workdir} holds a run started with another config ({os.path.join(workdir, CONFIG_FILE)}); "
             f"resuming it would mix two runs. Differing keys: {format_differences(blocking)}. "
             f"Use another --workdir, or the run's values (only "
-            f"{', '.join(sorted(RESUMABLE_KEYS))} may change on resume)")
+            f"{', '.join(sorted(RESUMABLE_KEYS))} may change on resume)"
+        )
     if config.num_epochs < trained_epochs:
         raise ConfigMismatchError(
             f"{workdir}: num_epochs = {config.num_epochs}, but the run already trained "
             f"{trained_epochs} epochs (its checkpoints and scores cover them); use "
-            f"num_epochs >= {trained_epochs} or another --workdir")
+            f"num_epochs >= {trained_epochs} or another --workdir"
+        )
     return diffs

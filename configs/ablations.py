@@ -14,9 +14,11 @@ from coleaf_jax.config import apply_paper_recipe, llp_config, override, syntheti
 
 def _set(**values):
     """Overrides given as keyword arguments, ``__`` standing for ``.``."""
+
     def apply(config):
         for key, value in values.items():
             override(config, key.replace("__", "."), value)
+
     return apply
 
 
@@ -35,11 +37,13 @@ ABLATIONS = {
     "no_tokens_no_corr": _set(model__class_tokens=False, loss__correlation=False),
     # Anchors with and without CoLeaF (each Anchor with its own evaluation: HAN's for HAN,
     # the authors' per-modality 0.52 / 0.25 for CMPAE).
-    "han": _set(method="anchor_only", model__anchor="han", loss__denoise=False,
-                eval__thresholds="standard"),
+    "han": _set(
+        method="anchor_only", model__anchor="han", loss__denoise=False, eval__thresholds="standard"
+    ),
     "coleaf_han": _set(model__anchor="han", loss__denoise=False, eval__thresholds="standard"),
-    "cmpae": _set(method="anchor_only", model__anchor="cmpae", loss__denoise=True,
-                  eval__thresholds="official"),
+    "cmpae": _set(
+        method="anchor_only", model__anchor="cmpae", loss__denoise=True, eval__thresholds="official"
+    ),
     "coleaf_cmpae": _set(model__anchor="cmpae", loss__denoise=True, eval__thresholds="official"),
     # The authors' code's recipe: the default (kept as a name for older commands).
     "official": _set(),
@@ -53,14 +57,17 @@ ANCHORS = ("han", "cmpae")
 def get_config(arg: str):
     name, *options = [part.strip() for part in arg.split(",")]
     if name not in ABLATIONS:
-        raise ValueError(f"configs/ablations.py: unknown ablation {name!r}; "
-                         f"expected one of {sorted(ABLATIONS)}")
+        raise ValueError(
+            f"configs/ablations.py: unknown ablation {name!r}; expected one of {sorted(ABLATIONS)}"
+        )
     dataset = next((o for o in options if o in DATASETS), "llp")
     anchor = next((o for o in options if o in ANCHORS), None)
     unknown = [o for o in options if o not in DATASETS and o not in ANCHORS]
     if unknown:
-        raise ValueError(f"configs/ablations.py: unknown option(s) {unknown}; expected a dataset "
-                         f"{sorted(DATASETS)} or an Anchor {list(ANCHORS)}")
+        raise ValueError(
+            f"configs/ablations.py: unknown option(s) {unknown}; expected a dataset "
+            f"{sorted(DATASETS)} or an Anchor {list(ANCHORS)}"
+        )
     variant = {None: "", "han": "coleaf_han", "cmpae": "coleaf_cmpae"}[anchor]
     config = DATASETS[dataset](variant)
     ABLATIONS[name](config)

@@ -10,7 +10,9 @@ import tempfile
 # Tests run tiny shapes: XLA's backend optimisations cost more compile time than they
 # save (about half of each compile). Set before jax creates its CPU client.
 if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+    ).strip()
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

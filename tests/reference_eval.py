@@ -40,28 +40,42 @@ def _event_tp_fp_fn(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, int]:
 
 
 def _mean_f(tp, fp, fn) -> float:
-    fs = [2 * tp[c] / (2 * tp[c] + fn[c] + fp[c])
-          for c in range(len(tp)) if tp[c] + fp[c] != 0 or tp[c] + fn[c] != 0]
+    fs = [
+        2 * tp[c] / (2 * tp[c] + fn[c] + fp[c])
+        for c in range(len(tp))
+        if tp[c] + fp[c] != 0 or tp[c] + fn[c] != 0
+    ]
     return 1.0 if not fs else sum(fs) / len(fs)
 
 
 def _counts(pred: np.ndarray, gt: np.ndarray, level: str):
     if level == "seg":
-        return (np.sum(pred * gt, axis=1), np.sum(pred * (1 - gt), axis=1),
-                np.sum((1 - pred) * gt, axis=1))
+        return (
+            np.sum(pred * gt, axis=1),
+            np.sum(pred * (1 - gt), axis=1),
+            np.sum((1 - pred) * gt, axis=1),
+        )
     rows = [_event_tp_fp_fn(pred[c], gt[c]) for c in range(pred.shape[0])]
     return tuple(np.array([r[k] for r in rows], dtype=float) for k in range(3))
 
 
 def reference_scores(pred_a, pred_v, gt_a, gt_v) -> dict[str, float]:
     """The 18 scores, one video at a time. Inputs ``(N, T, C)`` 0/1."""
-    per = {f"{lvl}_{k}": [] for lvl in ("seg", "evt")
-           for k in ("a", "v", "av", "ao", "vo", "event", "event_o")}
+    per = {
+        f"{lvl}_{k}": []
+        for lvl in ("seg", "evt")
+        for k in ("a", "v", "av", "ao", "vo", "event", "event_o")
+    }
     for n in range(len(pred_a)):
         sa, sv = pred_a[n].T.astype(float), pred_v[n].T.astype(float)
         ga, gv = gt_a[n].T.astype(float), gt_v[n].T.astype(float)
-        pairs = {"a": (sa, ga), "v": (sv, gv), "av": (sa * sv, ga * gv),
-                 "ao": (sa * (1 - sv), ga * (1 - gv)), "vo": (sv * (1 - sa), gv * (1 - ga))}
+        pairs = {
+            "a": (sa, ga),
+            "v": (sv, gv),
+            "av": (sa * sv, ga * gv),
+            "ao": (sa * (1 - sv), ga * (1 - gv)),
+            "vo": (sv * (1 - sa), gv * (1 - ga)),
+        }
         for lvl in ("seg", "evt"):
             counts = {k: _counts(p, g, lvl) for k, (p, g) in pairs.items()}
             for k in ("a", "v", "av", "ao", "vo"):

@@ -16,21 +16,28 @@ def test_evidence_and_dirichlet_hand_values():
     p, u = dirichlet_presence(jnp.array([[0.0, 0.0], [0.8, -0.8], [100.0, -100.0]]))
     # α = e + 1: (2, 2) -> p 0.5, u 2/4;  (e^1 + 1, e^-1 + 1);  (e^12.5 + 1, e^-12.5 + 1)
     a0, a1 = np.exp(1) + 1, np.exp(-1) + 1
-    np.testing.assert_allclose(p, [0.5, a0 / (a0 + a1), (np.exp(12.5) + 1) / (np.exp(12.5) + np.exp(-12.5) + 2)], rtol=1e-5)
-    np.testing.assert_allclose(u, [0.5, 2 / (a0 + a1), 2 / (np.exp(12.5) + np.exp(-12.5) + 2)], rtol=1e-5)
+    np.testing.assert_allclose(
+        p, [0.5, a0 / (a0 + a1), (np.exp(12.5) + 1) / (np.exp(12.5) + np.exp(-12.5) + 2)], rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        u, [0.5, 2 / (a0 + a1), 2 / (np.exp(12.5) + np.exp(-12.5) + 2)], rtol=1e-5
+    )
 
 
 def _inputs(b=2, t=4):
     r = np.random.default_rng(0)
-    return (jnp.asarray(r.standard_normal((b, t, 128)), jnp.float32),
-            jnp.asarray(r.standard_normal((b, t * 8, 2048)), jnp.float32),
-            jnp.asarray(r.standard_normal((b, t, 512)), jnp.float32))
+    return (
+        jnp.asarray(r.standard_normal((b, t, 128)), jnp.float32),
+        jnp.asarray(r.standard_normal((b, t * 8, 2048)), jnp.float32),
+        jnp.asarray(r.standard_normal((b, t, 512)), jnp.float32),
+    )
 
 
 def test_cmpae_outputs_and_inference_fusion():
     a, v2, v3 = _inputs()
-    kw = dict(num_classes=5, d_model=16, ffn_dim=16, dropout=0.0, visual_dropout=0.0,
-              residual_dropout=0.0)
+    kw = dict(
+        num_classes=5, d_model=16, ffn_dim=16, dropout=0.0, visual_dropout=0.0, residual_dropout=0.0
+    )
     model = CMPAEAnchor(**kw)
     params = model.init(jax.random.key(0), a, v2, v3)
     train_out = model.apply(params, a, v2, v3, train=True, rngs={"dropout": jax.random.key(1)})
@@ -42,8 +49,9 @@ def test_cmpae_outputs_and_inference_fusion():
     only_noca = CMPAEAnchor(**kw, inference_mix=0.0).apply(params, a, v2, v3)
     np.testing.assert_allclose(only_noca["video_prob_v"], train_out["noca_video_prob_v"], atol=1e-6)
     fused = model.apply(params, a, v2, v3)
-    np.testing.assert_allclose(fused["seg_prob"],
-                               0.7 * only_mixed["seg_prob"] + 0.3 * only_noca["seg_prob"], atol=1e-6)
+    np.testing.assert_allclose(
+        fused["seg_prob"], 0.7 * only_mixed["seg_prob"] + 0.3 * only_noca["seg_prob"], atol=1e-6
+    )
 
 
 def test_mutual_learning_alternates_direction():
@@ -53,7 +61,8 @@ def test_mutual_learning_alternates_direction():
     y = jnp.asarray(r.random((3, 4)) < 0.5, jnp.float32)
     u_glob = jnp.array([0.5, 0.95, 0.99])
     f = lambda pa, pv, pg, o: losses.uncertainty_mutual_learning(  # noqa: E731
-        pa, pv, u, u, pg, u_glob, y, jnp.ones(3), o)
+        pa, pv, u, u, pg, u_glob, y, jnp.ones(3), o
+    )
     g1 = jax.grad(f, argnums=(0, 1, 2))(p_a, p_v, p_g, 1.0)
     assert float(jnp.abs(g1[0]).max()) == 0 and float(jnp.abs(g1[1]).max()) == 0
     assert float(jnp.abs(g1[2]).max()) > 0  # o = 1: the global branch learns
@@ -61,8 +70,17 @@ def test_mutual_learning_alternates_direction():
     assert float(jnp.abs(g0[2]).max()) == 0 and float(jnp.abs(g0[0]).max()) > 0
     # Value on one hand-computed element: o = 1, class positive, modality a the larger.
     pa, pv, pg = jnp.array([[0.9]]), jnp.array([[0.2]]), jnp.array([[0.5]])
-    val = losses.uncertainty_mutual_learning(pa, pv, jnp.array([[0.1]]), jnp.array([[0.4]]), pg,
-                                             jnp.array([0.5]), jnp.ones((1, 1)), jnp.ones(1), 1.0)
+    val = losses.uncertainty_mutual_learning(
+        pa,
+        pv,
+        jnp.array([[0.1]]),
+        jnp.array([[0.4]]),
+        pg,
+        jnp.array([0.5]),
+        jnp.ones((1, 1)),
+        jnp.ones(1),
+        1.0,
+    )
     assert float(val) == pytest.approx(0.9 * (1 - 0.1) * (0.5 - 0.9) ** 2, rel=1e-5)
 
 
@@ -75,8 +93,12 @@ def test_mutual_learning_weights_carry_gradients():
     y = jnp.asarray([[1, 0, 1, 0], [0, 1, 1, 0], [1, 1, 0, 0]], jnp.float32)
     u_glob = jnp.array([0.5, 0.95, 0.99])
     for o in (0.0, 1.0):
-        g_ua, g_uv, g_ug = jax.grad(lambda a, v, gl: losses.uncertainty_mutual_learning(
-            p_a, p_v, a, v, p_g, gl, y, jnp.ones(3), o), argnums=(0, 1, 2))(u_a, u_v, u_glob)
+        g_ua, g_uv, g_ug = jax.grad(
+            lambda a, v, gl: losses.uncertainty_mutual_learning(
+                p_a, p_v, a, v, p_g, gl, y, jnp.ones(3), o
+            ),
+            argnums=(0, 1, 2),
+        )(u_a, u_v, u_glob)
         assert float(jnp.abs(g_ua).max()) > 0 and float(jnp.abs(g_uv).max()) > 0
         assert float(g_ug[0]) == 0.0  # clamped at 0.9 there
         assert float(jnp.abs(g_ug[1:]).min()) > 0

@@ -10,9 +10,15 @@ from configs import ablations, llp, synthetic
 
 
 @pytest.mark.parametrize("module", [llp, synthetic])
-@pytest.mark.parametrize("variant,method,anchor", [
-    ("coleaf_cmpae", "coleaf", "cmpae"), ("coleaf_han", "coleaf", "han"),
-    ("cmpae", "anchor_only", "cmpae"), ("han", "anchor_only", "han")])
+@pytest.mark.parametrize(
+    "variant,method,anchor",
+    [
+        ("coleaf_cmpae", "coleaf", "cmpae"),
+        ("coleaf_han", "coleaf", "han"),
+        ("cmpae", "anchor_only", "cmpae"),
+        ("han", "anchor_only", "han"),
+    ],
+)
 def test_configs_load_and_validate(module, variant, method, anchor):
     config = module.get_config(variant)
     step_lib.validate_config(config)
@@ -34,11 +40,20 @@ def test_defaults_are_the_authors_recipe_and_paper_is_a_variant():
     c = llp.get_config()
     assert (c.num_epochs, c.batch_size, c.learning_rate) == (10, 128, 5e-4)
     assert (c.lr_decay_every_epochs, c.lr_decay_factor) == (6, 0.25)
-    assert (c.loss.nce_weight_audio, c.loss.nce_weight_visual, c.loss.correlation_weight) == (0.009, 1.0, 1e-4)
+    assert (c.loss.nce_weight_audio, c.loss.nce_weight_visual, c.loss.correlation_weight) == (
+        0.009,
+        1.0,
+        1e-4,
+    )
     assert (c.loss.reference, c.loss.correlation_teacher, c.loss.denoise_schedule) == (
-        "asl", "confident", "official")
+        "asl",
+        "confident",
+        "official",
+    )
     assert (c.loss.class_token_weight_audio, c.loss.class_token_weight_visual) == (
-        (1.2, 0.001), (1.0, 0.0))
+        (1.2, 0.001),
+        (1.0, 0.0),
+    )
     assert (c.model.init, c.model.reference_visual_time_reads_dropped) == ("torch", True)
     assert c.eval.thresholds == "official"  # the authors' per-modality 0.52 / 0.25
     assert llp.get_config("cmpae").eval.thresholds == "official"
@@ -46,9 +61,17 @@ def test_defaults_are_the_authors_recipe_and_paper_is_a_variant():
     assert llp.get_config("coleaf_han").eval.thresholds == "standard"
     paper = llp.get_config("paper")
     step_lib.validate_config(paper)
-    assert (paper.num_epochs, paper.loss.reference, paper.loss.correlation_teacher,
-            paper.loss.denoise_schedule) == (15, "bce", "reference", "anneal")
-    assert (paper.method, paper.model.anchor, paper.eval.thresholds) == ("coleaf", "cmpae", "official")
+    assert (
+        paper.num_epochs,
+        paper.loss.reference,
+        paper.loss.correlation_teacher,
+        paper.loss.denoise_schedule,
+    ) == (15, "bce", "reference", "anneal")
+    assert (paper.method, paper.model.anchor, paper.eval.thresholds) == (
+        "coleaf",
+        "cmpae",
+        "official",
+    )
     han_paper = llp.get_config("coleaf_han,paper")
     assert (han_paper.model.anchor, han_paper.loss.reference) == ("han", "bce")
     with pytest.raises(ValueError, match="expected \\[method\\]\\[,paper\\]"):
@@ -72,8 +95,9 @@ def test_llp_needs_a_root(tmp_path):
 def test_learning_rate_decays_every_six_epochs():
     """lr(epoch) = 5e-4 · 0.25^floor(epoch / 6), as torch's StepLR(6, 0.25) stepped per epoch;
     the optimiser gives Adam's direction, which the step scales by -lr."""
-    c = ml_collections.ConfigDict({"learning_rate": 5e-4, "lr_decay_every_epochs": 6,
-                                   "lr_decay_factor": 0.25})
+    c = ml_collections.ConfigDict(
+        {"learning_rate": 5e-4, "lr_decay_every_epochs": 6, "lr_decay_factor": 0.25}
+    )
     lrs = [float(step_lib.learning_rate(c, jnp.int32(e))) for e in range(13)]
     assert lrs[:6] == pytest.approx([5e-4] * 6, rel=1e-6)
     assert lrs[6:12] == pytest.approx([1.25e-4] * 6, rel=1e-6)

@@ -16,9 +16,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # from global positions, psum-ed losses and gradients) are those of the CoLeaF step, which
 # tests/test_train.py checks term by term under pmap, at a third of its compile time.
 CONFIG = "configs/synthetic.py:han"
-TINY = {"model.d_model": 16, "model.ffn_dim": 16, "data.synthetic_videos": 30, "batch_size": 8,
-        "num_epochs": 2, "lr_decay_every_epochs": 2, "loss.kd_warmup_epochs": 1,
-        "loss.class_token_warmup_epochs": 1, "eval.batch_size": 16}
+TINY = {
+    "model.d_model": 16,
+    "model.ffn_dim": 16,
+    "data.synthetic_videos": 30,
+    "batch_size": 8,
+    "num_epochs": 2,
+    "lr_decay_every_epochs": 2,
+    "loss.kd_warmup_epochs": 1,
+    "loss.class_token_warmup_epochs": 1,
+    "eval.batch_size": 16,
+}
 
 
 def _gloo_available() -> bool:
@@ -39,18 +47,40 @@ def _launch(workdirs, overrides, timeout=300):
     """train.py as process i of len(workdirs), each on its own CPU device; returns
     ``[(returncode, output)]``."""
     env = dict(os.environ)
-    flags = [f for f in env.get("XLA_FLAGS", "").split()
-             if not f.startswith("--xla_force_host_platform_device_count")]
+    flags = [
+        f
+        for f in env.get("XLA_FLAGS", "").split()
+        if not f.startswith("--xla_force_host_platform_device_count")
+    ]
     env["XLA_FLAGS"] = " ".join(flags + ["--xla_force_host_platform_device_count=1"])
     env.pop("JAX_COORDINATOR_ADDRESS", None)
     port = _free_port()
     args = [f"--config.{k}={v}" for k, v in overrides.items()]
-    procs = [subprocess.Popen(
-        [sys.executable, "train.py", "--config", CONFIG, *args, "--workdir", workdir,
-         "--coordinator_address", f"localhost:{port}", "--num_processes", str(len(workdirs)),
-         "--process_id", str(i)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for i, workdir in enumerate(workdirs)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "train.py",
+                "--config",
+                CONFIG,
+                *args,
+                "--workdir",
+                workdir,
+                "--coordinator_address",
+                f"localhost:{port}",
+                "--num_processes",
+                str(len(workdirs)),
+                "--process_id",
+                str(i),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i, workdir in enumerate(workdirs)
+    ]
     try:
         outs = [p.communicate(timeout=timeout)[0] for p in procs]
     finally:
@@ -65,13 +95,17 @@ def _rows(workdir):
     return [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
 
 
-@pytest.mark.skipif(not _gloo_available(), reason="this jaxlib has no gloo CPU collectives "
-                    "(jax._src.lib._jax.make_gloo_tcp_collectives)")
+@pytest.mark.skipif(
+    not _gloo_available(),
+    reason="this jaxlib has no gloo CPU collectives (jax._src.lib._jax.make_gloo_tcp_collectives)",
+)
 def test_two_processes_train_exactly_like_one(tmp_path, compilation_cache):
     data_root = str(tmp_path / "data")
     overrides = {**TINY, "data.root": data_root, "compilation_cache_dir": compilation_cache}
     # The one-process run (one device), which also generates the data both runs read.
-    config = load_config_file(CONFIG, [f"{k}={v}" for k, v in {**overrides, "num_devices": 1}.items()])
+    config = load_config_file(
+        CONFIG, [f"{k}={v}" for k, v in {**overrides, "num_devices": 1}.items()]
+    )
     single = str(tmp_path / "single")
     expected = train.train_and_evaluate(config, single, verbose=False)
 
@@ -100,9 +134,11 @@ def test_two_processes_train_exactly_like_one(tmp_path, compilation_cache):
     result = json.load(open(os.path.join(workdir, "test_metrics.json")))
     assert result["epoch"] == expected["epoch"]
     assert {k: result[k] for k in metrics.SCORE_KEYS} == pytest.approx(
-        {k: expected[k] for k in metrics.SCORE_KEYS}, abs=1e-6)
+        {k: expected[k] for k in metrics.SCORE_KEYS}, abs=1e-6
+    )
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == sorted(
-        os.listdir(os.path.join(single, "checkpoints")))
+        os.listdir(os.path.join(single, "checkpoints"))
+    )
     assert os.path.exists(os.path.join(workdir, "report.html"))
 
     # Process 0 fails before training (another config on this run's workdir): every
@@ -114,7 +150,11 @@ def test_two_processes_train_exactly_like_one(tmp_path, compilation_cache):
 
 
 def test_initialize_only_when_asked(monkeypatch):
-    for name in (distributed.ENV_ADDRESS, distributed.ENV_NUM_PROCESSES, distributed.ENV_PROCESS_ID):
+    for name in (
+        distributed.ENV_ADDRESS,
+        distributed.ENV_NUM_PROCESSES,
+        distributed.ENV_PROCESS_ID,
+    ):
         monkeypatch.delenv(name, raising=False)
     assert distributed.initialize() is False  # one process: nothing changes
     with pytest.raises(ValueError, match="missing --num_processes, --process_id"):

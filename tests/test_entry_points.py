@@ -9,26 +9,33 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODULES = ["coleaf_jax.demo", "coleaf_jax.bench", "coleaf_jax.flops",
-           "coleaf_jax.data.synthetic"]
+MODULES = ["coleaf_jax.demo", "coleaf_jax.bench", "coleaf_jax.flops", "coleaf_jax.data.synthetic"]
 
 
 def test_everything_compiles():
     for path in ("coleaf_jax", "configs", "tests", "train.py", "eval.py", "parse.py"):
         full = os.path.join(ROOT, path)
-        ok = (compileall.compile_dir(full, quiet=1, force=True) if os.path.isdir(full)
-              else compileall.compile_file(full, quiet=1, force=True))
+        ok = (
+            compileall.compile_dir(full, quiet=1, force=True)
+            if os.path.isdir(full)
+            else compileall.compile_file(full, quiet=1, force=True)
+        )
         assert ok, path
 
 
 @pytest.mark.parametrize("name", MODULES)
 def test_module_imports(name):
     module = importlib.import_module(name)
-    assert callable(getattr(module, "main"))
+    assert callable(module.main)
 
 
 def test_noise_ratios_command_runs():
     """``python -m coleaf_jax.noise_ratios`` (its code lives in cli.py: no import cycle)."""
-    out = subprocess.run([sys.executable, "-m", "coleaf_jax.noise_ratios", "--help"],
-                         capture_output=True, text=True, cwd=ROOT, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "coleaf_jax.noise_ratios", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
     assert "--workdir" in out.stdout and "JoMoLD" in out.stdout

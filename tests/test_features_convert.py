@@ -14,8 +14,16 @@ FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "features")
 def test_reads_both_torch_formats_without_torch(name):
     expected = np.load(os.path.join(FIXTURES, "pth_expected.npz"))
     state = convert.read_pth(os.path.join(FIXTURES, name))
-    assert list(state) == ["conv.weight", "conv.bias", "bn.num_batches_tracked", "half", "double",
-                           "transposed", "slice", "ints"]
+    assert list(state) == [
+        "conv.weight",
+        "conv.bias",
+        "bn.num_batches_tracked",
+        "half",
+        "double",
+        "transposed",
+        "slice",
+        "ints",
+    ]
     for key, value in state.items():
         assert value.dtype == expected[key].dtype, key
         np.testing.assert_array_equal(value, expected[key], err_msg=key)
@@ -56,8 +64,10 @@ def test_mapping_names_missing_unexpected_and_misshaped_keys():
     message = str(info.value)
     assert message.startswith("r2plus1d_18-91a641e6.pth: not a torchvision R(2+1)D-18 state dict")
     assert "1 missing: layer2.0.downsample.0.weight" in message
-    assert "1 wrong shape: layer1.0.conv1.0.0.weight (144, 64, 1, 2, 3) (expected (144, 64, 1, 3, 3))" \
+    assert (
+        "1 wrong shape: layer1.0.conv1.0.0.weight (144, 64, 1, 2, 3) (expected (144, 64, 1, 3, 3))"
         in message
+    )
     assert "1 unexpected: extra.weight" in message
 
 
@@ -73,9 +83,14 @@ def test_tf_checkpoint_names_map_to_the_flax_layers():
         def __init__(self):
             self.tensors = {}
             for name, key in {**convert._VGGISH_TORCH_CONVS, **convert._VGGISH_TORCH_FCS}.items():
-                scope = {"conv3_1": "conv3/conv3_1", "conv3_2": "conv3/conv3_2",
-                         "conv4_1": "conv4/conv4_1", "conv4_2": "conv4/conv4_2",
-                         "fc1_1": "fc1/fc1_1", "fc1_2": "fc1/fc1_2"}.get(name, name)
+                scope = {
+                    "conv3_1": "conv3/conv3_1",
+                    "conv3_2": "conv3/conv3_2",
+                    "conv4_1": "conv4/conv4_1",
+                    "conv4_2": "conv4/conv4_2",
+                    "fc1_1": "fc1/fc1_1",
+                    "fc1_2": "fc1/fc1_2",
+                }.get(name, name)
                 w = shapes[key + ".weight"]
                 tf_shape = (w[2], w[3], w[1], w[0]) if len(w) == 4 else (w[1], w[0])
                 self.tensors[f"vggish/{scope}/weights"] = np.zeros(tf_shape, np.float32)
@@ -86,8 +101,10 @@ def test_tf_checkpoint_names_map_to_the_flax_layers():
 
     variables = convert.vggish_tf_variables(Reader())
     torch_based = convert.vggish_variables(testing.random_state_dict("vggish"))
-    same = lambda a, b: {k: {p: v.shape for p, v in d.items()} for k, d in a["params"].items()} == \
-        {k: {p: v.shape for p, v in d.items()} for k, d in b["params"].items()}
+    same = lambda a, b: (
+        {k: {p: v.shape for p, v in d.items()} for k, d in a["params"].items()}
+        == {k: {p: v.shape for p, v in d.items()} for k, d in b["params"].items()}
+    )
     assert same(variables, torch_based)
 
 
@@ -126,8 +143,9 @@ def test_convert_cli_lists_what_is_missing(tmp_path, capsys):
 
 def test_reads_numpy_arrays_pickled_in_a_checkpoint():
     state = convert.read_pth(os.path.join(FIXTURES, "pth_numpy.pth"))
-    np.testing.assert_array_equal(state["pca_eigen_vectors"],
-                                  np.arange(6, dtype=np.float32).reshape(2, 3))
+    np.testing.assert_array_equal(
+        state["pca_eigen_vectors"], np.arange(6, dtype=np.float32).reshape(2, 3)
+    )
     assert state["pca_means"].dtype == np.float64 and state["pca_means"].tolist() == [0.5, -1.0]
     with pytest.raises(convert.ConversionError, match=r"PCA shapes \(2, 3\)"):
         convert.pca_params(state, "vggish_pca_params-970ea276.pth")

@@ -63,12 +63,25 @@ def videos(tmp_path_factory):
     d = tmp_path_factory.mktemp("videos")
     return {
         "mp4": testing.write_test_video(str(d / "a.mp4"), seconds=2.0, fps=25, tone_hz=440.0),
-        "mkv": testing.write_test_video(str(d / "b.mkv"), seconds=3.4, fps=30, codec="libx264",
-                                        audio_codec="libmp3lame", sample_rate=22050,
-                                        size=(80, 60), tone_hz=1000.0),
-        "webm": testing.write_test_video(str(d / "c.webm"), seconds=1.5, fps=24,
-                                         codec="libvpx-vp9", audio_codec="libopus",
-                                         sample_rate=48000, tone_hz=700.0),
+        "mkv": testing.write_test_video(
+            str(d / "b.mkv"),
+            seconds=3.4,
+            fps=30,
+            codec="libx264",
+            audio_codec="libmp3lame",
+            sample_rate=22050,
+            size=(80, 60),
+            tone_hz=1000.0,
+        ),
+        "webm": testing.write_test_video(
+            str(d / "c.webm"),
+            seconds=1.5,
+            fps=24,
+            codec="libvpx-vp9",
+            audio_codec="libopus",
+            sample_rate=48000,
+            tone_hz=700.0,
+        ),
         "silent": testing.write_test_video(str(d / "silent.mp4"), seconds=1.0, audio=False),
         "garbage": str(_write(d / "garbage.mp4", b"this is not a video" * 100)),
         "empty": str(_write(d / "empty.mkv", b"")),
@@ -86,9 +99,10 @@ def _peak_hz(wave: np.ndarray) -> float:
     return float(np.argmax(spectrum) * 16000 / len(mono))
 
 
-@pytest.mark.parametrize("kind,seconds,tone,size", [("mp4", 2.0, 440.0, (48, 64)),
-                                                    ("mkv", 3.4, 1000.0, (60, 80)),
-                                                    ("webm", 1.5, 700.0, (48, 64))])
+@pytest.mark.parametrize(
+    "kind,seconds,tone,size",
+    [("mp4", 2.0, 440.0, (48, 64)), ("mkv", 3.4, 1000.0, (60, 80)), ("webm", 1.5, 700.0, (48, 64))],
+)
 def test_decodes_frames_and_16khz_audio(videos, kind, seconds, tone, size):
     d = decode.decode(videos[kind])
     assert d.duration == pytest.approx(seconds, abs=0.1)

@@ -65,7 +65,9 @@ def test_vggish_front_end_matches_the_reference():
     assert ours.shape == fx["examples"].shape == (2, 96, 64)
     np.testing.assert_allclose(ours, fx["examples"], rtol=1e-6, atol=1e-6)
     # With a segment count: the same examples (VGGish framing up to 10 segments).
-    np.testing.assert_allclose(preprocess.vggish_examples(wave, 2), fx["examples"], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        preprocess.vggish_examples(wave, 2), fx["examples"], rtol=1e-6, atol=1e-6
+    )
 
 
 def test_vggish_network_and_postprocessor_match_torchvggish():
@@ -78,7 +80,9 @@ def test_vggish_network_and_postprocessor_match_torchvggish():
     assert rel_err(raw, fx["embedding_no_relu"]) < RTOL
     assert (np.asarray(raw) < 0).any()  # the variant without the last ReLU differs
     pca = testing.random_pca(0)
-    quantized = vggish.postprocess(np.asarray(fx["embedding"]), pca["pca_eigen_vectors"], pca["pca_means"])
+    quantized = vggish.postprocess(
+        np.asarray(fx["embedding"]), pca["pca_eigen_vectors"], pca["pca_means"]
+    )
     np.testing.assert_array_equal(quantized, fx["postprocessed"])
     assert quantized.min() >= 0 and quantized.max() <= 255
 
@@ -94,10 +98,14 @@ def test_frame_transforms_match_torchvision_on_pil():
     # Normalisation after reduced-size resizes (as ToTensor + Normalize).
     small = np.stack([preprocess.resnet_frame(f, resize=40, crop=32) for f in frames])
     ours = preprocess.normalize(small, preprocess.IMAGENET_MEAN, preprocess.IMAGENET_STD)
-    np.testing.assert_allclose(np.transpose(ours, (0, 3, 1, 2)), fx["resnet_small"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        np.transpose(ours, (0, 3, 1, 2)), fx["resnet_small"], rtol=0, atol=1e-6
+    )
     small = np.stack([preprocess.r21d_frame(f, size=16) for f in frames])
     ours = preprocess.normalize(small, preprocess.KINETICS_MEAN, preprocess.KINETICS_STD)
-    np.testing.assert_allclose(np.transpose(ours, (0, 3, 1, 2)), fx["r21d_small"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        np.transpose(ours, (0, 3, 1, 2)), fx["r21d_small"], rtol=0, atol=1e-6
+    )
 
 
 def test_resnet_resize_keeps_the_aspect_ratio_and_crops_the_centre():

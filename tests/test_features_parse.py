@@ -28,9 +28,11 @@ SMALL = extract.Options(resnet_crop=32, r21d_size=16)
 @pytest.fixture(scope="module")
 def weights_dir(tmp_path_factory):
     folder = str(tmp_path_factory.mktemp("weights"))
-    for name, fn in (("resnet152", convert.resnet152_variables),
-                     ("r2plus1d_18", convert.r2plus1d_variables),
-                     ("vggish", convert.vggish_variables)):
+    for name, fn in (
+        ("resnet152", convert.resnet152_variables),
+        ("r2plus1d_18", convert.r2plus1d_variables),
+        ("vggish", convert.vggish_variables),
+    ):
         weights.save_converted(folder, name, fn(testing.random_state_dict(name)))
     return folder
 
@@ -48,10 +50,21 @@ def clips(tmp_path_factory):
     d = tmp_path_factory.mktemp("clips")
     return {
         "a": testing.write_test_video(str(d / "a.mp4"), seconds=2.0),
-        "b": testing.write_test_video(str(d / "b.mkv"), seconds=3.4, codec="libx264",
-                                      audio_codec="libmp3lame", sample_rate=22050, size=(80, 60)),
-        "c": testing.write_test_video(str(d / "c.webm"), seconds=1.5, codec="libvpx-vp9",
-                                      audio_codec="libopus", sample_rate=48000),
+        "b": testing.write_test_video(
+            str(d / "b.mkv"),
+            seconds=3.4,
+            codec="libx264",
+            audio_codec="libmp3lame",
+            sample_rate=22050,
+            size=(80, 60),
+        ),
+        "c": testing.write_test_video(
+            str(d / "c.webm"),
+            seconds=1.5,
+            codec="libvpx-vp9",
+            audio_codec="libopus",
+            sample_rate=48000,
+        ),
         "silent": testing.write_test_video(str(d / "silent.mp4"), seconds=1.0, audio=False),
     }
 
@@ -60,8 +73,9 @@ def test_parse_videos_end_to_end(run, weights_dir, clips, tmp_path, capsys):
     config, workdir = run
     out = str(tmp_path / "parsed")
     paths = [clips["a"], clips["b"], clips["c"]]
-    records = videos.parse_video_files(config, workdir, out, paths, weights_dir, options=SMALL,
-                                       timelines=1, verbose=False)
+    records = videos.parse_video_files(
+        config, workdir, out, paths, weights_dir, options=SMALL, timelines=1, verbose=False
+    )
     segments = {"a": 2, "b": 4, "c": 2}
     assert parsing.read_events(os.path.join(out, "events.jsonl")) == records
     assert parsing.read_events(os.path.join(out, "events.csv")) == records
@@ -79,10 +93,15 @@ def test_parse_videos_end_to_end(run, weights_dir, clips, tmp_path, capsys):
     for vid, path in zip(segments, paths):
         page = os.path.join(out, "pages", f"{vid}.html")
         text = open(page, encoding="utf-8").read()
-        src = re.search(r'<video id="video" controls preload="metadata" src="([^"]+)"', text).group(1)
+        src = re.search(r'<video id="video" controls preload="metadata" src="([^"]+)"', text).group(
+            1
+        )
         assert os.path.samefile(os.path.join(os.path.dirname(page), src), path)
-        payload = json.loads(re.search(r'<script type="application/json" id="events">(.*?)</script>',
-                                       text, re.S).group(1))
+        payload = json.loads(
+            re.search(
+                r'<script type="application/json" id="events">(.*?)</script>', text, re.S
+            ).group(1)
+        )
         assert payload["events"] == [r for r in records if r["video"] == vid]
         assert payload["duration"] >= segments[vid] - 1
     assert "Browsers may not play .mkv" in open(os.path.join(out, "pages", "b.html")).read()
@@ -90,8 +109,18 @@ def test_parse_videos_end_to_end(run, weights_dir, clips, tmp_path, capsys):
 
     # The same weights folder and compiled networks: python -m coleaf_jax.features.
     feats = str(tmp_path / "feats")
-    args = [clips["a"], clips["c"], "--out", feats, "--weights", weights_dir, "--frame-sizes",
-            "32", "16", "--quiet"]
+    args = [
+        clips["a"],
+        clips["c"],
+        "--out",
+        feats,
+        "--weights",
+        weights_dir,
+        "--frame-sizes",
+        "32",
+        "16",
+        "--quiet",
+    ]
     assert features_cli.main(args) == 0
     manifest = json.load(open(os.path.join(feats, "features.json")))
     assert set(manifest["videos"]) == {"a", "c"}
@@ -99,8 +128,10 @@ def test_parse_videos_end_to_end(run, weights_dir, clips, tmp_path, capsys):
     assert manifest["weights"]["resnet152"]["source"] == "random"
     for vid in ("a", "c"):  # deterministic: the same features as parse.py's
         for folder in ("vggish", "res152", "r2plus1d_18"):
-            np.testing.assert_array_equal(np.load(os.path.join(feats, folder, f"{vid}.npy")),
-                                          np.load(os.path.join(out, "features", folder, f"{vid}.npy")))
+            np.testing.assert_array_equal(
+                np.load(os.path.join(feats, folder, f"{vid}.npy")),
+                np.load(os.path.join(out, "features", folder, f"{vid}.npy")),
+            )
     mtime = os.path.getmtime(os.path.join(feats, "vggish", "a.npy"))
     assert features_cli.main(args) == 0  # nothing to do
     assert os.path.getmtime(os.path.join(feats, "vggish", "a.npy")) == mtime
@@ -111,16 +142,22 @@ def test_parse_videos_end_to_end(run, weights_dir, clips, tmp_path, capsys):
 def test_stack_features_pads_and_masks():
     def video(vid, t):
         rng = np.random.default_rng(t)
-        return extract.VideoFeatures(vid, vid + ".mp4", t - 0.5, rng.random((t, 128), np.float32),
-                                     rng.random((8 * t, 2048), np.float32),
-                                     rng.random((t, 512), np.float32))
+        return extract.VideoFeatures(
+            vid,
+            vid + ".mp4",
+            t - 0.5,
+            rng.random((t, 128), np.float32),
+            rng.random((8 * t, 2048), np.float32),
+            rng.random((t, 512), np.float32),
+        )
 
     short, long = video("s", 2), video("l", 4)
     stacked = extract.stack_features([short, long], pool_frames=True)
     assert stacked["mask"].tolist() == [[True, True, False, False], [True] * 4]
     assert stacked["video_2d"].shape == (2, 4, 2048) and stacked["id"].tolist() == ["s", "l"]
-    np.testing.assert_allclose(stacked["video_2d"][0, :2], short.video_2d.reshape(2, 8, -1).mean(1),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        stacked["video_2d"][0, :2], short.video_2d.reshape(2, 8, -1).mean(1), rtol=1e-6
+    )
     assert not stacked["audio"][0, 2:].any() and not stacked["video_3d"][0, 2:].any()
     frames = extract.stack_features([short, long])["video_2d"]
     assert frames.shape == (2, 32, 2048) and not frames[0, 16:].any()
@@ -142,23 +179,41 @@ def test_features_cli_errors_name_the_file(problem, clips, tmp_path, capsys):
     assert features_cli.main(videos_ + ["--out", str(tmp_path / "o"), "--weights", folder]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ")
-    needle = {"silent": "silent.mp4: no audio stream", "garbage": "broken.mp4",
-              "weights": "vggish-10086976.pth", "same-id": "have the same id 'a'"}[problem]
+    needle = {
+        "silent": "silent.mp4: no audio stream",
+        "garbage": "broken.mp4",
+        "weights": "vggish-10086976.pth",
+        "same-id": "have the same id 'a'",
+    }[problem]
     assert needle in err, err
     assert not os.path.exists(tmp_path / "o" / "vggish")
 
 
 def run_parse(*args):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "parse.py", *args], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "parse.py", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
 
 
 def test_parse_py_video_errors_are_one_line(clips, tmp_path):
     workdir = str(tmp_path / "run")
     os.makedirs(os.path.join(workdir, "checkpoints"))  # both errors come before any restore
-    common = ["--config", "configs/synthetic.py:han", "--config.model.d_model=16",
-              "--config.model.ffn_dim=16", "--workdir", workdir, "--output", str(tmp_path / "p")]
+    common = [
+        "--config",
+        "configs/synthetic.py:han",
+        "--config.model.d_model=16",
+        "--config.model.ffn_dim=16",
+        "--workdir",
+        workdir,
+        "--output",
+        str(tmp_path / "p"),
+    ]
     # The second of two videos (a trailing argument) has no audio: named before any work.
     proc = run_parse(*common, "--weights", str(tmp_path), "--video", clips["a"], clips["silent"])
     assert proc.returncode == 1, proc.stderr[-2000:]
@@ -174,16 +229,26 @@ def test_parse_py_video_errors_are_one_line(clips, tmp_path):
 
 def test_vggish_pca_postprocessing_option(clips):
     pca = testing.random_pca(1)
-    variables = {"vggish": convert.vggish_variables(testing.random_state_dict("vggish")),
-                 "vggish_pca": pca, "resnet152": {}, "r2plus1d_18": {}}
-    post = extract.Extractor(None, extract.Options(vggish_postprocess="pca"), variables=variables,
-                             verbose=False)
+    variables = {
+        "vggish": convert.vggish_variables(testing.random_state_dict("vggish")),
+        "vggish_pca": pca,
+        "resnet152": {},
+        "r2plus1d_18": {},
+    }
+    post = extract.Extractor(
+        None, extract.Options(vggish_postprocess="pca"), variables=variables, verbose=False
+    )
     examples = extract.prepare(clips["c"], SMALL).examples
     quantized = extract._batched(post._vggish, post._vggish_vars, examples, 10)
     assert quantized.shape == (2, 128)
-    assert (quantized == np.round(quantized)).all() and 0 <= quantized.min() <= quantized.max() <= 255
+    assert (
+        quantized == np.round(quantized)
+    ).all() and 0 <= quantized.min() <= quantized.max() <= 255
     assert len(np.unique(quantized)) > 20
     with pytest.raises(weights.MissingWeightsError, match="vggish_pca_params"):
-        extract.Extractor(str(clips["c"]) + "_weights", extract.Options(vggish_postprocess="pca"),
-                          variables={k: v for k, v in variables.items() if k != "vggish_pca"},
-                          verbose=False)
+        extract.Extractor(
+            str(clips["c"]) + "_weights",
+            extract.Options(vggish_postprocess="pca"),
+            variables={k: v for k, v in variables.items() if k != "vggish_pca"},
+            verbose=False,
+        )

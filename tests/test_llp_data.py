@@ -83,6 +83,7 @@ def dense(*marks: tuple[int, int, str]) -> np.ndarray:
 
 # --- CSV validation -------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("lines", "needles"),
     [
@@ -99,8 +100,17 @@ def dense(*marks: tuple[int, int, str]) -> np.ndarray:
         ),
         ([WEAK_HEADER, "\tDog"], ["line 2", "filename"]),
     ],
-    ids=["empty", "header", "extra-field", "missing-field", "empty-label", "empty-class",
-         "unknown-class", "duplicate-id", "empty-filename"],
+    ids=[
+        "empty",
+        "header",
+        "extra-field",
+        "missing-field",
+        "empty-label",
+        "empty-class",
+        "unknown-class",
+        "duplicate-id",
+        "empty-filename",
+    ],
 )
 def test_read_weak_csv_errors(tmp_path: Path, lines: list[str], needles: list[str]) -> None:
     path = tmp_path / "AVVP_train.csv"
@@ -130,8 +140,14 @@ def test_read_weak_csv_values(tmp_path: Path) -> None:
         ("abcdefghijk_0_10\t2\t4\tDogg", ["event_labels", "'Dogg'", "Dog"]),
         ("abcdefghijk_0_10\t2\t4", ["fields", "expected 4", "got 3"]),
     ],
-    ids=["float-onset", "text-offset", "negative-onset", "offset-past-T", "unknown-class",
-         "field-count"],
+    ids=[
+        "float-onset",
+        "text-offset",
+        "negative-onset",
+        "offset-past-T",
+        "unknown-class",
+        "field-count",
+    ],
 )
 def test_read_dense_csv_errors(tmp_path: Path, row: str, needles: list[str]) -> None:
     rows = ["abcdefghijk_0_10\t0\t1\tDog", row]
@@ -186,6 +202,7 @@ def test_read_dense_csv_quiet_when_clean(tmp_path: Path, caplog: pytest.LogCaptu
 
 # --- Features ---------------------------------------------------------------------------
 
+
 def test_load_features(tmp_path: Path) -> None:
     written = make_layout(tmp_path)["valvideo001"]
     np.save(tmp_path / "vggish" / "valvideo001.npy", written["audio"].astype(np.float64))
@@ -228,6 +245,7 @@ def test_load_features_missing(tmp_path: Path) -> None:
 
 # --- TFDS builder and load_split ----------------------------------------------------------------
 
+
 def test_load_split_values(tmp_path: Path) -> None:
     root, cache = tmp_path / "llp", tmp_path / "tfds"
     root.mkdir()
@@ -253,8 +271,9 @@ def test_load_split_values(tmp_path: Path) -> None:
     )
     np.testing.assert_array_equal(val["label_visual"], [dense(), dense((0, 10, "Banjo"))])
     test = llp.load_split(root, "test", tfds_dir=cache)
-    np.testing.assert_array_equal(test["label_audio"],
-                                  [dense((9, 10, "Dog")), dense((0, 2, "Speech"))])
+    np.testing.assert_array_equal(
+        test["label_audio"], [dense((9, 10, "Dog")), dense((0, 2, "Speech"))]
+    )
     np.testing.assert_array_equal(
         test["label_visual"], [dense(), dense((1, 2, "Clapping"), (3, 4, "Clapping"))]
     )
@@ -308,15 +327,20 @@ def test_prepares_splits_larger_than_the_tfds_buffer_without_tensorflow(
         np.testing.assert_array_equal(data["video_2d"], [features[v]["video_2d"] for v in ids])
 
 
-def test_changed_inputs_are_prepared_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_changed_inputs_are_prepared_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     root, cache = tmp_path / "llp", tmp_path / "tfds"
     root.mkdir()
     make_layout(root)
     first = llp.load_split(root, "test", tfds_dir=cache)
     assert first["label"][1].tolist() == multi_hot("Clapping,Speech").tolist()
     # An edited CSV: new labels, not the cached ones.
-    _write(root / LLP_SPLIT_CSV["test"], WEAK_HEADER,
-           ["testvideo01_0_10\tDog", "testvideo02_30_40\tClapping"])
+    _write(
+        root / LLP_SPLIT_CSV["test"],
+        WEAK_HEADER,
+        ["testvideo01_0_10\tDog", "testvideo02_30_40\tClapping"],
+    )
     with caplog.at_level(logging.WARNING, logger=llp.__name__):
         edited = llp.load_split(root, "test", tfds_dir=cache)
     assert edited["label"][1].tolist() == multi_hot("Clapping").tolist()
@@ -340,7 +364,9 @@ def test_header_only_split_csv_fails_clearly(tmp_path: Path) -> None:
     root.mkdir()
     make_layout(root)
     _write(root / LLP_SPLIT_CSV["val"], WEAK_HEADER, [])
-    with pytest.raises(llp.LLPDataError, match=r"AVVP_val_pd.csv: no video of the val split.*header"):
+    with pytest.raises(
+        llp.LLPDataError, match=r"AVVP_val_pd.csv: no video of the val split.*header"
+    ):
         llp.load_split(root, "train", tfds_dir=tmp_path / "tfds")
 
 
@@ -379,8 +405,10 @@ def test_missing_feature_fails_for_val_and_test_unless_allowed(
     make_layout(root)
     (root / "r2plus1d_18" / "valvideo001.npy").unlink()
     (root / "vggish" / "trainvid002.npy").unlink()
-    with pytest.raises(llp.MissingFeatureError,
-                       match=r"LLP val: 1 videos of AVVP_val_pd.csv .*valvideo001.*allow_missing"):
+    with pytest.raises(
+        llp.MissingFeatureError,
+        match=r"LLP val: 1 videos of AVVP_val_pd.csv .*valvideo001.*allow_missing",
+    ):
         llp.load_split(root, "val", tfds_dir=cache)
     with caplog.at_level(logging.WARNING, logger=llp.__name__):
         data = llp.load_split(root, "val", tfds_dir=cache, allow_missing=True)
@@ -413,6 +441,7 @@ def test_load_split_rejects_unknown_split(tmp_path: Path) -> None:
 
 # --- Dense CSVs cross-checked against the weak labels ---------------------------------------
 
+
 @pytest.mark.parametrize("keep", [0, 4], ids=["header-only", "head-n-5"])
 def test_dense_csv_that_lost_rows_fails_naming_it(tmp_path: Path, keep: int, monkeypatch) -> None:
     """``AVVP_eval_audio.csv`` cut at a line boundary (``head -n 5``) or left with its
@@ -443,32 +472,43 @@ def test_dense_coverage_warns_when_few_videos_lack_rows(caplog: pytest.LogCaptur
     for vid in ("video000007", "video000042", "video000099"):
         del rows[vid]
     with caplog.at_level(logging.WARNING, logger=llp.__name__):
-        uncovered = llp.check_dense_coverage("test", filenames, labels, {"audio": rows, "visual": {}},
-                                             paths)
+        uncovered = llp.check_dense_coverage(
+            "test", filenames, labels, {"audio": rows, "visual": {}}, paths
+        )
     assert uncovered == ["video000007", "video000042", "video000099"]
-    assert any("3 of 100 videos" in r.message and "video000007, video000042" in r.message
-               for r in caplog.records)
+    assert any(
+        "3 of 100 videos" in r.message and "video000007, video000042" in r.message
+        for r in caplog.records
+    )
     # A video whose class is covered by the other modality counts as covered.
-    covered = llp.check_dense_coverage("test", filenames, labels,
-                                       {"audio": rows, "visual": {"video000007": dense((1, 2, "Dog"))}},
-                                       paths)
+    covered = llp.check_dense_coverage(
+        "test",
+        filenames,
+        labels,
+        {"audio": rows, "visual": {"video000007": dense((1, 2, "Dog"))}},
+        paths,
+    )
     assert covered == ["video000042", "video000099"]
     assert llp.DENSE_UNCOVERED_MAX_SHARE == 0.05
     for vid in ("video000001", "video000002", "video000003"):  # 6 of 100 > 5 %
         del rows[vid]
-    with pytest.raises(llp.LLPDataError, match=r"LLP test: 6 of 100 videos .*a.csv has rows for 94"):
+    with pytest.raises(
+        llp.LLPDataError, match=r"LLP test: 6 of 100 videos .*a.csv has rows for 94"
+    ):
         llp.check_dense_coverage("test", filenames, labels, {"audio": rows, "visual": {}}, paths)
     # A small split: a few uncovered videos pass whatever their share (1 of 19 is 5.3 %).
     small = {f[:11]: rows.get(f[:11], dense((0, 2, "Dog"))) for f in filenames[:19]}
     del small["video000005"]
     assert llp.DENSE_FEW_VIDEOS == 5
-    assert llp.check_dense_coverage("test", filenames[:19], labels[:19],
-                                    {"audio": small, "visual": {}}, paths) == ["video000005"]
+    assert llp.check_dense_coverage(
+        "test", filenames[:19], labels[:19], {"audio": small, "visual": {}}, paths
+    ) == ["video000005"]
     for vid in ("video000006", "video000008", "video000009", "video000010", "video000011"):
         del small[vid]  # 6 of 19
     with pytest.raises(llp.LLPDataError, match=r"LLP test: 6 of 19 videos .*or 5 videos"):
-        llp.check_dense_coverage("test", filenames[:19], labels[:19],
-                                 {"audio": small, "visual": {}}, paths)
+        llp.check_dense_coverage(
+            "test", filenames[:19], labels[:19], {"audio": small, "visual": {}}, paths
+        )
 
 
 def test_dense_rows_are_checked_per_modality(caplog: pytest.LogCaptureFixture) -> None:
@@ -486,32 +526,46 @@ def test_dense_rows_are_checked_per_modality(caplog: pytest.LogCaptureFixture) -
     audio, visual = {v: segment for v in ids[2:]}, {v: segment for v in ids[40:]}
     llp.check_dense_rows("test", filenames, {"audio": audio, "visual": visual}, paths)
     lost = {v: segment for v in ids[10:]}  # 10 of 400 = 2.5 % without an audio row
-    assert len(llp.check_dense_coverage("test", filenames, labels,
-                                        {"audio": lost, "visual": visual}, paths)) == 10  # < 5 %
+    assert (
+        len(
+            llp.check_dense_coverage(
+                "test", filenames, labels, {"audio": lost, "visual": visual}, paths
+            )
+        )
+        == 10
+    )  # < 5 %
     with caplog.at_level(logging.WARNING, logger=llp.__name__):
         llp.check_dense_rows("test", filenames, {"audio": lost, "visual": visual}, paths)
-    assert any("LLP test: 10 of 400 videos (2.5 %) have no row in a.csv (the released file "
-               "leaves 4 of 649 val" in r.message for r in caplog.records)
+    assert any(
+        "LLP test: 10 of 400 videos (2.5 %) have no row in a.csv (the released file "
+        "leaves 4 of 649 val" in r.message
+        for r in caplog.records
+    )
     caplog.clear()
     fewer = {v: segment for v in ids[61:]}  # 61 of 400 = 15.25 % without a visual row: warns
     with caplog.at_level(logging.WARNING, logger=llp.__name__):
         llp.check_dense_rows("test", filenames, {"audio": audio, "visual": fewer}, paths)
     assert any("61 of 400 videos" in r.message and "v.csv" in r.message for r in caplog.records)
     cut = {v: segment for v in ids[101:]}  # 101 of 400 = 25.25 % without an audio row: fails
-    with pytest.raises(llp.LLPDataError, match=r"101 of 400 videos .* no row in a.csv .* more "
-                                              r"than 25 %: it probably lost rows"):
+    with pytest.raises(
+        llp.LLPDataError,
+        match=r"101 of 400 videos .* no row in a.csv .* more "
+        r"than 25 %: it probably lost rows",
+    ):
         llp.check_dense_rows("test", filenames, {"audio": cut, "visual": visual}, paths)
     with pytest.raises(llp.LLPDataError, match=r"no row in v.csv .* more than 50 %"):
         llp.check_dense_rows("test", filenames, {"audio": audio, "visual": {}}, paths)
     # A small split: up to DENSE_FEW_VIDEOS videos without rows pass.
     every = {v: segment for v in ids}
-    llp.check_dense_rows("val", filenames[:20], {"audio": {v: segment for v in ids[5:]},
-                                                 "visual": every}, paths)
+    llp.check_dense_rows(
+        "val", filenames[:20], {"audio": {v: segment for v in ids[5:]}, "visual": every}, paths
+    )
     with pytest.raises(llp.LLPDataError, match=r"LLP val: 20 of 20 videos"):
         llp.check_dense_rows("val", filenames[:20], {"audio": {}, "visual": every}, paths)
 
 
 # --- The real annotation files --------------------------------------------------------------
+
 
 @pytest.fixture
 def real_llp() -> Path:
@@ -543,8 +597,15 @@ def test_real_dense_csvs(real_llp: Path) -> None:
     assert report == llp.DenseReport(rows=2495, id_conflicts=1)
     # Filenames of the dense CSVs that are in no split (e.g. "VMTJRpjbE_150_160" next to
     # the test video "1-VMTJRpjbE_150_160"); the reference evaluation never looks them up.
-    orphans = {"12eWNawPekw", "17iGUal2M_1", "7X3oSVoA_90", "AkAfFL5Q4QA", "CSWQ_HzQ_10",
-               "P7x4FV4lg_5", "VMTJRpjbE_1"}
+    orphans = {
+        "12eWNawPekw",
+        "17iGUal2M_1",
+        "7X3oSVoA_90",
+        "AkAfFL5Q4QA",
+        "CSWQ_HzQ_10",
+        "P7x4FV4lg_5",
+        "VMTJRpjbE_1",
+    }
     assert set(audio) - eval_ids == orphans
     assert set(visual) - eval_ids == orphans - {"17iGUal2M_1"}
 
@@ -565,8 +626,9 @@ def test_real_dense_coverage(real_llp: Path, tmp_path: Path) -> None:
     known = [f for names, _ in splits.values() for f in names]
     paths = {m: real_llp / csv for m, csv in LLP_DENSE_CSV.items()}
     dense_rows = {m: llp.read_dense_csv(p, known_ids=known)[0] for m, p in paths.items()}
-    counts = {s: len(llp.check_dense_coverage(s, *splits[s], dense_rows, paths))
-              for s in ("val", "test")}
+    counts = {
+        s: len(llp.check_dense_coverage(s, *splits[s], dense_rows, paths)) for s in ("val", "test")
+    }
     assert counts == {"val": 12, "test": 23}
     cut = tmp_path / LLP_DENSE_CSV["audio"]
     cut.write_text("".join(paths["audio"].read_text().splitlines(keepends=True)[:45]))
@@ -575,8 +637,9 @@ def test_real_dense_coverage(real_llp: Path, tmp_path: Path) -> None:
         llp.check_dense_coverage("test", *splits["test"], truncated, dict(paths, audio=cut))
 
 
-def test_real_dense_rows_per_modality(real_llp: Path, tmp_path: Path,
-                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_real_dense_rows_per_modality(
+    real_llp: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """The released CSVs pass the per-modality check (4 of 649 val and 6 of 1,200 test
     videos have no audio row, 70 and 121 no visual row); the audio CSV without its last
     2 % of rows (`head -n -83`) passes the weak/dense cross-check but is warned about, and
@@ -587,10 +650,13 @@ def test_real_dense_rows_per_modality(real_llp: Path, tmp_path: Path,
     dense_rows = {m: llp.read_dense_csv(p, known_ids=known)[0] for m, p in paths.items()}
     for split in ("val", "test"):
         llp.check_dense_rows(split, splits[split][0], dense_rows, paths)
-        missing = {m: sum(f[:11] not in rows for f in splits[split][0])
-                   for m, rows in dense_rows.items()}
-        assert missing == {"val": {"audio": 4, "visual": 70},
-                           "test": {"audio": 6, "visual": 121}}[split]
+        missing = {
+            m: sum(f[:11] not in rows for f in splits[split][0]) for m, rows in dense_rows.items()
+        }
+        assert (
+            missing
+            == {"val": {"audio": 4, "visual": 70}, "test": {"audio": 6, "visual": 121}}[split]
+        )
     lines = paths["audio"].read_text().splitlines(keepends=True)
     cut = tmp_path / LLP_DENSE_CSV["audio"]
     cut.write_text("".join(lines[:-83]))  # 83 of 4,131 rows
@@ -599,9 +665,11 @@ def test_real_dense_rows_per_modality(real_llp: Path, tmp_path: Path,
     assert len(llp.check_dense_coverage("val", *splits["val"], truncated, cut_paths)) == 32  # < 5 %
     with caplog.at_level(logging.WARNING, logger=llp.__name__):
         llp.check_dense_rows("val", splits["val"][0], truncated, cut_paths)
-    assert any(f"LLP val: 37 of 649 videos (5.7 %) have no row in {cut}" in r.message
-               for r in caplog.records)
-    cut.write_text("".join(lines[:len(lines) // 2]))
+    assert any(
+        f"LLP val: 37 of 649 videos (5.7 %) have no row in {cut}" in r.message
+        for r in caplog.records
+    )
+    cut.write_text("".join(lines[: len(lines) // 2]))
     halved = dict(dense_rows, audio=llp.read_dense_csv(cut, known_ids=known)[0])
     with pytest.raises(llp.LLPDataError, match=rf"LLP val: .* no row in {cut} .* more than 25 %"):
         llp.check_dense_rows("val", splits["val"][0], halved, cut_paths)
@@ -619,7 +687,9 @@ def test_unreadable_feature_folder_fails_clearly(tmp_path: Path, monkeypatch) ->
         return real_scandir(path)
 
     monkeypatch.setattr(llp.os, "scandir", scandir)
-    with pytest.raises(llp.LLPDataError, match=r"res152: cannot list the feature folder: Permission"):
+    with pytest.raises(
+        llp.LLPDataError, match=r"res152: cannot list the feature folder: Permission"
+    ):
         llp.load_split(root, "val", tfds_dir=tmp_path / "tfds")
 
 
@@ -639,9 +709,11 @@ def test_split_csv_that_lost_rows_fails(tmp_path: Path) -> None:
     _write(root / LLP_DENSE_CSV["audio"], DENSE_HEADER, AUDIO_ROWS + extra[:9])
     llp.load_split(root, "test", tfds_dir=tmp_path / "tfds")  # 1 + 9 orphans: allowed
     _write(root / LLP_DENSE_CSV["audio"], DENSE_HEADER, AUDIO_ROWS + extra)
-    with pytest.raises(llp.LLPDataError,
-                       match=r"LLP: 12 videos have rows in .*AVVP_eval_audio.csv.* but are in no "
-                             r"split CSV.*AVVP_test_pd.csv lists 2"):
+    with pytest.raises(
+        llp.LLPDataError,
+        match=r"LLP: 12 videos have rows in .*AVVP_eval_audio.csv.* but are in no "
+        r"split CSV.*AVVP_test_pd.csv lists 2",
+    ):
         llp.load_split(root, "test", tfds_dir=tmp_path / "tfds")
 
 
@@ -651,8 +723,12 @@ def test_real_dense_orphans_pass_and_a_cut_test_csv_fails(real_llp: Path) -> Non
 
     def orphans(names):
         known = [f for s in names for f in names[s]]
-        return set().union(*(llp.read_dense_csv(real_llp / csv, known_ids=known)[1].unknown_files
-                             for csv in LLP_DENSE_CSV.values()))
+        return set().union(
+            *(
+                llp.read_dense_csv(real_llp / csv, known_ids=known)[1].unknown_files
+                for csv in LLP_DENSE_CSV.values()
+            )
+        )
 
     released = orphans(splits)
     assert len(released) == 8

@@ -16,7 +16,8 @@ def test_bce_clamps_and_averages():
     assert float(losses.bce(p, y, vm)) == pytest.approx(expected, rel=1e-5)
     # A padded video does not count.
     assert float(losses.bce(p, y, jnp.array([1.0, 0.0]))) == pytest.approx(
-        np.mean([-np.log(1 - 1e-7), -np.log(1e-7)]), rel=1e-5)
+        np.mean([-np.log(1 - 1e-7), -np.log(1e-7)]), rel=1e-5
+    )
 
 
 def test_modality_labels_smooth_visual_only():
@@ -53,7 +54,9 @@ def test_asymmetric_loss_soft_labels_as_the_authors():
     p = r.uniform(0.01, 0.99, (4, 6)).astype(np.float32)
     y = np.where(r.random((4, 6)) < 0.4, 0.95, 0.05).astype(np.float32)
     got = losses.asymmetric_loss(jnp.asarray(p), jnp.asarray(y), jnp.ones(4))
-    assert float(got) == pytest.approx(_authors_asl(p.astype(np.float64), y.astype(np.float64)), rel=1e-5)
+    assert float(got) == pytest.approx(
+        _authors_asl(p.astype(np.float64), y.astype(np.float64)), rel=1e-5
+    )
     grad = jax.grad(lambda q, t: losses.asymmetric_loss(q, t, jnp.ones(1)))
     for target, fixed in ((0.95, 0.9975), (0.05, 0.0525)):
         assert abs(float(grad(jnp.array([[fixed]]), jnp.array([[target]]))[0, 0])) < 1e-3
@@ -164,14 +167,18 @@ def test_no_gradient_reaches_a_teacher():
 
     def teacher_side(ref_tokens, q_a, q_v, p_a, p_v):
         w_a, w_v = losses.event_aware_weights(q_a, q_v)
-        return (losses.event_aware_nce(ref_tokens, anchor_tokens, w_a + 0.5, mask, vm)
-                + losses.class_correlation_mse(p, q_a, vm)
-                + losses.pseudo_label_bce(p, q_v, vm)
-                + losses.self_modality_kd(q, q, p_a, p_v, y, y, vm))
+        return (
+            losses.event_aware_nce(ref_tokens, anchor_tokens, w_a + 0.5, mask, vm)
+            + losses.class_correlation_mse(p, q_a, vm)
+            + losses.pseudo_label_bce(p, q_v, vm)
+            + losses.self_modality_kd(q, q, p_a, p_v, y, y, vm)
+        )
 
     grads = jax.grad(teacher_side, argnums=(0, 1, 2, 3, 4))(ref_tokens, q, q, p, p)
     for g in grads:
         assert float(jnp.abs(g).max()) == 0.0
     # ...while the students do get gradients.
-    g_student = jax.grad(lambda z: losses.event_aware_nce(ref_tokens, z, jnp.ones(2), mask, vm))(anchor_tokens)
+    g_student = jax.grad(lambda z: losses.event_aware_nce(ref_tokens, z, jnp.ones(2), mask, vm))(
+        anchor_tokens
+    )
     assert float(jnp.abs(g_student).max()) > 0

@@ -20,8 +20,11 @@ def _video(events, t_len=T, c=C):
 def test_keys_are_the_18_published_scores():
     x = _video([(0, 0, 5)])
     scores = metrics.avvp_scores(x, x, x, x)
-    expected = [f"{lvl}_{n}" for lvl in ("seg", "evt") for n in
-                ("a", "ao", "v", "vo", "av", "type", "type_o", "event", "event_o")]
+    expected = [
+        f"{lvl}_{n}"
+        for lvl in ("seg", "evt")
+        for n in ("a", "ao", "v", "vo", "av", "type", "type_o", "event", "event_o")
+    ]
     assert list(scores) == expected
     assert len(scores) == 18
     assert all(isinstance(v, float) for v in scores.values())

@@ -13,9 +13,11 @@ KW = dict(num_classes=5, d_model=D, ffn_dim=D)
 
 def _inputs(b=2, t=4, frames=8, seed=0):
     r = np.random.default_rng(seed)
-    return (jnp.asarray(r.standard_normal((b, t, 128)), jnp.float32),
-            jnp.asarray(r.standard_normal((b, t * frames, 2048)), jnp.float32),
-            jnp.asarray(r.standard_normal((b, t, 512)), jnp.float32))
+    return (
+        jnp.asarray(r.standard_normal((b, t, 128)), jnp.float32),
+        jnp.asarray(r.standard_normal((b, t * frames, 2048)), jnp.float32),
+        jnp.asarray(r.standard_normal((b, t, 512)), jnp.float32),
+    )
 
 
 def test_anchor_shapes_and_probabilities():
@@ -61,10 +63,10 @@ def test_padding_does_not_change_valid_outputs():
         short = model.apply(params, a, v2, v3)
         long = model.apply(params, pad(a, 2), pad(v2, 16), pad(v3, 2), mask)
         flat_s, flat_l = jax.tree_util.tree_leaves_with_path(short), jax.tree_util.tree_leaves(long)
-        for (path, s), l in zip(flat_s, flat_l):
-            if s.ndim >= 2 and s.shape[1] == 4 and l.shape[1] == 6:
-                l = l[:, :4]  # segment-level outputs: compare the valid part
-            np.testing.assert_allclose(s, l, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+        for (path, s), p in zip(flat_s, flat_l):
+            if s.ndim >= 2 and s.shape[1] == 4 and p.shape[1] == 6:
+                p = p[:, :4]  # segment-level outputs: compare the valid part
+            np.testing.assert_allclose(s, p, atol=1e-5, err_msg=jax.tree_util.keystr(path))
 
 
 def test_mmil_pool_hand_case():
@@ -88,7 +90,10 @@ def test_reference_class_tokens_switch():
     assert out["a"]["class_prob"].shape == (2, 5) and out["v"]["seg_prob"].shape == (2, 4, 5)
     without = ReferenceBranch(**KW, class_tokens=False)
     p2 = without.init(jax.random.key(0), a, v2, v3)
-    assert "class_tokens" not in p2["params"]["audio"] and "class_prob" not in without.apply(p2, a, v2, v3)["a"]
+    assert (
+        "class_tokens" not in p2["params"]["audio"]
+        and "class_prob" not in without.apply(p2, a, v2, v3)["a"]
+    )
 
 
 def test_dropout_needs_a_key_only_in_training():
@@ -98,5 +103,5 @@ def test_dropout_needs_a_key_only_in_training():
     x1 = model.apply(params, a, v2, v3, train=True, rngs={"dropout": jax.random.key(1)})
     x2 = model.apply(params, a, v2, v3, train=True, rngs={"dropout": jax.random.key(2)})
     assert not np.allclose(x1["tokens_a"], x2["tokens_a"])
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 -- flax's error for a missing dropout rng
         model.apply(params, a, v2, v3, train=True)

@@ -29,15 +29,31 @@ import parity  # noqa: E402
 
 
 def test_parity_float64_every_phase():
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "parity.py"), "compare",
-                          os.path.join(FIXTURES, "parity_cmpae_f64.npz")],
-                         capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "tools", "parity.py"),
+            "compare",
+            os.path.join(FIXTURES, "parity_cmpae_f64.npz"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "every group within tolerance" in out.stdout
     # Every phase and every kind of observable was compared.
-    for group in ("forward: Anchor a_prob", "loss mutual (epoch 2)", "loss ref_kd_v (epoch 4)",
-                  "JoMoLD labels (epoch 7)", "KD targets (epoch 7)", "correlation teachers (epoch 4)",
-                  "gradients after step 20", "parameters after step 20", "Adam exp_avg_sq after step 20"):
+    for group in (
+        "forward: Anchor a_prob",
+        "loss mutual (epoch 2)",
+        "loss ref_kd_v (epoch 4)",
+        "JoMoLD labels (epoch 7)",
+        "KD targets (epoch 7)",
+        "correlation teachers (epoch 4)",
+        "gradients after step 20",
+        "parameters after step 20",
+        "Adam exp_avg_sq after step 20",
+    ):
         assert group in out.stdout, group
 
 

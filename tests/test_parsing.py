@@ -20,14 +20,29 @@ def _loop_events(pred_a, pred_v, prob_a, prob_v, ids, names, mask):
                 for t in range(t_len + 1):
                     a = t < t_len and pred_a[i, t, c]
                     v = t < t_len and pred_v[i, t, c]
-                    on = {"audible-only": a and not v, "visible-only": v and not a,
-                          "audible-visible": a and v}[kind]
+                    on = {
+                        "audible-only": a and not v,
+                        "visible-only": v and not a,
+                        "audible-visible": a and v,
+                    }[kind]
                     if on and run is None:
                         run = t
                     if not on and run is not None:
-                        p = {"audible-only": prob_a[i, run:t, c], "visible-only": prob_v[i, run:t, c],
-                             "audible-visible": np.minimum(prob_a, prob_v)[i, run:t, c]}[kind]
-                        out.append((ids[i], names[c], kind, float(run), float(t), round(float(p.mean()), 4)))
+                        p = {
+                            "audible-only": prob_a[i, run:t, c],
+                            "visible-only": prob_v[i, run:t, c],
+                            "audible-visible": np.minimum(prob_a, prob_v)[i, run:t, c],
+                        }[kind]
+                        out.append(
+                            (
+                                ids[i],
+                                names[c],
+                                kind,
+                                float(run),
+                                float(t),
+                                round(float(p.mean()), 4),
+                            )
+                        )
                         run = None
     return sorted(out)
 
@@ -42,8 +57,10 @@ def test_hand_case():
     prob_a[0, 0, 0] = 0.9
     records = parsing.merge_events(pred_a, pred_v, prob_a, prob_v, ["vid"], ["dog", "cat"])
     assert [(r["type"], r["onset"], r["offset"], r["score"]) for r in records] == [
-        ("audible-only", 0.0, 1.0, 0.9), ("audible-visible", 1.0, 3.0, 0.6),
-        ("visible-only", 3.0, 4.0, 0.6)]
+        ("audible-only", 0.0, 1.0, 0.9),
+        ("audible-visible", 1.0, 3.0, 0.6),
+        ("visible-only", 3.0, 4.0, 0.6),
+    ]
     assert {r["class"] for r in records} == {"dog"} and {r["video"] for r in records} == {"vid"}
 
 
@@ -55,7 +72,9 @@ def test_equals_loop_reference_with_masks():
     mask = np.arange(t)[None] < rng.integers(1, t + 1, n)[:, None]
     ids, names = [f"v{i}" for i in range(n)], [f"c{k}" for k in range(c)]
     records = parsing.merge_events(pred_a, pred_v, prob_a, prob_v, ids, names, mask)
-    got = sorted((r["video"], r["class"], r["type"], r["onset"], r["offset"], r["score"]) for r in records)
+    got = sorted(
+        (r["video"], r["class"], r["type"], r["onset"], r["offset"], r["score"]) for r in records
+    )
     assert got == _loop_events(pred_a, pred_v, prob_a, prob_v, ids, names, mask)
     assert len(records) > 50
     # Output order: by video (input order), then onset.
@@ -66,13 +85,22 @@ def test_equals_loop_reference_with_masks():
 def test_export_schema_round_trip(tmp_path):
     pred = np.zeros((1, 4, 1), bool)
     pred[0, 1:3] = True
-    records = parsing.merge_events(pred, pred, np.full((1, 4, 1), 0.7), np.full((1, 4, 1), 0.9),
-                                   ["abc"], ["Speech"])
+    records = parsing.merge_events(
+        pred, pred, np.full((1, 4, 1), 0.7), np.full((1, 4, 1), 0.9), ["abc"], ["Speech"]
+    )
     jsonl, csv_path = parsing.write_events(records, str(tmp_path / "out"))
     with open(jsonl) as f:
         rows = [json.loads(line) for line in f]
-    assert rows == [{"video": "abc", "class": "Speech", "type": "audible-visible",
-                     "onset": 1.0, "offset": 3.0, "score": 0.7}]
+    assert rows == [
+        {
+            "video": "abc",
+            "class": "Speech",
+            "type": "audible-visible",
+            "onset": 1.0,
+            "offset": 3.0,
+            "score": 0.7,
+        }
+    ]
     with open(csv_path) as f:
         reader = csv.reader(f)
         assert next(reader) == list(parsing.RECORD_FIELDS)

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from coleaf_jax import losses, step as step_lib
+from coleaf_jax import losses
+from coleaf_jax import step as step_lib
 from coleaf_jax.config import pseudo_label_config
 from coleaf_jax.data import llp, pipeline, synthetic
 
@@ -31,11 +32,14 @@ def test_loader_reads_both_folders_in_id_order(tmp_path):
     assert pl["pl_visual"][0].all() and not pl["pl_visual"][1].any()
 
 
-@pytest.mark.parametrize("bad, message", [
-    (np.zeros((10, 24)), r"expected shape \(10, 25\) \(segments, classes\), got \(10, 24\)"),
-    (np.full((10, 25), 0.5), r"expected binary values 0/1, found 250 others \(e.g. \[0.5"),
-    (np.array([["x"] * 25] * 10), "expected 0/1 numbers, got dtype <U1"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.zeros((10, 24)), r"expected shape \(10, 25\) \(segments, classes\), got \(10, 24\)"),
+        (np.full((10, 25), 0.5), r"expected binary values 0/1, found 250 others \(e.g. \[0.5"),
+        (np.array([["x"] * 25] * 10), "expected 0/1 numbers, got dtype <U1"),
+    ],
+)
 def test_bad_pseudo_label_files_are_named(tmp_path, bad, message):
     _write_pl(str(tmp_path), "abc", visual=bad)
     with pytest.raises(llp.LLPDataError, match=message) as e:
@@ -78,8 +82,12 @@ def test_simulated_teacher_rates():
     np.testing.assert_array_equal(synthetic.teacher_pseudo_labels(track, rng, perfect), track)
     # Misses: each true event dropped with probability 0.2 (4,000 events).
     teacher = synthetic.TeacherConfig(miss=0.2, jitter=0.0, false_alarm=0.0)
-    kept = np.mean([synthetic.teacher_pseudo_labels(track, rng, teacher)[:, [4, 7]].any(0)
-                    for _ in range(2000)])
+    kept = np.mean(
+        [
+            synthetic.teacher_pseudo_labels(track, rng, teacher)[:, [4, 7]].any(0)
+            for _ in range(2000)
+        ]
+    )
     assert kept == pytest.approx(0.8, abs=0.03)
     # False alarms: 1-3 s of a class in the weak label but absent from this modality.
     teacher = synthetic.TeacherConfig(miss=0.0, jitter=0.0, false_alarm=1.0)
@@ -101,7 +109,9 @@ def test_pseudo_labels_drive_the_step(tmp_path):
     data = pipeline.load_splits(config, str(tmp_path), ("train",))["train"]
     # The folders the generator wrote, matched by id.
     vid = data["id"][3]
-    stored = np.load(os.path.join(str(tmp_path), "data", "CLIP", "segment_pseudo_labels", f"{vid}.npy"))
+    stored = np.load(
+        os.path.join(str(tmp_path), "data", "CLIP", "segment_pseudo_labels", f"{vid}.npy")
+    )
     np.testing.assert_array_equal(data["pl_visual"][3], stored)
     batch = {k: jnp.asarray(v) for k, v in pipeline.make_batch(data, np.arange(4), 4).items()}
     assert batch["pl_audio"].shape == (4, 10, 25)

@@ -61,8 +61,14 @@ def run(tmp_path_factory, data_root):
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):
         result = train.train_and_evaluate(run_config(root), workdir, data=data, verbose=True)
-    return SimpleNamespace(workdir=workdir, result=result, root=root, data=data,
-                           stdout=out.getvalue(), stderr=err.getvalue())
+    return SimpleNamespace(
+        workdir=workdir,
+        result=result,
+        root=root,
+        data=data,
+        stdout=out.getvalue(),
+        stderr=err.getvalue(),
+    )
 
 
 def copy_run(run, tmp_path) -> str:
@@ -87,8 +93,9 @@ def expected_best(workdir: str) -> int:
 
 def run_script(*args, cwd=ROOT, timeout=120):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
+    )
 
 
 def assert_one_line_error(proc, *needles):
@@ -103,6 +110,7 @@ def assert_one_line_error(proc, *needles):
 
 # --- A finished run: retention, records, logs, no-op re-run -----------------------------------
 
+
 def test_retention_is_best_and_latest_and_results_record_the_videos(run):
     assert [r["epoch"] for r in rows(run.workdir)] == [1, 2, 3]
     best = expected_best(run.workdir)
@@ -111,7 +119,10 @@ def test_retention_is_best_and_latest_and_results_record_the_videos(run):
     saved = json.load(open(os.path.join(run.workdir, "test_metrics.json")))
     assert (saved["videos_scored"], saved["videos_skipped"]) == (len(run.data["test"]["label"]), 0)
     for r in rows(run.workdir):
-        assert (r["val_videos_scored"], r["val_videos_skipped"]) == (len(run.data["val"]["label"]), 0)
+        assert (r["val_videos_scored"], r["val_videos_skipped"]) == (
+            len(run.data["val"]["label"]),
+            0,
+        )
     stored = json.load(open(os.path.join(run.workdir, "config.json")))
     assert stored["data"]["root"] == run.root and stored["num_epochs"] == EPOCHS
 
@@ -129,7 +140,9 @@ def test_retention_keeps_exactly_best_and_latest_later_epoch_on_tie(tmp_path):
     assert checkpoints.best_epoch(checkpoints.selection_scores(mngr)) == 4  # 0.9 tie: later
     # Thresholds selected for a deleted checkpoint go with it.
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("selected_*")) == [
-        "selected_thresholds_4.json", "selected_thresholds_5.json"]
+        "selected_thresholds_4.json",
+        "selected_thresholds_5.json",
+    ]
     mngr.close()
 
 
@@ -161,14 +174,18 @@ def test_one_reader_of_metrics_rows_tolerates_a_cut_line(tmp_path):
     """A kill mid-write leaves a cut last line: training and the report both skip it."""
     from coleaf_jax import report
 
-    rows_written = [{"epoch": 1, "train": {}, "val_selection": 1.0},
-                    {"epoch": 2, "train": {}, "val_selection": 2.0},
-                    {"epoch": 1, "train": {}, "val_selection": 3.0}]  # epoch 1 trained again
+    rows_written = [
+        {"epoch": 1, "train": {}, "val_selection": 1.0},
+        {"epoch": 2, "train": {}, "val_selection": 2.0},
+        {"epoch": 1, "train": {}, "val_selection": 3.0},
+    ]  # epoch 1 trained again
     with open(tmp_path / train.METRICS_FILE, "w") as f:
         f.write("".join(json.dumps(r) + "\n" for r in rows_written) + '{"epoch": 3, "tr')
     assert report._read_history(str(tmp_path)) == [rows_written[2], rows_written[1]]
-    assert train.read_metrics(str(tmp_path / train.METRICS_FILE)) == {1: rows_written[2],
-                                                                     2: rows_written[1]}
+    assert train.read_metrics(str(tmp_path / train.METRICS_FILE)) == {
+        1: rows_written[2],
+        2: rows_written[1],
+    }
     train.keep_metrics_rows(str(tmp_path / train.METRICS_FILE), 1)
     assert rows(str(tmp_path)) == [rows_written[2]]
 
@@ -185,8 +202,10 @@ def test_quiet_libraries_leaves_asyncio_logging_alone():
 
 def test_rerunning_a_finished_run_is_a_no_op_that_says_so(run, tmp_path, capsys):
     workdir = copy_run(run, tmp_path)
-    before = {name: open(os.path.join(workdir, name), "rb").read()
-              for name in ("metrics.jsonl", "test_metrics.json")}
+    before = {
+        name: open(os.path.join(workdir, name), "rb").read()
+        for name in ("metrics.jsonl", "test_metrics.json")
+    }
 
     def trained(epoch, state):
         raise AssertionError(f"epoch {epoch} trained again")
@@ -204,8 +223,9 @@ def test_rerunning_a_finished_run_is_a_no_op_that_says_so(run, tmp_path, capsys)
     mngr.close()
 
 
-def test_a_checkpoint_left_by_a_kill_while_saving_is_pruned_when_the_run_starts(run, tmp_path,
-                                                                                capsys):
+def test_a_checkpoint_left_by_a_kill_while_saving_is_pruned_when_the_run_starts(
+    run, tmp_path, capsys
+):
     """Killed between the last epoch's save and its deletes: three checkpoints. The next
     run on the workdir (here the no-op re-run of the finished run) keeps best + latest."""
     workdir = copy_run(run, tmp_path)
@@ -225,6 +245,7 @@ def test_a_checkpoint_left_by_a_kill_while_saving_is_pruned_when_the_run_starts(
 
 # --- Resuming with another config -------------------------------------------------------------
 
+
 def test_resume_with_a_changed_config_is_refused_naming_the_keys(run, tmp_path, capsys):
     workdir = copy_run(run, tmp_path)
     stored = open(os.path.join(workdir, "config.json")).read()
@@ -232,8 +253,12 @@ def test_resume_with_a_changed_config_is_refused_naming_the_keys(run, tmp_path, 
     with pytest.raises(workdir_lib.ConfigMismatchError) as info:
         train.train_and_evaluate(changed, workdir, data=run.data)
     message = str(info.value)
-    for needle in ("seed (0 -> 1)", "learning_rate (0.0005 -> 0.001)", "model.d_model (16 -> 32)",
-                   "config.json"):
+    for needle in (
+        "seed (0 -> 1)",
+        "learning_rate (0.0005 -> 0.001)",
+        "model.d_model (16 -> 32)",
+        "config.json",
+    ):
         assert needle in message, needle
     assert open(os.path.join(workdir, "config.json")).read() == stored  # not overwritten
     with pytest.raises(workdir_lib.ConfigMismatchError, match="already trained 3 epochs"):
@@ -252,17 +277,20 @@ def test_config_differences_ignore_keys_added_since_with_their_default():
     assert workdir_lib.config_differences(stored, dict(new, a=2), defaults=new) == {"a": (1, 2)}
     flipped = {"a": 1, "data": {"root": "x", "allow_missing": True}, "t": (1, 2)}
     assert workdir_lib.config_differences(stored, flipped, defaults=new) == {
-        "data.allow_missing": (None, True)}
+        "data.allow_missing": (None, True)
+    }
 
 
 # --- Faults: a diverged run, a damaged checkpoint --------------------------------------------
+
 
 def test_non_finite_loss_stops_training_and_saves_nothing(tmp_path, data_root):
     root, data = data_root
     workdir = str(tmp_path / "diverged")
     with pytest.raises(train.NonFiniteLossError) as info:
-        train.train_and_evaluate(run_config(root, learning_rate=1e8), workdir, data=data,
-                                 verbose=False)
+        train.train_and_evaluate(
+            run_config(root, learning_rate=1e8), workdir, data=data, verbose=False
+        )
     message = str(info.value)
     assert "non-finite loss at step" in message and "(epoch 1, step" in message
     assert "anchor_loss = nan" in message
@@ -290,8 +318,10 @@ def test_non_finite_parameters_with_finite_losses_stop_training(tmp_path, data_r
     with pytest.raises(train.NonFiniteLossError) as info:
         train.train_and_evaluate(config, workdir, data=data, verbose=False)
     message = str(info.value)
-    assert ("the Anchor's parameters are NaN/inf after step 1 (the last of epoch 1), although "
-            "every logged loss of the epoch is finite") in message
+    assert (
+        "the Anchor's parameters are NaN/inf after step 1 (the last of epoch 1), although "
+        "every logged loss of the epoch is finite"
+    ) in message
     assert "nothing of epoch 1 is scored, selected or saved" in message
     assert "in a new --workdir" in message
     assert kept(workdir) == set()
@@ -311,8 +341,11 @@ def test_a_diverged_seed_is_named_with_its_non_finite_terms(monkeypatch, data_ro
     def create(*args, **kwargs):
         state, *rest = real(*args, **kwargs)
         if made:  # the second seed
-            state = state.replace(anchor_params=jax.tree_util.tree_map(
-                lambda x: jnp.full_like(x, jnp.nan), state.anchor_params))
+            state = state.replace(
+                anchor_params=jax.tree_util.tree_map(
+                    lambda x: jnp.full_like(x, jnp.nan), state.anchor_params
+                )
+            )
         made.append(state)
         return (state, *rest)
 
@@ -324,11 +357,18 @@ def test_a_diverged_seed_is_named_with_its_non_finite_terms(monkeypatch, data_ro
     assert "non-finite loss at step 1 (epoch 1, step 1 of" in message
     assert "seed 8 (index 1 of 2): anchor_loss = nan" in message and "seed 7" not in message
     # Parameters that become non-finite in one seed only: named too.
-    states = step_lib.TrainState(step=jnp.zeros(3), anchor_params={"w": jnp.array(
-        [[1.0, 2.0], [1.0, np.inf], [0.0, 0.0]])}, anchor_opt=(), ref_params={}, ref_opt=())
+    states = step_lib.TrainState(
+        step=jnp.zeros(3),
+        anchor_params={"w": jnp.array([[1.0, 2.0], [1.0, np.inf], [0.0, 0.0]])},
+        anchor_opt=(),
+        ref_params={},
+        ref_opt=(),
+    )
     record = train.track(None, {"anchor_loss": jnp.ones(3)}, 0)
     record["params_finite"] = train.finite_params(states, per_seed=True)
-    with pytest.raises(train.NonFiniteLossError, match=r"the Anchor's parameters \(seed 8\) are NaN"):
+    with pytest.raises(
+        train.NonFiniteLossError, match=r"the Anchor's parameters \(seed 8\) are NaN"
+    ):
         train.check_finite(record, 0, 1, config, None, [7, 8, 9])
 
 
@@ -339,19 +379,23 @@ def test_non_finite_loss_in_a_later_epoch_names_it_and_keeps_the_earlier_run(run
     bad["train"] = dict(run.data["train"], audio=np.full_like(run.data["train"]["audio"], np.inf))
     steps = pipeline.num_batches(len(bad["train"]["label"]), run_config(run.root).batch_size)
     with pytest.raises(train.NonFiniteLossError) as info:
-        train.train_and_evaluate(run_config(run.root, num_epochs=EPOCHS + 1), workdir, data=bad,
-                                 verbose=False)
-    assert (f"at step {EPOCHS * steps + 1} (epoch {EPOCHS + 1}, step 1 of {steps})"
-            in str(info.value))
+        train.train_and_evaluate(
+            run_config(run.root, num_epochs=EPOCHS + 1), workdir, data=bad, verbose=False
+        )
+    assert f"at step {EPOCHS * steps + 1} (epoch {EPOCHS + 1}, step 1 of {steps})" in str(
+        info.value
+    )
     assert f"checkpoints of epochs up to {EPOCHS} are kept" in str(info.value)
     assert (kept(workdir), open(os.path.join(workdir, "test_metrics.json")).read()) == before
     assert [r["epoch"] for r in rows(workdir)] == [1, 2, 3]
 
 
 def test_non_finite_tracking_finds_the_first_bad_step():
-    logs = [{"a": jnp.float32(1.0), "b": jnp.float32(2.0)},
-            {"a": jnp.float32(1.0), "b": jnp.float32(np.inf)},
-            {"a": jnp.float32(np.nan), "b": jnp.float32(2.0)}]
+    logs = [
+        {"a": jnp.float32(1.0), "b": jnp.float32(2.0)},
+        {"a": jnp.float32(1.0), "b": jnp.float32(np.inf)},
+        {"a": jnp.float32(np.nan), "b": jnp.float32(2.0)},
+    ]
     record = train.track(None, logs[0], 0)
     assert int(record["first_bad"]) == -1
     for i, step_logs in enumerate(logs[1:], start=1):
@@ -361,7 +405,9 @@ def test_non_finite_tracking_finds_the_first_bad_step():
     scanned = train._track_stacked(stacked)  # the lax.scan epoch's per-step logs
     assert int(scanned["first_bad"]) == 1 and float(scanned["bad_logs"]["a"]) == 1.0
     config = SimpleNamespace(learning_rate=0.1)
-    with pytest.raises(train.NonFiniteLossError, match=r"at step 5 \(epoch 2, step 2 of 3\): b = inf"):
+    with pytest.raises(
+        train.NonFiniteLossError, match=r"at step 5 \(epoch 2, step 2 of 3\): b = inf"
+    ):
         train.check_finite(scanned, 1, 3, config, None)
     ok = train._track_stacked({k: v[:1] for k, v in stacked.items()})
     assert train.check_finite(ok, 0, 1, config, None) == {"a": 1.0, "b": 2.0}
@@ -382,13 +428,15 @@ def test_truncated_latest_checkpoint_falls_back_and_the_run_completes(run, tmp_p
     # As if killed after writing epoch 4's row but before its checkpoint.
     with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
         f.write(json.dumps({"epoch": EPOCHS + 1, "val_selection": 0.0}) + "\n")
-    result = train.train_and_evaluate(run_config(run.root, num_epochs=EPOCHS + 1), workdir,
-                                      data=run.data, verbose=True)
+    result = train.train_and_evaluate(
+        run_config(run.root, num_epochs=EPOCHS + 1), workdir, data=run.data, verbose=True
+    )
     out = capsys.readouterr().out
     assert f"checkpoint {EPOCHS} (" in out and "is damaged: cannot read its arrays" in out
     fallback = best if best != EPOCHS else None
-    assert (f"falling back to checkpoint {fallback}" if fallback
-            else "training starts from scratch") in out
+    assert (
+        f"falling back to checkpoint {fallback}" if fallback else "training starts from scratch"
+    ) in out
     assert os.listdir(os.path.join(workdir, "damaged_checkpoints"))[0].startswith(f"{EPOCHS}-")
     assert [r["epoch"] for r in rows(workdir)] == [1, 2, 3, 4]  # each epoch once
     assert max(kept(workdir)) == EPOCHS + 1 and result["epoch"] == expected_best(workdir)
@@ -425,7 +473,10 @@ def test_damaged_checkpoints_are_named_moved_and_skipped(tmp_path, capsys):
     assert epoch == 0 and state is template
     assert "no other checkpoint: training starts from scratch" in capsys.readouterr().out
     assert sorted(p.split("-")[0] for p in os.listdir(tmp_path / "damaged_checkpoints")) == [
-        "1", "4", "5"]
+        "1",
+        "4",
+        "5",
+    ]
     mngr.close()
 
 
@@ -438,8 +489,10 @@ def test_an_unparsable_score_is_named_when_the_checkpoints_are_opened(run, tmp_p
         checkpoints.save_checkpoint(mngr, epoch, {"w": np.arange(4, dtype=np.float32)}, selection)
     mngr.close()
     (tmp_path / "w" / "checkpoints" / "1" / "metrics" / "metrics").write_text('{"selec')
-    with pytest.raises(checkpoints.CheckpointDamagedError,
-                       match=r"^checkpoint 1 \(.*\) is damaged: cannot read its validation score"):
+    with pytest.raises(
+        checkpoints.CheckpointDamagedError,
+        match=r"^checkpoint 1 \(.*\) is damaged: cannot read its validation score",
+    ):
         checkpoints.open_checkpoints(workdir, create=False)
     assert kept(workdir) == {1, 2}
     mngr = checkpoints.open_checkpoints(workdir, move=True)
@@ -452,8 +505,11 @@ def test_an_unparsable_score_is_named_when_the_checkpoints_are_opened(run, tmp_p
     copy = copy_run(run, tmp_path)
     best = expected_best(copy)
     (Path(copy) / "checkpoints" / str(best) / "metrics" / "metrics").write_bytes(b"\xff\xfe")
-    with pytest.raises(SystemExit, match=rf"^error: checkpoint {best} \(.*\) is damaged: cannot "
-                                         rf"read its validation score"):
+    with pytest.raises(
+        SystemExit,
+        match=rf"^error: checkpoint {best} \(.*\) is damaged: cannot "
+        rf"read its validation score",
+    ):
         cli.exit_on_user_error(cli.evaluate_checkpoint, run_config(run.root), copy, verbose=False)
 
 
@@ -469,13 +525,20 @@ def test_checkpoints_unreadable_without_damage_stay_in_place(tmp_path, monkeypat
     path = str(tmp_path / "checkpoints" / "2")
     tensorstore_eacces = ValueError(
         f'PERMISSION_DENIED: Error reading "w/0" in OCDBT database at local file "{path}/default/"'
-        f': Failed to open: {path}/default/d/x [OS error 13: EACCES Permission denied]')
-    failures = [(PermissionError(errno.EACCES, "Permission denied", path), checkpoints.CheckpointReadError),
-                (tensorstore_eacces, checkpoints.CheckpointReadError),
-                (RuntimeError("unrelated"), RuntimeError)]
-    for where, what in (("restore", "arrays"), ("item_metadata", "metadata"),
-                        ("metrics", "validation score")):
+        f": Failed to open: {path}/default/d/x [OS error 13: EACCES Permission denied]"
+    )
+    failures = [
+        (PermissionError(errno.EACCES, "Permission denied", path), checkpoints.CheckpointReadError),
+        (tensorstore_eacces, checkpoints.CheckpointReadError),
+        (RuntimeError("unrelated"), RuntimeError),
+    ]
+    for where, what in (
+        ("restore", "arrays"),
+        ("item_metadata", "metadata"),
+        ("metrics", "validation score"),
+    ):
         for error, expected in failures:
+
             def fail(*args, _error=error, **kwargs):
                 raise _error
 
@@ -488,12 +551,15 @@ def test_checkpoints_unreadable_without_damage_stay_in_place(tmp_path, monkeypat
             assert set(mngr.all_steps()) == {1, 2} and kept(workdir) == {1, 2}
             assert not os.path.exists(tmp_path / "damaged_checkpoints")
             monkeypatch.undo()
-    for damage in (ValueError('DATA_LOSS: Error reading "w/0": Error decoding'),
-                   ValueError("OUT_OF_RANGE: Requested byte range [0, 15141) is not valid"),
-                   ValueError('NOT_FOUND: Error reading "w/.zarray" [OS error 2: ENOENT No such file]'),
-                   ValueError("UNKNOWN: Error reading [OS error 5: EIO Input/output error]"),
-                   OSError(errno.EIO, "Input/output error"), FileNotFoundError("_METADATA"),
-                   json.JSONDecodeError("Unterminated string", '{"tree', 1)):
+    for damage in (
+        ValueError('DATA_LOSS: Error reading "w/0": Error decoding'),
+        ValueError("OUT_OF_RANGE: Requested byte range [0, 15141) is not valid"),
+        ValueError('NOT_FOUND: Error reading "w/.zarray" [OS error 2: ENOENT No such file]'),
+        ValueError("UNKNOWN: Error reading [OS error 5: EIO Input/output error]"),
+        OSError(errno.EIO, "Input/output error"),
+        FileNotFoundError("_METADATA"),
+        json.JSONDecodeError("Unterminated string", '{"tree', 1),
+    ):
         assert checkpoints.is_damage(damage), damage
     assert checkpoints.is_damage(ValueError("a shape mismatch")) is None
     assert checkpoints.is_damage(MemoryError()) is None
@@ -504,7 +570,9 @@ def test_checkpoints_unreadable_without_damage_stay_in_place(tmp_path, monkeypat
 def test_resume_without_the_stored_config_is_refused(run, tmp_path):
     workdir = copy_run(run, tmp_path)
     os.remove(os.path.join(workdir, "config.json"))
-    with pytest.raises(workdir_lib.ConfigMismatchError, match="holds checkpoints but no config.json"):
+    with pytest.raises(
+        workdir_lib.ConfigMismatchError, match="holds checkpoints but no config.json"
+    ):
         train.train_and_evaluate(run_config(run.root), workdir, data=run.data, verbose=False)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write('{"seed": ')
@@ -515,10 +583,11 @@ def test_resume_without_the_stored_config_is_refused(run, tmp_path):
 def test_eval_on_a_damaged_checkpoint_fails_clearly(run, tmp_path):
     workdir = copy_run(run, tmp_path)
     best = expected_best(workdir)
-    (Path(workdir) / "checkpoints" / str(best) / "default" / "_METADATA").write_text("{\"tree")
+    (Path(workdir) / "checkpoints" / str(best) / "default" / "_METADATA").write_text('{"tree')
     with pytest.raises(SystemExit) as info:
-        cli.exit_on_user_error(cli.evaluate_checkpoint, run_config(run.root), workdir,
-                               verbose=False)
+        cli.exit_on_user_error(
+            cli.evaluate_checkpoint, run_config(run.root), workdir, verbose=False
+        )
     message = str(info.value)
     assert message.startswith(f"error: checkpoint {best} (") and "is damaged" in message
     assert "\n" not in message and len(message) < 800
@@ -526,18 +595,21 @@ def test_eval_on_a_damaged_checkpoint_fails_clearly(run, tmp_path):
 
 def test_eval_into_another_model_names_the_differing_keys(run):
     with pytest.raises(checkpoints.CheckpointMismatchError) as info:
-        cli.evaluate_checkpoint(run_config(run.root, **{"model.d_model": 32}), run.workdir,
-                                verbose=False)
+        cli.evaluate_checkpoint(
+            run_config(run.root, **{"model.d_model": 32}), run.workdir, verbose=False
+        )
     message = str(info.value)
     assert "does not fit this config" in message and "model.d_model (16 -> 32)" in message
     assert len(message) < 800
     variant = tiny_config("coleaf_han", num_epochs=EPOCHS, **{"data.root": run.root})
-    with pytest.raises(checkpoints.CheckpointMismatchError,
-                       match=r"method \('anchor_only' -> 'coleaf'\)"):
+    with pytest.raises(
+        checkpoints.CheckpointMismatchError, match=r"method \('anchor_only' -> 'coleaf'\)"
+    ):
         cli.evaluate_checkpoint(variant, run.workdir, verbose=False)
 
 
 # --- eval.py output, missing features ----------------------------------------------------------
+
 
 def test_eval_writes_its_own_file_and_never_test_metrics(run, tmp_path):
     workdir = copy_run(run, tmp_path)
@@ -550,13 +622,23 @@ def test_eval_writes_its_own_file_and_never_test_metrics(run, tmp_path):
     written = json.load(open(os.path.join(workdir, "eval", f"test_epoch{best}_standard.json")))
     assert written == result and result["videos_scored"] == len(run.data["test"]["label"])
     assert os.path.exists(os.path.join(workdir, "eval", f"val_epoch{other}_standard.json"))
-    assert {k: result[k] for k in ("seg_av", "evt_av")} == {k: run.result[k] for k in ("seg_av", "evt_av")}
+    assert {k: result[k] for k in ("seg_av", "evt_av")} == {
+        k: run.result[k] for k in ("seg_av", "evt_av")
+    }
     # Not even when asked to: --output naming training's result is refused, as is.
-    for output in (os.path.join(workdir, "test_metrics.json"),
-                   os.path.join(workdir, "eval", "..", "test_metrics.json")):
+    for output in (
+        os.path.join(workdir, "test_metrics.json"),
+        os.path.join(workdir, "eval", "..", "test_metrics.json"),
+    ):
         with pytest.raises(SystemExit) as info:
-            cli.exit_on_user_error(cli.evaluate_checkpoint, run_config(run.root), workdir,
-                                   step=other, output=output, verbose=False)
+            cli.exit_on_user_error(
+                cli.evaluate_checkpoint,
+                run_config(run.root),
+                workdir,
+                step=other,
+                output=output,
+                verbose=False,
+            )
         assert str(info.value).startswith(f"error: --output {output} is training's result")
     assert open(os.path.join(workdir, "test_metrics.json")).read() == trained
 
@@ -566,11 +648,18 @@ def test_missing_test_features_fail_unless_allowed_then_the_count_is_recorded(ru
     shutil.copytree(run.root, root, ignore=shutil.ignore_patterns("tfds"))
     gone = str(run.data["test"]["id"][0])
     os.remove(os.path.join(root, "vggish", f"{gone}.npy"))
-    with pytest.raises(llp.MissingFeatureError, match=rf"LLP test: 1 videos .*{gone}.*allow_missing"):
-        cli.evaluate_checkpoint(run_config(root), run.workdir, output=str(tmp_path / "x.json"),
-                                verbose=False)
-    result = cli.evaluate_checkpoint(run_config(root, **{"data.allow_missing": True}), run.workdir,
-                                     output=str(tmp_path / "allowed.json"), verbose=False)
+    with pytest.raises(
+        llp.MissingFeatureError, match=rf"LLP test: 1 videos .*{gone}.*allow_missing"
+    ):
+        cli.evaluate_checkpoint(
+            run_config(root), run.workdir, output=str(tmp_path / "x.json"), verbose=False
+        )
+    result = cli.evaluate_checkpoint(
+        run_config(root, **{"data.allow_missing": True}),
+        run.workdir,
+        output=str(tmp_path / "allowed.json"),
+        verbose=False,
+    )
     n = len(run.data["test"]["label"])
     assert (result["videos_scored"], result["videos_skipped"]) == (n - 1, 1)
     assert json.load(open(tmp_path / "allowed.json"))["videos_skipped"] == 1
@@ -587,10 +676,17 @@ with workdir.lock(sys.argv[1]):
 """
 
 
-def test_a_second_training_on_a_workdir_is_refused_and_a_dead_holder_is_taken_over(tmp_path, capsys):
+def test_a_second_training_on_a_workdir_is_refused_and_a_dead_holder_is_taken_over(
+    tmp_path, capsys
+):
     workdir = str(tmp_path / "run")
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, workdir], cwd=ROOT,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, workdir],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         ready, _, _ = select.select([holder.stdout], [], [], 60)  # no hang if it never locks
         assert ready, "the lock holder did not start within 60 s"
@@ -621,8 +717,9 @@ def test_a_refused_process_waits_for_the_holders_record(tmp_path):
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another open file: a conflict
         held.write('{"pid": 4242, "ho')  # cut mid-write
         held.flush()
-        record = json.dumps({"pid": 4242, "host": "elsewhere", "started": "now",
-                             "command": "train.py"})
+        record = json.dumps(
+            {"pid": 4242, "host": "elsewhere", "started": "now", "command": "train.py"}
+        )
 
         def finish_writing():
             held.seek(0)
@@ -633,8 +730,9 @@ def test_a_refused_process_waits_for_the_holders_record(tmp_path):
         timer = threading.Timer(0.3, finish_writing)
         timer.start()
         try:
-            with pytest.raises(workdir_lib.WorkdirLockedError,
-                               match="in use by process 4242 on elsewhere"):
+            with pytest.raises(
+                workdir_lib.WorkdirLockedError, match="in use by process 4242 on elsewhere"
+            ):
                 with workdir_lib.lock(str(workdir), verbose=False):
                     pass
         finally:
@@ -662,30 +760,60 @@ def test_damaged_checkpoints_moved_within_one_second_keep_distinct_names(tmp_pat
         (tmp_path / "checkpoints" / "3" / "marker").write_text(content)
         moved.append(checkpoints.move_damaged(str(tmp_path), 3))
     assert [os.path.basename(p) for p in moved] == [
-        "3-20250101-000000", "3-20250101-000000-2", "3-20250101-000000-3"]
+        "3-20250101-000000",
+        "3-20250101-000000-2",
+        "3-20250101-000000-3",
+    ]
     for path, content in zip(moved, ("first", "second", "third")):
-        assert os.listdir(path) == ["marker"] and open(os.path.join(path, "marker")).read() == content
+        assert (
+            os.listdir(path) == ["marker"] and open(os.path.join(path, "marker")).read() == content
+        )
 
 
 # --- One-line errors --------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("args", "needle"), [
-    (["--config.model.nope=1"], "--config.model.nope: the config (configs/synthetic.py) has no key "
-                                "'model.nope' (did you mean"),
-    (["--config.batch_sise=3"], "has no key 'batch_sise' (did you mean batch_size"),
-    (["--config.batch_size=abc"], "flag --config.batch_size=abc: invalid literal for int()"),
-    (["--config=configs/nope.py"], "--config=configs/nope.py: config file 'configs/nope.py' not found"),
-    (["--config=configs/synthetic.py:bogus"], "configs/synthetic.py: unknown variant 'bogus'"),
-    (["--config=configs/synthetic.py", "--workdir"], "Missing value for flag --workdir"),
-    (["--config=configs/synthetic.py", "--nope=1"], "Unknown command line flag 'nope'"),
-], ids=["unknown-key", "misspelt-key", "bad-value", "missing-file", "unknown-variant",
-        "flag-without-value", "unknown-flag"])
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (
+            ["--config.model.nope=1"],
+            "--config.model.nope: the config (configs/synthetic.py) has no key "
+            "'model.nope' (did you mean",
+        ),
+        (["--config.batch_sise=3"], "has no key 'batch_sise' (did you mean batch_size"),
+        (["--config.batch_size=abc"], "flag --config.batch_size=abc: invalid literal for int()"),
+        (
+            ["--config=configs/nope.py"],
+            "--config=configs/nope.py: config file 'configs/nope.py' not found",
+        ),
+        (["--config=configs/synthetic.py:bogus"], "configs/synthetic.py: unknown variant 'bogus'"),
+        (["--config=configs/synthetic.py", "--workdir"], "Missing value for flag --workdir"),
+        (["--config=configs/synthetic.py", "--nope=1"], "Unknown command line flag 'nope'"),
+    ],
+    ids=[
+        "unknown-key",
+        "misspelt-key",
+        "bad-value",
+        "missing-file",
+        "unknown-variant",
+        "flag-without-value",
+        "unknown-flag",
+    ],
+)
 def test_flag_and_config_errors_are_one_line(args, needle, monkeypatch):
     from absl import flags
     from ml_collections import config_flags
 
-    argv = ["train.py", *([] if any(a.startswith("--config=") for a in args)
-                          else ["--config=configs/synthetic.py"]), *args]
+    argv = [
+        "train.py",
+        *(
+            []
+            if any(a.startswith("--config=") for a in args)
+            else ["--config=configs/synthetic.py"]
+        ),
+        *args,
+    ]
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sys, "argv", argv)  # ml_collections defines --config.* from sys.argv
     fv = flags.FlagValues()
@@ -699,25 +827,43 @@ def test_flag_and_config_errors_are_one_line(args, needle, monkeypatch):
 
 def test_entry_scripts_end_with_one_line_errors_and_create_nothing(tmp_path):
     workdir = str(tmp_path / "never")
-    proc = run_script("train.py", "--config", "configs/synthetic.py", "--workdir", workdir,
-                      "--config.model.nope=1")
+    proc = run_script(
+        "train.py",
+        "--config",
+        "configs/synthetic.py",
+        "--workdir",
+        workdir,
+        "--config.model.nope=1",
+    )
     assert_one_line_error(proc, "--config.model.nope", "has no key 'model.nope'")
     proc = run_script("eval.py", "--config", "configs/synthetic.py", "--workdir", workdir)
     assert_one_line_error(proc, f"--workdir {workdir}: no such folder")
-    proc = run_script("parse.py", "--config", "configs/synthetic.py", "--workdir", workdir,
-                      "--output", str(tmp_path / "parsed"), "--split", "test")
+    proc = run_script(
+        "parse.py",
+        "--config",
+        "configs/synthetic.py",
+        "--workdir",
+        workdir,
+        "--output",
+        str(tmp_path / "parsed"),
+        "--split",
+        "test",
+    )
     assert_one_line_error(proc, f"--workdir {workdir}: no such folder")
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize(("key", "value", "needle"), [
-    ("batch_size", 0, "config.batch_size = 0: expected a whole number >= 1"),
-    ("batch_size", -4, "config.batch_size = -4"),
-    ("num_epochs", 0, "config.num_epochs = 0: expected a whole number >= 1"),
-    ("eval.batch_size", 0, "config.eval.batch_size = 0"),
-    ("learning_rate", float("nan"), "config.learning_rate = nan: expected a finite number > 0"),
-    ("learning_rate", 0.0, "config.learning_rate = 0.0: expected a finite number > 0"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "needle"),
+    [
+        ("batch_size", 0, "config.batch_size = 0: expected a whole number >= 1"),
+        ("batch_size", -4, "config.batch_size = -4"),
+        ("num_epochs", 0, "config.num_epochs = 0: expected a whole number >= 1"),
+        ("eval.batch_size", 0, "config.eval.batch_size = 0"),
+        ("learning_rate", float("nan"), "config.learning_rate = nan: expected a finite number > 0"),
+        ("learning_rate", 0.0, "config.learning_rate = 0.0: expected a finite number > 0"),
+    ],
+)
 def test_bad_run_values_are_one_line_errors(tmp_path, key, value, needle):
     config = tiny_config("han", **{key: value})
     with pytest.raises(SystemExit) as info:
@@ -732,14 +878,21 @@ def test_bad_llp_roots_are_one_line_errors(tmp_path, monkeypatch):
     root = tmp_path / "llp"
     root.mkdir()
     make_layout(root)
-    config = run_config(str(root), **{"data.dataset": "llp", "data.tfds_dir": str(tmp_path / "tfds")})
+    config = run_config(
+        str(root), **{"data.dataset": "llp", "data.tfds_dir": str(tmp_path / "tfds")}
+    )
     _write(root / LLP_SPLIT_CSV["val"], WEAK_HEADER, [])  # a header-only split CSV
     with pytest.raises(SystemExit, match=r"^error: \S+AVVP_val_pd.csv: no video of the val split"):
-        cli.exit_on_user_error(train.train_and_evaluate, config, str(tmp_path / "w1"), verbose=False)
+        cli.exit_on_user_error(
+            train.train_and_evaluate, config, str(tmp_path / "w1"), verbose=False
+        )
     with pytest.raises(SystemExit, match=r"^error: \S+/nowhere: expected the LLP feature folders"):
-        cli.exit_on_user_error(train.train_and_evaluate,
-                               run_config(str(tmp_path / "nowhere"), **{"data.dataset": "llp"}),
-                               str(tmp_path / "w2"), verbose=False)
+        cli.exit_on_user_error(
+            train.train_and_evaluate,
+            run_config(str(tmp_path / "nowhere"), **{"data.dataset": "llp"}),
+            str(tmp_path / "w2"),
+            verbose=False,
+        )
     real_scandir = os.scandir
 
     def unreadable(path):
@@ -748,5 +901,9 @@ def test_bad_llp_roots_are_one_line_errors(tmp_path, monkeypatch):
         return real_scandir(path)
 
     monkeypatch.setattr(llp.os, "scandir", unreadable)
-    with pytest.raises(SystemExit, match=r"^error: \S+: cannot list the feature folder: Permission denied$"):
-        cli.exit_on_user_error(train.train_and_evaluate, config, str(tmp_path / "w3"), verbose=False)
+    with pytest.raises(
+        SystemExit, match=r"^error: \S+: cannot list the feature folder: Permission denied$"
+    ):
+        cli.exit_on_user_error(
+            train.train_and_evaluate, config, str(tmp_path / "w3"), verbose=False
+        )

@@ -12,7 +12,7 @@ import pytest
 
 from coleaf_jax import train
 from coleaf_jax.data import llp, pipeline
-from tests.test_llp_data import SPLITS, make_layout
+from tests.test_llp_data import make_layout
 from tests.test_train import tiny_config
 
 
@@ -42,7 +42,9 @@ def test_streamed_split_equals_resident(layout, split, pool_frames):
         else:
             np.testing.assert_array_equal(column, resident[key])
     perm = np.array([1, 0])
-    for a, b in zip(pipeline.epoch_batches(streamed, 4, perm), pipeline.epoch_batches(resident, 4, perm)):
+    for a, b in zip(
+        pipeline.epoch_batches(streamed, 4, perm), pipeline.epoch_batches(resident, 4, perm)
+    ):
         assert set(a) == set(b)
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
@@ -58,7 +60,10 @@ def test_splits_stream_beyond_the_memory_budget():
     config.data.resident_max_gib = 4.0  # val and test first, then train if it still fits
     assert pipeline.streamed_splits(config, ("train", "val", "test"), sizes.get) == {"train"}
     config.data.resident_max_gib = 1.2
-    assert pipeline.streamed_splits(config, ("train", "val", "test"), sizes.get) == {"train", "test"}
+    assert pipeline.streamed_splits(config, ("train", "val", "test"), sizes.get) == {
+        "train",
+        "test",
+    }
     config.data.resident_max_gib = 100.0
     assert pipeline.streamed_splits(config, ("train", "val", "test"), sizes.get) == set()
 
@@ -91,8 +96,9 @@ def test_training_on_a_streamed_split_equals_training_in_memory(tmp_path):
     streamed are those of the run holding them in memory (host pipeline both)."""
     results = {}
     for name, budget in (("resident", 100.0), ("streamed", 0.0)):
-        config = tiny_config(**{"num_epochs": 1, "data.on_device": False,
-                                "data.resident_max_gib": budget})
+        config = tiny_config(
+            **{"num_epochs": 1, "data.on_device": False, "data.resident_max_gib": budget}
+        )
         config.data.root = str(tmp_path / "data")  # one generated dataset for both runs
         workdir = tmp_path / name
         results[name] = train.train_and_evaluate(config, str(workdir), verbose=False)

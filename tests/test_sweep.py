@@ -11,21 +11,38 @@ from coleaf_jax import metrics, sweep
 # Two names for one model (HAN alone): after the first compile every run reuses the
 # programs from the compilation cache, and equal seeds must give equal scores.
 SPECS = ["configs/synthetic.py:han", "configs/ablations.py:han,synthetic"]
-TINY = {"model.d_model": 16, "model.ffn_dim": 16, "data.synthetic_videos": 30, "batch_size": 8,
-        "num_epochs": 1, "eval.batch_size": 16}
+TINY = {
+    "model.d_model": 16,
+    "model.ffn_dim": 16,
+    "data.synthetic_videos": 30,
+    "batch_size": 8,
+    "num_epochs": 1,
+    "eval.batch_size": 16,
+}
 
 
 def test_sweep_runs_every_seed_once_split_over_workers(tmp_path, compilation_cache, monkeypatch):
     # The runs inherit the environment: one CPU device each (not the suite's two).
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-             if not f.startswith("--xla_force_host_platform_device_count")]
+    flags = [
+        f
+        for f in os.environ.get("XLA_FLAGS", "").split()
+        if not f.startswith("--xla_force_host_platform_device_count")
+    ]
     monkeypatch.setenv("XLA_FLAGS", " ".join(flags))
     workdir = str(tmp_path / "sweep")
-    sets = [f"{k}={v}" for k, v in {**TINY, "data.root": str(tmp_path / "data"),
-                                      "compilation_cache_dir": compilation_cache}.items()]
-    args = [a for spec in SPECS for a in ("--config", spec)] + [
-        a for s in sets for a in ("--set", s)] + ["--seeds", "2", "--seed-start", "3",
-                                                 "--workdir", workdir, "--workers", "2"]
+    sets = [
+        f"{k}={v}"
+        for k, v in {
+            **TINY,
+            "data.root": str(tmp_path / "data"),
+            "compilation_cache_dir": compilation_cache,
+        }.items()
+    ]
+    args = (
+        [a for spec in SPECS for a in ("--config", spec)]
+        + [a for s in sets for a in ("--set", s)]
+        + ["--seeds", "2", "--seed-start", "3", "--workdir", workdir, "--workers", "2"]
+    )
     # Two machines sharing the folder: worker 0 takes runs 0 and 2 (seed 3 of each
     # setting), worker 1 runs 1 and 3 (seed 4), each two at a time.
     assert sweep.main(args + ["--worker", "0", "--num-workers", "2"]) == 0
@@ -40,8 +57,13 @@ def test_sweep_runs_every_seed_once_split_over_workers(tmp_path, compilation_cac
 
     summary = json.load(open(os.path.join(workdir, "summary.json")))
     assert summary["seeds"] == [3, 4] and list(summary["settings"]) == names
-    results = {name: [json.load(open(os.path.join(workdir, name, f"seed{s}", "test_metrics.json")))
-                      for s in (3, 4)] for name in names}
+    results = {
+        name: [
+            json.load(open(os.path.join(workdir, name, f"seed{s}", "test_metrics.json")))
+            for s in (3, 4)
+        ]
+        for name in names
+    }
     for name in names:
         entry = summary["settings"][name]
         assert entry["seeds"] == [3, 4] and entry["missing_seeds"] == []
@@ -68,14 +90,30 @@ def test_sweep_runs_every_seed_once_split_over_workers(tmp_path, compilation_cac
 
 def test_sweep_arguments_fail_before_any_run(tmp_path, capsys):
     workdir = str(tmp_path / "sweep")
-    assert sweep.main(["--config", "configs/synthetic.py:han", "--set", "no_such_key=1",
-                       "--workdir", workdir]) == 1
+    assert (
+        sweep.main(
+            ["--config", "configs/synthetic.py:han", "--set", "no_such_key=1", "--workdir", workdir]
+        )
+        == 1
+    )
     assert "no_such_key" in capsys.readouterr().err
-    assert sweep.main(["--config", "configs/synthetic.py:han", "--config",
-                       "configs/synthetic.py:han", "--workdir", workdir]) == 1
+    assert (
+        sweep.main(
+            [
+                "--config",
+                "configs/synthetic.py:han",
+                "--config",
+                "configs/synthetic.py:han",
+                "--workdir",
+                workdir,
+            ]
+        )
+        == 1
+    )
     assert "same setting" in capsys.readouterr().err
     assert sweep.main(["--workdir", workdir, "--summarize"]) == 1  # no sweep there
     assert not os.path.exists(os.path.join(workdir, "sweep.json"))
     assert sweep.table_specs(["2", "3"], "synthetic") == [
-        f"configs/ablations.py:{n},synthetic" for n in
-        ("event_aware_nce", "no_contrastive", "standard_nce", "pseudo_label_bce", "no_kd")]
+        f"configs/ablations.py:{n},synthetic"
+        for n in ("event_aware_nce", "no_contrastive", "standard_nce", "pseudo_label_bce", "no_kd")
+    ]

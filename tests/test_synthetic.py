@@ -46,8 +46,8 @@ def test_weak_labels_are_the_union_of_dense_truth(dataset):
         for row in _read(os.path.join(out, LLP_SPLIT_CSV[split]))[1:]:
             union = {r[3] for m in dense for r in dense[m] if r[0] == row[0]}
             assert set(row[1].split(",")) == union
-    for m, rows in dense.items():
-        for name, on, off, label in rows:
+    for rows in dense.values():
+        for _name, on, off, label in rows:
             assert 0 <= int(on) < int(off) <= 10 and label in LLP_CLASS_INDEX
 
 
@@ -85,8 +85,10 @@ def test_same_seed_same_data(tmp_path):
     b = synthetic.generate(str(tmp_path / "b"), synthetic.SyntheticConfig(num_videos=6, seed=5))
     assert [v.filename for v in a["test"]] == [v.filename for v in b["test"]]
     vid = a["train"][0].video_id
-    np.testing.assert_array_equal(np.load(tmp_path / "a" / "res152" / f"{vid}.npy"),
-                                  np.load(tmp_path / "b" / "res152" / f"{vid}.npy"))
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "a" / "res152" / f"{vid}.npy"),
+        np.load(tmp_path / "b" / "res152" / f"{vid}.npy"),
+    )
 
 
 def test_cli(tmp_path, capsys):
@@ -95,11 +97,31 @@ def test_cli(tmp_path, capsys):
     assert synthetic.main([str(tmp_path / "y"), "--videos", "2"]) == 2
     # A perfect teacher: the pseudo-labels are the dense truth. The folder is marked
     # complete, so a run pointed at it (data.root) uses it instead of regenerating.
-    assert synthetic.main([str(tmp_path / "z"), "--videos", "5", "--seed", "1", "--teacher-miss", "0",
-                           "--teacher-jitter", "0", "--teacher-false-alarm", "0"]) == 0
+    assert (
+        synthetic.main(
+            [
+                str(tmp_path / "z"),
+                "--videos",
+                "5",
+                "--seed",
+                "1",
+                "--teacher-miss",
+                "0",
+                "--teacher-jitter",
+                "0",
+                "--teacher-false-alarm",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert "teacher_miss=0.0" in (tmp_path / "z" / synthetic.COMPLETE_MARKER).read_text()
-    videos = synthetic.generate(str(tmp_path / "w"), synthetic.SyntheticConfig(
-        num_videos=5, seed=1, teacher_miss=0.0, teacher_jitter=0.0, teacher_false_alarm=0.0))
+    videos = synthetic.generate(
+        str(tmp_path / "w"),
+        synthetic.SyntheticConfig(
+            num_videos=5, seed=1, teacher_miss=0.0, teacher_jitter=0.0, teacher_false_alarm=0.0
+        ),
+    )
     for v in videos["train"]:
         pl = np.load(tmp_path / "z" / "CLIP" / "segment_pseudo_labels" / f"{v.video_id}.npy")
         np.testing.assert_array_equal(pl, v.visual)

@@ -10,7 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from coleaf_jax import cli, evaluate, metrics, parsing, report, step as step_lib, train
+from coleaf_jax import cli, evaluate, metrics, parsing, report, train
+from coleaf_jax import step as step_lib
 from coleaf_jax.config import override
 from coleaf_jax.data import pipeline
 from configs import synthetic as synthetic_config
@@ -44,7 +45,9 @@ def data(data_workdir):
 
 
 def _batch(data, n=8):
-    return {k: jnp.asarray(v) for k, v in pipeline.make_batch(data["train"], np.arange(n), n).items()}
+    return {
+        k: jnp.asarray(v) for k, v in pipeline.make_batch(data["train"], np.arange(n), n).items()
+    }
 
 
 def _leaves_close(a, b, atol):
@@ -52,7 +55,10 @@ def _leaves_close(a, b, atol):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=atol)
 
 
-@pytest.mark.skipif(jax.local_device_count() < 2, reason="needs 2 devices (XLA_FLAGS=--xla_force_host_platform_device_count=2)")
+@pytest.mark.skipif(
+    jax.local_device_count() < 2,
+    reason="needs 2 devices (XLA_FLAGS=--xla_force_host_platform_device_count=2)",
+)
 @pytest.mark.parametrize("variant", ["coleaf_han", "han", "coleaf_cmpae"])
 def test_pmap_step_equals_single_device_step(data, variant, tmp_path):
     # High JoMoLD ratios so that the second step really drops labels (CMPAE).
@@ -61,20 +67,32 @@ def test_pmap_step_equals_single_device_step(data, variant, tmp_path):
     # Dropout on (the defaults): each example's masks come from its position in the
     # global batch, so the device layout does not change them (issue 13, item 6).
     config = tiny_config(variant, **{"loss.denoise_ratios": ratios})
-    assert min(config.model.dropout, config.model.reference_head_dropout,
-               config.model.cmpae_visual_dropout, config.model.cmpae_residual_dropout) > 0
+    assert (
+        min(
+            config.model.dropout,
+            config.model.reference_head_dropout,
+            config.model.cmpae_visual_dropout,
+            config.model.cmpae_residual_dropout,
+        )
+        > 0
+    )
     batch = _batch(data)
     batch["video_mask"] = batch["video_mask"].at[-1].set(0.0)  # a padded video on one device only
     state, anchor, ref, _ = step_lib.create_train_state(config, jax.random.key(0), batch, 5, 25)
     # Plain SGD makes every parameter change proportional to its gradient: Adam would
     # blow float rounding of near-zero gradients up to ±lr and hide the comparison.
     tx = optax.sgd(0.1)
-    state = state.replace(anchor_opt=tx.init(state.anchor_params), ref_opt=tx.init(state.ref_params))
+    state = state.replace(
+        anchor_opt=tx.init(state.anchor_params), ref_opt=tx.init(state.ref_params)
+    )
     # 1 step per epoch: the JoMoLD ratio is annealed to full strength by the second
     # step, whose batch-level ranking (all-gathered under pmap) must match one device.
     single = jax.jit(step_lib.make_train_step(config, anchor, ref, tx, None, 1))
-    multi = jax.pmap(step_lib.make_train_step(config, anchor, ref, tx, "batch", 1),
-                     axis_name="batch", in_axes=(0, 0, None, None))
+    multi = jax.pmap(
+        step_lib.make_train_step(config, anchor, ref, tx, "batch", 1),
+        axis_name="batch",
+        in_axes=(0, 0, None, None),
+    )
     key, epoch = jax.random.key(3), jnp.int32(2)  # every collaborative term is on
     s1, l1 = single(state, batch, epoch, key)
     s1, l1 = single(s1, batch, epoch, key)
@@ -103,19 +121,25 @@ def test_optimised_step_equals_plain_step(data_workdir, variant):
     plain_config = tiny_config(variant, learning_rate=1.0, **{"model.pool_frames_first": False})
     state, anchor, ref, _ = step_lib.create_train_state(config, jax.random.key(0), batch_opt, 5, 25)
     _, plain_anchor, plain_ref, _ = step_lib.create_train_state(
-        plain_config, jax.random.key(0), batch_raw, 5, 25)
+        plain_config, jax.random.key(0), batch_raw, 5, 25
+    )
     tx = optax.identity()  # the parameter change is -lr(epoch) times the gradient
-    state = state.replace(anchor_opt=tx.init(state.anchor_params), ref_opt=tx.init(state.ref_params))
+    state = state.replace(
+        anchor_opt=tx.init(state.anchor_params), ref_opt=tx.init(state.ref_params)
+    )
     opt = jax.jit(step_lib.make_train_step(config, anchor, ref, tx, None, 5))
-    plain = jax.jit(step_lib.make_train_step(plain_config, plain_anchor, plain_ref, tx, None, 5,
-                                          plain=True))
+    plain = jax.jit(
+        step_lib.make_train_step(plain_config, plain_anchor, plain_ref, tx, None, 5, plain=True)
+    )
     key, epoch = jax.random.key(3), jnp.int32(2)  # every collaborative term is on
     s1, l1 = opt(state, batch_opt, epoch, key)
     s2, l2 = plain(state, batch_raw, epoch, key)
     assert set(l1) == set(l2)
     for k in l1:
         assert float(l1[k]) == pytest.approx(float(l2[k]), rel=1e-4, abs=1e-6), k
-    grads = lambda s: jax.tree_util.tree_map(lambda a, b: a - b, state.anchor_params, s.anchor_params)
+    grads = lambda s: jax.tree_util.tree_map(
+        lambda a, b: a - b, state.anchor_params, s.anchor_params
+    )
     g1, g2 = grads(s1), grads(s2)
     assert max(float(jnp.abs(g).max()) for g in jax.tree_util.tree_leaves(g1)) > 1e-3
     _leaves_close(g1, g2, atol=2e-5)
@@ -156,15 +180,21 @@ def test_interrupted_run_resumes_to_the_same_state(data, tmp_path):
             raise Killed
 
     with pytest.raises(Killed):
-        train.train_and_evaluate(config, str(tmp_path / "resumed"), data=data, verbose=False,
-                                 on_epoch_end=kill_after_two)
+        train.train_and_evaluate(
+            config, str(tmp_path / "resumed"), data=data, verbose=False, on_epoch_end=kill_after_two
+        )
     states = {}
     resumed = train.train_and_evaluate(
-        config, str(tmp_path / "resumed"), data=data, verbose=False,
-        on_epoch_end=lambda e, s: states.setdefault(e, s))
+        config,
+        str(tmp_path / "resumed"),
+        data=data,
+        verbose=False,
+        on_epoch_end=lambda e, s: states.setdefault(e, s),
+    )
     assert list(states) == [3]  # only the missing epoch ran
     assert {k: resumed[k] for k in metrics.SCORE_KEYS} == pytest.approx(
-        {k: full[k] for k in metrics.SCORE_KEYS}, abs=1e-9)
+        {k: full[k] for k in metrics.SCORE_KEYS}, abs=1e-9
+    )
     lines = open(tmp_path / "full" / "metrics.jsonl").read().splitlines()
     assert len(lines) == 3 and "val" in json.loads(lines[-1])
 
@@ -180,10 +210,12 @@ def test_train_writes_scores_and_eval_restores_them(data, data_workdir, tmp_path
     assert saved == result
     # eval.py's path: restore the best checkpoint and score test again.
     config.data.root = os.path.join(data_workdir, "data")
-    again = cli.evaluate_checkpoint(config, workdir, split="test", verbose=False,
-                                    output=str(tmp_path / "again.json"))
+    again = cli.evaluate_checkpoint(
+        config, workdir, split="test", verbose=False, output=str(tmp_path / "again.json")
+    )
     assert {k: again[k] for k in metrics.SCORE_KEYS} == pytest.approx(
-        {k: saved[k] for k in metrics.SCORE_KEYS}, abs=1e-9)
+        {k: saved[k] for k in metrics.SCORE_KEYS}, abs=1e-9
+    )
     # --select-thresholds: chosen on val for this checkpoint, stored next to it, reused.
     selected = cli.evaluate_checkpoint(config, workdir, split="test", verbose=False, select=True)
     path = cli.thresholds_path(workdir, saved["epoch"])
@@ -198,10 +230,14 @@ def test_train_writes_scores_and_eval_restores_them(data, data_workdir, tmp_path
     # parse.py's path: a feature folder without annotations -> typed events; the same
     # decisions as evaluation (events rebuilt into segments equal the scored decisions).
     out = str(tmp_path / "parsed")
-    records = parsing.parse_videos(config, workdir, out, features=config.data.root,
-                                   timelines=2, verbose=False)
-    assert parsing.read_events(os.path.join(out, "events.csv")) == parsing.read_events(
-        os.path.join(out, "events.jsonl")) == records
+    records = parsing.parse_videos(
+        config, workdir, out, features=config.data.root, timelines=2, verbose=False
+    )
+    assert (
+        parsing.read_events(os.path.join(out, "events.csv"))
+        == parsing.read_events(os.path.join(out, "events.jsonl"))
+        == records
+    )
     test = data["test"]
     _, anchor, params, _ = cli.restore_anchor(config, workdir, test)
     probs = evaluate.predict_with_config(config, anchor, params, test)
@@ -211,7 +247,11 @@ def test_train_writes_scores_and_eval_restores_them(data, data_workdir, tmp_path
     names = list(pipeline.class_names(config, workdir))
     for r in records:
         if r["video"] in index:
-            sl = (index[r["video"]], slice(int(r["onset"]), int(r["offset"])), names.index(r["class"]))
+            sl = (
+                index[r["video"]],
+                slice(int(r["onset"]), int(r["offset"])),
+                names.index(r["class"]),
+            )
             rebuilt_a[sl] |= r["type"] != "visible-only"
             rebuilt_v[sl] |= r["type"] != "audible-only"
     np.testing.assert_array_equal(rebuilt_a, pred_a)
@@ -219,11 +259,15 @@ def test_train_writes_scores_and_eval_restores_them(data, data_workdir, tmp_path
     assert len(os.listdir(os.path.join(out, "timelines"))) == 2
     # The run report: one self-contained HTML file with its sections and pictures.
     html = open(report.build_report(config, workdir, test=test, num_timelines=2)).read()
-    for section in ("Training curves", "Test scores", "Table 5, HAN", "Per-class segment F-scores",
-                    "Timelines: best and worst"):
+    for section in (
+        "Training curves",
+        "Test scores",
+        "Table 5, HAN",
+        "Per-class segment F-scores",
+        "Timelines: best and worst",
+    ):
         assert section in html, section
     assert html.count("data:image/png;base64,") == 1 + 2 * 2  # curves, 2 best + 2 worst
-
 
 
 def test_device_resident_data_trains_exactly_like_the_host_pipeline(data, tmp_path):
@@ -231,18 +275,27 @@ def test_device_resident_data_trains_exactly_like_the_host_pipeline(data, tmp_pa
     # attention key bias) pick up float-rounding noise that Adam scales to ±lr, so
     # compare what the parameters compute: the logged losses and the predictions.
     logs, preds = {}, {}
-    modes = {"host": {"data.on_device": False}, "device": {"data.on_device": True},
-             "scan": {"data.on_device": True, "scan_epoch": True}}
+    modes = {
+        "host": {"data.on_device": False},
+        "device": {"data.on_device": True},
+        "scan": {"data.on_device": True, "scan_epoch": True},
+    }
     for mode, overrides in modes.items():
         config = tiny_config("han", num_epochs=2, **overrides)
         states = {}
         workdir = tmp_path / mode
-        train.train_and_evaluate(config, str(workdir), data=data, verbose=False,
-                                 on_epoch_end=lambda e, s: states.setdefault(e, s))
+        train.train_and_evaluate(
+            config,
+            str(workdir),
+            data=data,
+            verbose=False,
+            on_epoch_end=lambda e, s: states.setdefault(e, s),
+        )
         logs[mode] = [json.loads(line)["train"] for line in open(workdir / "metrics.jsonl")]
         anchor = step_lib.build_models(config, 25)[0]
-        preds[mode] = evaluate.predict_split(evaluate.make_predict_fn(anchor),
-                                             states[2].anchor_params, data["val"], 16)
+        preds[mode] = evaluate.predict_split(
+            evaluate.make_predict_fn(anchor), states[2].anchor_params, data["val"], 16
+        )
     for mode in ("device", "scan"):
         for a, b in zip(logs[mode], logs["host"]):
             assert a == pytest.approx(b, rel=1e-5), mode
@@ -253,11 +306,15 @@ def test_device_resident_data_trains_exactly_like_the_host_pipeline(data, tmp_pa
 def test_padded_order_and_device_gather():
     order = train.padded_order(np.array([4, 0, 2, 1, 3]), 4)
     np.testing.assert_array_equal(order, [4, 0, 2, 1, 3, -1, -1, -1])
-    data = {"audio": np.arange(5, dtype=np.float32)[:, None, None] * np.ones((5, 2, 3), np.float32),
-            "video_2d": np.zeros((5, 2, 4), np.float32), "video_3d": np.zeros((5, 2, 2), np.float32),
-            "label": np.eye(5, dtype=np.float32)}
-    seen = train.make_device_step(lambda s, b, e, k: b, batch_size=4)(None, data, jnp.asarray(order),
-                                                                       jnp.int32(1), 0, None)
+    data = {
+        "audio": np.arange(5, dtype=np.float32)[:, None, None] * np.ones((5, 2, 3), np.float32),
+        "video_2d": np.zeros((5, 2, 4), np.float32),
+        "video_3d": np.zeros((5, 2, 2), np.float32),
+        "label": np.eye(5, dtype=np.float32),
+    }
+    seen = train.make_device_step(lambda s, b, e, k: b, batch_size=4)(
+        None, data, jnp.asarray(order), jnp.int32(1), 0, None
+    )
     host = pipeline.make_batch(data, np.array([3]), 4)
     for k in host:
         np.testing.assert_array_equal(np.asarray(seen[k]), host[k], err_msg=k)
@@ -279,11 +336,16 @@ def test_many_seeds_at_once_equal_separate_runs(data, tmp_path):
     for i, seed in enumerate((5, 6)):
         single = train.train_and_evaluate(
             tiny_config("han", num_epochs=2, seed=seed, num_devices=1),
-            str(tmp_path / f"single{seed}"), data=data, verbose=False)
+            str(tmp_path / f"single{seed}"),
+            data=data,
+            verbose=False,
+        )
         assert result["best_epochs"][i] == single["epoch"]
         assert {k: result["per_seed"][i][k] for k in metrics.SCORE_KEYS} == pytest.approx(
-            {k: single[k] for k in metrics.SCORE_KEYS}, abs=1e-6)
+            {k: single[k] for k in metrics.SCORE_KEYS}, abs=1e-6
+        )
         # ... and its validation curve is the single run's (metrics.jsonl, one row per epoch).
         rows = train.read_metrics(str(tmp_path / f"single{seed}" / "metrics.jsonl"))
         assert saved["val_selection_per_epoch"][i] == pytest.approx(
-            [rows[e]["val_selection"] for e in sorted(rows)], abs=1e-6)
+            [rows[e]["val_selection"] for e in sorted(rows)], abs=1e-6
+        )

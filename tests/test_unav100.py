@@ -9,7 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from coleaf_jax import evaluate, metrics, step as step_lib, train
+from coleaf_jax import evaluate, metrics, train
+from coleaf_jax import step as step_lib
 from coleaf_jax.config import override, unav100_config
 from coleaf_jax.data import pipeline, synthetic, unav100
 from coleaf_jax.models import HANAnchor
@@ -22,19 +23,25 @@ def _write_json(path, database):
 
 
 def _entry(duration=5.0, subset="train", anns=(([0.5, 2.0], "dog", 3),)):
-    return {"duration": duration, "subset": subset,
-            "annotations": [{"segment": list(s), "label": l, "label_id": k} for s, l, k in anns]}
+    return {
+        "duration": duration,
+        "subset": subset,
+        "annotations": [{"segment": list(s), "label": lab, "label_id": k} for s, lab, k in anns],
+    }
 
 
-@pytest.mark.parametrize("entry, message", [
-    ({"subset": "train", "annotations": []}, "missing field 'duration'"),
-    (_entry(duration=-1), "'duration' = -1.0 must be a positive"),
-    (_entry(subset="training"), "field 'subset' = 'training'"),
-    (_entry(anns=(([2.0, 1.0], "dog", 3),)), "annotations[0]: segment [2.0, 1.0] must satisfy"),
-    (_entry(anns=(([1.0], "dog", 3),)), "annotations[0]: field 'segment'"),
-    (_entry(anns=(([0, 1], "dog", 100),)), "field 'label_id' = 100"),
-    (_entry(anns=(([0, 1], "dog", 3), ([1, 2], "cat", 3))), "label 'cat' for label_id 3"),
-])
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"subset": "train", "annotations": []}, "missing field 'duration'"),
+        (_entry(duration=-1), "'duration' = -1.0 must be a positive"),
+        (_entry(subset="training"), "field 'subset' = 'training'"),
+        (_entry(anns=(([2.0, 1.0], "dog", 3),)), "annotations[0]: segment [2.0, 1.0] must satisfy"),
+        (_entry(anns=(([1.0], "dog", 3),)), "annotations[0]: field 'segment'"),
+        (_entry(anns=(([0, 1], "dog", 100),)), "field 'label_id' = 100"),
+        (_entry(anns=(([0, 1], "dog", 3), ([1, 2], "cat", 3))), "label 'cat' for label_id 3"),
+    ],
+)
 def test_bad_annotations_are_named(tmp_path, entry, message):
     path = str(tmp_path / "a.json")
     _write_json(path, {"vid1": entry})
@@ -45,7 +52,9 @@ def test_bad_annotations_are_named(tmp_path, entry, message):
 
 def test_events_past_the_end_are_clipped_or_skipped_with_a_count(tmp_path):
     path = str(tmp_path / "a.json")
-    _write_json(path, {"v": _entry(duration=4.5, anns=(([1.0, 6.0], "dog", 3), ([4.6, 5.0], "cat", 4)))})
+    _write_json(
+        path, {"v": _entry(duration=4.5, anns=(([1.0, 6.0], "dog", 3), ([4.6, 5.0], "cat", 4)))}
+    )
     with pytest.warns(UserWarning, match="1 event"):
         videos, names, report = unav100.read_annotations(path)
     assert (report.clipped_events, report.skipped_events) == (1, 1)
@@ -61,7 +70,12 @@ def test_segment_truth_overlap_rules():
     centre = unav100.segment_truth(events, 4, 3, "centre")
     assert any_[:, 2].tolist() == [False, True, True, False]
     assert half[:, 2].tolist() == [False, True, False, False]  # 0.5 s of second 1, 0.2 s of 2
-    assert centre[:, 2].tolist() == [False, True, False, False]  # the middle 1.5 of second 1 is in [1.5, 2.2)
+    assert centre[:, 2].tolist() == [
+        False,
+        True,
+        False,
+        False,
+    ]  # the middle 1.5 of second 1 is in [1.5, 2.2)
     assert any_[:, 0].tolist() == [True, False, False, False]
     assert not half[:, 0].any() and not centre[:, 0].any()  # 0.3 s, before the middle
     with pytest.raises(ValueError, match="overlap rule"):
@@ -82,8 +96,9 @@ def test_pool_to_segments_by_feature_centre():
 @pytest.fixture(scope="module")
 def unav_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("unav"))
-    synthetic.generate_unav(root, synthetic.SyntheticUnavConfig(num_videos=40, num_classes=6,
-                                                                max_duration=9.0, seed=1))
+    synthetic.generate_unav(
+        root, synthetic.SyntheticUnavConfig(num_videos=40, num_classes=6, max_duration=9.0, seed=1)
+    )
     return root
 
 
@@ -98,18 +113,19 @@ def test_load_split_shapes_mask_and_labels(unav_root):
         entry = db[vid]
         assert entry["subset"] == "validation"
         assert d["mask"][i].sum() == np.ceil(entry["duration"])
-        assert not d["mask"][i, int(np.ceil(entry["duration"])):].any()
+        assert not d["mask"][i, int(np.ceil(entry["duration"])) :].any()
         classes = sorted({a["label_id"] for a in entry["annotations"]})
         assert np.flatnonzero(d["label"][i]).tolist() == classes
         events = [unav100.Event(a["label_id"], *a["segment"]) for a in entry["annotations"]]
         truth = unav100.segment_truth(events, int(d["mask"][i].sum()), 6)
-        np.testing.assert_array_equal(d["label_audio"][i, :len(truth)], truth)
-        assert not d["label_audio"][i, len(truth):].any()
+        np.testing.assert_array_equal(d["label_audio"][i, : len(truth)], truth)
+        assert not d["label_audio"][i, len(truth) :].any()
     np.testing.assert_array_equal(d["label_audio"], d["label_visual"])
 
 
 def test_missing_and_malformed_feature_files(unav_root, tmp_path):
     import shutil
+
     root = str(tmp_path / "copy")
     shutil.copytree(unav_root, root)
     d = unav100.load_split(root, "test", num_classes=6)
@@ -120,7 +136,9 @@ def test_missing_and_malformed_feature_files(unav_root, tmp_path):
     assert len(fewer["label"]) == len(d["label"]) - 1
     bad = os.path.join(root, unav100.FEATURE_DIR, f"{d['id'][1]}_rgb.npy")
     np.save(bad, np.zeros((5, 7), np.float32))
-    with pytest.raises(ValueError, match=r"_rgb\.npy: shape \(5, 7\), expected \(steps >= 1, 1024\)"):
+    with pytest.raises(
+        ValueError, match=r"_rgb\.npy: shape \(5, 7\), expected \(steps >= 1, 1024\)"
+    ):
         unav100.load_split(root, "test", num_classes=6)
 
 
@@ -166,34 +184,57 @@ def _pad_time(batch, t, rng):
 
 @pytest.mark.parametrize("variant", ["coleaf_cmpae"])  # the HAN layer, Reference and NCE included
 def test_padding_never_changes_outputs_losses_or_gradients(unav_root, variant):
-    config = _tiny_unav(variant, **{"model.dropout": 0.0, "model.reference_head_dropout": 0.0,
-                                    "model.cmpae_visual_dropout": 0.0,
-                                    "model.cmpae_residual_dropout": 0.0})
+    config = _tiny_unav(
+        variant,
+        **{
+            "model.dropout": 0.0,
+            "model.reference_head_dropout": 0.0,
+            "model.cmpae_visual_dropout": 0.0,
+            "model.cmpae_residual_dropout": 0.0,
+        },
+    )
     d = unav100.load_split(unav_root, "train", num_classes=6)
-    batch = {k: jnp.asarray(v) for k, v in pipeline.make_batch(d, np.arange(8), 8, bucket=1).items()}
+    batch = {
+        k: jnp.asarray(v) for k, v in pipeline.make_batch(d, np.arange(8), 8, bucket=1).items()
+    }
     assert not bool(batch["mask"].all())  # some videos are shorter than the batch
     t0 = batch["audio"].shape[1]
     long = _pad_time(batch, t0 + 7, np.random.default_rng(0))
     state, anchor, ref, _ = step_lib.create_train_state(config, jax.random.key(0), batch, 5, 6)
-    out_short = anchor.apply({"params": state.anchor_params}, batch["audio"], batch["video_2d"],
-                             batch["video_3d"], batch["mask"])
-    out_long = anchor.apply({"params": state.anchor_params}, long["audio"], long["video_2d"],
-                            long["video_3d"], long["mask"])
+    out_short = anchor.apply(
+        {"params": state.anchor_params},
+        batch["audio"],
+        batch["video_2d"],
+        batch["video_3d"],
+        batch["mask"],
+    )
+    out_long = anchor.apply(
+        {"params": state.anchor_params},
+        long["audio"],
+        long["video_2d"],
+        long["video_3d"],
+        long["mask"],
+    )
     for k in ("video_prob", "video_prob_a", "video_prob_v"):
         np.testing.assert_allclose(out_short[k], out_long[k], atol=1e-5, err_msg=k)
     m = np.asarray(batch["mask"])
-    np.testing.assert_allclose(np.asarray(out_short["seg_prob"])[m],
-                               np.asarray(out_long["seg_prob"])[:, :t0][m], atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(out_short["seg_prob"])[m], np.asarray(out_long["seg_prob"])[:, :t0][m], atol=1e-5
+    )
     tx = optax.sgd(1.0)
-    state = state.replace(anchor_opt=tx.init(state.anchor_params), ref_opt=tx.init(state.ref_params))
+    state = state.replace(
+        anchor_opt=tx.init(state.anchor_params), ref_opt=tx.init(state.ref_params)
+    )
     step = jax.jit(step_lib.make_train_step(config, anchor, ref, tx, None, 5))
     key, epoch = jax.random.key(2), jnp.int32(1)  # every collaborative term is on
     s1, l1 = step(state, batch, epoch, key)
     s2, l2 = step(state, long, epoch, key)
     for k in l1:
         assert float(l1[k]) == pytest.approx(float(l2[k]), rel=1e-4, abs=1e-6), k
-    for a, b in zip(jax.tree_util.tree_leaves((s1.anchor_params, s1.ref_params)),
-                    jax.tree_util.tree_leaves((s2.anchor_params, s2.ref_params))):
+    for a, b in zip(
+        jax.tree_util.tree_leaves((s1.anchor_params, s1.ref_params)),
+        jax.tree_util.tree_leaves((s2.anchor_params, s2.ref_params)),
+    ):
         np.testing.assert_allclose(a, b, atol=2e-5)
 
 
@@ -215,8 +256,9 @@ def test_train_and_evaluate_end_to_end_on_variable_length_data(tmp_path):
     data = pipeline.load_splits(config, str(tmp_path), ("test",))["test"]
     # Bucketed evaluation equals evaluation at the split's full length.
     anchor = step_lib.build_models(config, 6)[0]
-    params = anchor.init(jax.random.key(5), *(jnp.asarray(data[k][:2]) for k in
-                                              ("audio", "video_2d", "video_3d")))["params"]
+    params = anchor.init(
+        jax.random.key(5), *(jnp.asarray(data[k][:2]) for k in ("audio", "video_2d", "video_3d"))
+    )["params"]
     full = evaluate.predict_split(evaluate.make_predict_fn(anchor), params, data, 8, bucket=0)
     bucketed = evaluate.predict_split(evaluate.make_predict_fn(anchor), params, data, 8, bucket=4)
     np.testing.assert_allclose(full["video_prob"], bucketed["video_prob"], atol=1e-5)

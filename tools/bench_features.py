@@ -29,28 +29,39 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from coleaf_jax.features import convert, extract, testing  # noqa: E402
 
-FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "tests", "fixtures", "features")
+FIXTURES = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures", "features"
+)
 
 
 def random_variables() -> dict:
-    return {"resnet152": convert.resnet152_variables(testing.random_state_dict("resnet152")),
-            "r2plus1d_18": convert.r2plus1d_variables(testing.random_state_dict("r2plus1d_18")),
-            "vggish": convert.vggish_variables(testing.random_state_dict("vggish"))}
+    return {
+        "resnet152": convert.resnet152_variables(testing.random_state_dict("resnet152")),
+        "r2plus1d_18": convert.r2plus1d_variables(testing.random_state_dict("r2plus1d_18")),
+        "vggish": convert.vggish_variables(testing.random_state_dict("vggish")),
+    }
 
 
 def bench_networks(variables: dict, precision: str, repeats: int = 3) -> dict:
-    ex = extract.Extractor(None, extract.Options(precision=precision), variables=variables,
-                           verbose=False)
+    ex = extract.Extractor(
+        None, extract.Options(precision=precision), variables=variables, verbose=False
+    )
     rng = np.random.default_rng(0)
-    d = extract.Decoded("synthetic.mp4", 10.0, 82,
-                        rng.integers(0, 256, (80, 224, 224, 3), dtype=np.uint8),
-                        rng.integers(0, 256, (10, 8, 112, 112, 3), dtype=np.uint8),
-                        rng.standard_normal((10, 96, 64)).astype(np.float32), 0.0)
+    d = extract.Decoded(
+        "synthetic.mp4",
+        10.0,
+        82,
+        rng.integers(0, 256, (80, 224, 224, 3), dtype=np.uint8),
+        rng.integers(0, 256, (10, 8, 112, 112, 3), dtype=np.uint8),
+        rng.standard_normal((10, 96, 64)).astype(np.float32),
+        0.0,
+    )
     o = ex.options
-    parts = {"vggish": (ex._vggish, ex._vggish_vars, d.examples, o.example_batch),
-             "resnet152": (ex._resnet, ex.variables["resnet152"], d.resnet_frames, o.frame_batch),
-             "r2plus1d_18": (ex._r21d, ex.variables["r2plus1d_18"], d.clips, o.clip_batch)}
+    parts = {
+        "vggish": (ex._vggish, ex._vggish_vars, d.examples, o.example_batch),
+        "resnet152": (ex._resnet, ex.variables["resnet152"], d.resnet_frames, o.frame_batch),
+        "r2plus1d_18": (ex._r21d, ex.variables["r2plus1d_18"], d.clips, o.clip_batch),
+    }
     out = {}
     for name, (fn, v, x, b) in parts.items():
         start = time.perf_counter()
@@ -71,18 +82,31 @@ def bench_networks(variables: dict, precision: str, repeats: int = 3) -> dict:
 def bench_pipeline(variables: dict, videos: int, seconds: float, workers: int) -> dict:
     ex = extract.Extractor(None, extract.Options(), variables=variables, verbose=False)
     with tempfile.TemporaryDirectory() as d:
-        paths = [testing.write_test_video(os.path.join(d, f"v{i}.mp4"), seconds=seconds,
-                                          size=(640, 360), fps=30, tone_hz=300.0 + 100 * i)
-                 for i in range(videos + 1)]
+        paths = [
+            testing.write_test_video(
+                os.path.join(d, f"v{i}.mp4"),
+                seconds=seconds,
+                size=(640, 360),
+                fps=30,
+                tone_hz=300.0 + 100 * i,
+            )
+            for i in range(videos + 1)
+        ]
         ex.extract(paths[0])  # compile
         start = time.perf_counter()
         feats = list(ex.extract_many(paths[1:], progress=False, workers=workers))
         wall = time.perf_counter() - start
     decode_s = sum(f.seconds["decode"] for f in feats) / len(feats)
     net_s = sum(f.seconds["networks"] for f in feats) / len(feats)
-    return {"videos": videos, "seconds_each": seconds, "workers": workers, "wall_s": round(wall, 2),
-            "videos_per_s": round(videos / wall, 3), "decode_s_per_video": round(decode_s, 3),
-            "networks_s_per_video": round(net_s, 3)}
+    return {
+        "videos": videos,
+        "seconds_each": seconds,
+        "workers": workers,
+        "wall_s": round(wall, 2),
+        "videos_per_s": round(videos / wall, 3),
+        "decode_s_per_video": round(decode_s, 3),
+        "networks_s_per_video": round(net_s, 3),
+    }
 
 
 def parity(precision: str) -> dict:
@@ -102,7 +126,8 @@ def parity(precision: str) -> dict:
     fx = np.load(os.path.join(FIXTURES, "r2plus1d_18.npz"))
     v = convert.r2plus1d_variables(testing.random_state_dict("r2plus1d_18"))
     y = jax.jit(r2plus1d.R2Plus1D18(precision=precision).apply)(
-        v, fx["input"].transpose(0, 2, 3, 4, 1))
+        v, fx["input"].transpose(0, 2, 3, 4, 1)
+    )
     out["r2plus1d_18"] = rel(y, fx["output"])
     fx = np.load(os.path.join(FIXTURES, "vggish.npz"))
     v = convert.vggish_variables(testing.random_state_dict("vggish"))
@@ -123,8 +148,12 @@ def main():
     p.add_argument("--workers", type=int, default=1, help="decoding threads")
     p.add_argument("--out", default=None)
     args = p.parse_args()
-    result = {"device": str(jax.devices()[0]), "backend": jax.default_backend(),
-              "cpu_count": os.cpu_count(), "load_average": os.getloadavg()}
+    result = {
+        "device": str(jax.devices()[0]),
+        "backend": jax.default_backend(),
+        "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg(),
+    }
     print(json.dumps(result), flush=True)
     variables = random_variables()
     if args.parity:

@@ -57,8 +57,11 @@ OUT = os.path.join(REPO, "tests", "fixtures", "features")
 
 
 def torch_shapes(model) -> dict:
-    return {k: list(v.shape) for k, v in model.state_dict().items()
-            if not k.endswith("num_batches_tracked") and not k.startswith("fc.")}
+    return {
+        k: list(v.shape)
+        for k, v in model.state_dict().items()
+        if not k.endswith("num_batches_tracked") and not k.startswith("fc.")
+    }
 
 
 def load_random(model, name: str):
@@ -66,8 +69,9 @@ def load_random(model, name: str):
 
     shapes = {k: tuple(v) for k, v in torch_shapes(model).items()}
     state = testing.random_state_dict(name, 0, shapes)
-    missing, unexpected = model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()},
-                                                strict=False)
+    missing, unexpected = model.load_state_dict(
+        {k: torch.from_numpy(v) for k, v in state.items()}, strict=False
+    )
     assert not unexpected, unexpected
     assert all(k.startswith("fc.") or k.endswith("num_batches_tracked") for k in missing), missing
     return model.eval()
@@ -93,9 +97,13 @@ def preprocess_fixture():
     r21d_u8 = [np.asarray(T.Resize((112, 112))(im)) for im in imgs]
     r21d_small = T.Compose([T.Resize((16, 16)), T.ToTensor(), T.Normalize(**kinetics)])
     np.savez_compressed(
-        os.path.join(OUT, "preprocess.npz"), frames=frames,
-        resnet_full_u8=np.stack(full), resnet_small=np.stack([small(im).numpy() for im in imgs]),
-        r21d_u8=np.stack(r21d_u8), r21d_small=np.stack([r21d_small(im).numpy() for im in imgs]))
+        os.path.join(OUT, "preprocess.npz"),
+        frames=frames,
+        resnet_full_u8=np.stack(full),
+        resnet_small=np.stack([small(im).numpy() for im in imgs]),
+        r21d_u8=np.stack(r21d_u8),
+        r21d_small=np.stack([r21d_small(im).numpy() for im in imgs]),
+    )
 
 
 def vggish_fixture(torchvggish: str):
@@ -116,8 +124,12 @@ def vggish_fixture(torchvggish: str):
     model.eval()
     pca = testing.random_pca(0)
     post = tv_vggish.Postprocessor()
-    post.load_state_dict({"pca_eigen_vectors": torch.from_numpy(pca["pca_eigen_vectors"]),
-                          "pca_means": torch.from_numpy(pca["pca_means"].reshape(-1, 1))})
+    post.load_state_dict(
+        {
+            "pca_eigen_vectors": torch.from_numpy(pca["pca_eigen_vectors"]),
+            "pca_means": torch.from_numpy(pca["pca_means"].reshape(-1, 1)),
+        }
+    )
     with torch.no_grad():
         x = torch.from_numpy(examples)[:, None].float()
         emb = model(x)
@@ -127,9 +139,14 @@ def vggish_fixture(torchvggish: str):
         quantized = post(emb)
     with open(os.path.join(OUT, "vggish_keys.json"), "w") as f:
         json.dump({k: list(v) for k, v in shapes.items()}, f, indent=0, sort_keys=True)
-    np.savez_compressed(os.path.join(OUT, "vggish.npz"), waveform_sum=wave.sum(), examples=examples,
-                        embedding=emb.numpy(), embedding_no_relu=pre_relu.numpy(),
-                        postprocessed=quantized.numpy())
+    np.savez_compressed(
+        os.path.join(OUT, "vggish.npz"),
+        waveform_sum=wave.sum(),
+        examples=examples,
+        embedding=emb.numpy(),
+        embedding_no_relu=pre_relu.numpy(),
+        postprocessed=quantized.numpy(),
+    )
 
 
 def resnet_fixture():
@@ -167,24 +184,31 @@ def pth_fixture():
 
     g = torch.Generator().manual_seed(0)
     base = torch.randn(4, 6, generator=g)
-    state = collections.OrderedDict([
-        ("conv.weight", torch.randn(2, 3, 3, 3, generator=g)),
-        ("conv.bias", torch.randn(2, generator=g)),
-        ("bn.num_batches_tracked", torch.tensor(7)),
-        ("half", torch.randn(5, generator=g).half()),
-        ("double", torch.randn(3, generator=g).double()),
-        ("transposed", base.t()),  # non-contiguous view
-        ("slice", base[1:3, 2:5]),  # offset into a shared storage
-        ("ints", torch.arange(6, dtype=torch.int32).reshape(2, 3)),
-    ])
+    state = collections.OrderedDict(
+        [
+            ("conv.weight", torch.randn(2, 3, 3, 3, generator=g)),
+            ("conv.bias", torch.randn(2, generator=g)),
+            ("bn.num_batches_tracked", torch.tensor(7)),
+            ("half", torch.randn(5, generator=g).half()),
+            ("double", torch.randn(3, generator=g).double()),
+            ("transposed", base.t()),  # non-contiguous view
+            ("slice", base[1:3, 2:5]),  # offset into a shared storage
+            ("ints", torch.arange(6, dtype=torch.int32).reshape(2, 3)),
+        ]
+    )
     torch.save(state, os.path.join(OUT, "pth_zip.pth"))
     torch.save(state, os.path.join(OUT, "pth_legacy.pth"), _use_new_zipfile_serialization=False)
-    np.savez_compressed(os.path.join(OUT, "pth_expected.npz"),
-                        **{k: v.numpy() for k, v in state.items()})
+    np.savez_compressed(
+        os.path.join(OUT, "pth_expected.npz"), **{k: v.numpy() for k, v in state.items()}
+    )
     # numpy arrays pickled inside a checkpoint (as torchvggish's PCA parameters file)
-    torch.save({"pca_eigen_vectors": np.arange(6, dtype=np.float32).reshape(2, 3),
-                "pca_means": np.array([0.5, -1.0], np.float64)},
-               os.path.join(OUT, "pth_numpy.pth"))
+    torch.save(
+        {
+            "pca_eigen_vectors": np.arange(6, dtype=np.float32).reshape(2, 3),
+            "pca_means": np.array([0.5, -1.0], np.float64),
+        },
+        os.path.join(OUT, "pth_numpy.pth"),
+    )
 
 
 def han_frames_fixture(han: str):
@@ -205,8 +229,9 @@ def han_frames_fixture(han: str):
             times.append(float(f.pts * f.time_base))
     frames = np.stack(frames)
     chosen = []
-    for path in sorted(glob.glob(os.path.join(han, "data", "LLP_dataset", "frame", "BjCEufrlXm4",
-                                              "*.jpg"))):
+    for path in sorted(
+        glob.glob(os.path.join(han, "data", "LLP_dataset", "frame", "BjCEufrlXm4", "*.jpg"))
+    ):
         jpg = np.asarray(Image.open(path).convert("RGB"), np.float32)
         chosen.append(int(((frames - jpg) ** 2).mean(axis=(1, 2, 3)).argmin()))
     with open(os.path.join(OUT, "han_example_frames.json"), "w") as f:
@@ -234,25 +259,43 @@ def moviepy_fixture():
     out = out.astype(np.int64)
     index = (out[:, 0] + 15000) + 30000 * (out[:, 1] + 15000)
     delay = np.round(44100 * np.arange(len(index)) / 16000).astype(np.int64) - index
-    np.savez_compressed(os.path.join(OUT, "moviepy_audio.npz"), source_samples=n,
-                        duration=duration, delay=delay.astype(np.int16))
+    np.savez_compressed(
+        os.path.join(OUT, "moviepy_audio.npz"),
+        source_samples=n,
+        duration=duration,
+        delay=delay.astype(np.int16),
+    )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--torchvggish", required=True,
-                        help="checkout of harritaylor/torchvggish (the folder holding torchvggish/)")
-    parser.add_argument("--han", help="checkout of YapengTian/AVVP-ECCV20 (its example video and "
-                        "frames): writes han_example_frames.json")
-    parser.add_argument("--moviepy", action="store_true",
-                        help="also write moviepy_audio.npz (needs moviepy==1.0.3 and scipy)")
+    parser.add_argument(
+        "--torchvggish",
+        required=True,
+        help="checkout of harritaylor/torchvggish (the folder holding torchvggish/)",
+    )
+    parser.add_argument(
+        "--han",
+        help="checkout of YapengTian/AVVP-ECCV20 (its example video and "
+        "frames): writes han_example_frames.json",
+    )
+    parser.add_argument(
+        "--moviepy",
+        action="store_true",
+        help="also write moviepy_audio.npz (needs moviepy==1.0.3 and scipy)",
+    )
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(2)
     os.makedirs(OUT, exist_ok=True)
-    for step in (preprocess_fixture, lambda: vggish_fixture(args.torchvggish), resnet_fixture,
-                 r2plus1d_fixture, pth_fixture):
+    for step in (
+        preprocess_fixture,
+        lambda: vggish_fixture(args.torchvggish),
+        resnet_fixture,
+        r2plus1d_fixture,
+        pth_fixture,
+    ):
         step()
     if args.han:
         han_frames_fixture(args.han)

@@ -66,7 +66,11 @@ NETWORKS = ("anchor", "audio", "visual")
 # attention (the middle third of in_proj_bias: q·b_k is the same for every key) have an
 # exact gradient of 0, which both codes compute as float noise (~1e-10) that Adam turns
 # into ±lr steps. They are zeroed before any comparison.
-SHIFT_INVARIANT = {"anchor/fc_frame_att.bias", "audio/fc_frame_att.bias", "visual/fc_frame_att.bias"}
+SHIFT_INVARIANT = {
+    "anchor/fc_frame_att.bias",
+    "audio/fc_frame_att.bias",
+    "visual/fc_frame_att.bias",
+}
 
 
 def comparable(key: str, x: np.ndarray) -> np.ndarray:
@@ -76,7 +80,7 @@ def comparable(key: str, x: np.ndarray) -> np.ndarray:
         flat[:] = 0.0
     elif key.endswith("in_proj_bias"):
         d = flat.size // 3
-        flat[d:2 * d] = 0.0
+        flat[d : 2 * d] = 0.0
     return flat
 
 
@@ -84,7 +88,9 @@ def comparable(key: str, x: np.ndarray) -> np.ndarray:
 # Identical inputs on both sides (numpy's frozen RandomState stream)
 
 
-def initial_weights(shapes: dict[str, dict[str, tuple]], seed: int) -> dict[str, dict[str, np.ndarray]]:
+def initial_weights(
+    shapes: dict[str, dict[str, tuple]], seed: int
+) -> dict[str, dict[str, np.ndarray]]:
     """Weights for every mapped entry of the three networks, in the authors' layout.
 
     Drawn as torch initialises them (linear U(±1/√in), attention in-projection
@@ -126,12 +132,16 @@ def batches(batch_size: int, seed: int) -> list[dict[str, np.ndarray]]:
             if rng.rand() < 0.5:
                 classes[0] = 0
             label[b, classes] = 1.0
-        out.append({
-            "audio": rng.standard_normal((batch_size, T, 128)).astype(np.float32),
-            "video_2d": np.abs(rng.standard_normal((batch_size, T * 8, 2048))).astype(np.float32),
-            "video_3d": np.abs(rng.standard_normal((batch_size, T, 512))).astype(np.float32),
-            "label": label,
-        })
+        out.append(
+            {
+                "audio": rng.standard_normal((batch_size, T, 128)).astype(np.float32),
+                "video_2d": np.abs(rng.standard_normal((batch_size, T * 8, 2048))).astype(
+                    np.float32
+                ),
+                "video_3d": np.abs(rng.standard_normal((batch_size, T, 512))).astype(np.float32),
+                "label": label,
+            }
+        )
     return out
 
 
@@ -150,8 +160,9 @@ def token_projection(seed: int) -> np.ndarray:
     return np.random.RandomState(seed + 3).standard_normal((D, TOKEN_PROJ)).astype(np.float32)
 
 
-def summarise(tensors: dict[str, dict[str, np.ndarray]], positions: dict[str, np.ndarray],
-              prefix: str) -> dict[str, np.ndarray]:
+def summarise(
+    tensors: dict[str, dict[str, np.ndarray]], positions: dict[str, np.ndarray], prefix: str
+) -> dict[str, np.ndarray]:
     """``{prefix/network/name/{sample,norm,scale}}``: sampled values, L2 norm, max |x|."""
     out = {}
     for network, named in tensors.items():
@@ -178,14 +189,16 @@ def _load_authors(authors: str, float64: bool = False):
         sys.modules.setdefault(name, types.ModuleType(name))
     sys.modules["openpyxl"].load_workbook = None
     tv = types.ModuleType("torchvision")
-    tv.transforms = types.SimpleNamespace(Compose=lambda fns: (lambda x: [f(x) for f in fns][-1]))
+    tv.transforms = types.SimpleNamespace(Compose=lambda fns: lambda x: [f(x) for f in fns][-1])
     sys.modules["torchvision"] = tv
     path = os.path.join(authors, "main.py")
     with open(path) as f:
         source = f.read().replace("'cuda'", "'cpu'").replace(".cuda()", ".cpu()")
     if float64:
         torch.set_default_dtype(torch.float64)
-        source = source.replace("torch.FloatTensor", "torch.DoubleTensor").replace(".float()", ".double()")
+        source = source.replace("torch.FloatTensor", "torch.DoubleTensor").replace(
+            ".float()", ".double()"
+        )
     module = types.ModuleType("authors_main")
     module.__file__ = path
     exec(compile(source, path, "exec"), module.__dict__)  # noqa: S102
@@ -200,13 +213,23 @@ def record(authors: str, out_path: str, batch_size: int, seed: int, float64: boo
     main = _load_authors(authors, float64)
     dtype = np.float64 if float64 else np.float32
     saved_argv = sys.argv
-    sys.argv = ["main.py", "-w", "-s", "--noise_ratio_file", os.path.join(authors, "noise_ratios.npz")]
+    sys.argv = [
+        "main.py",
+        "-w",
+        "-s",
+        "--noise_ratio_file",
+        os.path.join(authors, "noise_ratios.npz"),
+    ]
     args = main.build_args()
     sys.argv = saved_argv
-    nets = {"anchor": main.MMIL_Net(args.num_layers, args.temperature),
-            "audio": main.Self_Audio_Net(num_layers=args.num_layers, temperature=args.temperature),
-            "visual": main.Self_Video_Net(num_layers=args.num_layers, temperature=args.temperature)}
-    shapes = {n: {k: tuple(v.shape) for k, v in net.state_dict().items()} for n, net in nets.items()}
+    nets = {
+        "anchor": main.MMIL_Net(args.num_layers, args.temperature),
+        "audio": main.Self_Audio_Net(num_layers=args.num_layers, temperature=args.temperature),
+        "visual": main.Self_Video_Net(num_layers=args.num_layers, temperature=args.temperature),
+    }
+    shapes = {
+        n: {k: tuple(v.shape) for k, v in net.state_dict().items()} for n, net in nets.items()
+    }
     weights = initial_weights(shapes, seed)
     for n, net in nets.items():
         sd = net.state_dict()
@@ -217,8 +240,10 @@ def record(authors: str, out_path: str, batch_size: int, seed: int, float64: boo
                 m.p = 0.0
             if isinstance(m, tnn.MultiheadAttention):
                 m.dropout = 0.0
-    opts = {n: torch.optim.Adam(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-            for n, net in nets.items()}
+    opts = {
+        n: torch.optim.Adam(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        for n, net in nets.items()
+    }
     names = {n: {id(p): k for k, p in net.named_parameters()} for n, net in nets.items()}
     positions = sample_positions(shapes, seed)
     proj = torch.from_numpy(token_projection(seed))
@@ -231,15 +256,23 @@ def record(authors: str, out_path: str, batch_size: int, seed: int, float64: boo
             arrays = [x.detach().numpy().copy() if torch.is_tensor(x) else x for x in a]
             calls.append((name, [out.detach().numpy().copy(), *arrays]))
             return out
+
         return wrapper
 
-    criterions = [recorded("bce", tnn.BCELoss()), recorded("asl", main.AsymmetricLoss()),
-                  recorded("cc", main.cc_loss), recorded("nce", main.NCE_loss),
-                  recorded("mutual", main.MutualLearningLoss(eta=args.mutual_eta))]
+    criterions = [
+        recorded("bce", tnn.BCELoss()),
+        recorded("asl", main.AsymmetricLoss()),
+        recorded("cc", main.cc_loss),
+        recorded("nce", main.NCE_loss),
+        recorded("mutual", main.MutualLearningLoss(eta=args.mutual_eta)),
+    ]
     forward_calls: list[tuple[str, tuple]] = []
     for n, net in nets.items():
-        net.register_forward_hook(lambda mod, inp, out, n=n: forward_calls.append(
-            (n, tuple(o.detach().numpy().copy() for o in out))))
+        net.register_forward_hook(
+            lambda mod, inp, out, n=n: forward_calls.append(
+                (n, tuple(o.detach().numpy().copy() for o in out))
+            )
+        )
 
     data = batches(batch_size, seed)
     result: dict[str, np.ndarray] = {}
@@ -248,17 +281,34 @@ def record(authors: str, out_path: str, batch_size: int, seed: int, float64: boo
 
     def snapshot():
         if step in SNAPSHOTS:
-            params = {n: {k: v.detach().numpy().copy() for k, v in net.state_dict().items()
-                          if k in weights[n]} for n, net in nets.items()}
+            params = {
+                n: {
+                    k: v.detach().numpy().copy()
+                    for k, v in net.state_dict().items()
+                    if k in weights[n]
+                }
+                for n, net in nets.items()
+            }
             result.update(summarise(params, positions, f"params_{step}"))
             for moment in ("exp_avg", "exp_avg_sq"):
-                tensors = {n: {names[n][id(p)]: s[moment].numpy().copy()
-                               for p, s in opts[n].state.items() if names[n][id(p)] in weights[n]}
-                           for n in nets}
+                tensors = {
+                    n: {
+                        names[n][id(p)]: s[moment].numpy().copy()
+                        for p, s in opts[n].state.items()
+                        if names[n][id(p)] in weights[n]
+                    }
+                    for n in nets
+                }
                 result.update(summarise(tensors, positions, f"{moment}_{step}"))
         if step in GRAD_STEPS:
-            grads = {n: {k: p.grad.numpy().copy() for k, p in net.named_parameters()
-                         if k in weights[n] and p.grad is not None} for n, net in nets.items()}
+            grads = {
+                n: {
+                    k: p.grad.numpy().copy()
+                    for k, p in net.named_parameters()
+                    if k in weights[n] and p.grad is not None
+                }
+                for n, net in nets.items()
+            }
             result.update(summarise(grads, positions, f"grads_{step}"))
 
     class Loader:
@@ -287,15 +337,30 @@ def record(authors: str, out_path: str, batch_size: int, seed: int, float64: boo
             for group in opt.param_groups:
                 group["lr"] = lr
         items = []
-        for b in data[offset:offset + n]:
+        for b in data[offset : offset + n]:
             label = torch.from_numpy(b["label"].astype(np.float64))
-            items.append({"audio": torch.from_numpy(b["audio"].astype(dtype)),
-                          "video_s": torch.from_numpy(b["video_2d"].astype(dtype)),
-                          "video_st": torch.from_numpy(b["video_3d"].astype(dtype)), "label": label,
-                          "Pa": args.a_smooth * label + (1 - args.a_smooth) * 0.5,
-                          "Pv": args.v_smooth * label + (1 - args.v_smooth) * 0.5})
-        main.train(args, nets["anchor"], nets["audio"], nets["visual"], Loader(items),
-                   opts["anchor"], opts["audio"], opts["visual"], criterions, epoch=epoch)
+            items.append(
+                {
+                    "audio": torch.from_numpy(b["audio"].astype(dtype)),
+                    "video_s": torch.from_numpy(b["video_2d"].astype(dtype)),
+                    "video_st": torch.from_numpy(b["video_3d"].astype(dtype)),
+                    "label": label,
+                    "Pa": args.a_smooth * label + (1 - args.a_smooth) * 0.5,
+                    "Pv": args.v_smooth * label + (1 - args.v_smooth) * 0.5,
+                }
+            )
+        main.train(
+            args,
+            nets["anchor"],
+            nets["audio"],
+            nets["visual"],
+            Loader(items),
+            opts["anchor"],
+            opts["audio"],
+            opts["visual"],
+            criterions,
+            epoch=epoch,
+        )
         step += 1
         step_calls.append(list(calls))
         calls.clear()
@@ -306,8 +371,20 @@ def record(authors: str, out_path: str, batch_size: int, seed: int, float64: boo
     # cross-attention, for denoising) and 3 (with gradient), Reference calls 1.
     anchor_calls = [o for n, o in forward_calls if n == "anchor"]
     noca, ca = anchor_calls[0], anchor_calls[2]
-    keys = ("global_prob", "a_prob", "v_prob", "frame_prob", "tok_a", "tok_v", "_", "_",
-            "global_uct", "a_uct", "v_uct", "frame_uct")
+    keys = (
+        "global_prob",
+        "a_prob",
+        "v_prob",
+        "frame_prob",
+        "tok_a",
+        "tok_v",
+        "_",
+        "_",
+        "global_uct",
+        "a_uct",
+        "v_uct",
+        "frame_uct",
+    )
     for k, x in zip(keys, ca):
         if k.startswith("tok"):
             x = x @ proj.numpy()
@@ -321,11 +398,21 @@ def record(authors: str, out_path: str, batch_size: int, seed: int, float64: boo
 
     # Per-step criterion calls -> named terms and the teachers' tensors.
     for s, cs in enumerate(step_calls):
-        by = {name: [c for n, c in cs if n == name] for name in ("bce", "asl", "cc", "nce", "mutual")}
+        by = {
+            name: [c for n, c in cs if n == name] for name in ("bce", "asl", "cc", "nce", "mutual")
+        }
         bce, asl, cc, nce, mutual = by["bce"], by["asl"], by["cc"], by["nce"], by["mutual"]
-        terms = {"bce_a": bce[0][0], "bce_v": bce[1][0], "bce_global": bce[2][0],
-                 "nce_av": nce[0][0], "mutual": mutual[0][0], "correlation_a": cc[0][0],
-                 "correlation_v": cc[1][0], "nce_a": nce[1][0], "nce_v": nce[2][0]}
+        terms = {
+            "bce_a": bce[0][0],
+            "bce_v": bce[1][0],
+            "bce_global": bce[2][0],
+            "nce_av": nce[0][0],
+            "mutual": mutual[0][0],
+            "correlation_a": cc[0][0],
+            "correlation_v": cc[1][0],
+            "nce_a": nce[1][0],
+            "nce_v": nce[2][0],
+        }
         per = len(asl) // 2  # 2 calls per modality in the warm-up, 3 after (KD)
         for m, calls_m in (("a", asl[:per]), ("v", asl[per:])):
             terms[f"ref_weak_{m}"], terms[f"ref_token_{m}"] = calls_m[0][0], calls_m[1][0]
@@ -338,22 +425,35 @@ def record(authors: str, out_path: str, batch_size: int, seed: int, float64: boo
         result[f"step{s}/event_weight_a"] = nce[1][6][:, 0]
         result[f"step{s}/event_weight_v"] = nce[2][6][:, 0]
         result[f"step{s}/cc_teacher_a"], result[f"step{s}/cc_teacher_v"] = cc[0][2], cc[1][2]
-    meta = {"batch_size": batch_size, "seed": seed, "float64": float64, "phases": PHASES, "snapshots": SNAPSHOTS,
-            "grad_steps": GRAD_STEPS, "torch": torch.__version__,
-            "authors": os.path.abspath(authors), "authors_commit": _git_commit(authors),
-            "shapes": {n: {k: list(v) for k, v in shapes[n].items() if k in weights[n]} for n in NETWORKS}}
+    meta = {
+        "batch_size": batch_size,
+        "seed": seed,
+        "float64": float64,
+        "phases": PHASES,
+        "snapshots": SNAPSHOTS,
+        "grad_steps": GRAD_STEPS,
+        "torch": torch.__version__,
+        "authors": os.path.abspath(authors),
+        "authors_commit": _git_commit(authors),
+        "shapes": {
+            n: {k: list(v) for k, v in shapes[n].items() if k in weights[n]} for n in NETWORKS
+        },
+    }
     result["meta"] = np.array(json.dumps(meta))
     np.savez_compressed(out_path, **result)
-    print(f"wrote {out_path}: {len(result)} arrays, {os.path.getsize(out_path) / 1e6:.2f} MB; "
-          f"authors' code {meta['authors_commit']}, torch {torch.__version__}")
+    print(
+        f"wrote {out_path}: {len(result)} arrays, {os.path.getsize(out_path) / 1e6:.2f} MB; "
+        f"authors' code {meta['authors_commit']}, torch {torch.__version__}"
+    )
 
 
 def _git_commit(path: str) -> str:
     import subprocess
 
     try:
-        return subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", path, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -383,7 +483,8 @@ def replay(fixture: str, float32: bool = False) -> dict[str, float]:
     import jax
     import jax.numpy as jnp
 
-    from coleaf_jax import losses, step as step_lib
+    from coleaf_jax import losses
+    from coleaf_jax import step as step_lib
 
     ref = dict(np.load(fixture))
     meta = json.loads(str(ref.pop("meta")))
@@ -418,23 +519,33 @@ def replay(fixture: str, float32: bool = False) -> dict[str, float]:
     anchor_params = cast(aw.anchor_from_authors(weights["anchor"]))
     ref_params = cast(aw.reference_from_authors(weights["audio"], weights["visual"]))
     state, anchor, reference, tx = step_lib.create_train_state(
-        config, jax.random.key(0), to_batch(data[0]), spe, NUM_CLASSES)
+        config, jax.random.key(0), to_batch(data[0]), spe, NUM_CLASSES
+    )
     _check_tree(state.anchor_params, anchor_params, "anchor")
     _check_tree(state.ref_params, ref_params, "reference")
-    state = state.replace(anchor_params=anchor_params, ref_params=ref_params,
-                          anchor_opt=tx.init(anchor_params), ref_opt=tx.init(ref_params))
+    state = state.replace(
+        anchor_params=anchor_params,
+        ref_params=ref_params,
+        anchor_opt=tx.init(anchor_params),
+        ref_opt=tx.init(ref_params),
+    )
 
     # Forward outputs at the initial weights.
     b0 = to_batch(data[0])
     inputs = (b0["audio"], b0["video_2d"], b0["video_3d"], b0["mask"])
     a_out = anchor.apply({"params": anchor_params}, *inputs, train=True)
     unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)  # noqa: E731
-    ours = {"global_prob": a_out["global_prob"], "a_prob": a_out["video_prob_a"],
-            "v_prob": a_out["video_prob_v"], "frame_prob": a_out["seg_prob"],
-            "tok_a": unit(np.asarray(a_out["tokens_a"])) @ proj,
-            "tok_v": unit(np.asarray(a_out["tokens_v"])) @ proj,
-            "global_uct": a_out["global_unc"], "a_uct": a_out["video_unc"][:, 0],
-            "v_uct": a_out["video_unc"][:, 1]}
+    ours = {
+        "global_prob": a_out["global_prob"],
+        "a_prob": a_out["video_prob_a"],
+        "v_prob": a_out["video_prob_v"],
+        "frame_prob": a_out["seg_prob"],
+        "tok_a": unit(np.asarray(a_out["tokens_a"])) @ proj,
+        "tok_v": unit(np.asarray(a_out["tokens_v"])) @ proj,
+        "global_uct": a_out["global_unc"],
+        "a_uct": a_out["video_unc"][:, 0],
+        "v_uct": a_out["video_unc"][:, 1],
+    }
     for k, v in ours.items():
         err(f"forward: Anchor {k}", v, ref[f"forward/anchor/{k}"])
     err("forward: Anchor no-CA p^a", a_out["noca_video_prob_a"], ref["forward/anchor_noca/a_prob"])
@@ -443,52 +554,85 @@ def replay(fixture: str, float32: bool = False) -> dict[str, float]:
     for m, n in (("a", "audio"), ("v", "visual")):
         for k in ("video_prob", "seg_prob", "class_prob"):
             err(f"forward: Reference {n} {k}", r_out[m][k], ref[f"forward/{n}/{k}"])
-        err(f"forward: Reference {n} tokens", unit(np.asarray(r_out[m]["tokens"])) @ proj,
-            ref[f"forward/{n}/tokens"])
+        err(
+            f"forward: Reference {n} tokens",
+            unit(np.asarray(r_out[m]["tokens"])) @ proj,
+            ref[f"forward/{n}/tokens"],
+        )
 
-    step_fn = jax.jit(step_lib.make_train_step(config, anchor, reference, tx, None, spe,
-                                               diagnostics=True))
+    step_fn = jax.jit(
+        step_lib.make_train_step(config, anchor, reference, tx, None, spe, diagnostics=True)
+    )
     lc = config.loss
     s = 0
     for epoch, n in PHASES:
         for _ in range(n):
-            state, logs, diag = step_fn(state, to_batch(data[s]), jnp.int32(epoch - 1), jax.random.key(0))
+            state, logs, diag = step_fn(
+                state, to_batch(data[s]), jnp.int32(epoch - 1), jax.random.key(0)
+            )
             tag = "step 1" if s == 0 else f"epoch {epoch}"
             for k in [k for k in ref if k.startswith(f"step{s}/loss/")]:
                 name = k.rsplit("/", 1)[1]
                 err(f"loss {name} ({tag})", logs[name], ref[k], scale=max(abs(float(ref[k])), 1e-3))
             for m in ("a", "v"):
-                err(f"JoMoLD labels ({tag})", diag[f"y_{m}"], ref[f"step{s}/denoised_{m}"], scale=1.0)
+                err(
+                    f"JoMoLD labels ({tag})",
+                    diag[f"y_{m}"],
+                    ref[f"step{s}/denoised_{m}"],
+                    scale=1.0,
+                )
                 if f"step{s}/kd_target_{m}" in ref:
-                    t = losses.kd_targets(diag["anchor_out"]["video_prob_a"],
-                                          diag["anchor_out"]["video_prob_v"], diag["y_a"], diag["y_v"],
-                                          lc.kd_threshold_audio, lc.kd_threshold_visual)
-                    err(f"KD targets ({tag})", t[0 if m == "a" else 1], ref[f"step{s}/kd_target_{m}"], 1.0)
+                    t = losses.kd_targets(
+                        diag["anchor_out"]["video_prob_a"],
+                        diag["anchor_out"]["video_prob_v"],
+                        diag["y_a"],
+                        diag["y_v"],
+                        lc.kd_threshold_audio,
+                        lc.kd_threshold_visual,
+                    )
+                    err(
+                        f"KD targets ({tag})",
+                        t[0 if m == "a" else 1],
+                        ref[f"step{s}/kd_target_{m}"],
+                        1.0,
+                    )
             q = {m: diag["teacher"][m]["video_prob"] for m in ("a", "v")}
             w = losses.event_aware_weights(q["a"], q["v"], lc.pseudo_label_threshold)
             err(f"event-aware weights ({tag})", w[0], ref[f"step{s}/event_weight_a"], 1.0)
             err(f"event-aware weights ({tag})", w[1], ref[f"step{s}/event_weight_v"], 1.0)
             clamp = lambda p: jnp.clip(p, losses.EPS_PROB, 1 - losses.EPS_PROB)  # noqa: E731
-            for m, y_m, conf in (("a", diag["y_a"], lc.correlation_confidence_audio),
-                                 ("v", diag["y_v"], lc.correlation_confidence_visual)):
-                t_m = losses.confident_teacher(q[m], clamp(diag["anchor_out"][f"video_prob_{m}"]),
-                                               y_m, *conf)
+            for m, y_m, conf in (
+                ("a", diag["y_a"], lc.correlation_confidence_audio),
+                ("v", diag["y_v"], lc.correlation_confidence_visual),
+            ):
+                t_m = losses.confident_teacher(
+                    q[m], clamp(diag["anchor_out"][f"video_prob_{m}"]), y_m, *conf
+                )
                 err(f"correlation teachers ({tag})", t_m, ref[f"step{s}/cc_teacher_{m}"])
             s += 1
             if s in GRAD_STEPS:
                 grads = {"anchor": aw.anchor_to_authors(jax.device_get(diag["anchor_grads"]))}
-                grads["audio"], grads["visual"] = aw.reference_to_authors(jax.device_get(diag["ref_grads"]))
-                _compare_summaries(err, grads, ref, positions, f"grads_{s}", f"gradients after step {s}")
+                grads["audio"], grads["visual"] = aw.reference_to_authors(
+                    jax.device_get(diag["ref_grads"])
+                )
+                _compare_summaries(
+                    err, grads, ref, positions, f"grads_{s}", f"gradients after step {s}"
+                )
             if s in SNAPSHOTS:
                 host = jax.device_get(state)
                 params = {"anchor": aw.anchor_to_authors(host.anchor_params)}
                 params["audio"], params["visual"] = aw.reference_to_authors(host.ref_params)
-                _compare_summaries(err, params, ref, positions, f"params_{s}", f"parameters after step {s}")
+                _compare_summaries(
+                    err, params, ref, positions, f"params_{s}", f"parameters after step {s}"
+                )
                 for moment, ours_m in (("exp_avg", "mu"), ("exp_avg_sq", "nu")):
                     mom = {"anchor": aw.anchor_to_authors(getattr(host.anchor_opt, ours_m))}
-                    mom["audio"], mom["visual"] = aw.reference_to_authors(getattr(host.ref_opt, ours_m))
-                    _compare_summaries(err, mom, ref, positions, f"{moment}_{s}",
-                                       f"Adam {moment} after step {s}")
+                    mom["audio"], mom["visual"] = aw.reference_to_authors(
+                        getattr(host.ref_opt, ours_m)
+                    )
+                    _compare_summaries(
+                        err, mom, ref, positions, f"{moment}_{s}", f"Adam {moment} after step {s}"
+                    )
     return errors
 
 
@@ -506,10 +650,18 @@ def compare_recordings(a: str, b: str) -> dict[str, float]:
         if key.endswith(("/norm", "/scale")) or key not in ra:
             continue
         group = _group_name(key)
-        scale = (float(rb[key.rsplit("/", 1)[0] + "/scale"]) if key.endswith("/sample")
-                 else max(abs(float(rb[key])), 1e-3) if "/loss/" in key else np.abs(rb[key]).max())
-        if any(key.startswith(f"{p}_") and key.split("/")[1] + "/" + key.split("/")[2] in SHIFT_INVARIANT
-               for p in ("params", "grads", "exp_avg", "exp_avg_sq")):
+        scale = (
+            float(rb[key.rsplit("/", 1)[0] + "/scale"])
+            if key.endswith("/sample")
+            else max(abs(float(rb[key])), 1e-3)
+            if "/loss/" in key
+            else np.abs(rb[key]).max()
+        )
+        if any(
+            key.startswith(f"{p}_")
+            and key.split("/")[1] + "/" + key.split("/")[2] in SHIFT_INVARIANT
+            for p in ("params", "grads", "exp_avg", "exp_avg_sq")
+        ):
             continue
         e = float(np.abs(np.asarray(ra[key], np.float64) - rb[key]).max() / max(scale, 1e-30))
         errors[group] = max(errors.get(group, 0.0), e)
@@ -527,16 +679,27 @@ def _group_name(key: str) -> str:
         return "forward outputs"
     if head.startswith("step"):
         s = int(head[4:])
-        tag = "step 1" if s == 0 else f"epoch {next(e for e, first in _phase_starts() if s >= first)}"
-        what = {"denoised_a": "JoMoLD labels", "denoised_v": "JoMoLD labels",
-                "kd_target_a": "KD targets", "kd_target_v": "KD targets",
-                "event_weight_a": "event-aware weights", "event_weight_v": "event-aware weights",
-                "cc_teacher_a": "correlation teachers", "cc_teacher_v": "correlation teachers"}.get(
-                    key.split("/")[1], key.split("/")[1])
+        tag = (
+            "step 1" if s == 0 else f"epoch {next(e for e, first in _phase_starts() if s >= first)}"
+        )
+        what = {
+            "denoised_a": "JoMoLD labels",
+            "denoised_v": "JoMoLD labels",
+            "kd_target_a": "KD targets",
+            "kd_target_v": "KD targets",
+            "event_weight_a": "event-aware weights",
+            "event_weight_v": "event-aware weights",
+            "cc_teacher_a": "correlation teachers",
+            "cc_teacher_v": "correlation teachers",
+        }.get(key.split("/")[1], key.split("/")[1])
         return f"loss {key.split('/')[2]} ({tag})" if what == "loss" else f"{what} ({tag})"
     kind, step = head.rsplit("_", 1)
-    return {"params": "parameters", "grads": "gradients", "exp_avg": "Adam exp_avg",
-            "exp_avg_sq": "Adam exp_avg_sq"}[kind] + f" after step {step}"
+    return {
+        "params": "parameters",
+        "grads": "gradients",
+        "exp_avg": "Adam exp_avg",
+        "exp_avg_sq": "Adam exp_avg_sq",
+    }[kind] + f" after step {step}"
 
 
 def _phase_starts():
@@ -550,12 +713,20 @@ def _phase_starts():
 def _check_tree(template, converted, what: str) -> None:
     import jax
 
-    a = {jax.tree_util.keystr(k): np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(template)}
-    b = {jax.tree_util.keystr(k): np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(converted)}
+    a = {
+        jax.tree_util.keystr(k): np.shape(v)
+        for k, v in jax.tree_util.tree_leaves_with_path(template)
+    }
+    b = {
+        jax.tree_util.keystr(k): np.shape(v)
+        for k, v in jax.tree_util.tree_leaves_with_path(converted)
+    }
     if a != b:
-        raise ValueError(f"{what}: converted parameters do not match the model: "
-                         f"missing {sorted(set(a) - set(b))[:5]}, extra {sorted(set(b) - set(a))[:5]}, "
-                         f"shapes {[k for k in a if k in b and a[k] != b[k]][:5]}")
+        raise ValueError(
+            f"{what}: converted parameters do not match the model: "
+            f"missing {sorted(set(a) - set(b))[:5]}, extra {sorted(set(b) - set(a))[:5]}, "
+            f"shapes {[k for k in a if k in b and a[k] != b[k]][:5]}"
+        )
 
 
 def _compare_summaries(err, tensors, ref, positions, prefix: str, group: str) -> None:
@@ -601,21 +772,30 @@ def report(errors: dict[str, float], float64: bool) -> tuple[str, bool]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     rec = sub.add_parser("record", help="run the authors' code (needs torch) and write a fixture")
-    rec.add_argument("--authors", required=True, help="checkout of github.com/faeghehsardari/coleaf")
+    rec.add_argument(
+        "--authors", required=True, help="checkout of github.com/faeghehsardari/coleaf"
+    )
     rec.add_argument("--out", required=True, help="fixture (.npz) to write")
     rec.add_argument("--batch-size", type=int, default=16)
     rec.add_argument("--seed", type=int, default=0)
-    rec.add_argument("--float64", action="store_true",
-                     help="both codes in double precision: differences then measure the maths, not rounding")
+    rec.add_argument(
+        "--float64",
+        action="store_true",
+        help="both codes in double precision: differences then measure the maths, not rounding",
+    )
     cmp = sub.add_parser("compare", help="replay a fixture with coleaf-jax and compare")
     cmp.add_argument("fixture")
-    cmp.add_argument("--float32", action="store_true",
-                     help="replay in float32 whatever the fixture's precision")
-    two = sub.add_parser("compare-recordings",
-                         help="two recordings of the authors' code (e.g. float32 vs float64)")
+    cmp.add_argument(
+        "--float32", action="store_true", help="replay in float32 whatever the fixture's precision"
+    )
+    two = sub.add_parser(
+        "compare-recordings", help="two recordings of the authors' code (e.g. float32 vs float64)"
+    )
     two.add_argument("a")
     two.add_argument("b")
     args = parser.parse_args(argv)

@@ -47,7 +47,12 @@ def load_ours(path, workdirs=(), log=None):
         for w in workdirs:
             rows = [json.loads(line) for line in open(os.path.join(w, "metrics.jsonl"))]
             curves.append([r["val_selection"] for r in sorted(rows, key=lambda r: r["epoch"])])
-        return [t.get("seed", i) for i, t in enumerate(tests)], tests, curves, [t["epoch"] for t in tests]
+        return (
+            [t.get("seed", i) for i, t in enumerate(tests)],
+            tests,
+            curves,
+            [t["epoch"] for t in tests],
+        )
     result = json.load(open(path))
     curves = result.get("val_selection_per_epoch")
     if curves is None and log:  # runs before the curves were stored: the printed ones
@@ -64,8 +69,10 @@ def mean_std(values):
 def table(authors, ours) -> str:
     a_seeds, a_tests, a_curves, a_best = authors
     o_seeds, o_tests, o_curves, o_best = ours
-    out = [f"| score | authors' code ({len(a_tests)} seeds) | ours ({len(o_tests)} seeds) | ours − theirs |",
-           "|---|---|---|---|"]
+    out = [
+        f"| score | authors' code ({len(a_tests)} seeds) | ours ({len(o_tests)} seeds) | ours − theirs |",
+        "|---|---|---|---|",
+    ]
     diffs = {}
     for k in SCORE_KEYS:
         am, asd = mean_std([t[k] for t in a_tests])
@@ -74,40 +81,61 @@ def table(authors, ours) -> str:
         out.append(f"| {k} | {am:.2f} ± {asd:.2f} | {om:.2f} ± {osd:.2f} | {om - am:+.2f} |")
     ah, ahs = mean_std([headline(t) for t in a_tests])
     oh, ohs = mean_std([headline(t) for t in o_tests])
-    out.append(f"| **mean of seg/evt Ao, Vo, AV** | **{ah:.2f} ± {ahs:.2f}** | **{oh:.2f} ± {ohs:.2f}** "
-               f"| **{oh - ah:+.2f}** |")
+    out.append(
+        f"| **mean of seg/evt Ao, Vo, AV** | **{ah:.2f} ± {ahs:.2f}** | **{oh:.2f} ± {ohs:.2f}** "
+        f"| **{oh - ah:+.2f}** |"
+    )
     worst = max(diffs, key=lambda k: abs(diffs[k]))
-    out += ["", f"Largest difference of one score: {worst} {diffs[worst]:+.2f}.", "",
-            "Per seed (headline; best epoch on validation):", "",
-            "| | " + " | ".join(f"seed {s}" for s in a_seeds) + " |",
-            "|---|" + "---|" * len(a_seeds),
-            "| authors' code | " + " | ".join(f"{headline(t):.2f} (epoch {b})" for t, b in zip(a_tests, a_best)) + " |",
-            "", "| | " + " | ".join(f"seed {s}" for s in o_seeds) + " |",
-            "|---|" + "---|" * len(o_seeds),
-            "| ours | " + " | ".join(f"{headline(t):.2f} (epoch {b})" for t, b in zip(o_tests, o_best)) + " |"]
+    out += [
+        "",
+        f"Largest difference of one score: {worst} {diffs[worst]:+.2f}.",
+        "",
+        "Per seed (headline; best epoch on validation):",
+        "",
+        "| | " + " | ".join(f"seed {s}" for s in a_seeds) + " |",
+        "|---|" + "---|" * len(a_seeds),
+        "| authors' code | "
+        + " | ".join(f"{headline(t):.2f} (epoch {b})" for t, b in zip(a_tests, a_best))
+        + " |",
+        "",
+        "| | " + " | ".join(f"seed {s}" for s in o_seeds) + " |",
+        "|---|" + "---|" * len(o_seeds),
+        "| ours | "
+        + " | ".join(f"{headline(t):.2f} (epoch {b})" for t, b in zip(o_tests, o_best))
+        + " |",
+    ]
     if a_curves and o_curves:
         n = max(max(len(c) for c in a_curves), max(len(c) for c in o_curves))
-        out += ["", "Validation selection score per epoch (mean over seeds; min-max):", "",
-                "| epoch | " + " | ".join(str(e + 1) for e in range(n)) + " |",
-                "|---|" + "---|" * n]
+        out += [
+            "",
+            "Validation selection score per epoch (mean over seeds; min-max):",
+            "",
+            "| epoch | " + " | ".join(str(e + 1) for e in range(n)) + " |",
+            "|---|" + "---|" * n,
+        ]
         for name, curves in (("authors' code", a_curves), ("ours", o_curves)):
             cells = []
             for e in range(n):
                 vals = [c[e] for c in curves if len(c) > e]
-                cells.append(f"{np.mean(vals):.1f} ({min(vals):.1f}-{max(vals):.1f})" if vals else "–")
+                cells.append(
+                    f"{np.mean(vals):.1f} ({min(vals):.1f}-{max(vals):.1f})" if vals else "–"
+                )
             out.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--authors", nargs="+", required=True)
     parser.add_argument("--ours", help="seeds_metrics.json")
     parser.add_argument("--ours-workdirs", nargs="*", default=())
     parser.add_argument("--ours-log", help="the train.py log, for curves not stored in the JSON")
     args = parser.parse_args(argv)
-    print(table(load_authors(args.authors), load_ours(args.ours, args.ours_workdirs, args.ours_log)))
+    print(
+        table(load_authors(args.authors), load_ours(args.ours, args.ours_workdirs, args.ours_log))
+    )
     return 0
 
 

@@ -2,11 +2,31 @@
 
 # The 25 LLP classes in the index order every published number uses (SPEC §2).
 LLP_CLASSES: tuple[str, ...] = (
-    "Speech", "Car", "Cheering", "Dog", "Cat", "Frying_(food)",
-    "Basketball_bounce", "Fire_alarm", "Chainsaw", "Cello", "Banjo", "Singing",
-    "Chicken_rooster", "Violin_fiddle", "Vacuum_cleaner", "Baby_laughter",
-    "Accordion", "Lawn_mower", "Motorcycle", "Helicopter", "Acoustic_guitar",
-    "Telephone_bell_ringing", "Baby_cry_infant_cry", "Blender", "Clapping",
+    "Speech",
+    "Car",
+    "Cheering",
+    "Dog",
+    "Cat",
+    "Frying_(food)",
+    "Basketball_bounce",
+    "Fire_alarm",
+    "Chainsaw",
+    "Cello",
+    "Banjo",
+    "Singing",
+    "Chicken_rooster",
+    "Violin_fiddle",
+    "Vacuum_cleaner",
+    "Baby_laughter",
+    "Accordion",
+    "Lawn_mower",
+    "Motorcycle",
+    "Helicopter",
+    "Acoustic_guitar",
+    "Telephone_bell_ringing",
+    "Baby_cry_infant_cry",
+    "Blender",
+    "Clapping",
 )
 LLP_CLASS_INDEX: dict[str, int] = {name: i for i, name in enumerate(LLP_CLASSES)}
 

@@ -86,8 +86,10 @@ DENSE_UNCOVERED_MAX_SHARE = 0.05
 # what any dataset leaves, or header-only) preparation fails naming it.
 DENSE_NO_ROW_WARN_SHARE = {"audio": 0.02, "visual": 0.15}
 DENSE_NO_ROW_MAX_SHARE = {"audio": 0.25, "visual": 0.50}
-DENSE_NO_ROW_RELEASED = {"audio": "4 of 649 val and 6 of 1,200 test videos",
-                         "visual": "70 of 649 val and 121 of 1,200 test videos"}
+DENSE_NO_ROW_RELEASED = {
+    "audio": "4 of 649 val and 6 of 1,200 test videos",
+    "visual": "70 of 649 val and 121 of 1,200 test videos",
+}
 # Both checks allow this many videos whatever the share: in a small split one
 # video is already several percent (1 of 19 is above 5 %).
 DENSE_FEW_VIDEOS = 5
@@ -334,8 +336,14 @@ def read_dense_csv(
             "%s: %d rows; skipped %d zero-length, %d reversed (onset > offset), "
             "%d unknown-video and %d id-conflict rows; %d exact duplicates (harmless). "
             "First offending lines: %s",
-            path, report.rows, report.zero_length, report.reversed,
-            report.unknown_video, report.id_conflicts, report.duplicates, details,
+            path,
+            report.rows,
+            report.zero_length,
+            report.reversed,
+            report.unknown_video,
+            report.id_conflicts,
+            report.duplicates,
+            details,
         )
     return labels, report
 
@@ -383,19 +391,23 @@ def check_dense_coverage(
         return uncovered
     first = ", ".join(uncovered[:_MAX_SHOWN_IDS])
     if len(uncovered) > max(max_share * n, allowed):
-        files = "; ".join(f"{dense_paths[m]} has rows for {covered_by[m]} of them"
-                          for m in dense)
+        files = "; ".join(f"{dense_paths[m]} has rows for {covered_by[m]} of them" for m in dense)
         raise LLPDataError(
             f"LLP {split}: {len(uncovered)} of {n} videos ({100 * len(uncovered) / n:.0f} %) "
             f"have a weak-labelled class with no segment in either dense annotation CSV "
             f"(expected at most {100 * max_share:.0f} % or {allowed} videos; the real LLP "
             f"files: under 2 %). "
             f"A dense CSV probably lost rows (truncated or header-only): {files}. "
-            f"Their truth would be all zeros. First videos: {first}")
+            f"Their truth would be all zeros. First videos: {first}"
+        )
     logger.warning(
         "LLP %s: %d of %d videos have a weak-labelled class with no segment in either dense "
         "CSV (as in the released annotation; scored as annotated). First: %s",
-        split, len(uncovered), n, first)
+        split,
+        len(uncovered),
+        n,
+        first,
+    )
     return uncovered
 
 
@@ -425,17 +437,24 @@ def check_dense_rows(
         missing = [video_id(f) for f in filenames if video_id(f) not in rows]
         if len(missing) <= max(DENSE_NO_ROW_WARN_SHARE[modality] * n, allowed):
             continue
-        what = (f"LLP {split}: {len(missing)} of {n} videos ({100 * len(missing) / n:.1f} %) have "
-                f"no row in {dense_paths[modality]} (the released file leaves "
-                f"{DENSE_NO_ROW_RELEASED[modality]} without one)")
+        what = (
+            f"LLP {split}: {len(missing)} of {n} videos ({100 * len(missing) / n:.1f} %) have "
+            f"no row in {dense_paths[modality]} (the released file leaves "
+            f"{DENSE_NO_ROW_RELEASED[modality]} without one)"
+        )
         first = ", ".join(missing[:_MAX_SHOWN_IDS])
         if len(missing) > DENSE_NO_ROW_MAX_SHARE[modality] * n:
             raise LLPDataError(
                 f"{what}, more than {100 * DENSE_NO_ROW_MAX_SHARE[modality]:.0f} %: it probably "
                 f"lost rows (truncated or header-only); their {modality} truth would be all "
-                f"zeros. First videos: {first}")
-        logger.warning("%s: if the file lost rows, their %s truth is all zeros; check it "
-                       "(first videos: %s)", what, modality, first)
+                f"zeros. First videos: {first}"
+            )
+        logger.warning(
+            "%s: if the file lost rows, their %s truth is all zeros; check it (first videos: %s)",
+            what,
+            modality,
+            first,
+        )
 
 
 def check_dense_orphans(
@@ -465,7 +484,8 @@ def check_dense_orphans(
         f"in no split CSV (expected a handful: 8 in the released files; at most "
         f"{DENSE_ORPHANS_ALLOWED} or {100 * max_share:.0f} % of the {total} val and test videos). "
         f"A split CSV probably lost "
-        f"rows: {sizes}. First: {', '.join(sorted(orphans)[:_MAX_SHOWN_IDS])}")
+        f"rows: {sizes}. First: {', '.join(sorted(orphans)[:_MAX_SHOWN_IDS])}"
+    )
 
 
 def feature_path(root: PathLike, key: str, vid: str) -> Path:
@@ -578,22 +598,25 @@ class Llp(tfds.core.ShardBasedBuilder):
         return tfds.core.DatasetInfo(
             builder=self,
             description="LLP audio-visual video parsing with HAN features (SPEC §2).",
-            features=tfds.features.FeaturesDict({
-                "id": tfds.features.Text(doc="YouTube id (feature file stem)"),
-                **{
-                    # BYTES: raw buffer; the default float_list proto costs ~50 ms per
-                    # (80, 2048) example to serialize, BYTES ~2 ms (same size on disk).
-                    key: tfds.features.Tensor(
-                        shape=LLP_FEATURES[folder], dtype=np.float32,
-                        encoding=tfds.features.Encoding.BYTES,
-                    )
-                    for key, folder in FEATURE_FOLDERS.items()
-                },
-                "label": tfds.features.Tensor(shape=(num_classes,), dtype=np.float32),
-                "label_audio": tfds.features.Tensor(shape=dense, dtype=np.float32),
-                "label_visual": tfds.features.Tensor(shape=dense, dtype=np.float32),
-                "has_dense": tfds.features.Scalar(dtype=np.bool_),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "id": tfds.features.Text(doc="YouTube id (feature file stem)"),
+                    **{
+                        # BYTES: raw buffer; the default float_list proto costs ~50 ms per
+                        # (80, 2048) example to serialize, BYTES ~2 ms (same size on disk).
+                        key: tfds.features.Tensor(
+                            shape=LLP_FEATURES[folder],
+                            dtype=np.float32,
+                            encoding=tfds.features.Encoding.BYTES,
+                        )
+                        for key, folder in FEATURE_FOLDERS.items()
+                    },
+                    "label": tfds.features.Tensor(shape=(num_classes,), dtype=np.float32),
+                    "label_audio": tfds.features.Tensor(shape=dense, dtype=np.float32),
+                    "label_visual": tfds.features.Tensor(shape=dense, dtype=np.float32),
+                    "has_dense": tfds.features.Scalar(dtype=np.bool_),
+                }
+            ),
             disable_shuffling=True,
             metadata=tfds.core.MetadataDict(),
         )
@@ -611,15 +634,19 @@ class Llp(tfds.core.ShardBasedBuilder):
             orphans |= report.unknown_files
         dense_paths = {modality: annotations / csv for modality, csv in LLP_DENSE_CSV.items()}
         if all(weak[s][0] for s in DENSE_SPLITS):  # an empty split fails below, naming it
-            check_dense_orphans(orphans, {s: len(weak[s][0]) for s in DENSE_SPLITS},
-                                {s: annotations / LLP_SPLIT_CSV[s] for s in DENSE_SPLITS},
-                                list(dense_paths.values()))
+            check_dense_orphans(
+                orphans,
+                {s: len(weak[s][0]) for s in DENSE_SPLITS},
+                {s: annotations / LLP_SPLIT_CSV[s] for s in DENSE_SPLITS},
+                list(dense_paths.values()),
+            )
         self.info.metadata["dense_uncovered"] = {}
         for split in DENSE_SPLITS:
             if weak[split][0]:
                 check_dense_rows(split, weak[split][0], dense, dense_paths)
                 self.info.metadata["dense_uncovered"][split] = check_dense_coverage(
-                    split, *weak[split], dense, dense_paths)
+                    split, *weak[split], dense, dense_paths
+                )
         self.info.metadata["skipped_videos"] = {}
         shards = {}
         for split, (filenames, labels) in weak.items():
@@ -635,18 +662,33 @@ class Llp(tfds.core.ShardBasedBuilder):
             if not present:
                 raise LLPDataError(
                     f"{csv}: no video of the {split} split to prepare: "
-                    + (f"none of its {len(filenames)} videos has all three feature files under "
-                       f"{root}" if filenames else "the file has a header but no video rows"))
+                    + (
+                        f"none of its {len(filenames)} videos has all three feature files under "
+                        f"{root}"
+                        if filenames
+                        else "the file has a header but no video rows"
+                    )
+                )
             if skipped:
                 logger.warning(
                     "LLP %s: skipped %d of %d videos without feature files under %s (first: %s)",
-                    split, len(skipped), len(filenames), root,
-                    ", ".join(skipped[:_MAX_SHOWN_LINES]))
+                    split,
+                    len(skipped),
+                    len(filenames),
+                    root,
+                    ", ".join(skipped[:_MAX_SHOWN_LINES]),
+                )
             _write_labels(Path(self.data_dir), split, present, dense)
             progress = _PrepareProgress(split, len(present))
             shards[split] = [
-                functools.partial(self._generate_shard, root, split, present[i:i + EXAMPLES_PER_SHARD],
-                                  dense, progress)
+                functools.partial(
+                    self._generate_shard,
+                    root,
+                    split,
+                    present[i : i + EXAMPLES_PER_SHARD],
+                    dense,
+                    progress,
+                )
                 for i in range(0, len(present), EXAMPLES_PER_SHARD)
             ]
         return shards
@@ -657,7 +699,7 @@ class Llp(tfds.core.ShardBasedBuilder):
         split: str,
         videos: list[tuple[str, np.ndarray]],
         dense: Mapping[str, Mapping[str, np.ndarray]],
-        progress: "_PrepareProgress",
+        progress: _PrepareProgress,
     ) -> Iterator[tuple[str, dict[str, Any]]]:
         """The examples of one shard: ``videos`` are ``(id, weak label)`` pairs in CSV order."""
         has_dense = split in DENSE_SPLITS
@@ -665,27 +707,36 @@ class Llp(tfds.core.ShardBasedBuilder):
         for vid, label in videos:
             features = load_features(root, vid)
             progress.add(sum(f.nbytes for f in features.values()))
-            yield vid, {
-                "id": vid,
-                **features,
-                "label": label,
-                "label_audio": dense["audio"].get(vid, empty) if has_dense else empty,
-                "label_visual": dense["visual"].get(vid, empty) if has_dense else empty,
-                "has_dense": has_dense,
-            }
+            yield (
+                vid,
+                {
+                    "id": vid,
+                    **features,
+                    "label": label,
+                    "label_audio": dense["audio"].get(vid, empty) if has_dense else empty,
+                    "label_visual": dense["visual"].get(vid, empty) if has_dense else empty,
+                    "has_dense": has_dense,
+                },
+            )
 
 
 def _labels_path(data_dir: Path, split: str) -> Path:
     return Path(data_dir) / f"labels_{split}.npz"
 
 
-def _write_labels(data_dir: Path, split: str, videos: list[tuple[str, np.ndarray]],
-                  dense: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+def _write_labels(
+    data_dir: Path,
+    split: str,
+    videos: list[tuple[str, np.ndarray]],
+    dense: Mapping[str, Mapping[str, np.ndarray]],
+) -> None:
     """The per-video labels of a split in prepared order, beside its array_record files,
     so a streamed split knows its labels without reading any features."""
     ids = [vid for vid, _ in videos]
-    arrays = {"id": np.array(ids, dtype=str),
-              "label": np.stack([label for _, label in videos]).astype(np.float32)}
+    arrays = {
+        "id": np.array(ids, dtype=str),
+        "label": np.stack([label for _, label in videos]).astype(np.float32),
+    }
     if split in DENSE_SPLITS:
         empty = np.zeros((LLP_NUM_SEGMENTS, len(LLP_CLASSES)), np.float32)
         for modality in ("audio", "visual"):
@@ -713,8 +764,14 @@ class _PrepareProgress:
         if self.done == self.total or now - self.last >= self.every:
             self.last = now
             rate = self.done / max(now - self.start, 1e-9)
-            logger.info("LLP %s: prepared %d/%d videos (%.0f videos/s, %.2f GB of features)",
-                        self.split, self.done, self.total, rate, self.bytes / 1e9)
+            logger.info(
+                "LLP %s: prepared %d/%d videos (%.0f videos/s, %.2f GB of features)",
+                self.split,
+                self.done,
+                self.total,
+                rate,
+                self.bytes / 1e9,
+            )
 
 
 def cache_dir(
@@ -759,8 +816,9 @@ def input_fingerprint(root: PathLike, annotation_dir: PathLike | None = None) ->
             with os.scandir(root / folder) as entries:
                 listing = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries)
         except OSError as e:
-            raise LLPDataError(f"{root / folder}: cannot list the feature folder: "
-                               f"{e.strerror or e}") from e
+            raise LLPDataError(
+                f"{root / folder}: cannot list the feature folder: {e.strerror or e}"
+            ) from e
         h.update(f"{folder}\n".encode())
         h.update("\n".join(f"{n}\t{s}\t{t}" for n, s, t in listing).encode())
     return h.hexdigest()[:16]
@@ -782,7 +840,8 @@ def prepare(
     if missing:
         raise LLPDataError(
             f"{root}: expected the LLP feature folders {sorted(FEATURE_FOLDERS.values())} there, "
-            f"missing {missing}. {' '.join(Llp.MANUAL_DOWNLOAD_INSTRUCTIONS.split())}")
+            f"missing {missing}. {' '.join(Llp.MANUAL_DOWNLOAD_INSTRUCTIONS.split())}"
+        )
     parent = cache_dir(root, annotation_dir, tfds_dir)
     fingerprint = input_fingerprint(root, annotation_dir)
     data_dir = parent / fingerprint
@@ -792,25 +851,37 @@ def prepare(
         return builder
     stale = sorted(p for p in parent.glob("*") if p.is_dir() and p.name != fingerprint)
     logger.warning(
-        "LLP: preparing %s into %s%s", root, data_dir,
+        "LLP: preparing %s into %s%s",
+        root,
+        data_dir,
         f" (the annotation CSVs or feature files changed since {stale[-1]} was prepared; "
-        "it will be replaced)" if stale else "")
+        "it will be replaced)"
+        if stale
+        else "",
+    )
     start = time.monotonic()
     config = tfds.download.DownloadConfig(manual_dir=os.fspath(root), try_download_gcs=False)
     builder.download_and_prepare(download_config=config)
     seconds = time.monotonic() - start
     videos = sum(split.num_examples for split in builder.info.splits.values())
-    logger.warning("LLP: prepared %d videos in %.0f s (%.0f videos/s), %.2f GB in %s",
-                   videos, seconds, videos / max(seconds, 1e-9),
-                   builder.info.dataset_size / 1e9, data_dir)
+    logger.warning(
+        "LLP: prepared %d videos in %.0f s (%.0f videos/s), %.2f GB in %s",
+        videos,
+        seconds,
+        videos / max(seconds, 1e-9),
+        builder.info.dataset_size / 1e9,
+        data_dir,
+    )
     for old in stale:
         shutil.rmtree(old, ignore_errors=True)
     return builder
 
 
 # VALOR's offline segment pseudo-labels (SPEC §9): CLAP on audio, CLIP on frames.
-PSEUDO_LABEL_FOLDERS = {"pl_audio": "CLAP/segment_pseudo_labels",
-                        "pl_visual": "CLIP/segment_pseudo_labels"}
+PSEUDO_LABEL_FOLDERS = {
+    "pl_audio": "CLAP/segment_pseudo_labels",
+    "pl_visual": "CLIP/segment_pseudo_labels",
+}
 
 
 def load_pseudo_labels(root: PathLike, ids) -> dict[str, np.ndarray]:
@@ -835,24 +906,31 @@ def load_pseudo_labels(root: PathLike, ids) -> dict[str, np.ndarray]:
             raise MissingFeatureError(
                 f"{len(missing)} of {len(paths)} pseudo-label files missing under {Path(root) / folder} "
                 f"(e.g. {', '.join(missing[:3])}); config.data.pseudo_labels needs one per "
-                f"training video")
+                f"training video"
+            )
         arrays = np.empty((len(paths), *shape), np.float32)
         for i, path in enumerate(paths):
             x = _read_npy(path)
             if x.shape != shape:
-                raise LLPDataError(f"{path}: expected shape {shape} (segments, classes), got {x.shape}")
+                raise LLPDataError(
+                    f"{path}: expected shape {shape} (segments, classes), got {x.shape}"
+                )
             if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
                 raise LLPDataError(f"{path}: expected 0/1 numbers, got dtype {x.dtype}")
             bad = x[(x != 0) & (x != 1)]
             if bad.size:
-                raise LLPDataError(f"{path}: expected binary values 0/1, found {bad.size} others "
-                                   f"(e.g. {bad.ravel()[:3].tolist()})")
+                raise LLPDataError(
+                    f"{path}: expected binary values 0/1, found {bad.size} others "
+                    f"(e.g. {bad.ravel()[:3].tolist()})"
+                )
             arrays[i] = x
         out[key] = arrays
     return out
 
 
-def load_feature_dir(root: PathLike, ids=None, *, pool_frames: bool = False) -> dict[str, np.ndarray]:
+def load_feature_dir(
+    root: PathLike, ids=None, *, pool_frames: bool = False
+) -> dict[str, np.ndarray]:
     """Features of the videos under ``root`` (``vggish/``, ``res152/``, ``r2plus1d_18/``),
     without any annotation CSV: every id with a ``vggish/<id>.npy``, or ``ids``.
 
@@ -874,8 +952,12 @@ def load_feature_dir(root: PathLike, ids=None, *, pool_frames: bool = False) -> 
         except MissingFeatureError as e:
             missing.append(str(e))
     if missing:
-        logger.warning("%s: skipped %d video(s) with missing feature files (first: %s)",
-                       root, len(missing), missing[0])
+        logger.warning(
+            "%s: skipped %d video(s) with missing feature files (first: %s)",
+            root,
+            len(missing),
+            missing[0],
+        )
     if not rows:
         raise MissingFeatureError(f"{root}: no video has all three feature files")
     out = {key: np.stack([f[key] for _, f in rows]) for key in FEATURE_FOLDERS}
@@ -896,11 +978,19 @@ def feature_shapes(builder: Llp, pool_frames: bool = False) -> dict[str, tuple[i
     return shapes
 
 
-def split_feature_bytes(root: PathLike, split: str, *, annotation_dir: PathLike | None = None,
-                        tfds_dir: PathLike | None = None, pool_frames: bool = False) -> int:
+def split_feature_bytes(
+    root: PathLike,
+    split: str,
+    *,
+    annotation_dir: PathLike | None = None,
+    tfds_dir: PathLike | None = None,
+    pool_frames: bool = False,
+) -> int:
     """Bytes the features of one split take in memory (float32), without reading them."""
     builder = prepare(root, annotation_dir, tfds_dir)
-    per_video = sum(4 * int(np.prod(shape)) for shape in feature_shapes(builder, pool_frames).values())
+    per_video = sum(
+        4 * int(np.prod(shape)) for shape in feature_shapes(builder, pool_frames).values()
+    )
     return builder.info.splits[split].num_examples * per_video
 
 
@@ -915,8 +1005,13 @@ class StreamedSplit(SplitArrays):
     trains. Memory: one batch of features, whatever the split's size.
     """
 
-    def __init__(self, source, labels: Mapping[str, np.ndarray],
-                 shapes: Mapping[str, tuple[int, ...]], pool_frames: bool) -> None:
+    def __init__(
+        self,
+        source,
+        labels: Mapping[str, np.ndarray],
+        shapes: Mapping[str, tuple[int, ...]],
+        pool_frames: bool,
+    ) -> None:
         super().__init__(labels)
         self._source = source
         self._pool = pool_frames
@@ -937,8 +1032,11 @@ class StreamedSplit(SplitArrays):
             out = {}
             for key in FEATURE_FOLDERS:
                 column = self[key]
-                batch = (np.stack([example[key] for example in examples]) if examples
-                         else np.zeros((0, *column.shape[1:]), np.float32))
+                batch = (
+                    np.stack([example[key] for example in examples])
+                    if examples
+                    else np.zeros((0, *column.shape[1:]), np.float32)
+                )
                 if key == "video_2d" and self._pool and batch.shape[1] != column.shape[1]:
                     batch = batch.reshape(len(idx), column.shape[1], -1, batch.shape[-1]).mean(2)
                 out[key] = batch
@@ -967,8 +1065,10 @@ class FeatureColumn:
         return self._split.gather(index)[self.key]
 
     def __array__(self, dtype=None, copy=None):
-        raise TypeError(f"the '{self.key}' feature of a streamed split is not held in memory: "
-                        f"index it with the rows you need")
+        raise TypeError(
+            f"the '{self.key}' feature of a streamed split is not held in memory: "
+            f"index it with the rows you need"
+        )
 
 
 def load_split(
@@ -1019,13 +1119,18 @@ def load_split(
             f"under {root} (first: {', '.join(skipped[:_MAX_SHOWN_IDS])}); their scores would "
             f"be missing from every {split} result. Restore the files, or pass "
             f"--config.data.allow_missing=True to score the remaining videos (the counts are "
-            f"then recorded in every metrics file)")
+            f"then recorded in every metrics file)"
+        )
     if skipped:
         logger.warning("LLP %s: %d videos skipped (missing feature files)", split, len(skipped))
     uncovered = builder.info.metadata.get("dense_uncovered", {}).get(split, [])
     if uncovered:
-        logger.info("LLP %s: %d videos have a weak-labelled class with no dense segment "
-                    "(first: %s)", split, len(uncovered), ", ".join(uncovered[:_MAX_SHOWN_IDS]))
+        logger.info(
+            "LLP %s: %d videos have a weak-labelled class with no dense segment (first: %s)",
+            split,
+            len(uncovered),
+            ", ".join(uncovered[:_MAX_SHOWN_IDS]),
+        )
     keys = [*FEATURE_FOLDERS, "label"]
     if split in DENSE_SPLITS:
         keys += ["label_audio", "label_visual"]
@@ -1034,8 +1139,10 @@ def load_split(
     if stream:
         labels = dict(np.load(_labels_path(builder.data_dir, split)))
         if len(labels["id"]) != len(source):
-            raise LLPDataError(f"{builder.data_dir}: labels_{split}.npz holds {len(labels['id'])} "
-                               f"videos, the split {len(source)}: delete the folder to prepare again")
+            raise LLPDataError(
+                f"{builder.data_dir}: labels_{split}.npz holds {len(labels['id'])} "
+                f"videos, the split {len(source)}: delete the folder to prepare again"
+            )
         out = StreamedSplit(source, labels, shapes, pool_frames)
         out.skipped = tuple(skipped)
         return out

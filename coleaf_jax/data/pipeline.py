@@ -18,11 +18,11 @@ batches cost less and a handful of shapes get compiled.
 
 from __future__ import annotations
 
-import os
 import logging
+import os
 import queue
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -53,13 +53,16 @@ def ensure_synthetic(config, workdir: str) -> str:
     root = synthetic_root(config, workdir)
     if not os.path.exists(os.path.join(root, synthetic.COMPLETE_MARKER)):
         if config.data.dataset == "synthetic_unav100":
-            cfg = synthetic.SyntheticUnavConfig(num_videos=config.data.synthetic_videos,
-                                                num_classes=config.data.num_classes,
-                                                seed=config.data.synthetic_seed)
+            cfg = synthetic.SyntheticUnavConfig(
+                num_videos=config.data.synthetic_videos,
+                num_classes=config.data.num_classes,
+                seed=config.data.synthetic_seed,
+            )
             synthetic.generate_unav(root, cfg, verbose=True)
         else:
-            cfg = synthetic.SyntheticConfig(num_videos=config.data.synthetic_videos,
-                                            seed=config.data.synthetic_seed)
+            cfg = synthetic.SyntheticConfig(
+                num_videos=config.data.synthetic_videos, seed=config.data.synthetic_seed
+            )
             synthetic.generate(root, cfg, verbose=True)
     return root
 
@@ -71,8 +74,9 @@ def can_pool_frames(config) -> bool:
     return config.model.anchor != "cmpae" and config.model.pool_frames_first
 
 
-def load_splits(config, workdir: str, splits=("train", "val", "test"),
-                pool_frames: bool | None = None) -> dict[str, dict[str, np.ndarray]]:
+def load_splits(
+    config, workdir: str, splits=("train", "val", "test"), pool_frames: bool | None = None
+) -> dict[str, dict[str, np.ndarray]]:
     """Loads the named splits of ``config.data`` into memory (``llp.load_split``).
 
     ``pool_frames`` averages each second's 8 ResNet frames at load time
@@ -89,17 +93,25 @@ def load_splits(config, workdir: str, splits=("train", "val", "test"),
         if dataset == "synthetic_unav100":
             root = ensure_synthetic(config, workdir)
         elif not config.data.root:
-            raise ValueError("config.data.root is required for UnAV-100: the folder holding "
-                             "annotations/unav100_annotations.json and av_features/ (pass "
-                             "--config.data.root=/path/to/unav100)")
+            raise ValueError(
+                "config.data.root is required for UnAV-100: the folder holding "
+                "annotations/unav100_annotations.json and av_features/ (pass "
+                "--config.data.root=/path/to/unav100)"
+            )
         else:
             root = config.data.root
         out = {}
         for s in splits:
-            split = llp.SplitArrays(unav100.load_split(
-                root, s, features=config.data.unav_features, overlap=config.data.unav_overlap,
-                annotation_file=config.data.unav_annotation_file or None,
-                num_classes=config.data.num_classes))
+            split = llp.SplitArrays(
+                unav100.load_split(
+                    root,
+                    s,
+                    features=config.data.unav_features,
+                    overlap=config.data.unav_overlap,
+                    annotation_file=config.data.unav_annotation_file or None,
+                    num_classes=config.data.num_classes,
+                )
+            )
             split.skipped = _unav_skipped(config, root, s, split["id"])
             if split.skipped and s != "train" and not allow_missing:
                 raise llp.MissingFeatureError(
@@ -108,7 +120,8 @@ def load_splits(config, workdir: str, splits=("train", "val", "test"),
                     f"{', '.join(split.skipped[:5])}); their scores would be missing from every "
                     f"{s} result. Restore the files, or pass --config.data.allow_missing=True to "
                     f"score the remaining videos (the counts are then recorded in every metrics "
-                    f"file)")
+                    f"file)"
+                )
             out[s] = split
         return out
     if dataset == "synthetic":
@@ -116,18 +129,26 @@ def load_splits(config, workdir: str, splits=("train", "val", "test"),
         tfds_dir = config.data.tfds_dir or os.path.join(root, "tfds")
     elif config.data.dataset == "llp":
         if not config.data.root:
-            raise ValueError("config.data.root is required for LLP: the folder holding vggish/, "
-                             "res152/ and r2plus1d_18/ (pass --config.data.root=/path/to/LLP)")
+            raise ValueError(
+                "config.data.root is required for LLP: the folder holding vggish/, "
+                "res152/ and r2plus1d_18/ (pass --config.data.root=/path/to/LLP)"
+            )
         root = config.data.root
         tfds_dir = config.data.tfds_dir or None
     else:
-        raise ValueError(f"config.data.dataset = {config.data.dataset!r}: expected one of "
-                         f"{list(DATASETS)}")
-    common = dict(annotation_dir=config.data.annotation_dir or None, tfds_dir=tfds_dir,
-                  pool_frames=pool_frames)
+        raise ValueError(
+            f"config.data.dataset = {config.data.dataset!r}: expected one of {list(DATASETS)}"
+        )
+    common = dict(
+        annotation_dir=config.data.annotation_dir or None,
+        tfds_dir=tfds_dir,
+        pool_frames=pool_frames,
+    )
     streamed = streamed_splits(config, splits, lambda s: llp.split_feature_bytes(root, s, **common))
-    out = {s: llp.load_split(root, s, allow_missing=allow_missing, stream=s in streamed, **common)
-           for s in splits}
+    out = {
+        s: llp.load_split(root, s, allow_missing=allow_missing, stream=s in streamed, **common)
+        for s in splits
+    }
     if config.data.pseudo_labels and "train" in out:
         out["train"].update(llp.load_pseudo_labels(root, out["train"]["id"]))
     return out
@@ -146,8 +167,11 @@ def streamed_splits(config, splits, feature_bytes) -> set[str]:
         else:
             streamed.add(split)
     if streamed:
-        logger.info("streaming %s from disk (features over config.data.resident_max_gib = %g GiB)",
-                    ", ".join(sorted(streamed)), config.data.resident_max_gib)
+        logger.info(
+            "streaming %s from disk (features over config.data.resident_max_gib = %g GiB)",
+            ", ".join(sorted(streamed)),
+            config.data.resident_max_gib,
+        )
     return streamed
 
 
@@ -175,8 +199,11 @@ def load_feature_dir(config, directory: str, ids=None) -> dict[str, np.ndarray]:
 def class_names(config, workdir: str) -> list[str]:
     """Class names of ``config.data`` in index order."""
     if config.data.dataset in ("unav100", "synthetic_unav100"):
-        root = synthetic_root(config, workdir) if config.data.dataset.startswith("synthetic") \
+        root = (
+            synthetic_root(config, workdir)
+            if config.data.dataset.startswith("synthetic")
             else config.data.root
+        )
         path = config.data.unav_annotation_file or os.path.join(root, unav100.ANNOTATION_FILE)
         return unav100.read_annotations(path, config.data.num_classes)[1]
     return list(LLP_CLASSES)
@@ -195,8 +222,10 @@ def resident_fields(data: dict) -> dict[str, np.ndarray]:
     """The arrays of a split that training keeps on the device: the batch keys and,
     for variable-length data, ``mask``."""
     if is_streamed(data):
-        raise ValueError("a streamed split (larger than config.data.resident_max_gib) cannot "
-                         "be kept on the device")
+        raise ValueError(
+            "a streamed split (larger than config.data.resident_max_gib) cannot "
+            "be kept on the device"
+        )
     return {k: data[k] for k in (*batch_keys(data), "mask") if k in data}
 
 
@@ -213,8 +242,9 @@ def bucket_length(lengths: np.ndarray, bucket: int, max_length: int) -> int:
     return min(max_length, -(-max(longest, 1) // bucket) * bucket)
 
 
-def make_batch(data: dict[str, np.ndarray], idx: np.ndarray, batch_size: int,
-               bucket: int = 0) -> dict[str, np.ndarray]:
+def make_batch(
+    data: dict[str, np.ndarray], idx: np.ndarray, batch_size: int, bucket: int = 0
+) -> dict[str, np.ndarray]:
     """Gathers videos ``idx`` (at most ``batch_size``) and pads to ``batch_size``.
 
     With ``bucket > 0`` and a split ``mask``, the time axis is cropped to
@@ -229,7 +259,7 @@ def make_batch(data: dict[str, np.ndarray], idx: np.ndarray, batch_size: int,
     for k in batch_keys(data):
         x = data[k][idx]
         if t_batch < t and k != "label":
-            x = x[:, :t_batch * (x.shape[1] // t)]
+            x = x[:, : t_batch * (x.shape[1] // t)]
         batch[k] = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
     seg_mask = seg_mask[:, :t_batch]
     batch["mask"] = np.concatenate([seg_mask, np.zeros((pad, t_batch), bool)]) if pad else seg_mask
@@ -237,9 +267,13 @@ def make_batch(data: dict[str, np.ndarray], idx: np.ndarray, batch_size: int,
     return batch
 
 
-def epoch_batches(data: dict[str, np.ndarray], batch_size: int,
-                  perm: np.ndarray | None = None, bucket: int = 0,
-                  prefetch: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+def epoch_batches(
+    data: dict[str, np.ndarray],
+    batch_size: int,
+    perm: np.ndarray | None = None,
+    bucket: int = 0,
+    prefetch: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
     """Fixed-size batches over a split in the order ``perm`` (default: as stored).
 
     A streamed split (``is_streamed``) is read ``prefetch`` batches ahead by a
@@ -247,8 +281,10 @@ def epoch_batches(data: dict[str, np.ndarray], batch_size: int,
     """
     n = len(data["audio"])
     order = np.arange(n) if perm is None else np.asarray(perm)
-    batches = (make_batch(data, order[i:i + batch_size], batch_size, bucket)
-               for i in range(0, n, batch_size))
+    batches = (
+        make_batch(data, order[i : i + batch_size], batch_size, bucket)
+        for i in range(0, n, batch_size)
+    )
     if prefetch is None:
         prefetch = PREFETCH_BATCHES if is_streamed(data) else 0
     return background(batches, prefetch) if prefetch else batches

@@ -42,7 +42,11 @@ import time
 import numpy as np
 
 from coleaf_jax.data.classes import (
-    LLP_CLASSES, LLP_DENSE_CSV, LLP_FEATURES, LLP_FRAMES_PER_SEGMENT, LLP_NUM_SEGMENTS,
+    LLP_CLASSES,
+    LLP_DENSE_CSV,
+    LLP_FEATURES,
+    LLP_FRAMES_PER_SEGMENT,
+    LLP_NUM_SEGMENTS,
     LLP_SPLIT_CSV,
 )
 
@@ -52,17 +56,95 @@ T = LLP_NUM_SEGMENTS
 # Share of a class's events that are *not* visible (audible-only) and *not*
 # audible (visible-only), rounded from the LLP label-noise table of JoMoLD
 # (visual / audio noise ratios), raised a little so every class has some.
-AUDIBLE_ONLY_RATE = np.array([
-    0.95, 0.15, 0.25, 0.20, 0.20, 0.20, 0.15, 0.20, 0.20, 0.20, 0.25, 0.25, 0.15,
-    0.25, 0.15, 0.20, 0.25, 0.20, 0.20, 0.15, 0.25, 0.30, 0.20, 0.15, 0.35])
-VISIBLE_ONLY_RATE = np.array([
-    0.02, 0.15, 0.10, 0.10, 0.15, 0.10, 0.10, 0.10, 0.15, 0.10, 0.10, 0.10, 0.10,
-    0.10, 0.10, 0.10, 0.10, 0.10, 0.10, 0.10, 0.10, 0.10, 0.10, 0.10, 0.10])
+AUDIBLE_ONLY_RATE = np.array(
+    [
+        0.95,
+        0.15,
+        0.25,
+        0.20,
+        0.20,
+        0.20,
+        0.15,
+        0.20,
+        0.20,
+        0.20,
+        0.25,
+        0.25,
+        0.15,
+        0.25,
+        0.15,
+        0.20,
+        0.25,
+        0.20,
+        0.20,
+        0.15,
+        0.25,
+        0.30,
+        0.20,
+        0.15,
+        0.35,
+    ]
+)
+VISIBLE_ONLY_RATE = np.array(
+    [
+        0.02,
+        0.15,
+        0.10,
+        0.10,
+        0.15,
+        0.10,
+        0.10,
+        0.10,
+        0.15,
+        0.10,
+        0.10,
+        0.10,
+        0.10,
+        0.10,
+        0.10,
+        0.10,
+        0.10,
+        0.10,
+        0.10,
+        0.10,
+        0.10,
+        0.10,
+        0.10,
+        0.10,
+        0.10,
+    ]
+)
 
 # Relative frequency of a class as a video's first label (speech dominates LLP).
-CLASS_FREQUENCY = np.array([
-    6.0, 1.5, 1.5, 1.5, 1.0, 1.0, 1.0, 0.8, 0.8, 1.2, 1.0, 1.5, 0.8,
-    1.2, 0.8, 0.8, 1.0, 1.0, 1.0, 1.0, 1.2, 0.8, 1.0, 0.8, 1.0])
+CLASS_FREQUENCY = np.array(
+    [
+        6.0,
+        1.5,
+        1.5,
+        1.5,
+        1.0,
+        1.0,
+        1.0,
+        0.8,
+        0.8,
+        1.2,
+        1.0,
+        1.5,
+        0.8,
+        1.2,
+        0.8,
+        0.8,
+        1.0,
+        1.0,
+        1.0,
+        1.0,
+        1.2,
+        0.8,
+        1.0,
+        0.8,
+        1.0,
+    ]
+)
 
 _GROUPS = (
     ("Cheering", "Clapping", "Speech"),
@@ -77,9 +159,13 @@ _GROUPS = (
 )
 # Pairs whose features resemble each other (shared prototype component).
 _SIMILAR = (
-    ("Violin_fiddle", "Cello"), ("Car", "Motorcycle"), ("Lawn_mower", "Chainsaw"),
-    ("Baby_laughter", "Baby_cry_infant_cry"), ("Banjo", "Acoustic_guitar"),
-    ("Cheering", "Clapping"), ("Vacuum_cleaner", "Blender"),
+    ("Violin_fiddle", "Cello"),
+    ("Car", "Motorcycle"),
+    ("Lawn_mower", "Chainsaw"),
+    ("Baby_laughter", "Baby_cry_infant_cry"),
+    ("Banjo", "Acoustic_guitar"),
+    ("Cheering", "Clapping"),
+    ("Vacuum_cleaner", "Blender"),
 )
 COMPLETE_MARKER = ".complete"  # written last: the folder holds a whole dataset
 _ID_ALPHABET = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"))
@@ -130,7 +216,7 @@ class Video:
 
     @property
     def labels(self) -> np.ndarray:
-        return (self.audio.any(0) | self.visual.any(0))
+        return self.audio.any(0) | self.visual.any(0)
 
 
 def _random_id(rng: np.random.Generator, taken: set[str]) -> str:
@@ -158,8 +244,9 @@ def _jitter(rng: np.random.Generator, span: tuple[int, int]) -> tuple[int, int]:
     return on, off
 
 
-def sample_videos(cfg: SyntheticConfig, num: int, rng: np.random.Generator,
-                  dense_split: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+def sample_videos(
+    cfg: SyntheticConfig, num: int, rng: np.random.Generator, dense_split: bool
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Samples dense truth for ``num`` videos; returns ``[(audio (T,C), visual (T,C))]``."""
     co = _cooccurrence()
     freq = CLASS_FREQUENCY / CLASS_FREQUENCY.sum()
@@ -179,13 +266,13 @@ def sample_videos(cfg: SyntheticConfig, num: int, rng: np.random.Generator,
             u = rng.random()
             span = _span(rng)
             if u < AUDIBLE_ONLY_RATE[c]:
-                audio[span[0]:span[1], c] = True
+                audio[span[0] : span[1], c] = True
             elif u < AUDIBLE_ONLY_RATE[c] + VISIBLE_ONLY_RATE[c]:
-                visual[span[0]:span[1], c] = True
+                visual[span[0] : span[1], c] = True
             else:
-                audio[span[0]:span[1], c] = True
+                audio[span[0] : span[1], c] = True
                 other = _jitter(rng, span)
-                visual[other[0]:other[1], c] = True
+                visual[other[0] : other[1], c] = True
         out.append((audio, visual))
     return out
 
@@ -206,8 +293,9 @@ class FeatureSynth:
                 p[idx[b]] = np.sqrt(1 - s) * p[idx[b]] + np.sqrt(s) * shared
             self.protos[name] = p.astype(np.float32)
 
-    def render(self, audio: np.ndarray, visual: np.ndarray,
-               rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def render(
+        self, audio: np.ndarray, visual: np.ndarray, rng: np.random.Generator
+    ) -> dict[str, np.ndarray]:
         """Features of one video from its dense truth (``(T, C)`` bool each)."""
         cfg = self.cfg
         feats = {}
@@ -244,9 +332,12 @@ class TeacherConfig:
     false_alarm: float = 0.3
 
 
-def teacher_pseudo_labels(track: np.ndarray, rng: np.random.Generator,
-                          teacher: TeacherConfig = TeacherConfig(),
-                          video_classes: np.ndarray | None = None) -> np.ndarray:
+def teacher_pseudo_labels(
+    track: np.ndarray,
+    rng: np.random.Generator,
+    teacher: TeacherConfig = TeacherConfig(),
+    video_classes: np.ndarray | None = None,
+) -> np.ndarray:
     """An imperfect teacher's ``(T, C)`` 0/1 pseudo-labels from one modality's truth.
 
     ``video_classes`` (``(C,)`` bool, the weak label; default: the track's own
@@ -269,12 +360,13 @@ def teacher_pseudo_labels(track: np.ndarray, rng: np.random.Generator,
             c = int(rng.choice(absent))
             length = int(rng.integers(1, 4))
             on = int(rng.integers(0, t_len - length + 1))
-            out[on:on + length, c] = 1.0
+            out[on : on + length, c] = 1.0
     return out
 
 
-def write_pseudo_labels(out_dir: str, videos: list[Video], seed: int,
-                        teacher: TeacherConfig = TeacherConfig()) -> None:
+def write_pseudo_labels(
+    out_dir: str, videos: list[Video], seed: int, teacher: TeacherConfig = TeacherConfig()
+) -> None:
     """VALOR-layout pseudo-label folders (SPEC §9) from the simulated teacher:
     ``CLAP/segment_pseudo_labels/<id>.npy`` (audio) and ``CLIP/...`` (visual).
 
@@ -288,8 +380,10 @@ def write_pseudo_labels(out_dir: str, videos: list[Video], seed: int,
         os.makedirs(folder, exist_ok=True)
     for v in videos:
         for key, track in (("pl_audio", v.audio), ("pl_visual", v.visual)):
-            np.save(os.path.join(folders[key], v.video_id + ".npy"),
-                    teacher_pseudo_labels(track, rng, teacher, v.labels))
+            np.save(
+                os.path.join(folders[key], v.video_id + ".npy"),
+                teacher_pseudo_labels(track, rng, teacher, v.labels),
+            )
 
 
 def _mark_complete(out_dir: str, cfg) -> None:
@@ -311,7 +405,10 @@ def _events(track: np.ndarray) -> list[tuple[int, int, int]]:
     for c in np.flatnonzero(track.any(0)):
         x = np.concatenate([[False], track[:, c], [False]]).astype(np.int8)
         d = np.diff(x)
-        out += [(int(c), int(on), int(off)) for on, off in zip(np.flatnonzero(d == 1), np.flatnonzero(d == -1))]
+        out += [
+            (int(c), int(on), int(off))
+            for on, off in zip(np.flatnonzero(d == 1), np.flatnonzero(d == -1))
+        ]
     return out
 
 
@@ -324,7 +421,9 @@ def _write_dense_csv(path: str, videos: list[Video], modality: str) -> None:
                 w.writerow([v.filename, on, off, LLP_CLASSES[c]])
 
 
-def generate(out_dir: str, cfg: SyntheticConfig = SyntheticConfig(), verbose: bool = False) -> dict[str, list[Video]]:
+def generate(
+    out_dir: str, cfg: SyntheticConfig = SyntheticConfig(), verbose: bool = False
+) -> dict[str, list[Video]]:
     """Writes a synthetic LLP-layout dataset to ``out_dir``; returns the videos per split."""
     if cfg.num_videos < 3:
         raise ValueError(f"--videos must be at least 3 (one per split), got {cfg.num_videos}")
@@ -333,8 +432,9 @@ def generate(out_dir: str, cfg: SyntheticConfig = SyntheticConfig(), verbose: bo
     n_test = max(1, int(round(cfg.num_videos * cfg.test_fraction)))
     n_train = cfg.num_videos - n_val - n_test
     if n_train < 1:
-        raise ValueError(f"no training videos left: {cfg.num_videos} videos, "
-                         f"val {n_val}, test {n_test}")
+        raise ValueError(
+            f"no training videos left: {cfg.num_videos} videos, val {n_val}, test {n_test}"
+        )
     synth = FeatureSynth(cfg, rng)
     taken: set[str] = set()
     splits: dict[str, list[Video]] = {}
@@ -358,11 +458,15 @@ def generate(out_dir: str, cfg: SyntheticConfig = SyntheticConfig(), verbose: bo
     for modality, name in LLP_DENSE_CSV.items():
         _write_dense_csv(os.path.join(out_dir, name), dense, modality)
     teacher = TeacherConfig(cfg.teacher_miss, cfg.teacher_jitter, cfg.teacher_false_alarm)
-    write_pseudo_labels(out_dir, [v for videos in splits.values() for v in videos], cfg.seed, teacher)
+    write_pseudo_labels(
+        out_dir, [v for videos in splits.values() for v in videos], cfg.seed, teacher
+    )
     _mark_complete(out_dir, cfg)
     if verbose:
-        print(f"wrote {cfg.num_videos} synthetic videos (train {n_train}, val {n_val}, "
-              f"test {n_test}) to {out_dir} in {time.time() - t0:.1f}s")
+        print(
+            f"wrote {cfg.num_videos} synthetic videos (train {n_train}, val {n_val}, "
+            f"test {n_test}) to {out_dir} in {time.time() - t0:.1f}s"
+        )
     return splits
 
 
@@ -399,8 +503,9 @@ def _unav_events(rng, cfg: SyntheticUnavConfig, duration: float) -> list[tuple[i
     return events
 
 
-def generate_unav(out_dir: str, cfg: SyntheticUnavConfig = SyntheticUnavConfig(),
-                  verbose: bool = False) -> dict:
+def generate_unav(
+    out_dir: str, cfg: SyntheticUnavConfig = SyntheticUnavConfig(), verbose: bool = False
+) -> dict:
     """Writes a synthetic dataset in the UnAV-100 layout (``coleaf_jax.data.unav100``).
 
     Durations are uniform in ``[min_duration, max_duration]`` (non-integer);
@@ -419,11 +524,14 @@ def generate_unav(out_dir: str, cfg: SyntheticUnavConfig = SyntheticUnavConfig()
     rng = np.random.default_rng(cfg.seed)
     n_val = max(1, int(round(cfg.num_videos * cfg.val_fraction)))
     n_test = max(1, int(round(cfg.num_videos * cfg.test_fraction)))
-    subsets = (["validation"] * n_val + ["test"] * n_test
-               + ["train"] * (cfg.num_videos - n_val - n_test))
+    subsets = (
+        ["validation"] * n_val + ["test"] * n_test + ["train"] * (cfg.num_videos - n_val - n_test)
+    )
     fs = unav100.FEATURE_SETS["i3d"]
     dims = {"audio": fs.audio[1], "rgb": fs.video_2d[1], "flow": fs.video_3d[1]}
-    protos = {k: rng.standard_normal((cfg.num_classes, d)).astype(np.float32) for k, d in dims.items()}
+    protos = {
+        k: rng.standard_normal((cfg.num_classes, d)).astype(np.float32) for k, d in dims.items()
+    }
     names = [f"synthetic_event_{k:02d}" for k in range(cfg.num_classes)]
     feat_dir = os.path.join(out_dir, unav100.FEATURE_DIR)
     os.makedirs(feat_dir, exist_ok=True)
@@ -445,47 +553,75 @@ def generate_unav(out_dir: str, cfg: SyntheticUnavConfig = SyntheticUnavConfig()
             if not any(e[0] == c for e in events):
                 on = rng.uniform(0, duration / 2)
                 off = rng.uniform(on + 0.5, duration + 0.5)
-                only[str(rng.choice(["audio", "visual"]))][(centres >= on) & (centres < off), c] = 1.0
+                only[str(rng.choice(["audio", "visual"]))][(centres >= on) & (centres < off), c] = (
+                    1.0
+                )
         for name, modality in (("vggish", "audio"), ("rgb", "visual"), ("flow", "visual")):
             proto = protos["audio" if name == "vggish" else name]
             scene = cfg.scene * rng.standard_normal(proto.shape[1])
             x = (active + only[modality]) @ proto * cfg.signal + scene
             x = x + cfg.noise * rng.standard_normal(x.shape)
             np.save(os.path.join(feat_dir, f"{vid}_{name}.npy"), x.astype(np.float32))
-        database[vid] = {"duration": duration, "subset": subset, "annotations": [
-            {"segment": [on, off], "label": names[c], "label_id": c} for c, on, off in events]}
+        database[vid] = {
+            "duration": duration,
+            "subset": subset,
+            "annotations": [
+                {"segment": [on, off], "label": names[c], "label_id": c} for c, on, off in events
+            ],
+        }
     with open(os.path.join(out_dir, unav100.ANNOTATION_FILE), "w") as f:
         json.dump({"version": "synthetic", "database": database}, f)
     _mark_complete(out_dir, cfg)
     if verbose:
-        print(f"wrote {cfg.num_videos} synthetic variable-length videos (UnAV-100 layout, "
-              f"{cfg.num_classes} classes; train {subsets.count('train')}, val {n_val}, "
-              f"test {n_test}) to {out_dir}")
+        print(
+            f"wrote {cfg.num_videos} synthetic variable-length videos (UnAV-100 layout, "
+            f"{cfg.num_classes} classes; train {subsets.count('train')}, val {n_val}, "
+            f"test {n_test}) to {out_dir}"
+        )
     return database
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m coleaf_jax.data.synthetic",
-        description="Write a synthetic dataset in the LLP feature layout.")
+        description="Write a synthetic dataset in the LLP feature layout.",
+    )
     parser.add_argument("out", help="output directory (created if missing)")
-    parser.add_argument("--videos", type=int, default=SyntheticConfig.num_videos,
-                        help="total number of videos over train/val/test (default %(default)s)")
+    parser.add_argument(
+        "--videos",
+        type=int,
+        default=SyntheticConfig.num_videos,
+        help="total number of videos over train/val/test (default %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
-    parser.add_argument("--noise", type=float, default=SyntheticConfig.noise,
-                        help="feature noise std; higher is harder (default %(default)s)")
+    parser.add_argument(
+        "--noise",
+        type=float,
+        default=SyntheticConfig.noise,
+        help="feature noise std; higher is harder (default %(default)s)",
+    )
     for name in ("miss", "jitter", "false_alarm"):
-        parser.add_argument(f"--teacher-{name.replace('_', '-')}", type=float,
-                            default=getattr(SyntheticConfig, f"teacher_{name}"),
-                            help=f"pseudo-label teacher: {name.replace('_', ' ')} rate "
-                                 "(see TeacherConfig; default %(default)s)")
+        parser.add_argument(
+            f"--teacher-{name.replace('_', '-')}",
+            type=float,
+            default=getattr(SyntheticConfig, f"teacher_{name}"),
+            help=f"pseudo-label teacher: {name.replace('_', ' ')} rate "
+            "(see TeacherConfig; default %(default)s)",
+        )
     args = parser.parse_args(argv)
     try:
-        generate(args.out, SyntheticConfig(num_videos=args.videos, seed=args.seed, noise=args.noise,
-                                           teacher_miss=args.teacher_miss,
-                                           teacher_jitter=args.teacher_jitter,
-                                           teacher_false_alarm=args.teacher_false_alarm),
-                 verbose=True)
+        generate(
+            args.out,
+            SyntheticConfig(
+                num_videos=args.videos,
+                seed=args.seed,
+                noise=args.noise,
+                teacher_miss=args.teacher_miss,
+                teacher_jitter=args.teacher_jitter,
+                teacher_false_alarm=args.teacher_false_alarm,
+            ),
+            verbose=True,
+        )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -97,8 +97,9 @@ class AnnotationReport:
     skipped_events: int = 0  # empty after clipping, or starting at/after the end
 
 
-def read_annotations(path: str, num_classes: int = UNAV_NUM_CLASSES
-                     ) -> tuple[dict[str, VideoRecord], list[str], AnnotationReport]:
+def read_annotations(
+    path: str, num_classes: int = UNAV_NUM_CLASSES
+) -> tuple[dict[str, VideoRecord], list[str], AnnotationReport]:
     """Parses the annotation JSON; returns ``(videos by id, class names, report)``.
 
     Raises ``ValueError`` naming the video and field on anything malformed:
@@ -107,8 +108,9 @@ def read_annotations(path: str, num_classes: int = UNAV_NUM_CLASSES
     ``[0, num_classes)`` or a ``label`` that disagrees with its ``label_id``.
     """
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: UnAV-100 annotation file not found (expected "
-                                f"ROOT/{ANNOTATION_FILE})")
+        raise FileNotFoundError(
+            f"{path}: UnAV-100 annotation file not found (expected ROOT/{ANNOTATION_FILE})"
+        )
     try:
         with open(path) as f:
             raw = json.load(f)
@@ -130,30 +132,43 @@ def read_annotations(path: str, num_classes: int = UNAV_NUM_CLASSES
         try:
             duration = float(entry["duration"])
         except (TypeError, ValueError):
-            raise ValueError(f"{where}: field 'duration' = {entry['duration']!r} is not a number") from None
+            raise ValueError(
+                f"{where}: field 'duration' = {entry['duration']!r} is not a number"
+            ) from None
         if not duration > 0 or not math.isfinite(duration):
             raise ValueError(f"{where}: field 'duration' = {duration} must be a positive number")
         subset = entry["subset"]
         if subset not in subsets:
-            raise ValueError(f"{where}: field 'subset' = {subset!r}, expected one of {sorted(subsets)}")
+            raise ValueError(
+                f"{where}: field 'subset' = {subset!r}, expected one of {sorted(subsets)}"
+            )
         events = []
         for j, ann in enumerate(entry["annotations"]):
             here = f"{where}, annotations[{j}]"
             seg = ann.get("segment") if isinstance(ann, dict) else None
-            if (not isinstance(seg, (list, tuple)) or len(seg) != 2
-                    or not all(isinstance(x, (int, float)) for x in seg)):
-                raise ValueError(f"{here}: field 'segment' = {seg!r}, expected [start, end] in seconds")
+            if (
+                not isinstance(seg, (list, tuple))
+                or len(seg) != 2
+                or not all(isinstance(x, (int, float)) for x in seg)
+            ):
+                raise ValueError(
+                    f"{here}: field 'segment' = {seg!r}, expected [start, end] in seconds"
+                )
             start, end = float(seg[0]), float(seg[1])
             if not (0 <= start < end):
                 raise ValueError(f"{here}: segment {seg} must satisfy 0 <= start < end")
             label_id, label = ann.get("label_id"), ann.get("label")
             if not isinstance(label_id, int) or not 0 <= label_id < num_classes:
-                raise ValueError(f"{here}: field 'label_id' = {label_id!r}, expected an integer "
-                                 f"in [0, {num_classes})")
+                raise ValueError(
+                    f"{here}: field 'label_id' = {label_id!r}, expected an integer "
+                    f"in [0, {num_classes})"
+                )
             if label is not None:
                 if names.setdefault(label_id, label) != label:
-                    raise ValueError(f"{here}: label {label!r} for label_id {label_id}, which "
-                                     f"elsewhere is {names[label_id]!r}")
+                    raise ValueError(
+                        f"{here}: label {label!r} for label_id {label_id}, which "
+                        f"elsewhere is {names[label_id]!r}"
+                    )
             if end > duration:
                 if start >= duration:
                     report.skipped_events += 1
@@ -163,17 +178,21 @@ def read_annotations(path: str, num_classes: int = UNAV_NUM_CLASSES
             events.append(Event(label_id, start, end))
         videos[vid] = VideoRecord(vid, duration, subset, events)
     if report.clipped_events:
-        warnings.warn(f"{path}: {report.clipped_events} event(s) end after their video's "
-                      f"duration; clipped to it")
+        warnings.warn(
+            f"{path}: {report.clipped_events} event(s) end after their video's "
+            f"duration; clipped to it"
+        )
     if report.skipped_events:
-        warnings.warn(f"{path}: {report.skipped_events} event(s) start at or after their "
-                      f"video's end; skipped")
+        warnings.warn(
+            f"{path}: {report.skipped_events} event(s) start at or after their video's end; skipped"
+        )
     class_names = [names.get(k, f"class_{k}") for k in range(num_classes)]
     return videos, class_names, report
 
 
-def segment_truth(events: list[Event], num_segments: int, num_classes: int,
-                  rule: str = "any") -> np.ndarray:
+def segment_truth(
+    events: list[Event], num_segments: int, num_classes: int, rule: str = "any"
+) -> np.ndarray:
     """``(T, C)`` bool: which one-second segments each event class covers (``OVERLAP_RULES``)."""
     if rule not in OVERLAP_RULES:
         raise ValueError(f"overlap rule {rule!r}: expected one of {sorted(OVERLAP_RULES)}")
@@ -194,8 +213,9 @@ def segment_truth(events: list[Event], num_segments: int, num_classes: int,
     return truth
 
 
-def pool_to_segments(x: np.ndarray, num_segments: int, step: float = UNAV_FEATURE_STEP,
-                     offset: float = 0.5) -> np.ndarray:
+def pool_to_segments(
+    x: np.ndarray, num_segments: int, step: float = UNAV_FEATURE_STEP, offset: float = 0.5
+) -> np.ndarray:
     """Averages ``x (N, D)`` (one vector every ``step`` s) into ``(num_segments, D)``.
 
     Feature ``i`` is centred at ``(i + offset)·step``; segment ``t`` averages the
@@ -233,10 +253,18 @@ def _load_feature(path: str, dim: int) -> np.ndarray:
     return x
 
 
-def load_split(root: str, split: str, *, features: str = "i3d", overlap: str = "any",
-               step: float = UNAV_FEATURE_STEP, offset: float = 0.5,
-               annotation_file: str | None = None, num_classes: int = UNAV_NUM_CLASSES,
-               max_videos: int | None = None) -> dict[str, np.ndarray]:
+def load_split(
+    root: str,
+    split: str,
+    *,
+    features: str = "i3d",
+    overlap: str = "any",
+    step: float = UNAV_FEATURE_STEP,
+    offset: float = 0.5,
+    annotation_file: str | None = None,
+    num_classes: int = UNAV_NUM_CLASSES,
+    max_videos: int | None = None,
+) -> dict[str, np.ndarray]:
     """Loads one UnAV-100 split (``'train'``, ``'val'`` or ``'test'``) into memory.
 
     Returns, for the ``N`` videos of the split with all feature files, padded
@@ -249,18 +277,23 @@ def load_split(root: str, split: str, *, features: str = "i3d", overlap: str = "
     if split not in SUBSETS:
         raise ValueError(f"split {split!r}: expected one of {sorted(SUBSETS)}")
     if features not in FEATURE_SETS:
-        raise ValueError(f"UnAV-100 feature set {features!r}: expected one of {sorted(FEATURE_SETS)}")
+        raise ValueError(
+            f"UnAV-100 feature set {features!r}: expected one of {sorted(FEATURE_SETS)}"
+        )
     fs = FEATURE_SETS[features]
     ann_path = annotation_file or os.path.join(root, ANNOTATION_FILE)
     videos, _, _ = read_annotations(ann_path, num_classes)
-    chosen = sorted((v for v in videos.values() if v.subset == SUBSETS[split]),
-                    key=lambda v: v.video_id)
+    chosen = sorted(
+        (v for v in videos.values() if v.subset == SUBSETS[split]), key=lambda v: v.video_id
+    )
     if max_videos:
         chosen = chosen[:max_videos]
     feat_dir = os.path.join(root, FEATURE_DIR)
     if not os.path.isdir(feat_dir):
-        raise FileNotFoundError(f"{feat_dir}: UnAV-100 feature folder not found (expected "
-                                f"ROOT/{FEATURE_DIR}/<id>_*.npy)")
+        raise FileNotFoundError(
+            f"{feat_dir}: UnAV-100 feature folder not found (expected "
+            f"ROOT/{FEATURE_DIR}/<id>_*.npy)"
+        )
     rows, missing = [], []
     for v in chosen:
         raw, absent = _read_streams(feat_dir, v.video_id, fs)
@@ -274,8 +307,10 @@ def load_split(root: str, split: str, *, features: str = "i3d", overlap: str = "
         row["label"][[e.label_id for e in v.events]] = 1.0  # the union of annotated classes
         rows.append((v, row))
     if missing:
-        warnings.warn(f"UnAV-100 {split}: skipped {len(missing)} of {len(chosen)} videos with a "
-                      f"missing feature file (first: {missing[0]})")
+        warnings.warn(
+            f"UnAV-100 {split}: skipped {len(missing)} of {len(chosen)} videos with a "
+            f"missing feature file (first: {missing[0]})"
+        )
     if not rows:
         raise ValueError(f"UnAV-100 {split}: no video with all feature files under {feat_dir}")
     return _pad_split(rows, num_classes)
@@ -285,7 +320,9 @@ def _read_streams(directory: str, vid: str, fs: FeatureSet) -> tuple[dict | None
     """``({stream: (steps, dim) array}, None)`` for video ``vid``, each file checked by
     ``_load_feature``; ``(None, first missing path)`` when a file is absent."""
     streams = {"audio": fs.audio, "video_2d": fs.video_2d, "video_3d": fs.video_3d}
-    paths = {k: os.path.join(directory, spec[0].format(id=vid)) for k, spec in streams.items() if spec}
+    paths = {
+        k: os.path.join(directory, spec[0].format(id=vid)) for k, spec in streams.items() if spec
+    }
     absent = [p for p in paths.values() if not os.path.exists(p)]
     if absent:
         return None, absent[0]
@@ -303,8 +340,10 @@ def _pooled_features(raw: dict, t: int, step: float, offset: float) -> dict:
 def _pad_split(rows, num_classes: int) -> dict[str, np.ndarray]:
     n = len(rows)
     t_max = max(v.num_segments for v, _ in rows)
-    out = {k: np.zeros((n, t_max, rows[0][1][k].shape[1]), np.float32)
-           for k in ("audio", "video_2d", "video_3d")}
+    out = {
+        k: np.zeros((n, t_max, rows[0][1][k].shape[1]), np.float32)
+        for k in ("audio", "video_2d", "video_3d")
+    }
     truth = np.zeros((n, t_max, num_classes), np.float32)
     mask = np.zeros((n, t_max), bool)
     for i, (v, row) in enumerate(rows):
@@ -313,15 +352,25 @@ def _pad_split(rows, num_classes: int) -> dict[str, np.ndarray]:
             out[k][i, :t] = row[k]
         truth[i, :t] = row["truth"]
         mask[i, :t] = True
-    out.update(label=np.stack([row["label"] for _, row in rows]), label_audio=truth,
-               label_visual=truth.copy(), mask=mask,
-               duration=np.array([v.duration for v, _ in rows], np.float32),
-               id=np.array([v.video_id for v, _ in rows]))
+    out.update(
+        label=np.stack([row["label"] for _, row in rows]),
+        label_audio=truth,
+        label_visual=truth.copy(),
+        mask=mask,
+        duration=np.array([v.duration for v, _ in rows], np.float32),
+        id=np.array([v.video_id for v, _ in rows]),
+    )
     return out
 
 
-def load_feature_dir(directory: str, ids=None, *, features: str = "i3d",
-                     step: float = UNAV_FEATURE_STEP, offset: float = 0.5) -> dict[str, np.ndarray]:
+def load_feature_dir(
+    directory: str,
+    ids=None,
+    *,
+    features: str = "i3d",
+    step: float = UNAV_FEATURE_STEP,
+    offset: float = 0.5,
+) -> dict[str, np.ndarray]:
     """Features of the videos in ``directory`` (or its ``av_features/``), no annotations.
 
     Videos are the ``<id>`` of every ``<id>_<audio suffix>`` file, or ``ids``;
@@ -333,7 +382,7 @@ def load_feature_dir(directory: str, ids=None, *, features: str = "i3d",
         directory = os.path.join(directory, FEATURE_DIR)
     suffix = fs.audio[0].replace("{id}", "")
     if ids is None:
-        ids = sorted(f[:-len(suffix)] for f in os.listdir(directory) if f.endswith(suffix))
+        ids = sorted(f[: -len(suffix)] for f in os.listdir(directory) if f.endswith(suffix))
     if not len(ids):
         raise FileNotFoundError(f"{directory}: no '*{suffix}' feature files")
     rows, missing = [], []
@@ -348,8 +397,10 @@ def load_feature_dir(directory: str, ids=None, *, features: str = "i3d",
         row["label"] = np.zeros(1, np.float32)
         rows.append((record, row))
     if missing:
-        warnings.warn(f"{directory}: skipped {len(missing)} video(s) with a missing feature file "
-                      f"(first: {missing[0]})")
+        warnings.warn(
+            f"{directory}: skipped {len(missing)} video(s) with a missing feature file "
+            f"(first: {missing[0]})"
+        )
     if not rows:
         raise ValueError(f"{directory}: no video has all of its feature files")
     out = _pad_split(rows, 1)

@@ -45,9 +45,15 @@ class ConversionError(ValueError):
 # ----------------------------------------------------------------------------- .pth reader
 
 _STORAGE_DTYPES = {
-    "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16,
-    "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
-    "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+    "DoubleStorage": np.float64,
+    "FloatStorage": np.float32,
+    "HalfStorage": np.float16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
 }
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
@@ -70,7 +76,12 @@ class _LazyTensor:
     """A tensor whose storage is read after unpickling (the legacy format)."""
 
     def __init__(self, storage, offset, size, stride):
-        self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
+        self.storage, self.offset, self.size, self.stride = (
+            storage,
+            offset,
+            tuple(size),
+            tuple(stride),
+        )
 
     def materialize(self) -> np.ndarray:
         storage, offset = self.storage, self.offset
@@ -107,15 +118,19 @@ class _Unpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if module == "torch._utils" and name in ("_rebuild_tensor", "_rebuild_tensor_v2"):
             return _rebuild_tensor
-        if module == "torch._utils" and name in ("_rebuild_parameter",
-                                                 "_rebuild_parameter_with_state"):
+        if module == "torch._utils" and name in (
+            "_rebuild_parameter",
+            "_rebuild_parameter_with_state",
+        ):
             return _rebuild_parameter
         if module == "torch" and name in _STORAGE_DTYPES:
             return _STORAGE_DTYPES[name]
         if module == "collections" and name == "OrderedDict":
             return collections.OrderedDict
         if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name in (
-                "_reconstruct", "scalar"):
+            "_reconstruct",
+            "scalar",
+        ):
             import importlib
 
             try:
@@ -163,7 +178,8 @@ def _read_zip(path: str) -> dict:
                 dtype = np.dtype(storage_type).newbyteorder("<" if byteorder == "little" else ">")
                 st = _Storage(dtype, numel)
                 st.data = np.frombuffer(z.read(f"{prefix}data/{key}"), dtype=dtype).astype(
-                    np.dtype(storage_type))
+                    np.dtype(storage_type)
+                )
                 storages[key] = st
             return storages[key]
 
@@ -228,6 +244,7 @@ def read_pth(path: str) -> dict[str, np.ndarray]:
 
 # ----------------------------------------------------------------------------- mappings
 
+
 def _set(tree: dict, path: tuple, value) -> None:
     for p in path[:-1]:
         tree = tree.setdefault(p, {})
@@ -240,8 +257,10 @@ def _conv(w: np.ndarray) -> np.ndarray:
 
 
 def _bn(state: dict, prefix: str) -> tuple[dict, dict]:
-    return ({"scale": state[prefix + ".weight"], "bias": state[prefix + ".bias"]},
-            {"mean": state[prefix + ".running_mean"], "var": state[prefix + ".running_var"]})
+    return (
+        {"scale": state[prefix + ".weight"], "bias": state[prefix + ".bias"]},
+        {"mean": state[prefix + ".running_mean"], "var": state[prefix + ".running_var"]},
+    )
 
 
 class _Mapping:
@@ -269,7 +288,9 @@ class _Mapping:
         for suffix in ("weight", "bias", "running_mean", "running_var"):
             self.get(f"{key}.{suffix}", (width,))
         self.used.add(f"{key}.num_batches_tracked")
-        if all(f"{key}.{s}" in self.state for s in ("weight", "bias", "running_mean", "running_var")):
+        if all(
+            f"{key}.{s}" in self.state for s in ("weight", "bias", "running_mean", "running_var")
+        ):
             params, stats = _bn(self.state, key)
             _set(self.variables["params"], path, params)
             _set(self.variables["batch_stats"], path, stats)
@@ -281,18 +302,29 @@ class _Mapping:
 
     def check(self) -> dict:
         missing = sorted(k for k in self.expected_shapes if k not in self.state)
-        wrong = sorted(f"{k} {tuple(self.state[k].shape)} (expected {self.expected_shapes[k]})"
-                       for k in self.expected_shapes
-                       if k in self.state and tuple(self.state[k].shape) != self.expected_shapes[k])
-        unexpected = sorted(k for k in self.state if k not in self.used
-                            and not k.startswith(self.ignore_prefixes))
+        wrong = sorted(
+            f"{k} {tuple(self.state[k].shape)} (expected {self.expected_shapes[k]})"
+            for k in self.expected_shapes
+            if k in self.state and tuple(self.state[k].shape) != self.expected_shapes[k]
+        )
+        unexpected = sorted(
+            k for k in self.state if k not in self.used and not k.startswith(self.ignore_prefixes)
+        )
         problems = []
-        for label, keys in (("missing", missing), ("wrong shape", wrong), ("unexpected", unexpected)):
+        for label, keys in (
+            ("missing", missing),
+            ("wrong shape", wrong),
+            ("unexpected", unexpected),
+        ):
             if keys:
-                shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+                shown = ", ".join(keys[:5]) + (
+                    f" and {len(keys) - 5} more" if len(keys) > 5 else ""
+                )
                 problems.append(f"{len(keys)} {label}: {shown}")
         if problems:
-            raise ConversionError(f"{self.source}: not a {self.what} state dict ({'; '.join(problems)})")
+            raise ConversionError(
+                f"{self.source}: not a {self.what} state dict ({'; '.join(problems)})"
+            )
         return self.variables
 
 
@@ -304,8 +336,9 @@ def _stack_blocks(variables: dict, stage: str, count: int) -> None:
         tree = variables[col]
         blocks = [tree.pop(f"{stage}_{i}") for i in range(1, count)]
         if blocks:
-            tree[f"{stage}_rest"] = {"block": jax.tree_util.tree_map(
-                lambda *xs: np.stack(xs), *blocks)}
+            tree[f"{stage}_rest"] = {
+                "block": jax.tree_util.tree_map(lambda *xs: np.stack(xs), *blocks)
+            }
 
 
 def _resnet152_map(m: _Mapping) -> None:
@@ -355,7 +388,9 @@ def _r2plus1d_map(m: _Mapping) -> None:
                 m.conv(f"{key}.{c}.0.3", path + (c, "temporal"), (width, mid, 3, 1, 1))
                 m.bn(f"{key}.{c}.1", path + ("bn1" if c == "conv1" else "bn2",), width)
             if b == 0 and (stride != 1 or in_planes != width):
-                m.conv(f"{key}.downsample.0", path + ("downsample_conv",), (width, in_planes, 1, 1, 1))
+                m.conv(
+                    f"{key}.downsample.0", path + ("downsample_conv",), (width, in_planes, 1, 1, 1)
+                )
                 m.bn(f"{key}.downsample.1", path + ("downsample_bn",), width)
             in_planes = width
 
@@ -368,8 +403,14 @@ def r2plus1d_variables(state: dict, source: str = "state dict") -> dict:
     return m.check()
 
 
-_VGGISH_TORCH_CONVS = {"conv1": "features.0", "conv2": "features.3", "conv3_1": "features.6",
-                       "conv3_2": "features.8", "conv4_1": "features.11", "conv4_2": "features.13"}
+_VGGISH_TORCH_CONVS = {
+    "conv1": "features.0",
+    "conv2": "features.3",
+    "conv3_1": "features.6",
+    "conv3_2": "features.8",
+    "conv4_1": "features.11",
+    "conv4_2": "features.13",
+}
 _VGGISH_TORCH_FCS = {"fc1_1": "embeddings.0", "fc1_2": "embeddings.2", "fc2": "embeddings.4"}
 
 
@@ -428,16 +469,22 @@ def vggish_tf_variables(reader, source: str = "vggish_model.ckpt") -> dict:
     params = {}
     try:
         for name in shapes:
-            scope = {"conv3_1": "conv3/conv3_1", "conv3_2": "conv3/conv3_2",
-                     "conv4_1": "conv4/conv4_1", "conv4_2": "conv4/conv4_2",
-                     "fc1_1": "fc1/fc1_1", "fc1_2": "fc1/fc1_2"}.get(name, name)
+            scope = {
+                "conv3_1": "conv3/conv3_1",
+                "conv3_2": "conv3/conv3_2",
+                "conv4_1": "conv4/conv4_1",
+                "conv4_2": "conv4/conv4_2",
+                "fc1_1": "fc1/fc1_1",
+                "fc1_2": "fc1/fc1_2",
+            }.get(name, name)
             w = np.asarray(reader.get_tensor(f"vggish/{scope}/weights"))
             b = np.asarray(reader.get_tensor(f"vggish/{scope}/biases"))
             want = shapes[name]
             want = (want[2], want[3], want[1], want[0]) if len(want) == 4 else (want[1], want[0])
             if w.shape != want:
-                raise ConversionError(f"{source}: vggish/{scope}/weights has shape {w.shape}, "
-                                      f"expected {want}")
+                raise ConversionError(
+                    f"{source}: vggish/{scope}/weights has shape {w.shape}, expected {want}"
+                )
             params[name] = {"kernel": w.astype(np.float32), "bias": b.astype(np.float32)}
     except (KeyError, ValueError) as e:
         if isinstance(e, ConversionError):
@@ -453,15 +500,19 @@ def pca_params(state: dict, source: str = "PCA parameters") -> dict:
         vectors = np.asarray(state["pca_eigen_vectors"], np.float32)
         means = np.asarray(state["pca_means"], np.float32).reshape(-1)
     except KeyError as e:
-        raise ConversionError(f"{source}: no {e} array (expected pca_eigen_vectors and "
-                              f"pca_means)") from e
+        raise ConversionError(
+            f"{source}: no {e} array (expected pca_eigen_vectors and pca_means)"
+        ) from e
     if vectors.shape != (128, 128) or means.shape != (128,):
-        raise ConversionError(f"{source}: PCA shapes {vectors.shape} and {means.shape}, expected "
-                              f"(128, 128) and (128,)")
+        raise ConversionError(
+            f"{source}: PCA shapes {vectors.shape} and {means.shape}, expected "
+            f"(128, 128) and (128,)"
+        )
     return {"pca_eigen_vectors": vectors, "pca_means": means}
 
 
 # ----------------------------------------------------------------------------- CLI
+
 
 def main(argv=None) -> int:
     from coleaf_jax.features import weights
@@ -469,7 +520,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m coleaf_jax.features.convert",
         description="Convert the extractors' public checkpoints found in a weights folder "
-                    "to flax variables (orbax) in the same folder.")
+        "to flax variables (orbax) in the same folder.",
+    )
     parser.add_argument("folder", help="the weights folder holding the downloaded checkpoints")
     parser.add_argument("--force", action="store_true", help="convert again even if converted")
     args = parser.parse_args(argv)

@@ -33,7 +33,7 @@ import fractions
 import io
 import math
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -88,7 +88,9 @@ def _open(path: str):
     try:
         return av.open(path, metadata_errors="ignore")
     except av.FFmpegError as e:
-        raise VideoError(f"{path}: cannot be read as a video by FFmpeg ({_ffmpeg_reason(e)})") from e
+        raise VideoError(
+            f"{path}: cannot be read as a video by FFmpeg ({_ffmpeg_reason(e)})"
+        ) from e
 
 
 def _ffmpeg_reason(e: Exception) -> str:
@@ -217,8 +219,11 @@ def _decode_frames(container, path: str, frame_fn: Callable, jpeg: bool) -> tupl
 
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
-    start = container.start_time / 1e6 if container.start_time is not None else (
-        float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0)
+    start = (
+        container.start_time / 1e6
+        if container.start_time is not None
+        else (float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0)
+    )
     conv = CfrFrameRate(_input_rate(stream))
     out: list = []
     width = height = 0
@@ -248,8 +253,7 @@ def _decode_frames(container, path: str, frame_fn: Callable, jpeg: bool) -> tupl
             previous, converted = frame, []
             emit(frame, this, converted)
     except av.FFmpegError as e:
-        raise VideoError(f"{path}: the video stream cannot be decoded "
-                         f"({_ffmpeg_reason(e)})") from e
+        raise VideoError(f"{path}: the video stream cannot be decoded ({_ffmpeg_reason(e)})") from e
     if not out:
         raise VideoError(f"{path}: the video stream has no decodable frame")
     return out, width, height
@@ -269,8 +273,7 @@ def _decode_audio(container, path: str, duration: float) -> np.ndarray:
         for out in resampler.resample(None):
             chunks.append(out.to_ndarray().reshape(-1, 2))
     except av.FFmpegError as e:
-        raise VideoError(f"{path}: the audio stream cannot be decoded "
-                         f"({_ffmpeg_reason(e)})") from e
+        raise VideoError(f"{path}: the audio stream cannot be decoded ({_ffmpeg_reason(e)})") from e
     samples = np.concatenate(chunks) if chunks else np.zeros((0, 2), np.int16)
     return moviepy_resample(samples, moviepy_duration(duration))
 
@@ -402,8 +405,10 @@ def _checked_duration(container, path: str, audio: bool) -> float:
     """The container's duration, after checking its streams (a video stream, and an
     audio stream when ``audio``); raises :class:`VideoError` / :class:`NoAudioError`."""
     if not container.streams.video:
-        raise VideoError(f"{path}: no video stream (streams: "
-                         f"{', '.join(s.type for s in container.streams) or 'none'})")
+        raise VideoError(
+            f"{path}: no video stream (streams: "
+            f"{', '.join(s.type for s in container.streams) or 'none'})"
+        )
     if audio and not container.streams.audio:
         raise NoAudioError(_no_audio_message(path))
     duration = probe_duration(container)
@@ -413,13 +418,16 @@ def _checked_duration(container, path: str, audio: bool) -> float:
 
 
 def _no_audio_message(path: str) -> str:
-    return (f"{path}: no audio stream; the audio features (VGGish) need one. A silent video "
-            f"can be parsed with a silent track added, e.g. ffmpeg -i {os.path.basename(path)} "
-            f"-f lavfi -i anullsrc=r=44100:cl=stereo -shortest -c:v copy out.mp4")
+    return (
+        f"{path}: no audio stream; the audio features (VGGish) need one. A silent video "
+        f"can be parsed with a silent track added, e.g. ffmpeg -i {os.path.basename(path)} "
+        f"-f lavfi -i anullsrc=r=44100:cl=stereo -shortest -c:v copy out.mp4"
+    )
 
 
-def decode(path: str, frame_fn: Callable | None = None, *, audio: bool = True,
-           jpeg: bool = True) -> DecodedVideo:
+def decode(
+    path: str, frame_fn: Callable | None = None, *, audio: bool = True, jpeg: bool = True
+) -> DecodedVideo:
     """Decodes ``path`` (module docstring).
 
     ``frame_fn(PIL.Image)`` converts each 8-fps frame (default: an RGB ``(H, W,

@@ -22,7 +22,7 @@ import itertools
 import os
 import sys
 import time
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -60,13 +60,16 @@ class Options:
 
     def __post_init__(self):
         if self.vggish_postprocess not in ("none", "pca"):
-            raise ValueError(f"vggish_postprocess = {self.vggish_postprocess!r}: expected 'none' "
-                             f"or 'pca'")
+            raise ValueError(
+                f"vggish_postprocess = {self.vggish_postprocess!r}: expected 'none' or 'pca'"
+            )
         if self.precision not in ("highest", "high", "default"):
             raise ValueError(f"precision = {self.precision!r}: expected highest, high or default")
         if self.resnet_crop < 32 or self.r21d_size < 16:
-            raise ValueError(f"frame sizes {self.resnet_crop} / {self.r21d_size}: expected at "
-                             f"least 32 (ResNet-152) and 16 (R(2+1)D-18)")
+            raise ValueError(
+                f"frame sizes {self.resnet_crop} / {self.r21d_size}: expected at "
+                f"least 32 (ResNet-152) and 16 (R(2+1)D-18)"
+            )
         for name in ("frame_batch", "clip_batch", "example_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} = {getattr(self, name)}: expected at least 1")
@@ -101,8 +104,10 @@ def check_ids(paths: list[str]) -> None:
     for p in paths:
         vid = video_id(p)
         if vid in seen:
-            raise ValueError(f"{seen[vid]} and {p} have the same id {vid!r} (the file name without "
-                             f"its extension names the outputs): rename one")
+            raise ValueError(
+                f"{seen[vid]} and {p} have the same id {vid!r} (the file name without "
+                f"its extension names the outputs): rename one"
+            )
         seen[vid] = p
 
 
@@ -112,6 +117,7 @@ def _frame_fn(options: Options):
 
     def fn(image):
         return preprocess.resnet_frame(image, resize, crop), preprocess.r21d_frame(image, r21d)
+
     return fn
 
 
@@ -136,10 +142,18 @@ def prepare(path: str, options: Options = Options()) -> Decoded:
     idx = decode.han_sample(len(d.frames), preprocess.R21D_CLIP * t)
     resnet_frames = np.stack([d.frames[i][0] for i in idx])
     clips = np.stack([d.frames[i][1] for i in idx]).reshape(
-        t, preprocess.R21D_CLIP, options.r21d_size, options.r21d_size, 3)
+        t, preprocess.R21D_CLIP, options.r21d_size, options.r21d_size, 3
+    )
     examples = preprocess.vggish_examples(d.audio, t)
-    return Decoded(d.path, d.duration, len(d.frames), resnet_frames, clips, examples,
-                   time.perf_counter() - start)
+    return Decoded(
+        d.path,
+        d.duration,
+        len(d.frames),
+        resnet_frames,
+        clips,
+        examples,
+        time.perf_counter() - start,
+    )
 
 
 def _batched(fn, variables, x: np.ndarray, batch: int) -> np.ndarray:
@@ -150,7 +164,7 @@ def _batched(fn, variables, x: np.ndarray, batch: int) -> np.ndarray:
     batch = min(batch, 1 << max(0, int(np.ceil(np.log2(max(len(x), 1))))))
     outs = []
     for i in range(0, len(x), batch):
-        chunk = x[i:i + batch]
+        chunk = x[i : i + batch]
         n = len(chunk)
         if n < batch:
             chunk = np.concatenate([chunk, np.zeros((batch - n,) + chunk.shape[1:], chunk.dtype)])
@@ -158,7 +172,7 @@ def _batched(fn, variables, x: np.ndarray, batch: int) -> np.ndarray:
     return np.asarray(jax.device_get(jax.numpy.concatenate(outs)), np.float32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _networks(precision: str, vggish_relu: bool, pca: bool):
     """The three jitted networks (weights are arguments: every :class:`Extractor` with
     these settings shares their compiled programs)."""
@@ -188,8 +202,11 @@ def _networks(precision: str, vggish_relu: bool, pca: bool):
     # optimisation whatever XLA_FLAGS says (the test suite lowers it to save compile
     # time; the convolutions then run about 7 times slower).
     opts = {"xla_backend_optimization_level": 3} if jax.default_backend() == "cpu" else None
-    return (jax.jit(resnet_fn, compiler_options=opts), jax.jit(r21d_fn, compiler_options=opts),
-            jax.jit(vggish_fn, compiler_options=opts))
+    return (
+        jax.jit(resnet_fn, compiler_options=opts),
+        jax.jit(r21d_fn, compiler_options=opts),
+        jax.jit(vggish_fn, compiler_options=opts),
+    )
 
 
 class Extractor:
@@ -201,8 +218,14 @@ class Extractor:
     (``{model: variables}``) bypasses the folder (tests).
     """
 
-    def __init__(self, weights_dir: str | None, options: Options = Options(), *,
-                 variables: dict | None = None, verbose: bool = True):
+    def __init__(
+        self,
+        weights_dir: str | None,
+        options: Options = Options(),
+        *,
+        variables: dict | None = None,
+        verbose: bool = True,
+    ):
         import jax
 
         self.options = options
@@ -213,7 +236,8 @@ class Extractor:
                 loaded[name] = weights.load(weights_dir, name, verbose=verbose)
         self.variables = {k: jax.device_put(v) for k, v in loaded.items() if k in needed}
         self._resnet, self._r21d, self._vggish = _networks(
-            options.precision, options.vggish_relu, options.vggish_postprocess == "pca")
+            options.precision, options.vggish_relu, options.vggish_postprocess == "pca"
+        )
         post = options.vggish_postprocess == "pca"
         self._vggish_vars = {"net": self.variables["vggish"]}
         if post:
@@ -224,18 +248,28 @@ class Extractor:
         o = self.options
         start = time.perf_counter()
         audio = _batched(self._vggish, self._vggish_vars, d.examples, o.example_batch)
-        video_2d = _batched(self._resnet, self.variables["resnet152"], d.resnet_frames, o.frame_batch)
+        video_2d = _batched(
+            self._resnet, self.variables["resnet152"], d.resnet_frames, o.frame_batch
+        )
         video_3d = _batched(self._r21d, self.variables["r2plus1d_18"], d.clips, o.clip_batch)
-        return VideoFeatures(video_id(d.path), d.path, d.duration, audio, video_2d, video_3d,
-                             d.frames_decoded, {"decode": d.seconds,
-                                                "networks": time.perf_counter() - start})
+        return VideoFeatures(
+            video_id(d.path),
+            d.path,
+            d.duration,
+            audio,
+            video_2d,
+            video_3d,
+            d.frames_decoded,
+            {"decode": d.seconds, "networks": time.perf_counter() - start},
+        )
 
     def extract(self, path: str) -> VideoFeatures:
         """One video's features."""
         return self.run(prepare(path, self.options))
 
-    def extract_many(self, paths: Iterable[str], progress: bool = True,
-                     workers: int = 1) -> Iterator[VideoFeatures]:
+    def extract_many(
+        self, paths: Iterable[str], progress: bool = True, workers: int = 1
+    ) -> Iterator[VideoFeatures]:
         """Features of ``paths`` in order. ``workers`` threads decode the next videos while
         the networks run on the current one (FFmpeg and PIL release the GIL; on a GPU
         decoding is the bottleneck: give it the CPU's cores). A bar on a terminal, one
@@ -249,9 +283,13 @@ class Extractor:
         for i, d in enumerate(bar, start=1):
             f = self.run(d)
             if progress and not terminal:
-                print(f"[{i}/{len(paths)}] {f.path}: {f.num_segments} segments "
-                      f"({f.duration:.2f} s), decoded in {f.seconds['decode']:.1f} s, networks "
-                      f"{f.seconds['networks']:.1f} s", file=sys.stderr, flush=True)
+                print(
+                    f"[{i}/{len(paths)}] {f.path}: {f.num_segments} segments "
+                    f"({f.duration:.2f} s), decoded in {f.seconds['decode']:.1f} s, networks "
+                    f"{f.seconds['networks']:.1f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
             else:
                 bar.set_postfix(video=f.id)
             yield f
@@ -305,9 +343,18 @@ def stack_features(videos: list[VideoFeatures], pool_frames: bool = False) -> di
     mask = np.zeros((n, t), bool)
     for i, v in enumerate(videos):
         k = v.num_segments
-        audio[i, :k], frames[i, :k * per], clips[i, :k], mask[i, :k] = (
-            v.audio, v.video_2d, v.video_3d, True)
+        audio[i, :k], frames[i, : k * per], clips[i, :k], mask[i, :k] = (
+            v.audio,
+            v.video_2d,
+            v.video_3d,
+            True,
+        )
     if pool_frames:
         frames = frames.reshape(n, t, per, -1).mean(2)
-    return {"audio": audio, "video_2d": frames, "video_3d": clips, "mask": mask,
-            "id": np.array([v.id for v in videos], dtype=str)}
+    return {
+        "audio": audio,
+        "video_2d": frames,
+        "video_3d": clips,
+        "mask": mask,
+        "id": np.array([v.id for v in videos], dtype=str),
+    }

@@ -85,8 +85,15 @@ draw();
 """
 
 
-def video_page(video_path: str, page_path: str, events: list[dict], duration: float,
-               num_segments: int, title: str | None = None, subtitle: str = "") -> str:
+def video_page(
+    video_path: str,
+    page_path: str,
+    events: list[dict],
+    duration: float,
+    num_segments: int,
+    title: str | None = None,
+    subtitle: str = "",
+) -> str:
     """The page's HTML (module docstring). ``events``: this video's records
     (``parsing.merge_events``); ``duration``: the timeline's extent in seconds
     (the segments'); ``subtitle``: a line under the title (model, thresholds)."""
@@ -98,21 +105,29 @@ def video_page(video_path: str, page_path: str, events: list[dict], duration: fl
     payload = payload.replace("</", "<\\/")
     note = ""
     if not video_path.lower().endswith(BROWSER_CONTAINERS):
-        note = (f'<div class="note">Browsers may not play {html.escape(os.path.splitext(video_path)[1])}'
-                f" files; the timeline and the table still work.</div>")
-    legend = "".join(f'<span><i style="background:{TYPE_COLOURS[t]}"></i>{t}</span>'
-                     for t in EVENT_TYPES)
+        note = (
+            f'<div class="note">Browsers may not play {html.escape(os.path.splitext(video_path)[1])}'
+            f" files; the timeline and the table still work.</div>"
+        )
+    legend = "".join(
+        f'<span><i style="background:{TYPE_COLOURS[t]}"></i>{t}</span>' for t in EVENT_TYPES
+    )
     rows = "".join(
         f'<tr><td><a class="seek" data-t="{e["onset"]}">{e["onset"]:g}–{e["offset"]:g} s</a></td>'
         f'<td>{html.escape(e["class"])}</td><td style="color:{TYPE_COLOURS[e["type"]]}">'
-        f'{e["type"]}</td><td>{e["score"]:.3f}</td></tr>' for e in events)
-    table = (f"<table><tr><th>time</th><th>class</th><th>type</th><th>score</th></tr>{rows}</table>"
-             if events else "")
+        f"{e['type']}</td><td>{e['score']:.3f}</td></tr>"
+        for e in events
+    )
+    table = (
+        f"<table><tr><th>time</th><th>class</th><th>type</th><th>score</th></tr>{rows}</table>"
+        if events
+        else ""
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(name)} · parsed events</title>
 <style>{_CSS}</style></head><body>
 <h1>{html.escape(name)}</h1>
-<div class="meta">{html.escape(subtitle)}{' · ' if subtitle else ''}{num_segments} one-second segments ·
+<div class="meta">{html.escape(subtitle)}{" · " if subtitle else ""}{num_segments} one-second segments ·
 {len(events)} events · click a bar to play from its onset</div>
 {note}<video id="video" controls preload="metadata" src="{src}"></video>
 <div class="legend">{legend}</div>
@@ -124,8 +139,9 @@ def video_page(video_path: str, page_path: str, events: list[dict], duration: fl
 """
 
 
-def write_video_pages(records: list[dict], videos: dict[str, dict], out_dir: str,
-                      subtitle: str = "") -> list[str]:
+def write_video_pages(
+    records: list[dict], videos: dict[str, dict], out_dir: str, subtitle: str = ""
+) -> list[str]:
     """Writes ``out_dir/pages/<id>.html`` for every video; ``videos`` maps an id to
     ``{'path', 'duration', 'num_segments'}``. Returns the pages' paths."""
     folder = os.path.join(out_dir, "pages")
@@ -137,7 +153,16 @@ def write_video_pages(records: list[dict], videos: dict[str, dict], out_dir: str
     for vid, info in videos.items():
         page = os.path.join(folder, f"{vid}.html")
         with open(page, "w", encoding="utf-8") as f:
-            f.write(video_page(info["path"], page, by_video.get(vid, []), info["duration"],
-                               info["num_segments"], vid, subtitle))
+            f.write(
+                video_page(
+                    info["path"],
+                    page,
+                    by_video.get(vid, []),
+                    info["duration"],
+                    info["num_segments"],
+                    vid,
+                    subtitle,
+                )
+            )
         paths.append(page)
     return paths

@@ -60,6 +60,7 @@ FFT_LENGTH = 2 ** int(math.ceil(math.log2(WINDOW_SAMPLES)))  # 512
 
 # ----------------------------------------------------------------------------- frames
 
+
 def _pil(image):
     from PIL import Image
 
@@ -112,6 +113,7 @@ def normalize(frames, mean, std):
 
 # ----------------------------------------------------------------------------- audio
 
+
 def periodic_hann(length: int) -> np.ndarray:
     """A raised cosine of period ``length`` (Matlab's 'periodic' Hann)."""
     return 0.5 - 0.5 * np.cos(2 * np.pi / length * np.arange(length))
@@ -122,9 +124,13 @@ def hertz_to_mel(hz):
     return 1127.0 * np.log(1.0 + np.asarray(hz, np.float64) / 700.0)
 
 
-def mel_matrix(num_mel_bins: int = NUM_MEL_BINS, num_spectrogram_bins: int = FFT_LENGTH // 2 + 1,
-               sample_rate: int = SAMPLE_RATE, lower_hz: float = MEL_MIN_HZ,
-               upper_hz: float = MEL_MAX_HZ) -> np.ndarray:
+def mel_matrix(
+    num_mel_bins: int = NUM_MEL_BINS,
+    num_spectrogram_bins: int = FFT_LENGTH // 2 + 1,
+    sample_rate: int = SAMPLE_RATE,
+    lower_hz: float = MEL_MIN_HZ,
+    upper_hz: float = MEL_MAX_HZ,
+) -> np.ndarray:
     """``(num_spectrogram_bins, num_mel_bins)`` triangular mel weights, equally spaced
     in mel between ``lower_hz`` and ``upper_hz``; the DC bin gets no weight."""
     nyquist = sample_rate / 2.0
@@ -166,8 +172,9 @@ def example_hop(num_segments: int) -> int:
     return EXAMPLE_HOP_FRAMES if num_segments <= LLP_MAX_SEGMENTS else SECOND_HOP_FRAMES
 
 
-def vggish_examples(wave: np.ndarray, num_segments: int | None = None,
-                    hop: int | None = None) -> np.ndarray:
+def vggish_examples(
+    wave: np.ndarray, num_segments: int | None = None, hop: int | None = None
+) -> np.ndarray:
     """``(N, 96, 64)`` float32 VGGish examples of a 16 kHz waveform.
 
     With ``num_segments`` exactly that many (hop :func:`example_hop`); audio

@@ -35,8 +35,15 @@ def batch_norm(name: str) -> nn.BatchNorm:
 
 
 def conv3d(features, kernel, stride, pad, name, precision):
-    return nn.Conv(features, kernel, strides=stride, padding=tuple((p, p) for p in pad),
-                   use_bias=False, precision=precision, name=name)
+    return nn.Conv(
+        features,
+        kernel,
+        strides=stride,
+        padding=tuple((p, p) for p in pad),
+        use_bias=False,
+        precision=precision,
+        name=name,
+    )
 
 
 class Conv2Plus1D(nn.Module):
@@ -70,8 +77,9 @@ class BasicBlock(nn.Module):
         y = batch_norm("bn2")(y)
         if self.stride != 1 or self.in_planes != self.planes:
             s = self.stride
-            x = conv3d(self.planes, (1, 1, 1), (s, s, s), (0, 0, 0), "downsample_conv",
-                       self.precision)(x)
+            x = conv3d(
+                self.planes, (1, 1, 1), (s, s, s), (0, 0, 0), "downsample_conv", self.precision
+            )(x)
             x = batch_norm("downsample_bn")(x)
         return nn.relu(x + y)
 
@@ -90,7 +98,8 @@ class R2Plus1D18(nn.Module):
         in_planes = 64
         for k, (width, stride) in enumerate(STAGES, start=1):
             for b in range(BLOCKS_PER_STAGE):
-                x = BasicBlock(in_planes, width, stride if b == 0 else 1, self.precision,
-                               name=f"layer{k}_{b}")(x)
+                x = BasicBlock(
+                    in_planes, width, stride if b == 0 else 1, self.precision, name=f"layer{k}_{b}"
+                )(x)
                 in_planes = width
         return jnp.mean(x, axis=(1, 2, 3))

@@ -42,16 +42,23 @@ class Bottleneck(nn.Module):
     @nn.compact
     def __call__(self, x):
         def conv(features, kernel, stride, pad, name):
-            return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                           padding=((pad, pad), (pad, pad)), use_bias=False,
-                           precision=self.precision, name=name)
+            return nn.Conv(
+                features,
+                (kernel, kernel),
+                strides=(stride, stride),
+                padding=((pad, pad), (pad, pad)),
+                use_bias=False,
+                precision=self.precision,
+                name=name,
+            )
 
         y = nn.relu(batch_norm("bn1")(conv(self.width, 1, 1, 0, "conv1")(x)))
         y = nn.relu(batch_norm("bn2")(conv(self.width, 3, self.stride, 1, "conv2")(y)))
         y = batch_norm("bn3")(conv(self.width * EXPANSION, 1, 1, 0, "conv3")(y))
         if self.project:
             x = batch_norm("downsample_bn")(
-                conv(self.width * EXPANSION, 1, self.stride, 0, "downsample_conv")(x))
+                conv(self.width * EXPANSION, 1, self.stride, 0, "downsample_conv")(x)
+            )
         return nn.relu(x + y)
 
 
@@ -77,15 +84,27 @@ class ResNet152(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = nn.Conv(64, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=False,
-                    precision=self.precision, name="stem_conv")(x)
+        x = nn.Conv(
+            64,
+            (7, 7),
+            strides=(2, 2),
+            padding=((3, 3), (3, 3)),
+            use_bias=False,
+            precision=self.precision,
+            name="stem_conv",
+        )(x)
         x = nn.relu(batch_norm("stem_bn")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for k, (width, blocks, stride) in enumerate(self.stages, start=1):
-            x = Bottleneck(width, stride, project=True, precision=self.precision,
-                           name=f"layer{k}_0")(x)
+            x = Bottleneck(
+                width, stride, project=True, precision=self.precision, name=f"layer{k}_0"
+            )(x)
             if blocks > 1:
-                rest = nn.scan(_ScanBlock, variable_axes={"params": 0, "batch_stats": 0},
-                               split_rngs={"params": True}, length=blocks - 1)
+                rest = nn.scan(
+                    _ScanBlock,
+                    variable_axes={"params": 0, "batch_stats": 0},
+                    split_rngs={"params": True},
+                    length=blocks - 1,
+                )
                 x, _ = rest(width, self.precision, name=f"layer{k}_rest")(x, None)
         return jnp.mean(x, axis=(1, 2))

@@ -32,7 +32,9 @@ def _last_bn_of_branch(name: str, key: str) -> bool:
     return False
 
 
-def random_state_dict(name: str, seed: int = 0, shapes: dict | None = None) -> dict[str, np.ndarray]:
+def random_state_dict(
+    name: str, seed: int = 0, shapes: dict | None = None
+) -> dict[str, np.ndarray]:
     """Random float32 weights for ``name`` (``'resnet152'``, ``'r2plus1d_18'``,
     ``'vggish'``), keyed as the public checkpoints (classifier left out).
 
@@ -71,8 +73,10 @@ def random_state_dict(name: str, seed: int = 0, shapes: dict | None = None) -> d
 def random_pca(seed: int = 0) -> dict[str, np.ndarray]:
     """Random PCA parameters of VGGish's post-processor's shapes."""
     rng = np.random.default_rng(seed)
-    return {"pca_eigen_vectors": (rng.standard_normal((128, 128)) / 8).astype(np.float32),
-            "pca_means": rng.normal(0.0, 0.5, 128).astype(np.float32)}
+    return {
+        "pca_eigen_vectors": (rng.standard_normal((128, 128)) / 8).astype(np.float32),
+        "pca_means": rng.normal(0.0, 0.5, 128).astype(np.float32),
+    }
 
 
 def test_waveform(seconds: float = 2.5, seed: int = 0, channels: int = 2) -> np.ndarray:
@@ -80,8 +84,12 @@ def test_waveform(seconds: float = 2.5, seed: int = 0, channels: int = 2) -> np.
     16-bit steps (as a WAV file read back)."""
     rng = np.random.default_rng(seed)
     t = np.arange(int(16000 * seconds)) / 16000.0
-    mono = (0.3 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 1500 * t)
-            + 0.1 * np.sin(2 * np.pi * (200 + 800 * t) * t) + 0.05 * rng.standard_normal(len(t)))
+    mono = (
+        0.3 * np.sin(2 * np.pi * 440 * t)
+        + 0.2 * np.sin(2 * np.pi * 1500 * t)
+        + 0.1 * np.sin(2 * np.pi * (200 + 800 * t) * t)
+        + 0.05 * rng.standard_normal(len(t))
+    )
     wave = np.stack([mono * (1 - 0.2 * c) for c in range(channels)], axis=1)
     return np.round(np.clip(wave, -1, 1) * 32767) / 32768.0
 
@@ -92,16 +100,24 @@ def test_frames(count: int = 2, height: int = 48, width: int = 64, seed: int = 0
     y, x = np.mgrid[0:height, 0:width]
     out = []
     for i in range(count):
-        base = np.stack([(x * (3 + i) + y * 2) % 256, (y * (5 + i)) % 256,
-                         (x + y * (1 + i)) * 2 % 256], axis=-1)
+        base = np.stack(
+            [(x * (3 + i) + y * 2) % 256, (y * (5 + i)) % 256, (x + y * (1 + i)) * 2 % 256], axis=-1
+        )
         out.append(np.clip(base + rng.normal(0, 12, base.shape), 0, 255))
     return np.asarray(out, np.uint8)
 
 
-def write_test_video(path: str, seconds: float = 2.0, size: tuple[int, int] = (64, 48),
-                     fps: int = 25, audio: bool = True, codec: str = "mpeg4",
-                     audio_codec: str = "aac", sample_rate: int = 44100,
-                     tone_hz: float = 440.0) -> str:
+def write_test_video(
+    path: str,
+    seconds: float = 2.0,
+    size: tuple[int, int] = (64, 48),
+    fps: int = 25,
+    audio: bool = True,
+    codec: str = "mpeg4",
+    audio_codec: str = "aac",
+    sample_rate: int = 44100,
+    tone_hz: float = 440.0,
+) -> str:
     """Writes a video of ``seconds`` with frames whose colour changes every second and a
     sine tone (``audio``), with PyAV; returns ``path``. ``size`` is (width, height)."""
     import av
@@ -130,9 +146,10 @@ def write_test_video(path: str, seconds: float = 2.0, size: tuple[int, int] = (6
             tone = (0.4 * np.sin(2 * np.pi * tone_hz * t)).astype(np.float32)
             chunk = 1024
             for start in range(0, n, chunk):
-                block = tone[start:start + chunk]
-                frame = av.AudioFrame.from_ndarray(np.stack([block, block], axis=1).reshape(1, -1),
-                                                   format="flt", layout="stereo")
+                block = tone[start : start + chunk]
+                frame = av.AudioFrame.from_ndarray(
+                    np.stack([block, block], axis=1).reshape(1, -1), format="flt", layout="stereo"
+                )
                 frame.sample_rate = sample_rate
                 frame.pts = start
                 frame.time_base = fractions.Fraction(1, sample_rate)

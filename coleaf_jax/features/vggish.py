@@ -24,8 +24,18 @@ import jax.numpy as jnp
 import numpy as np
 
 EMBEDDING_SIZE = 128
-CONV_LAYERS = (("conv1", 64), "pool", ("conv2", 128), "pool", ("conv3_1", 256), ("conv3_2", 256),
-               "pool", ("conv4_1", 512), ("conv4_2", 512), "pool")
+CONV_LAYERS = (
+    ("conv1", 64),
+    "pool",
+    ("conv2", 128),
+    "pool",
+    ("conv3_1", 256),
+    ("conv3_2", 256),
+    "pool",
+    ("conv4_1", 512),
+    ("conv4_2", 512),
+    "pool",
+)
 FC_LAYERS = (("fc1_1", 4096), ("fc1_2", 4096), ("fc2", EMBEDDING_SIZE))
 QUANTIZE_MIN = -2.0
 QUANTIZE_MAX = 2.0
@@ -45,8 +55,11 @@ class VGGish(nn.Module):
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
             else:
                 name, width = layer
-                x = nn.relu(nn.Conv(width, (3, 3), padding=((1, 1), (1, 1)),
-                                    precision=self.precision, name=name)(x))
+                x = nn.relu(
+                    nn.Conv(
+                        width, (3, 3), padding=((1, 1), (1, 1)), precision=self.precision, name=name
+                    )(x)
+                )
         x = x.reshape(x.shape[0], -1)
         for name, width in FC_LAYERS:
             x = nn.Dense(width, precision=self.precision, name=name)(x)

@@ -20,13 +20,23 @@ def check_config(config) -> None:
         raise ValueError(
             f"--video extracts HAN's LLP features (VGGish 128-d, ResNet-152 2048-d, R(2+1)D-18 "
             f"512-d); this run's config has data.dataset = {config.data.dataset!r}, whose models "
-            f"take other features: use a run trained on LLP (configs/llp.py)")
+            f"take other features: use a run trained on LLP (configs/llp.py)"
+        )
 
 
-def parse_video_files(config, workdir: str, output: str, videos: list[str], weights_dir: str | None,
-                      *, options: extract.Options = extract.Options(), step: int | None = None,
-                      select_thresholds: bool = False, timelines: int = 0,
-                      verbose: bool = True) -> list[dict]:
+def parse_video_files(
+    config,
+    workdir: str,
+    output: str,
+    videos: list[str],
+    weights_dir: str | None,
+    *,
+    options: extract.Options | None = None,
+    step: int | None = None,
+    select_thresholds: bool = False,
+    timelines: int = 0,
+    verbose: bool = True,
+) -> list[dict]:
     """Extracts the features of ``videos``, parses them with the run's checkpoint (``step``,
     default: best on validation) and writes the outputs (module docstring)."""
     from coleaf_jax.data import pipeline
@@ -39,7 +49,7 @@ def parse_video_files(config, workdir: str, output: str, videos: list[str], weig
     extract.check_ids(paths)
     for p in paths:  # every file checked before any weight is loaded or frame decoded
         decode.probe(p)
-    extractor = extract.Extractor(weights_dir, options, verbose=verbose)
+    extractor = extract.Extractor(weights_dir, options or extract.Options(), verbose=verbose)
     feats = []
     folder = os.path.join(output, "features")
     workers = max(1, min(8, (os.cpu_count() or 2) - 1))
@@ -47,16 +57,27 @@ def parse_video_files(config, workdir: str, output: str, videos: list[str], weig
         extract.write_llp(f, folder)
         feats.append(f)
     data = extract.stack_features(feats, pool_frames=pipeline.can_pool_frames(config))
-    records = parse_videos(config, workdir, output, data=data, step=step,
-                           select_thresholds=select_thresholds, timelines=timelines,
-                           verbose=verbose)
-    info = {f.id: {"path": f.path, "duration": f.duration, "num_segments": f.num_segments}
-            for f in feats}
+    records = parse_videos(
+        config,
+        workdir,
+        output,
+        data=data,
+        step=step,
+        select_thresholds=select_thresholds,
+        timelines=timelines,
+        verbose=verbose,
+    )
+    info = {
+        f.id: {"path": f.path, "duration": f.duration, "num_segments": f.num_segments}
+        for f in feats
+    }
     with open(os.path.join(folder, "videos.json"), "w") as fh:
         json.dump(info, fh, indent=2)
     subtitle = f"{config.name} · {os.path.abspath(workdir)}"
     pages = page.write_video_pages(records, info, output, subtitle)
     if verbose:
-        print(f"wrote {len(pages)} video pages to {os.path.join(output, 'pages')} and the "
-              f"features to {folder}")
+        print(
+            f"wrote {len(pages)} video pages to {os.path.join(output, 'pages')} and the "
+            f"features to {folder}"
+        )
     return records

@@ -47,25 +47,63 @@ class Model:
 
 
 MODELS: dict[str, Model] = {
-    "resnet152": Model("resnet152", "ResNet-152, ImageNet (torchvision; HAN's res152/ features)", (
-        Source("resnet152-b121ed2d.pth", "https://download.pytorch.org/models/resnet152-b121ed2d.pth",
-               "pth"),)),
-    "r2plus1d_18": Model("r2plus1d_18", "R(2+1)D-18, Kinetics-400 (torchvision; HAN's "
-                         "r2plus1d_18/ features)", (
-        Source("r2plus1d_18-91a641e6.pth",
-               "https://download.pytorch.org/models/r2plus1d_18-91a641e6.pth", "pth"),)),
-    "vggish": Model("vggish", "VGGish, AudioSet (HAN's vggish/ features)", (
-        Source("vggish-10086976.pth",
-               "https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish-10086976.pth",
-               "pth", "torchvggish's port of Google's checkpoint"),
-        Source("vggish_model.ckpt", "https://storage.googleapis.com/audioset/vggish_model.ckpt",
-               "tf", "Google's TF-slim checkpoint; converting it needs TensorFlow"))),
-    "vggish_pca": Model("vggish_pca", "VGGish PCA parameters (only for --vggish-postprocess pca)", (
-        Source("vggish_pca_params-970ea276.pth",
-               "https://github.com/harritaylor/torchvggish/releases/download/v0.1/"
-               "vggish_pca_params-970ea276.pth", "pth"),
-        Source("vggish_pca_params.npz", "https://storage.googleapis.com/audioset/vggish_pca_params.npz",
-               "npz"))),
+    "resnet152": Model(
+        "resnet152",
+        "ResNet-152, ImageNet (torchvision; HAN's res152/ features)",
+        (
+            Source(
+                "resnet152-b121ed2d.pth",
+                "https://download.pytorch.org/models/resnet152-b121ed2d.pth",
+                "pth",
+            ),
+        ),
+    ),
+    "r2plus1d_18": Model(
+        "r2plus1d_18",
+        "R(2+1)D-18, Kinetics-400 (torchvision; HAN's r2plus1d_18/ features)",
+        (
+            Source(
+                "r2plus1d_18-91a641e6.pth",
+                "https://download.pytorch.org/models/r2plus1d_18-91a641e6.pth",
+                "pth",
+            ),
+        ),
+    ),
+    "vggish": Model(
+        "vggish",
+        "VGGish, AudioSet (HAN's vggish/ features)",
+        (
+            Source(
+                "vggish-10086976.pth",
+                "https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish-10086976.pth",
+                "pth",
+                "torchvggish's port of Google's checkpoint",
+            ),
+            Source(
+                "vggish_model.ckpt",
+                "https://storage.googleapis.com/audioset/vggish_model.ckpt",
+                "tf",
+                "Google's TF-slim checkpoint; converting it needs TensorFlow",
+            ),
+        ),
+    ),
+    "vggish_pca": Model(
+        "vggish_pca",
+        "VGGish PCA parameters (only for --vggish-postprocess pca)",
+        (
+            Source(
+                "vggish_pca_params-970ea276.pth",
+                "https://github.com/harritaylor/torchvggish/releases/download/v0.1/"
+                "vggish_pca_params-970ea276.pth",
+                "pth",
+            ),
+            Source(
+                "vggish_pca_params.npz",
+                "https://storage.googleapis.com/audioset/vggish_pca_params.npz",
+                "npz",
+            ),
+        ),
+    ),
 }
 
 
@@ -89,14 +127,18 @@ def find_source(folder: str, name: str) -> tuple[Source, str] | None:
 def missing_message(folder: str, name: str) -> str:
     model = MODELS[name]
     folder = os.path.abspath(folder)
-    lines = [f"{converted_path(folder, name)}: no converted {model.description} weights, and no "
-             f"checkpoint to convert in {folder}. Download"]
+    lines = [
+        f"{converted_path(folder, name)}: no converted {model.description} weights, and no "
+        f"checkpoint to convert in {folder}. Download"
+    ]
     for i, s in enumerate(model.sources):
         note = f" ({s.note})" if s.note else ""
         lines.append(f"  {'or ' if i else ''}{s.url}{note}")
         lines.append(f"     to {os.path.join(folder, s.file)}")
-    lines.append(f"then run: python -m coleaf_jax.features.convert {folder}  (or extract again: "
-                 f"it converts what it finds)")
+    lines.append(
+        f"then run: python -m coleaf_jax.features.convert {folder}  (or extract again: "
+        f"it converts what it finds)"
+    )
     return "\n".join(lines)
 
 
@@ -116,11 +158,16 @@ def _read_source(source: Source, path: str, name: str) -> dict:
             raise convert.ConversionError(
                 f"{path}: converting Google's TF checkpoint needs TensorFlow (pip install "
                 f"tensorflow); or download {MODELS[name].sources[0].url} instead, which needs "
-                f"nothing more") from e
+                f"nothing more"
+            ) from e
         return convert.vggish_tf_variables(tf.train.load_checkpoint(path), path)
     state = convert.read_pth(path)
-    mapping = {"resnet152": convert.resnet152_variables, "r2plus1d_18": convert.r2plus1d_variables,
-               "vggish": convert.vggish_variables, "vggish_pca": convert.pca_params}[name]
+    mapping = {
+        "resnet152": convert.resnet152_variables,
+        "r2plus1d_18": convert.r2plus1d_variables,
+        "vggish": convert.vggish_variables,
+        "vggish_pca": convert.pca_params,
+    }[name]
     return mapping(state, path)
 
 
@@ -148,16 +195,25 @@ def convert_model(folder: str, name: str, force: bool = False, verbose: bool = T
     ckpt = ocp.StandardCheckpointer()
     ckpt.save(out, variables)
     ckpt.wait_until_finished()
-    convert.write_json(out + ".json", {
-        "model": name, "source": source.file, "url": source.url,
-        "bytes": os.path.getsize(path), "sha256": convert.file_digest(path)[:16]})
+    convert.write_json(
+        out + ".json",
+        {
+            "model": name,
+            "source": source.file,
+            "url": source.url,
+            "bytes": os.path.getsize(path),
+            "sha256": convert.file_digest(path)[:16],
+        },
+    )
     return True
 
 
 def convert_folder(folder: str, force: bool = False, verbose: bool = True) -> list[str]:
     """Converts every checkpoint found in ``folder``; returns the converted models."""
     if not os.path.isdir(folder):
-        raise MissingWeightsError(f"{folder}: no such folder (put the downloaded checkpoints in it)")
+        raise MissingWeightsError(
+            f"{folder}: no such folder (put the downloaded checkpoints in it)"
+        )
     return [name for name in MODELS if convert_model(folder, name, force, verbose)]
 
 
@@ -181,8 +237,10 @@ def load(folder: str, name: str, verbose: bool = True) -> dict:
     import orbax.checkpoint as ocp
 
     if folder is None:
-        raise MissingWeightsError("no weights folder given (--weights DIR): it holds the "
-                                  "extractors' checkpoints;\n" + missing_message("weights", name))
+        raise MissingWeightsError(
+            "no weights folder given (--weights DIR): it holds the "
+            "extractors' checkpoints;\n" + missing_message("weights", name)
+        )
     if not is_converted(folder, name) and not convert_model(folder, name, verbose=verbose):
         raise MissingWeightsError(missing_message(folder, name))
     path = converted_path(folder, name)
@@ -192,7 +250,8 @@ def load(folder: str, name: str, verbose: bool = True) -> dict:
         raise MissingWeightsError(
             f"{path}: the converted weights cannot be read ({str(e)[:200]}); delete {path} and "
             f"{path}.json and convert again: python -m coleaf_jax.features.convert "
-            f"{os.path.abspath(folder)}") from e
+            f"{os.path.abspath(folder)}"
+        ) from e
 
 
 def save_converted(folder: str, name: str, variables: dict, source: str = "random") -> str:

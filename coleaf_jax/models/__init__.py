@@ -6,6 +6,13 @@ from coleaf_jax.models.mmil import mmil_pool
 from coleaf_jax.models.reference import ReferenceBranch, UnimodalReference
 
 __all__ = [
-    "AudioEmbedding", "HANAnchor", "HANLayer", "ReferenceBranch", "SelfAttentionLayer",
-    "UnimodalReference", "VisualEmbedding", "build_anchor", "mmil_pool",
+    "AudioEmbedding",
+    "HANAnchor",
+    "HANLayer",
+    "ReferenceBranch",
+    "SelfAttentionLayer",
+    "UnimodalReference",
+    "VisualEmbedding",
+    "build_anchor",
+    "mmil_pool",
 ]

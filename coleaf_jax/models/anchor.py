@@ -36,11 +36,18 @@ class HANAnchor(nn.Module):
         if mask is None:
             mask = jnp.ones(audio.shape[:2], bool)
         x_a = AudioEmbedding(self.d_model, param_init=self.param_init, name="embed_a")(audio)
-        x_v = VisualEmbedding(self.d_model, pool_first=self.pool_frames_first, param_init=self.param_init,
-                              name="embed_v")(video_2d, video_3d)
+        x_v = VisualEmbedding(
+            self.d_model,
+            pool_first=self.pool_frames_first,
+            param_init=self.param_init,
+            name="embed_v",
+        )(video_2d, video_3d)
         h_a, h_v = HANLayer(self.d_model, self.ffn_dim, self.dropout, self.param_init, name="han")(
-            x_a, x_v, mask, deterministic=not train)
-        out = MMILHead(self.num_classes, self.param_init, name="mmil")(jnp.stack([h_a, h_v], axis=2), mask)
+            x_a, x_v, mask, deterministic=not train
+        )
+        out = MMILHead(self.num_classes, self.param_init, name="mmil")(
+            jnp.stack([h_a, h_v], axis=2), mask
+        )
         return {
             "seg_prob": out["seg_prob"],
             "video_prob": out["video_prob"],
@@ -54,14 +61,21 @@ class HANAnchor(nn.Module):
 def build_anchor(model_config, num_classes: int) -> nn.Module:
     """The Anchor named by ``config.model.anchor`` (``'han'`` or ``'cmpae'``)."""
     name = model_config.anchor
-    common = dict(num_classes=num_classes, d_model=model_config.d_model,
-                  ffn_dim=model_config.ffn_dim, dropout=model_config.dropout,
-                  param_init=model_config.init)
+    common = dict(
+        num_classes=num_classes,
+        d_model=model_config.d_model,
+        ffn_dim=model_config.ffn_dim,
+        dropout=model_config.dropout,
+        param_init=model_config.init,
+    )
     if name == "han":
         return HANAnchor(**common, pool_frames_first=model_config.pool_frames_first)
     if name == "cmpae":
-        return CMPAEAnchor(**common, visual_dropout=model_config.cmpae_visual_dropout,
-                           residual_dropout=model_config.cmpae_residual_dropout,
-                           ca_mix=model_config.cmpae_ca_mix,
-                           inference_mix=model_config.cmpae_inference_mix)
+        return CMPAEAnchor(
+            **common,
+            visual_dropout=model_config.cmpae_visual_dropout,
+            residual_dropout=model_config.cmpae_residual_dropout,
+            ca_mix=model_config.cmpae_ca_mix,
+            inference_mix=model_config.cmpae_inference_mix,
+        )
     raise ValueError(f"config.model.anchor = {name!r}: expected 'han' or 'cmpae'")

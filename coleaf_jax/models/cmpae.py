@@ -56,8 +56,9 @@ class _ResidualMLP(nn.Module):
 
     @nn.compact
     def __call__(self, x, deterministic: bool):
-        x = nn.Dropout(self.dropout)(Linear(self.d_model, self.param_init, name="linear")(x),
-                                     deterministic=deterministic)
+        x = nn.Dropout(self.dropout)(
+            Linear(self.d_model, self.param_init, name="linear")(x), deterministic=deterministic
+        )
         return nn.leaky_relu(x, 0.2)
 
 
@@ -80,15 +81,26 @@ class EvidentialHeads(nn.Module):
         alpha_logit = Linear(c, self.param_init, name="fc_alpha")(h)
         fc_beta = Linear(c, self.param_init, name="fc_beta")
         mixed = h_a + h_v
-        beta_a = fc_beta(h_a + _ResidualMLP(d, p, self.param_init, name="mlp_v2a")(mixed, deterministic))
-        beta_v = fc_beta(h_v + _ResidualMLP(d, p, self.param_init, name="mlp_a2v")(mixed, deterministic))
-        logits = jnp.stack([alpha_logit, jnp.stack([beta_a, beta_v], axis=2)], axis=-1)  # (B,T,2,C,2)
+        beta_a = fc_beta(
+            h_a + _ResidualMLP(d, p, self.param_init, name="mlp_v2a")(mixed, deterministic)
+        )
+        beta_v = fc_beta(
+            h_v + _ResidualMLP(d, p, self.param_init, name="mlp_a2v")(mixed, deterministic)
+        )
+        logits = jnp.stack(
+            [alpha_logit, jnp.stack([beta_a, beta_v], axis=2)], axis=-1
+        )  # (B,T,2,C,2)
         att = Linear(2 * c, self.param_init, name="fc_att")(h).reshape(logits.shape)
         w = masked_softmax(att, mask[:, :, None, None, None], axis=1)
         video_logits = (w * logits).sum(axis=1)  # (B, 2, C, 2)
         seg_prob, seg_unc = dirichlet_presence(logits)
         prob, unc = dirichlet_presence(video_logits)
-        return {"seg_prob": seg_prob, "seg_unc": seg_unc, "modality_prob": prob, "modality_unc": unc}
+        return {
+            "seg_prob": seg_prob,
+            "seg_unc": seg_unc,
+            "modality_prob": prob,
+            "modality_unc": unc,
+        }
 
 
 class CMPAEAnchor(nn.Module):
@@ -115,9 +127,12 @@ class CMPAEAnchor(nn.Module):
         if mask is None:
             mask = jnp.ones(audio.shape[:2], bool)
         det = not train
-        x_a = AudioEmbedding(self.d_model, jax.nn.elu, param_init=self.param_init, name="embed_a")(audio)
+        x_a = AudioEmbedding(self.d_model, jax.nn.elu, param_init=self.param_init, name="embed_a")(
+            audio
+        )
         x_v = VisualEmbedding(self.d_model, jax.nn.elu, param_init=self.param_init, name="embed_v")(
-            video_2d, video_3d)
+            video_2d, video_3d
+        )
 
         # Global branch: shared W1 for both streams, the classifier W2 once on their sum.
         w1 = Linear(self.d_model, self.param_init, name="global_w1")
@@ -132,19 +147,24 @@ class CMPAEAnchor(nn.Module):
         h_a = self.ca_mix * ca_a + (1 - self.ca_mix) * no_a
         h_v = self.ca_mix * ca_v + (1 - self.ca_mix) * no_v
         vis_drop = nn.Dropout(self.visual_dropout)
-        heads = EvidentialHeads(self.num_classes, self.d_model, self.residual_dropout, self.param_init,
-                                name="heads")
+        heads = EvidentialHeads(
+            self.num_classes, self.d_model, self.residual_dropout, self.param_init, name="heads"
+        )
         mixed = heads(h_a, vis_drop(h_v, deterministic=det), mask, deterministic=det)
         noca = heads(no_a, vis_drop(no_v, deterministic=det), mask, deterministic=det)
 
         out = {"tokens_a": h_a, "tokens_v": h_v, "video_prob": global_prob}
         if train:
             out.update(
-                seg_prob=mixed["seg_prob"], video_prob_a=mixed["modality_prob"][:, 0],
-                video_prob_v=mixed["modality_prob"][:, 1], video_unc=mixed["modality_unc"],
-                global_prob=global_prob, global_unc=global_unc,
+                seg_prob=mixed["seg_prob"],
+                video_prob_a=mixed["modality_prob"][:, 0],
+                video_prob_v=mixed["modality_prob"][:, 1],
+                video_unc=mixed["modality_unc"],
+                global_prob=global_prob,
+                global_unc=global_unc,
                 noca_video_prob_a=jax.lax.stop_gradient(noca["modality_prob"][:, 0]),
-                noca_video_prob_v=jax.lax.stop_gradient(noca["modality_prob"][:, 1]))
+                noca_video_prob_v=jax.lax.stop_gradient(noca["modality_prob"][:, 1]),
+            )
         else:
             k = self.inference_mix
             seg = k * mixed["seg_prob"] + (1 - k) * noca["seg_prob"]

@@ -22,7 +22,7 @@ class tokens                0                                   0
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

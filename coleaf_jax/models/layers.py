@@ -10,7 +10,7 @@ does; ``'flax'`` keeps flax's defaults. See :mod:`coleaf_jax.models.init`.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -97,7 +97,9 @@ class VisualEmbedding(nn.Module):
         if video_3d.shape[-1] == 0:  # one visual stream only (UnAV-100 ONE-PEACE features)
             return act(Linear(self.d_model, self.param_init, name="fusion")(v2))
         v3 = act(Linear(self.d_model, self.param_init, name="video_3d")(video_3d))
-        return act(Linear(self.d_model, self.param_init, name="fusion")(jnp.concatenate([v2, v3], axis=-1)))
+        return act(
+            Linear(self.d_model, self.param_init, name="fusion")(jnp.concatenate([v2, v3], axis=-1))
+        )
 
 
 class MultiHeadAttention(nn.Module):
@@ -192,19 +194,26 @@ class HANLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x_a, x_v, mask, *, deterministic: bool, cross: bool = True):
-        self_attn = MultiHeadAttention(self.d_model, 1, self.dropout, self.param_init, name="self_attn")
-        cross_attn = MultiHeadAttention(self.d_model, 1, self.dropout, self.param_init, name="cross_attn")
+        self_attn = MultiHeadAttention(
+            self.d_model, 1, self.dropout, self.param_init, name="self_attn"
+        )
+        cross_attn = MultiHeadAttention(
+            self.d_model, 1, self.dropout, self.param_init, name="cross_attn"
+        )
         ffn = _FeedForward(self.d_model, self.ffn_dim, self.dropout, self.param_init, name="ffn")
         norm1, norm2 = _layer_norm("norm1"), _layer_norm("norm2")
         drop = nn.Dropout(self.dropout)
         att_mask = attention_mask(mask, mask)
 
         def one_stream(x, y):
-            h = x + drop(self_attn(x, x, att_mask, deterministic=deterministic),
-                         deterministic=deterministic)
+            h = x + drop(
+                self_attn(x, x, att_mask, deterministic=deterministic), deterministic=deterministic
+            )
             if cross:
-                h = h + drop(cross_attn(x, y, att_mask, deterministic=deterministic),
-                             deterministic=deterministic)
+                h = h + drop(
+                    cross_attn(x, y, att_mask, deterministic=deterministic),
+                    deterministic=deterministic,
+                )
             elif self.is_initializing():
                 cross_attn(x, y, att_mask, deterministic=True)  # create its params
             h = norm1(h)
@@ -228,13 +237,24 @@ class SelfAttentionLayer(nn.Module):
     def __call__(self, x, mask, *, deterministic: bool):
         drop = nn.Dropout(self.dropout)
         att = MultiHeadAttention(self.d_model, 1, self.dropout, self.param_init, name="self_attn")
-        h = x + drop(att(x, x, attention_mask(mask, mask), deterministic=deterministic),
-                     deterministic=deterministic)
+        h = x + drop(
+            att(x, x, attention_mask(mask, mask), deterministic=deterministic),
+            deterministic=deterministic,
+        )
         h = _layer_norm("norm1")(h)
         h = h + _FeedForward(self.d_model, self.ffn_dim, self.dropout, self.param_init, name="ffn")(
-            h, deterministic)
+            h, deterministic
+        )
         return _layer_norm("norm2")(h)
 
 
-__all__ = ["INITS", "AudioEmbedding", "HANLayer", "Linear", "MultiHeadAttention",
-           "SelfAttentionLayer", "VisualEmbedding", "attention_mask"]
+__all__ = [
+    "INITS",
+    "AudioEmbedding",
+    "HANLayer",
+    "Linear",
+    "MultiHeadAttention",
+    "SelfAttentionLayer",
+    "VisualEmbedding",
+    "attention_mask",
+]

@@ -18,8 +18,9 @@ def masked_softmax(logits: jnp.ndarray, mask: jnp.ndarray, axis: int) -> jnp.nda
     return jnp.where(mask, w, 0.0)
 
 
-def mmil_pool(seg_prob: jnp.ndarray, time_logits: jnp.ndarray, mod_logits: jnp.ndarray,
-              mask: jnp.ndarray) -> dict[str, jnp.ndarray]:
+def mmil_pool(
+    seg_prob: jnp.ndarray, time_logits: jnp.ndarray, mod_logits: jnp.ndarray, mask: jnp.ndarray
+) -> dict[str, jnp.ndarray]:
     """Pools segment probabilities to video level with temporal and modality attention.
 
     ``W_t = softmax_T(time_logits)`` over valid segments, ``W_m = softmax_M(mod_logits)``,
@@ -52,7 +53,11 @@ class MMILHead(nn.Module):
     def __call__(self, h: jnp.ndarray, mask: jnp.ndarray) -> dict[str, jnp.ndarray]:
         c = self.num_classes
         seg_prob = jax.nn.sigmoid(Linear(c, self.param_init, name="fc_prob")(h))
-        out = mmil_pool(seg_prob, Linear(c, self.param_init, name="fc_time")(h),
-                        Linear(c, self.param_init, name="fc_mod")(h), mask)
+        out = mmil_pool(
+            seg_prob,
+            Linear(c, self.param_init, name="fc_time")(h),
+            Linear(c, self.param_init, name="fc_mod")(h),
+            mask,
+        )
         out["seg_prob"] = seg_prob
         return out

@@ -40,10 +40,13 @@ class UnimodalReference(nn.Module):
         c = self.num_classes
         if self.class_tokens:
             tokens = self.param("class_tokens", nn.initializers.zeros, (c, self.d_model))
-            x = jnp.concatenate([jnp.broadcast_to(tokens, (b, c, self.d_model)).astype(x.dtype), x], 1)
+            x = jnp.concatenate(
+                [jnp.broadcast_to(tokens, (b, c, self.d_model)).astype(x.dtype), x], 1
+            )
             mask = jnp.concatenate([jnp.ones((b, c), bool), mask.astype(bool)], axis=1)
-        h = SelfAttentionLayer(self.d_model, self.ffn_dim, self.dropout, self.param_init, name="encoder")(
-            x, mask, deterministic=not train)
+        h = SelfAttentionLayer(
+            self.d_model, self.ffn_dim, self.dropout, self.param_init, name="encoder"
+        )(x, mask, deterministic=not train)
         out = {}
         if self.class_tokens:
             out["class_prob"] = jax.nn.sigmoid(h[:, :c].mean(axis=-1))
@@ -51,7 +54,9 @@ class UnimodalReference(nn.Module):
         dropped = nn.Dropout(self.head_dropout)(h, deterministic=not train)
         seg_prob = jax.nn.sigmoid(Linear(c, self.param_init, name="fc_prob")(dropped))
         time_in = dropped if self.time_reads_dropped else h
-        w_t = masked_softmax(Linear(c, self.param_init, name="fc_time")(time_in), mask[:, :, None], axis=1)
+        w_t = masked_softmax(
+            Linear(c, self.param_init, name="fc_time")(time_in), mask[:, :, None], axis=1
+        )
         out.update(seg_prob=seg_prob, video_prob=(w_t * seg_prob).sum(axis=1), tokens=h)
         return out
 
@@ -80,12 +85,24 @@ class ReferenceBranch(nn.Module):
         if mask is None:
             mask = jnp.ones(audio.shape[:2], bool)
         x_a = AudioEmbedding(self.d_model, param_init=self.param_init, name="embed_a")(audio)
-        x_v = VisualEmbedding(self.d_model, pool_first=self.pool_frames_first, param_init=self.param_init,
-                              name="embed_v")(video_2d, video_3d)
-        kw = dict(num_classes=self.num_classes, d_model=self.d_model, ffn_dim=self.ffn_dim,
-                  dropout=self.dropout, head_dropout=self.head_dropout,
-                  class_tokens=self.class_tokens, param_init=self.param_init)
-        return {"a": UnimodalReference(**kw, name="audio")(x_a, mask, train=train),
-                "v": UnimodalReference(**kw, time_reads_dropped=self.visual_time_reads_dropped,
-                                       name="visual")(x_v, mask, train=train)}
-
+        x_v = VisualEmbedding(
+            self.d_model,
+            pool_first=self.pool_frames_first,
+            param_init=self.param_init,
+            name="embed_v",
+        )(video_2d, video_3d)
+        kw = dict(
+            num_classes=self.num_classes,
+            d_model=self.d_model,
+            ffn_dim=self.ffn_dim,
+            dropout=self.dropout,
+            head_dropout=self.head_dropout,
+            class_tokens=self.class_tokens,
+            param_init=self.param_init,
+        )
+        return {
+            "a": UnimodalReference(**kw, name="audio")(x_a, mask, train=train),
+            "v": UnimodalReference(
+                **kw, time_reads_dropped=self.visual_time_reads_dropped, name="visual"
+            )(x_v, mask, train=train),
+        }

@@ -21,6 +21,7 @@ main.py's eval prints two lines of 11 numbers (2 decimals; the last, 3):
 It keeps the epoch with the highest new-line mean (ties: the later epoch),
 then prints both lines for that model on the test split.
 """
+
 import argparse
 import json
 import math
@@ -31,8 +32,13 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CSVS = ("AVVP_train.csv", "AVVP_val_pd.csv", "AVVP_test_pd.csv",
-        "AVVP_eval_audio.csv", "AVVP_eval_visual.csv")
+CSVS = (
+    "AVVP_train.csv",
+    "AVVP_val_pd.csv",
+    "AVVP_test_pd.csv",
+    "AVVP_eval_audio.csv",
+    "AVVP_eval_visual.csv",
+)
 FEATS = ("vggish", "res152", "r2plus1d_18")
 
 OLD_NAMES = ("a", "v", "av", "type", "event")
@@ -65,14 +71,20 @@ def fail(msg, log_lines):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--code", required=True, help="the authors' code, patched with coleaf_cpu.patch")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--code", required=True, help="the authors' code, patched with coleaf_cpu.patch"
+    )
     ap.add_argument("--root", required=True)
     ap.add_argument("--seed", type=int, required=True)
     ap.add_argument("--epochs", type=int, required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--log", default=None, help="full stdout+stderr of main.py (default OUT minus .json + .log)")
+    ap.add_argument(
+        "--log", default=None, help="full stdout+stderr of main.py (default OUT minus .json + .log)"
+    )
     args = ap.parse_args()
 
     root = os.path.abspath(args.root)
@@ -86,24 +98,46 @@ def main():
         os.makedirs(os.path.dirname(p) or ".", exist_ok=True)
 
     code = os.path.abspath(args.code)
-    cmd = [sys.executable, "-u", os.path.join(code, "main.py"), "-w", "-s",
-           "--mode", "train",
-           "--seed", str(args.seed), "--epochs", str(args.epochs), "-b", str(args.batch_size),
-           "--audio_dir", os.path.join(root, "vggish") + "/",
-           "--video_dir", os.path.join(root, "res152") + "/",
-           "--st_dir", os.path.join(root, "r2plus1d_18") + "/",
-           "--label_train", os.path.join(root, "AVVP_train.csv"),
-           "--label_val", os.path.join(root, "AVVP_val_pd.csv"),
-           "--label_test", os.path.join(root, "AVVP_test_pd.csv"),
-           "--eval_audio", os.path.join(root, "AVVP_eval_audio.csv"),
-           "--eval_video", os.path.join(root, "AVVP_eval_visual.csv"),
-           "--noise_ratio_file", os.path.join(code, "noise_ratios.npz")]
-    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1",
-               TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
+    cmd = [
+        sys.executable,
+        "-u",
+        os.path.join(code, "main.py"),
+        "-w",
+        "-s",
+        "--mode",
+        "train",
+        "--seed",
+        str(args.seed),
+        "--epochs",
+        str(args.epochs),
+        "-b",
+        str(args.batch_size),
+        "--audio_dir",
+        os.path.join(root, "vggish") + "/",
+        "--video_dir",
+        os.path.join(root, "res152") + "/",
+        "--st_dir",
+        os.path.join(root, "r2plus1d_18") + "/",
+        "--label_train",
+        os.path.join(root, "AVVP_train.csv"),
+        "--label_val",
+        os.path.join(root, "AVVP_val_pd.csv"),
+        "--label_test",
+        os.path.join(root, "AVVP_test_pd.csv"),
+        "--eval_audio",
+        os.path.join(root, "AVVP_eval_audio.csv"),
+        "--eval_video",
+        os.path.join(root, "AVVP_eval_visual.csv"),
+        "--noise_ratio_file",
+        os.path.join(code, "noise_ratios.npz"),
+    ]
+    env = dict(
+        os.environ, OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1", TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1"
+    )
 
-    epochs = {}          # epoch -> {"old", "new", "elapsed_s"}
-    pending = []         # metric lines since the last marker
-    cur_epoch = None     # epoch whose validation lines are being printed
+    epochs = {}  # epoch -> {"old", "new", "elapsed_s"}
+    pending = []  # metric lines since the last marker
+    cur_epoch = None  # epoch whose validation lines are being printed
     in_final = False
     best_printed = None
     final_epoch = None
@@ -112,8 +146,15 @@ def main():
     t0 = time.time()
     with open(log_path, "w") as log:
         log.write("$ " + " ".join(cmd) + "\n")
-        proc = subprocess.Popen(cmd, cwd=code, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, bufsize=1)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=code,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
         try:
             for raw in proc.stdout:
                 log.write(raw)
@@ -124,7 +165,10 @@ def main():
                 line = ANSI_RE.sub("", raw).rstrip("\n")
                 if m := TEST_EPOCH_RE.match(line):
                     cur_epoch, pending = int(m.group(1)), []
-                    print(f"[{time.time() - t0:7.1f}s] epoch {cur_epoch} trained; validating", flush=True)
+                    print(
+                        f"[{time.time() - t0:7.1f}s] epoch {cur_epoch} trained; validating",
+                        flush=True,
+                    )
                 elif METRIC_RE.match(line):
                     if in_final:
                         test_lines.append(line)
@@ -132,12 +176,21 @@ def main():
                         pending.append(line)
                 elif m := BEST_RE.match(line):
                     if cur_epoch is None or len(pending) != 2:
-                        fail(f"expected 2 validation lines before '{line}', got {len(pending)}", log_lines)
-                    epochs[cur_epoch] = {"old": pending[0], "new": pending[1],
-                                         "elapsed_s": round(time.time() - t0, 1)}
+                        fail(
+                            f"expected 2 validation lines before '{line}', got {len(pending)}",
+                            log_lines,
+                        )
+                    epochs[cur_epoch] = {
+                        "old": pending[0],
+                        "new": pending[1],
+                        "elapsed_s": round(time.time() - t0, 1),
+                    }
                     best_printed = int(m.group(1))
-                    print(f"[{time.time() - t0:7.1f}s] epoch {cur_epoch} val new-mean "
-                          f"{pending[1].split(',')[-1].strip()}  (best so far: epoch {best_printed})", flush=True)
+                    print(
+                        f"[{time.time() - t0:7.1f}s] epoch {cur_epoch} val new-mean "
+                        f"{pending[1].split(',')[-1].strip()}  (best so far: epoch {best_printed})",
+                        flush=True,
+                    )
                     cur_epoch, pending = None, []
                 elif m := FINAL_RE.match(line):
                     in_final, final_epoch = True, int(m.group(1))
@@ -151,11 +204,20 @@ def main():
     if rc != 0:
         fail(f"main.py exited with status {rc} (log: {log_path})", log_lines)
     if sorted(epochs) != list(range(1, args.epochs + 1)):
-        fail(f"validation lines found for epochs {sorted(epochs)}, expected 1..{args.epochs}", log_lines)
+        fail(
+            f"validation lines found for epochs {sorted(epochs)}, expected 1..{args.epochs}",
+            log_lines,
+        )
     if final_epoch is None or len(test_lines) != 2:
-        fail(f"final test lines not found (best epoch {final_epoch}, {len(test_lines)} lines)", log_lines)
+        fail(
+            f"final test lines not found (best epoch {final_epoch}, {len(test_lines)} lines)",
+            log_lines,
+        )
     if final_epoch != best_printed:
-        fail(f"final 'Test the best epoch {final_epoch}' disagrees with last 'Best_epoch: {best_printed}'", log_lines)
+        fail(
+            f"final 'Test the best epoch {final_epoch}' disagrees with last 'Best_epoch: {best_printed}'",
+            log_lines,
+        )
 
     warnings = []
     val_per_epoch = []
@@ -164,10 +226,19 @@ def main():
         new = parse_metric_line(epochs[e]["new"], NEW_NAMES)
         for lvl in ("seg", "evt"):
             if not math.isclose(old[f"{lvl}_av"], new[f"{lvl}_av"], abs_tol=1e-9):
-                warnings.append(f"val epoch {e}: {lvl} AV differs between old ({old[f'{lvl}_av']}) "
-                                f"and new ({new[f'{lvl}_av']}) lines")
-        val_per_epoch.append({"epoch": e, "old": old, "new": new, "selection": new["mean"],
-                              "elapsed_s": epochs[e]["elapsed_s"]})
+                warnings.append(
+                    f"val epoch {e}: {lvl} AV differs between old ({old[f'{lvl}_av']}) "
+                    f"and new ({new[f'{lvl}_av']}) lines"
+                )
+        val_per_epoch.append(
+            {
+                "epoch": e,
+                "old": old,
+                "new": new,
+                "selection": new["mean"],
+                "elapsed_s": epochs[e]["elapsed_s"],
+            }
+        )
 
     t_old = parse_metric_line(test_lines[0], OLD_NAMES)
     t_new = parse_metric_line(test_lines[1], NEW_NAMES)
@@ -178,15 +249,22 @@ def main():
     for k in SCORE_KEYS:
         name = k[4:]
         test[k] = t_old[k] if name in OLD_NAMES else t_new[k]
-    mean_ao_vo_av = sum(test[k] for k in ("seg_ao", "seg_vo", "seg_av", "evt_ao", "evt_vo", "evt_av")) / 6.0
+    mean_ao_vo_av = (
+        sum(test[k] for k in ("seg_ao", "seg_vo", "seg_av", "evt_ao", "evt_vo", "evt_av")) / 6.0
+    )
 
     result = {
-        "seed": args.seed, "epochs": args.epochs, "root": root, "batch_size": args.batch_size,
-        "best_epoch": final_epoch, "seconds": round(seconds, 1),
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "root": root,
+        "batch_size": args.batch_size,
+        "best_epoch": final_epoch,
+        "seconds": round(seconds, 1),
         "seconds_per_epoch": round(val_per_epoch[-1]["elapsed_s"] / args.epochs, 1),
         "val_per_epoch": val_per_epoch,
         "test": test,
-        "test_old_mean": t_old["mean"], "test_new_mean": t_new["mean"],
+        "test_old_mean": t_old["mean"],
+        "test_new_mean": t_new["mean"],
         "mean_ao_vo_av": mean_ao_vo_av,
         "precision_note": "scores are parsed from main.py's printout: 2 decimals (means: 3)",
         "warnings": warnings,
@@ -196,10 +274,15 @@ def main():
     with open(out_path, "w") as f:
         json.dump(result, f, indent=1)
 
-    print(f"\nauthors' CoLeaF  root={root}  seed={args.seed}  epochs={args.epochs}  "
-          f"{seconds:.0f}s ({result['seconds_per_epoch']:.0f}s/epoch incl. validation)")
-    print("val new-line mean per epoch: " +
-          ", ".join(f"{v['epoch']}:{v['selection']:.2f}" for v in val_per_epoch) + f"  -> best epoch {final_epoch}")
+    print(
+        f"\nauthors' CoLeaF  root={root}  seed={args.seed}  epochs={args.epochs}  "
+        f"{seconds:.0f}s ({result['seconds_per_epoch']:.0f}s/epoch incl. validation)"
+    )
+    print(
+        "val new-line mean per epoch: "
+        + ", ".join(f"{v['epoch']}:{v['selection']:.2f}" for v in val_per_epoch)
+        + f"  -> best epoch {final_epoch}"
+    )
     print("test (best epoch):")
     for lvl, title in (("seg", "segment"), ("evt", "event  ")):
         print(f"  {title} " + "  ".join(f"{n}={test[f'{lvl}_{n}']:.2f}" for n in SCORE_NAMES))
