@@ -135,8 +135,9 @@ def write_result(
     counts: dict[str, int] | None = None,
 ) -> dict:
     """Writes the scores JSON of ``train.py`` / ``eval.py``: the 18 scores as top-level
-    floats plus what produced them (``counts``: ``video_counts`` of the split); returns
-    the record. The file is written whole or not at all (a temporary file renamed)."""
+    floats plus what produced them (``counts``: ``video_counts`` of the split, and any
+    other fields such as timings); returns the record. The file is written whole or not
+    at all (a temporary file renamed)."""
     result = dict(
         scores,
         config=config.name,

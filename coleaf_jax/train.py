@@ -401,6 +401,7 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose) -> d
     from coleaf_jax.config import base_config
 
     primary = mngr is not None  # False: another process of a multi-process run (no files)
+    started = time.time()  # time to result: the phases are recorded in the metrics files
     start_epoch = 0 if primary else distributed.wait_for_start()  # process 0's decision
     if start_epoch is None:  # process 0 found the run finished
         return {}
@@ -425,6 +426,7 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose) -> d
         return done
 
     data = data or pipeline.load_splits(config, workdir)
+    data_seconds = time.time() - started  # preparing (first run) and loading the splits
     train, val, test = data["train"], data["val"], data["test"]
     num_classes = train["label"].shape[1]
     n_train = len(train["label"])
@@ -502,6 +504,7 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose) -> d
     predict_fn = evaluate.make_predict_fn(anchor)
     val_counts = evaluate.video_counts(val)
 
+    first_step_seconds = None  # from the start to the first step's result (compilation)
     for epoch in range(start_epoch, config.num_epochs):
         t0 = time.time()
         perm = np.asarray(jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n_train))
@@ -529,6 +532,9 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose) -> d
         record = None  # on device: summed logs and the first non-finite step
         for i, args in enumerate(bar):
             state, logs = step_fn(state, *args)
+            if first_step_seconds is None:  # once per run: one wait for the first result
+                jax.block_until_ready(logs)
+                first_step_seconds = time.time() - started
             if scan:
                 if axis:  # every device holds the same (psum-ed) logs
                     logs = jax.tree_util.tree_map(lambda x: x[0], logs)
@@ -543,6 +549,7 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose) -> d
         bar.close()
         record["params_finite"] = finite_params(state)  # fetched with the record: no extra sync
         sums = check_finite(record, epoch, steps_per_epoch, config, workdir)
+        train_seconds = time.time() - t0
         host_state = flax.jax_utils.unreplicate(state) if axis else state
         if not primary:  # validation, metrics and checkpoints are process 0's; the others
             if on_epoch_end is not None:  # wait for it in the next step's collectives
@@ -561,6 +568,13 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose) -> d
                 "epoch": epoch + 1,
                 "step": int(host_state.step),
                 "seconds": time.time() - t0,
+                "train_seconds": train_seconds,
+                "val_seconds": time.time() - t0 - train_seconds,
+                **(
+                    {"data_seconds": data_seconds, "first_step_seconds": first_step_seconds}
+                    if epoch == start_epoch
+                    else {}
+                ),
                 "train": train_logs,
                 "val": val_scores,
                 "val_selection": selection,
@@ -587,10 +601,12 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose) -> d
     if not primary:  # process 0 scores the best checkpoint on test and writes the result
         return {}
     best = best_epoch(selection_scores(mngr))
+    t0 = time.time()
     host_state = restore_checkpoint(mngr, best, template, workdir, config)
     test_scores = evaluate.evaluate_params(
         config, anchor, host_state.anchor_params, test, predict_fn=predict_fn
     )
+    timing = {"test_seconds": time.time() - t0, "run_seconds": time.time() - started}
     result = evaluate.write_result(
         os.path.join(workdir, RESULT_FILE),
         test_scores,
@@ -599,7 +615,7 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose) -> d
         best,
         host_state.step,
         config.eval.thresholds,
-        evaluate.video_counts(test),
+        {**evaluate.video_counts(test), **timing},
     )
     if verbose:
         print(

@@ -208,6 +208,16 @@ def test_train_writes_scores_and_eval_restores_them(data, data_workdir, tmp_path
     assert all(isinstance(saved[k], float) for k in metrics.SCORE_KEYS)
     assert saved["config"] == "han_synthetic" and saved["step"] > 0
     assert saved == result
+    # Time to result, recorded: the test evaluation and the whole run in the result, the
+    # phases of every epoch (and of the first: data, first step) in metrics.jsonl.
+    assert 0 < saved["test_seconds"] < saved["run_seconds"]
+    rows = train.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    first, second = rows[1], rows[2]
+    assert 0 <= first["data_seconds"] < first["first_step_seconds"]
+    assert "first_step_seconds" not in second
+    for row in (first, second):
+        assert row["train_seconds"] > 0 and row["val_seconds"] > 0
+        assert row["seconds"] == pytest.approx(row["train_seconds"] + row["val_seconds"], abs=0.5)
     # eval.py's path: restore the best checkpoint and score test again.
     config.data.root = os.path.join(data_workdir, "data")
     again = cli.evaluate_checkpoint(
