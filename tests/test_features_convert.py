@@ -79,18 +79,24 @@ def test_a_resnet_checkpoint_is_not_an_r2plus1d_one():
 def test_tf_checkpoint_names_map_to_the_flax_layers():
     shapes = convert.torch_shapes("vggish")
 
+    # the variable scopes of AudioSet's vggish_model.ckpt (vggish_slim.py), and the
+    # torch VGGish layer each corresponds to
+    tf_scopes = {
+        "conv1": "features.0",
+        "conv2": "features.3",
+        "conv3/conv3_1": "features.6",
+        "conv3/conv3_2": "features.8",
+        "conv4/conv4_1": "features.11",
+        "conv4/conv4_2": "features.13",
+        "fc1/fc1_1": "embeddings.0",
+        "fc1/fc1_2": "embeddings.2",
+        "fc2": "embeddings.4",
+    }
+
     class Reader:  # tf.train.load_checkpoint's get_tensor, on a dict
         def __init__(self):
             self.tensors = {}
-            for name, key in {**convert._VGGISH_TORCH_CONVS, **convert._VGGISH_TORCH_FCS}.items():
-                scope = {
-                    "conv3_1": "conv3/conv3_1",
-                    "conv3_2": "conv3/conv3_2",
-                    "conv4_1": "conv4/conv4_1",
-                    "conv4_2": "conv4/conv4_2",
-                    "fc1_1": "fc1/fc1_1",
-                    "fc1_2": "fc1/fc1_2",
-                }.get(name, name)
+            for scope, key in tf_scopes.items():
                 w = shapes[key + ".weight"]
                 tf_shape = (w[2], w[3], w[1], w[0]) if len(w) == 4 else (w[1], w[0])
                 self.tensors[f"vggish/{scope}/weights"] = np.zeros(tf_shape, np.float32)
