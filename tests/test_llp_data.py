@@ -304,6 +304,31 @@ def test_load_split_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert [p.stat().st_mtime_ns for p in prepared] == mtimes
 
 
+def test_preparation_says_what_happens_without_tfds_download_messages(
+    tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing is downloaded: TFDS's "Downloading and preparing dataset Unknown size" and
+    its "Variant folder ... has no dataset_info.json" warning are not shown; our own lines
+    say that the copy is prepared (rate, size) and, the second time, that it is reused."""
+    from coleaf_jax import cli
+
+    cli.quiet_libraries()
+    root, cache = tmp_path / "llp", tmp_path / "tfds"
+    root.mkdir()
+    make_layout(root)
+    with caplog.at_level(logging.INFO):
+        llp.load_split(root, "val", tfds_dir=cache)
+        llp.load_split(root, "test", tfds_dir=cache)
+    shown = capsys.readouterr()
+    everything = shown.out + shown.err + caplog.text
+    for tfds_line in ("Downloading and preparing", "downloaded and prepared", "dataset_info.json"):
+        assert tfds_line not in everything, everything
+    messages = [r.getMessage() for r in caplog.records if r.name == llp.__name__]
+    assert any(m.startswith(f"LLP: preparing {root}") for m in messages), messages
+    assert any(m.startswith("LLP: prepared 6 videos in") for m in messages), messages
+    assert any(m.startswith("LLP: using the dataset prepared from these inputs") for m in messages)
+
+
 def test_prepares_splits_larger_than_the_tfds_buffer_without_tensorflow(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

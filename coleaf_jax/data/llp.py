@@ -592,6 +592,15 @@ class Llp(tfds.core.ShardBasedBuilder):
         kwargs.setdefault("file_format", "array_record")
         super().__init__(**kwargs)
 
+    # TFDS prints "Downloading and preparing dataset Unknown size (download: Unknown
+    # size, ...)" before and "downloaded and prepared" after: nothing is downloaded
+    # here, and :func:`prepare` logs the inputs, the rate and the output size itself.
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
+
     def _info(self) -> tfds.core.DatasetInfo:
         num_classes = len(LLP_CLASSES)
         dense = (LLP_NUM_SEGMENTS, num_classes)
