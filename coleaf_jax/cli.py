@@ -24,12 +24,6 @@ from coleaf_jax.data import pipeline
 from coleaf_jax.step import create_train_state, matmul_precision
 
 
-def _unprepared_variant(record: logging.LogRecord) -> bool:
-    """False for TFDS's "Variant folder … has no dataset_info.json": it looks for a prepared
-    copy before preparing one (our own log says which copy is used, or why one is built)."""
-    return "has no dataset_info.json" not in record.getMessage()
-
-
 def quiet_libraries() -> None:
     """Keeps the console to our progress bar and tables (TFDS and orbax are chatty)."""
     import tensorflow_datasets as tfds
@@ -37,9 +31,6 @@ def quiet_libraries() -> None:
     tfds.disable_progress_bar()
     for name in ("absl", "orbax", "tensorflow_datasets", "jax._src.xla_bridge"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    absl = logging.getLogger("absl")
-    if _unprepared_variant not in absl.filters:
-        absl.addFilter(_unprepared_variant)
     # (asyncio's reports of a damaged checkpoint's failed reads are silenced where they
     # happen: checkpoints.restore_checkpoint.)
 

@@ -309,10 +309,8 @@ def test_preparation_says_what_happens_without_tfds_download_messages(
 ) -> None:
     """Nothing is downloaded: TFDS's "Downloading and preparing dataset Unknown size" and
     its "Variant folder ... has no dataset_info.json" warning are not shown; our own lines
-    say that the copy is prepared (rate, size) and, the second time, that it is reused."""
-    from coleaf_jax import cli
-
-    cli.quiet_libraries()
+    say that the copy is prepared (rate, size) and, the second time, that it is reused.
+    Library calls, not only the entry scripts (no ``cli.quiet_libraries``)."""
     root, cache = tmp_path / "llp", tmp_path / "tfds"
     root.mkdir()
     make_layout(root)

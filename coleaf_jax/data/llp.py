@@ -23,6 +23,7 @@ The annotation dir defaults to the feature root.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import difflib
 import functools
@@ -833,6 +834,23 @@ def input_fingerprint(root: PathLike, annotation_dir: PathLike | None = None) ->
     return h.hexdigest()[:16]
 
 
+def _not_unprepared_variant(record: logging.LogRecord) -> bool:
+    return "has no dataset_info.json" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _no_unprepared_variant_warning():
+    """Hides TFDS's "Variant folder … has no dataset_info.json" while :func:`prepare` looks
+    for a prepared copy: not finding one is expected, and :func:`prepare` logs itself which
+    copy is used or why one is built."""
+    absl = logging.getLogger("absl")
+    absl.addFilter(_not_unprepared_variant)
+    try:
+        yield
+    finally:
+        absl.removeFilter(_not_unprepared_variant)
+
+
 def prepare(
     root: PathLike, annotation_dir: PathLike | None = None, tfds_dir: PathLike | None = None
 ) -> Llp:
@@ -854,8 +872,10 @@ def prepare(
     parent = cache_dir(root, annotation_dir, tfds_dir)
     fingerprint = input_fingerprint(root, annotation_dir)
     data_dir = parent / fingerprint
-    builder = Llp(annotation_dir=annotation_dir, data_dir=data_dir)
-    if builder.is_prepared():
+    with _no_unprepared_variant_warning():
+        builder = Llp(annotation_dir=annotation_dir, data_dir=data_dir)
+        prepared = builder.is_prepared()
+    if prepared:
         logger.info("LLP: using the dataset prepared from these inputs in %s", data_dir)
         return builder
     stale = sorted(p for p in parent.glob("*") if p.is_dir() and p.name != fingerprint)
