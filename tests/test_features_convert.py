@@ -29,6 +29,19 @@ def test_reads_both_torch_formats_without_torch(name):
         np.testing.assert_array_equal(value, expected[key], err_msg=key)
 
 
+@pytest.mark.parametrize("name", ["pth_zip.pth", "pth_legacy.pth"])
+def test_write_pth_round_trips_what_torch_wrote(name, tmp_path):
+    """testing.write_pth (no torch) writes what read_pth reads back as torch's own files."""
+    state = convert.read_pth(os.path.join(FIXTURES, name))
+    state = {k: v for k, v in state.items() if v.dtype in (np.float32, np.float64, np.int64)}
+    path = testing.write_pth(str(tmp_path / "copy.pth"), state)
+    again = convert.read_pth(path)
+    assert list(again) == list(state)
+    for key, value in state.items():
+        assert again[key].dtype == value.dtype and again[key].shape == value.shape, key
+        np.testing.assert_array_equal(again[key], value, err_msg=key)
+
+
 def test_unreadable_checkpoint_is_named(tmp_path):
     bad = tmp_path / "resnet152-b121ed2d.pth"
     bad.write_bytes(b"\x80\x02not a checkpoint at all")
@@ -36,21 +49,88 @@ def test_unreadable_checkpoint_is_named(tmp_path):
         convert.read_pth(str(bad))
 
 
-def test_unpickler_refuses_other_objects(tmp_path):
+class _Payload:
+    """Unpickling this runs ``touch MARKER``: what a malicious checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+_LEGACY_RECORDS = ["magic", "protocol", "sys_info", "main", "storage_keys"]
+
+
+def _legacy_with_payload(path, marker, record):
+    """A legacy (pre-zip) torch file whose ``record`` carries the payload."""
     import pickle
 
-    class Evil:
-        def __reduce__(self):
-            return (os.system, ("echo pwned",))
-
-    path = tmp_path / "evil.pth"
+    evil = _Payload(marker)
+    values = {
+        "magic": 0x1950A86A20F9469CFC6C,
+        "protocol": 1001,
+        "sys_info": {"protocol_version": 1001, "little_endian": True},
+        "main": {"x": 1},
+        "storage_keys": [],
+    }
     with open(path, "wb") as f:
-        pickle.dump(0x1950A86A20F9469CFC6C, f)
-        pickle.dump(1001, f)
-        pickle.dump({}, f)
-        pickle.dump({"x": Evil()}, f)
-    with pytest.raises(convert.ConversionError, match="refusing to load"):
+        for name in _LEGACY_RECORDS:
+            value = values[name]
+            if name == record:
+                value = [value, evil] if name != "sys_info" else {**value, "e": evil}
+            pickle.dump(value, f, protocol=2)
+
+
+def _zip_with_payload(path, marker):
+    import pickle
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"x": _Payload(marker)}, protocol=2))
+        z.writestr("archive/version", "3\n")
+
+
+@pytest.mark.parametrize("record", _LEGACY_RECORDS + ["zip"])
+def test_no_record_of_a_checkpoint_can_run_code(tmp_path, record):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "resnet152-b121ed2d.pth"
+    if record == "zip":
+        _zip_with_payload(path, marker)
+    else:
+        _legacy_with_payload(path, marker, record)
+    with pytest.raises(convert.ConversionError, match=r"refusing (to load posix\.system|a)"):
         convert.read_pth(str(path))
+    assert not marker.exists()
+    # control: the same payload unpickled plainly does run (so the test can fail)
+    if record == "main":
+        import pickle
+
+        pickle.loads(pickle.dumps(_Payload(marker)))
+        assert marker.exists()
+
+
+@pytest.mark.parametrize("record", ["sys_info", "main"])
+def test_convert_cli_refuses_a_payload_in_one_error_line(tmp_path, record):
+    import subprocess
+    import sys
+
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    _legacy_with_payload(folder / "resnet152-b121ed2d.pth", marker, record)
+    proc = subprocess.run(
+        [sys.executable, "-m", "coleaf_jax.features.convert", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert not marker.exists()
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "resnet152-b121ed2d.pth" in lines[0] and "refusing" in lines[0]
+    assert "Traceback" not in proc.stderr
 
 
 def test_mapping_names_missing_unexpected_and_misshaped_keys():
@@ -138,11 +218,11 @@ def test_a_checkpoint_in_the_folder_is_converted_on_first_use(tmp_path):
     np.testing.assert_array_equal(loaded["pca_eigen_vectors"], pca["pca_eigen_vectors"])
     assert weights.is_converted(folder, "vggish_pca")
     assert "vggish_pca   converted" in weights.describe_folder(folder)
-    assert convert.main([folder]) == 0  # already converted: nothing to do
+    assert weights.convert_main([folder]) == 0  # already converted: nothing to do
 
 
 def test_convert_cli_lists_what_is_missing(tmp_path, capsys):
-    assert convert.main([str(tmp_path)]) == 1
+    assert weights.convert_main([str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "resnet152" in out and "missing: download https://download.pytorch.org" in out
 

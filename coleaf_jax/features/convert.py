@@ -22,9 +22,10 @@ its shape, and name missing, unexpected and mis-shaped keys.
 
 from __future__ import annotations
 
-import argparse
+import codecs
 import collections
 import hashlib
+import importlib
 import io
 import json
 import os
@@ -33,6 +34,7 @@ import struct
 import sys
 import zipfile
 
+import jax
 import numpy as np
 
 from coleaf_jax.features import r2plus1d, resnet, vggish
@@ -131,8 +133,6 @@ class _Unpickler(pickle.Unpickler):
             "_reconstruct",
             "scalar",
         ):
-            import importlib
-
             try:
                 return getattr(importlib.import_module("numpy._core.multiarray"), name)
             except ImportError:  # numpy < 2
@@ -142,10 +142,31 @@ class _Unpickler(pickle.Unpickler):
         if module == "torch" and name == "Size":
             return tuple
         if module == "_codecs" and name == "encode":  # bytes in protocol-2 pickles of numpy arrays
-            import codecs
-
             return codecs.encode
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} (not part of a state dict)")
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """The legacy format's bookkeeping records (magic number, protocol, sys info, storage
+    keys) hold only numbers, strings, lists and dicts: every global and persistent id is
+    refused, so nothing in them can run code."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(
+            f"refusing to load {module}.{name} (a torch checkpoint's header holds plain values)"
+        )
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("refusing a persistent id in a torch checkpoint's header")
+
+
+def _plain_load(f, what: str, path: str, expected: type | tuple[type, ...]):
+    obj = _PlainUnpickler(f).load()
+    if not isinstance(obj, expected):
+        raise ConversionError(
+            f"{path}: not a torch checkpoint (its {what} is a {type(obj).__name__})"
+        )
+    return obj
 
 
 def _materialize(obj):
@@ -188,11 +209,13 @@ def _read_zip(path: str) -> dict:
 
 def _read_legacy(path: str) -> dict:
     with open(path, "rb") as f:
-        magic = pickle.load(f)
+        # Every record goes through a restricted unpickler: plain values for the header
+        # and the storage keys, state-dict objects only for the main record.
+        magic = _plain_load(f, "magic number", path, int)
         if magic != _LEGACY_MAGIC:
             raise ConversionError(f"{path}: not a torch checkpoint (bad magic number)")
-        pickle.load(f)  # protocol version
-        pickle.load(f)  # sys info
+        _plain_load(f, "protocol version", path, int)
+        _plain_load(f, "sys info", path, dict)
         storages: dict[str, _Storage] = {}
 
         def load(pid):
@@ -209,7 +232,7 @@ def _read_legacy(path: str) -> dict:
             return root
 
         obj = _Unpickler(f, load).load()
-        keys = pickle.load(f)
+        keys = _plain_load(f, "storage key list", path, (list, tuple))
         for key in keys:
             st = storages[key]
             (numel,) = struct.unpack("<q", f.read(8))
@@ -330,8 +353,6 @@ class _Mapping:
 
 def _stack_blocks(variables: dict, stage: str, count: int) -> None:
     """Moves ``<stage>_<1..count-1>`` into ``<stage>_rest/block`` stacked on axis 0."""
-    import jax
-
     for col in ("params", "batch_stats"):
         tree = variables[col]
         blocks = [tree.pop(f"{stage}_{i}") for i in range(1, count)]
@@ -511,27 +532,7 @@ def pca_params(state: dict, source: str = "PCA parameters") -> dict:
     return {"pca_eigen_vectors": vectors, "pca_means": means}
 
 
-# ----------------------------------------------------------------------------- CLI
-
-
-def main(argv=None) -> int:
-    from coleaf_jax.features import weights
-
-    parser = argparse.ArgumentParser(
-        prog="python -m coleaf_jax.features.convert",
-        description="Convert the extractors' public checkpoints found in a weights folder "
-        "to flax variables (orbax) in the same folder.",
-    )
-    parser.add_argument("folder", help="the weights folder holding the downloaded checkpoints")
-    parser.add_argument("--force", action="store_true", help="convert again even if converted")
-    args = parser.parse_args(argv)
-    try:
-        done = weights.convert_folder(args.folder, force=args.force, verbose=True)
-    except (ConversionError, weights.MissingWeightsError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(weights.describe_folder(args.folder))
-    return 0 if done else 1
+# ----------------------------------------------------------------------------- helpers
 
 
 def file_digest(path: str) -> str:
@@ -549,4 +550,9 @@ def write_json(path: str, obj) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # The command line lives with the weights folder it converts (weights.py imports this
+    # module; importing it from here keeps the two free of an import cycle). Its errors
+    # are the classes weights.py sees, not copies in this ``__main__`` module.
+    from coleaf_jax.features.weights import convert_main
+
+    sys.exit(convert_main())

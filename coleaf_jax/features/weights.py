@@ -18,11 +18,17 @@ present but not converted is converted on first use.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import shutil
+import sys
 
 import numpy as np
+import orbax.checkpoint as ocp
+
+from coleaf_jax.features import convert
+from coleaf_jax.features.convert import ConversionError
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -143,19 +149,17 @@ def missing_message(folder: str, name: str) -> str:
 
 
 def _read_source(source: Source, path: str, name: str) -> dict:
-    from coleaf_jax.features import convert
-
     if source.kind == "npz":
         try:
             with np.load(path) as z:
                 return convert.pca_params(dict(z), path)
         except (OSError, ValueError) as e:
-            raise convert.ConversionError(f"{path}: cannot be read as .npz ({e})") from e
+            raise ConversionError(f"{path}: cannot be read as .npz ({e})") from e
     if source.kind == "tf":
         try:
             import tensorflow as tf  # noqa: F401
         except ImportError as e:
-            raise convert.ConversionError(
+            raise ConversionError(
                 f"{path}: converting Google's TF checkpoint needs TensorFlow (pip install "
                 f"tensorflow); or download {MODELS[name].sources[0].url} instead, which needs "
                 f"nothing more"
@@ -174,10 +178,6 @@ def _read_source(source: Source, path: str, name: str) -> dict:
 def convert_model(folder: str, name: str, force: bool = False, verbose: bool = True) -> bool:
     """Converts ``name``'s checkpoint in ``folder`` (if there and not yet converted, or
     ``force``); returns whether a converted copy exists afterwards."""
-    import orbax.checkpoint as ocp
-
-    from coleaf_jax.features import convert
-
     if is_converted(folder, name) and not force:
         return True
     found = find_source(folder, name)
@@ -234,8 +234,6 @@ def describe_folder(folder: str) -> str:
 def load(folder: str, name: str, verbose: bool = True) -> dict:
     """The converted variables of ``name`` (converting a checkpoint found in ``folder``
     first); :class:`MissingWeightsError` with download instructions when there is none."""
-    import orbax.checkpoint as ocp
-
     if folder is None:
         raise MissingWeightsError(
             "no weights folder given (--weights DIR): it holds the "
@@ -256,10 +254,6 @@ def load(folder: str, name: str, verbose: bool = True) -> dict:
 
 def save_converted(folder: str, name: str, variables: dict, source: str = "random") -> str:
     """Saves ``variables`` as ``name``'s converted weights (tests and tools)."""
-    import orbax.checkpoint as ocp
-
-    from coleaf_jax.features import convert
-
     os.makedirs(folder, exist_ok=True)
     out = converted_path(folder, name)
     if os.path.exists(out):
@@ -269,3 +263,23 @@ def save_converted(folder: str, name: str, variables: dict, source: str = "rando
     ckpt.wait_until_finished()
     convert.write_json(out + ".json", {"model": name, "source": source})
     return out
+
+
+def convert_main(argv=None) -> int:
+    """``python -m coleaf_jax.features.convert FOLDER``: converts what the folder holds;
+    an unreadable or unsafe checkpoint is one ``error:`` line and exit status 1."""
+    parser = argparse.ArgumentParser(
+        prog="python -m coleaf_jax.features.convert",
+        description="Convert the extractors' public checkpoints found in a weights folder "
+        "to flax variables (orbax) in the same folder.",
+    )
+    parser.add_argument("folder", help="the weights folder holding the downloaded checkpoints")
+    parser.add_argument("--force", action="store_true", help="convert again even if converted")
+    args = parser.parse_args(argv)
+    try:
+        done = convert_folder(args.folder, force=args.force, verbose=True)
+    except (ConversionError, MissingWeightsError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(describe_folder(args.folder))
+    return 0 if done else 1
