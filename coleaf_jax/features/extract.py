@@ -279,10 +279,9 @@ class Extractor:
         paths = [os.fspath(p) for p in paths]
         prepared = prefetched(lambda p: prepare(p, self.options), paths, max(1, workers))
         bar = progress_lib.bar(prepared, total=len(paths), desc="extracting", enabled=progress)
-        terminal = progress and progress_lib.is_terminal()
         for i, d in enumerate(bar, start=1):
             f = self.run(d)
-            if progress and not terminal:
+            if progress and bar.disable:  # asked for progress, but not on a terminal
                 print(
                     f"[{i}/{len(paths)}] {f.path}: {f.num_segments} segments "
                     f"({f.duration:.2f} s), decoded in {f.seconds['decode']:.1f} s, networks "
@@ -290,7 +289,7 @@ class Extractor:
                     file=sys.stderr,
                     flush=True,
                 )
-            else:
+            elif not bar.disable:
                 bar.set_postfix(video=f.id)
             yield f
         bar.close()

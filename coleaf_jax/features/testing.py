@@ -8,11 +8,16 @@
 * :func:`test_waveform`, :func:`test_frames`: small audio / image inputs.
 * :func:`write_test_video`: a video file with coloured frames and a tone
   (PyAV), with or without an audio track.
+* :func:`write_pth`: a state dict saved in torch's zip format (``torch.save``'s
+  layout, written with the pickle opcodes themselves: no torch), so the tests can
+  put "downloaded" checkpoints in a weights folder.
 """
 
 from __future__ import annotations
 
 import fractions
+import struct
+import zipfile
 
 import numpy as np
 
@@ -157,4 +162,62 @@ def write_test_video(
                     out.mux(packet)
             for packet in sound.encode():
                 out.mux(packet)
+    return path
+
+
+_PTH_STORAGES = {
+    np.dtype(np.float32): "FloatStorage",
+    np.dtype(np.float64): "DoubleStorage",
+    np.dtype(np.int64): "LongStorage",
+}
+
+
+def _pickle_str(text: str) -> bytes:
+    data = text.encode()
+    return b"X" + struct.pack("<I", len(data)) + data  # BINUNICODE
+
+
+def _pickle_int(value: int) -> bytes:
+    return b"J" + struct.pack("<i", value)  # BININT
+
+
+def _pickle_tuple(values) -> bytes:
+    return b"(" + b"".join(_pickle_int(int(v)) for v in values) + b"t"  # MARK ... TUPLE
+
+
+def write_pth(path: str, state: dict[str, np.ndarray]) -> str:
+    """Saves ``state`` as ``torch.save(OrderedDict of tensors)`` does (zip format: the
+    pickle in ``archive/data.pkl``, one raw little-endian storage per tensor in
+    ``archive/data/<i>``); float32, float64 and int64 arrays. Returns ``path``."""
+    ordered_dict = b"ccollections\nOrderedDict\n)R"  # GLOBAL, EMPTY_TUPLE, REDUCE
+    body = [b"\x80\x02", ordered_dict]
+    storages = []
+    for i, (key, value) in enumerate(state.items()):
+        a = np.asarray(value, order="C")  # (ascontiguousarray would make a 0-d array 1-d)
+        storage = _PTH_STORAGES[a.dtype]
+        strides = [s // a.itemsize for s in a.strides] if a.ndim else []
+        persistent_id = (
+            b"("
+            + _pickle_str("storage")
+            + f"ctorch\n{storage}\n".encode()
+            + _pickle_str(str(i))
+            + _pickle_str("cpu")
+            + _pickle_int(a.size)
+            + b"tQ"  # TUPLE, BINPERSID
+        )
+        body += [
+            _pickle_str(key),
+            b"ctorch._utils\n_rebuild_tensor_v2\n",
+            b"(" + persistent_id + _pickle_int(0) + _pickle_tuple(a.shape),
+            _pickle_tuple(strides) + b"\x89" + ordered_dict + b"tR",  # NEWFALSE; TUPLE, REDUCE
+            b"s",  # SETITEM
+        ]
+        storages.append(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes())
+    body.append(b".")
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", b"".join(body))
+        z.writestr("archive/byteorder", "little")
+        z.writestr("archive/version", "3\n")
+        for i, raw in enumerate(storages):
+            z.writestr(f"archive/data/{i}", raw)
     return path
