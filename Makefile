@@ -4,13 +4,15 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The tested versions (see constraints.txt); `make install CONSTRAINTS=` resolves the newest.
+CONSTRAINTS ?= constraints.txt
 
 .PHONY: demo test lint install clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install -q --disable-pip-version-check $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -24,7 +26,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	XLA_FLAGS=--xla_force_host_platform_device_count=2 $(PY) -m pytest -q -n 2 tests; \
+	COLEAF_CONSTRAINTS=$(CONSTRAINTS) XLA_FLAGS=--xla_force_host_platform_device_count=2 $(PY) -m pytest -q -n 2 --dist worksteal --durations=20 tests; \
 	rc=$$?; if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 # Fix what ruff can (imports, formatting); review the diff.
