@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from coleaf_jax.models import HANAnchor, ReferenceBranch, VisualEmbedding, mmil_pool
+from coleaf_jax.models import HANAnchor, ReferenceBranch, VisualEmbedding, dropout, mmil_pool
 
 D = 16
 KW = dict(num_classes=5, d_model=D, ffn_dim=D)
@@ -105,3 +105,54 @@ def test_dropout_needs_a_key_only_in_training():
     assert not np.allclose(x1["tokens_a"], x2["tokens_a"])
     with pytest.raises(Exception):  # noqa: B017 -- flax's error for a missing dropout rng
         model.apply(params, a, v2, v3, train=True)
+
+
+# -- dropout masks from the counter-based hash (coleaf_jax/models/dropout.py) -----------
+
+
+def _masks(keep, shape, keys):
+    return np.stack([np.asarray(dropout.keep_mask(k, keep, shape)) for k in keys])
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.2, 0.5])
+def test_dropout_masks_keep_the_right_share_independently(rate):
+    """Keep rate within 4.5 standard errors; neighbouring elements, examples (keys) and
+    call sites (keys folded as make_rng folds them) independent: their joint keep rate
+    is keep² within 4.5 standard errors, and no byte pattern repeats."""
+    keep, n = 1.0 - rate, 1 << 18
+    keys = [jax.random.fold_in(jax.random.key(7), i) for i in range(4)]
+    m = _masks(keep, (n,), keys).astype(np.float64)  # (4 keys, n)
+    tol = lambda p, count: 4.5 * np.sqrt(p * (1 - p) / count)  # noqa: E731
+    assert abs(m.mean() - keep) < tol(keep, m.size)
+    both = keep * keep
+    assert abs((m[:, 1:] * m[:, :-1]).mean() - both) < tol(both, m[:, 1:].size)  # neighbours
+    assert abs((m[0] * m[1]).mean() - both) < tol(both, n)  # two examples' keys
+    assert abs((m[2] * m[3]).mean() - both) < tol(both, n)
+    # strides: element i and i + 2^k (a weak hash shows structure at powers of two)
+    for s in (2, 16, 256, 4096):
+        assert abs((m[0, s:] * m[0, :-s]).mean() - both) < tol(both, n - s), s
+    # per-row keep rates of a (T, D) tensor do not drift along the row or the column
+    grid = m[0].reshape(512, 512)
+    for axis in (0, 1):
+        rates = grid.mean(axis=axis)
+        assert np.abs(rates - keep).max() < 5.5 * np.sqrt(keep * (1 - keep) / 512)
+
+
+def test_dropout_module_scales_and_depends_only_on_its_key():
+    x = jnp.ones((3, 10, 16))
+    layer = dropout.Dropout(0.25)
+    assert (layer.apply({}, x, deterministic=True) == x).all()
+    y = layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
+    values = set(np.unique(np.asarray(y)).tolist())
+    assert values == {0.0, float(np.float32(1.0) / np.float32(0.75))}
+    again = layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
+    other = layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
+    assert (y == again).all() and not (y == other).all()
+    # the mask of one example does not depend on the batch it is applied in (vmap)
+    keys = jax.random.split(jax.random.key(3), 3)
+    one = lambda xi, k: layer.apply({}, xi, deterministic=False, rngs={"dropout": k})  # noqa: E731
+    batched = jax.vmap(one)(x, keys)
+    for i in range(3):
+        np.testing.assert_array_equal(batched[i], one(x[i], keys[i]))
+    with pytest.raises(ValueError, match=r"expected a value in \[0, 1\)"):
+        dropout.Dropout(1.0).apply({}, x, deterministic=False, rngs={"dropout": keys[0]})

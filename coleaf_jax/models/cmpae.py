@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from coleaf_jax.models.dropout import Dropout
 from coleaf_jax.models.layers import AudioEmbedding, HANLayer, Linear, VisualEmbedding
 from coleaf_jax.models.mmil import masked_softmax
 
@@ -56,7 +57,7 @@ class _ResidualMLP(nn.Module):
 
     @nn.compact
     def __call__(self, x, deterministic: bool):
-        x = nn.Dropout(self.dropout)(
+        x = Dropout(self.dropout)(
             Linear(self.d_model, self.param_init, name="linear")(x), deterministic=deterministic
         )
         return nn.leaky_relu(x, 0.2)
@@ -146,7 +147,7 @@ class CMPAEAnchor(nn.Module):
         no_a, no_v = layer(x_a, x_v, mask, deterministic=det, cross=False)
         h_a = self.ca_mix * ca_a + (1 - self.ca_mix) * no_a
         h_v = self.ca_mix * ca_v + (1 - self.ca_mix) * no_v
-        vis_drop = nn.Dropout(self.visual_dropout)
+        vis_drop = Dropout(self.visual_dropout)
         heads = EvidentialHeads(
             self.num_classes, self.d_model, self.residual_dropout, self.param_init, name="heads"
         )

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from coleaf_jax.models.dropout import Dropout
 from coleaf_jax.models.init import INITS, attention_initializers, linear_initializers
 
 
@@ -138,7 +139,7 @@ class MultiHeadAttention(nn.Module):
         if mask is not None:
             logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
         weights = jax.nn.softmax(logits, axis=-1)
-        weights = nn.Dropout(self.dropout)(weights, deterministic=deterministic)
+        weights = Dropout(self.dropout)(weights, deterministic=deterministic)
         y = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, tq, d)
         return _Projection(d, out_init, bias_init, name="out")(y)
 
@@ -172,9 +173,9 @@ class _FeedForward(nn.Module):
     @nn.compact
     def __call__(self, x, deterministic: bool):
         y = Linear(self.ffn_dim, self.param_init, name="linear1")(x)
-        y = nn.Dropout(self.dropout)(nn.relu(y), deterministic=deterministic)
+        y = Dropout(self.dropout)(nn.relu(y), deterministic=deterministic)
         y = Linear(self.d_model, self.param_init, name="linear2")(y)
-        return nn.Dropout(self.dropout)(y, deterministic=deterministic)
+        return Dropout(self.dropout)(y, deterministic=deterministic)
 
 
 class HANLayer(nn.Module):
@@ -202,7 +203,7 @@ class HANLayer(nn.Module):
         )
         ffn = _FeedForward(self.d_model, self.ffn_dim, self.dropout, self.param_init, name="ffn")
         norm1, norm2 = _layer_norm("norm1"), _layer_norm("norm2")
-        drop = nn.Dropout(self.dropout)
+        drop = Dropout(self.dropout)
         att_mask = attention_mask(mask, mask)
 
         def one_stream(x, y):
@@ -235,7 +236,7 @@ class SelfAttentionLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x, mask, *, deterministic: bool):
-        drop = nn.Dropout(self.dropout)
+        drop = Dropout(self.dropout)
         att = MultiHeadAttention(self.d_model, 1, self.dropout, self.param_init, name="self_attn")
         h = x + drop(
             att(x, x, attention_mask(mask, mask), deterministic=deterministic),

@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from coleaf_jax.models.dropout import Dropout
 from coleaf_jax.models.layers import AudioEmbedding, Linear, SelfAttentionLayer, VisualEmbedding
 from coleaf_jax.models.mmil import masked_softmax
 
@@ -51,7 +52,7 @@ class UnimodalReference(nn.Module):
         if self.class_tokens:
             out["class_prob"] = jax.nn.sigmoid(h[:, :c].mean(axis=-1))
             h, mask = h[:, c:], mask[:, c:]
-        dropped = nn.Dropout(self.head_dropout)(h, deterministic=not train)
+        dropped = Dropout(self.head_dropout)(h, deterministic=not train)
         seg_prob = jax.nn.sigmoid(Linear(c, self.param_init, name="fc_prob")(dropped))
         time_in = dropped if self.time_reads_dropped else h
         w_t = masked_softmax(
