@@ -31,6 +31,7 @@ from ml_collections import config_flags
 from coleaf_jax import cli
 from coleaf_jax.config import load_config_file
 from coleaf_jax.parsing import parse_videos
+from coleaf_jax.workdir import apply_stored_config
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The training run's directory.")
@@ -51,6 +52,12 @@ flags.DEFINE_string(
     "With --video: the folder of the extractors' weights "
     "(python -m coleaf_jax.features.convert; docs/features.md).",
 )
+flags.DEFINE_list(
+    "frame_sizes",
+    None,
+    "With --video: RESNET,R21D frame sizes other than HAN's 224,112 (quick checks only: "
+    "the features are not HAN's).",
+)
 flags.DEFINE_list("ids", None, "Only these video ids.")
 flags.DEFINE_integer("step", None, "Checkpoint (epoch) to restore; default: best on validation.")
 flags.DEFINE_bool(
@@ -60,7 +67,12 @@ flags.DEFINE_bool(
 )
 flags.DEFINE_integer("timelines", 0, "Write timeline PNGs for this many videos.")
 flags.DEFINE_string("compare_workdir", None, "A second run drawn side by side in the timelines.")
-flags.DEFINE_string("compare_config", None, "The second run's config (default: --config's file).")
+flags.DEFINE_string(
+    "compare_config",
+    None,
+    "The second run's config file (default: --config's file); the values it was trained "
+    "with are read from its WORKDIR/config.json.",
+)
 flags.DEFINE_integer(
     "compare_step",
     None,
@@ -69,6 +81,17 @@ flags.DEFINE_integer(
 )
 config_flags.DEFINE_config_file("config", None, "The run's configuration file.", lock_config=True)
 flags.mark_flags_as_required(["config", "workdir", "output"])
+
+
+def frame_sizes(values: list[str]) -> tuple[int, int]:
+    """``--frame-sizes RESNET,R21D`` as two positive integers."""
+    try:
+        sizes = tuple(int(v) for v in values)
+    except ValueError:
+        sizes = ()
+    if len(sizes) != 2 or min(sizes) < 1:
+        raise ValueError(f"--frame-sizes {','.join(values)}: expected two positive integers")
+    return sizes
 
 
 def main(argv):
@@ -85,8 +108,13 @@ def main(argv):
                 "error: --video cannot be combined with --features, --split, --ids "
                 "or --compare-workdir"
             )
+        from coleaf_jax.features import extract
         from coleaf_jax.features.videos import parse_video_files
 
+        options = extract.Options()
+        if FLAGS.frame_sizes:
+            resnet_crop, r21d_size = cli.exit_on_user_error(frame_sizes, FLAGS.frame_sizes)
+            options = extract.Options(resnet_crop=resnet_crop, r21d_size=r21d_size)
         cli.exit_on_user_error(
             parse_video_files,
             FLAGS.config,
@@ -94,6 +122,7 @@ def main(argv):
             FLAGS.output,
             videos,
             FLAGS.weights,
+            options=options,
             step=FLAGS.step,
             select_thresholds=FLAGS.select_thresholds,
             timelines=FLAGS.timelines,
@@ -102,11 +131,9 @@ def main(argv):
     compare = None
     if FLAGS.compare_workdir:
         spec = FLAGS.compare_config or flags.FLAGS["config"].config_filename
-        compare = (
-            cli.exit_on_user_error(load_config_file, spec),
-            FLAGS.compare_workdir,
-            FLAGS.compare_step,
-        )
+        compare_config = cli.exit_on_user_error(load_config_file, spec)
+        cli.exit_on_user_error(apply_stored_config, compare_config, FLAGS.compare_workdir)
+        compare = (compare_config, FLAGS.compare_workdir, FLAGS.compare_step)
     cli.exit_on_user_error(
         parse_videos,
         FLAGS.config,

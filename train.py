@@ -16,6 +16,7 @@ WORKDIR/checkpoints/ (best on validation and latest) and WORKDIR/report.html
 """
 
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -38,9 +39,21 @@ def main(argv):
     cli.setup_jax(FLAGS.config)
     cli.exit_on_user_error(distributed.initialize_from_flags)  # before JAX's first computation
     logging.info("config:\n%s", FLAGS.config)
-    run = train_seeds if FLAGS.config.num_seeds > 1 else train_and_evaluate
-    cli.exit_on_user_error(run, FLAGS.config, FLAGS.workdir)
-    if FLAGS.config.num_seeds == 1 and distributed.is_primary():
+    if FLAGS.config.num_seeds > 1:
+        cli.exit_on_user_error(train_seeds, FLAGS.config, FLAGS.workdir)
+        return
+
+    written = []
+
+    def write_report(test, probabilities, epoch):  # from the test predictions just made
+        path = report.build_report(
+            FLAGS.config, FLAGS.workdir, test=test, predictions=probabilities, checkpoint=epoch
+        )
+        written.append(path)
+        print(f"report: {path}")
+
+    cli.exit_on_user_error(train_and_evaluate, FLAGS.config, FLAGS.workdir, on_test=write_report)
+    if distributed.is_primary() and not written:  # a finished run: its report, if stale
         html = os.path.join(FLAGS.workdir, "report.html")
         result = os.path.join(FLAGS.workdir, "test_metrics.json")
         if os.path.exists(html) and os.path.getmtime(html) >= os.path.getmtime(result):
@@ -52,4 +65,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    app.run(main, argv=cli.dashes_to_underscores(sys.argv), flags_parser=cli.parse_flags)

@@ -41,7 +41,7 @@ import numpy as np
 from coleaf_jax import evaluate, train
 from coleaf_jax import seeds as seeds_lib
 from coleaf_jax import step as step_lib
-from coleaf_jax.config import load_config_file
+from coleaf_jax.config import config_flags_as_set, load_config_file
 from coleaf_jax.data import pipeline
 from coleaf_jax.data.classes import LLP_FRAMES_PER_SEGMENT
 
@@ -271,7 +271,7 @@ def main(argv=None) -> int:
         help="with --epoch: K models at once (vmap) against K single runs",
     )
     parser.add_argument("--json", default=None, help="write the results here")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(config_flags_as_set(sys.argv[1:] if argv is None else argv))
     config = load_config_file(args.config, args.set)
     if args.plain:
         config.model.pool_frames_first = False

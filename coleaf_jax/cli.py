@@ -8,6 +8,7 @@ import difflib
 import json
 import logging
 import os
+import sys
 
 import jax
 import numpy as np
@@ -20,6 +21,7 @@ from coleaf_jax.checkpoints import (
     restore_checkpoint,
     selection_scores,
 )
+from coleaf_jax.config import config_flags_as_set
 from coleaf_jax.data import pipeline
 from coleaf_jax.step import create_train_state, matmul_precision
 
@@ -43,7 +45,9 @@ def setup_jax(config) -> None:
         cache = os.path.expanduser(cache)
         os.makedirs(cache, exist_ok=True)
         jax.config.update("jax_compilation_cache_dir", cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        # every program, the small ones too (parameter init, evaluation): a second run
+        # with the same shapes compiles nothing
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def one_line(e: BaseException) -> str:
@@ -132,11 +136,12 @@ def require_run(workdir: str) -> None:
         )
 
 
-def dashes_to_underscores(argv, prefixes=("--select-", "--compare-")):
-    """Accepts ``--select-thresholds`` etc. as well as absl's ``--select_thresholds``."""
+def dashes_to_underscores(argv):
+    """Accepts ``--select-thresholds``, ``--frame-sizes`` etc. as well as absl's
+    ``--select_thresholds`` (our flag names have no dashes; ``--config.*`` is left as is)."""
     out = []
     for arg in argv:
-        if arg.startswith(tuple(prefixes)):
+        if arg.startswith("--") and not arg.startswith("--config") and "-" in arg[2:]:
             name, sep, value = arg[2:].partition("=")
             arg = "--" + name.replace("-", "_") + sep + value
         out.append(arg)
@@ -301,7 +306,7 @@ def noise_ratios_main(argv=None) -> int:
         metavar="KEY=VALUE",
         help="config override, e.g. --set data.root=/path/to/LLP",
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_args(config_flags_as_set(sys.argv[1:] if argv is None else argv))
     quiet_libraries()
     return exit_on_user_error(_noise_ratios, args, load_config_file, estimate_noise_ratios)
 

@@ -287,6 +287,11 @@ def load_config_file(spec: str, overrides: list[str] = ()) -> ml_collections.Con
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     config = module.get_config(variant) if variant else module.get_config()
+    return apply_overrides(config, overrides)
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides=()) -> ml_collections.ConfigDict:
+    """Applies ``KEY=VALUE`` strings (values read as Python literals, else strings)."""
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
@@ -297,6 +302,23 @@ def load_config_file(spec: str, overrides: list[str] = ()) -> ml_collections.Con
             value = raw
         override(config, key, value)
     return config
+
+
+def config_flags_as_set(argv: list[str]) -> list[str]:
+    """train.py's ``--config.KEY=VALUE`` (or ``--config.KEY VALUE``) rewritten as ``--set
+    KEY=VALUE``, so that the argparse tools (report, noise_ratios, bench, sweep) take the
+    entry scripts' syntax too."""
+    out, args = [], list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg.startswith("--config.") and len(arg) > len("--config."):
+            key, sep, value = arg[len("--config.") :].partition("=")
+            if not sep and args:
+                value = args.pop(0)
+            out += ["--set", f"{key}={value}"]
+        else:
+            out.append(arg)
+    return out
 
 
 def override(config: ml_collections.ConfigDict, key: str, value) -> None:

@@ -1,6 +1,6 @@
 """End-to-end demo on the embedded synthetic dataset (``make demo``).
 
-    python -m coleaf_jax.demo [--workdir runs/demo] [--epochs N]
+    python -m coleaf_jax.demo [--workdir runs/demo] [--epochs N] [--config.KEY=VALUE ...]
 
 1. writes a synthetic dataset in the LLP layout under WORKDIR/data (once),
 2. prepares it with the TFDS builder and loads the splits (cached),
@@ -28,7 +28,12 @@ import time
 import numpy as np
 
 from coleaf_jax import baselines, cli, metrics, report
-from coleaf_jax.config import synthetic_config, unav100_config
+from coleaf_jax.config import (
+    apply_overrides,
+    config_flags_as_set,
+    synthetic_config,
+    unav100_config,
+)
 from coleaf_jax.data import pipeline
 from coleaf_jax.train import train_and_evaluate
 
@@ -49,7 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default="runs/demo")
     parser.add_argument("--epochs", type=int, default=None, help="override config.num_epochs")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for every run (also --config.KEY=VALUE), e.g. a smaller "
+        "model.d_model or data.synthetic_videos for a quick check",
+    )
+    args = parser.parse_args(config_flags_as_set(sys.argv[1:] if argv is None else argv))
     cli.quiet_libraries()
 
     t0 = time.time()
@@ -63,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         c.data.root = os.path.join(args.workdir, "data")
         if args.epochs:
             c.num_epochs = args.epochs
+        apply_overrides(c, args.set)
     cli.setup_jax(configs["HAN"])  # the compilation cache: a second demo compiles nothing
     # Raw frames (T*8 per video): CMPAE needs them, HAN pools them itself (exactly).
     data = pipeline.load_splits(configs["HAN"], args.workdir, pool_frames=False)
@@ -92,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     unav.data.root = os.path.join(args.workdir, "data_unav100")
     if args.epochs:
         unav.num_epochs = args.epochs
+    apply_overrides(unav, args.set)
     print(f"\n== training CoLeaF (HAN) on variable-length videos ({unav.name}) ==")
     result = train_and_evaluate(unav, os.path.join(args.workdir, unav.name), verbose=True)
     print(

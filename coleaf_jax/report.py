@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 from coleaf_jax import cli, evaluate, metrics, paper, plots, train
+from coleaf_jax.config import config_flags_as_set
 from coleaf_jax.data import pipeline
 
 LOSS_KEYS = ("anchor_loss", "ref_loss", "backbone", "nce_a", "nce_v", "correlation", "ref_kd")
@@ -67,12 +68,14 @@ def build_report(
     test: dict | None = None,
     num_timelines: int = 3,
     checkpoint: int | None = None,
+    predictions: dict | None = None,
 ) -> str:
     """Writes ``WORKDIR/report.html`` for a finished run; returns its path.
 
     ``test`` is the test split (loaded from ``config.data`` when omitted); the
     best checkpoint (or ``checkpoint``) is restored for the per-class scores
-    and the timelines.
+    and the timelines, unless ``predictions`` (``evaluate.predict_split``'s dict on
+    ``test``, of checkpoint ``checkpoint``) are given, as training does.
     """
     parts = [f"<h1>CoLeaF-JAX run report: {html.escape(config.name)}</h1>"]
     result_path = os.path.join(workdir, "test_metrics.json")
@@ -140,16 +143,21 @@ def build_report(
     else:
         parts.append('<p class="note">no test_metrics.json yet: the run has not finished</p>')
 
-    try:
-        test = (
-            test if test is not None else pipeline.load_splits(config, workdir, ("test",))["test"]
-        )
-        _, anchor, params, step = cli.restore_anchor(config, workdir, test, checkpoint)
-    except (FileNotFoundError, ValueError) as e:
-        parts.append(f'<p class="note">no predictions: {html.escape(str(e))}</p>')
-        test = None
-    if test is not None:
-        parts += _prediction_sections(config, workdir, test, anchor, params, step, num_timelines)
+    if predictions is not None and test is not None:
+        parts += _prediction_sections(config, workdir, test, predictions, checkpoint, num_timelines)
+    else:
+        try:
+            test = (
+                test
+                if test is not None
+                else pipeline.load_splits(config, workdir, ("test",))["test"]
+            )
+            _, anchor, params, step = cli.restore_anchor(config, workdir, test, checkpoint)
+            probs = evaluate.predict_with_config(config, anchor, params, test)
+        except (FileNotFoundError, ValueError) as e:
+            parts.append(f'<p class="note">no predictions: {html.escape(str(e))}</p>')
+        else:
+            parts += _prediction_sections(config, workdir, test, probs, step, num_timelines)
 
     parts.append(
         "<h2>Config</h2><pre>" + html.escape(config.to_json_best_effort(indent=2)) + "</pre>"
@@ -163,9 +171,8 @@ def build_report(
     return path
 
 
-def _prediction_sections(config, workdir, test, anchor, params, step, num_timelines) -> list[str]:
+def _prediction_sections(config, workdir, test, probs, step, num_timelines) -> list[str]:
     thresholds = evaluate.thresholds_from_config(config)
-    probs = evaluate.predict_with_config(config, anchor, params, test)
     pred_a, pred_v = evaluate.decisions(probs, thresholds)
     gt_a, gt_v, mask = test["label_audio"], test["label_visual"], test.get("mask")
     names = pipeline.class_names(config, workdir)
@@ -228,7 +235,7 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--timelines", type=int, default=3, help="best and worst videos shown")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(config_flags_as_set(sys.argv[1:] if argv is None else argv))
     cli.quiet_libraries()
     config = cli.exit_on_user_error(load_config_file, args.config, args.set)
     path = cli.exit_on_user_error(build_report, config, args.workdir, num_timelines=args.timelines)

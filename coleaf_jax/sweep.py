@@ -35,6 +35,7 @@ import time
 import numpy as np
 
 from coleaf_jax import metrics
+from coleaf_jax.config import config_flags_as_set
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "train.py")
@@ -420,7 +421,7 @@ def main(argv=None) -> int:
         action="store_true",
         help="only aggregate the finished runs (after all workers are done)",
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_args(config_flags_as_set(sys.argv[1:] if argv is None else argv))
     try:
         return _main(args)
     except (ValueError, KeyError, OSError) as e:

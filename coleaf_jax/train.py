@@ -369,9 +369,14 @@ def train_and_evaluate(
     *,
     data: dict | None = None,
     on_epoch_end: Callable[[int, TrainState], None] | None = None,
+    on_test: Callable[[dict, dict, int], None] | None = None,
     verbose: bool = True,
 ) -> dict:
     """Trains, validates every epoch, keeps checkpoints, then scores the best on test.
+
+    ``on_test(test, probabilities, epoch)`` is called with the test split, the best
+    checkpoint's predictions on it (``evaluate.predict_split``'s dict) and its epoch
+    once they are scored (``train.py`` builds the run report from them).
 
     One training per workdir at a time (``WORKDIR/train.lock``). Re-running
     with the same ``workdir`` resumes from the latest intact checkpoint, if the
@@ -384,7 +389,7 @@ def train_and_evaluate(
     validate_run_config(config)
     if not distributed.is_primary():  # multi-process: process 0 alone holds the workdir
         with matmul_precision(config):
-            return _train_and_evaluate(config, workdir, None, data, on_epoch_end, False)
+            return _train_and_evaluate(config, workdir, None, data, on_epoch_end, None, False)
     with (
         distributed.announce_failure(),
         workdir_lib.lock(workdir, verbose),
@@ -392,12 +397,12 @@ def train_and_evaluate(
     ):
         mngr = open_checkpoints(workdir, move=True, verbose=verbose)
         try:
-            return _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose)
+            return _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, on_test, verbose)
         finally:
             mngr.close()
 
 
-def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose) -> dict:
+def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, on_test, verbose) -> dict:
     from coleaf_jax.config import base_config
 
     primary = mngr is not None  # False: another process of a multi-process run (no files)
@@ -603,9 +608,10 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose) -> d
     best = best_epoch(selection_scores(mngr))
     t0 = time.time()
     host_state = restore_checkpoint(mngr, best, template, workdir, config)
-    test_scores = evaluate.evaluate_params(
-        config, anchor, host_state.anchor_params, test, predict_fn=predict_fn
+    test_probs = evaluate.predict_with_config(
+        config, anchor, host_state.anchor_params, test, predict_fn
     )
+    test_scores = evaluate.score_split(test_probs, test, evaluate.thresholds_from_config(config))
     timing = {"test_seconds": time.time() - t0, "run_seconds": time.time() - started}
     result = evaluate.write_result(
         os.path.join(workdir, RESULT_FILE),
@@ -632,4 +638,6 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, verbose) -> d
                 f"audio-visual events (UnAV-100 metric): segment AV {test_scores['seg_av']:.1f}, "
                 f"event AV {test_scores['evt_av']:.1f}"
             )
+    if on_test is not None:
+        on_test(test, test_probs, best)
     return result

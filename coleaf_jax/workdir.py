@@ -207,6 +207,26 @@ def read_stored_config(workdir: str) -> dict | None:
         ) from e
 
 
+def apply_stored_config(config, workdir: str):
+    """``config`` with every value the run in ``workdir`` was started with (its
+    ``config.json``): the run's own effective config, whatever overrides trained it.
+    Keys the stored file lacks (an older run) keep ``config``'s values. Returns
+    ``config`` (changed in place), or it unchanged when there is no ``config.json``."""
+    stored = read_stored_config(workdir)
+    if stored is None:
+        return config
+    current = flatten(config_dict(config))
+    for key, value in flatten(stored).items():
+        if key not in current or value == current[key]:
+            continue
+        node = config
+        *parents, leaf = key.split(".")
+        for name in parents:
+            node = node[name]
+        node[leaf] = tuple(value) if isinstance(node[leaf], tuple) else value
+    return config
+
+
 def write_config(workdir: str, config) -> None:
     path = os.path.join(workdir, CONFIG_FILE)
     tmp = path + ".tmp"

@@ -60,6 +60,10 @@ EXACT_RTOL = 1e-9  # float64: every group, every step (measured: at most 5e-12)
 DRIFT_RTOL = 1e-1  # float32 after the first step: rounding amplified by training, as much
 # in the authors' float32 code against its own float64 run (docs/fidelity.md)
 DISCRETE = ("JoMoLD labels", "KD targets", "event-aware weights")
+# Our float32 step against a float64 recording (compare --float32): the discrete groups'
+# values (labels 0.05 / 0.9, weights) differ by their float32 rounding (measured 1.2e-8
+# relative); a different decision differs by order one.
+MIXED_DISCRETE_RTOL = 1e-7
 NETWORKS = ("anchor", "audio", "visual")
 # Parameters no output depends on: a softmax is invariant to a shift of its logits, so
 # the bias of the temporal-attention logits (fc_frame_att) and the key bias of every
@@ -533,7 +537,9 @@ def replay(fixture: str, float32: bool = False) -> dict[str, float]:
     # Forward outputs at the initial weights.
     b0 = to_batch(data[0])
     inputs = (b0["audio"], b0["video_2d"], b0["video_3d"], b0["mask"])
-    a_out = anchor.apply({"params": anchor_params}, *inputs, train=True)
+    a_out = jax.jit(lambda p, *x: anchor.apply({"params": p}, *x, train=True))(
+        anchor_params, *inputs
+    )
     unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)  # noqa: E731
     ours = {
         "global_prob": a_out["global_prob"],
@@ -550,7 +556,9 @@ def replay(fixture: str, float32: bool = False) -> dict[str, float]:
         err(f"forward: Anchor {k}", v, ref[f"forward/anchor/{k}"])
     err("forward: Anchor no-CA p^a", a_out["noca_video_prob_a"], ref["forward/anchor_noca/a_prob"])
     err("forward: Anchor no-CA p^v", a_out["noca_video_prob_v"], ref["forward/anchor_noca/v_prob"])
-    r_out = reference.apply({"params": ref_params}, *inputs, train=True)
+    r_out = jax.jit(lambda p, *x: reference.apply({"params": p}, *x, train=True))(
+        ref_params, *inputs
+    )
     for m, n in (("a", "audio"), ("v", "visual")):
         for k in ("video_prob", "seg_prob", "class_prob"):
             err(f"forward: Reference {n} {k}", r_out[m][k], ref[f"forward/{n}/{k}"])
@@ -741,30 +749,31 @@ def _compare_summaries(err, tensors, ref, positions, prefix: str, group: str) ->
             err(group, np.linalg.norm(flat), ref[f"{prefix}/{key}/norm"])
 
 
-def tolerance(group: str, float64: bool) -> float:
+def tolerance(group: str, float64: bool, mixed: bool = False) -> float:
     """The bound on a group's relative error.
 
     float64: ``EXACT_RTOL`` everywhere (the maths). float32: ``OUTPUT_RTOL`` on the
     forward outputs and the first step's losses and gradients, ``PARAM_RTOL`` on the
     parameters and Adam moments after it, 0 for the discrete decisions (denoised labels,
-    KD targets, event weights), ``DRIFT_RTOL`` after the first step.
+    KD targets, event weights; ``MIXED_DISCRETE_RTOL`` when ``mixed``: our float32
+    against a float64 recording), ``DRIFT_RTOL`` after the first step.
     """
     if float64:
         return EXACT_RTOL
     if group.startswith(DISCRETE):
-        return 0.0
+        return MIXED_DISCRETE_RTOL if mixed else 0.0
     first = group.startswith("forward") or group.endswith(("(step 1)", "after step 1"))
     if not first:
         return DRIFT_RTOL
     return PARAM_RTOL if group.startswith(("parameters", "Adam")) else OUTPUT_RTOL
 
 
-def report(errors: dict[str, float], float64: bool) -> tuple[str, bool]:
+def report(errors: dict[str, float], float64: bool, mixed: bool = False) -> tuple[str, bool]:
     """A table of the worst relative error per group, and whether all are within tolerance."""
     width = max(len(g) for g in errors)
     lines, ok = [], True
     for group, e in errors.items():
-        tol = tolerance(group, float64)
+        tol = tolerance(group, float64, mixed)
         good = e <= tol
         ok &= good
         lines.append(f"{group:<{width}}  {e:9.2e}  (tol {tol:.0e}) {'ok' if good else 'FAIL'}")
@@ -806,8 +815,11 @@ def main(argv=None) -> int:
         table, _ = report(compare_recordings(args.a, args.b), float64=False)
         print(table)
         return 0
-    float64 = fixture_is_float64(args.fixture) and not args.float32
-    table, ok = report(replay(args.fixture, args.float32), float64)
+    recorded64 = fixture_is_float64(args.fixture)
+    float64 = recorded64 and not args.float32
+    table, ok = report(
+        replay(args.fixture, args.float32), float64, mixed=recorded64 and not float64
+    )
     print(table)
     print("parity: " + ("every group within tolerance" if ok else "FAILED"))
     return 0 if ok else 1
