@@ -22,6 +22,7 @@ from coleaf_jax.checkpoints import (
     selection_scores,
 )
 from coleaf_jax.config import config_flags_as_set
+from coleaf_jax.config import validate as validate_config_values
 from coleaf_jax.data import pipeline
 from coleaf_jax.step import create_train_state, matmul_precision
 
@@ -38,8 +39,11 @@ def quiet_libraries() -> None:
 
 
 def setup_jax(config) -> None:
-    """Process-wide JAX settings of an entry script: the persistent compilation cache
-    (``config.compilation_cache_dir``; programs compiled once are reused by later runs)."""
+    """What an entry script does first: checks every config value (``config.validate``;
+    a bad one ends the program with one ``error:`` line) and sets the process-wide JAX
+    settings: the persistent compilation cache (``config.compilation_cache_dir``;
+    programs compiled once are reused by later runs)."""
+    exit_on_user_error(validate_config_values, config)
     cache = config.get("compilation_cache_dir", "")
     if cache:
         cache = os.path.expanduser(cache)

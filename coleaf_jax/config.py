@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import math
 import os
 
 import ml_collections
@@ -58,6 +59,10 @@ def base_config() -> ml_collections.ConfigDict:
     # Val/test videos without feature files: False = an error (ours); True = score the
     # others and record the counts (videos_scored, videos_skipped) in every metrics file.
     c.data.allow_missing = False
+    # A video listed in two split CSVs (e.g. a test video also in AVVP_train.csv) is an
+    # error naming the videos and files; True trains and scores anyway, says so in the log
+    # and records the count (videos_also_in_train) in every metrics file.
+    c.data.allow_split_overlap = False
     # SPEC §9 / paper Table 6: train with VALOR's CLAP/CLIP segment pseudo-labels (files
     # ROOT/CLAP/segment_pseudo_labels/<id>.npy, ROOT/CLIP/...): modality labels from them
     # and an extra segment-level BCE on the Anchor (loss.pseudo_label_segment_weight).
@@ -142,8 +147,248 @@ def base_config() -> ml_collections.ConfigDict:
     # Model selection on validation: 'avvp' = mean of the segment and event Ao, Vo, AV,
     # T@o, E@o (SPEC §7); 'av' = mean of segment and event AV (UnAV-100).
     c.eval.selection = "avvp"
-    c.eval.every_epochs = 1
     return c
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+class Check:
+    """What a config value may be: ``problem(value)`` is None when it may, else what is
+    allowed (the ``error:`` line says ``config.KEY = VALUE: expected …``)."""
+
+    expected = "a value"
+
+    def problem(self, value) -> str | None:
+        return None if self.ok(value) else self.expected
+
+    def ok(self, value) -> bool:
+        raise NotImplementedError
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+class Int(Check):
+    """A whole number in ``[lo, hi]`` (``hi`` None: no upper bound)."""
+
+    def __init__(self, lo: int, hi: int | None = None):
+        self.lo, self.hi = lo, hi
+        self.expected = f"a whole number >= {lo}" + (f" and <= {hi}" if hi is not None else "")
+
+    def ok(self, value) -> bool:
+        return _is_int(value) and value >= self.lo and (self.hi is None or value <= self.hi)
+
+
+class Float(Check):
+    """A finite number in an interval; ``lo_open`` / ``hi_open`` exclude the ends."""
+
+    def __init__(self, lo=None, hi=None, *, lo_open=False, hi_open=False):
+        self.lo, self.hi, self.lo_open, self.hi_open = lo, hi, lo_open, hi_open
+        if lo is not None and hi is not None:
+            self.expected = (
+                f"a number in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+            )
+        elif lo is not None:
+            self.expected = f"a finite number {'>' if lo_open else '>='} {lo}"
+        else:
+            self.expected = "a finite number"
+
+    def ok(self, value) -> bool:
+        if not _is_number(value):
+            return False
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        return self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
+
+
+PROBABILITY = Float(0.0, 1.0)  # a probability or a threshold on one: [0, 1]
+RATE = Float(0.0, 1.0, hi_open=True)  # a dropout or smoothing rate: [0, 1)
+WEIGHT = Float(0.0)  # a loss weight: >= 0
+
+
+class Bool(Check):
+    expected = "True or False"
+
+    def ok(self, value) -> bool:
+        return isinstance(value, bool)
+
+
+class Text(Check):
+    """A string (a path, a name); ``nonempty`` rules out ''."""
+
+    def __init__(self, nonempty: bool = False):
+        self.nonempty = nonempty
+        self.expected = "a non-empty string" if nonempty else "a string ('' for none)"
+
+    def ok(self, value) -> bool:
+        return isinstance(value, str) and (bool(value) or not self.nonempty)
+
+
+class Choice(Check):
+    def __init__(self, *values):
+        self.values = values
+        self.expected = f"one of {list(values)}"
+
+    def ok(self, value) -> bool:
+        return isinstance(value, str) and value in self.values
+
+
+class Numbers(Check):
+    """A tuple of ``n`` numbers, each passing ``each``."""
+
+    def __init__(self, n: int, each: Float):
+        self.n, self.each = n, each
+        self.expected = f"{n} numbers, each {each.expected.removeprefix('a ')}"
+
+    def ok(self, value) -> bool:
+        return (
+            isinstance(value, (tuple, list))
+            and len(value) == self.n
+            and all(self.each.ok(v) for v in value)
+        )
+
+
+class NoiseRatios(Check):
+    expected = "'llp' (the shipped table) or the path of an .npz file"
+
+    def ok(self, value) -> bool:
+        return isinstance(value, str) and (value == "llp" or value.endswith(".npz"))
+
+
+# Every key of base_config with what it may be (tests/test_configs.py: no key without a
+# check, no check without a key). Cross-key rules are in validate().
+SCHEMA: dict[str, Check] = {
+    "name": Text(nonempty=True),
+    "method": Choice("coleaf", "anchor_only"),
+    "seed": Int(0),
+    "num_devices": Int(0),
+    "num_seeds": Int(1),
+    "num_epochs": Int(1),
+    "batch_size": Int(1),
+    "learning_rate": Float(0.0, lo_open=True),
+    "lr_decay_every_epochs": Int(1),
+    "lr_decay_factor": Float(0.0, 1.0, lo_open=True),
+    "log_every_steps": Int(1),
+    "matmul_precision": Choice(
+        "highest", "float32", "high", "tensorfloat32", "default", "bfloat16"
+    ),
+    "compilation_cache_dir": Text(),
+    "scan_epoch": Bool(),
+    "data.dataset": Choice("llp", "synthetic", "unav100", "synthetic_unav100"),
+    "data.root": Text(),
+    "data.num_classes": Int(1),
+    "data.unav_features": Choice("i3d", "onepeace"),
+    "data.unav_overlap": Choice("any", "half", "centre"),
+    "data.unav_annotation_file": Text(),
+    "data.bucket": Int(0),
+    "data.annotation_dir": Text(),
+    "data.tfds_dir": Text(),
+    "data.allow_missing": Bool(),
+    "data.allow_split_overlap": Bool(),
+    "data.pseudo_labels": Bool(),
+    "data.resident_max_gib": Float(0.0),
+    "data.on_device": Bool(),
+    "data.on_device_max_gib": Float(0.0),
+    "data.synthetic_videos": Int(3),
+    "data.synthetic_seed": Int(0),
+    "model.anchor": Choice("han", "cmpae"),
+    "model.class_tokens": Bool(),
+    "model.d_model": Int(1),
+    "model.ffn_dim": Int(1),
+    "model.dropout": RATE,
+    "model.reference_head_dropout": RATE,
+    "model.reference_visual_time_reads_dropped": Bool(),
+    "model.init": Choice("torch", "flax"),
+    "model.pool_frames_first": Bool(),
+    "model.cmpae_ca_mix": PROBABILITY,
+    "model.cmpae_inference_mix": PROBABILITY,
+    "model.cmpae_visual_dropout": RATE,
+    "model.cmpae_residual_dropout": RATE,
+    "loss.visual_label_smoothing": Numbers(2, PROBABILITY),
+    "loss.pseudo_label_segment_weight": WEIGHT,
+    "loss.reference": Choice("asl", "bce"),
+    "loss.class_token_warmup_epochs": Int(0),
+    "loss.class_token_weight_audio": Numbers(2, WEIGHT),
+    "loss.class_token_weight_visual": Numbers(2, WEIGHT),
+    "loss.contrastive": Choice("event_aware", "standard", "bce", "none"),
+    "loss.nce_form": Choice("expected", "cross_entropy"),
+    "loss.nce_temperature": Float(0.0, lo_open=True),
+    "loss.nce_smoothing": RATE,
+    "loss.nce_weight_audio": WEIGHT,
+    "loss.nce_weight_visual": WEIGHT,
+    "loss.pseudo_label_threshold": PROBABILITY,
+    "loss.kd": Bool(),
+    "loss.kd_threshold_audio": PROBABILITY,
+    "loss.kd_threshold_visual": PROBABILITY,
+    "loss.kd_warmup_epochs": Int(0),
+    "loss.kd_weight": PROBABILITY,
+    "loss.correlation": Bool(),
+    "loss.correlation_teacher": Choice("confident", "reference"),
+    "loss.correlation_confidence_audio": Numbers(2, PROBABILITY),
+    "loss.correlation_confidence_visual": Numbers(2, PROBABILITY),
+    "loss.correlation_scaling": Choice("official", "mean"),
+    "loss.correlation_weight": WEIGHT,
+    "loss.collab_start_epoch": Int(0),
+    "loss.cmpae_weights": Numbers(5, WEIGHT),
+    "loss.denoise": Bool(),
+    "loss.denoise_ratios": NoiseRatios(),
+    "loss.denoise_schedule": Choice("official", "anneal"),
+    "loss.denoise_anneal_epochs": Float(0.0, lo_open=True),
+    "eval.thresholds": Choice("standard", "official"),
+    "eval.batch_size": Int(1),
+    "eval.selection": Choice("avvp", "av"),
+}
+
+
+def flatten(tree, prefix: str = "") -> dict:
+    """``{'a': {'b': 1}}`` (or a ConfigDict) -> ``{'a.b': 1}``; tuples as lists, as
+    ``config.json`` stores them."""
+    if hasattr(tree, "to_dict"):
+        tree = tree.to_dict()
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out if out or not prefix else {prefix[:-1]: {}}
+    if isinstance(tree, tuple):
+        tree = list(tree)
+    return {prefix[:-1]: tree}
+
+
+def validate(config) -> None:
+    """Every key against :data:`SCHEMA`, then the rules between keys. The first problem
+    is a ``ValueError`` ``config.KEY = VALUE: expected …``, which the entry scripts print
+    as one ``error:`` line. (What depends on the machine, the devices, is checked where
+    they are known: ``train.validate_run_config``.)"""
+    values = flatten(config)
+    unknown = sorted(set(values) - set(SCHEMA))
+    if unknown:
+        raise ValueError(
+            f"config.{unknown[0]}: not a key of this project's configs "
+            f"(coleaf_jax/config.py SCHEMA lists them)"
+        )
+    for key, check in SCHEMA.items():
+        if key not in values:
+            raise ValueError(f"config.{key} is missing: expected {check.expected}")
+        problem = check.problem(values[key])
+        if problem is not None:
+            raise ValueError(f"config.{key} = {values[key]!r}: expected {problem}")
+    if config.data.pseudo_labels and config.data.dataset not in ("llp", "synthetic"):
+        raise ValueError(
+            f"config.data.pseudo_labels needs LLP-layout data (VALOR's CLAP/CLIP "
+            f"folders), not config.data.dataset = {config.data.dataset!r}"
+        )
+    if config.data.dataset == "llp" and config.data.num_classes != 25:
+        raise ValueError(
+            f"config.data.num_classes = {config.data.num_classes}: LLP has 25 classes "
+            f"(the key is for UnAV-100 and synthetic_unav100)"
+        )
 
 
 # Variant -> (method, anchor). '' is each dataset's default.
@@ -287,7 +532,9 @@ def load_config_file(spec: str, overrides: list[str] = ()) -> ml_collections.Con
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     config = module.get_config(variant) if variant else module.get_config()
-    return apply_overrides(config, overrides)
+    config = apply_overrides(config, overrides)
+    validate(config)
+    return config
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides=()) -> ml_collections.ConfigDict:
@@ -331,4 +578,9 @@ def override(config: ml_collections.ConfigDict, key: str, value) -> None:
         node = node[name]
     if leaf not in node:
         raise KeyError(f"config has no key {key!r}")
-    node[leaf] = value
+    try:
+        node[leaf] = value
+    except TypeError:  # ml_collections' type safety: 1 for a bool, 'abc' for a float...
+        check = SCHEMA.get(key)
+        expected = check.expected if check else f"a {type(node[leaf]).__name__}"
+        raise ValueError(f"config.{key} = {value!r}: expected {expected}") from None

@@ -29,14 +29,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from coleaf_jax import config as config_lib
 from coleaf_jax import losses, objectives
 from coleaf_jax.models import ReferenceBranch, build_anchor
-from coleaf_jax.models.init import INITS
 from coleaf_jax.noise_ratios import load_noise_ratios
-
-METHODS = ("coleaf", "anchor_only")
-MATMUL_PRECISIONS = ("highest", "float32", "high", "tensorfloat32", "default", "bfloat16")
-CONTRASTIVE = ("event_aware", "standard", "bce", "none")
 
 
 @flax.struct.dataclass
@@ -51,27 +47,9 @@ class TrainState:
 
 
 def validate_config(config) -> None:
-    """Fails early, naming the key, on values the step would misread."""
-    checks = [
-        ("method", config.method, METHODS),
-        ("loss.contrastive", config.loss.contrastive, CONTRASTIVE),
-        ("loss.reference", config.loss.reference, ("bce", "asl")),
-        ("loss.nce_form", config.loss.nce_form, ("expected", "cross_entropy")),
-        ("loss.correlation_teacher", config.loss.correlation_teacher, ("reference", "confident")),
-        ("loss.correlation_scaling", config.loss.correlation_scaling, ("official", "mean")),
-        ("loss.denoise_schedule", config.loss.denoise_schedule, ("anneal", "official")),
-        ("model.anchor", config.model.anchor, ("han", "cmpae")),
-        ("model.init", config.model.init, INITS),
-        ("matmul_precision", config.get("matmul_precision", "highest"), MATMUL_PRECISIONS),
-    ]
-    for key, value, allowed in checks:
-        if value not in allowed:
-            raise ValueError(f"config.{key} = {value!r}: expected one of {list(allowed)}")
-    if config.data.pseudo_labels and config.data.dataset not in ("llp", "synthetic"):
-        raise ValueError(
-            f"config.data.pseudo_labels needs LLP-layout data (VALOR's CLAP/CLIP "
-            f"folders), not config.data.dataset = {config.data.dataset!r}"
-        )
+    """Every key against its declared check (``config.validate``), then what depends on
+    this machine: ``config.num_devices`` and the batch split over them."""
+    config_lib.validate(config)
     available = jax.local_device_count()
     if not 0 <= config.num_devices <= available:
         raise ValueError(

@@ -6,9 +6,9 @@ the workdir lock and stored config in ``coleaf_jax.workdir``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
-import math
 import os
 import time
 from collections.abc import Callable
@@ -49,21 +49,21 @@ class NonFiniteLossError(workdir_lib.RunError):
     """A training loss or the parameters became NaN or infinite."""
 
 
+@dataclasses.dataclass
+class RunStatus:
+    """Where a run is (``train_and_evaluate`` keeps it up to date), so that a Ctrl-C can
+    say in one line where it stopped and where re-running resumes."""
+
+    phase: str = "starting"  # loading, compiling, training, validating, saving, testing...
+    epoch: int = 0  # the epoch in progress (1-based), 0 before the first
+    resume_epoch: int = 1  # the epoch a re-run starts with (1-based)
+    num_epochs: int = 0
+    best_epoch: int = 0  # while testing: the checkpoint tested
+
+
 def validate_run_config(config) -> None:
-    """The run-level keys (sizes, epochs, rate), then the step's keys (``validate_config``)."""
-    positive = [
-        ("batch_size", config.batch_size),
-        ("num_epochs", config.num_epochs),
-        ("eval.batch_size", config.eval.batch_size),
-        ("log_every_steps", config.log_every_steps),
-        ("num_seeds", config.num_seeds),
-    ]
-    for key, value in positive:
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"config.{key} = {value!r}: expected a whole number >= 1")
-    lr = config.learning_rate
-    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"config.learning_rate = {lr!r}: expected a finite number > 0")
+    """The config (``config.validate``: every key against its declared check), the
+    devices (``step.validate_config``) and the processes (``distributed.validate``)."""
     validate_config(config)
     distributed.validate(config)
 
@@ -370,13 +370,15 @@ def train_and_evaluate(
     data: dict | None = None,
     on_epoch_end: Callable[[int, TrainState], None] | None = None,
     on_test: Callable[[dict, dict, int], None] | None = None,
+    status: RunStatus | None = None,
     verbose: bool = True,
 ) -> dict:
     """Trains, validates every epoch, keeps checkpoints, then scores the best on test.
 
     ``on_test(test, probabilities, epoch)`` is called with the test split, the best
     checkpoint's predictions on it (``evaluate.predict_split``'s dict) and its epoch
-    once they are scored (``train.py`` builds the run report from them).
+    once they are scored (``train.py`` builds the run report from them). ``status``, if
+    given, is kept up to date with the phase and epoch (``train.py`` reports it on Ctrl-C).
 
     One training per workdir at a time (``WORKDIR/train.lock``). Re-running
     with the same ``workdir`` resumes from the latest intact checkpoint, if the
@@ -387,9 +389,13 @@ def train_and_evaluate(
     latter. Stops with ``NonFiniteLossError`` at the first non-finite loss.
     """
     validate_run_config(config)
+    status = status if status is not None else RunStatus()
+    status.num_epochs = config.num_epochs
     if not distributed.is_primary():  # multi-process: process 0 alone holds the workdir
         with matmul_precision(config):
-            return _train_and_evaluate(config, workdir, None, data, on_epoch_end, None, False)
+            return _train_and_evaluate(
+                config, workdir, None, data, on_epoch_end, None, status, False
+            )
     with (
         distributed.announce_failure(),
         workdir_lib.lock(workdir, verbose),
@@ -397,12 +403,16 @@ def train_and_evaluate(
     ):
         mngr = open_checkpoints(workdir, move=True, verbose=verbose)
         try:
-            return _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, on_test, verbose)
+            return _train_and_evaluate(
+                config, workdir, mngr, data, on_epoch_end, on_test, status, verbose
+            )
         finally:
             mngr.close()
 
 
-def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, on_test, verbose) -> dict:
+def _train_and_evaluate(
+    config, workdir, mngr, data, on_epoch_end, on_test, status, verbose
+) -> dict:
     from coleaf_jax.config import base_config
 
     primary = mngr is not None  # False: another process of a multi-process run (no files)
@@ -430,8 +440,10 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, on_test, verb
             )
         return done
 
+    status.phase = "loading"
     data = data or pipeline.load_splits(config, workdir)
     data_seconds = time.time() - started  # preparing (first run) and loading the splits
+    status.phase = "compiling"
     train, val, test = data["train"], data["val"], data["test"]
     num_classes = train["label"].shape[1]
     n_train = len(train["label"])
@@ -451,6 +463,7 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, on_test, verb
         start_epoch, state = restore_latest_intact(mngr, workdir, template, config, verbose)
     if start_epoch and primary:  # again, once damaged checkpoints are out of the way
         prune_left_over(mngr, verbose)
+    status.epoch = status.resume_epoch = start_epoch + 1
     if start_epoch and verbose:
         print(f"resuming from the checkpoint after epoch {start_epoch}")
     metrics_path = os.path.join(workdir, METRICS_FILE)
@@ -512,6 +525,8 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, on_test, verb
     first_step_seconds = None  # from the start to the first step's result (compilation)
     for epoch in range(start_epoch, config.num_epochs):
         t0 = time.time()
+        status.epoch = epoch + 1
+        status.phase = "compiling" if first_step_seconds is None else "training"
         perm = np.asarray(jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n_train))
         epoch_arg = jnp.int32(epoch)
         if on_device:
@@ -540,6 +555,7 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, on_test, verb
             if first_step_seconds is None:  # once per run: one wait for the first result
                 jax.block_until_ready(logs)
                 first_step_seconds = time.time() - started
+                status.phase = "training"
             if scan:
                 if axis:  # every device holds the same (psum-ed) logs
                     logs = jax.tree_util.tree_map(lambda x: x[0], logs)
@@ -560,6 +576,7 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, on_test, verb
             if on_epoch_end is not None:  # wait for it in the next step's collectives
                 on_epoch_end(epoch + 1, host_state)
             continue
+        status.phase = "validating"
         val_scores = evaluate.evaluate_params(
             config, anchor, host_state.anchor_params, val, predict_fn=predict_fn
         )
@@ -586,7 +603,9 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, on_test, verb
                 **{f"val_{k}": v for k, v in val_counts.items()},
             },
         )
+        status.phase = "saving"
         save_checkpoint(mngr, epoch + 1, host_state, selection)
+        status.resume_epoch = epoch + 2
         if verbose:
             print(
                 f"epoch {epoch + 1}/{config.num_epochs} ({time.time() - t0:.1f}s): "
@@ -606,6 +625,7 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, on_test, verb
     if not primary:  # process 0 scores the best checkpoint on test and writes the result
         return {}
     best = best_epoch(selection_scores(mngr))
+    status.phase, status.best_epoch = "testing", best
     t0 = time.time()
     host_state = restore_checkpoint(mngr, best, template, workdir, config)
     test_probs = evaluate.predict_with_config(
@@ -638,6 +658,8 @@ def _train_and_evaluate(config, workdir, mngr, data, on_epoch_end, on_test, verb
                 f"audio-visual events (UnAV-100 metric): segment AV {test_scores['seg_av']:.1f}, "
                 f"event AV {test_scores['evt_av']:.1f}"
             )
+    status.phase = "reporting"
     if on_test is not None:
         on_test(test, test_probs, best)
+    status.phase = "finished"
     return result

@@ -17,20 +17,16 @@ This module imports neither JAX nor TFDS (the lock test starts a process on it).
 
 from __future__ import annotations
 
-import datetime
-import errno
-import fcntl
 import json
 import os
-import socket
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from coleaf_jax import locks
+from coleaf_jax.config import flatten
+
 LOCK_FILE = "train.lock"
-LOCK_INFO_WAIT_S = 2.0  # how long a refused process waits for the holder's record
 CONFIG_FILE = "config.json"
 
 # Keys that may change between the start of a run and its resumption: they do not
@@ -63,33 +59,6 @@ class ConfigMismatchError(RunError):
     """The config differs from the run's stored config in keys that matter."""
 
 
-def _process_description(info: dict[str, Any]) -> str:
-    return (
-        f"process {info.get('pid', '?')} on {info.get('host', '?')} "
-        f"(started {info.get('started', '?')}: {info.get('command', '?')})"
-    )
-
-
-def _read_lock_info(f) -> dict[str, Any]:
-    f.seek(0)
-    text = f.read()
-    try:
-        return json.loads(text) if text.strip() else {}
-    except ValueError:
-        return {"pid": "?", "host": "?", "command": text.strip()[:200]}
-
-
-def _holder_info(f, wait_s: float = LOCK_INFO_WAIT_S) -> dict[str, Any]:
-    """The lock holder's record. The holder writes it right after taking the lock, so an
-    empty or cut record is read again for up to ``wait_s`` seconds."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        info = _read_lock_info(f)
-        if info.get("pid", "?") != "?" or time.monotonic() >= deadline:
-            return info
-        time.sleep(0.05)
-
-
 @contextmanager
 def lock(workdir: str, verbose: bool = True) -> Iterator[str]:
     """Holds ``WORKDIR/train.lock`` while the block runs (creating ``workdir``).
@@ -97,67 +66,32 @@ def lock(workdir: str, verbose: bool = True) -> Iterator[str]:
     Raises:
       WorkdirLockedError: another process holds it; the message names that
         process (pid, host, start time and command line).
-      RunError: flock is not supported on the workdir's filesystem.
+      RunError: ``workdir`` is a file, or flock is not supported on its filesystem.
     """
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise RunError(
+            f"--workdir {workdir}: a file, not a folder; give a folder (created if missing)"
+        )
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, LOCK_FILE)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    f = os.fdopen(fd, "r+")
     try:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise RunError(
-                    f"{path}: cannot lock the workdir (flock: {e.strerror or e}); its filesystem "
-                    f"does not support flock. Use a --workdir on one that does (a local disk, "
-                    f"NFS)"
-                ) from e
-            holder = _holder_info(f)
-            raise WorkdirLockedError(
-                f"{workdir} is in use by {_process_description(holder)}: one training per "
-                f"workdir. Wait for it to finish, stop it, or use another --workdir"
-            ) from None
-        previous = _read_lock_info(f)
-        if previous and verbose:
-            print(
-                f"{path}: taking over the lock of {_process_description(previous)}, which "
-                f"is no longer running (killed?); resuming its run"
-            )
-        f.seek(0)
-        f.truncate()
-        f.write(
-            json.dumps(
-                {
-                    "pid": os.getpid(),
-                    "host": socket.gethostname(),
-                    "started": datetime.datetime.now().isoformat(timespec="seconds"),
-                    "command": " ".join(sys.argv),
-                }
-            )
-        )
-        f.flush()
-        try:
+        with locks.exclusive(path) as previous:
+            if previous and verbose:
+                print(
+                    f"{path}: taking over the lock of {locks.describe(previous)}, which "
+                    f"is no longer running (killed?); resuming its run"
+                )
             yield path
-        finally:
-            f.seek(0)
-            f.truncate()  # an empty file: released normally
-            f.flush()
-            fcntl.flock(f, fcntl.LOCK_UN)
-    finally:
-        f.close()
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """``{'a': {'b': 1}}`` -> ``{'a.b': 1}`` (tuples as lists, as JSON stores them)."""
-    if isinstance(tree, dict):
-        out = {}
-        for key, value in tree.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        return out if out or not prefix else {prefix[:-1]: {}}
-    if isinstance(tree, tuple):
-        tree = list(tree)
-    return {prefix[:-1]: tree}
+    except locks.LockHeldError as e:
+        raise WorkdirLockedError(
+            f"{workdir} is in use by {locks.describe(e.holder)}: one training per "
+            f"workdir. Wait for it to finish, stop it, or use another --workdir"
+        ) from None
+    except locks.LockUnsupportedError as e:
+        raise RunError(
+            f"{path}: cannot lock the workdir ({e}); its filesystem does not support flock. "
+            f"Use a --workdir on one that does (a local disk, NFS)"
+        ) from None
 
 
 def config_dict(config) -> dict[str, Any]:
@@ -181,6 +115,8 @@ def config_differences(stored: dict, config, defaults=None) -> dict[str, tuple[A
         a, b = old.get(key, missing), new.get(key, missing)
         if a is missing and key in base and base[key] == b:
             continue
+        if b is missing and defaults is not None and key not in base:
+            continue  # a key the project no longer has (e.g. eval.every_epochs)
         if a != b:
             out[key] = (None if a is missing else a, None if b is missing else b)
     return out

@@ -156,3 +156,62 @@ def test_num_devices_is_validated():
     c.batch_size = 7
     step_lib.validate_config(c)  # one device: any batch size
     assert step_lib.num_devices(c) == 1
+
+
+def test_every_key_has_a_check_and_every_check_a_key():
+    """A key added to the defaults without a declared check (or the reverse) fails here."""
+    from coleaf_jax import config as config_lib
+
+    keys = set(config_lib.flatten(config_lib.base_config()))
+    assert keys == set(config_lib.SCHEMA), (
+        sorted(keys - set(config_lib.SCHEMA)),
+        sorted(set(config_lib.SCHEMA) - keys),
+    )
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "configs/llp.py",
+        "configs/llp.py:paper",
+        "configs/llp.py:coleaf_han,paper",
+        "configs/synthetic.py:coleaf_cmpae",
+        "configs/unav100.py",
+        "configs/unav100.py:synthetic",
+        "configs/llp_pseudo.py",
+        "configs/llp_pseudo.py:han,synthetic",
+        "configs/ablations.py:no_kd,synthetic,cmpae",
+    ],
+)
+def test_every_config_file_passes_its_checks(spec):
+    from coleaf_jax.config import load_config_file, validate
+
+    validate(load_config_file(spec))  # load_config_file validates too
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("lr_decay_factor", 0.0, "a number in (0.0, 1.0]"),
+        ("lr_decay_factor", 1.5, "a number in (0.0, 1.0]"),
+        ("data.dataset", "imagenet", "one of ['llp', 'synthetic', 'unav100', 'synthetic_unav100']"),
+        ("loss.cmpae_weights", (1.0, -1.0, 1.0, 1.0, 1.0), "5 numbers, each finite number >= 0.0"),
+        (
+            "loss.denoise_ratios",
+            "ratios.txt",
+            "'llp' (the shipped table) or the path of an .npz file",
+        ),
+        ("data.synthetic_videos", 2, "a whole number >= 3"),
+        ("model.cmpae_ca_mix", 1.5, "a number in [0.0, 1.0]"),
+        ("name", "", "a non-empty string"),
+        ("data.on_device", 1, "True or False"),
+    ],
+)
+def test_a_value_outside_its_check_names_key_value_and_what_is_allowed(key, value, expected):
+    from coleaf_jax.config import load_config_file
+
+    with pytest.raises(ValueError) as info:
+        load_config_file("configs/synthetic.py", [f"{key}={value!r}"])
+    assert str(info.value) == f"config.{key} = {value!r}: expected {expected}".replace(
+        "(1.0, -1.0, 1.0, 1.0, 1.0)", "[1.0, -1.0, 1.0, 1.0, 1.0]"
+    )

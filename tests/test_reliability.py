@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from coleaf_jax import checkpoints, cli, progress, train
+from coleaf_jax import checkpoints, cli, locks, progress, train
 from coleaf_jax import step as step_lib
 from coleaf_jax import workdir as workdir_lib
 from coleaf_jax.config import override
@@ -743,7 +743,7 @@ def test_a_filesystem_without_flock_is_a_clear_error_naming_the_lock(tmp_path, m
     def unsupported(*args):
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(workdir_lib.fcntl, "flock", unsupported)
+    monkeypatch.setattr(locks.fcntl, "flock", unsupported)
     with pytest.raises(workdir_lib.RunError) as info:
         with workdir_lib.lock(str(tmp_path / "run"), verbose=False):
             pass
@@ -862,6 +862,14 @@ def test_entry_scripts_end_with_one_line_errors_and_create_nothing(tmp_path):
         ("eval.batch_size", 0, "config.eval.batch_size = 0"),
         ("learning_rate", float("nan"), "config.learning_rate = nan: expected a finite number > 0"),
         ("learning_rate", 0.0, "config.learning_rate = 0.0: expected a finite number > 0"),
+        # both ran before, with wrong results: epoch // 0 on the device, every unit dropped
+        ("lr_decay_every_epochs", 0, "config.lr_decay_every_epochs = 0: expected a whole number"),
+        ("model.dropout", 1.5, "config.model.dropout = 1.5: expected a number in [0.0, 1.0)"),
+        ("loss.kd_threshold_visual", 1.2, "config.loss.kd_threshold_visual = 1.2: expected"),
+        ("loss.nce_temperature", 0.0, "config.loss.nce_temperature = 0.0: expected a finite"),
+        ("model.d_model", True, "config.model.d_model = True: expected a whole number"),
+        ("loss.visual_label_smoothing", (0.9,), "config.loss.visual_label_smoothing = [0.9]"),
+        ("eval.thresholds", "han", "config.eval.thresholds = 'han': expected one of"),
     ],
 )
 def test_bad_run_values_are_one_line_errors(tmp_path, key, value, needle):
@@ -907,3 +915,16 @@ def test_bad_llp_roots_are_one_line_errors(tmp_path, monkeypatch):
         cli.exit_on_user_error(
             train.train_and_evaluate, config, str(tmp_path / "w3"), verbose=False
         )
+
+
+def test_a_workdir_that_is_a_file_is_one_clear_line(tmp_path):
+    path = tmp_path / "runs"
+    path.write_text("not a folder")
+    with pytest.raises(SystemExit) as info:
+        cli.exit_on_user_error(
+            train.train_and_evaluate, tiny_config("han"), str(path), verbose=False
+        )
+    assert str(info.value) == (
+        f"error: --workdir {path}: a file, not a folder; give a folder (created if missing)"
+    )
+    assert path.read_text() == "not a folder"
