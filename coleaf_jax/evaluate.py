@@ -118,10 +118,14 @@ def thresholds_from_config(config) -> metrics.Thresholds:
 def video_counts(data) -> dict[str, int]:
     """How many videos a split's scores come from, and how many of its annotated videos
     were left out for missing features (``config.data.allow_missing``)."""
-    return {
+    counts = {
         "videos_scored": int(len(data["label"])),
         "videos_skipped": len(pipeline.skipped_ids(data)),
     }
+    shared = pipeline.also_in_other_splits(data)
+    if shared:  # config.data.allow_split_overlap: said in every metrics file
+        counts["videos_also_in_other_splits"] = shared
+    return counts
 
 
 def write_result(

@@ -219,9 +219,13 @@ def test_load_features(tmp_path: Path) -> None:
         (np.zeros((10, 127), np.float32), ["expected shape (10, 128)", "got (10, 127)"]),
         (np.zeros((10, 128), np.int64), ["float dtype", "int64"]),
         (np.full((10, 128), np.nan, np.float32), ["finite", "1280 NaN/inf"]),
-        (np.full((10, 128), 1e300), ["finite", "after the cast"]),
+        (np.full((10, 128), 1e300), ["finite", "1280 NaN/inf"]),  # overflows float32
+        (
+            np.full((10, 128), -2e4, np.float32),
+            ["values up to 2e+04", "beyond the plausible 1e+04"],
+        ),
     ],
-    ids=["shape", "dtype", "nan", "overflow"],
+    ids=["shape", "dtype", "nan", "overflow", "huge"],
 )
 def test_load_features_errors(tmp_path: Path, array: np.ndarray, needles: list[str]) -> None:
     make_layout(tmp_path)
@@ -231,6 +235,73 @@ def test_load_features_errors(tmp_path: Path, array: np.ndarray, needles: list[s
         llp.load_features(tmp_path, "trainvid001")
     for needle in [str(path), *needles]:
         assert needle in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["text", "pickle", "empty", "truncated"])
+def test_a_file_that_is_not_a_npy_array_is_named_without_pickle_advice(tmp_path, kind) -> None:
+    make_layout(tmp_path)
+    path = tmp_path / "vggish" / "trainvid001.npy"
+    if kind == "text":
+        path.write_text("0.1 0.2 0.3\n")
+    elif kind == "pickle":
+        np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    elif kind == "empty":
+        path.write_bytes(b"")
+    else:
+        path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(llp.LLPDataError) as info:
+        llp.load_features(tmp_path, "trainvid001")
+    message = str(info.value)
+    assert message.startswith(str(path)) and "allow_pickle" not in message, message
+    expected = {
+        "text": "not a .npy array (it lacks NumPy's header",
+        "pickle": "it holds Python objects, not numbers",
+        "empty": "an empty file",
+        "truncated": "cannot read as a .npy array",
+    }[kind]
+    assert expected in message, message
+
+
+def test_all_zero_feature_files_are_a_warning_with_count_and_ids(tmp_path, caplog) -> None:
+    root = tmp_path / "llp"
+    root.mkdir()
+    make_layout(root)
+    for vid in ("trainvid002", "valvideo001"):
+        np.save(root / "r2plus1d_18" / f"{vid}.npy", np.zeros((10, 512), np.float32))
+    with caplog.at_level("WARNING"):
+        llp.load_split(root, "train", tfds_dir=tmp_path / "tfds")
+    lines = [r.getMessage() for r in caplog.records if "zeros only" in r.getMessage()]
+    assert lines == [
+        "LLP train: 1 video(s) have a feature file of zeros only (first: trainvid002); an "
+        "extractor that failed writes zeros: check those files",
+        "LLP val: 1 video(s) have a feature file of zeros only (first: valvideo001); an "
+        "extractor that failed writes zeros: check those files",
+    ]
+
+
+def test_a_video_in_two_splits_fails_naming_it_unless_allowed(tmp_path, caplog) -> None:
+    root, cache, clean = tmp_path / "llp", tmp_path / "tfds", tmp_path / "clean"
+    root.mkdir()
+    clean.mkdir()
+    make_layout(root)
+    make_layout(clean)
+    rows = [f"{f}\t{labels}" for f, labels in SPLITS["train"] + SPLITS["test"][:1]]
+    _write(root / LLP_SPLIT_CSV["train"], WEAK_HEADER, rows)  # testvideo01 leaks
+    with pytest.raises(llp.LLPDataError) as info:
+        llp.load_split(root, "test", tfds_dir=cache)
+    assert "AVVP_train.csv and AVVP_test_pd.csv share 1 (first: testvideo01)" in str(info.value)
+    assert "--config.data.allow_split_overlap=True" in str(info.value)
+    with caplog.at_level("WARNING"):
+        test = llp.load_split(root, "test", tfds_dir=cache, allow_split_overlap=True)
+        train = llp.load_split(root, "train", tfds_dir=cache, allow_split_overlap=True)
+    assert test.also_in_other_splits == 1 and train.also_in_other_splits == 1
+    assert any("allow_split_overlap" in r.getMessage() for r in caplog.records)
+    from coleaf_jax import evaluate
+
+    assert evaluate.video_counts(test)["videos_also_in_other_splits"] == 1
+    assert "videos_also_in_other_splits" not in evaluate.video_counts(
+        llp.load_split(clean, "test", tfds_dir=cache)
+    )
 
 
 def test_load_features_missing(tmp_path: Path) -> None:

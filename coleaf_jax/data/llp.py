@@ -41,6 +41,8 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from coleaf_jax import locks
+from coleaf_jax.data import npy
 from coleaf_jax.data.classes import (
     LLP_CLASS_INDEX,
     LLP_CLASSES,
@@ -489,16 +491,44 @@ def check_dense_orphans(
     )
 
 
+def split_overlap(ids: Mapping[str, Collection[str]]) -> dict[str, list[str]]:
+    """``{'train/test': [ids in both], ...}`` for every pair of splits sharing videos."""
+    names = list(ids)
+    out = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            shared = sorted(set(ids[a]) & set(ids[b]))
+            if shared:
+                out[f"{a}/{b}"] = shared
+    return out
+
+
+def check_split_overlap(
+    overlap: Mapping[str, list[str]], files: Mapping[str, Path], allow: bool
+) -> None:
+    """Fails naming the videos and the CSVs when a video is in two splits (a test video
+    seen in training inflates its scores), unless ``allow``; then warns."""
+    if not overlap:
+        return
+    pairs = "; ".join(
+        f"{files[a].name} and {files[b].name} share {len(v)} (first: "
+        f"{', '.join(v[:_MAX_SHOWN_IDS])})"
+        for pair, v in overlap.items()
+        for a, b in [pair.split("/")]
+    )
+    if not allow:
+        raise LLPDataError(
+            f"videos listed in two splits: {pairs}. A video in two splits leaks what it "
+            f"teaches into what it scores: remove it from one CSV, or set "
+            f"--config.data.allow_split_overlap=True to train and score anyway (the counts "
+            f"are then recorded in every metrics file)"
+        )
+    logger.warning("LLP: videos listed in two splits (config.data.allow_split_overlap): %s", pairs)
+
+
 def feature_path(root: PathLike, key: str, vid: str) -> Path:
     """Path of one feature file, e.g. ``feature_path(root, 'audio', id)``."""
     return Path(root) / FEATURE_FOLDERS[key] / f"{vid}.npy"
-
-
-def _read_npy(path: Path) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise LLPDataError(f"{path}: cannot read as a .npy array ({e})") from e
 
 
 def load_features(root: PathLike, video_id: str) -> dict[str, np.ndarray]:
@@ -506,12 +536,13 @@ def load_features(root: PathLike, video_id: str) -> dict[str, np.ndarray]:
 
     Returns:
       ``{'audio': (10, 128), 'video_2d': (80, 2048), 'video_3d': (10, 512)}``,
-      all float32.
+      all float32; ``all_zero_features(features)`` tells whether a file was all zeros.
 
     Raises:
       MissingFeatureError: a feature file does not exist (all missing paths are
         named).
-      LLPDataError: unreadable file, wrong shape, non-float dtype, or NaN/inf.
+      LLPDataError: unreadable or not a ``.npy`` file, wrong shape, non-float dtype,
+        NaN/inf, or values beyond ``npy.FEATURE_MAX_ABS``.
     """
     paths = {key: feature_path(root, key, video_id) for key in FEATURE_FOLDERS}
     missing = [str(p) for p in paths.values() if not p.is_file()]
@@ -519,10 +550,13 @@ def load_features(root: PathLike, video_id: str) -> dict[str, np.ndarray]:
         raise MissingFeatureError(
             f"missing feature file(s) for video {video_id!r}: {', '.join(missing)}"
         )
-    features = {}
+    features, zero = {}, []
     for key, path in paths.items():
         expected = LLP_FEATURES[FEATURE_FOLDERS[key]]
-        array = _read_npy(path)
+        try:
+            array = npy.read_npy(path)
+        except npy.FeatureFileError as e:
+            raise LLPDataError(str(e)) from None
         if array.shape != expected:
             raise LLPDataError(f"{path}: expected shape {expected}, got {array.shape}")
         if not np.issubdtype(array.dtype, np.floating):
@@ -531,13 +565,34 @@ def load_features(root: PathLike, video_id: str) -> dict[str, np.ndarray]:
             )
         with np.errstate(over="ignore"):  # overflow becomes inf, reported just below
             array = array.astype(np.float32, copy=False)
-        if not np.isfinite(array).all():
-            bad = np.count_nonzero(~np.isfinite(array))
-            raise LLPDataError(
-                f"{path}: expected finite values, got {bad} NaN/inf (after the cast to float32)"
-            )
+        try:
+            if npy.check_values(path, array):
+                zero.append(str(path))
+        except npy.FeatureFileError as e:
+            raise LLPDataError(str(e)) from None
         features[key] = array
-    return features
+    return FeatureArrays(features, all_zero=tuple(zero))
+
+
+class FeatureArrays(dict):
+    """One video's features (``{key: array}``); ``all_zero``: its files that hold only
+    zeros (allowed, but worth a warning: an extractor that failed writes zeros)."""
+
+    def __init__(self, arrays, all_zero: tuple[str, ...] = ()):
+        super().__init__(arrays)
+        self.all_zero = all_zero
+
+
+def warn_all_zero(where: str, ids: list[str]) -> None:
+    """One warning for the videos of ``where`` with an all-zero feature file."""
+    if ids:
+        logger.warning(
+            "%s: %d video(s) have a feature file of zeros only (first: %s); an extractor "
+            "that failed writes zeros: check those files",
+            where,
+            len(ids),
+            ", ".join(ids[:_MAX_SHOWN_IDS]),
+        )
 
 
 class Llp(tfds.core.ShardBasedBuilder):
@@ -563,8 +618,9 @@ class Llp(tfds.core.ShardBasedBuilder):
     uses it).
     """
 
-    VERSION = tfds.core.Version("1.3.0")
+    VERSION = tfds.core.Version("1.4.0")
     RELEASE_NOTES = {
+        "1.4.0": "Videos listed in two split CSVs recorded (metadata split_overlap).",
         "1.0.0": "HAN features with weak and dense LLP labels.",
         "1.1.0": "Written shard by shard: bounded memory and no TensorFlow for any split size.",
         "1.2.0": "Dense CSVs cross-checked against the weak labels (lost rows fail).",
@@ -637,6 +693,9 @@ class Llp(tfds.core.ShardBasedBuilder):
         root = Path(dl_manager.manual_dir)
         annotations = self._annotation_dir or root
         weak = {split: read_weak_csv(annotations / csv) for split, csv in LLP_SPLIT_CSV.items()}
+        self.info.metadata["split_overlap"] = split_overlap(
+            {split: [video_id(f) for f in filenames] for split, (filenames, _) in weak.items()}
+        )
         known = [name for filenames, _ in weak.values() for name in filenames]
         dense, orphans = {}, set()
         for modality, csv in LLP_DENSE_CSV.items():
@@ -716,7 +775,9 @@ class Llp(tfds.core.ShardBasedBuilder):
         empty = np.zeros((LLP_NUM_SEGMENTS, len(LLP_CLASSES)), np.float32)
         for vid, label in videos:
             features = load_features(root, vid)
-            progress.add(sum(f.nbytes for f in features.values()))
+            progress.add(
+                sum(f.nbytes for f in features.values()), vid if features.all_zero else None
+            )
             yield (
                 vid,
                 {
@@ -766,10 +827,16 @@ class _PrepareProgress:
         self.split, self.total, self.every = split, total, every_seconds
         self.done = self.bytes = 0
         self.start = self.last = time.monotonic()
+        self.all_zero: list[str] = []  # videos with a feature file of zeros only
 
-    def add(self, nbytes: int) -> None:
+    def add(self, nbytes: int, all_zero: str | None = None) -> None:
+        """One video prepared (``all_zero``: its id if one of its files is all zeros)."""
         self.done += 1
         self.bytes += nbytes
+        if all_zero is not None:
+            self.all_zero.append(all_zero)
+        if self.done == self.total:
+            warn_all_zero(f"LLP {self.split}", self.all_zero)
         now = time.monotonic()
         if self.done == self.total or now - self.last >= self.every:
             self.last = now
@@ -851,6 +918,80 @@ def _no_unprepared_variant_warning():
         absl.removeFilter(_not_unprepared_variant)
 
 
+class DamagedCopyError(LLPDataError):
+    """The prepared copy cannot be read (``data_dir``: its folder)."""
+
+    def __init__(self, data_dir: Path, problem: str):
+        super().__init__(f"the prepared copy in {data_dir} cannot be used: {problem}")
+        self.data_dir, self.problem = Path(data_dir), problem
+
+
+def prepared_copy(builder: Llp) -> Path:
+    """The folder of one prepared copy (``cache_dir(...)/<fingerprint>``): what is moved
+    aside when damaged (the builder's ``data_dir`` is its ``llp/<version>`` inside)."""
+    return Path(builder.data_dir).parents[1]
+
+
+def verify_prepared(builder: Llp) -> str | None:
+    """Cheap checks of a prepared copy, run each time it is opened: every shard file there
+    with the split's recorded byte count (a truncated, emptied or deleted shard), the
+    labels sidecar readable with one row per example. The first problem, or None."""
+    for split, info in builder.info.splits.items():
+        paths = [Path(p) for p in info.filepaths]
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            return f"{missing[0].name} is missing"
+        size = sum(p.stat().st_size for p in paths)
+        if size != int(info.num_bytes):
+            return f"the {split} shards hold {size} bytes, {int(info.num_bytes)} were written"
+        labels = _labels_path(builder.data_dir, split)
+        try:
+            with np.load(labels, allow_pickle=False) as z:
+                rows = len(z["id"])
+        except Exception as e:  # noqa: BLE001 - zip, npy and key errors alike: unreadable
+            return f"{labels.name} cannot be read ({type(e).__name__}: {e})"
+        if rows != info.num_examples:
+            return f"{labels.name} holds {rows} videos, the {split} split {info.num_examples}"
+    return None
+
+
+def _quarantine(data_dir: Path, problem: str, rebuild: bool = True) -> Path:
+    """Moves a damaged copy aside (removed with the other stale copies once a new one is
+    prepared); returns where it went."""
+    aside = data_dir.with_name(f"{data_dir.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(data_dir, aside)
+    logger.warning(
+        "LLP: the prepared copy in %s cannot be used (%s); moved it to %s%s",
+        data_dir,
+        problem,
+        aside,
+        " and preparing it again from the inputs" if rebuild else "",
+    )
+    return aside
+
+
+def _open_prepared(annotation_dir, data_dir: Path) -> tuple[Llp | None, bool, str | None]:
+    """``(builder, prepared, problem)`` for ``data_dir``: ``problem`` when it holds a copy
+    that fails :func:`verify_prepared` or whose ``dataset_info.json`` cannot be read."""
+    try:
+        with _no_unprepared_variant_warning():
+            builder = Llp(annotation_dir=annotation_dir, data_dir=data_dir)
+            prepared = builder.is_prepared()
+    except Exception as e:  # noqa: BLE001 - TFDS raises JSON, protobuf and OS errors alike
+        return None, False, f"its dataset_info.json cannot be read ({type(e).__name__}: {e})"
+    problem = verify_prepared(builder) if prepared else None
+    return builder, prepared and problem is None, problem
+
+
+def _remove_incomplete(data_dir: Path) -> None:
+    """Removes what a killed preparation of these inputs left (TFDS's
+    ``llp/incomplete.*`` folders); only called while holding the preparation lock, so no
+    live process is writing them."""
+    for left in sorted((data_dir / "llp").glob("incomplete.*")):
+        logger.warning("LLP: removing %s, left by a preparation that did not finish", left)
+        shutil.rmtree(left, ignore_errors=True)
+
+
 def prepare(
     root: PathLike, annotation_dir: PathLike | None = None, tfds_dir: PathLike | None = None
 ) -> Llp:
@@ -858,7 +999,10 @@ def prepare(
 
     The dataset lives in ``cache_dir(...)/<input_fingerprint(...)>``. A cache
     built from other inputs (a CSV edited, a feature file replaced) is
-    replaced; which one is used, or why it is rebuilt, is logged.
+    replaced; which one is used, or why it is rebuilt, is logged. One process at a
+    time prepares the same inputs (``<fingerprint>.lock``): another waits for it and
+    uses its copy. A copy that fails :func:`verify_prepared` is moved aside and
+    prepared again; what a killed preparation left is removed.
 
     Returns:
       The builder, ready for ``as_data_source``.
@@ -872,20 +1016,45 @@ def prepare(
     parent = cache_dir(root, annotation_dir, tfds_dir)
     fingerprint = input_fingerprint(root, annotation_dir)
     data_dir = parent / fingerprint
-    with _no_unprepared_variant_warning():
-        builder = Llp(annotation_dir=annotation_dir, data_dir=data_dir)
-        prepared = builder.is_prepared()
+    builder, prepared, problem = _open_prepared(annotation_dir, data_dir)
     if prepared:
         logger.info("LLP: using the dataset prepared from these inputs in %s", data_dir)
         return builder
+
+    def waiting(holder: dict) -> None:
+        logger.warning(
+            "LLP: waiting for %s, which is preparing the same inputs into %s",
+            locks.describe(holder),
+            data_dir,
+        )
+
+    parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with locks.exclusive(os.fspath(parent / f"{fingerprint}.lock"), wait=True, on_busy=waiting):
+            builder, prepared, problem = _open_prepared(annotation_dir, data_dir)  # holding it
+            if prepared:
+                logger.info("LLP: using the dataset prepared from these inputs in %s", data_dir)
+                return builder
+            if problem is not None:
+                _quarantine(data_dir, problem)
+                builder, _, _ = _open_prepared(annotation_dir, data_dir)
+            _remove_incomplete(data_dir)
+            return _build(builder, root, parent, fingerprint)
+    except locks.LockUnsupportedError as e:
+        raise LLPDataError(f"cannot prepare into {parent}: {e}") from None
+
+
+def _build(builder: Llp, root: PathLike, parent: Path, fingerprint: str) -> Llp:
+    data_dir = parent / fingerprint
     stale = sorted(p for p in parent.glob("*") if p.is_dir() and p.name != fingerprint)
+    changed = [p for p in stale if ".damaged-" not in p.name]
     logger.warning(
         "LLP: preparing %s into %s%s",
         root,
         data_dir,
-        f" (the annotation CSVs or feature files changed since {stale[-1]} was prepared; "
+        f" (the annotation CSVs or feature files changed since {changed[-1]} was prepared; "
         "it will be replaced)"
-        if stale
+        if changed
         else "",
     )
     start = time.monotonic()
@@ -901,6 +1070,11 @@ def prepare(
         builder.info.dataset_size / 1e9,
         data_dir,
     )
+    problem = verify_prepared(builder)
+    if problem is not None:
+        raise DamagedCopyError(
+            prepared_copy(builder), f"{problem} right after preparing it (disk full?)"
+        )
     for old in stale:
         shutil.rmtree(old, ignore_errors=True)
     return builder
@@ -939,7 +1113,10 @@ def load_pseudo_labels(root: PathLike, ids) -> dict[str, np.ndarray]:
             )
         arrays = np.empty((len(paths), *shape), np.float32)
         for i, path in enumerate(paths):
-            x = _read_npy(path)
+            try:
+                x = npy.read_npy(path)
+            except npy.FeatureFileError as e:
+                raise LLPDataError(str(e)) from None
             if x.shape != shape:
                 raise LLPDataError(
                     f"{path}: expected shape {shape} (segments, classes), got {x.shape}"
@@ -989,6 +1166,7 @@ def load_feature_dir(
         )
     if not rows:
         raise MissingFeatureError(f"{root}: no video has all three feature files")
+    warn_all_zero(str(root), [vid for vid, f in rows if f.all_zero])
     out = {key: np.stack([f[key] for _, f in rows]) for key in FEATURE_FOLDERS}
     if pool_frames:
         v = out["video_2d"]
@@ -1023,6 +1201,15 @@ def split_feature_bytes(
     return builder.info.splits[split].num_examples * per_video
 
 
+def _read_examples(source, indices, data_dir: Path) -> list:
+    """``source``'s examples ``indices``; :class:`DamagedCopyError` when a read fails (a
+    corrupted or truncated shard: Riegeli's errors name no dataset)."""
+    try:
+        return source.__getitems__(list(indices)) if len(indices) else []
+    except Exception as e:  # noqa: BLE001 - array_record/Riegeli raise RuntimeError, OSError...
+        raise DamagedCopyError(data_dir, f"reading it failed ({type(e).__name__}: {e})") from None
+
+
 class StreamedSplit(SplitArrays):
     """A split whose features stay on disk: ``id`` and the labels are arrays, each feature
     key (``audio``, ``video_2d``, ``video_3d``) a :class:`FeatureColumn` that reads the
@@ -1040,9 +1227,11 @@ class StreamedSplit(SplitArrays):
         labels: Mapping[str, np.ndarray],
         shapes: Mapping[str, tuple[int, ...]],
         pool_frames: bool,
+        data_dir: Path | None = None,
     ) -> None:
         super().__init__(labels)
         self._source = source
+        self._data_dir = data_dir
         self._pool = pool_frames
         self._lock = threading.Lock()
         self._cached: tuple[bytes, dict[str, np.ndarray]] | None = None
@@ -1057,7 +1246,17 @@ class StreamedSplit(SplitArrays):
         with self._lock:
             if self._cached is not None and self._cached[0] == tag:
                 return self._cached[1]
-            examples = self._source.__getitems__(idx.tolist()) if len(idx) else []
+            try:
+                examples = _read_examples(self._source, idx.tolist(), self._data_dir)
+            except DamagedCopyError as e:  # found while training: repaired by the next run
+                if e.data_dir.exists():
+                    aside = _quarantine(e.data_dir, e.problem, rebuild=False)
+                    raise DamagedCopyError(
+                        e.data_dir,
+                        f"{e.problem}; moved it to {aside}: re-run the same command to prepare "
+                        f"it again (training resumes from its last checkpoint)",
+                    ) from None
+                raise
             out = {}
             for key in FEATURE_FOLDERS:
                 column = self[key]
@@ -1108,6 +1307,7 @@ def load_split(
     tfds_dir: PathLike | None = None,
     pool_frames: bool = False,
     allow_missing: bool = False,
+    allow_split_overlap: bool = False,
     stream: bool = False,
 ) -> SplitArrays:
     """Loads one LLP split into memory (or opens it for streaming), preparing the TFDS
@@ -1124,6 +1324,9 @@ def load_split(
       allow_missing: for val and test, leave out videos whose feature files are
         missing instead of failing (their ids are in ``.skipped``). Training
         videos without features are always left out, with a warning.
+      allow_split_overlap: train and score although a video is listed in two split
+        CSVs (a warning; ``.also_in_other_splits`` counts this split's such videos);
+        otherwise that is an error naming the videos and the CSVs.
       stream: return a :class:`StreamedSplit`: the labels in memory, the features
         read from the prepared ``array_record`` files when a batch asks for them.
 
@@ -1140,7 +1343,38 @@ def load_split(
     """
     if split not in LLP_SPLIT_CSV:
         raise ValueError(f"split: expected one of {sorted(LLP_SPLIT_CSV)}, got {split!r}")
+    args = (root, split, annotation_dir, pool_frames, allow_missing, allow_split_overlap, stream)
     builder = prepare(root, annotation_dir, tfds_dir)
+    try:
+        return _load_prepared(builder, *args)
+    except DamagedCopyError as e:  # a read failed: move the copy aside, prepare it once more
+        _quarantine(e.data_dir, e.problem)
+    builder = prepare(root, annotation_dir, tfds_dir)
+    try:
+        return _load_prepared(builder, *args)
+    except DamagedCopyError as e:
+        raise LLPDataError(
+            f"{e}, after preparing it again from the inputs: check the disk holding it"
+        ) from None
+
+
+def _load_prepared(
+    builder: Llp,
+    root: PathLike,
+    split: str,
+    annotation_dir: PathLike | None,
+    pool_frames: bool,
+    allow_missing: bool,
+    allow_split_overlap: bool,
+    stream: bool,
+) -> SplitArrays:
+    """``load_split`` on a prepared copy; :class:`DamagedCopyError` when it cannot be read."""
+    overlap = dict(builder.info.metadata.get("split_overlap", {}))
+    annotations = Path(annotation_dir) if annotation_dir is not None else Path(root)
+    check_split_overlap(
+        overlap, {s: annotations / csv for s, csv in LLP_SPLIT_CSV.items()}, allow_split_overlap
+    )
+    also = {v for pair, ids in overlap.items() if split in pair.split("/") for v in ids}
     skipped = list(builder.info.metadata["skipped_videos"][split])
     if skipped and split in DENSE_SPLITS and not allow_missing:
         raise MissingFeatureError(
@@ -1164,16 +1398,26 @@ def load_split(
     if split in DENSE_SPLITS:
         keys += ["label_audio", "label_visual"]
     shapes = feature_shapes(builder, pool_frames)
-    source = builder.as_data_source(split=split)
+    data_dir = Path(builder.data_dir)  # <copy>/llp/<version>
+    copy = prepared_copy(builder)
+    try:
+        source = builder.as_data_source(split=split)
+    except Exception as e:  # noqa: BLE001 - array_record raises RuntimeError, OS errors...
+        raise DamagedCopyError(copy, f"opening the {split} split failed ({e})") from None
     if stream:
-        labels = dict(np.load(_labels_path(builder.data_dir, split)))
+        try:
+            with np.load(_labels_path(data_dir, split), allow_pickle=False) as z:
+                labels = dict(z)
+        except Exception as e:  # noqa: BLE001 - zip, npy and key errors alike: unreadable
+            raise DamagedCopyError(copy, f"labels_{split}.npz cannot be read ({e})") from None
         if len(labels["id"]) != len(source):
-            raise LLPDataError(
-                f"{builder.data_dir}: labels_{split}.npz holds {len(labels['id'])} "
-                f"videos, the split {len(source)}: delete the folder to prepare again"
+            raise DamagedCopyError(
+                copy,
+                f"labels_{split}.npz holds {len(labels['id'])} videos, the split {len(source)}",
             )
-        out = StreamedSplit(source, labels, shapes, pool_frames)
+        out = StreamedSplit(source, labels, shapes, pool_frames, copy)
         out.skipped = tuple(skipped)
+        out.also_in_other_splits = int(np.isin(labels["id"], list(also)).sum())
         return out
     frames = LLP_FRAMES_PER_SEGMENT
     shapes.update({key: builder.info.features[key].shape for key in keys if key not in shapes})
@@ -1181,7 +1425,7 @@ def load_split(
     out = {key: np.empty((n, *shape), np.float32) for key, shape in shapes.items()}
     ids: list[str] = []
     for start in range(0, n, _READ_CHUNK):
-        examples = source.__getitems__(range(start, min(start + _READ_CHUNK, n)))
+        examples = _read_examples(source, range(start, min(start + _READ_CHUNK, n)), copy)
         rows = slice(start, start + len(examples))
         ids.extend(example["id"].decode() for example in examples)
         for key in keys:
@@ -1194,4 +1438,5 @@ def load_split(
     out["id"] = np.array(ids, dtype=str)
     out = SplitArrays(out)
     out.skipped = tuple(skipped)
+    out.also_in_other_splits = int(np.isin(out["id"], list(also)).sum())
     return out

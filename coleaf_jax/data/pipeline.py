@@ -146,7 +146,14 @@ def load_splits(
     )
     streamed = streamed_splits(config, splits, lambda s: llp.split_feature_bytes(root, s, **common))
     out = {
-        s: llp.load_split(root, s, allow_missing=allow_missing, stream=s in streamed, **common)
+        s: llp.load_split(
+            root,
+            s,
+            allow_missing=allow_missing,
+            allow_split_overlap=config.data.allow_split_overlap,
+            stream=s in streamed,
+            **common,
+        )
         for s in splits
     }
     if config.data.pseudo_labels and "train" in out:
@@ -186,6 +193,11 @@ def _unav_skipped(config, root: str, split: str, loaded_ids) -> tuple[str, ...]:
 def skipped_ids(data) -> tuple[str, ...]:
     """Videos of a split left out for missing feature files (``llp.SplitArrays.skipped``)."""
     return tuple(getattr(data, "skipped", ()))
+
+
+def also_in_other_splits(data) -> int:
+    """Videos of a split also listed in another split (``config.data.allow_split_overlap``)."""
+    return int(getattr(data, "also_in_other_splits", 0))
 
 
 def load_feature_dir(config, directory: str, ids=None) -> dict[str, np.ndarray]:

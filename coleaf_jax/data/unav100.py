@@ -40,6 +40,8 @@ import warnings
 
 import numpy as np
 
+from coleaf_jax.data import npy
+
 UNAV_NUM_CLASSES = 100
 UNAV_FEATURE_STEP = 0.32  # seconds between consecutive feature vectors
 SUBSETS = {"train": "train", "val": "validation", "test": "test"}
@@ -240,16 +242,12 @@ def pool_to_segments(
 
 
 def _load_feature(path: str, dim: int) -> np.ndarray:
-    try:
-        x = np.load(path)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read as .npy ({e})") from None
+    x = npy.read_npy(path)
     if x.ndim != 2 or x.shape[1] != dim or x.shape[0] == 0:
         raise ValueError(f"{path}: shape {x.shape}, expected (steps >= 1, {dim})")
     if not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"{path}: dtype {x.dtype}, expected floating point")
-    if not np.isfinite(x).all():
-        raise ValueError(f"{path}: contains NaN or inf")
+    npy.check_values(path, x)
     return x
 
 
@@ -294,12 +292,14 @@ def load_split(
             f"{feat_dir}: UnAV-100 feature folder not found (expected "
             f"ROOT/{FEATURE_DIR}/<id>_*.npy)"
         )
-    rows, missing = [], []
+    rows, missing, zeros = [], [], []
     for v in chosen:
         raw, absent = _read_streams(feat_dir, v.video_id, fs)
         if raw is None:
             missing.append(absent)
             continue
+        if any(a.size and not a.any() for a in raw.values()):
+            zeros.append(v.video_id)
         t = v.num_segments
         row = _pooled_features(raw, t, step, offset)
         row["truth"] = segment_truth(v.events, t, num_classes, overlap)
@@ -310,6 +310,11 @@ def load_split(
         warnings.warn(
             f"UnAV-100 {split}: skipped {len(missing)} of {len(chosen)} videos with a "
             f"missing feature file (first: {missing[0]})"
+        )
+    if zeros:
+        warnings.warn(
+            f"UnAV-100 {split}: {len(zeros)} video(s) have a feature file of zeros only "
+            f"(first: {', '.join(zeros[:5])}); an extractor that failed writes zeros: check them"
         )
     if not rows:
         raise ValueError(f"UnAV-100 {split}: no video with all feature files under {feat_dir}")
