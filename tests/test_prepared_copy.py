@@ -1,0 +1,142 @@
+"""The prepared copy (TFDS array_record files) is a cache of the user's features: it is
+verified when opened, rebuilt when damaged, prepared by one process at a time, and what a
+killed preparation left is removed."""
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from coleaf_jax.data import llp, synthetic
+from tests.test_llp_data import make_layout
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def layout(tmp_path):
+    root = tmp_path / "llp"
+    root.mkdir()
+    make_layout(root)
+    return root, tmp_path / "tfds"
+
+
+def _copy_dir(root, cache) -> Path:
+    return llp.cache_dir(root, None, cache) / llp.input_fingerprint(root)
+
+
+def _version_dir(root, cache) -> Path:
+    return _copy_dir(root, cache) / "llp" / str(llp.Llp.VERSION)
+
+
+def _damage(version: Path, how: str) -> None:
+    shard = sorted(version.glob("llp-test.array_record-*"))[0]
+    if how == "truncated":
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    elif how == "emptied":
+        shard.write_bytes(b"")
+    elif how == "deleted":
+        shard.unlink()
+    elif how == "corrupted":  # same size: only reading finds it
+        data = bytearray(shard.read_bytes())
+        for i in range(64, len(data), 97):
+            data[i] ^= 0xFF
+        shard.write_bytes(bytes(data))
+    elif how == "info_truncated":
+        info = version / "dataset_info.json"
+        info.write_text(info.read_text()[:40])
+    elif how == "labels_junk":
+        (version / "labels_test.npz").write_bytes(b"not a zip file at all")
+
+
+@pytest.mark.parametrize(
+    "how", ["truncated", "emptied", "deleted", "corrupted", "info_truncated", "labels_junk"]
+)
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_damaged_copy_is_named_moved_aside_and_prepared_again(layout, caplog, how, stream):
+    root, cache = layout
+    expected = llp.load_split(root, "test", tfds_dir=cache)
+    _damage(_version_dir(root, cache), how)
+    if stream and how == "corrupted":  # same sizes: found by the first read, in training
+        opened = llp.load_split(root, "test", tfds_dir=cache, stream=True)
+        with pytest.raises(llp.DamagedCopyError) as info:
+            opened["audio"][np.arange(2)]
+        assert "re-run the same command to prepare it again" in str(info.value)
+        assert not _copy_dir(root, cache).exists()  # moved aside: the next run repairs it
+    with caplog.at_level(logging.WARNING):
+        got = llp.load_split(root, "test", tfds_dir=cache, stream=stream)
+    if not (stream and how == "corrupted"):
+        moved = [m for m in caplog.messages if "cannot be used" in m]
+        assert len(moved) == 1 and "moved it to" in moved[0] and "preparing it again" in moved[0]
+    assert any(m.startswith("LLP: prepared 6 videos") for m in caplog.messages)
+    for key in ("audio", "video_3d", "label_audio"):
+        np.testing.assert_array_equal(got[key][np.arange(2)], expected[key])
+    assert (got["id"] == expected["id"]).all()
+
+
+def test_a_copy_that_fails_again_is_one_error(layout, monkeypatch):
+    root, cache = layout
+    llp.load_split(root, "test", tfds_dir=cache)
+    real = llp._read_examples
+
+    def always_broken(source, indices, data_dir):
+        raise llp.DamagedCopyError(data_dir, "reading it failed (RuntimeError: Riegeli)")
+
+    monkeypatch.setattr(llp, "_read_examples", always_broken)
+    with pytest.raises(llp.LLPDataError) as info:
+        llp.load_split(root, "test", tfds_dir=cache)
+    message = str(info.value)
+    assert "cannot be used: reading it failed" in message and "after preparing it again" in message
+    assert "\n" not in message
+    monkeypatch.setattr(llp, "_read_examples", real)
+    llp.load_split(root, "test", tfds_dir=cache)  # and the copy is usable again
+
+
+def test_leftovers_of_a_killed_preparation_are_removed(layout, caplog):
+    root, cache = layout
+    left = _copy_dir(root, cache) / "llp" / "incomplete.ABCDEF_1.4.0"
+    left.mkdir(parents=True)
+    (left / "llp-train.array_record-00000-of-00001").write_bytes(b"x" * 1000)
+    with caplog.at_level(logging.WARNING):
+        llp.load_split(root, "val", tfds_dir=cache)
+    assert not left.exists()
+    assert any(f"removing {left}" in m for m in caplog.messages)
+
+
+PREPARE = (
+    "import logging, sys\n"
+    "logging.basicConfig(level=logging.WARNING, format='%(message)s')\n"
+    "from coleaf_jax.data import llp\n"
+    "split = llp.load_split(sys.argv[1], 'val', tfds_dir=sys.argv[2])\n"
+    "print('loaded', len(split['id']))\n"
+)
+
+
+def test_two_processes_preparing_the_same_inputs_take_turns(tmp_path):
+    """The second waits for the first (naming it) and uses its copy: both end well, the
+    inputs are prepared once."""
+    root, cache = tmp_path / "d", tmp_path / "tfds"
+    synthetic.generate(str(root), synthetic.SyntheticConfig(num_videos=600, seed=1))
+    procs = []
+    for _ in range(2):
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", PREPARE, str(root), str(cache)],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+        time.sleep(1.5)  # the first has taken the lock by now
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert all("loaded 90" in out for out in outs), outs
+    assert sum(out.count("LLP: prepared 600 videos") for out in outs) == 1, outs
+    assert "LLP: waiting for process" in outs[1] and "preparing the same inputs" in outs[1]
+    assert "Traceback" not in outs[0] + outs[1]
