@@ -14,6 +14,10 @@ evaluated, stores them next to it (WORKDIR/checkpoints/selected_thresholds_<epoc
 and uses them (reusing a stored file for the same checkpoint).
 """
 
+from coleaf_jax import interrupt  # standard library only: before the heavy imports
+
+interrupt.quiet_while_starting()  # a Ctrl-C while importing: one line, exit status 130
+
 import sys
 
 from absl import app, flags
@@ -54,4 +58,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, argv=cli.dashes_to_underscores(sys.argv), flags_parser=cli.parse_flags)
+    with interrupt.stop_on_interrupt():  # a Ctrl-C outside a run's phases: one line too
+        app.run(main, argv=cli.dashes_to_underscores(sys.argv), flags_parser=cli.parse_flags)

@@ -23,6 +23,10 @@ thresholds as eval.py, and OUTPUT/timelines/<id>.png for the first
 --timelines videos.
 """
 
+from coleaf_jax import interrupt  # standard library only: before the heavy imports
+
+interrupt.quiet_while_starting()  # a Ctrl-C while importing: one line, exit status 130
+
 import sys
 
 from absl import app, flags
@@ -150,4 +154,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, argv=cli.dashes_to_underscores(sys.argv), flags_parser=cli.parse_flags)
+    with interrupt.stop_on_interrupt():  # a Ctrl-C outside a run's phases: one line too
+        app.run(main, argv=cli.dashes_to_underscores(sys.argv), flags_parser=cli.parse_flags)

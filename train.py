@@ -15,6 +15,10 @@ WORKDIR/checkpoints/ (best on validation and latest) and WORKDIR/report.html
 (curves, tables next to the paper's, per-class scores, timelines).
 """
 
+from coleaf_jax import interrupt  # standard library only: before the heavy imports
+
+interrupt.quiet_while_starting()  # a Ctrl-C while importing: one line, exit status 130
+
 import os
 import sys
 
@@ -23,7 +27,7 @@ from ml_collections import config_flags
 
 from coleaf_jax import cli, distributed, report
 from coleaf_jax.seeds import train_seeds
-from coleaf_jax.train import train_and_evaluate
+from coleaf_jax.train import RunStatus, train_and_evaluate
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
@@ -40,7 +44,11 @@ def main(argv):
     cli.exit_on_user_error(distributed.initialize_from_flags)  # before JAX's first computation
     logging.info("config:\n%s", FLAGS.config)
     if FLAGS.config.num_seeds > 1:
-        cli.exit_on_user_error(train_seeds, FLAGS.config, FLAGS.workdir)
+        with interrupt.stop_on_interrupt(
+            "interrupted; a multi-seed run keeps no checkpoints: re-run the same command to "
+            "start it again"
+        ):
+            cli.exit_on_user_error(train_seeds, FLAGS.config, FLAGS.workdir)
         return
 
     written = []
@@ -52,7 +60,11 @@ def main(argv):
         written.append(path)
         print(f"report: {path}")
 
-    cli.exit_on_user_error(train_and_evaluate, FLAGS.config, FLAGS.workdir, on_test=write_report)
+    status = RunStatus()
+    with interrupt.stop_on_interrupt(status):
+        cli.exit_on_user_error(
+            train_and_evaluate, FLAGS.config, FLAGS.workdir, on_test=write_report, status=status
+        )
     if distributed.is_primary() and not written:  # a finished run: its report, if stale
         html = os.path.join(FLAGS.workdir, "report.html")
         result = os.path.join(FLAGS.workdir, "test_metrics.json")
@@ -65,4 +77,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, argv=cli.dashes_to_underscores(sys.argv), flags_parser=cli.parse_flags)
+    with interrupt.stop_on_interrupt():  # a Ctrl-C outside a run's phases: one line too
+        app.run(main, argv=cli.dashes_to_underscores(sys.argv), flags_parser=cli.parse_flags)
