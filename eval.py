@@ -24,6 +24,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from coleaf_jax import cli
+from coleaf_jax.evaluation import runs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The training run's directory.")
@@ -47,7 +48,7 @@ def main(argv):
     cli.quiet_libraries()
     cli.setup_jax(FLAGS.config)
     cli.exit_on_user_error(
-        cli.evaluate_checkpoint,
+        runs.evaluate_checkpoint,
         FLAGS.config,
         FLAGS.workdir,
         split=FLAGS.split,

@@ -34,8 +34,9 @@ from ml_collections import config_flags
 
 from coleaf_jax import cli
 from coleaf_jax.config import load_config_file
-from coleaf_jax.parsing import parse_videos
-from coleaf_jax.workdir import apply_stored_config
+from coleaf_jax.evaluation import runs
+from coleaf_jax.evaluation.parsing import parse_videos
+from coleaf_jax.training.workdir import apply_stored_config
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The training run's directory.")
@@ -105,7 +106,7 @@ def main(argv):
     videos += argv[1:]
     cli.quiet_libraries()
     cli.setup_jax(FLAGS.config)
-    cli.exit_on_user_error(cli.require_run, FLAGS.workdir)
+    cli.exit_on_user_error(runs.require_run, FLAGS.workdir)
     if videos:
         if FLAGS.features or FLAGS.split or FLAGS.compare_workdir or FLAGS.ids:
             raise SystemExit(

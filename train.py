@@ -25,9 +25,11 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from coleaf_jax import cli, distributed, report
-from coleaf_jax.seeds import train_seeds
-from coleaf_jax.train import RunStatus, train_and_evaluate
+from coleaf_jax import cli
+from coleaf_jax.evaluation import report
+from coleaf_jax.training import distributed
+from coleaf_jax.training.seeds import train_seeds
+from coleaf_jax.training.train import RunStatus, train_and_evaluate
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")

@@ -38,12 +38,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from coleaf_jax import evaluate, train
-from coleaf_jax import seeds as seeds_lib
-from coleaf_jax import step as step_lib
 from coleaf_jax.config import config_flags_as_set, load_config_file
 from coleaf_jax.data import pipeline
 from coleaf_jax.data.classes import LLP_FRAMES_PER_SEGMENT
+from coleaf_jax.evaluation import evaluate
+from coleaf_jax.training import seeds as seeds_lib
+from coleaf_jax.training import step as step_lib
+from coleaf_jax.training import train
 
 NUM_CLASSES = 25
 

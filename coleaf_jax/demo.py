@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from coleaf_jax import baselines, cli, metrics, report
+from coleaf_jax import cli
 from coleaf_jax.config import (
     apply_overrides,
     config_flags_as_set,
@@ -35,7 +35,8 @@ from coleaf_jax.config import (
     unav100_config,
 )
 from coleaf_jax.data import pipeline
-from coleaf_jax.train import train_and_evaluate
+from coleaf_jax.evaluation import baselines, metrics, report
+from coleaf_jax.training.train import train_and_evaluate
 
 HEADLINE = ("seg_ao", "seg_vo", "seg_av", "evt_ao", "evt_vo", "evt_av")
 

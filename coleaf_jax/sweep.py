@@ -34,8 +34,8 @@ import time
 
 import numpy as np
 
-from coleaf_jax import metrics
-from coleaf_jax.config import config_flags_as_set
+from coleaf_jax.config import config_flags_as_set, load_config_file
+from coleaf_jax.evaluation import metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "train.py")
@@ -74,7 +74,6 @@ def table_specs(tables, options: str = "") -> list[str]:
 def settings(specs, overrides) -> list[dict]:
     """``[{name, config, num_epochs, seed}]``: each spec loaded with the overrides (an
     unknown key or spec fails here, before any run starts)."""
-    from coleaf_jax.config import load_config_file
 
     out, seen = [], {}
     for spec in specs:
@@ -301,7 +300,6 @@ def finished_result(directory: str, num_epochs: int) -> dict | None:
 
 def summarize(workdir: str, manifest: dict | None = None) -> dict:
     """Mean ± std over seeds per setting; writes ``WORKDIR/summary.json``."""
-    from coleaf_jax.seeds import summarize as mean_std
 
     manifest = manifest or read_manifest(workdir)
     out = {"seeds": manifest["seeds"], "overrides": manifest["overrides"], "settings": {}}
@@ -318,7 +316,7 @@ def summarize(workdir: str, manifest: dict | None = None) -> dict:
         if per_seed:
             heads = [headline(s) for s in per_seed]
             entry.update(
-                mean_std(per_seed),
+                metrics.mean_std(per_seed),
                 per_seed=per_seed,
                 headline={
                     "mean": float(np.mean(heads)),
@@ -336,7 +334,6 @@ def summarize(workdir: str, manifest: dict | None = None) -> dict:
 
 def format_summary(summary: dict) -> str:
     """The headline table (one row per setting), then each setting's 18 scores."""
-    from coleaf_jax.seeds import format_mean_std
 
     rows = summary["settings"]
     width = max([len("setting")] + [len(name) for name in rows]) + 2
@@ -364,7 +361,7 @@ def format_summary(summary: dict) -> str:
     lines.append("headline: the mean of segment and event Ao, Vo, AV")
     for name, entry in rows.items():
         if "mean" in entry:
-            lines += ["", format_mean_std(entry, f"{name} ({len(entry['seeds'])} seeds)")]
+            lines += ["", metrics.format_mean_std(entry, f"{name} ({len(entry['seeds'])} seeds)")]
     return "\n".join(lines)
 
 

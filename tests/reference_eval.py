@@ -2,7 +2,7 @@
 
 It follows the reference code's structure (per video, per class, lists of
 event vectors, ``sum(x1*x2) >= 0.5*sum(x1+x2-x1*x2)``) so that the vectorised
-``coleaf_jax.metrics`` can be checked against it on random inputs. Arrays are
+``coleaf_jax.evaluation.metrics`` can be checked against it on random inputs. Arrays are
 ``(C, T)`` per video here, as in the reference code.
 """
 

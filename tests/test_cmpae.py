@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from coleaf_jax import losses
 from coleaf_jax.models.cmpae import CMPAEAnchor, dirichlet_presence, evidence
-from coleaf_jax.noise_ratios import estimate_noise_ratios, load_noise_ratios
+from coleaf_jax.training import losses
+from coleaf_jax.training.noise_ratios import estimate_noise_ratios, load_noise_ratios
 
 
 def test_evidence_and_dirichlet_hand_values():

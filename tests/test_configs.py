@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import ml_collections
 import pytest
 
-from coleaf_jax import step as step_lib
 from coleaf_jax.data import pipeline
+from coleaf_jax.training import step as step_lib
 from configs import ablations, llp, synthetic
 
 

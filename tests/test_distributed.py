@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from coleaf_jax import distributed, metrics, train
 from coleaf_jax.config import load_config_file
+from coleaf_jax.evaluation import metrics
+from coleaf_jax.training import distributed, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # HAN alone (dropout 0.1 on): the cross-process mechanics (each device's rows, dropout keys

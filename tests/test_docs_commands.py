@@ -47,8 +47,8 @@ import numpy as np
 import pytest
 
 from coleaf_jax.data import synthetic
+from coleaf_jax.evaluation.metrics import SCORE_NAMES
 from coleaf_jax.features import testing
-from coleaf_jax.metrics import SCORE_NAMES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = ["README.md", *sorted(os.path.relpath(p, ROOT) for p in glob.glob(f"{ROOT}/docs/*.md"))]
@@ -161,12 +161,12 @@ SCENARIOS: dict[str, list[Step]] = {
             ),
         ),
         Step(
-            "python -m coleaf_jax.noise_ratios --config configs/llp.py "
+            "python -m coleaf_jax.evaluation.noise_ratios --config configs/llp.py "
             "--config.data.root=/path/to/LLP --workdir runs/coleaf --output ratios.npz",
             creates=("ratios.npz",),
         ),
         Step(
-            "python -m coleaf_jax.report --config configs/llp.py --config.data.root=/path/to/LLP "
+            "python -m coleaf_jax.evaluation.report --config configs/llp.py --config.data.root=/path/to/LLP "
             "--workdir runs/coleaf",
             expect=(r"wrote .*runs/coleaf/report\.html",),
         ),
@@ -378,7 +378,8 @@ def as_run(command: str, ctx: dict) -> str:
     uses = command.split(" > ")[0]  # sizes go before a redirection
     rest = command[len(uses) :]
     if re.search(
-        r"^python (train|eval|parse)\.py|-m coleaf_jax\.(noise_ratios|report|flops)", uses
+        r"^python (train|eval|parse)\.py|-m coleaf_jax\.(evaluation\.noise_ratios|evaluation\.report|flops)",
+        uses,
     ):
         uses = _with_config_sizes(uses, "--config.")
     elif "-m coleaf_jax.sweep" in uses and "--summarize" not in uses:

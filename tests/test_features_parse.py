@@ -16,9 +16,10 @@ import sys
 import numpy as np
 import pytest
 
-from coleaf_jax import parsing, train
+from coleaf_jax.evaluation import parsing
 from coleaf_jax.features import __main__ as features_cli
 from coleaf_jax.features import convert, extract, testing, videos, weights
+from coleaf_jax.training import train
 from tests.test_train import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from coleaf_jax import interrupt
-from coleaf_jax.train import RunStatus
+from coleaf_jax.training.train import RunStatus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [

@@ -296,7 +296,7 @@ def test_a_video_in_two_splits_fails_naming_it_unless_allowed(tmp_path, caplog) 
         train = llp.load_split(root, "train", tfds_dir=cache, allow_split_overlap=True)
     assert test.also_in_other_splits == 1 and train.also_in_other_splits == 1
     assert any("allow_split_overlap" in r.getMessage() for r in caplog.records)
-    from coleaf_jax import evaluate
+    from coleaf_jax.evaluation import evaluate
 
     assert evaluate.video_counts(test)["videos_also_in_other_splits"] == 1
     assert "videos_also_in_other_splits" not in evaluate.video_counts(

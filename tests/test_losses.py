@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from coleaf_jax import losses
+from coleaf_jax.training import losses
 
 
 def test_bce_clamps_and_averages():

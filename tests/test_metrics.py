@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from coleaf_jax import metrics
+from coleaf_jax.evaluation import metrics
 from tests.reference_eval import reference_scores
 
 T, C = 10, 25

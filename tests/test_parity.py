@@ -53,7 +53,7 @@ def test_weight_conversion_round_trips(network):
     networks is either mapped or known to be unused."""
     import numpy as np
 
-    from coleaf_jax import authors_weights as aw
+    from coleaf_jax.models import authors_weights as aw
 
     meta = parity.json.loads(str(np.load(os.path.join(FIXTURES, "parity_cmpae_f32.npz"))["meta"]))
     shapes = {n: {k: tuple(v) for k, v in meta["shapes"][n].items()} for n in parity.NETWORKS}

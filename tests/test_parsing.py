@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from coleaf_jax import parsing, plots
+from coleaf_jax.evaluation import parsing, plots
 
 
 def _loop_events(pred_a, pred_v, prob_a, prob_v, ids, names, mask):

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from coleaf_jax import losses
-from coleaf_jax import step as step_lib
 from coleaf_jax.config import pseudo_label_config
 from coleaf_jax.data import llp, pipeline, synthetic
+from coleaf_jax.training import losses
+from coleaf_jax.training import step as step_lib
 
 
 def _write_pl(root, vid, audio=None, visual=None):

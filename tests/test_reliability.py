@@ -27,12 +27,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from coleaf_jax import checkpoints, cli, locks, progress, train
-from coleaf_jax import step as step_lib
-from coleaf_jax import workdir as workdir_lib
+from coleaf_jax import cli, locks, progress
 from coleaf_jax.config import override
 from coleaf_jax.data import llp, pipeline
 from coleaf_jax.data.classes import LLP_SPLIT_CSV
+from coleaf_jax.evaluation import runs
+from coleaf_jax.training import checkpoints, train
+from coleaf_jax.training import step as step_lib
+from coleaf_jax.training import workdir as workdir_lib
 from tests.test_train import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -172,7 +174,7 @@ def test_progress_bar_only_on_a_terminal():
 
 def test_one_reader_of_metrics_rows_tolerates_a_cut_line(tmp_path):
     """A kill mid-write leaves a cut last line: training and the report both skip it."""
-    from coleaf_jax import report
+    from coleaf_jax.evaluation import report
 
     rows_written = [
         {"epoch": 1, "train": {}, "val_selection": 1.0},
@@ -330,9 +332,9 @@ def test_non_finite_parameters_with_finite_losses_stop_training(tmp_path, data_r
 
 
 def test_a_diverged_seed_is_named_with_its_non_finite_terms(monkeypatch, data_root, tmp_path):
-    """Many seeds at once (coleaf_jax.seeds): seed 8 of 7, 8 starts from NaN parameters;
+    """Many seeds at once (coleaf_jax.training.seeds): seed 8 of 7, 8 starts from NaN parameters;
     the error names it and its non-finite terms, not seed 7's finite ones."""
-    from coleaf_jax import seeds as seeds_lib
+    from coleaf_jax.training import seeds as seeds_lib
 
     root, data = data_root
     made = []
@@ -510,7 +512,7 @@ def test_an_unparsable_score_is_named_when_the_checkpoints_are_opened(run, tmp_p
         match=rf"^error: checkpoint {best} \(.*\) is damaged: cannot "
         rf"read its validation score",
     ):
-        cli.exit_on_user_error(cli.evaluate_checkpoint, run_config(run.root), copy, verbose=False)
+        cli.exit_on_user_error(runs.evaluate_checkpoint, run_config(run.root), copy, verbose=False)
 
 
 def test_checkpoints_unreadable_without_damage_stay_in_place(tmp_path, monkeypatch):
@@ -586,7 +588,7 @@ def test_eval_on_a_damaged_checkpoint_fails_clearly(run, tmp_path):
     (Path(workdir) / "checkpoints" / str(best) / "default" / "_METADATA").write_text('{"tree')
     with pytest.raises(SystemExit) as info:
         cli.exit_on_user_error(
-            cli.evaluate_checkpoint, run_config(run.root), workdir, verbose=False
+            runs.evaluate_checkpoint, run_config(run.root), workdir, verbose=False
         )
     message = str(info.value)
     assert message.startswith(f"error: checkpoint {best} (") and "is damaged" in message
@@ -595,7 +597,7 @@ def test_eval_on_a_damaged_checkpoint_fails_clearly(run, tmp_path):
 
 def test_eval_into_another_model_names_the_differing_keys(run):
     with pytest.raises(checkpoints.CheckpointMismatchError) as info:
-        cli.evaluate_checkpoint(
+        runs.evaluate_checkpoint(
             run_config(run.root, **{"model.d_model": 32}), run.workdir, verbose=False
         )
     message = str(info.value)
@@ -605,7 +607,7 @@ def test_eval_into_another_model_names_the_differing_keys(run):
     with pytest.raises(
         checkpoints.CheckpointMismatchError, match=r"method \('anchor_only' -> 'coleaf'\)"
     ):
-        cli.evaluate_checkpoint(variant, run.workdir, verbose=False)
+        runs.evaluate_checkpoint(variant, run.workdir, verbose=False)
 
 
 # --- eval.py output, missing features ----------------------------------------------------------
@@ -615,9 +617,9 @@ def test_eval_writes_its_own_file_and_never_test_metrics(run, tmp_path):
     workdir = copy_run(run, tmp_path)
     trained = open(os.path.join(workdir, "test_metrics.json")).read()
     best = expected_best(workdir)
-    result = cli.evaluate_checkpoint(run_config(run.root), workdir, verbose=False)
+    result = runs.evaluate_checkpoint(run_config(run.root), workdir, verbose=False)
     other = min(kept(workdir))
-    cli.evaluate_checkpoint(run_config(run.root), workdir, step=other, split="val", verbose=False)
+    runs.evaluate_checkpoint(run_config(run.root), workdir, step=other, split="val", verbose=False)
     assert open(os.path.join(workdir, "test_metrics.json")).read() == trained
     written = json.load(open(os.path.join(workdir, "eval", f"test_epoch{best}_standard.json")))
     assert written == result and result["videos_scored"] == len(run.data["test"]["label"])
@@ -632,7 +634,7 @@ def test_eval_writes_its_own_file_and_never_test_metrics(run, tmp_path):
     ):
         with pytest.raises(SystemExit) as info:
             cli.exit_on_user_error(
-                cli.evaluate_checkpoint,
+                runs.evaluate_checkpoint,
                 run_config(run.root),
                 workdir,
                 step=other,
@@ -651,10 +653,10 @@ def test_missing_test_features_fail_unless_allowed_then_the_count_is_recorded(ru
     with pytest.raises(
         llp.MissingFeatureError, match=rf"LLP test: 1 videos .*{gone}.*allow_missing"
     ):
-        cli.evaluate_checkpoint(
+        runs.evaluate_checkpoint(
             run_config(root), run.workdir, output=str(tmp_path / "x.json"), verbose=False
         )
-    result = cli.evaluate_checkpoint(
+    result = runs.evaluate_checkpoint(
         run_config(root, **{"data.allow_missing": True}),
         run.workdir,
         output=str(tmp_path / "allowed.json"),
@@ -669,7 +671,7 @@ def test_missing_test_features_fail_unless_allowed_then_the_count_is_recorded(ru
 
 HOLD_LOCK = """
 import sys
-from coleaf_jax import workdir
+from coleaf_jax.training import workdir
 with workdir.lock(sys.argv[1]):
     print("locked", flush=True)
     sys.stdin.read()

@@ -10,8 +10,8 @@ import threading
 import numpy as np
 import pytest
 
-from coleaf_jax import train
 from coleaf_jax.data import llp, pipeline
+from coleaf_jax.training import train
 from tests.test_llp_data import make_layout
 from tests.test_train import tiny_config
 

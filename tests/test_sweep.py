@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from coleaf_jax import metrics, sweep
+from coleaf_jax import sweep
+from coleaf_jax.evaluation import metrics
 
 # Two names for one model (HAN alone): after the first compile every run reuses the
 # programs from the compilation cache, and equal seeds must give equal scores.

@@ -10,10 +10,11 @@ import numpy as np
 import optax
 import pytest
 
-from coleaf_jax import cli, evaluate, metrics, parsing, report, train
-from coleaf_jax import step as step_lib
 from coleaf_jax.config import override
 from coleaf_jax.data import pipeline
+from coleaf_jax.evaluation import evaluate, metrics, parsing, report, runs
+from coleaf_jax.training import step as step_lib
+from coleaf_jax.training import train
 from configs import synthetic as synthetic_config
 
 
@@ -220,21 +221,21 @@ def test_train_writes_scores_and_eval_restores_them(data, data_workdir, tmp_path
         assert row["seconds"] == pytest.approx(row["train_seconds"] + row["val_seconds"], abs=0.5)
     # eval.py's path: restore the best checkpoint and score test again.
     config.data.root = os.path.join(data_workdir, "data")
-    again = cli.evaluate_checkpoint(
+    again = runs.evaluate_checkpoint(
         config, workdir, split="test", verbose=False, output=str(tmp_path / "again.json")
     )
     assert {k: again[k] for k in metrics.SCORE_KEYS} == pytest.approx(
         {k: saved[k] for k in metrics.SCORE_KEYS}, abs=1e-9
     )
     # --select-thresholds: chosen on val for this checkpoint, stored next to it, reused.
-    selected = cli.evaluate_checkpoint(config, workdir, split="test", verbose=False, select=True)
-    path = cli.thresholds_path(workdir, saved["epoch"])
+    selected = runs.evaluate_checkpoint(config, workdir, split="test", verbose=False, select=True)
+    path = runs.thresholds_path(workdir, saved["epoch"])
     stored = json.load(open(path))
     assert stored["base"] == "standard" and len(stored["video_v"]) == 25
     assert set(stored["video_v"]) <= set(metrics.DEFAULT_THRESHOLD_GRID)
     assert selected["thresholds"] == "standard+selected"
     os.utime(path, (0, 0))
-    cli.evaluate_checkpoint(config, workdir, split="test", verbose=False, select=True)
+    runs.evaluate_checkpoint(config, workdir, split="test", verbose=False, select=True)
     assert os.path.getmtime(path) == 0  # reused, not searched again
 
     # parse.py's path: a feature folder without annotations -> typed events; the same
@@ -249,7 +250,7 @@ def test_train_writes_scores_and_eval_restores_them(data, data_workdir, tmp_path
         == records
     )
     test = data["test"]
-    _, anchor, params, _ = cli.restore_anchor(config, workdir, test)
+    _, anchor, params, _ = runs.restore_anchor(config, workdir, test)
     probs = evaluate.predict_with_config(config, anchor, params, test)
     pred_a, pred_v = evaluate.decisions(probs, evaluate.thresholds_from_config(config))
     index = {vid: i for i, vid in enumerate(test["id"])}
@@ -331,7 +332,7 @@ def test_padded_order_and_device_gather():
 
 
 def test_many_seeds_at_once_equal_separate_runs(data, tmp_path):
-    from coleaf_jax import seeds
+    from coleaf_jax.training import seeds
 
     config = tiny_config("han", num_epochs=2, num_seeds=2, seed=5)
     result = seeds.train_seeds(config, str(tmp_path / "seeds"), data=data, verbose=False)

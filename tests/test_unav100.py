@@ -9,11 +9,12 @@ import numpy as np
 import optax
 import pytest
 
-from coleaf_jax import evaluate, metrics, train
-from coleaf_jax import step as step_lib
 from coleaf_jax.config import override, unav100_config
 from coleaf_jax.data import pipeline, synthetic, unav100
+from coleaf_jax.evaluation import evaluate, metrics
 from coleaf_jax.models import HANAnchor
+from coleaf_jax.training import step as step_lib
+from coleaf_jax.training import train
 
 
 def _write_json(path, database):

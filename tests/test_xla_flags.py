@@ -65,9 +65,9 @@ def test_cmpae_multi_seed_step_runs_without_ynn_fusions():
             """
         import numpy as np
         from coleaf_jax.config import synthetic_config
-        from coleaf_jax.seeds import run_keys, vmap_seeds
-        from coleaf_jax.step import create_train_state, make_train_step
-        from coleaf_jax.train import make_device_step, padded_order
+        from coleaf_jax.training.seeds import run_keys, vmap_seeds
+        from coleaf_jax.training.step import create_train_state, make_train_step
+        from coleaf_jax.training.train import make_device_step, padded_order
 
         c = synthetic_config("coleaf_cmpae")
         c.model.d_model = c.model.ffn_dim = 16

@@ -21,8 +21,8 @@ and 20, and the parameters and Adam moments after steps 1, 5, 10, 15 and 20
         --out tests/fixtures/parity_cmpae.npz
 
 ``compare`` (the project's venv; no torch) regenerates the same weights and
-batches, converts the weights with ``coleaf_jax.authors_weights``, runs
-``coleaf_jax.step``'s jitted step on them with the same schedule, and compares
+batches, converts the weights with ``coleaf_jax.models.authors_weights``, runs
+``coleaf_jax.training.step``'s jitted step on them with the same schedule, and compares
 everything leaf by leaf::
 
     python tools/parity.py compare tests/fixtures/parity_cmpae.npz
@@ -46,7 +46,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from coleaf_jax import authors_weights as aw  # noqa: E402  (numpy only)
+from coleaf_jax.models import authors_weights as aw  # noqa: E402  (numpy only)
 
 PHASES = ((1, 5), (2, 5), (4, 5), (7, 5))  # (1-based epoch, steps): every schedule phase
 SNAPSHOTS = (1, 5, 10, 15, 20)  # parameters / Adam moments after these steps
@@ -487,8 +487,8 @@ def replay(fixture: str, float32: bool = False) -> dict[str, float]:
     import jax
     import jax.numpy as jnp
 
-    from coleaf_jax import losses
-    from coleaf_jax import step as step_lib
+    from coleaf_jax.training import losses
+    from coleaf_jax.training import step as step_lib
 
     ref = dict(np.load(fixture))
     meta = json.loads(str(ref.pop("meta")))

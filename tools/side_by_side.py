@@ -24,7 +24,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from coleaf_jax.metrics import SCORE_KEYS  # noqa: E402
+from coleaf_jax.evaluation.metrics import SCORE_KEYS  # noqa: E402
 
 HEADLINE = ("seg_ao", "seg_vo", "seg_av", "evt_ao", "evt_vo", "evt_av")
 

@@ -41,6 +41,7 @@ import time
 
 import numpy as np
 
+from coleaf_jax.data import unav100
 from coleaf_jax.data.classes import (
     LLP_CLASSES,
     LLP_DENSE_CSV,
@@ -49,6 +50,7 @@ from coleaf_jax.data.classes import (
     LLP_NUM_SEGMENTS,
     LLP_SPLIT_CSV,
 )
+from coleaf_jax.data.llp import PSEUDO_LABEL_FOLDERS
 
 C = len(LLP_CLASSES)
 T = LLP_NUM_SEGMENTS
@@ -372,7 +374,6 @@ def write_pseudo_labels(
 
     Uses its own random stream (``seed``), so the features do not depend on it.
     """
-    from coleaf_jax.data.llp import PSEUDO_LABEL_FOLDERS
 
     rng = np.random.default_rng([seed, 9])
     folders = {k: os.path.join(out_dir, f) for k, f in PSEUDO_LABEL_FOLDERS.items()}
@@ -517,7 +518,6 @@ def generate_unav(
     holds an unannotated audible-only or visible-only event of another class.
     Returns the annotation database.
     """
-    from coleaf_jax.data import unav100
 
     if cfg.num_videos < 3:
         raise ValueError(f"--videos must be at least 3 (one per split), got {cfg.num_videos}")

@@ -16,7 +16,7 @@ import json
 import os
 import sys
 
-from coleaf_jax.features import weights
+from coleaf_jax.features import convert, decode, extract, weights
 
 VIDEO_EXTENSIONS = (
     ".mp4",
@@ -115,7 +115,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from coleaf_jax.features import convert, decode, extract
 
     args = parser().parse_args(argv)
     try:

@@ -35,7 +35,9 @@ import math
 import os
 from collections.abc import Callable
 
+import av
 import numpy as np
+from PIL import Image
 
 FPS = 8  # frames per second (extract_frames.py: ffmpeg -r 8)
 SAMPLE_RATE = 16000  # Hz (extract_audio.py: write_audiofile(fps=16000))
@@ -79,7 +81,6 @@ class DecodedVideo:
 
 
 def _open(path: str):
-    import av
 
     if not os.path.exists(path):
         raise VideoError(f"{path}: no such file")
@@ -186,7 +187,6 @@ class JpegRoundTrip:
     BIT_RATE = 200_000  # FFmpeg's default ``-b`` (AVCodecContext bit_rate)
 
     def __init__(self, width: int, height: int, fps: int = FPS):
-        import av
 
         self.cc = av.CodecContext.create("mjpeg", "w")
         self.cc.width, self.cc.height = width, height
@@ -199,7 +199,6 @@ class JpegRoundTrip:
         self.count = 0
 
     def __call__(self, frame):
-        from PIL import Image
 
         yuv = frame.reformat(format="yuvj420p")
         yuv.pts, yuv.time_base = self.count, self.cc.time_base
@@ -215,7 +214,6 @@ def _decode_frames(container, path: str, frame_fn: Callable, jpeg: bool) -> tupl
     """Decodes the first video stream into its 8-fps frames (:class:`CfrFrameRate`),
     each given to ``frame_fn`` as a PIL image (through :class:`JpegRoundTrip` when
     ``jpeg``; otherwise each distinct frame is converted once)."""
-    import av
 
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
@@ -261,7 +259,6 @@ def _decode_frames(container, path: str, frame_fn: Callable, jpeg: bool) -> tupl
 
 def _decode_audio(container, path: str, duration: float) -> np.ndarray:
     """moviepy's 16 kHz stereo samples of the first audio stream (module docstring)."""
-    import av
 
     stream = container.streams.audio[0]
     resampler = av.AudioResampler(format="s16", layout="stereo", rate=MOVIEPY_AUDIO_RATE)
@@ -389,7 +386,6 @@ def moviepy_resample(samples_44k: np.ndarray, duration: float) -> np.ndarray:
 def probe(path: str, audio: bool = True) -> float:
     """Checks that ``path`` opens and has a video stream (and, with ``audio``, an audio
     stream) without decoding it; returns its duration. Raises as :func:`decode`."""
-    import av
 
     path = os.fspath(path)
     container = _open(path)
@@ -437,7 +433,6 @@ def decode(
     and, with ``audio``, one without an audio stream raise :class:`VideoError`
     (:class:`NoAudioError`) naming the file.
     """
-    import av
 
     path = os.fspath(path)
     frame_fn = frame_fn or (lambda img: np.asarray(img, np.uint8))

@@ -23,10 +23,13 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
+import jax
 import numpy as np
 
-from coleaf_jax.features import decode, preprocess, weights
+from coleaf_jax import progress as progress_lib
+from coleaf_jax.features import decode, preprocess, r2plus1d, resnet, vggish, weights
 
 MODEL_NAMES = ("vggish", "resnet152", "r2plus1d_18")
 LLP_FOLDERS = {"audio": "vggish", "video_2d": "res152", "video_3d": "r2plus1d_18"}
@@ -159,7 +162,6 @@ def prepare(path: str, options: Options = Options()) -> Decoded:
 def _batched(fn, variables, x: np.ndarray, batch: int) -> np.ndarray:
     """``fn(variables, chunk)`` over ``x`` in chunks of ``batch`` (the last one padded); a
     short input uses the smallest power of two that holds it, so few shapes compile."""
-    import jax
 
     batch = min(batch, 1 << max(0, int(np.ceil(np.log2(max(len(x), 1))))))
     outs = []
@@ -176,9 +178,6 @@ def _batched(fn, variables, x: np.ndarray, batch: int) -> np.ndarray:
 def _networks(precision: str, vggish_relu: bool, pca: bool):
     """The three jitted networks (weights are arguments: every :class:`Extractor` with
     these settings shares their compiled programs)."""
-    import jax
-
-    from coleaf_jax.features import r2plus1d, resnet, vggish
 
     res = resnet.ResNet152(precision=precision)
     r21d = r2plus1d.R2Plus1D18(precision=precision)
@@ -226,7 +225,6 @@ class Extractor:
         variables: dict | None = None,
         verbose: bool = True,
     ):
-        import jax
 
         self.options = options
         needed = list(MODEL_NAMES) + (["vggish_pca"] if options.vggish_postprocess == "pca" else [])
@@ -274,7 +272,6 @@ class Extractor:
         the networks run on the current one (FFmpeg and PIL release the GIL; on a GPU
         decoding is the bottleneck: give it the CPU's cores). A bar on a terminal, one
         line per video otherwise."""
-        from coleaf_jax import progress as progress_lib
 
         paths = [os.fspath(p) for p in paths]
         prepared = prefetched(lambda p: prepare(p, self.options), paths, max(1, workers))
@@ -298,7 +295,6 @@ class Extractor:
 def prefetched(fn, items: list, workers: int) -> Iterator:
     """``fn(item)`` for ``items`` in order, computed by ``workers`` threads up to
     ``workers + 1`` items ahead; an exception is raised when its item is reached."""
-    from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="coleaf-decode") as pool:
         pending = collections.deque()

@@ -13,7 +13,7 @@ import html
 import json
 import os
 
-from coleaf_jax.parsing import EVENT_TYPES
+from coleaf_jax.evaluation.parsing import EVENT_TYPES
 
 TYPE_COLOURS = {"audible-only": "#1f77b4", "visible-only": "#2ca02c", "audible-visible": "#d62728"}
 BROWSER_CONTAINERS = (".mp4", ".m4v", ".webm", ".ogv", ".ogg", ".mov")

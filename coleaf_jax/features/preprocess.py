@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from PIL import Image
 
 # ResNet-152: pretrainedmodels' settings for torchvision's resnet152 ('imagenet').
 RESNET_SIZE = 224
@@ -62,7 +63,6 @@ FFT_LENGTH = 2 ** int(math.ceil(math.log2(WINDOW_SAMPLES)))  # 512
 
 
 def _pil(image):
-    from PIL import Image
 
     if isinstance(image, Image.Image):
         return image.convert("RGB")
@@ -71,7 +71,6 @@ def _pil(image):
 
 def resize_shorter(image, size: int):
     """torchvision ``Resize(size)`` of a PIL image: shorter side to ``size``."""
-    from PIL import Image
 
     img = _pil(image)
     w, h = img.size
@@ -99,7 +98,6 @@ def resnet_frame(image, resize: int = RESNET_RESIZE, crop: int = RESNET_SIZE) ->
 
 def r21d_frame(image, size: int = R21D_SIZE) -> np.ndarray:
     """R(2+1)D-18's input frame, ``(size, size, 3)`` uint8 (module docstring)."""
-    from PIL import Image
 
     return np.asarray(_pil(image).resize((size, size), Image.BILINEAR), np.uint8)
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 
+from coleaf_jax.data import pipeline
+from coleaf_jax.evaluation.parsing import parse_videos
 from coleaf_jax.features import decode, extract, page
 
 
@@ -39,8 +41,6 @@ def parse_video_files(
 ) -> list[dict]:
     """Extracts the features of ``videos``, parses them with the run's checkpoint (``step``,
     default: best on validation) and writes the outputs (module docstring)."""
-    from coleaf_jax.data import pipeline
-    from coleaf_jax.parsing import parse_videos
 
     check_config(config)
     if not videos:

@@ -5,11 +5,10 @@ but not audible, ``r^v_c`` not visible (SPEC Appendix A). The default table is
 the LLP one the JoMoLD / CMPAE / CoLeaF code uses (e.g. Speech visual 0.994:
 speech is almost never seen).
 
-Estimate a table from a trained model (JoMoLD's procedure: among the
+A table is estimated from a trained run by ``python -m
+coleaf_jax.evaluation.noise_ratios`` (:func:`estimate_noise_ratios`: among the
 positives of a class, the share the model finds absent in one modality while
-present in the other):
-
-    python -m coleaf_jax.noise_ratios --config configs/llp.py --workdir W --output ratios.npz
+present in the other).
 """
 
 from __future__ import annotations
@@ -125,9 +124,3 @@ def estimate_noise_ratios(
     return ((pos & ~a & v).sum(0) / n).astype(np.float32), ((pos & ~v & a).sum(0) / n).astype(
         np.float32
     )
-
-
-if __name__ == "__main__":  # the command lives with the other CLIs (no import cycle)
-    from coleaf_jax.cli import noise_ratios_main
-
-    raise SystemExit(noise_ratios_main())

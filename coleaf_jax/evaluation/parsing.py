@@ -19,7 +19,8 @@ import os
 
 import numpy as np
 
-from coleaf_jax import metrics
+from coleaf_jax.data import pipeline
+from coleaf_jax.evaluation import evaluate, metrics, plots, runs
 
 EVENT_TYPES = ("audible-only", "visible-only", "audible-visible")
 RECORD_FIELDS = ("video", "class", "type", "onset", "offset", "score")
@@ -147,13 +148,11 @@ def parse_videos(
     optional ``mask``; ``parse.py --video`` extracts them). The
     thresholds are evaluation's: ``config.eval.thresholds``, or with
     ``select_thresholds`` the per-class visual thresholds selected on
-    validation for the checkpoint (``cli.select_thresholds``). ``timelines``
+    validation for the checkpoint (``runs.select_thresholds``). ``timelines``
     PNGs go to ``OUTPUT/timelines/<id>.png``; ``compare = (config, workdir,
     step)`` of a second run or checkpoint (step None: its best) draws its
     prediction side by side.
     """
-    from coleaf_jax import cli, evaluate, plots
-    from coleaf_jax.data import pipeline
 
     if data is not None:
         if features is not None or split is not None:
@@ -174,10 +173,10 @@ def parse_videos(
     names = pipeline.class_names(config, workdir)
 
     def predict(cfg, wdir, step_):
-        _, anchor, params, restored = cli.restore_anchor(cfg, wdir, data, step_)
+        _, anchor, params, restored = runs.restore_anchor(cfg, wdir, data, step_)
         thresholds = evaluate.thresholds_from_config(cfg)
         if select_thresholds:
-            thresholds = cli.select_thresholds(cfg, wdir, restored, anchor, params, verbose)
+            thresholds = runs.select_thresholds(cfg, wdir, restored, anchor, params, verbose)
         probs = evaluate.predict_with_config(cfg, anchor, params, data)
         return probs, evaluate.decisions(probs, thresholds), restored, thresholds
 

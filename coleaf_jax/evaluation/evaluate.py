@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from coleaf_jax import metrics
 from coleaf_jax.data import pipeline
+from coleaf_jax.evaluation import metrics
 
 PREDICTION_KEYS = ("seg_prob", "video_prob", "video_prob_a", "video_prob_v")
 

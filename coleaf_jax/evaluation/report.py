@@ -1,10 +1,10 @@
 """A static HTML run report: ``WORKDIR/report.html``.
 
-    python -m coleaf_jax.report --config configs/llp.py --workdir runs/llp
+    python -m coleaf_jax.evaluation.report --config configs/llp.py --workdir runs/llp
 
 Sections: the run and its config; training curves (loss terms, validation
 scores per epoch, from ``metrics.jsonl``); the final 2×9 test table next to
-the paper's numbers for the same setting (``coleaf_jax.paper``); per-class
+the paper's numbers for the same setting (``coleaf_jax.evaluation.paper``); per-class
 F-scores; timelines of the best and worst test videos (prediction above,
 truth below). Pictures are embedded, so the file can be copied anywhere.
 """
@@ -21,9 +21,11 @@ import time
 
 import numpy as np
 
-from coleaf_jax import cli, evaluate, metrics, paper, plots, train
-from coleaf_jax.config import config_flags_as_set
+from coleaf_jax import cli
+from coleaf_jax.config import config_flags_as_set, load_config_file
 from coleaf_jax.data import pipeline
+from coleaf_jax.evaluation import evaluate, metrics, paper, plots, runs
+from coleaf_jax.training import train
 
 LOSS_KEYS = ("anchor_loss", "ref_loss", "backbone", "nce_a", "nce_v", "correlation", "ref_kd")
 CURVE_SCORES = ("seg_a", "seg_ao", "seg_v", "seg_vo", "seg_av")
@@ -152,7 +154,7 @@ def build_report(
                 if test is not None
                 else pipeline.load_splits(config, workdir, ("test",))["test"]
             )
-            _, anchor, params, step = cli.restore_anchor(config, workdir, test, checkpoint)
+            _, anchor, params, step = runs.restore_anchor(config, workdir, test, checkpoint)
             probs = evaluate.predict_with_config(config, anchor, params, test)
         except (FileNotFoundError, ValueError) as e:
             parts.append(f'<p class="note">no predictions: {html.escape(str(e))}</p>')
@@ -224,10 +226,9 @@ def _prediction_sections(config, workdir, test, probs, step, num_timelines) -> l
 
 
 def main(argv=None) -> int:
-    from coleaf_jax.config import load_config_file
 
     parser = argparse.ArgumentParser(
-        prog="python -m coleaf_jax.report",
+        prog="python -m coleaf_jax.evaluation.report",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

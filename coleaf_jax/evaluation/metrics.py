@@ -434,3 +434,27 @@ def search_visual_thresholds(
     best = grid_arr[order]
     informative = total.max(axis=0) > 0
     return np.where(informative, best, base_v)
+
+
+def mean_std(per_seed: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Mean and (sample) standard deviation over seeds of each of the 18 scores."""
+    table = np.array([[s[k] for k in SCORE_KEYS] for s in per_seed])
+    std = table.std(axis=0, ddof=1) if len(per_seed) > 1 else np.zeros(len(SCORE_KEYS))
+    return {
+        "mean": dict(zip(SCORE_KEYS, table.mean(axis=0).tolist())),
+        "std": dict(zip(SCORE_KEYS, std.tolist())),
+    }
+
+
+def format_mean_std(summary: dict, title: str) -> str:
+    names = SCORE_NAMES
+    lines = [title, f"{'':<10}" + "".join(f"{SCORE_TITLES[n]:>12}" for n in names)]
+    for level, label in (("seg", "segment"), ("evt", "event")):
+        lines.append(
+            f"{label:<10}"
+            + "".join(
+                f"{summary['mean'][f'{level}_{n}']:>7.1f}±{summary['std'][f'{level}_{n}']:<4.1f}"
+                for n in names
+            )
+        )
+    return "\n".join(lines)

@@ -23,12 +23,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from coleaf_jax import evaluate, metrics, progress
-from coleaf_jax import train as train_lib
-from coleaf_jax import workdir as workdir_lib
+from coleaf_jax import progress
 from coleaf_jax.data import pipeline
-from coleaf_jax.step import create_train_state, make_train_step, matmul_precision
-from coleaf_jax.train import make_device_step, padded_order, validate_run_config
+from coleaf_jax.evaluation import evaluate, metrics
+from coleaf_jax.training import train as train_lib
+from coleaf_jax.training import workdir as workdir_lib
+from coleaf_jax.training.step import create_train_state, make_train_step, matmul_precision
+from coleaf_jax.training.train import make_device_step, padded_order, validate_run_config
 
 
 def run_keys(seed: int):
@@ -78,30 +79,6 @@ def _score_seeds(config, anchor, params, data) -> list[dict[str, float]]:
         evaluate.score_split({key: v[i] for key, v in probs.items()}, data, thresholds)
         for i in range(k)
     ]
-
-
-def summarize(per_seed: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    """Mean and (sample) standard deviation over seeds of each of the 18 scores."""
-    table = np.array([[s[k] for k in metrics.SCORE_KEYS] for s in per_seed])
-    std = table.std(axis=0, ddof=1) if len(per_seed) > 1 else np.zeros(len(metrics.SCORE_KEYS))
-    return {
-        "mean": dict(zip(metrics.SCORE_KEYS, table.mean(axis=0).tolist())),
-        "std": dict(zip(metrics.SCORE_KEYS, std.tolist())),
-    }
-
-
-def format_mean_std(summary: dict, title: str) -> str:
-    names = metrics.SCORE_NAMES
-    lines = [title, f"{'':<10}" + "".join(f"{metrics.SCORE_TITLES[n]:>12}" for n in names)]
-    for level, label in (("seg", "segment"), ("evt", "event")):
-        lines.append(
-            f"{label:<10}"
-            + "".join(
-                f"{summary['mean'][f'{level}_{n}']:>7.1f}±{summary['std'][f'{level}_{n}']:<4.1f}"
-                for n in names
-            )
-        )
-    return "\n".join(lines)
 
 
 def train_seeds(config, workdir: str, *, data: dict | None = None, verbose: bool = True) -> dict:
@@ -206,11 +183,11 @@ def _train_seeds(config, workdir: str, data: dict | None, verbose: bool) -> dict
         "best_epochs": best_epoch,
         "val_selection_per_epoch": curves,
         "per_seed": per_seed,
-        **summarize(per_seed),
+        **metrics.mean_std(per_seed),
         **evaluate.video_counts(test),
     }
     with open(os.path.join(workdir, "seeds_metrics.json"), "w") as f:
         json.dump(result, f, indent=2)
     if verbose:
-        print(format_mean_std(result, f"test, {len(seeds)} seeds: mean ± std (%)"))
+        print(metrics.format_mean_std(result, f"test, {len(seeds)} seeds: mean ± std (%)"))
     return result

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from coleaf_jax import metrics  # noqa: E402
+from coleaf_jax.evaluation import metrics  # noqa: E402
 
 TYPE_COLOURS = {
     "ao": ("audible-only", "#1f77b4"),

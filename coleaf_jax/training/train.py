@@ -1,7 +1,7 @@
 """Training: the epoch loop (validation every epoch, checkpoints, test of the best).
 
-The step itself is in ``coleaf_jax.step``, checkpoints in ``coleaf_jax.checkpoints``,
-the workdir lock and stored config in ``coleaf_jax.workdir``.
+The step itself is in ``coleaf_jax.training.step``, checkpoints in ``coleaf_jax.training.checkpoints``,
+the workdir lock and stored config in ``coleaf_jax.training.workdir``.
 """
 
 from __future__ import annotations
@@ -19,9 +19,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from coleaf_jax import distributed, evaluate, metrics, progress
-from coleaf_jax import workdir as workdir_lib
-from coleaf_jax.checkpoints import (
+from coleaf_jax import progress
+from coleaf_jax.config import base_config
+from coleaf_jax.data import pipeline
+from coleaf_jax.evaluation import evaluate, metrics
+from coleaf_jax.training import distributed
+from coleaf_jax.training import workdir as workdir_lib
+from coleaf_jax.training.checkpoints import (
     CheckpointDamagedError,
     best_epoch,
     open_checkpoints,
@@ -31,8 +35,7 @@ from coleaf_jax.checkpoints import (
     save_checkpoint,
     selection_scores,
 )
-from coleaf_jax.data import pipeline
-from coleaf_jax.step import (
+from coleaf_jax.training.step import (
     TrainState,
     create_train_state,
     make_train_step,
@@ -248,7 +251,7 @@ def check_finite(
     loss, or the epoch left non-finite parameters (``record["params_finite"]``, from
     :func:`finite_params`; ``workdir``: where the earlier epochs' checkpoints are, if
     any); returns the epoch's summed logs otherwise. ``seeds``: the record has a
-    leading seed axis (``coleaf_jax.seeds``); the message names the diverged seeds."""
+    leading seed axis (``coleaf_jax.training.seeds``); the message names the diverged seeds."""
     record = jax.device_get(record)
     first_bad = int(np.ravel(record["first_bad"])[0])
     params_ok = {k: np.asarray(v) for k, v in record.get("params_finite", {}).items()}
@@ -413,7 +416,6 @@ def train_and_evaluate(
 def _train_and_evaluate(
     config, workdir, mngr, data, on_epoch_end, on_test, status, verbose
 ) -> dict:
-    from coleaf_jax.config import base_config
 
     primary = mngr is not None  # False: another process of a multi-process run (no files)
     started = time.time()  # time to result: the phases are recorded in the metrics files

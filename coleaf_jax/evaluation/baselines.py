@@ -6,7 +6,7 @@
   video-mean features a video-level gate.
 
 It returns probabilities in the ``binarize`` convention of
-``coleaf_jax.metrics``.
+``coleaf_jax.evaluation.metrics``.
 """
 
 from __future__ import annotations

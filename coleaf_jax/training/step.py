@@ -30,9 +30,9 @@ import jax.numpy as jnp
 import optax
 
 from coleaf_jax import config as config_lib
-from coleaf_jax import losses, objectives
 from coleaf_jax.models import ReferenceBranch, build_anchor
-from coleaf_jax.noise_ratios import load_noise_ratios
+from coleaf_jax.training import losses, objectives
+from coleaf_jax.training.noise_ratios import load_noise_ratios
 
 
 @flax.struct.dataclass

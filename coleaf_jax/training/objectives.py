@@ -2,10 +2,10 @@
 
 ``reference_objective`` is the Reference's loss ``L_R`` (SPEC §5 + §6b) and
 ``anchor_objective`` the Anchor's ``L_A`` (SPEC §4 / Appendix A + §6a, §6c).
-The training step (``coleaf_jax.step``) only runs the forward passes, calls
+The training step (``coleaf_jax.training.step``) only runs the forward passes, calls
 these, and applies the optimiser updates; the parity harness against the
 authors' code (``tools/parity.py``) calls them directly. Each term is one
-function of ``coleaf_jax.losses``; the weights and their epoch schedule are
+function of ``coleaf_jax.training.losses``; the weights and their epoch schedule are
 ``reference_weights`` / ``anchor_weights``, as the authors' ``main.py`` sets
 them (``train``, lines 186-273).
 
@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from coleaf_jax import losses
+from coleaf_jax.training import losses
 
 Outputs = dict[str, Any]
 

@@ -18,7 +18,7 @@ How a run is split:
   (``pmap`` over the local devices, collectives over all), and each device
   gathers only its rows, so a step equals the one-device step on the same
   global batch (losses normalised by global counts, gradients summed, dropout
-  keys from each example's global position: ``coleaf_jax.step``);
+  keys from each example's global position: ``coleaf_jax.training.step``);
 * process 0 (the *primary*) alone touches the workdir: the lock, ``config.json``,
   the checkpoints (orbax runs on it alone: ``active_processes={0}``),
   ``metrics.jsonl``, ``test_metrics.json`` and the report; it alone validates and
@@ -43,6 +43,11 @@ import os
 
 import jax
 import numpy as np
+from absl import flags
+from jax._src import distributed as jax_distributed
+from jax.experimental import multihost_utils
+
+from coleaf_jax.training.workdir import RunError
 
 ENV_ADDRESS = "JAX_COORDINATOR_ADDRESS"  # read by jax.distributed itself too
 ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
@@ -54,7 +59,6 @@ _runs = [0]  # train_and_evaluate calls in this process: one start key each
 
 def define_flags(flag_values=None) -> None:
     """``--coordinator_address``, ``--num_processes``, ``--process_id``, ``--distributed``."""
-    from absl import flags
 
     fv = flags.FLAGS if flag_values is None else flag_values
     flags.DEFINE_string(
@@ -146,7 +150,6 @@ def initialize(
 
 def initialize_from_flags(flag_values=None) -> bool:
     """``initialize`` from the flags of ``define_flags``."""
-    from absl import flags
 
     fv = flags.FLAGS if flag_values is None else flag_values
     return initialize(fv.coordinator_address, fv.num_processes, fv.process_id, fv.distributed)
@@ -209,13 +212,11 @@ def broadcast(tree):
     unchanged in one process."""
     if jax.process_count() == 1:
         return tree
-    from jax.experimental import multihost_utils
 
     return multihost_utils.broadcast_one_to_all(tree)
 
 
 def _client():
-    from jax._src import distributed as jax_distributed
 
     return jax_distributed.global_state.client
 
@@ -249,7 +250,6 @@ def announce_failure():
 def wait_for_start() -> int | None:
     """Other processes: the epoch training starts after (``None``: finished), as process 0
     announced it. Raises ``workdir.RunError`` when process 0 failed before training."""
-    from coleaf_jax.workdir import RunError
 
     value = _client().blocking_key_value_get(_start_key(), WAIT_MS)
     _runs[0] += 1

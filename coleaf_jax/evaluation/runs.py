@@ -1,0 +1,175 @@
+"""A trained run, restored and scored: ``eval.py``'s and ``parse.py``'s library.
+
+* :func:`restore_anchor`: the Anchor of a checkpoint (default: best on validation);
+* :func:`select_thresholds`: per-class visual thresholds chosen on validation for
+  one checkpoint and stored beside it (docs/method.md §8);
+* :func:`evaluate_checkpoint`: a checkpoint scored on a split, written to
+  ``WORKDIR/eval/<split>_epoch<E>_<thresholds>.json`` (never training's
+  ``test_metrics.json``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+
+from coleaf_jax.data import pipeline
+from coleaf_jax.evaluation import evaluate, metrics
+from coleaf_jax.training.checkpoints import (
+    best_epoch,
+    open_checkpoints,
+    restore_checkpoint,
+    selection_scores,
+)
+from coleaf_jax.training.step import create_train_state, matmul_precision
+from coleaf_jax.training.train import RESULT_FILE, validate_run_config
+
+
+def require_run(workdir: str) -> None:
+    """Fails (creating nothing) unless ``workdir`` holds a training run's checkpoints."""
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(
+            f"--workdir {workdir}: no such folder (the run's --workdir from train.py)"
+        )
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise FileNotFoundError(
+            f"--workdir {workdir}: no checkpoints/ folder in it (not a "
+            f"train.py --workdir, or no epoch finished yet)"
+        )
+
+
+def restore_anchor(config, workdir: str, data: dict, step: int | None = None):
+    """Restores checkpoint ``step`` (default: best on validation) of a run.
+
+    Returns ``(state, anchor, anchor_params, step)``.
+    """
+    require_run(workdir)
+    mngr = open_checkpoints(workdir, create=False)
+    try:
+        step = best_epoch(selection_scores(mngr)) if step is None else step
+        if step is None or step not in mngr.all_steps():
+            raise FileNotFoundError(
+                f"no checkpoint {'(best)' if step is None else step} in "
+                f"{os.path.join(workdir, 'checkpoints')}; available: {mngr.all_steps()}"
+            )
+        sample = pipeline.make_batch(data, np.arange(1), 1)
+        template, anchor, _, _ = create_train_state(
+            config, jax.random.key(0), sample, 1, pipeline.num_classes(config)
+        )
+        state = restore_checkpoint(mngr, step, template, workdir, config)
+    finally:
+        mngr.close()
+    return state, anchor, state.anchor_params, int(step)
+
+
+def thresholds_path(workdir: str, step: int) -> str:
+    """Where the thresholds selected for checkpoint ``step`` are stored."""
+    return os.path.join(workdir, "checkpoints", f"selected_thresholds_{step}.json")
+
+
+def select_thresholds(
+    config, workdir: str, step: int, anchor, params, verbose: bool = True
+) -> metrics.Thresholds:
+    """Per-class visual video-level thresholds for checkpoint ``step`` (SPEC §8).
+
+    Searched on the validation split with this checkpoint's predictions and
+    stored next to it; a stored file for the same step is reused.
+    """
+    base = evaluate.thresholds_from_config(config)
+    path = thresholds_path(workdir, step)
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        if saved["base"] != base.name:
+            raise ValueError(
+                f"{path} was selected with base thresholds {saved['base']!r}, "
+                f"but config.eval.thresholds is {base.name!r}; delete it to re-select"
+            )
+        if verbose:
+            print(f"reusing the thresholds selected on validation for epoch {step}: {path}")
+    else:
+        val = pipeline.load_splits(config, workdir, splits=("val",))["val"]
+        probs = evaluate.predict_with_config(config, anchor, params, val)
+        gate = probs["video_prob"] if base.gate == "joint" else probs["video_prob_v"]
+        chosen = metrics.search_visual_thresholds(
+            probs["seg_prob"][:, :, 1], gate, val["label_visual"], base
+        )
+        saved = {
+            "base": base.name,
+            "epoch": step,
+            "split": "val",
+            "grid": list(metrics.DEFAULT_THRESHOLD_GRID),
+            "video_v": chosen.tolist(),
+        }
+        with open(path, "w") as f:
+            json.dump(saved, f, indent=2)
+        if verbose:
+            print(f"selected per-class visual thresholds on validation for epoch {step}: {path}")
+    return dataclasses.replace(
+        base, video_v=np.asarray(saved["video_v"]), name=f"{base.name}+selected"
+    )
+
+
+def default_output(workdir: str, split: str, epoch: int, thresholds: str) -> str:
+    """``WORKDIR/eval/<split>_epoch<E>_<thresholds>.json``: one file per checkpoint and
+    thresholds, never training's ``WORKDIR/test_metrics.json``."""
+    return os.path.join(workdir, "eval", f"{split}_epoch{epoch}_{thresholds}.json")
+
+
+def evaluate_checkpoint(
+    config,
+    workdir: str,
+    split: str = "test",
+    step: int | None = None,
+    output: str | None = None,
+    verbose: bool = True,
+    select: bool = False,
+) -> dict:
+    """Restores the best (or ``step``) checkpoint of ``workdir`` and scores ``split``.
+
+    With ``select``, per-class visual thresholds are chosen on validation for
+    this checkpoint (``select_thresholds``) and used for ``split``.
+    """
+    validate_run_config(config)
+    require_run(workdir)
+    trained = os.path.join(workdir, RESULT_FILE)
+    if output and os.path.realpath(output) == os.path.realpath(trained):
+        raise ValueError(
+            f"--output {output} is training's result ({trained}), which eval.py "
+            f"never overwrites: pass another --output, or none for "
+            f"{default_output(workdir, split, 'E', 'THRESHOLDS')}"
+        )
+    with matmul_precision(config):
+        return _evaluate_checkpoint(config, workdir, split, step, output, verbose, select)
+
+
+def _evaluate_checkpoint(config, workdir, split, step, output, verbose, select) -> dict:
+    data = pipeline.load_splits(config, workdir, splits=(split,))[split]
+    state, anchor, params, step = restore_anchor(config, workdir, data, step)
+    thresholds = evaluate.thresholds_from_config(config)
+    if select:
+        thresholds = select_thresholds(config, workdir, step, anchor, params, verbose)
+    scores = evaluate.evaluate_params(config, anchor, params, data, thresholds)
+    output = output or default_output(workdir, split, step, thresholds.name)
+    result = evaluate.write_result(
+        output,
+        scores,
+        config,
+        split,
+        step,
+        state.step,
+        thresholds.name,
+        evaluate.video_counts(data),
+    )
+    if verbose:
+        print(
+            metrics.format_table(
+                {config.name: scores}, title=f"{split}, epoch {step}, {thresholds.name} (%)"
+            )
+        )
+        print(f"wrote {output}")
+    return result
