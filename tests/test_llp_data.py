@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coleaf_jax.data import llp
+from coleaf_jax.data import llp, llp_annotations, llp_prepared
 from coleaf_jax.data.classes import (
     LLP_CLASS_INDEX,
     LLP_DENSE_CSV,
@@ -368,7 +368,7 @@ def test_load_split_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     def fail(*args: object, **kwargs: object) -> None:
         raise AssertionError("rebuilt")
 
-    monkeypatch.setattr(llp.Llp, "_shard_iterators_per_split", fail)
+    monkeypatch.setattr(llp_prepared.Llp, "_shard_iterators_per_split", fail)
     again = llp.load_split(root, "val", tfds_dir=cache)
     assert again["id"].tolist() == ["valvideo001", "valvideo002"]
     assert sorted(llp.cache_dir(root, tfds_dir=cache).rglob("*")) == prepared
@@ -408,7 +408,9 @@ def test_prepares_splits_larger_than_the_tfds_buffer_without_tensorflow(
     with pytest.raises(ImportError):  # the environment of this test: no TensorFlow
         import tensorflow  # noqa: F401
     monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 1)  # every split is "too large"
-    monkeypatch.setattr(llp, "EXAMPLES_PER_SHARD", 1)  # several shards per split, order kept
+    monkeypatch.setattr(
+        llp_prepared, "EXAMPLES_PER_SHARD", 1
+    )  # several shards per split, order kept
     root, cache = tmp_path / "llp", tmp_path / "tfds"
     root.mkdir()
     features = make_layout(root)
@@ -542,7 +544,7 @@ def test_dense_csv_that_lost_rows_fails_naming_it(tmp_path: Path, keep: int, mon
     header only: every affected video would get all-zero audio truth."""
     # The tiny layout has 2 videos per split, one of them without a visual (val: and
     # without an audio) row: below the floor of a few videos that always pass.
-    monkeypatch.setattr(llp, "DENSE_FEW_VIDEOS", 1)
+    monkeypatch.setattr(llp_annotations, "DENSE_FEW_VIDEOS", 1)
     root = tmp_path / "llp"
     root.mkdir()
     make_layout(root)
@@ -780,7 +782,7 @@ def test_unreadable_feature_folder_fails_clearly(tmp_path: Path, monkeypatch) ->
             raise PermissionError(13, "Permission denied", str(path))
         return real_scandir(path)
 
-    monkeypatch.setattr(llp.os, "scandir", scandir)
+    monkeypatch.setattr(llp_prepared.os, "scandir", scandir)
     with pytest.raises(
         llp.LLPDataError, match=r"res152: cannot list the feature folder: Permission"
     ):

@@ -82,18 +82,18 @@ def test_a_damaged_copy_is_named_moved_aside_and_prepared_again(layout, caplog, 
 def test_a_copy_that_fails_again_is_one_error(layout, monkeypatch):
     root, cache = layout
     llp.load_split(root, "test", tfds_dir=cache)
-    real = llp._read_examples
+    real = llp.read_examples
 
     def always_broken(source, indices, data_dir):
         raise llp.DamagedCopyError(data_dir, "reading it failed (RuntimeError: Riegeli)")
 
-    monkeypatch.setattr(llp, "_read_examples", always_broken)
+    monkeypatch.setattr(llp, "read_examples", always_broken)
     with pytest.raises(llp.LLPDataError) as info:
         llp.load_split(root, "test", tfds_dir=cache)
     message = str(info.value)
     assert "cannot be used: reading it failed" in message and "after preparing it again" in message
     assert "\n" not in message
-    monkeypatch.setattr(llp, "_read_examples", real)
+    monkeypatch.setattr(llp, "read_examples", real)
     llp.load_split(root, "test", tfds_dir=cache)  # and the copy is usable again
 
 

@@ -29,7 +29,7 @@ import pytest
 
 from coleaf_jax import cli, locks, progress
 from coleaf_jax.config import override
-from coleaf_jax.data import llp, pipeline
+from coleaf_jax.data import llp, llp_prepared, pipeline
 from coleaf_jax.data.classes import LLP_SPLIT_CSV
 from coleaf_jax.evaluation import runs
 from coleaf_jax.training import checkpoints, train
@@ -910,7 +910,7 @@ def test_bad_llp_roots_are_one_line_errors(tmp_path, monkeypatch):
             raise PermissionError(13, "Permission denied", str(path))
         return real_scandir(path)
 
-    monkeypatch.setattr(llp.os, "scandir", unreadable)
+    monkeypatch.setattr(llp_prepared.os, "scandir", unreadable)
     with pytest.raises(
         SystemExit, match=r"^error: \S+: cannot list the feature folder: Permission denied$"
     ):

@@ -51,3 +51,12 @@ LLP_DENSE_CSV: dict[str, str] = {
     "visual": "AVVP_eval_visual.csv",
 }
 VIDEO_ID_LENGTH = 11  # feature files are named by the first 11 characters
+
+# Example key -> LLP feature folder (docs/method.md §2).
+FEATURE_FOLDERS: dict[str, str] = {
+    "audio": "vggish",
+    "video_2d": "res152",
+    "video_3d": "r2plus1d_18",
+}
+# Splits whose videos carry segment-level (dense) audio/visual labels.
+DENSE_SPLITS: tuple[str, ...] = ("val", "test")

@@ -1,0 +1,594 @@
+"""LLP prepared once as TFDS ``array_record`` files (no TensorFlow), a cache of the
+user's features keyed by a fingerprint of the inputs, verified when opened.
+
+* :class:`Llp`: the TFDS builder (shard by shard: bounded memory whatever a split's
+  size), with a labels sidecar per split for streaming;
+* :func:`prepare`: the copy of these inputs, built unless one exists; one process
+  at a time (a lock), a damaged copy moved aside and built again, what a killed
+  preparation left removed;
+* :func:`read_examples`: reads that name the copy when they fail
+  (:class:`DamagedCopyError`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from coleaf_jax import locks
+from coleaf_jax.data.classes import (
+    DENSE_SPLITS,
+    FEATURE_FOLDERS,
+    LLP_CLASSES,
+    LLP_DENSE_CSV,
+    LLP_FEATURES,
+    LLP_FRAMES_PER_SEGMENT,
+    LLP_NUM_SEGMENTS,
+    LLP_SPLIT_CSV,
+)
+from coleaf_jax.data.llp_annotations import (
+    _MAX_SHOWN_LINES,
+    LLPDataError,
+    PathLike,
+    check_dense_coverage,
+    check_dense_orphans,
+    check_dense_rows,
+    read_dense_csv,
+    read_weak_csv,
+    split_overlap,
+    video_id,
+)
+from coleaf_jax.data.llp_features import feature_path, load_features, warn_all_zero
+
+logger = logging.getLogger("coleaf_jax.data.llp")  # one logger for the LLP dataset
+
+
+class Llp(tfds.core.ShardBasedBuilder):
+    """LLP with HAN features; the manual dir is the feature root.
+
+    One ``FeaturesDict`` serves all splits: train examples carry all-zero
+    ``label_audio``/``label_visual`` and ``has_dense = False``. Examples keep the
+    CSV order. Videos whose feature files are missing are skipped; their ids
+    per split are in ``info.metadata['skipped_videos']``. Val and test are
+    cross-checked against the dense CSVs (:func:`check_dense_rows`,
+    :func:`check_dense_coverage`); the
+    ids of their videos with a weak class but no dense segment are in
+    ``info.metadata['dense_uncovered']``.
+
+    Each split is written shard by shard (``EXAMPLES_PER_SHARD`` videos each,
+    in CSV order) straight to ``array_record`` files: memory stays bounded by
+    one shard whatever the split's size, and nothing needs TensorFlow (TFDS's
+    ``GeneratorBasedBuilder`` buffers a whole split in memory and spills it to
+    disk through TensorFlow above ≈ 1 GB).
+
+    The prepared files do not record which feature root they came from: give
+    each root its own ``data_dir`` (:func:`cache_dir` does, and :func:`load_split`
+    uses it).
+    """
+
+    VERSION = tfds.core.Version("1.4.0")
+    RELEASE_NOTES = {
+        "1.4.0": "Videos listed in two split CSVs recorded (metadata split_overlap).",
+        "1.0.0": "HAN features with weak and dense LLP labels.",
+        "1.1.0": "Written shard by shard: bounded memory and no TensorFlow for any split size.",
+        "1.2.0": "Dense CSVs cross-checked against the weak labels (lost rows fail).",
+        "1.3.0": "Per-split labels sidecar (labels_<split>.npz) for streaming splits.",
+    }
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """
+    Download the LLP features released with HAN ("Unified Multisensory Perception:
+    Weakly-Supervised Audio-Visual Video Parsing", Tian et al., ECCV 2020; links in
+    the README of github.com/YapengTian/AVVP-ECCV20) and place them as
+      <manual_dir>/vggish/<id>.npy        (10, 128)
+      <manual_dir>/res152/<id>.npy        (80, 2048)
+      <manual_dir>/r2plus1d_18/<id>.npy   (10, 512)
+    where <id> is the first 11 characters of a CSV filename. Put the five
+    annotation CSVs of that repository's data/ folder (AVVP_train.csv,
+    AVVP_val_pd.csv, AVVP_test_pd.csv, AVVP_eval_audio.csv, AVVP_eval_visual.csv)
+    in <manual_dir> too, or pass annotation_dir= to the builder.
+    """
+
+    # TFDS derives `code_path` for package modules through the optional
+    # `importlib_resources` package; this file's path is what it would find.
+    code_path = Path(__file__)
+
+    def __init__(self, *, annotation_dir: PathLike | None = None, **kwargs: Any) -> None:
+        """``annotation_dir``: folder of the CSVs (default: the manual dir); the rest go to TFDS."""
+        self._annotation_dir = None if annotation_dir is None else Path(annotation_dir)
+        kwargs.setdefault("file_format", "array_record")
+        super().__init__(**kwargs)
+
+    # TFDS prints "Downloading and preparing dataset Unknown size (download: Unknown
+    # size, ...)" before and "downloaded and prepared" after: nothing is downloaded
+    # here, and :func:`prepare` logs the inputs, the rate and the output size itself.
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        num_classes = len(LLP_CLASSES)
+        dense = (LLP_NUM_SEGMENTS, num_classes)
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="LLP audio-visual video parsing with HAN features (SPEC §2).",
+            features=tfds.features.FeaturesDict(
+                {
+                    "id": tfds.features.Text(doc="YouTube id (feature file stem)"),
+                    **{
+                        # BYTES: raw buffer; the default float_list proto costs ~50 ms per
+                        # (80, 2048) example to serialize, BYTES ~2 ms (same size on disk).
+                        key: tfds.features.Tensor(
+                            shape=LLP_FEATURES[folder],
+                            dtype=np.float32,
+                            encoding=tfds.features.Encoding.BYTES,
+                        )
+                        for key, folder in FEATURE_FOLDERS.items()
+                    },
+                    "label": tfds.features.Tensor(shape=(num_classes,), dtype=np.float32),
+                    "label_audio": tfds.features.Tensor(shape=dense, dtype=np.float32),
+                    "label_visual": tfds.features.Tensor(shape=dense, dtype=np.float32),
+                    "has_dense": tfds.features.Scalar(dtype=np.bool_),
+                }
+            ),
+            disable_shuffling=True,
+            metadata=tfds.core.MetadataDict(),
+        )
+
+    def _shard_iterators_per_split(
+        self, dl_manager: tfds.download.DownloadManager
+    ) -> dict[str, list[Callable[[], Iterator[tuple[str, dict[str, Any]]]]]]:
+        root = Path(dl_manager.manual_dir)
+        annotations = self._annotation_dir or root
+        weak = {split: read_weak_csv(annotations / csv) for split, csv in LLP_SPLIT_CSV.items()}
+        self.info.metadata["split_overlap"] = split_overlap(
+            {split: [video_id(f) for f in filenames] for split, (filenames, _) in weak.items()}
+        )
+        known = [name for filenames, _ in weak.values() for name in filenames]
+        dense, orphans = {}, set()
+        for modality, csv in LLP_DENSE_CSV.items():
+            dense[modality], report = read_dense_csv(annotations / csv, known_ids=known)
+            orphans |= report.unknown_files
+        dense_paths = {modality: annotations / csv for modality, csv in LLP_DENSE_CSV.items()}
+        if all(weak[s][0] for s in DENSE_SPLITS):  # an empty split fails below, naming it
+            check_dense_orphans(
+                orphans,
+                {s: len(weak[s][0]) for s in DENSE_SPLITS},
+                {s: annotations / LLP_SPLIT_CSV[s] for s in DENSE_SPLITS},
+                list(dense_paths.values()),
+            )
+        self.info.metadata["dense_uncovered"] = {}
+        for split in DENSE_SPLITS:
+            if weak[split][0]:
+                check_dense_rows(split, weak[split][0], dense, dense_paths)
+                self.info.metadata["dense_uncovered"][split] = check_dense_coverage(
+                    split, *weak[split], dense, dense_paths
+                )
+        self.info.metadata["skipped_videos"] = {}
+        shards = {}
+        for split, (filenames, labels) in weak.items():
+            present, skipped = [], []
+            for filename, label in zip(filenames, labels):
+                vid = video_id(filename)
+                if all(feature_path(root, key, vid).is_file() for key in FEATURE_FOLDERS):
+                    present.append((vid, label))
+                else:
+                    skipped.append(vid)
+            self.info.metadata["skipped_videos"][split] = skipped
+            csv = annotations / LLP_SPLIT_CSV[split]
+            if not present:
+                raise LLPDataError(
+                    f"{csv}: no video of the {split} split to prepare: "
+                    + (
+                        f"none of its {len(filenames)} videos has all three feature files under "
+                        f"{root}"
+                        if filenames
+                        else "the file has a header but no video rows"
+                    )
+                )
+            if skipped:
+                logger.warning(
+                    "LLP %s: skipped %d of %d videos without feature files under %s (first: %s)",
+                    split,
+                    len(skipped),
+                    len(filenames),
+                    root,
+                    ", ".join(skipped[:_MAX_SHOWN_LINES]),
+                )
+            _write_labels(Path(self.data_dir), split, present, dense)
+            progress = _PrepareProgress(split, len(present))
+            shards[split] = [
+                functools.partial(
+                    self._generate_shard,
+                    root,
+                    split,
+                    present[i : i + EXAMPLES_PER_SHARD],
+                    dense,
+                    progress,
+                )
+                for i in range(0, len(present), EXAMPLES_PER_SHARD)
+            ]
+        return shards
+
+    def _generate_shard(
+        self,
+        root: Path,
+        split: str,
+        videos: list[tuple[str, np.ndarray]],
+        dense: Mapping[str, Mapping[str, np.ndarray]],
+        progress: _PrepareProgress,
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The examples of one shard: ``videos`` are ``(id, weak label)`` pairs in CSV order."""
+        has_dense = split in DENSE_SPLITS
+        empty = np.zeros((LLP_NUM_SEGMENTS, len(LLP_CLASSES)), np.float32)
+        for vid, label in videos:
+            features = load_features(root, vid)
+            progress.add(
+                sum(f.nbytes for f in features.values()), vid if features.all_zero else None
+            )
+            yield (
+                vid,
+                {
+                    "id": vid,
+                    **features,
+                    "label": label,
+                    "label_audio": dense["audio"].get(vid, empty) if has_dense else empty,
+                    "label_visual": dense["visual"].get(vid, empty) if has_dense else empty,
+                    "has_dense": has_dense,
+                },
+            )
+
+
+def _labels_path(data_dir: Path, split: str) -> Path:
+    return Path(data_dir) / f"labels_{split}.npz"
+
+
+def _write_labels(
+    data_dir: Path,
+    split: str,
+    videos: list[tuple[str, np.ndarray]],
+    dense: Mapping[str, Mapping[str, np.ndarray]],
+) -> None:
+    """The per-video labels of a split in prepared order, beside its array_record files,
+    so a streamed split knows its labels without reading any features."""
+    ids = [vid for vid, _ in videos]
+    arrays = {
+        "id": np.array(ids, dtype=str),
+        "label": np.stack([label for _, label in videos]).astype(np.float32),
+    }
+    if split in DENSE_SPLITS:
+        empty = np.zeros((LLP_NUM_SEGMENTS, len(LLP_CLASSES)), np.float32)
+        for modality in ("audio", "visual"):
+            arrays[f"label_{modality}"] = np.stack([dense[modality].get(v, empty) for v in ids])
+    np.savez(_labels_path(data_dir, split), **arrays)
+
+
+# Videos per array_record shard: preparation holds one shard's examples in memory
+# (≈ 90 MB of LLP features), reading picks shards by index.
+EXAMPLES_PER_SHARD = 128
+
+
+class _PrepareProgress:
+    """Logs the preparation of one split: videos done, videos/s, feature bytes read."""
+
+    def __init__(self, split: str, total: int, every_seconds: float = 10.0) -> None:
+        self.split, self.total, self.every = split, total, every_seconds
+        self.done = self.bytes = 0
+        self.start = self.last = time.monotonic()
+        self.all_zero: list[str] = []  # videos with a feature file of zeros only
+
+    def add(self, nbytes: int, all_zero: str | None = None) -> None:
+        """One video prepared (``all_zero``: its id if one of its files is all zeros)."""
+        self.done += 1
+        self.bytes += nbytes
+        if all_zero is not None:
+            self.all_zero.append(all_zero)
+        if self.done == self.total:
+            warn_all_zero(f"LLP {self.split}", self.all_zero)
+        now = time.monotonic()
+        if self.done == self.total or now - self.last >= self.every:
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            logger.info(
+                "LLP %s: prepared %d/%d videos (%.0f videos/s, %.2f GB of features)",
+                self.split,
+                self.done,
+                self.total,
+                rate,
+                self.bytes / 1e9,
+            )
+
+
+def cache_dir(
+    root: PathLike, annotation_dir: PathLike | None = None, tfds_dir: PathLike | None = None
+) -> Path:
+    """The folder of one (feature root, annotation dir) pair's prepared datasets.
+
+    ``<tfds_dir or the TFDS default>/llp_<hash>``, where ``<hash>`` is 12 hex
+    digits of the SHA-256 of both absolute paths. The TFDS ``data_dir`` is a
+    subfolder named by :func:`input_fingerprint`, so edited inputs are
+    prepared again.
+    """
+    root = Path(root).resolve()
+    annotations = Path(annotation_dir).resolve() if annotation_dir is not None else root
+    digest = hashlib.sha256(f"{root}\n{annotations}".encode()).hexdigest()[:12]
+    base = Path(tfds_dir) if tfds_dir is not None else Path(tfds.core.constants.DATA_DIR)
+    return base.expanduser() / f"llp_{digest}"
+
+
+def input_fingerprint(root: PathLike, annotation_dir: PathLike | None = None) -> str:
+    """16 hex digits naming what a prepared dataset was built from.
+
+    Hashes the bytes of the five annotation CSVs and, for every file of the
+    three feature folders, its name, size and modification time: editing a
+    CSV, or adding, removing or replacing a feature file, changes it. Costs
+    one ``stat`` per feature file (≈ 0.1 s for the 35,547 files of LLP).
+    """
+    root = Path(root)
+    annotations = Path(annotation_dir) if annotation_dir is not None else root
+    h = hashlib.sha256()
+    for csv in [*LLP_SPLIT_CSV.values(), *LLP_DENSE_CSV.values()]:
+        path = annotations / csv
+        h.update(f"{csv}\n".encode())
+        try:
+            h.update(path.read_bytes())
+        except FileNotFoundError:
+            h.update(b"<missing>")
+        except OSError as e:
+            raise LLPDataError(f"{path}: cannot read annotation file: {e.strerror or e}") from e
+    for folder in FEATURE_FOLDERS.values():
+        try:
+            with os.scandir(root / folder) as entries:
+                listing = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries)
+        except OSError as e:
+            raise LLPDataError(
+                f"{root / folder}: cannot list the feature folder: {e.strerror or e}"
+            ) from e
+        h.update(f"{folder}\n".encode())
+        h.update("\n".join(f"{n}\t{s}\t{t}" for n, s, t in listing).encode())
+    return h.hexdigest()[:16]
+
+
+def _not_unprepared_variant(record: logging.LogRecord) -> bool:
+    return "has no dataset_info.json" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _no_unprepared_variant_warning():
+    """Hides TFDS's "Variant folder … has no dataset_info.json" while :func:`prepare` looks
+    for a prepared copy: not finding one is expected, and :func:`prepare` logs itself which
+    copy is used or why one is built."""
+    absl = logging.getLogger("absl")
+    absl.addFilter(_not_unprepared_variant)
+    try:
+        yield
+    finally:
+        absl.removeFilter(_not_unprepared_variant)
+
+
+class DamagedCopyError(LLPDataError):
+    """The prepared copy cannot be read (``data_dir``: its folder)."""
+
+    def __init__(self, data_dir: Path, problem: str):
+        super().__init__(f"the prepared copy in {data_dir} cannot be used: {problem}")
+        self.data_dir, self.problem = Path(data_dir), problem
+
+
+def prepared_copy(builder: Llp) -> Path:
+    """The folder of one prepared copy (``cache_dir(...)/<fingerprint>``): what is moved
+    aside when damaged (the builder's ``data_dir`` is its ``llp/<version>`` inside)."""
+    return Path(builder.data_dir).parents[1]
+
+
+def verify_prepared(builder: Llp) -> str | None:
+    """Cheap checks of a prepared copy, run each time it is opened: every shard file there
+    with the split's recorded byte count (a truncated, emptied or deleted shard), the
+    labels sidecar readable with one row per example. The first problem, or None."""
+    for split, info in builder.info.splits.items():
+        paths = [Path(p) for p in info.filepaths]
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            return f"{missing[0].name} is missing"
+        size = sum(p.stat().st_size for p in paths)
+        if size != int(info.num_bytes):
+            return f"the {split} shards hold {size} bytes, {int(info.num_bytes)} were written"
+        labels = _labels_path(builder.data_dir, split)
+        try:
+            with np.load(labels, allow_pickle=False) as z:
+                rows = len(z["id"])
+        except Exception as e:  # noqa: BLE001 - zip, npy and key errors alike: unreadable
+            return f"{labels.name} cannot be read ({type(e).__name__}: {e})"
+        if rows != info.num_examples:
+            return f"{labels.name} holds {rows} videos, the {split} split {info.num_examples}"
+    return None
+
+
+def _quarantine(data_dir: Path, problem: str, rebuild: bool = True) -> Path:
+    """Moves a damaged copy aside (removed with the other stale copies once a new one is
+    prepared); returns where it went."""
+    aside = data_dir.with_name(f"{data_dir.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(data_dir, aside)
+    logger.warning(
+        "LLP: the prepared copy in %s cannot be used (%s); moved it to %s%s",
+        data_dir,
+        problem,
+        aside,
+        " and preparing it again from the inputs" if rebuild else "",
+    )
+    return aside
+
+
+def _open_prepared(annotation_dir, data_dir: Path) -> tuple[Llp | None, bool, str | None]:
+    """``(builder, prepared, problem)`` for ``data_dir``: ``problem`` when it holds a copy
+    that fails :func:`verify_prepared` or whose ``dataset_info.json`` cannot be read."""
+    try:
+        with _no_unprepared_variant_warning():
+            builder = Llp(annotation_dir=annotation_dir, data_dir=data_dir)
+            prepared = builder.is_prepared()
+    except Exception as e:  # noqa: BLE001 - TFDS raises JSON, protobuf and OS errors alike
+        return None, False, f"its dataset_info.json cannot be read ({type(e).__name__}: {e})"
+    problem = verify_prepared(builder) if prepared else None
+    return builder, prepared and problem is None, problem
+
+
+def _remove_incomplete(data_dir: Path) -> None:
+    """Removes what a killed preparation of these inputs left (TFDS's
+    ``llp/incomplete.*`` folders); only called while holding the preparation lock, so no
+    live process is writing them."""
+    for left in sorted((data_dir / "llp").glob("incomplete.*")):
+        logger.warning("LLP: removing %s, left by a preparation that did not finish", left)
+        shutil.rmtree(left, ignore_errors=True)
+
+
+def prepare(
+    root: PathLike, annotation_dir: PathLike | None = None, tfds_dir: PathLike | None = None
+) -> Llp:
+    """Builds the TFDS dataset of ``root`` unless one built from the same inputs exists.
+
+    The dataset lives in ``cache_dir(...)/<input_fingerprint(...)>``. A cache
+    built from other inputs (a CSV edited, a feature file replaced) is
+    replaced; which one is used, or why it is rebuilt, is logged. One process at a
+    time prepares the same inputs (``<fingerprint>.lock``): another waits for it and
+    uses its copy. A copy that fails :func:`verify_prepared` is moved aside and
+    prepared again; what a killed preparation left is removed.
+
+    Returns:
+      The builder, ready for ``as_data_source``.
+    """
+    missing = [folder for folder in FEATURE_FOLDERS.values() if not (Path(root) / folder).is_dir()]
+    if missing:
+        raise LLPDataError(
+            f"{root}: expected the LLP feature folders {sorted(FEATURE_FOLDERS.values())} there, "
+            f"missing {missing}. {' '.join(Llp.MANUAL_DOWNLOAD_INSTRUCTIONS.split())}"
+        )
+    parent = cache_dir(root, annotation_dir, tfds_dir)
+    fingerprint = input_fingerprint(root, annotation_dir)
+    data_dir = parent / fingerprint
+    builder, prepared, problem = _open_prepared(annotation_dir, data_dir)
+    if prepared:
+        logger.info("LLP: using the dataset prepared from these inputs in %s", data_dir)
+        return builder
+
+    def waiting(holder: dict) -> None:
+        logger.warning(
+            "LLP: waiting for %s, which is preparing the same inputs into %s",
+            locks.describe(holder),
+            data_dir,
+        )
+
+    parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with locks.exclusive(os.fspath(parent / f"{fingerprint}.lock"), wait=True, on_busy=waiting):
+            builder, prepared, problem = _open_prepared(annotation_dir, data_dir)  # holding it
+            if prepared:
+                logger.info("LLP: using the dataset prepared from these inputs in %s", data_dir)
+                return builder
+            if problem is not None:
+                _quarantine(data_dir, problem)
+                builder, _, _ = _open_prepared(annotation_dir, data_dir)
+            _remove_incomplete(data_dir)
+            return _build(builder, root, parent, fingerprint)
+    except locks.LockUnsupportedError as e:
+        raise LLPDataError(f"cannot prepare into {parent}: {e}") from None
+
+
+def _build(builder: Llp, root: PathLike, parent: Path, fingerprint: str) -> Llp:
+    data_dir = parent / fingerprint
+    stale = sorted(p for p in parent.glob("*") if p.is_dir() and p.name != fingerprint)
+    changed = [p for p in stale if ".damaged-" not in p.name]
+    logger.warning(
+        "LLP: preparing %s into %s%s",
+        root,
+        data_dir,
+        f" (the annotation CSVs or feature files changed since {changed[-1]} was prepared; "
+        "it will be replaced)"
+        if changed
+        else "",
+    )
+    start = time.monotonic()
+    config = tfds.download.DownloadConfig(manual_dir=os.fspath(root), try_download_gcs=False)
+    builder.download_and_prepare(download_config=config)
+    seconds = time.monotonic() - start
+    videos = sum(split.num_examples for split in builder.info.splits.values())
+    logger.warning(
+        "LLP: prepared %d videos in %.0f s (%.0f videos/s), %.2f GB in %s",
+        videos,
+        seconds,
+        videos / max(seconds, 1e-9),
+        builder.info.dataset_size / 1e9,
+        data_dir,
+    )
+    problem = verify_prepared(builder)
+    if problem is not None:
+        raise DamagedCopyError(
+            prepared_copy(builder), f"{problem} right after preparing it (disk full?)"
+        )
+    for old in stale:
+        shutil.rmtree(old, ignore_errors=True)
+    return builder
+
+
+def feature_shapes(builder: Llp, pool_frames: bool = False) -> dict[str, tuple[int, ...]]:
+    """Per-video feature shapes of the prepared dataset (``video_2d`` with the frames of
+    each second averaged when ``pool_frames``)."""
+    shapes = {key: tuple(builder.info.features[key].shape) for key in FEATURE_FOLDERS}
+    if pool_frames:
+        steps, dim = shapes["video_2d"]
+        shapes["video_2d"] = (steps // LLP_FRAMES_PER_SEGMENT, dim)
+    return shapes
+
+
+def split_feature_bytes(
+    root: PathLike,
+    split: str,
+    *,
+    annotation_dir: PathLike | None = None,
+    tfds_dir: PathLike | None = None,
+    pool_frames: bool = False,
+) -> int:
+    """Bytes the features of one split take in memory (float32), without reading them."""
+    builder = prepare(root, annotation_dir, tfds_dir)
+    per_video = sum(
+        4 * int(np.prod(shape)) for shape in feature_shapes(builder, pool_frames).values()
+    )
+    return builder.info.splits[split].num_examples * per_video
+
+
+def read_examples(source, indices, data_dir: Path) -> list:
+    """``source``'s examples ``indices``; :class:`DamagedCopyError` when a read fails (a
+    corrupted or truncated shard: Riegeli's errors name no dataset)."""
+    try:
+        return source.__getitems__(list(indices)) if len(indices) else []
+    except Exception as e:  # noqa: BLE001 - array_record/Riegeli raise RuntimeError, OSError...
+        raise DamagedCopyError(data_dir, f"reading it failed ({type(e).__name__}: {e})") from None
+
+
+def streamed_reader(source, copy: Path) -> Callable[[list[int]], list]:
+    """``StreamedSplit``'s ``read`` for a prepared split: a read that fails in the middle
+    of training moves the copy aside, so that the next run prepares it again."""
+
+    def read(indices: list[int]) -> list:
+        try:
+            return read_examples(source, indices, copy)
+        except DamagedCopyError as e:  # found while training: repaired by the next run
+            if e.data_dir.exists():
+                aside = _quarantine(e.data_dir, e.problem, rebuild=False)
+                raise DamagedCopyError(
+                    e.data_dir,
+                    f"{e.problem}; moved it to {aside}: re-run the same command to prepare "
+                    f"it again (training resumes from its last checkpoint)",
+                ) from None
+            raise
+
+    return read
