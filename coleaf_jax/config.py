@@ -1,11 +1,12 @@
-"""The default configuration; files in ``configs/`` start from it.
+"""What a config may hold and how config files are read.
 
-The defaults are the recipe of the authors' code (faeghehsardari/coleaf at
-a36a153, ``main.py`` / ``option.py``), which produced the published numbers;
-where the paper's text says otherwise, the text's choice is a named option
-and the ``paper`` variant (``configs/llp.py:paper``) selects all of them.
-Every value says where it comes from: *official* (the authors' code),
-*paper* (CoLeaF ECCV 2024, SPEC §3-§7) or *ours*.
+The values of an experiment live in its file in ``configs/`` (``configs/llp.py``
+writes out every key with its source; the other files start from it and write
+out their differences). Here: :data:`SCHEMA` (every key and what it may be) and
+:func:`validate`, the shared pieces of the files (:data:`METHODS`,
+:func:`parse_options`, :func:`set_method`, :func:`use_paper_recipe`,
+:func:`load_sibling`), and reading a file with ``--config.KEY=VALUE`` overrides
+(:func:`load_config_file`, :func:`override`).
 """
 
 from __future__ import annotations
@@ -17,138 +18,7 @@ import os
 
 import ml_collections
 
-
-def base_config() -> ml_collections.ConfigDict:
-    """CoLeaF with the HAN Anchor on LLP, the authors' recipe."""
-    c = ml_collections.ConfigDict()
-    c.name = "coleaf_han_llp"
-    # 'coleaf': Anchor + Reference with the collaborative losses;
-    # 'anchor_only': the plain Anchor baseline (HAN), no Reference.
-    c.method = "coleaf"
-    c.seed = 0
-    c.num_devices = 0  # data-parallel devices (pmap); 0 = all local devices
-    c.num_seeds = 1  # K > 1: train seeds seed..seed+K-1 at once (vmap), report mean ± std
-    c.num_epochs = 10  # official (the paper's text: 15)
-    c.batch_size = 128  # paper; the global batch, split across devices
-    c.learning_rate = 5e-4  # official (HAN used 3e-4)
-    c.lr_decay_every_epochs = 6  # paper: lr x0.25 every 6 epochs
-    c.lr_decay_factor = 0.25
-    c.log_every_steps = 10
-    # Matmul precision of training and evaluation: 'highest' = full float32 (as the authors'
-    # torch); 'default' lets a GPU use TF32 / a TPU bfloat16 passes (faster, other numbers).
-    c.matmul_precision = "highest"
-    # JAX's persistent compilation cache (train.py, eval.py, parse.py, the demo): a second
-    # run with the same shapes does not compile again. '' = off.
-    c.compilation_cache_dir = "~/.cache/coleaf_jax/xla"
-    c.scan_epoch = False  # with data on device: run each epoch as one lax.scan (no per-step bar)
-
-    c.data = ml_collections.ConfigDict()
-    # 'llp' / 'unav100' (features on disk), 'synthetic' / 'synthetic_unav100' (generated
-    # on first use in the LLP / UnAV-100 layout)
-    c.data.dataset = "llp"
-    c.data.root = ""  # feature root (LLP: vggish/, res152/, r2plus1d_18/); required for real data
-    c.data.num_classes = 25  # UnAV-100 and synthetic_unav100 only (LLP: the 25 classes)
-    c.data.unav_features = "i3d"  # UnAV-100 feature set: 'i3d' (VGGish + I3D) or 'onepeace'
-    c.data.unav_overlap = "any"  # UnAV-100 segment truth rule: 'any', 'half' or 'centre'
-    c.data.unav_annotation_file = ""  # '' = ROOT/annotations/unav100_annotations.json
-    # Variable-length data, host pipeline: crop each batch to a multiple of this many
-    # segments holding its longest video (0 = always the split's longest video).
-    c.data.bucket = 0
-    c.data.annotation_dir = ""  # the five CSVs; '' = data.root
-    c.data.tfds_dir = ""  # TFDS cache; '' = the TFDS default (~/tensorflow_datasets)
-    # Val/test videos without feature files: False = an error (ours); True = score the
-    # others and record the counts (videos_scored, videos_skipped) in every metrics file.
-    c.data.allow_missing = False
-    # A video listed in two split CSVs (e.g. a test video also in AVVP_train.csv) is an
-    # error naming the videos and files; True trains and scores anyway, says so in the log
-    # and records the count (videos_also_in_train) in every metrics file.
-    c.data.allow_split_overlap = False
-    # SPEC §9 / paper Table 6: train with VALOR's CLAP/CLIP segment pseudo-labels (files
-    # ROOT/CLAP/segment_pseudo_labels/<id>.npy, ROOT/CLIP/...): modality labels from them
-    # and an extra segment-level BCE on the Anchor (loss.pseudo_label_segment_weight).
-    c.data.pseudo_labels = False
-    # Splits are held in memory (val and test first, then train) while their features fit in
-    # this many GiB together; a larger split is read from its prepared array_record files
-    # batch by batch, a background thread reading ahead (bounded memory on the full LLP).
-    c.data.resident_max_gib = 4.0
-    c.data.on_device = True  # keep the training split on the device(s), gather batches there
-    c.data.on_device_max_gib = 8.0  # ...when its arrays take at most this much (per device)
-    c.data.synthetic_videos = 1000  # 'synthetic' only: total videos
-    c.data.synthetic_seed = 0
-
-    c.model = ml_collections.ConfigDict()
-    c.model.anchor = "han"  # 'han' (SPEC §4.1-4.2) or 'cmpae' (§4.3, Appendix A)
-    c.model.class_tokens = True  # Reference class tokens (paper)
-    c.model.d_model = 512  # paper
-    c.model.ffn_dim = 512  # HAN
-    c.model.dropout = 0.1  # HAN
-    c.model.reference_head_dropout = 0.5  # paper §5
-    # The visual Reference's temporal attention FC_time reads the head-dropped features, as
-    # the authors' Self_Video_Net (their audio encoder reads the un-dropped ones).
-    c.model.reference_visual_time_reads_dropped = True  # official
-    # 'torch': every parameter drawn as the authors' PyTorch modules are initialised
-    # (coleaf_jax/models/init.py); 'flax': flax's defaults.
-    c.model.init = "torch"  # official
-    # Average each second's 8 ResNet frames before the linear 2048→D projection (HAN
-    # Anchor, Reference; exact, 8x fewer FLOPs). False: project every frame first, as
-    # the authors' code does (for comparisons; CMPAE's ELU embedding always does).
-    c.model.pool_frames_first = True
-    c.model.cmpae_ca_mix = 0.8  # official: training h = 0.8 h_CA + 0.2 h_noCA
-    c.model.cmpae_inference_mix = 0.7  # official: inference 0.7 P(mix) + 0.3 P(noCA)
-    c.model.cmpae_visual_dropout = 0.5  # official
-    c.model.cmpae_residual_dropout = 0.2  # official: in the cross-modal residual MLPs
-
-    c.loss = ml_collections.ConfigDict()
-    c.loss.visual_label_smoothing = (0.9, 0.05)  # HAN: y_v = 0.9 y + 0.05
-    c.loss.pseudo_label_segment_weight = 1.0  # with data.pseudo_labels: segment BCE weight (ours)
-    # The Reference's loss (weak, class-token and KD terms): 'asl' (official: asymmetric
-    # loss, summed over videos and classes) or 'bce' (paper's text, mean).
-    c.loss.reference = "asl"  # official
-    c.loss.class_token_warmup_epochs = 3  # official: class-token weights change after 3 epochs
-    c.loss.class_token_weight_audio = (1.2, 0.001)  # official (warm-up, after); paper: (1, 1)
-    c.loss.class_token_weight_visual = (1.0, 0.0)  # official; paper: (1, 1)
-    # (a) contrastive: 'event_aware' (paper), 'standard' (w = 1), 'bce' (BCE on pseudo-labels), 'none'.
-    c.loss.contrastive = "event_aware"
-    c.loss.nce_form = "expected"  # official: -log Σ q·π; 'cross_entropy': -Σ q·log π
-    c.loss.nce_temperature = 0.2  # paper
-    c.loss.nce_smoothing = 0.1  # official; 0 = plain InfoNCE
-    c.loss.nce_weight_audio = 0.009  # official
-    c.loss.nce_weight_visual = 1.0  # official
-    c.loss.pseudo_label_threshold = 0.5  # r^m = 1[q^m >= 0.5]
-    # (b) self-modality-aware KD
-    c.loss.kd = True
-    c.loss.kd_threshold_audio = 0.5  # paper
-    c.loss.kd_threshold_visual = 0.6  # paper
-    c.loss.kd_warmup_epochs = 3  # official: KD from epoch 4 on, then weak and KD weighted 0.5 each
-    c.loss.kd_weight = 0.5
-    # (c) co-occurrence class correlation
-    c.loss.correlation = True
-    c.loss.correlation_teacher = "confident"  # official mix; 'reference' = paper's text
-    c.loss.correlation_confidence_audio = (0.8, 0.1)  # official (high, low)
-    c.loss.correlation_confidence_visual = (0.6, 0.4)  # official
-    c.loss.correlation_scaling = "official"  # sum / C x batch; 'mean' = plain MSE
-    c.loss.correlation_weight = 1e-4  # official
-    c.loss.collab_start_epoch = 1  # official: collaborative Anchor terms from epoch 2 (0-based 1)
-    # CMPAE backbone: weights of BCE(p^a), BCE(p^v), BCE(p_glob), NCE_av, mutual (official).
-    c.loss.cmpae_weights = (2.0, 1.0, 2.0, 1.0, 1.0)
-    # JoMoLD label denoising (on with the CMPAE Anchor in the paper's setting).
-    c.loss.denoise = False
-    c.loss.denoise_ratios = "llp"  # 'llp' (shipped table) or an .npz with keys audio, visual
-    # 'official': ratios 0 for the whole first epoch, full after (the authors' running
-    # minimum); 'anneal': r·min(1, step/(0.9 epoch)) (JoMoLD's text).
-    c.loss.denoise_schedule = "official"
-    c.loss.denoise_anneal_epochs = 0.9
-
-    c.eval = ml_collections.ConfigDict()
-    # 'standard' (HAN 0.5/0.5, joint gate) or 'official' (0.52/0.25, per-modality gate: the
-    # authors' CoLeaF evaluation); the variants set 'official' for the CMPAE Anchor.
-    c.eval.thresholds = "standard"
-    c.eval.batch_size = 256
-    # Model selection on validation: 'avvp' = mean of the segment and event Ao, Vo, AV,
-    # T@o, E@o (SPEC §7); 'av' = mean of segment and event AV (UnAV-100).
-    c.eval.selection = "avvp"
-    return c
-
+from coleaf_jax import registry
 
 # ----------------------------------------------------------------------------- checks
 
@@ -239,6 +109,25 @@ class Choice(Check):
         return isinstance(value, str) and value in self.values
 
 
+class Registered(Check):
+    """A name registered in ``coleaf_jax.registry`` (``'anchor'`` or ``'dataset'``): the
+    built-in ones and any a user registered."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(registry.ANCHORS if self.kind == "anchor" else registry.DATASETS)
+
+    @property
+    def expected(self) -> str:
+        return f"one of {self.names} (coleaf_jax.registry)"
+
+    def ok(self, value) -> bool:
+        return isinstance(value, str) and value in self.names
+
+
 class Numbers(Check):
     """A tuple of ``n`` numbers, each passing ``each``."""
 
@@ -261,7 +150,16 @@ class NoiseRatios(Check):
         return isinstance(value, str) and (value == "llp" or value.endswith(".npz"))
 
 
-# Every key of base_config with what it may be (tests/test_configs.py: no key without a
+class Modules(Check):
+    expected = "a tuple of importable module names ('package.module')"
+
+    def ok(self, value) -> bool:
+        return isinstance(value, (tuple, list)) and all(
+            isinstance(v, str) and v.strip() for v in value
+        )
+
+
+# Every key of configs/llp.py with what it may be (tests/test_configs.py: no key without a
 # check, no check without a key). Cross-key rules are in validate().
 SCHEMA: dict[str, Check] = {
     "name": Text(nonempty=True),
@@ -280,7 +178,8 @@ SCHEMA: dict[str, Check] = {
     ),
     "compilation_cache_dir": Text(),
     "scan_epoch": Bool(),
-    "data.dataset": Choice("llp", "synthetic", "unav100", "synthetic_unav100"),
+    "extensions": Modules(),
+    "data.dataset": Registered("dataset"),
     "data.root": Text(),
     "data.num_classes": Int(1),
     "data.unav_features": Choice("i3d", "onepeace"),
@@ -297,7 +196,7 @@ SCHEMA: dict[str, Check] = {
     "data.on_device_max_gib": Float(0.0),
     "data.synthetic_videos": Int(3),
     "data.synthetic_seed": Int(0),
-    "model.anchor": Choice("han", "cmpae"),
+    "model.anchor": Registered("anchor"),
     "model.class_tokens": Bool(),
     "model.d_model": Int(1),
     "model.ffn_dim": Int(1),
@@ -367,6 +266,7 @@ def validate(config) -> None:
     as one ``error:`` line. (What depends on the machine, the devices, is checked where
     they are known: ``train.validate_run_config``.)"""
     values = flatten(config)
+    registry.import_extensions(values.get("extensions", ()))
     unknown = sorted(set(values) - set(SCHEMA))
     if unknown:
         raise ValueError(
@@ -379,20 +279,26 @@ def validate(config) -> None:
         problem = check.problem(values[key])
         if problem is not None:
             raise ValueError(f"config.{key} = {values[key]!r}: expected {problem}")
-    if config.data.pseudo_labels and config.data.dataset not in ("llp", "synthetic"):
+    layout = registry.dataset(config.data.dataset).feature_layout
+    if config.data.pseudo_labels and layout != "llp":
         raise ValueError(
             f"config.data.pseudo_labels needs LLP-layout data (VALOR's CLAP/CLIP "
             f"folders), not config.data.dataset = {config.data.dataset!r}"
         )
-    if config.data.dataset == "llp" and config.data.num_classes != 25:
+    if layout == "llp" and config.data.num_classes != 25:
         raise ValueError(
             f"config.data.num_classes = {config.data.num_classes}: LLP has 25 classes "
             f"(the key is for UnAV-100 and synthetic_unav100)"
         )
 
 
-# Variant -> (method, anchor). '' is each dataset's default.
-VARIANTS = {
+# ----------------------------------------------------------------------------- config files
+
+
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Method option -> (config.method, config.model.anchor).
+METHODS = {
     "coleaf_cmpae": ("coleaf", "cmpae"),  # the paper's best configuration
     "coleaf_han": ("coleaf", "han"),
     "cmpae": ("anchor_only", "cmpae"),  # the CMPAE baseline
@@ -400,31 +306,45 @@ VARIANTS = {
 }
 
 
-def apply_variant(config: ml_collections.ConfigDict, variant: str, dataset: str):
-    """Sets ``method``, ``model.anchor``, ``eval.thresholds`` and ``name`` for a variant of
-    ``VARIANTS``.
+def parse_options(arg: str, config_file: str, **groups) -> dict[str, str]:
+    """The options after a config file's colon, ``'a,b'``: at most one name of each group
+    (``{group: names}``). Returns ``{group: the name given or ''}``; an unknown name, or
+    two of one group, is a ``ValueError`` listing what the file takes."""
+    chosen = dict.fromkeys(groups, "")
+    for name in (part.strip() for part in arg.split(",")):
+        if not name:
+            continue
+        group = next((g for g, names in groups.items() if name in names), None)
+        if group is None:
+            allowed = "; ".join(f"{g}: {', '.join(sorted(n))}" for g, n in groups.items())
+            raise ValueError(f"{config_file}: unknown option {name!r} (expected {allowed})")
+        if chosen[group]:
+            raise ValueError(
+                f"{config_file}: options {chosen[group]!r} and {name!r} are both a {group}"
+            )
+        chosen[group] = name
+    return chosen
 
-    The CMPAE Anchor comes with JoMoLD label denoising and the authors' evaluation
-    (video 0.52 / segment 0.25, each modality gated by its own probability), as in
-    the code that produced the CMPAE/CoLeaF numbers; the HAN Anchor keeps HAN's
-    (0.5 / 0.5, joint gate).
-    """
-    if variant not in VARIANTS:
-        raise ValueError(
-            f"configs/{dataset}.py: unknown variant {variant!r} "
-            f"(expected one of {sorted(VARIANTS)})"
-        )
-    config.method, config.model.anchor = VARIANTS[variant]
-    config.loss.denoise = config.model.anchor == "cmpae"
-    config.eval.thresholds = "official" if config.model.anchor == "cmpae" else "standard"
-    config.name = f"{variant}_{dataset}"
+
+def set_method(config: ml_collections.ConfigDict, method: str, dataset: str):
+    """``method``, ``model.anchor``, ``name`` and the Anchor's defaults for a method of
+    :data:`METHODS`: the CMPAE Anchor comes with JoMoLD label denoising and the authors'
+    evaluation (video 0.52 / segment 0.25, each modality gated by its own probability),
+    as in the code that produced the CMPAE/CoLeaF numbers; the HAN Anchor keeps HAN's
+    (0.5 / 0.5, joint gate). Its registry entry says which (``Anchor.denoise``,
+    ``Anchor.thresholds``)."""
+    config.method, config.model.anchor = METHODS[method]
+    anchor = registry.anchor(config.model.anchor)
+    config.loss.denoise = anchor.denoise
+    config.eval.thresholds = anchor.thresholds
+    config.name = f"{method}_{dataset}"
     return config
 
 
-def apply_paper_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The paper's text where it differs from the authors' code (SPEC §5-§7, Appendix A):
-    BCE for the Reference with class-token weights 1, the Reference's ``q^m`` as the
-    correlation teacher, JoMoLD ratios annealed over 0.9 epoch, 15 epochs."""
+def use_paper_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The paper's text where it differs from the authors' code (docs/method.md §5-§7,
+    Appendix A): BCE for the Reference with class-token weights 1, the Reference's ``q^m``
+    as the correlation teacher, JoMoLD ratios annealed over 0.9 epoch, 15 epochs."""
     config.num_epochs = 15
     config.loss.reference = "bce"
     config.loss.class_token_weight_audio = (1.0, 1.0)
@@ -435,97 +355,30 @@ def apply_paper_recipe(config: ml_collections.ConfigDict) -> ml_collections.Conf
     return config
 
 
-def llp_config(variant: str = "") -> ml_collections.ConfigDict:
-    """``configs/llp.py``: the paper's setting on LLP (``data.root`` must be given).
-
-    Default: CoLeaF with the CMPAE Anchor and JoMoLD denoising (paper Table 5),
-    trained as the authors' code trains it. ``variant`` is ``[method][,paper]``:
-    a method of ``VARIANTS`` and/or ``paper`` for the paper's text's recipe.
-    """
-    parts = [p for p in variant.split(",") if p]
-    paper = "paper" in parts
-    methods = [p for p in parts if p != "paper"]
-    if len(methods) > 1:
-        raise ValueError(f"configs/llp.py: variant {variant!r}: expected [method][,paper]")
-    config = apply_variant(base_config(), methods[0] if methods else "coleaf_cmpae", "llp")
-    return apply_paper_recipe(config) if paper else config
+def resolve_config_path(spec: str) -> str:
+    """``FILE.py[:options]`` with ``FILE`` relative to the working directory, else to the
+    project (so ``configs/llp.py`` is found from anywhere)."""
+    path, sep, options = spec.partition(":")
+    if not os.path.exists(path) and os.path.exists(os.path.join(PROJECT, path)):
+        path = os.path.join(PROJECT, path)
+    return path + sep + options
 
 
-def synthetic_config(variant: str = "") -> ml_collections.ConfigDict:
-    """``configs/synthetic.py``: the embedded dataset, sized to train in about a minute on 2 cores.
-
-    Same model and losses as LLP but half the width (D = 256), fewer videos,
-    smaller batches and fewer epochs, with every epoch-based schedule (lr
-    decay, warm-ups) scaled to the shorter run.
-    """
-    c = base_config()
-    c.data.dataset = "synthetic"
-    c.data.synthetic_videos = 600
-    c.model.d_model = 256
-    c.model.ffn_dim = 256
-    c.num_epochs = 8
-    c.batch_size = 32
-    c.lr_decay_every_epochs = 4
-    c.loss.kd_warmup_epochs = 2
-    c.loss.class_token_warmup_epochs = 2
-    # The official correlation scaling (sum / C x batch) grows with batch²: at batch 32
-    # this weight gives the term the strength 1e-4 has at the paper's batch of 128.
-    c.loss.correlation_weight = 1e-4 * (128 / c.batch_size) ** 2
-    c.log_every_steps = 5
-    return apply_variant(c, variant or "coleaf_han", "synthetic")
+def load_sibling(config_file: str, name: str, arg: str = "") -> ml_collections.ConfigDict:
+    """The config of the file ``name`` in ``config_file``'s folder with options ``arg``:
+    how a file of ``configs/`` starts from another and writes out its differences."""
+    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
+    return load_config_file(f"{path}:{arg}" if arg else path)
 
 
-def _split_variant(variant: str, config_file: str) -> tuple[str, bool]:
-    """``'[method][,synthetic]'`` -> ``(method or '', synthetic?)``."""
-    parts = [p for p in variant.split(",") if p]
-    methods = [p for p in parts if p != "synthetic"]
-    if len(methods) > 1:
-        raise ValueError(f"{config_file}: variant {variant!r}: expected [method][,synthetic]")
-    return (methods[0] if methods else ""), "synthetic" in parts
-
-
-def pseudo_label_config(variant: str = "") -> ml_collections.ConfigDict:
-    """``configs/llp_pseudo.py``: training with CLIP/CLAP segment pseudo-labels (SPEC §9).
-
-    ``variant`` is ``[method][,synthetic]`` (default method ``coleaf_cmpae``, the
-    Table 6 setting). JoMoLD is off (the modality labels come from the
-    pseudo-labels, not from the weak label it denoises).
-    """
-    method, synthetic = _split_variant(variant, "configs/llp_pseudo.py")
-    method = method or "coleaf_cmpae"
-    c = synthetic_config(method) if synthetic else llp_config(method)
-    c.data.pseudo_labels = True
-    c.loss.denoise = False
-    c.name = c.name.replace("_llp", "_llp_pseudo").replace("_synthetic", "_synthetic_pseudo")
-    return c
-
-
-def unav100_config(variant: str = "") -> ml_collections.ConfigDict:
-    """``configs/unav100.py``: UnAV-100 (100 classes, variable length, audio-visual labels).
-
-    ``variant`` is ``[method][,synthetic]``: a method of ``VARIANTS`` (default
-    ``coleaf_han``), and ``synthetic`` for the generated variable-length set
-    in the UnAV-100 layout (20 classes, 2-20 s videos, D = 256, 8 epochs). The
-    labels are audio-visual only, so there is no modality noise for JoMoLD to
-    remove (``loss.denoise`` off) and model selection uses the AV scores.
-    """
-    method, synthetic = _split_variant(variant, "configs/unav100.py")
-    c = synthetic_config() if synthetic else base_config()
-    c.data.dataset = "synthetic_unav100" if synthetic else "unav100"
-    c.data.num_classes = 20 if synthetic else 100
-    c.data.synthetic_videos = 400
-    c.data.bucket = 8
-    c.eval.selection = "av"
-    apply_variant(c, method or "coleaf_han", "unav100")
-    c.loss.denoise = False
-    if synthetic:
-        c.name += "_synthetic"
-    return c
+def defaults() -> ml_collections.ConfigDict:
+    """``configs/llp.py``'s config: the values of keys an older ``config.json`` lacks."""
+    return load_config_file(os.path.join(PROJECT, "configs", "llp.py"))
 
 
 def load_config_file(spec: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
     """Loads ``FILE.py[:variant]`` like ``--config`` does and applies ``key=value`` overrides."""
-    path, _, variant = spec.partition(":")
+    path, _, variant = resolve_config_path(spec).partition(":")
     if not os.path.exists(path):
         raise FileNotFoundError(f"config file {path!r} not found")
     module_spec = importlib.util.spec_from_file_location("_coleaf_config", path)

@@ -28,12 +28,7 @@ import time
 import numpy as np
 
 from coleaf_jax import cli
-from coleaf_jax.config import (
-    apply_overrides,
-    config_flags_as_set,
-    synthetic_config,
-    unav100_config,
-)
+from coleaf_jax.config import apply_overrides, config_flags_as_set, load_config_file
 from coleaf_jax.data import pipeline
 from coleaf_jax.evaluation import baselines, metrics, report
 from coleaf_jax.training.train import train_and_evaluate
@@ -68,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     configs = {
-        "HAN": synthetic_config("han"),
-        "CoLeaF (HAN)": synthetic_config("coleaf_han"),
-        "CoLeaF (CMPAE)": synthetic_config("coleaf_cmpae"),
+        "HAN": load_config_file("configs/synthetic.py:han"),
+        "CoLeaF (HAN)": load_config_file("configs/synthetic.py:coleaf_han"),
+        "CoLeaF (CMPAE)": load_config_file("configs/synthetic.py:coleaf_cmpae"),
     }
     for c in configs.values():
         c.seed = args.seed
@@ -102,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{name} {headline(s):.1f}" for name, s in rows.items())
     )
 
-    unav = unav100_config("synthetic")
+    unav = load_config_file("configs/unav100.py:synthetic")
     unav.seed = args.seed
     unav.data.root = os.path.join(args.workdir, "data_unav100")
     if args.epochs:

@@ -17,14 +17,15 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from coleaf_jax import registry
 from coleaf_jax.data.classes import LLP_FEATURES, LLP_FRAMES_PER_SEGMENT, LLP_NUM_SEGMENTS
-from coleaf_jax.models import ReferenceBranch, build_anchor
+from coleaf_jax.models import ReferenceBranch
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Configuration file.", lock_config=True)
 flags.DEFINE_integer("batch", 16, "Videos per costed forward (FLOPs are reported per video).")
 
-# SPEC §8: the paper's Reference cost on LLP.
+# docs/method.md §8: the paper's Reference cost on LLP.
 PAPER_REFERENCE_GFLOPS = {"without class tokens": 12.7, "with class tokens": 18.0}
 
 
@@ -54,7 +55,11 @@ def report(config, batch: int) -> dict[str, tuple[int, float]]:
     """Costs of the Anchor and of the Reference with/without class tokens."""
     num_classes = 25
     m = config.model
-    rows = {f"Anchor ({m.anchor}, inference)": cost(build_anchor(m, num_classes), batch)}
+    rows = {
+        f"Anchor ({m.anchor}, inference)": cost(
+            registry.anchor(m.anchor).build(m, num_classes), batch
+        )
+    }
     for tokens in (False, True):
         ref = ReferenceBranch(
             num_classes=num_classes,

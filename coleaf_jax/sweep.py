@@ -34,7 +34,7 @@ import time
 
 import numpy as np
 
-from coleaf_jax.config import config_flags_as_set, load_config_file
+from coleaf_jax.config import config_flags_as_set, load_config_file, resolve_config_path
 from coleaf_jax.evaluation import metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,7 +77,7 @@ def settings(specs, overrides) -> list[dict]:
 
     out, seen = [], {}
     for spec in specs:
-        config = load_config_file(_resolve(spec), overrides)
+        config = load_config_file(spec, overrides)
         if config.num_seeds != 1:
             raise ValueError(
                 f"{spec}: num_seeds = {config.num_seeds}; the sweep trains each "
@@ -98,14 +98,6 @@ def settings(specs, overrides) -> list[dict]:
             }
         )
     return out
-
-
-def _resolve(spec: str) -> str:
-    """A config path relative to the working directory, else to the project (configs/…)."""
-    path, sep, variant = spec.partition(":")
-    if not os.path.exists(path) and os.path.exists(os.path.join(ROOT, path)):
-        path = os.path.join(ROOT, path)
-    return path + sep + variant
 
 
 def run_dir(workdir: str, setting: str, seed: int) -> str:
@@ -150,7 +142,7 @@ def _command(manifest: dict, setting: dict, seed: int, workdir: str) -> list[str
         sys.executable,
         TRAIN,
         "--config",
-        _resolve(setting["config"]),
+        resolve_config_path(setting["config"]),
         *sets,
         f"--config.seed={seed}",
         "--workdir",

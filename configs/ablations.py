@@ -3,13 +3,14 @@
     python train.py --config configs/ablations.py:<name>        --config.data.root=/path/to/LLP --workdir W
     python train.py --config configs/ablations.py:<name>,synthetic --workdir W   # on the embedded data
 
-Every ablation starts from CoLeaF with the dataset's default Anchor (LLP:
-CMPAE, synthetic: HAN) unless its name says otherwise; ``ABLATIONS`` lists the
-names. Append ``,han`` or ``,cmpae`` to pick the Anchor, e.g.
-``configs/ablations.py:no_kd,synthetic,cmpae``.
+Every ablation is configs/llp.py (or configs/synthetic.py) with CoLeaF and the
+dataset's default Anchor (LLP: CMPAE, synthetic: HAN), plus the differences its
+entry in ``ABLATIONS`` writes out. Options, comma-separated as in every file of
+configs/: the ablation's name (required, first), ``synthetic``, and ``han`` or
+``cmpae`` to pick the Anchor, e.g. ``configs/ablations.py:no_kd,synthetic,cmpae``.
 """
 
-from coleaf_jax.config import apply_paper_recipe, llp_config, override, synthetic_config
+from coleaf_jax.config import load_sibling, override, parse_options, use_paper_recipe
 
 
 def _set(**values):
@@ -47,29 +48,25 @@ ABLATIONS = {
     "coleaf_cmpae": _set(model__anchor="cmpae", loss__denoise=True, eval__thresholds="official"),
     # The authors' code's recipe: the default (kept as a name for older commands).
     "official": _set(),
-    # The paper's text where it differs from the authors' code (SPEC §5-§7, App. A).
-    "paper": apply_paper_recipe,
+    # The paper's text where it differs from the authors' code (docs/method.md §5-§7, Appendix A).
+    "paper": use_paper_recipe,
 }
-DATASETS = {"llp": llp_config, "synthetic": synthetic_config}
-ANCHORS = ("han", "cmpae")
 
 
-def get_config(arg: str):
-    name, *options = [part.strip() for part in arg.split(",")]
-    if name not in ABLATIONS:
+def get_config(arg: str = ""):
+    name, _, rest = arg.partition(",")  # the ablation's name first (some are Anchor names)
+    if name.strip() not in ABLATIONS:
         raise ValueError(
-            f"configs/ablations.py: unknown ablation {name!r}; expected one of {sorted(ABLATIONS)}"
+            f"configs/ablations.py: {name.strip()!r} is not an ablation: name one after the "
+            f"colon, one of {sorted(ABLATIONS)}"
         )
-    dataset = next((o for o in options if o in DATASETS), "llp")
-    anchor = next((o for o in options if o in ANCHORS), None)
-    unknown = [o for o in options if o not in DATASETS and o not in ANCHORS]
-    if unknown:
-        raise ValueError(
-            f"configs/ablations.py: unknown option(s) {unknown}; expected a dataset "
-            f"{sorted(DATASETS)} or an Anchor {list(ANCHORS)}"
-        )
-    variant = {None: "", "han": "coleaf_han", "cmpae": "coleaf_cmpae"}[anchor]
-    config = DATASETS[dataset](variant)
-    ABLATIONS[name](config)
-    config.name = f"{name}_{config.model.anchor}_{dataset}"
+    options = parse_options(
+        rest, "configs/ablations.py", data=("synthetic",), anchor=("han", "cmpae")
+    )
+    options["ablation"] = name.strip()
+    dataset = options["data"] or "llp"
+    method = {"": "", "han": "coleaf_han", "cmpae": "coleaf_cmpae"}[options["anchor"]]
+    config = load_sibling(__file__, f"{dataset}.py", method)
+    ABLATIONS[options["ablation"]](config)
+    config.name = f"{options['ablation']}_{config.model.anchor}_{dataset}"
     return config

@@ -1,4 +1,6 @@
-"""CoLeaF trained with VALOR's CLIP/CLAP segment pseudo-labels (SPEC §9, paper Table 6).
+"""CoLeaF trained with VALOR's CLIP/CLAP segment pseudo-labels (docs/method.md §9,
+paper Table 6): configs/llp.py's values (or configs/synthetic.py's), with the
+differences below.
 
     python train.py --config configs/llp_pseudo.py --config.data.root=/path/to/LLP --workdir runs/llp_pseudo
     python train.py --config configs/llp_pseudo.py:synthetic --workdir runs/pseudo_synthetic
@@ -9,13 +11,24 @@ modality labels become max_t of the pseudo-labels and the Anchor gets an extra
 segment-level BCE against them (weight ``loss.pseudo_label_segment_weight``);
 CoLeaF's collaborative losses are unchanged. JoMoLD is off: the modality labels
 no longer come from the modality-agnostic weak label it denoises.
-Variants: a method (``coleaf_cmpae`` default, ``coleaf_han``, ``han``, ``cmpae``)
-and/or ``synthetic`` (the embedded data, whose generator writes pseudo-labels
-from a simulated imperfect teacher), e.g. ``configs/llp_pseudo.py:han,synthetic``.
+
+Options: a method (``coleaf_cmpae`` default, the Table 6 setting; ``coleaf_han``,
+``han``, ``cmpae``) and/or ``synthetic`` (the embedded data, whose generator
+writes pseudo-labels from a simulated imperfect teacher), e.g.
+``configs/llp_pseudo.py:han,synthetic``.
 """
 
-from coleaf_jax.config import pseudo_label_config
+import ml_collections
+
+from coleaf_jax.config import METHODS, load_sibling, parse_options
 
 
-def get_config(variant: str = ""):
-    return pseudo_label_config(variant)
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    options = parse_options(arg, "configs/llp_pseudo.py", method=METHODS, data=("synthetic",))
+    method = options["method"] or "coleaf_cmpae"
+    base = "synthetic.py" if options["data"] else "llp.py"
+    c = load_sibling(__file__, base, method)  # then:
+    c.data.pseudo_labels = True
+    c.loss.denoise = False
+    c.name = c.name.replace("_llp", "_llp_pseudo").replace("_synthetic", "_synthetic_pseudo")
+    return c

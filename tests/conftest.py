@@ -4,8 +4,11 @@ Several tests compile the same training step (fresh runs, resumed runs, eval):
 with the cache, each distinct program is compiled once per session.
 """
 
+import io
 import os
 import tempfile
+from contextlib import redirect_stderr, redirect_stdout
+from types import SimpleNamespace
 
 # Tests run tiny shapes: XLA's optimisations cost more compile time than they save. The
 # CoLeaF step (CMPAE Anchor, tiny dims) compiles in 9.3 s with the backend optimisation
@@ -23,6 +26,10 @@ for _flag in FAST_COMPILE_FLAGS:
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+from coleaf_jax.data import pipeline  # noqa: E402
+from coleaf_jax.training import train  # noqa: E402
+from tests.helpers import run_config  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -63,3 +70,33 @@ def pytest_collection_modifyitems(config, items):
         return rank.get(name, len(rank))
 
     items.sort(key=key)  # stable: the others keep their order
+
+
+# ----------------------------------------------------------------------------- a finished run
+# One tiny 3-epoch run (HAN baseline, D = 16, 30 synthetic videos), trained once per test
+# process; the tests that damage or extend it work on copies (tests/helpers.py:copy_run).
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    base = tmp_path_factory.mktemp("reliability_data")
+    root = str(base / "data")
+    return root, pipeline.load_splits(run_config(root), str(base))
+
+
+@pytest.fixture(scope="session")
+def run(tmp_path_factory, data_root):
+    """A finished run, trained with its console output captured (not a terminal)."""
+    root, data = data_root
+    workdir = str(tmp_path_factory.mktemp("reliability_run") / "run")
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        result = train.train_and_evaluate(run_config(root), workdir, data=data, verbose=True)
+    return SimpleNamespace(
+        workdir=workdir,
+        result=result,
+        root=root,
+        data=data,
+        stdout=out.getvalue(),
+        stderr=err.getvalue(),
+    )

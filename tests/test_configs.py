@@ -1,5 +1,7 @@
 """Config files: they load, validate, and fail clearly where a user must act."""
 
+import os
+
 import jax.numpy as jnp
 import ml_collections
 import pytest
@@ -7,6 +9,8 @@ import pytest
 from coleaf_jax.data import pipeline
 from coleaf_jax.training import step as step_lib
 from configs import ablations, llp, synthetic
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("module", [llp, synthetic])
@@ -74,13 +78,17 @@ def test_defaults_are_the_authors_recipe_and_paper_is_a_variant():
     )
     han_paper = llp.get_config("coleaf_han,paper")
     assert (han_paper.model.anchor, han_paper.loss.reference) == ("han", "bce")
-    with pytest.raises(ValueError, match="expected \\[method\\]\\[,paper\\]"):
+    with pytest.raises(ValueError, match="options 'han' and 'cmpae' are both a method"):
         llp.get_config("han,cmpae")
 
 
 def test_unknown_variant_and_values_fail_clearly():
-    with pytest.raises(ValueError, match="unknown variant"):
+    with pytest.raises(ValueError, match="unknown option 'cmpea' \\(expected method: .*han"):
         llp.get_config("cmpea")
+    with pytest.raises(
+        ValueError, match="'synthetic' is not an ablation: name one after the colon"
+    ):
+        ablations.get_config("synthetic")
     c = llp.get_config()
     c.loss.contrastive = "infonce"
     with pytest.raises(ValueError, match="config.loss.contrastive = 'infonce'"):
@@ -130,7 +138,7 @@ def test_ablations_change_what_they_say():
     assert ablations.get_config("paper").loss.reference == "bce"
     assert ablations.get_config("han").eval.thresholds == "standard"
     assert ablations.get_config("coleaf_cmpae,synthetic").eval.thresholds == "official"
-    with pytest.raises(ValueError, match="unknown ablation"):
+    with pytest.raises(ValueError, match="'no_such_thing' is not an ablation"):
         ablations.get_config("no_such_thing")
     with pytest.raises(ValueError, match="unknown option"):
         ablations.get_config("no_kd,imagenet")
@@ -162,7 +170,7 @@ def test_every_key_has_a_check_and_every_check_a_key():
     """A key added to the defaults without a declared check (or the reverse) fails here."""
     from coleaf_jax import config as config_lib
 
-    keys = set(config_lib.flatten(config_lib.base_config()))
+    keys = set(config_lib.flatten(llp.get_config()))
     assert keys == set(config_lib.SCHEMA), (
         sorted(keys - set(config_lib.SCHEMA)),
         sorted(set(config_lib.SCHEMA) - keys),
@@ -194,7 +202,11 @@ def test_every_config_file_passes_its_checks(spec):
     [
         ("lr_decay_factor", 0.0, "a number in (0.0, 1.0]"),
         ("lr_decay_factor", 1.5, "a number in (0.0, 1.0]"),
-        ("data.dataset", "imagenet", "one of ['llp', 'synthetic', 'unav100', 'synthetic_unav100']"),
+        (
+            "data.dataset",
+            "imagenet",
+            "one of ['llp', 'synthetic', 'synthetic_unav100', 'unav100'] (coleaf_jax.registry)",
+        ),
         ("loss.cmpae_weights", (1.0, -1.0, 1.0, 1.0, 1.0), "5 numbers, each finite number >= 0.0"),
         (
             "loss.denoise_ratios",
@@ -215,3 +227,69 @@ def test_a_value_outside_its_check_names_key_value_and_what_is_allowed(key, valu
     assert str(info.value) == f"config.{key} = {value!r}: expected {expected}".replace(
         "(1.0, -1.0, 1.0, 1.0, 1.0)", "[1.0, -1.0, 1.0, 1.0, 1.0]"
     )
+
+
+def _assignments(path: str) -> dict[str, bool]:
+    """``{key: has a comment}`` for every ``c.KEY = ...`` line of a config file: a comment
+    on the line, or a comment block right above it."""
+    import re
+
+    lines = open(path).read().splitlines()
+    out = {}
+    for i, line in enumerate(lines):
+        m = re.match(r"\s+c\.([a-z_.]+) = ", line)
+        if m and "ConfigDict()" not in line:
+            out[m.group(1)] = "  # " in line or lines[i - 1].strip().startswith("#")
+    return out
+
+
+def test_llp_config_file_writes_out_every_key_with_a_comment():
+    """configs/llp.py read alone tells every value of the run: each key of SCHEMA is
+    assigned there, with a comment saying what it is or where it comes from."""
+    from coleaf_jax import config as config_lib
+
+    written = _assignments(os.path.join(ROOT, "configs", "llp.py"))
+    assert set(written) == set(config_lib.SCHEMA), set(config_lib.SCHEMA) ^ set(written)
+    assert [k for k, commented in written.items() if not commented] == []
+
+
+# What the shared pieces of the config files set (coleaf_jax/config.py).
+SET_METHOD = {"method", "model.anchor", "loss.denoise", "eval.thresholds", "name"}
+PAPER = {
+    "num_epochs",
+    "loss.reference",
+    "loss.class_token_weight_audio",
+    "loss.class_token_weight_visual",
+    "loss.correlation_teacher",
+    "loss.denoise_schedule",
+    "name",
+}
+
+
+@pytest.mark.parametrize(
+    "spec,bases,shared",
+    [
+        ("configs/synthetic.py", ["synthetic.py"], SET_METHOD),
+        ("configs/synthetic.py:cmpae,paper", ["synthetic.py"], SET_METHOD | PAPER),
+        ("configs/unav100.py", ["unav100.py"], SET_METHOD),
+        ("configs/unav100.py:synthetic", ["synthetic.py", "unav100.py"], SET_METHOD),
+        ("configs/llp_pseudo.py:han", ["llp_pseudo.py"], SET_METHOD),
+        ("configs/llp_pseudo.py:synthetic", ["synthetic.py", "llp_pseudo.py"], SET_METHOD),
+        ("configs/ablations.py:no_kd,synthetic", ["synthetic.py", "ablations.py"], SET_METHOD),
+        ("configs/ablations.py:paper", ["ablations.py"], SET_METHOD | PAPER),
+    ],
+)
+def test_other_config_files_write_out_their_differences(spec, bases, shared):
+    """Every value in which a file's config differs from configs/llp.py's is assigned in
+    the files it is made of, or set by a shared helper (set_method, use_paper_recipe)."""
+    import re
+
+    from coleaf_jax import config as config_lib
+
+    base = config_lib.flatten(llp.get_config())
+    derived = config_lib.flatten(config_lib.load_config_file(spec))
+    text = "".join(open(os.path.join(ROOT, "configs", b)).read() for b in bases)
+    written = set(re.findall(r"\bc(?:onfig)?\.([a-z_.]+) = ", text))
+    written |= {k.replace("__", ".") for k in re.findall(r"\b([a-z_]+)=", text)}  # _set(...)
+    changed = {k for k in base if base[k] != derived[k]}
+    assert changed - written - shared == set()

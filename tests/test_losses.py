@@ -1,4 +1,4 @@
-"""Losses of SPEC §4-§6: values on hand-made cases, loop references, no teacher gradient."""
+"""Losses of docs/method.md §4-§6: values on hand-made cases, loop references, no teacher gradient."""
 
 import jax
 import jax.numpy as jnp
@@ -75,7 +75,7 @@ def test_event_aware_weights_hand_case():
 
 
 def _nce_loop(u, z, w, mask, tau, eps, form):
-    """Per-video, per-segment loop of SPEC §6a."""
+    """Per-video, per-segment loop of docs/method.md §6a."""
     total, count = 0.0, 0
     for b in range(u.shape[0]):
         idx = np.flatnonzero(mask[b])

@@ -22,27 +22,29 @@ Each exits 1 unless every group is within its tolerance. Here: the weight
 conversion both ways, and the tolerances themselves.
 """
 
+import json
 import os
-import sys
 
+import numpy as np
 import pytest
+
+from coleaf_jax.models import authors_weights as aw
+from tools import parity_inputs
+from tools import parity_replay as parity
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-
-import parity  # noqa: E402
 
 
 def test_tolerances():
     """Exact in float64; decisions exact in float32 (float32 rounding only against a
     float64 recording); the first float32 step tight, later steps loose."""
-    assert parity.tolerance("parameters after step 20", float64=True) == parity.EXACT_RTOL
+    assert parity.tolerance("parameters after step 20", float64=True) == parity_inputs.EXACT_RTOL
     assert parity.tolerance("JoMoLD labels (epoch 2)", float64=False) == 0.0
     assert parity.tolerance("KD targets (epoch 4)", float64=False, mixed=True) == 1e-7
-    assert parity.tolerance("gradients after step 1", float64=False) == parity.OUTPUT_RTOL
-    assert parity.tolerance("parameters after step 1", float64=False) == parity.PARAM_RTOL
-    assert parity.tolerance("parameters after step 20", float64=False) == parity.DRIFT_RTOL
+    assert parity.tolerance("gradients after step 1", float64=False) == parity_inputs.OUTPUT_RTOL
+    assert parity.tolerance("parameters after step 1", float64=False) == parity_inputs.PARAM_RTOL
+    assert parity.tolerance("parameters after step 20", float64=False) == parity_inputs.DRIFT_RTOL
     table, ok = parity.report({"JoMoLD labels (epoch 2)": 1e-8}, float64=False)
     assert not ok and "FAIL" in table
 
@@ -51,13 +53,11 @@ def test_tolerances():
 def test_weight_conversion_round_trips(network):
     """Ours -> the authors' state_dict -> ours is the identity, and every entry of their
     networks is either mapped or known to be unused."""
-    import numpy as np
-
-    from coleaf_jax.models import authors_weights as aw
-
-    meta = parity.json.loads(str(np.load(os.path.join(FIXTURES, "parity_cmpae_f32.npz"))["meta"]))
-    shapes = {n: {k: tuple(v) for k, v in meta["shapes"][n].items()} for n in parity.NETWORKS}
-    weights = parity.initial_weights(shapes, 0)[network]
+    meta = json.loads(str(np.load(os.path.join(FIXTURES, "parity_cmpae_f32.npz"))["meta"]))
+    shapes = {
+        n: {k: tuple(v) for k, v in meta["shapes"][n].items()} for n in parity_inputs.NETWORKS
+    }
+    weights = parity_inputs.initial_weights(shapes, 0)[network]
     table = aw.TABLES[network]
     ours = aw.from_authors(weights, table, network)
     back = aw.to_authors(ours, table)

@@ -1,4 +1,4 @@
-"""Training with segment pseudo-labels (SPEC §9): files, label derivation, the extra loss."""
+"""Training with segment pseudo-labels (docs/method.md §9): files, label derivation, the extra loss."""
 
 import os
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from coleaf_jax.config import pseudo_label_config
+from coleaf_jax.config import load_config_file
 from coleaf_jax.data import llp, pipeline, synthetic
 from coleaf_jax.training import losses
 from coleaf_jax.training import step as step_lib
@@ -102,7 +102,7 @@ def test_simulated_teacher_rates():
 
 
 def test_pseudo_labels_drive_the_step(tmp_path):
-    config = pseudo_label_config("han,synthetic")
+    config = load_config_file("configs/llp_pseudo.py:han,synthetic")
     config.model.d_model = config.model.ffn_dim = 16
     config.data.synthetic_videos = 20
     config.batch_size = 4

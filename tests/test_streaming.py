@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 
-from coleaf_jax.data import llp, pipeline
+from coleaf_jax.data import datasets, llp, pipeline
 from coleaf_jax.training import train
 from tests.test_llp_data import make_layout
 from tests.test_train import tiny_config
@@ -58,14 +58,14 @@ def test_splits_stream_beyond_the_memory_budget():
     config = tiny_config()
     sizes = {"train": 6 * 2**30, "val": 0.5 * 2**30, "test": 1 * 2**30}
     config.data.resident_max_gib = 4.0  # val and test first, then train if it still fits
-    assert pipeline.streamed_splits(config, ("train", "val", "test"), sizes.get) == {"train"}
+    assert datasets.streamed_splits(config, ("train", "val", "test"), sizes.get) == {"train"}
     config.data.resident_max_gib = 1.2
-    assert pipeline.streamed_splits(config, ("train", "val", "test"), sizes.get) == {
+    assert datasets.streamed_splits(config, ("train", "val", "test"), sizes.get) == {
         "train",
         "test",
     }
     config.data.resident_max_gib = 100.0
-    assert pipeline.streamed_splits(config, ("train", "val", "test"), sizes.get) == set()
+    assert datasets.streamed_splits(config, ("train", "val", "test"), sizes.get) == set()
 
 
 def test_background_reads_ahead_propagates_errors_and_stops():

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from coleaf_jax.config import override, unav100_config
+from coleaf_jax.config import load_config_file, override
 from coleaf_jax.data import pipeline, synthetic, unav100
 from coleaf_jax.evaluation import evaluate, metrics
 from coleaf_jax.models import HANAnchor
@@ -156,7 +156,7 @@ def test_bucketed_batches_crop_only_padding(unav_root):
 
 
 def _tiny_unav(variant="coleaf_han", **overrides):
-    c = unav100_config(f"{variant},synthetic")
+    c = load_config_file(f"configs/unav100.py:{variant},synthetic")
     c.model.d_model = 16
     c.model.ffn_dim = 16
     c.data.synthetic_videos = 40

@@ -64,12 +64,12 @@ def test_cmpae_multi_seed_step_runs_without_ynn_fusions():
         + textwrap.dedent(
             """
         import numpy as np
-        from coleaf_jax.config import synthetic_config
+        from coleaf_jax.config import load_config_file
         from coleaf_jax.training.seeds import run_keys, vmap_seeds
         from coleaf_jax.training.step import create_train_state, make_train_step
         from coleaf_jax.training.train import make_device_step, padded_order
 
-        c = synthetic_config("coleaf_cmpae")
+        c = load_config_file("configs/synthetic.py:coleaf_cmpae")
         c.model.d_model = c.model.ffn_dim = 16
         c.batch_size = 4
         n, t, k = 8, 10, 2

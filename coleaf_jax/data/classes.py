@@ -1,6 +1,6 @@
-"""Class vocabularies and fixed shapes of the benchmarks (SPEC §2)."""
+"""Class vocabularies and fixed shapes of the benchmarks (docs/method.md §2)."""
 
-# The 25 LLP classes in the index order every published number uses (SPEC §2).
+# The 25 LLP classes in the index order every published number uses (docs/method.md §2).
 LLP_CLASSES: tuple[str, ...] = (
     "Speech",
     "Car",
@@ -33,14 +33,14 @@ LLP_CLASS_INDEX: dict[str, int] = {name: i for i, name in enumerate(LLP_CLASSES)
 LLP_NUM_SEGMENTS = 10  # T: one-second segments per LLP video
 LLP_FRAMES_PER_SEGMENT = 8  # ResNet-152 frames per second
 
-# Feature folder -> per-video array shape (SPEC §2).
+# Feature folder -> per-video array shape (docs/method.md §2).
 LLP_FEATURES: dict[str, tuple[int, int]] = {
     "vggish": (10, 128),
     "res152": (80, 2048),
     "r2plus1d_18": (10, 512),
 }
 
-# Split name -> weak-label CSV (SPEC §2).
+# Split name -> weak-label CSV (docs/method.md §2).
 LLP_SPLIT_CSV: dict[str, str] = {
     "train": "AVVP_train.csv",
     "val": "AVVP_val_pd.csv",

@@ -100,7 +100,7 @@ def warn_all_zero(where: str, ids: list[str]) -> None:
         )
 
 
-# VALOR's offline segment pseudo-labels (SPEC §9): CLAP on audio, CLIP on frames.
+# VALOR's offline segment pseudo-labels (docs/method.md §9): CLAP on audio, CLIP on frames.
 PSEUDO_LABEL_FOLDERS = {
     "pl_audio": "CLAP/segment_pseudo_labels",
     "pl_visual": "CLIP/segment_pseudo_labels",

@@ -122,7 +122,7 @@ class Llp(tfds.core.ShardBasedBuilder):
         dense = (LLP_NUM_SEGMENTS, num_classes)
         return tfds.core.DatasetInfo(
             builder=self,
-            description="LLP audio-visual video parsing with HAN features (SPEC §2).",
+            description="LLP audio-visual video parsing with HAN features (docs/method.md §2).",
             features=tfds.features.FeaturesDict(
                 {
                     "id": tfds.features.Text(doc="YouTube id (feature file stem)"),

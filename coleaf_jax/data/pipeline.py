@@ -19,175 +19,47 @@ batches cost less and a handful of shapes get compiled.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 from collections.abc import Iterator
 
 import numpy as np
 
-from coleaf_jax.data import llp, synthetic, unav100
-from coleaf_jax.data.classes import LLP_CLASSES
+from coleaf_jax import registry
+from coleaf_jax.data.splits import SplitArrays, StreamedSplit
 
 logger = logging.getLogger(__name__)
 
 FEATURE_KEYS = ("audio", "video_2d", "video_3d")
 BATCH_KEYS = FEATURE_KEYS + ("label",)
-# Carried into batches when the split has them: segment pseudo-labels (SPEC §9).
+# Carried into batches when the split has them: segment pseudo-labels (docs/method.md §9).
 OPTIONAL_KEYS = ("pl_audio", "pl_visual")
-DATASETS = ("llp", "synthetic", "unav100", "synthetic_unav100")
-
-
-def synthetic_root(config, workdir: str) -> str:
-    """Where ``data.dataset = 'synthetic'`` lives: ``data.root`` or ``<workdir>/data``."""
-    return config.data.root or os.path.join(workdir, "data")
-
-
-def ensure_synthetic(config, workdir: str) -> str:
-    """Generates the synthetic dataset once (the generator's ``.complete`` marker records
-    it, so a folder written by the CLI with other settings is used as it is).
-
-    ``data.dataset = 'synthetic'`` writes the LLP layout; ``'synthetic_unav100'``
-    the variable-length UnAV-100 layout.
-    """
-    root = synthetic_root(config, workdir)
-    if not os.path.exists(os.path.join(root, synthetic.COMPLETE_MARKER)):
-        if config.data.dataset == "synthetic_unav100":
-            cfg = synthetic.SyntheticUnavConfig(
-                num_videos=config.data.synthetic_videos,
-                num_classes=config.data.num_classes,
-                seed=config.data.synthetic_seed,
-            )
-            synthetic.generate_unav(root, cfg, verbose=True)
-        else:
-            cfg = synthetic.SyntheticConfig(
-                num_videos=config.data.synthetic_videos, seed=config.data.synthetic_seed
-            )
-            synthetic.generate(root, cfg, verbose=True)
-    return root
 
 
 def can_pool_frames(config) -> bool:
     """Whether frames may be averaged at load time: exact unless the Anchor puts a
-    nonlinearity between the frame projection and the average (CMPAE's ELU), or
-    ``config.model.pool_frames_first`` asks for the per-frame projection."""
-    return config.model.anchor != "cmpae" and config.model.pool_frames_first
+    nonlinearity between the frame projection and the average (its registry entry's
+    ``pool_frames_first``: not CMPAE's ELU), or ``config.model.pool_frames_first`` asks
+    for the per-frame projection."""
+    return registry.anchor(config.model.anchor).pool_frames_first and bool(
+        config.model.pool_frames_first
+    )
 
 
 def load_splits(
     config, workdir: str, splits=("train", "val", "test"), pool_frames: bool | None = None
-) -> dict[str, dict[str, np.ndarray]]:
-    """Loads the named splits of ``config.data`` into memory (``llp.load_split``).
+) -> dict[str, SplitArrays]:
+    """The named splits of ``config.data.dataset`` (its registry entry's ``load_splits``).
 
-    ``pool_frames`` averages each second's 8 ResNet frames at load time
-    (default: ``can_pool_frames(config)``). Val/test videos without feature
-    files are an error unless ``config.data.allow_missing``; each split is an
-    ``llp.SplitArrays`` whose ``skipped`` lists the videos left out
-    (``skipped_ids``).
+    ``pool_frames`` averages each second's 8 ResNet frames at load time (default:
+    ``can_pool_frames(config)``). Val/test videos without feature files are an error
+    unless ``config.data.allow_missing``; each split is a ``splits.SplitArrays`` whose
+    ``skipped`` lists the videos left out (``skipped_ids``).
     """
-    allow_missing = config.data.get("allow_missing", False)
     if pool_frames is None:
         pool_frames = can_pool_frames(config)
-    dataset = config.data.dataset
-    if dataset in ("unav100", "synthetic_unav100"):
-        if dataset == "synthetic_unav100":
-            root = ensure_synthetic(config, workdir)
-        elif not config.data.root:
-            raise ValueError(
-                "config.data.root is required for UnAV-100: the folder holding "
-                "annotations/unav100_annotations.json and av_features/ (pass "
-                "--config.data.root=/path/to/unav100)"
-            )
-        else:
-            root = config.data.root
-        out = {}
-        for s in splits:
-            split = llp.SplitArrays(
-                unav100.load_split(
-                    root,
-                    s,
-                    features=config.data.unav_features,
-                    overlap=config.data.unav_overlap,
-                    annotation_file=config.data.unav_annotation_file or None,
-                    num_classes=config.data.num_classes,
-                )
-            )
-            split.skipped = _unav_skipped(config, root, s, split["id"])
-            if split.skipped and s != "train" and not allow_missing:
-                raise llp.MissingFeatureError(
-                    f"UnAV-100 {s}: {len(split.skipped)} videos have no feature files under "
-                    f"{os.path.join(root, unav100.FEATURE_DIR)} (first: "
-                    f"{', '.join(split.skipped[:5])}); their scores would be missing from every "
-                    f"{s} result. Restore the files, or pass --config.data.allow_missing=True to "
-                    f"score the remaining videos (the counts are then recorded in every metrics "
-                    f"file)"
-                )
-            out[s] = split
-        return out
-    if dataset == "synthetic":
-        root = ensure_synthetic(config, workdir)
-        tfds_dir = config.data.tfds_dir or os.path.join(root, "tfds")
-    elif config.data.dataset == "llp":
-        if not config.data.root:
-            raise ValueError(
-                "config.data.root is required for LLP: the folder holding vggish/, "
-                "res152/ and r2plus1d_18/ (pass --config.data.root=/path/to/LLP)"
-            )
-        root = config.data.root
-        tfds_dir = config.data.tfds_dir or None
-    else:
-        raise ValueError(
-            f"config.data.dataset = {config.data.dataset!r}: expected one of {list(DATASETS)}"
-        )
-    common = dict(
-        annotation_dir=config.data.annotation_dir or None,
-        tfds_dir=tfds_dir,
-        pool_frames=pool_frames,
-    )
-    streamed = streamed_splits(config, splits, lambda s: llp.split_feature_bytes(root, s, **common))
-    out = {
-        s: llp.load_split(
-            root,
-            s,
-            allow_missing=allow_missing,
-            allow_split_overlap=config.data.allow_split_overlap,
-            stream=s in streamed,
-            **common,
-        )
-        for s in splits
-    }
-    if config.data.pseudo_labels and "train" in out:
-        out["train"].update(llp.load_pseudo_labels(root, out["train"]["id"]))
-    return out
-
-
-def streamed_splits(config, splits, feature_bytes) -> set[str]:
-    """The splits to stream: held in memory, val and test first (read every epoch), then
-    train, while their features fit ``config.data.resident_max_gib`` together; the rest
-    are read from disk batch by batch. ``feature_bytes(split)`` gives a split's size."""
-    budget = config.data.resident_max_gib * 2**30
-    streamed = set()
-    for split in sorted(splits, key=lambda s: s == "train"):
-        size = feature_bytes(split)
-        if size <= budget:
-            budget -= size
-        else:
-            streamed.add(split)
-    if streamed:
-        logger.info(
-            "streaming %s from disk (features over config.data.resident_max_gib = %g GiB)",
-            ", ".join(sorted(streamed)),
-            config.data.resident_max_gib,
-        )
-    return streamed
-
-
-def _unav_skipped(config, root: str, split: str, loaded_ids) -> tuple[str, ...]:
-    """The annotated videos of an UnAV-100 split that ``unav100.load_split`` left out."""
-    path = config.data.unav_annotation_file or os.path.join(root, unav100.ANNOTATION_FILE)
-    videos = unav100.read_annotations(path, config.data.num_classes)[0]
-    expected = {v.video_id for v in videos.values() if v.subset == unav100.SUBSETS[split]}
-    return tuple(sorted(expected - set(np.asarray(loaded_ids).tolist())))
+    dataset = registry.dataset(config.data.dataset)
+    return registry.resolve(dataset.load_splits)(config, workdir, tuple(splits), pool_frames)
 
 
 def skipped_ids(data) -> tuple[str, ...]:
@@ -203,22 +75,13 @@ def also_in_other_splits(data) -> int:
 def load_feature_dir(config, directory: str, ids=None) -> dict[str, np.ndarray]:
     """Features of the videos in ``directory`` in ``config.data``'s layout, no annotations
     needed (LLP: ``vggish/``, ``res152/``, ``r2plus1d_18/``; UnAV-100: ``<id>_*.npy``)."""
-    if config.data.dataset in ("unav100", "synthetic_unav100"):
-        return unav100.load_feature_dir(directory, ids, features=config.data.unav_features)
-    return llp.load_feature_dir(directory, ids, pool_frames=can_pool_frames(config))
+    reader = registry.dataset(config.data.dataset).load_feature_dir
+    return registry.resolve(reader)(config, directory, ids)
 
 
 def class_names(config, workdir: str) -> list[str]:
     """Class names of ``config.data`` in index order."""
-    if config.data.dataset in ("unav100", "synthetic_unav100"):
-        root = (
-            synthetic_root(config, workdir)
-            if config.data.dataset.startswith("synthetic")
-            else config.data.root
-        )
-        path = config.data.unav_annotation_file or os.path.join(root, unav100.ANNOTATION_FILE)
-        return unav100.read_annotations(path, config.data.num_classes)[1]
-    return list(LLP_CLASSES)
+    return registry.resolve(registry.dataset(config.data.dataset).class_names)(config, workdir)
 
 
 def num_batches(num_videos: int, batch_size: int) -> int:
@@ -242,10 +105,8 @@ def resident_fields(data: dict) -> dict[str, np.ndarray]:
 
 
 def num_classes(config) -> int:
-    """Classes of ``config.data``: 25 for the LLP layout, ``data.num_classes`` for UnAV-100."""
-    if config.data.dataset in ("unav100", "synthetic_unav100"):
-        return config.data.num_classes
-    return len(LLP_CLASSES)
+    """Classes of ``config.data`` (25 for the LLP layout, ``data.num_classes`` for UnAV-100)."""
+    return registry.resolve(registry.dataset(config.data.dataset).num_classes)(config)
 
 
 def bucket_length(lengths: np.ndarray, bucket: int, max_length: int) -> int:
@@ -306,8 +167,8 @@ PREFETCH_BATCHES = 2  # batches a streamed split is read ahead
 
 
 def is_streamed(data) -> bool:
-    """Whether a split's features are read from disk on demand (``llp.StreamedSplit``)."""
-    return isinstance(data, llp.StreamedSplit)
+    """Whether a split's features are read from disk on demand (``splits.StreamedSplit``)."""
+    return isinstance(data, StreamedSplit)
 
 
 def background(items: Iterator, size: int) -> Iterator:

@@ -369,7 +369,7 @@ def teacher_pseudo_labels(
 def write_pseudo_labels(
     out_dir: str, videos: list[Video], seed: int, teacher: TeacherConfig = TeacherConfig()
 ) -> None:
-    """VALOR-layout pseudo-label folders (SPEC §9) from the simulated teacher:
+    """VALOR-layout pseudo-label folders (docs/method.md §9) from the simulated teacher:
     ``CLAP/segment_pseudo_labels/<id>.npy`` (audio) and ``CLIP/...`` (visual).
 
     Uses its own random stream (``seed``), so the features do not depend on it.

@@ -1,4 +1,4 @@
-"""UnAV-100 (SPEC §2): untrimmed videos of variable length, audio-visual events.
+"""UnAV-100 (docs/method.md §2): untrimmed videos of variable length, audio-visual events.
 
 Layout (as distributed by the UnAV-100 authors)::
 

@@ -1,4 +1,4 @@
-"""Predict → binarise → score: the Anchor on a split with the AVVP metrics (SPEC §8)."""
+"""Predict → binarise → score: the Anchor on a split with the AVVP metrics (docs/method.md §8)."""
 
 from __future__ import annotations
 

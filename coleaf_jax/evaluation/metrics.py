@@ -1,4 +1,4 @@
-"""The AVVP evaluation protocol (SPEC §8), vectorised.
+"""The AVVP evaluation protocol (docs/method.md §8), vectorised.
 
 Everything here is plain numpy on whole datasets: no per-video, per-class or
 per-segment Python loop. The numbers are those of the public evaluation code
@@ -54,7 +54,7 @@ SCORE_TITLES: dict[str, str] = {
     "event": "E@",
     "event_o": "E@o",
 }
-# Model selection (SPEC §7): Ao, Vo, AV, Type@AVo, Event@AVo at both levels.
+# Model selection (docs/method.md §7): Ao, Vo, AV, Type@AVo, Event@AVo at both levels.
 SELECTION_KEYS: tuple[str, ...] = tuple(
     f"{lvl}_{n}" for lvl in LEVELS for n in ("ao", "vo", "av", "type_o", "event_o")
 )
@@ -215,7 +215,7 @@ def avvp_scores(
     gt_v: ArrayLike,
     mask: ArrayLike | None = None,
 ) -> dict[str, float]:
-    """The 18 AVVP F-scores (percent) of SPEC §8, old and new metrics.
+    """The 18 AVVP F-scores (percent) of docs/method.md §8, old and new metrics.
 
     Args:
       pred_a, pred_v: binary ``(N, T, C)`` audio / visual segment decisions
@@ -292,7 +292,7 @@ SELECTIONS: dict[str, tuple[str, ...]] = {"avvp": SELECTION_KEYS, "av": ("seg_av
 
 def selection_score(scores: Mapping[str, float], selection: str = "avvp") -> float:
     """Model-selection criterion: the mean of ``SELECTIONS[selection]`` (``'avvp'``:
-    the ten ``SELECTION_KEYS`` of SPEC §7; ``'av'``: segment and event AV, UnAV-100)."""
+    the ten ``SELECTION_KEYS`` of docs/method.md §7; ``'av'``: segment and event AV, UnAV-100)."""
     if selection not in SELECTIONS:
         raise ValueError(
             f"config.eval.selection = {selection!r}: expected one of {sorted(SELECTIONS)}"
@@ -329,7 +329,7 @@ def format_table(
 
 @dataclasses.dataclass(frozen=True)
 class Thresholds:
-    """Decision thresholds of SPEC §8; each a scalar or a per-class ``(C,)`` array.
+    """Decision thresholds of docs/method.md §8; each a scalar or a per-class ``(C,)`` array.
 
     ``video_*`` gate a class for the whole video, ``segment_*`` decide each
     segment; a segment is positive when both pass (``>=``). ``gate`` says which
@@ -345,7 +345,7 @@ class Thresholds:
     name: str = "custom"
 
 
-# HAN's standard setting (every number of SPEC §8's table).
+# HAN's standard setting (every number of docs/method.md §8's table).
 STANDARD = Thresholds(name="standard")
 # The CMPAE / CoLeaF official code's inference thresholds.
 OFFICIAL = Thresholds(
@@ -396,7 +396,7 @@ def search_visual_thresholds(
     grid: Sequence[float] = DEFAULT_THRESHOLD_GRID,
     mask: ArrayLike | None = None,
 ) -> np.ndarray:
-    """Per-class visual video-level thresholds chosen on a validation split (SPEC §8).
+    """Per-class visual video-level thresholds chosen on a validation split (docs/method.md §8).
 
     For each candidate ``θ`` and class ``c`` the visual decisions
     ``1[P_v >= base.segment_v] ⊙ 1[p^v >= θ]`` are scored by the class's

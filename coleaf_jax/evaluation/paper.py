@@ -1,4 +1,4 @@
-"""Published numbers (SPEC §8, §9): LLP test, standard thresholds, percent.
+"""Published numbers (docs/method.md §8, §9): LLP test, standard thresholds, percent.
 
 ``paper_scores(config)`` returns the rows for the run's setting (method,
 Anchor, pseudo-labels) as ``{"segment": {name: value}, "event": {...}}``

@@ -3,7 +3,7 @@
 An event is a maximal run of one-second segments where a class is, for the
 whole run, heard and not seen (``audible-only``), seen and not heard
 (``visible-only``) or both (``audible-visible``) — the same partition the Ao,
-Vo and AV metrics score (SPEC §8). Each event carries the mean over its
+Vo and AV metrics score (docs/method.md §8). Each event carries the mean over its
 segments of the probability behind it: ``P_a`` for audible-only, ``P_v`` for
 visible-only and ``min(P_a, P_v)`` for audible-visible.
 

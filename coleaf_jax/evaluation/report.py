@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from coleaf_jax import cli
+from coleaf_jax import cli, registry
 from coleaf_jax.config import config_flags_as_set, load_config_file
 from coleaf_jax.data import pipeline
 from coleaf_jax.evaluation import evaluate, metrics, paper, plots, runs
@@ -137,7 +137,7 @@ def build_report(
                 if lvl in values
             ]
             note = f"Paper rows: {source} (LLP test, standard thresholds)."
-            if config.data.dataset != "llp":
+            if not registry.dataset(config.data.dataset).published:
                 note += " This run is on other data, so they are a reference, not a target."
         else:
             note = "The paper reports no LLP numbers for this setting."

@@ -74,7 +74,7 @@ def thresholds_path(workdir: str, step: int) -> str:
 def select_thresholds(
     config, workdir: str, step: int, anchor, params, verbose: bool = True
 ) -> metrics.Thresholds:
-    """Per-class visual video-level thresholds for checkpoint ``step`` (SPEC §8).
+    """Per-class visual video-level thresholds for checkpoint ``step`` (docs/method.md §8).
 
     Searched on the validation split with this checkpoint's predictions and
     stored next to it; a stored file for the same step is reused.

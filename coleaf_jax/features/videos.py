@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 
+from coleaf_jax import registry
 from coleaf_jax.data import pipeline
 from coleaf_jax.evaluation.parsing import parse_videos
 from coleaf_jax.features import decode, extract, page
@@ -18,7 +19,7 @@ from coleaf_jax.features import decode, extract, page
 
 def check_config(config) -> None:
     """--video extracts HAN's LLP features; the run must have been trained on them."""
-    if config.data.dataset not in ("llp", "synthetic"):
+    if registry.dataset(config.data.dataset).feature_layout != "llp":
         raise ValueError(
             f"--video extracts HAN's LLP features (VGGish 128-d, ResNet-152 2048-d, R(2+1)D-18 "
             f"512-d); this run's config has data.dataset = {config.data.dataset!r}, whose models "

@@ -1,6 +1,6 @@
 """Flax (linen) modules: embeddings, attention layers, MMIL pooling, Anchors, Reference."""
 
-from coleaf_jax.models.anchor import HANAnchor, build_anchor
+from coleaf_jax.models.han import HANAnchor
 from coleaf_jax.models.layers import AudioEmbedding, HANLayer, SelfAttentionLayer, VisualEmbedding
 from coleaf_jax.models.mmil import mmil_pool
 from coleaf_jax.models.reference import ReferenceBranch, UnimodalReference
@@ -13,6 +13,5 @@ __all__ = [
     "SelfAttentionLayer",
     "UnimodalReference",
     "VisualEmbedding",
-    "build_anchor",
     "mmil_pool",
 ]

@@ -1,4 +1,4 @@
-"""The CMPAE Anchor as the official CoLeaF code runs it (SPEC §4.3, Appendix A).
+"""The CMPAE Anchor as the official CoLeaF code runs it (docs/method.md §4.3, Appendix A).
 
 Embedding with an ELU after every linear; the HAN layer run with and without
 its cross term, mixed ``h = 0.8·h_CA + 0.2·h_noCA`` for training; evidential
@@ -105,9 +105,9 @@ class EvidentialHeads(nn.Module):
 
 
 class CMPAEAnchor(nn.Module):
-    """CMPAE (Gao et al., 2023) with CoLeaF's settings (SPEC Appendix A).
+    """CMPAE (Gao et al., 2023) with CoLeaF's settings (docs/method.md Appendix A).
 
-    Outputs the Anchor dict of ``coleaf_jax.models.anchor`` plus, in training,
+    Outputs the Anchor dict of ``coleaf_jax.models.han`` plus, in training,
     ``global_prob (B, C)``, ``global_unc (B,)``, ``video_unc (B, 2, C)``,
     ``noca_video_prob_a/v (B, C)`` (the no-cross-attention pass, for JoMoLD
     denoising). ``video_prob`` is the global branch's ``p_glob``.
@@ -172,3 +172,18 @@ class CMPAEAnchor(nn.Module):
             vid = k * mixed["modality_prob"] + (1 - k) * noca["modality_prob"]
             out.update(seg_prob=seg, video_prob_a=vid[:, 0], video_prob_v=vid[:, 1])
         return out
+
+
+def build(model_config, num_classes: int) -> CMPAEAnchor:
+    """The CMPAE Anchor for ``config.model`` (``registry``'s ``'cmpae'``)."""
+    return CMPAEAnchor(
+        num_classes=num_classes,
+        d_model=model_config.d_model,
+        ffn_dim=model_config.ffn_dim,
+        dropout=model_config.dropout,
+        param_init=model_config.init,
+        visual_dropout=model_config.cmpae_visual_dropout,
+        residual_dropout=model_config.cmpae_residual_dropout,
+        ca_mix=model_config.cmpae_ca_mix,
+        inference_mix=model_config.cmpae_inference_mix,
+    )

@@ -1,4 +1,4 @@
-"""Input embedding (SPEC §3), the HAN layer (§4.1) and the self-attention-only layer (§5).
+"""Input embedding (docs/method.md §3), the HAN layer (§4.1) and the self-attention-only layer (§5).
 
 Shapes: ``B`` videos, ``T`` segments, ``D`` model width. Every attention takes
 a padding mask ``(B, T)`` (1 = valid segment).
@@ -50,7 +50,7 @@ class Linear(nn.Module):
 
 
 class AudioEmbedding(nn.Module):
-    """``x_a = act(Linear(128→D)(a))`` (SPEC §3). Input ``(B, T, 128)``, returns ``(B, T, D)``."""
+    """``x_a = act(Linear(128→D)(a))`` (docs/method.md §3). Input ``(B, T, 128)``, returns ``(B, T, D)``."""
 
     d_model: int = 512
     activation: Callable[[jnp.ndarray], jnp.ndarray] | None = None
@@ -63,7 +63,7 @@ class AudioEmbedding(nn.Module):
 
 
 class VisualEmbedding(nn.Module):
-    """``x_v = Linear(2D→D)([AvgPool_8(Linear(2048→D)(v2d)) ; Linear(512→D)(v3d)])`` (SPEC §3).
+    """``x_v = Linear(2D→D)([AvgPool_8(Linear(2048→D)(v2d)) ; Linear(512→D)(v3d)])`` (docs/method.md §3).
 
     With ``activation`` (CMPAE: ELU) it follows every linear. Without it the
     frame average commutes with the frame projection, so frames are averaged
@@ -179,7 +179,7 @@ class _FeedForward(nn.Module):
 
 
 class HANLayer(nn.Module):
-    """The hybrid attention layer of HAN (SPEC §4.1), one set of weights for both streams.
+    """The hybrid attention layer of HAN (docs/method.md §4.1), one set of weights for both streams.
 
     ``x' = LN1(x + Drop(SelfAttn(x)) + Drop(CrossAttn(q=x, kv=y)))``,
     ``out = LN2(x' + Drop(W2·Drop(ReLU(W1·x'))))``, applied to ``(x_a, x_v)`` and
@@ -224,7 +224,7 @@ class HANLayer(nn.Module):
 
 
 class SelfAttentionLayer(nn.Module):
-    """The HAN layer without the cross term, for one stream (Reference, SPEC §5).
+    """The HAN layer without the cross term, for one stream (Reference, docs/method.md §5).
 
     Input ``x (B, L, D)``, ``mask (B, L)``; returns ``(B, L, D)``.
     """

@@ -1,4 +1,4 @@
-"""Attentive multimodal multiple-instance pooling (HAN Eq. 3-4, SPEC §4.2)."""
+"""Attentive multimodal multiple-instance pooling (HAN Eq. 3-4, docs/method.md §4.2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Reference branch (SPEC §5): two unimodal encoders with learnable class tokens.
+"""The Reference branch (docs/method.md §5): two unimodal encoders with learnable class tokens.
 
 Used only during training, as teacher and student of the Anchor.
 """

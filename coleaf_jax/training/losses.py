@@ -1,4 +1,4 @@
-"""The losses of CoLeaF (SPEC §4.2, §5, §6), one pure function per term.
+"""The losses of CoLeaF (docs/method.md §4.2, §5, §6), one pure function per term.
 
 Conventions:
 * ``B`` videos, ``T`` segments, ``C`` classes, ``D`` width.
@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-EPS_PROB = 1e-7  # BCE clamps probabilities to [EPS, 1 - EPS] (SPEC §4.2)
+EPS_PROB = 1e-7  # BCE clamps probabilities to [EPS, 1 - EPS] (docs/method.md §4.2)
 sg = jax.lax.stop_gradient
 
 
@@ -54,12 +54,12 @@ def binary_cross_entropy(p, y):
 
 
 def bce(p, y, video_mask, axis_name=None):
-    """Mean BCE over videos and classes (SPEC §4.2). ``p, y: (B, C)``."""
+    """Mean BCE over videos and classes (docs/method.md §4.2). ``p, y: (B, C)``."""
     return batch_mean(binary_cross_entropy(p, y), _video_weights(video_mask, p.ndim), axis_name)
 
 
 def asymmetric_loss(p, y, video_mask, gamma_pos=1.0, gamma_neg=1.0, clip=0.05):
-    """The official code's asymmetric loss for the Reference (SPEC §5), summed.
+    """The official code's asymmetric loss for the Reference (docs/method.md §5), summed.
 
     With ``p⁻ = min(1 - p + clip, 1)``, ``p_t = p·y + p⁻·(1 - y)`` and
     ``γ = γ+·y + γ-·(1 - y)``:
@@ -78,19 +78,19 @@ def asymmetric_loss(p, y, video_mask, gamma_pos=1.0, gamma_neg=1.0, clip=0.05):
 
 
 def modality_labels(y, visual_smoothing=(0.9, 0.05)):
-    """HAN's modality label smoothing: ``ȳ_a = y``, ``ȳ_v = 0.9·y + 0.05`` (SPEC §4.2)."""
+    """HAN's modality label smoothing: ``ȳ_a = y``, ``ȳ_v = 0.9·y + 0.05`` (docs/method.md §4.2)."""
     scale, shift = visual_smoothing
     return y, scale * y + shift
 
 
 def pseudo_modality_labels(pl_audio, pl_visual):
-    """SPEC §9: ``ȳ_a = max_t PL_a[t]``, ``ȳ_v = max_t PL_v[t]`` (replacing the smoothed
+    """docs/method.md §9: ``ȳ_a = max_t PL_a[t]``, ``ȳ_v = max_t PL_v[t]`` (replacing the smoothed
     weak labels). ``pl_*: (B, T, C)`` with zeros on padded segments; returns ``(B, C)`` each."""
     return pl_audio.max(axis=1), pl_visual.max(axis=1)
 
 
 def pseudo_label_segment_bce(seg_prob, pl_audio, pl_visual, mask, video_mask, axis_name=None):
-    """SPEC §9's extra Anchor loss: BCE between the segment probabilities ``P[:,0]``,
+    """docs/method.md §9's extra Anchor loss: BCE between the segment probabilities ``P[:,0]``,
     ``P[:,1]`` and the pseudo-labels, averaged over valid segments, classes and both
     modalities. ``seg_prob: (B, T, 2, C)``, ``pl_*: (B, T, C)``, ``mask: (B, T)``."""
     target = jnp.stack([pl_audio, pl_visual], axis=2)
@@ -99,7 +99,7 @@ def pseudo_label_segment_bce(seg_prob, pl_audio, pl_visual, mask, video_mask, ax
 
 
 def han_loss(anchor_out, y, y_a, y_v, video_mask, axis_name=None):
-    """HAN's backbone loss ``BCE(p, y) + BCE(p^a, ȳ_a) + BCE(p^v, ȳ_v)`` (SPEC §4.2)."""
+    """HAN's backbone loss ``BCE(p, y) + BCE(p^a, ȳ_a) + BCE(p^v, ȳ_v)`` (docs/method.md §4.2)."""
     return (
         bce(anchor_out["video_prob"], y, video_mask, axis_name)
         + bce(anchor_out["video_prob_a"], y_a, video_mask, axis_name)
@@ -108,7 +108,7 @@ def han_loss(anchor_out, y, y_a, y_v, video_mask, axis_name=None):
 
 
 def reference_loss_fn(kind, video_mask, axis_name=None):
-    """The Reference's loss ``L(p, y)`` of SPEC §5, used for its weak, class-token and
+    """The Reference's loss ``L(p, y)`` of docs/method.md §5, used for its weak, class-token and
     KD terms alike: ``'asl'`` (the authors' asymmetric loss, summed) or ``'bce'``
     (mean BCE). ``p, y: (B, C)``; returns a function ``L(p, y) -> scalar``."""
     if kind == "bce":
@@ -123,7 +123,7 @@ def reference_loss_fn(kind, video_mask, axis_name=None):
 
 
 def event_aware_weights(q_a, q_v, threshold=0.5):
-    """Per-video encouragement ``w^a, w^v`` from the Reference's pseudo-labels (SPEC §6a).
+    """Per-video encouragement ``w^a, w^v`` from the Reference's pseudo-labels (docs/method.md §6a).
 
     ``r^m = 1[q^m >= 0.5]``; ``w^a = N_ao / max(N_ao + N_av, 1)``,
     ``w^v = N_vo / max(N_vo + N_av, 1)``.
@@ -153,7 +153,7 @@ def segment_nce(
     axis_name=None,
     stop_query_gradient=True,
 ):
-    """Smoothed segment-level InfoNCE between two token sequences of the same videos (SPEC §6a).
+    """Smoothed segment-level InfoNCE between two token sequences of the same videos (docs/method.md §6a).
 
     ``s_{t,t'} = <û_t, ẑ_t'>/τ`` (unit-normalised), ``π = softmax_{t'}(s)`` over
     valid segments; target ``q_{t,t} = 1 - ε``, ``q_{t,t'≠t} = ε/(T_valid - 1)``.
@@ -202,7 +202,7 @@ def event_aware_nce(
 ):
     """Event-aware NCE of one modality: Reference tokens as queries, Anchor tokens as keys.
 
-    ``L^m = mean_{b,t}[-w^m_b log Σ_t' q_{t,t'} π_{t,t'}]`` (SPEC §6a); pass
+    ``L^m = mean_{b,t}[-w^m_b log Σ_t' q_{t,t'} π_{t,t'}]`` (docs/method.md §6a); pass
     ``w = 1`` for the "standard NCE" ablation.
     """
     return segment_nce(
@@ -222,7 +222,7 @@ def pseudo_label_bce(anchor_prob, ref_prob, video_mask, threshold=0.5, axis_name
 
 def kd_targets(p_a, p_v, y_a, y_v, threshold_a=0.5, threshold_v=0.6):
     """The Reference's KD targets ``ỹ^a = 1[p^a >= θ_a]·ȳ_a``, ``ỹ^v = 1[p^v >= θ_v]·ȳ_v``
-    from the Anchor's ``p^a, p^v`` (SPEC §6b), without gradient. All ``(B, C)``."""
+    from the Anchor's ``p^a, p^v`` (docs/method.md §6b), without gradient. All ``(B, C)``."""
     return (
         (sg(p_a) >= threshold_a).astype(jnp.float32) * y_a,
         (sg(p_v) >= threshold_v).astype(jnp.float32) * y_v,
@@ -242,7 +242,7 @@ def self_modality_kd(
     kind="bce",
     axis_name=None,
 ):
-    """``L(q^a, ỹ^a) + L(q^v, ỹ^v)`` with the targets of ``kd_targets`` (SPEC §6b) and
+    """``L(q^a, ỹ^a) + L(q^v, ỹ^v)`` with the targets of ``kd_targets`` (docs/method.md §6b) and
     ``L`` the Reference loss ``kind`` (``reference_loss_fn``).
 
     Args:
@@ -273,7 +273,7 @@ def confident_teacher(q, p_anchor, y, high, low):
 
 
 def class_correlation_mse(p_anchor, teacher, video_mask, scaling="official", axis_name=None):
-    """``MSE(K(p^m_Anchor), stopgrad K(teacher^m))`` for one modality (SPEC §6c).
+    """``MSE(K(p^m_Anchor), stopgrad K(teacher^m))`` for one modality (docs/method.md §6c).
 
     ``scaling='mean'``: the mean over videos and the ``C×C`` entries;
     ``scaling='official'``: the official code's sum of squared errors divided
@@ -293,7 +293,7 @@ def class_correlation_mse(p_anchor, teacher, video_mask, scaling="official", axi
 
 
 # ---------------------------------------------------------------------------
-# The CMPAE Anchor's own losses (SPEC Appendix A)
+# The CMPAE Anchor's own losses (docs/method.md Appendix A)
 
 
 def uncertainty_mutual_learning(
@@ -345,7 +345,7 @@ def cmpae_loss(
     nce_smoothing=0.1,
     axis_name=None,
 ):
-    """CMPAE's backbone loss (SPEC Appendix A), official weights by default.
+    """CMPAE's backbone loss (docs/method.md Appendix A), official weights by default.
 
     ``2·BCE(p^a, ȳ_a) + BCE(p^v, ȳ_v) + 2·BCE(p_glob, y) + NCE_av + L_mutual``
     where ``NCE_av`` is the smoothed segment NCE between the Anchor's own audio
@@ -394,7 +394,7 @@ def cmpae_loss(
 
 
 # ---------------------------------------------------------------------------
-# JoMoLD label denoising (SPEC Appendix A)
+# JoMoLD label denoising (docs/method.md Appendix A)
 
 
 def _ascending_rank(values, eligible):

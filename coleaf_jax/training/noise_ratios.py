@@ -1,7 +1,7 @@
 """JoMoLD per-class label-noise ratios: the shipped LLP table, loading, and estimation.
 
 ``r^a_c`` is the share of class-``c`` training videos whose event is labelled
-but not audible, ``r^v_c`` not visible (SPEC Appendix A). The default table is
+but not audible, ``r^v_c`` not visible (docs/method.md Appendix A). The default table is
 the LLP one the JoMoLD / CMPAE / CoLeaF code uses (e.g. Speech visual 0.994:
 speech is almost never seen).
 

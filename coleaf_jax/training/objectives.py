@@ -1,10 +1,12 @@
 """The two objectives of a CoLeaF step, as pure functions of the branches' outputs.
 
-``reference_objective`` is the Reference's loss ``L_R`` (SPEC §5 + §6b) and
-``anchor_objective`` the Anchor's ``L_A`` (SPEC §4 / Appendix A + §6a, §6c).
+``reference_objective`` is the Reference's loss ``L_R`` (docs/method.md §5 + §6b) and
+``anchor_objective`` the Anchor's ``L_A`` (docs/method.md §4 / Appendix A + §6a, §6c).
 The training step (``coleaf_jax.training.step``) only runs the forward passes, calls
-these, and applies the optimiser updates; the parity harness against the
-authors' code (``tools/parity.py``) calls them directly. Each term is one
+these, and applies the optimiser updates. Each objective also returns the teachers
+it used (KD targets, event-aware weights, correlation teachers), which the step
+hands out in its diagnostics: the parity harness against the authors' code
+(``tools/parity_replay.py``) compares those, not a recomputation. Each term is one
 function of ``coleaf_jax.training.losses``; the weights and their epoch schedule are
 ``reference_weights`` / ``anchor_weights``, as the authors' ``main.py`` sets
 them (``train``, lines 186-273).
@@ -26,12 +28,62 @@ Outputs = dict[str, Any]
 
 class ReferenceWeights(NamedTuple):
     """Weights of ``L_R`` at one epoch: ``weak`` on ``L(q^m, ȳ_m)``, ``token_a``/``token_v``
-    on the class-token terms ``L(k^m, ȳ_m)``, ``kd`` on ``L(q^m, ỹ^m)`` (SPEC §5, §6b)."""
+    on the class-token terms ``L(k^m, ȳ_m)``, ``kd`` on ``L(q^m, ỹ^m)`` (docs/method.md §5, §6b)."""
 
     weak: jnp.ndarray
     token_a: jnp.ndarray
     token_v: jnp.ndarray
     kd: jnp.ndarray
+
+
+class Labels(NamedTuple):
+    """What an Anchor's backbone loss is trained against, for one batch: weak labels ``y``
+    and modality labels ``y_a, y_v`` ``(B, C)`` (after denoising), ``mask`` ``(B, T)``,
+    ``video_mask`` ``(B,)``, and the batch index's ``parity`` (CMPAE's mutual-learning
+    direction)."""
+
+    y: jnp.ndarray
+    y_a: jnp.ndarray
+    y_v: jnp.ndarray
+    mask: jnp.ndarray
+    video_mask: jnp.ndarray
+    parity: jnp.ndarray
+
+
+def _clamp(p):
+    """Probabilities into ``[1e-7, 1 - 1e-7]``, as the authors clamp them before every use."""
+    return jnp.clip(p, losses.EPS_PROB, 1.0 - losses.EPS_PROB)
+
+
+def han_backbone(out: Outputs, labels: Labels, lc, axis_name: str | None = None):
+    """HAN's backbone loss ``BCE(p, y) + BCE(p^a, ȳ_a) + BCE(p^v, ȳ_v)`` (docs/method.md
+    §4.2); ``registry``'s ``'han'``."""
+    loss = losses.han_loss(out, labels.y, labels.y_a, labels.y_v, labels.video_mask, axis_name)
+    return loss, {}
+
+
+def cmpae_backbone(out: Outputs, labels: Labels, lc, axis_name: str | None = None):
+    """CMPAE's backbone loss ``2·BCE(p^a) + BCE(p^v) + 2·BCE(p_glob) + NCE_av + L_mutual``
+    (docs/method.md Appendix A) on clamped probabilities; ``registry``'s ``'cmpae'``."""
+    clamped = dict(
+        out,
+        video_prob_a=_clamp(out["video_prob_a"]),
+        video_prob_v=_clamp(out["video_prob_v"]),
+        global_prob=_clamp(out["global_prob"]),
+    )
+    return losses.cmpae_loss(
+        clamped,
+        labels.y,
+        labels.y_a,
+        labels.y_v,
+        labels.mask,
+        labels.video_mask,
+        labels.parity,
+        tuple(lc.cmpae_weights),
+        lc.nce_temperature,
+        lc.nce_smoothing,
+        axis_name,
+    )
 
 
 class AnchorWeights(NamedTuple):
@@ -86,7 +138,7 @@ def reference_objective(
     asymmetric loss, summed; ``'bce'``: mean BCE) — the same ``L`` for the KD
     term, as the authors' ``criterion_bce_2`` — and the KD targets
     ``ỹ^a = 1[p^a >= θ_a]·ȳ_a``, ``ỹ^v = 1[p^v >= θ_v]·ȳ_v`` from the Anchor
-    (SPEC §6b).
+    (docs/method.md §6b).
 
     Args:
       ref_out: the Reference's outputs ``{'a': {...}, 'v': {...}}`` (``video_prob``
@@ -96,8 +148,9 @@ def reference_objective(
         no gradient).
       video_mask: ``(B,)``.
     Returns:
-      ``(L_R, terms)``; terms ``ref_weak_{a,v}``, ``ref_token_{a,v}``, ``ref_kd_{a,v}`` and
-      their sum ``ref_kd``, unweighted.
+      ``(L_R, terms, teachers)``; terms ``ref_weak_{a,v}``, ``ref_token_{a,v}``,
+      ``ref_kd_{a,v}`` and their sum ``ref_kd``, unweighted; teachers the KD targets
+      ``kd_target_{a,v}`` ``(B, C)`` (what the parity harness compares).
     """
     loss = losses.reference_loss_fn(lc.reference, video_mask, axis_name)
     terms = {}
@@ -119,20 +172,16 @@ def reference_objective(
         + weights.token_v * terms["ref_token_v"]
         + weights.kd * terms["ref_kd"]
     )
-    return total, terms
+    return total, terms, {"kd_target_a": targets[0], "kd_target_v": targets[1]}
 
 
 def anchor_objective(
     out: Outputs,
     teacher: Outputs | None,
-    y,
-    y_a,
-    y_v,
-    mask,
-    video_mask,
+    labels: Labels,
     weights: AnchorWeights,
     lc,
-    cmpae: bool,
+    backbone_loss,
     pseudo_labels=None,
     axis_name: str | None = None,
 ):
@@ -140,44 +189,33 @@ def anchor_objective(
 
     ``L_A = L_backbone [+ L_pseudo] + collab·(λ_a·L_nce^a + λ_v·L_nce^v + λ_cc·L_cc)``:
 
-    * backbone: HAN's three BCEs (SPEC §4.2) or CMPAE's ``2·BCE(p^a) + BCE(p^v) +
-      2·BCE(p_glob) + NCE_av + L_mutual`` (Appendix A);
+    * backbone: the Anchor's own loss (its registry entry: HAN's three BCEs,
+      docs/method.md §4.2, or CMPAE's, Appendix A);
     * ``L_nce^m``: the event-aware NCE with the Reference's tokens as queries
-      (SPEC §6a; ``lc.contrastive`` picks the ablations);
+      (§6a; ``lc.contrastive`` picks the ablations);
     * ``L_cc``: the class-correlation MSE against the Reference (``'reference'``)
-      or the authors' confident mix (``'confident'``) (SPEC §6c).
+      or the authors' confident mix (``'confident'``) (§6c).
 
     The Anchor's probabilities are clamped to ``[1e-7, 1 - 1e-7]`` once, as the
     authors clamp them before every use (BCE, mutual learning, correlation).
 
     Args:
-      out: the Anchor's outputs in train mode (``coleaf_jax.models.anchor``).
+      out: the Anchor's outputs in train mode (``coleaf_jax.models.han``'s contract).
       teacher: the updated Reference's outputs ``{'a': ..., 'v': ...}`` (treated
         as constants), or None for the Anchor alone.
-      y, y_a, y_v: ``(B, C)`` weak and modality labels; mask ``(B, T)``; video_mask ``(B,)``.
-      pseudo_labels: ``(pl_audio, pl_visual)`` ``(B, T, C)`` for SPEC §9 training.
+      labels: the batch's :class:`Labels`.
+      backbone_loss: ``(out, labels, lc, axis_name) -> (loss, terms)``
+        (``registry.Anchor.loss``).
+      pseudo_labels: ``(pl_audio, pl_visual)`` ``(B, T, C)`` for §9 training.
     Returns:
-      ``(L_A, terms)``.
+      ``(L_A, terms, teachers)``; teachers (what the parity harness compares, empty
+      without a Reference): the event-aware weights ``event_weight_{a,v}`` ``(B,)``
+      and the correlation teachers ``cc_teacher_{a,v}`` ``(B, C)``.
     """
-    clamp = lambda p: jnp.clip(p, losses.EPS_PROB, 1.0 - losses.EPS_PROB)  # noqa: E731
-    p_a, p_v = clamp(out["video_prob_a"]), clamp(out["video_prob_v"])
-    if cmpae:
-        backbone, terms = losses.cmpae_loss(
-            dict(out, video_prob_a=p_a, video_prob_v=p_v, global_prob=clamp(out["global_prob"])),
-            y,
-            y_a,
-            y_v,
-            mask,
-            video_mask,
-            weights.parity,
-            tuple(lc.cmpae_weights),
-            lc.nce_temperature,
-            lc.nce_smoothing,
-            axis_name,
-        )
-    else:
-        backbone = losses.han_loss(out, y, y_a, y_v, video_mask, axis_name)
-        terms = {}
+    y_a, y_v, mask, video_mask = labels.y_a, labels.y_v, labels.mask, labels.video_mask
+    p_a, p_v = _clamp(out["video_prob_a"]), _clamp(out["video_prob_v"])
+    backbone, terms = backbone_loss(out, labels, lc, axis_name)
+    terms = dict(terms)
     terms["backbone"] = backbone
     total = backbone
     if pseudo_labels is not None:
@@ -185,8 +223,9 @@ def anchor_objective(
             out["seg_prob"], *pseudo_labels, mask, video_mask, axis_name
         )
         total = total + lc.pseudo_label_segment_weight * terms["pseudo_segment"]
+    teachers = {}
     if teacher is None:
-        return total, terms
+        return total, terms, teachers
     teacher = jax.lax.stop_gradient(teacher)
     q = {m: teacher[m]["video_prob"] for m in ("a", "v")}
     if lc.contrastive in ("event_aware", "standard"):
@@ -199,6 +238,7 @@ def anchor_objective(
             )
         else:
             w = {m: jnp.ones_like(video_mask) for m in ("a", "v")}
+        teachers.update(event_weight_a=w["a"], event_weight_v=w["v"])
         for m in ("a", "v"):
             terms[f"nce_{m}"] = losses.event_aware_nce(
                 teacher[m]["tokens"],
@@ -230,9 +270,10 @@ def anchor_objective(
                 if lc.correlation_teacher == "reference"
                 else losses.confident_teacher(q[m], p_m, y_m, *conf)
             )
+            teachers[f"cc_teacher_{m}"] = t_m
             terms[f"correlation_{m}"] = losses.class_correlation_mse(
                 p_m, t_m, video_mask, lc.correlation_scaling, axis_name
             )
         terms["correlation"] = terms["correlation_a"] + terms["correlation_v"]
         total = total + weights.collab * lc.correlation_weight * terms["correlation"]
-    return total, terms
+    return total, terms, teachers

@@ -1,6 +1,6 @@
 """The CoLeaF training step: state, models, optimiser and the jitted/pmapped step.
 
-One step (SPEC §6; the authors' ``main.py`` ``train``) on a batch:
+One step (docs/method.md §6; the authors' ``main.py`` ``train``) on a batch:
 
 1. the Anchor's forward pass (train mode) runs once, and its VJP is kept; its
    no-cross-attention probabilities drive JoMoLD's label denoising, its
@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import optax
 
 from coleaf_jax import config as config_lib
-from coleaf_jax.models import ReferenceBranch, build_anchor
+from coleaf_jax import registry
+from coleaf_jax.models import ReferenceBranch
 from coleaf_jax.training import losses, objectives
 from coleaf_jax.training.noise_ratios import load_noise_ratios
 
@@ -77,7 +78,7 @@ def num_devices(config) -> int:
 
 def build_models(config, num_classes: int):
     """``(anchor, reference)``; the Reference is None for ``method='anchor_only'``."""
-    anchor = build_anchor(config.model, num_classes)
+    anchor = registry.anchor(config.model.anchor).build(config.model, num_classes)
     if config.method == "anchor_only":
         return anchor, None
     m = config.model
@@ -97,13 +98,13 @@ def build_models(config, num_classes: int):
 
 def make_optimizer(config) -> optax.GradientTransformation:
     """Adam's update direction (β 0.9 / 0.999, ε 1e-8: torch's defaults); the step scales
-    it by ``-learning_rate(config, epoch)``. No weight decay, no clipping (SPEC §7)."""
+    it by ``-learning_rate(config, epoch)``. No weight decay, no clipping (docs/method.md §7)."""
     del config  # Adam's constants are fixed; the schedule is ``learning_rate``
     return optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8)
 
 
 def learning_rate(config, epoch):
-    """The learning rate of 0-based ``epoch``: ``lr · 0.25^⌊epoch / 6⌋`` (SPEC §7), as
+    """The learning rate of 0-based ``epoch``: ``lr · 0.25^⌊epoch / 6⌋`` (docs/method.md §7), as
     torch's ``StepLR(step_size=6, gamma=0.25)`` stepped after every epoch (computed in
     the default float precision, so a float64 run gets the exact value)."""
     return config.learning_rate * config.lr_decay_factor ** (epoch // config.lr_decay_every_epochs)
@@ -197,8 +198,10 @@ def make_train_step(
     ``diagnostics=True`` makes the step return ``(state, logs, diag)`` with what
     the parity harness (``tools/parity.py``) compares against the authors' code:
     the Anchor's outputs before its update (``anchor_out``), the updated
-    Reference's outputs (``teacher``), the denoised labels ``y_a, y_v`` and the
-    gradients ``ref_grads``, ``anchor_grads`` (before any ``psum``).
+    Reference's outputs (``teacher``), the denoised labels ``y_a, y_v``, the KD
+    targets ``kd_target_{a,v}``, event-aware weights ``event_weight_{a,v}`` and
+    correlation teachers ``cc_teacher_{a,v}`` the objectives used, and the gradients
+    ``ref_grads``, ``anchor_grads`` (before any ``psum``).
 
     Pure: the randomness is ``key`` folded with ``state.step``, then with each
     example's position in the global batch. With ``axis_name`` the losses are
@@ -206,7 +209,7 @@ def make_train_step(
     data-parallel step equals the single-device step on the same global batch.
     """
     lc = config.loss
-    cmpae = config.model.anchor == "cmpae"
+    spec = registry.anchor(config.model.anchor)  # its backbone loss, the outputs JoMoLD ranks
     pseudo = config.data.pseudo_labels
     if lc.denoise:
         ratio_a, ratio_v = load_noise_ratios(lc.denoise_ratios, anchor.num_classes)
@@ -225,7 +228,7 @@ def make_train_step(
         lr = learning_rate(config, epoch)
         y = batch["label"]
         y_a, y_v = losses.modality_labels(y, tuple(lc.visual_label_smoothing))
-        if pseudo:  # SPEC §9: modality labels from the segment pseudo-labels
+        if pseudo:  # docs/method.md §9: modality labels from the segment pseudo-labels
             y_a, y_v = losses.pseudo_modality_labels(batch["pl_audio"], batch["pl_visual"])
 
         def anchor_forward(params):
@@ -237,10 +240,9 @@ def make_train_step(
             a_out, anchor_vjp = jax.vjp(anchor_forward, state.anchor_params)
         logs = {}
         if lc.denoise:  # JoMoLD: drop modality-inconsistent positives of this batch
-            src = "noca_video_prob" if cmpae else "video_prob"
             y_a, y_v = losses.jomold_denoise(
-                a_out[f"{src}_a"],
-                a_out[f"{src}_v"],
+                a_out[spec.denoise_prob[0]],
+                a_out[spec.denoise_prob[1]],
                 y_a,
                 y_v,
                 ratio_a,
@@ -264,21 +266,25 @@ def make_train_step(
                     out,
                     y_a,
                     y_v,
-                    a_out["video_prob_a"],
-                    a_out["video_prob_v"],
+                    a_out[spec.kd_prob[0]],
+                    a_out[spec.kd_prob[1]],
                     vm,
                     weights,
                     lc,
                     axis_name,
                 )
 
-            (ref_loss, ref_terms), ref_grads = jax.value_and_grad(ref_loss_fn, has_aux=True)(
-                state.ref_params
-            )
+            def ref_loss_aux(params):
+                loss, terms, teachers = ref_loss_fn(params)
+                return loss, (terms, teachers)
+
+            (ref_loss, (ref_terms, ref_teachers)), ref_grads = jax.value_and_grad(
+                ref_loss_aux, has_aux=True
+            )(state.ref_params)
             ref_params, ref_opt = _adam_step(
                 tx, reduce_grads(ref_grads), state.ref_opt, state.ref_params, lr
             )
-            diag = {"ref_grads": ref_grads}
+            diag = {"ref_grads": ref_grads, **ref_teachers}
             teacher = jax.lax.stop_gradient(
                 apply_per_example(reference, ref_params, inputs, k_teacher, train=True)
             )
@@ -291,17 +297,20 @@ def make_train_step(
         weights = objectives.anchor_weights(lc, epoch, state.step % steps_per_epoch)
         pl = (batch["pl_audio"], batch["pl_visual"]) if pseudo else None
 
+        labels = objectives.Labels(y, y_a, y_v, mask, vm, weights.parity)
+
         def anchor_loss_fn(out):
-            return objectives.anchor_objective(
-                out, teacher, y, y_a, y_v, mask, vm, weights, lc, cmpae, pl, axis_name
+            loss, terms, teachers = objectives.anchor_objective(
+                out, teacher, labels, weights, lc, spec.loss, pl, axis_name
             )
+            return loss, (terms, teachers)
 
         if plain:
-            (anchor_loss, anchor_terms), anchor_grads = jax.value_and_grad(
+            (anchor_loss, (anchor_terms, anchor_teachers)), anchor_grads = jax.value_and_grad(
                 lambda p: anchor_loss_fn(anchor_forward(p)), has_aux=True
             )(state.anchor_params)
         else:
-            (anchor_loss, anchor_terms), out_grads = jax.value_and_grad(
+            (anchor_loss, (anchor_terms, anchor_teachers)), out_grads = jax.value_and_grad(
                 anchor_loss_fn, has_aux=True
             )(a_out)
             (anchor_grads,) = anchor_vjp(out_grads)
@@ -320,7 +329,12 @@ def make_train_step(
         )
         if diagnostics:
             diag.update(
-                anchor_out=a_out, teacher=teacher, y_a=y_a, y_v=y_v, anchor_grads=anchor_grads
+                anchor_teachers,
+                anchor_out=a_out,
+                teacher=teacher,
+                y_a=y_a,
+                y_v=y_v,
+                anchor_grads=anchor_grads,
             )
             return new_state, logs, diag
         return new_state, logs

@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from coleaf_jax import config as config_lib
 from coleaf_jax import progress
-from coleaf_jax.config import base_config
 from coleaf_jax.data import pipeline
 from coleaf_jax.evaluation import evaluate, metrics
 from coleaf_jax.training import distributed
@@ -424,7 +424,7 @@ def _train_and_evaluate(
         return {}
     trained = max(mngr.all_steps(), default=0) if primary else 0
     if trained:
-        changed = workdir_lib.check_resume(workdir, config, trained, defaults=base_config())
+        changed = workdir_lib.check_resume(workdir, config, trained, defaults=config_lib.defaults())
         if changed and verbose:
             print(f"resuming with {workdir_lib.format_differences(changed)}")
     if primary:
@@ -527,6 +527,8 @@ def _train_and_evaluate(
     first_step_seconds = None  # from the start to the first step's result (compilation)
     for epoch in range(start_epoch, config.num_epochs):
         t0 = time.time()
+        if epoch == start_epoch:  # initialisation, data on the device(s), before the loop
+            setup_seconds = t0 - started - data_seconds
         status.epoch = epoch + 1
         status.phase = "compiling" if first_step_seconds is None else "training"
         perm = np.asarray(jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n_train))
@@ -595,7 +597,11 @@ def _train_and_evaluate(
                 "train_seconds": train_seconds,
                 "val_seconds": time.time() - t0 - train_seconds,
                 **(
-                    {"data_seconds": data_seconds, "first_step_seconds": first_step_seconds}
+                    {
+                        "data_seconds": data_seconds,
+                        "setup_seconds": setup_seconds,
+                        "first_step_seconds": first_step_seconds,
+                    }
                     if epoch == start_epoch
                     else {}
                 ),

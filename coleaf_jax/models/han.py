@@ -1,12 +1,14 @@
-"""Anchor branches (SPEC §4): the network that is trained with CoLeaF and deployed.
+"""The HAN Anchor (docs/method.md §4.1-4.2), and what every Anchor returns.
 
-Every Anchor maps ``(audio, video_2d, video_3d, mask)`` to a dict:
+An Anchor is the network trained with CoLeaF and deployed; the Anchors are
+registered by name in ``coleaf_jax.registry`` (``'han'`` here, ``'cmpae'`` in
+``models/cmpae.py``). Every Anchor maps ``(audio, video_2d, video_3d, mask)`` to a dict:
 
 * ``seg_prob``  ``(B, T, 2, C)`` segment probabilities ``P`` (audio, visual),
 * ``video_prob`` ``(B, C)`` modality-agnostic video-level ``p``,
 * ``video_prob_a``, ``video_prob_v`` ``(B, C)`` modality video-level ``p^a, p^v``,
 * ``tokens_a``, ``tokens_v`` ``(B, T, D)`` segment tokens before any head
-  dropout (keys of the event-aware contrastive loss, SPEC §6a).
+  dropout (keys of the event-aware contrastive loss, docs/method.md §6a).
 
 The Anchor contains no class tokens and nothing of the Reference.
 """
@@ -16,7 +18,6 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from coleaf_jax.models.cmpae import CMPAEAnchor
 from coleaf_jax.models.layers import AudioEmbedding, HANLayer, VisualEmbedding
 from coleaf_jax.models.mmil import MMILHead
 
@@ -58,24 +59,13 @@ class HANAnchor(nn.Module):
         }
 
 
-def build_anchor(model_config, num_classes: int) -> nn.Module:
-    """The Anchor named by ``config.model.anchor`` (``'han'`` or ``'cmpae'``)."""
-    name = model_config.anchor
-    common = dict(
+def build(model_config, num_classes: int) -> HANAnchor:
+    """The HAN Anchor for ``config.model`` (``registry``'s ``'han'``)."""
+    return HANAnchor(
         num_classes=num_classes,
         d_model=model_config.d_model,
         ffn_dim=model_config.ffn_dim,
         dropout=model_config.dropout,
         param_init=model_config.init,
+        pool_frames_first=model_config.pool_frames_first,
     )
-    if name == "han":
-        return HANAnchor(**common, pool_frames_first=model_config.pool_frames_first)
-    if name == "cmpae":
-        return CMPAEAnchor(
-            **common,
-            visual_dropout=model_config.cmpae_visual_dropout,
-            residual_dropout=model_config.cmpae_residual_dropout,
-            ca_mix=model_config.cmpae_ca_mix,
-            inference_mix=model_config.cmpae_inference_mix,
-        )
-    raise ValueError(f"config.model.anchor = {name!r}: expected 'han' or 'cmpae'")
