@@ -42,9 +42,9 @@ from coleaf_jax.config import config_flags_as_set, load_config_file
 from coleaf_jax.data import pipeline
 from coleaf_jax.data.classes import LLP_FRAMES_PER_SEGMENT
 from coleaf_jax.evaluation import evaluate
+from coleaf_jax.training import device_data
 from coleaf_jax.training import seeds as seeds_lib
 from coleaf_jax.training import step as step_lib
-from coleaf_jax.training import train
 
 NUM_CLASSES = 25
 
@@ -156,13 +156,13 @@ def bench_epoch(config, n: int, segments: int, seeds: int) -> dict:
         config, jax.random.key(0), _batch(data, 2), spe, NUM_CLASSES
     )
     step = step_lib.make_train_step(config, anchor, reference, tx, None, spe)
-    device_step = train.make_device_step(step, b)
-    order = jnp.asarray(train.padded_order(np.arange(n), b))
+    device_step = device_data.make_device_step(step, b)
+    order = jnp.asarray(device_data.padded_order(np.arange(n), b))
     resident = jax.device_put(pipeline.resident_fields(data))
     key, epoch = jax.random.key(1), jnp.int32(config.num_epochs - 1)
 
     host_step, dev_step = jax.jit(step), jax.jit(device_step)
-    scan = jax.jit(train.make_scan_epoch(device_step, spe))
+    scan = jax.jit(device_data.make_scan_epoch(device_step, spe))
 
     def host_epoch(s):
         for batch in pipeline.epoch_batches(data, b):

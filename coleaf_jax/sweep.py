@@ -44,7 +44,7 @@ SUMMARY = "summary.json"
 LOG = "train.log"
 # What train.py prints once its data are loaded (or when it has nothing to train).
 READY_MARKS = ("training on ", "this run is finished")
-RESULT = "test_metrics.json"  # train.RESULT_FILE (not imported: this driver does not load JAX)
+RESULT = "test_metrics.json"  # records.RESULT_FILE (not imported: this driver does not load JAX)
 HEADLINE_KEYS = tuple(f"{level}_{n}" for level in metrics.LEVELS for n in ("ao", "vo", "av"))
 # The paper's ablation tables (configs/ablations.py names); the full model is one row,
 # shared by the tables, so it is trained once.

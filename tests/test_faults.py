@@ -20,7 +20,7 @@ import pytest
 from coleaf_jax import cli
 from coleaf_jax.data import pipeline
 from coleaf_jax.evaluation import runs
-from coleaf_jax.training import checkpoints, train
+from coleaf_jax.training import checkpoints, finite, train
 from coleaf_jax.training import step as step_lib
 from coleaf_jax.training import workdir as workdir_lib
 from tests.helpers import (
@@ -39,7 +39,7 @@ from tests.test_train import tiny_config
 def test_non_finite_loss_stops_training_and_saves_nothing(tmp_path, data_root):
     root, data = data_root
     workdir = str(tmp_path / "diverged")
-    with pytest.raises(train.NonFiniteLossError) as info:
+    with pytest.raises(finite.NonFiniteLossError) as info:
         train.train_and_evaluate(
             run_config(root, learning_rate=1e8), workdir, data=data, verbose=False
         )
@@ -67,7 +67,7 @@ def test_non_finite_parameters_with_finite_losses_stop_training(tmp_path, data_r
     n_train = len(data["train"]["label"])
     workdir = str(tmp_path / "diverged")
     config = run_config(root, num_epochs=1, batch_size=n_train, learning_rate=1e39)
-    with pytest.raises(train.NonFiniteLossError) as info:
+    with pytest.raises(finite.NonFiniteLossError) as info:
         train.train_and_evaluate(config, workdir, data=data, verbose=False)
     message = str(info.value)
     assert (
@@ -103,7 +103,7 @@ def test_a_diverged_seed_is_named_with_its_non_finite_terms(monkeypatch, data_ro
 
     monkeypatch.setattr(seeds_lib, "create_train_state", create)
     config = run_config(root, num_epochs=1, num_seeds=2, seed=7)
-    with pytest.raises(train.NonFiniteLossError) as info:
+    with pytest.raises(finite.NonFiniteLossError) as info:
         seeds_lib.train_seeds(config, str(tmp_path / "seeds"), data=data, verbose=False)
     message = str(info.value)
     assert "non-finite loss at step 1 (epoch 1, step 1 of" in message
@@ -116,12 +116,12 @@ def test_a_diverged_seed_is_named_with_its_non_finite_terms(monkeypatch, data_ro
         ref_params={},
         ref_opt=(),
     )
-    record = train.track(None, {"anchor_loss": jnp.ones(3)}, 0)
-    record["params_finite"] = train.finite_params(states, per_seed=True)
+    record = finite.track(None, {"anchor_loss": jnp.ones(3)}, 0)
+    record["params_finite"] = finite.finite_params(states, per_seed=True)
     with pytest.raises(
-        train.NonFiniteLossError, match=r"the Anchor's parameters \(seed 8\) are NaN"
+        finite.NonFiniteLossError, match=r"the Anchor's parameters \(seed 8\) are NaN"
     ):
-        train.check_finite(record, 0, 1, config, None, [7, 8, 9])
+        finite.check_finite(record, 0, 1, config, None, [7, 8, 9])
 
 
 def test_non_finite_loss_in_a_later_epoch_names_it_and_keeps_the_earlier_run(run, tmp_path):
@@ -130,7 +130,7 @@ def test_non_finite_loss_in_a_later_epoch_names_it_and_keeps_the_earlier_run(run
     bad = dict(run.data)
     bad["train"] = dict(run.data["train"], audio=np.full_like(run.data["train"]["audio"], np.inf))
     steps = pipeline.num_batches(len(bad["train"]["label"]), run_config(run.root).batch_size)
-    with pytest.raises(train.NonFiniteLossError) as info:
+    with pytest.raises(finite.NonFiniteLossError) as info:
         train.train_and_evaluate(
             run_config(run.root, num_epochs=EPOCHS + 1), workdir, data=bad, verbose=False
         )
@@ -148,21 +148,21 @@ def test_non_finite_tracking_finds_the_first_bad_step():
         {"a": jnp.float32(1.0), "b": jnp.float32(np.inf)},
         {"a": jnp.float32(np.nan), "b": jnp.float32(2.0)},
     ]
-    record = train.track(None, logs[0], 0)
+    record = finite.track(None, logs[0], 0)
     assert int(record["first_bad"]) == -1
     for i, step_logs in enumerate(logs[1:], start=1):
-        record = train.track(record, step_logs, i)
+        record = finite.track(record, step_logs, i)
     assert int(record["first_bad"]) == 1 and float(record["bad_logs"]["b"]) == np.inf
     stacked = {k: jnp.stack([step_logs[k] for step_logs in logs]) for k in ("a", "b")}
-    scanned = train._track_stacked(stacked)  # the lax.scan epoch's per-step logs
+    scanned = finite.track_stacked(stacked)  # the lax.scan epoch's per-step logs
     assert int(scanned["first_bad"]) == 1 and float(scanned["bad_logs"]["a"]) == 1.0
     config = SimpleNamespace(learning_rate=0.1)
     with pytest.raises(
-        train.NonFiniteLossError, match=r"at step 5 \(epoch 2, step 2 of 3\): b = inf"
+        finite.NonFiniteLossError, match=r"at step 5 \(epoch 2, step 2 of 3\): b = inf"
     ):
-        train.check_finite(scanned, 1, 3, config, None)
-    ok = train._track_stacked({k: v[:1] for k, v in stacked.items()})
-    assert train.check_finite(ok, 0, 1, config, None) == {"a": 1.0, "b": 2.0}
+        finite.check_finite(scanned, 1, 3, config, None)
+    ok = finite.track_stacked({k: v[:1] for k, v in stacked.items()})
+    assert finite.check_finite(ok, 0, 1, config, None) == {"a": 1.0, "b": 2.0}
 
 
 def _truncate_largest_array_file(checkpoint: Path) -> Path:

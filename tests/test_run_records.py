@@ -18,7 +18,7 @@ import pytest
 from coleaf_jax import cli, progress
 from coleaf_jax.data import llp
 from coleaf_jax.evaluation import runs
-from coleaf_jax.training import checkpoints, train
+from coleaf_jax.training import checkpoints, records, train
 from tests.helpers import (
     EPOCHS,
     copy_run,
@@ -113,14 +113,14 @@ def test_one_reader_of_metrics_rows_tolerates_a_cut_line(tmp_path):
         {"epoch": 2, "train": {}, "val_selection": 2.0},
         {"epoch": 1, "train": {}, "val_selection": 3.0},
     ]  # epoch 1 trained again
-    with open(tmp_path / train.METRICS_FILE, "w") as f:
+    with open(tmp_path / records.METRICS_FILE, "w") as f:
         f.write("".join(json.dumps(r) + "\n" for r in rows_written) + '{"epoch": 3, "tr')
     assert report._read_history(str(tmp_path)) == [rows_written[2], rows_written[1]]
-    assert train.read_metrics(str(tmp_path / train.METRICS_FILE)) == {
+    assert records.read_metrics(str(tmp_path / records.METRICS_FILE)) == {
         1: rows_written[2],
         2: rows_written[1],
     }
-    train.keep_metrics_rows(str(tmp_path / train.METRICS_FILE), 1)
+    records.keep_metrics_rows(str(tmp_path / records.METRICS_FILE), 1)
     assert rows(str(tmp_path)) == [rows_written[2]]
 
 
@@ -152,8 +152,8 @@ def test_rerunning_a_finished_run_is_a_no_op_that_says_so(run, tmp_path, capsys)
     for name, content in before.items():
         assert open(os.path.join(workdir, name), "rb").read() == content, name
     mngr = checkpoints.checkpoint_manager(workdir, create=False)  # the caller's manager
-    assert train.finished_result(mngr, workdir, EPOCHS) == run.result
-    assert train.finished_result(mngr, workdir, EPOCHS + 1) is None  # extended: not finished
+    assert records.finished_result(mngr, workdir, EPOCHS) == run.result
+    assert records.finished_result(mngr, workdir, EPOCHS + 1) is None  # extended: not finished
     mngr.close()
 
 

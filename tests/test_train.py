@@ -13,8 +13,8 @@ import pytest
 from coleaf_jax.config import override
 from coleaf_jax.data import pipeline
 from coleaf_jax.evaluation import evaluate, metrics, parsing, report, runs
+from coleaf_jax.training import device_data, records, train
 from coleaf_jax.training import step as step_lib
-from coleaf_jax.training import train
 from configs import synthetic as synthetic_config
 
 
@@ -212,7 +212,7 @@ def test_train_writes_scores_and_eval_restores_them(data, data_workdir, tmp_path
     # Time to result, recorded: the test evaluation and the whole run in the result, the
     # phases of every epoch (and of the first: data, first step) in metrics.jsonl.
     assert 0 < saved["test_seconds"] < saved["run_seconds"]
-    rows = train.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    rows = records.read_metrics(os.path.join(workdir, "metrics.jsonl"))
     first, second = rows[1], rows[2]
     assert 0 <= first["data_seconds"] < first["first_step_seconds"]
     assert "first_step_seconds" not in second
@@ -241,13 +241,13 @@ def test_train_writes_scores_and_eval_restores_them(data, data_workdir, tmp_path
     # parse.py's path: a feature folder without annotations -> typed events; the same
     # decisions as evaluation (events rebuilt into segments equal the scored decisions).
     out = str(tmp_path / "parsed")
-    records = parsing.parse_videos(
+    parsed = parsing.parse_videos(
         config, workdir, out, features=config.data.root, timelines=2, verbose=False
     )
     assert (
         parsing.read_events(os.path.join(out, "events.csv"))
         == parsing.read_events(os.path.join(out, "events.jsonl"))
-        == records
+        == parsed
     )
     test = data["test"]
     _, anchor, params, _ = runs.restore_anchor(config, workdir, test)
@@ -256,7 +256,7 @@ def test_train_writes_scores_and_eval_restores_them(data, data_workdir, tmp_path
     index = {vid: i for i, vid in enumerate(test["id"])}
     rebuilt_a, rebuilt_v = np.zeros_like(pred_a), np.zeros_like(pred_v)
     names = list(pipeline.class_names(config, workdir))
-    for r in records:
+    for r in parsed:
         if r["video"] in index:
             sl = (
                 index[r["video"]],
@@ -315,7 +315,7 @@ def test_device_resident_data_trains_exactly_like_the_host_pipeline(data, tmp_pa
 
 
 def test_padded_order_and_device_gather():
-    order = train.padded_order(np.array([4, 0, 2, 1, 3]), 4)
+    order = device_data.padded_order(np.array([4, 0, 2, 1, 3]), 4)
     np.testing.assert_array_equal(order, [4, 0, 2, 1, 3, -1, -1, -1])
     data = {
         "audio": np.arange(5, dtype=np.float32)[:, None, None] * np.ones((5, 2, 3), np.float32),
@@ -323,7 +323,7 @@ def test_padded_order_and_device_gather():
         "video_3d": np.zeros((5, 2, 2), np.float32),
         "label": np.eye(5, dtype=np.float32),
     }
-    seen = train.make_device_step(lambda s, b, e, k: b, batch_size=4)(
+    seen = device_data.make_device_step(lambda s, b, e, k: b, batch_size=4)(
         None, data, jnp.asarray(order), jnp.int32(1), 0, None
     )
     host = pipeline.make_batch(data, np.array([3]), 4)
@@ -356,7 +356,7 @@ def test_many_seeds_at_once_equal_separate_runs(data, tmp_path):
             {k: single[k] for k in metrics.SCORE_KEYS}, abs=1e-6
         )
         # ... and its validation curve is the single run's (metrics.jsonl, one row per epoch).
-        rows = train.read_metrics(str(tmp_path / f"single{seed}" / "metrics.jsonl"))
+        rows = records.read_metrics(str(tmp_path / f"single{seed}" / "metrics.jsonl"))
         assert saved["val_selection_per_epoch"][i] == pytest.approx(
             [rows[e]["val_selection"] for e in sorted(rows)], abs=1e-6
         )

@@ -67,7 +67,7 @@ def test_cmpae_multi_seed_step_runs_without_ynn_fusions():
         from coleaf_jax.config import load_config_file
         from coleaf_jax.training.seeds import run_keys, vmap_seeds
         from coleaf_jax.training.step import create_train_state, make_train_step
-        from coleaf_jax.training.train import make_device_step, padded_order
+        from coleaf_jax.training.device_data import make_device_step, padded_order
 
         c = load_config_file("configs/synthetic.py:coleaf_cmpae")
         c.model.d_model = c.model.ffn_dim = 16

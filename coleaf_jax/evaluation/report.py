@@ -25,7 +25,7 @@ from coleaf_jax import cli, registry
 from coleaf_jax.config import config_flags_as_set, load_config_file
 from coleaf_jax.data import pipeline
 from coleaf_jax.evaluation import evaluate, metrics, paper, plots, runs
-from coleaf_jax.training import train
+from coleaf_jax.training import records
 
 LOSS_KEYS = ("anchor_loss", "ref_loss", "backbone", "nce_a", "nce_v", "correlation", "ref_kd")
 CURVE_SCORES = ("seg_a", "seg_ao", "seg_v", "seg_vo", "seg_av")
@@ -59,7 +59,7 @@ def _score_table(rows: list[tuple[str, dict, str]]) -> str:
 
 def _read_history(workdir: str) -> list[dict]:
     """One row per epoch (a resumed run rewrites later epochs; a cut line is skipped)."""
-    by_epoch = train.read_metrics(os.path.join(workdir, train.METRICS_FILE))
+    by_epoch = records.read_metrics(os.path.join(workdir, records.METRICS_FILE))
     return [by_epoch[k] for k in sorted(by_epoch)]
 
 

@@ -25,8 +25,9 @@ from coleaf_jax.training.checkpoints import (
     restore_checkpoint,
     selection_scores,
 )
+from coleaf_jax.training.records import RESULT_FILE
 from coleaf_jax.training.step import create_train_state, matmul_precision
-from coleaf_jax.training.train import RESULT_FILE, validate_run_config
+from coleaf_jax.training.train import validate_run_config
 
 
 def require_run(workdir: str) -> None:

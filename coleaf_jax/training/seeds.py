@@ -28,8 +28,9 @@ from coleaf_jax.data import pipeline
 from coleaf_jax.evaluation import evaluate, metrics
 from coleaf_jax.training import train as train_lib
 from coleaf_jax.training import workdir as workdir_lib
+from coleaf_jax.training.device_data import make_device_step, padded_order
 from coleaf_jax.training.step import create_train_state, make_train_step, matmul_precision
-from coleaf_jax.training.train import make_device_step, padded_order, validate_run_config
+from coleaf_jax.training.train import validate_run_config
 
 
 def run_keys(seed: int):
@@ -38,7 +39,7 @@ def run_keys(seed: int):
 
 
 def vmap_seeds(device_step):
-    """``device_step`` (``train.make_device_step``) over a leading seed axis of the
+    """``device_step`` (``device_data.make_device_step``) over a leading seed axis of the
     state, the epoch order and the key; the split and the step index are shared."""
     return jax.vmap(device_step, in_axes=(0, None, 0, None, None, 0))
 

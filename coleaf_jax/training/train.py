@@ -1,14 +1,14 @@
 """Training: the epoch loop (validation every epoch, checkpoints, test of the best).
 
-The step itself is in ``coleaf_jax.training.step``, checkpoints in ``coleaf_jax.training.checkpoints``,
-the workdir lock and stored config in ``coleaf_jax.training.workdir``.
+The step itself is in ``coleaf_jax.training.step``, the split on the device in
+``device_data``, the non-finite checks in ``finite``, ``metrics.jsonl`` and
+``test_metrics.json`` in ``records``, checkpoints in ``checkpoints``, the workdir
+lock and stored config in ``workdir``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import os
 import time
 from collections.abc import Callable
@@ -35,6 +35,27 @@ from coleaf_jax.training.checkpoints import (
     save_checkpoint,
     selection_scores,
 )
+from coleaf_jax.training.device_data import (
+    device_batch,
+    make_device_step,
+    make_scan_epoch,
+    padded_order,
+    split_bytes,
+)
+from coleaf_jax.training.finite import (
+    check_finite,
+    finite_params,
+    scalar,
+    track,
+    track_stacked,
+)
+from coleaf_jax.training.records import (
+    METRICS_FILE,
+    RESULT_FILE,
+    append_jsonl,
+    finished_result,
+    keep_metrics_rows,
+)
 from coleaf_jax.training.step import (
     TrainState,
     create_train_state,
@@ -43,13 +64,6 @@ from coleaf_jax.training.step import (
     num_devices,
     validate_config,
 )
-
-RESULT_FILE = "test_metrics.json"
-METRICS_FILE = "metrics.jsonl"
-
-
-class NonFiniteLossError(workdir_lib.RunError):
-    """A training loss or the parameters became NaN or infinite."""
 
 
 @dataclasses.dataclass
@@ -69,286 +83,6 @@ def validate_run_config(config) -> None:
     devices (``step.validate_config``) and the processes (``distributed.validate``)."""
     validate_config(config)
     distributed.validate(config)
-
-
-def make_device_step(
-    step: Callable, batch_size: int, n_devices: int = 1, axis_name: str | None = None
-) -> Callable:
-    """Wraps ``step`` to gather its batch on device from a resident split.
-
-    ``device_step(state, data, order, i, epoch, key)``: ``data`` holds the whole
-    split (``BATCH_KEYS`` arrays and optionally ``mask``), ``order`` the
-    epoch's permutation padded with -1 to a whole number of batches, ``i`` the
-    step within the epoch. Under ``pmap`` each device takes its slice of the
-    global batch, exactly as the host pipeline reshapes it, and padding videos
-    are zeros with ``video_mask = 0`` as there: both paths train identically.
-    """
-    per_device = batch_size // n_devices
-
-    def device_step(state, data, order, i, epoch, key):
-        start = i * batch_size
-        if axis_name:
-            start = start + jax.lax.axis_index(axis_name) * per_device
-        idx = jax.lax.dynamic_slice_in_dim(order, start, per_device)
-        valid = idx >= 0
-        safe = jnp.where(valid, idx, 0)
-        batch = {}
-        for k in pipeline.batch_keys(data):
-            x = data[k][safe]
-            batch[k] = jnp.where(valid.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0).astype(x.dtype)
-        seg = data["mask"][safe] if "mask" in data else jnp.ones(data["audio"].shape[1:2], bool)
-        batch["mask"] = seg & valid[:, None]
-        batch["video_mask"] = valid.astype(jnp.float32)
-        return step(state, batch, epoch, key)
-
-    return device_step
-
-
-def make_scan_epoch(
-    device_step: Callable, steps_per_epoch: int, per_step: bool = False
-) -> Callable:
-    """A whole epoch as one ``lax.scan`` over ``device_step`` (``make_device_step``).
-
-    ``run_epoch(state, data, order, epoch, key) -> (state, logs)``: no host
-    round trip between steps. ``logs`` are summed over the epoch, or with
-    ``per_step`` stacked ``(steps_per_epoch, ...)``.
-    """
-
-    def run_epoch(state, data, order, epoch, key):
-        def body(carry, i):
-            carry, logs = device_step(carry, data, order, i, epoch, key)
-            return carry, logs
-
-        state, logs = jax.lax.scan(body, state, jnp.arange(steps_per_epoch, dtype=jnp.int32))
-        if per_step:
-            return state, logs
-        return state, jax.tree_util.tree_map(lambda x: x.sum(0), logs)
-
-    return run_epoch
-
-
-def padded_order(perm: np.ndarray, batch_size: int) -> np.ndarray:
-    """The permutation padded with -1 to a whole number of batches."""
-    n = len(perm)
-    total = pipeline.num_batches(n, batch_size) * batch_size
-    return np.concatenate([np.asarray(perm, np.int32), np.full(total - n, -1, np.int32)])
-
-
-def split_bytes(data: dict) -> int:
-    return sum(data[k].nbytes for k in pipeline.batch_keys(data))
-
-
-def _device_batch(batch, n_devices: int, rows: np.ndarray | None = None):
-    if rows is not None:  # multi-process: this process's devices' rows (distributed.local_rows)
-        return {k: jnp.asarray(v[rows]) for k, v in batch.items()}
-    if n_devices == 1:
-        return {k: jnp.asarray(v) for k, v in batch.items()}
-    return {k: jnp.asarray(v.reshape((n_devices, -1) + v.shape[1:])) for k, v in batch.items()}
-
-
-def _finite(logs) -> jnp.ndarray:
-    """Whether every logged term is finite (on every device)."""
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree_util.tree_leaves(logs)]))
-
-
-@jax.jit
-def _track_first(logs):
-    """Starts an epoch's on-device record: summed logs, the first step (0-based) whose
-    logs are not all finite (-1: none yet) and that step's logs."""
-    return {
-        "sums": logs,
-        "first_bad": jnp.where(_finite(logs), -1, 0).astype(jnp.int32),
-        "bad_logs": logs,
-    }
-
-
-@jax.jit
-def _track(record, logs, i):
-    """Adds step ``i``'s logs to the record (no host round trip)."""
-    first = (record["first_bad"] < 0) & ~_finite(logs)
-    return {
-        "sums": jax.tree_util.tree_map(jnp.add, record["sums"], logs),
-        "first_bad": jnp.where(first, i, record["first_bad"]).astype(jnp.int32),
-        "bad_logs": jax.tree_util.tree_map(
-            lambda b, v: jnp.where(first, v, b), record["bad_logs"], logs
-        ),
-    }
-
-
-def track(record: dict | None, logs, i: int) -> dict:
-    """The epoch's on-device record after step ``i`` (0-based; ``record`` None at the
-    first step): summed logs, the first step whose logs are not all finite and its logs.
-    No host round trip; :func:`check_finite` reads it once per epoch."""
-    return _track_first(logs) if record is None else _track(record, logs, jnp.int32(i))
-
-
-@jax.jit
-def _track_stacked(logs):
-    """The record of an epoch from its per-step logs ``(steps, ...)`` (``lax.scan``)."""
-    leaves = jax.tree_util.tree_leaves(logs)
-    ok = jnp.stack([jnp.isfinite(v).reshape(v.shape[0], -1).all(1) for v in leaves]).all(0)
-    first = jnp.argmin(ok)  # the first False
-    return {
-        "sums": jax.tree_util.tree_map(lambda v: v.sum(0), logs),
-        "first_bad": jnp.where(ok.all(), -1, first).astype(jnp.int32),
-        "bad_logs": jax.tree_util.tree_map(lambda v: v[first], logs),
-    }
-
-
-@functools.partial(jax.jit, static_argnames="per_seed")
-def finite_params(state, per_seed: bool = False) -> dict:
-    """Whether the Anchor's and the Reference's parameters are all finite, on device
-    (``per_seed``: one flag per entry of the leading seed axis). A step's loss is
-    computed before its update, so the last update of an epoch shows only here."""
-
-    def check(tree):
-        leaves = jax.tree_util.tree_leaves(tree)
-        if not leaves:  # no Reference (method='anchor_only')
-            return jnp.array(True)
-        if per_seed:
-            return jnp.stack([jnp.isfinite(x).reshape(x.shape[0], -1).all(1) for x in leaves]).all(
-                0
-            )
-        return jnp.stack([jnp.isfinite(x).all() for x in leaves]).all()
-
-    return {"anchor": check(state.anchor_params), "reference": check(state.ref_params)}
-
-
-def _scalar(v) -> float:
-    """One logged value (the first device's copy under pmap: all hold the psum)."""
-    return float(np.ravel(v)[0])
-
-
-def _non_finite_terms(logs: dict, seeds: list[int] | None) -> str:
-    """``name = value`` of the non-finite logged values; with ``seeds`` (a leading seed
-    axis) grouped by seed, else the first non-finite copy (pmap: one per device)."""
-    if seeds is None:
-        values = {k: np.ravel(v) for k, v in logs.items()}
-        return ", ".join(
-            f"{k} = {v[~np.isfinite(v)][0]}" for k, v in values.items() if not np.isfinite(v).all()
-        )
-    parts = []
-    for index, seed in enumerate(seeds):
-        bad = [
-            f"{k} = {np.ravel(v[index])[0]}"
-            for k, v in logs.items()
-            if not np.isfinite(v[index]).all()
-        ]
-        if bad:
-            parts.append(f"seed {seed} (index {index} of {len(seeds)}): {', '.join(bad)}")
-    return "; ".join(parts)
-
-
-def check_finite(
-    record: dict,
-    epoch: int,
-    steps_per_epoch: int,
-    config,
-    workdir: str | None,
-    seeds: list[int] | None = None,
-) -> dict:
-    """Raises ``NonFiniteLossError`` when a step of ``epoch`` (0-based) logged a non-finite
-    loss, or the epoch left non-finite parameters (``record["params_finite"]``, from
-    :func:`finite_params`; ``workdir``: where the earlier epochs' checkpoints are, if
-    any); returns the epoch's summed logs otherwise. ``seeds``: the record has a
-    leading seed axis (``coleaf_jax.training.seeds``); the message names the diverged seeds."""
-    record = jax.device_get(record)
-    first_bad = int(np.ravel(record["first_bad"])[0])
-    params_ok = {k: np.asarray(v) for k, v in record.get("params_finite", {}).items()}
-    if first_bad < 0 and all(v.all() for v in params_ok.values()):
-        if seeds is not None:
-            return {k: np.asarray(v) for k, v in record["sums"].items()}
-        return {k: _scalar(v) for k, v in record["sums"].items()}
-    kept = (
-        f"; the checkpoints of epochs up to {epoch} are kept in "
-        f"{os.path.join(workdir, 'checkpoints')}"
-        if epoch and workdir
-        else ""
-    )
-    advice = (
-        f"Stopped before validation: nothing of epoch {epoch + 1} is scored, selected or "
-        f"saved{kept}. Lower --config.learning_rate (now {config.learning_rate}) in a new "
-        f"--workdir, or check the inputs"
-    )
-    if first_bad >= 0:
-        raise NonFiniteLossError(
-            f"training diverged: non-finite loss at step "
-            f"{epoch * steps_per_epoch + first_bad + 1} (epoch {epoch + 1}, step {first_bad + 1} "
-            f"of {steps_per_epoch}): {_non_finite_terms(record['bad_logs'], seeds)}. {advice}"
-        )
-    names = {"anchor": "the Anchor's", "reference": "the Reference's"}
-    which = " and ".join(names[k] for k, v in params_ok.items() if not v.all()) + " parameters"
-    if seeds is not None:
-        bad_seeds = sorted(
-            {
-                seeds[i]
-                for v in params_ok.values()
-                for i in np.flatnonzero(~np.broadcast_to(v, (len(seeds),)))
-            }
-        )
-        which += f" (seed{'s' if len(bad_seeds) > 1 else ''} {', '.join(map(str, bad_seeds))})"
-    raise NonFiniteLossError(
-        f"training diverged: {which} are NaN/inf after step "
-        f"{(epoch + 1) * steps_per_epoch} (the last of epoch {epoch + 1}), although every "
-        f"logged loss of the epoch is finite (a step logs its loss before its update). {advice}"
-    )
-
-
-def read_metrics(path: str) -> dict[int, dict]:
-    """The rows of ``metrics.jsonl`` by epoch (of rows for one epoch, the last). A line cut
-    by a kill mid-write, or a row without an epoch, is skipped."""
-    rows = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                except ValueError:  # a line cut by a kill mid-write
-                    continue
-                if isinstance(row, dict) and isinstance(row.get("epoch"), int):
-                    rows[row["epoch"]] = row
-    return rows
-
-
-def keep_metrics_rows(path: str, last_epoch: int) -> None:
-    """Keeps one row per epoch ``<= last_epoch`` (the latest checkpoint) in metrics.jsonl:
-    rows of epochs that are trained again after a resume are not duplicated."""
-    if not os.path.exists(path):
-        return
-    rows = {epoch: row for epoch, row in read_metrics(path).items() if epoch <= last_epoch}
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        for epoch in sorted(rows):
-            f.write(json.dumps(rows[epoch]) + "\n")
-    os.replace(tmp, path)
-
-
-def _append_jsonl(path: str, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def finished_result(mngr, workdir: str, num_epochs: int) -> dict | None:
-    """The stored test result when the run in ``workdir`` (its checkpoints: ``mngr``) is
-    complete: it trained at least ``num_epochs`` epochs and ``test_metrics.json`` scores
-    its best checkpoint."""
-    path = os.path.join(workdir, RESULT_FILE)
-    if not os.path.exists(path):
-        return None
-    try:
-        scores = selection_scores(mngr)
-    except CheckpointDamagedError:  # the normal path names it and falls back
-        return None
-    if not scores or max(scores) < num_epochs:
-        return None
-    try:
-        with open(path) as f:
-            result = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return result if result.get("epoch") == best_epoch(scores) else None
 
 
 def prune_left_over(mngr, verbose: bool) -> None:
@@ -456,7 +190,7 @@ def _train_and_evaluate(
 
     root_key = jax.random.key(config.seed)
     init_key, train_key, shuffle_key = jax.random.split(root_key, 3)
-    sample = _device_batch(pipeline.make_batch(train, np.arange(min(2, n_train)), 2), 1)
+    sample = device_batch(pipeline.make_batch(train, np.arange(min(2, n_train)), 2), 1)
     state, anchor, reference, tx = create_train_state(
         config, init_key, sample, steps_per_epoch, num_classes
     )
@@ -543,7 +277,7 @@ def _train_and_evaluate(
                 calls = [(train_dev, order, epoch_arg, train_key)]
         else:
             calls = (
-                (_device_batch(b, n_dev, rows), epoch_arg, train_key)
+                (device_batch(b, n_dev, rows), epoch_arg, train_key)
                 for b in pipeline.epoch_batches(train, config.batch_size, perm, config.data.bucket)
             )
         bar = progress.bar(
@@ -563,14 +297,14 @@ def _train_and_evaluate(
             if scan:
                 if axis:  # every device holds the same (psum-ed) logs
                     logs = jax.tree_util.tree_map(lambda x: x[0], logs)
-                record = _track_stacked(logs)
+                record = track_stacked(logs)
             else:
                 record = track(record, logs, i)
             if show and i % config.log_every_steps == 0:
                 shown = jax.device_get(
                     {k: logs[k] for k in ("anchor_loss", "ref_loss") if k in logs}
                 )
-                bar.set_postfix({k: f"{_scalar(v):.3f}" for k, v in shown.items()})
+                bar.set_postfix({k: f"{scalar(v):.3f}" for k, v in shown.items()})
         bar.close()
         record["params_finite"] = finite_params(state)  # fetched with the record: no extra sync
         sums = check_finite(record, epoch, steps_per_epoch, config, workdir)
@@ -588,7 +322,7 @@ def _train_and_evaluate(
         train_logs = {k: v / steps_per_epoch for k, v in sums.items()}
         # The row first, then the checkpoint: a kill in between re-trains this epoch
         # and keep_metrics_rows drops the row, so metrics.jsonl never repeats an epoch.
-        _append_jsonl(
+        append_jsonl(
             metrics_path,
             {
                 "epoch": epoch + 1,
