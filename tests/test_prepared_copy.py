@@ -140,3 +140,34 @@ def test_two_processes_preparing_the_same_inputs_take_turns(tmp_path):
     assert sum(out.count("LLP: prepared 600 videos") for out in outs) == 1, outs
     assert "LLP: waiting for process" in outs[1] and "preparing the same inputs" in outs[1]
     assert "Traceback" not in outs[0] + outs[1]
+
+
+def test_shards_are_written_uncompressed_and_a_compressed_copy_reads_the_same(
+    layout, tmp_path, monkeypatch
+):
+    """Preparation writes uncompressed array_record shards (llp_prepared.SHARD_OPTIONS: no
+    CPU spent compressing float32 features) and leaves TFDS's writer as it was; a copy
+    written with TFDS's default (zstd, older versions) is read to the same arrays."""
+    from array_record.python import array_record_module
+    from tensorflow_datasets.core import file_adapters
+
+    from coleaf_jax.data import llp_prepared
+
+    root, cache = layout
+    before = file_adapters.ArrayRecordFileAdapter.__dict__["write_examples"]
+    ours = {s: llp.load_split(root, s, tfds_dir=cache) for s in ("train", "test")}
+    assert file_adapters.ArrayRecordFileAdapter.__dict__["write_examples"] is before
+    shard = sorted(_version_dir(root, cache).glob("llp-test.array_record-*"))[0]
+    assert (
+        "uncompressed" in array_record_module.ArrayRecordReader(str(shard)).writer_options_string()
+    )
+
+    monkeypatch.setattr(llp_prepared, "SHARD_OPTIONS", "group_size:1")  # zstd:3, TFDS's
+    other = tmp_path / "tfds_zstd"
+    old = {s: llp.load_split(root, s, tfds_dir=other) for s in ("train", "test")}
+    shard = sorted(_version_dir(root, other).glob("llp-test.array_record-*"))[0]
+    assert "zstd" in array_record_module.ArrayRecordReader(str(shard)).writer_options_string()
+    for split in ours:
+        assert set(ours[split]) == set(old[split])
+        for key in ours[split]:
+            np.testing.assert_array_equal(ours[split][key], old[split][key])

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
+from array_record.python import array_record_module
+from tensorflow_datasets.core import file_adapters
 
 from coleaf_jax import locks
 from coleaf_jax.data.classes import (
@@ -274,6 +276,36 @@ def _write_labels(
     np.savez(_labels_path(data_dir, split), **arrays)
 
 
+# The shards' array_record options: one record per group (random access by index, as
+# TFDS writes them) and no compression. TFDS's default (zstd level 3) spent 72 % of
+# the preparation compressing float32 features that shrink little (post-ReLU ResNet
+# averages; 0.56 of their size on the synthetic set, whose ReLU leaves exact zeros):
+# 146 videos/s compressed, 417 uncompressed on 2 cores, and the copy loads as fast
+# (docs/performance.md). Readers take either: a copy written by an older version is used.
+SHARD_OPTIONS = "group_size:1,uncompressed"
+
+
+@contextlib.contextmanager
+def _uncompressed_shards():
+    """TFDS's array_record writer with :data:`SHARD_OPTIONS` while preparing (TFDS has no
+    option for it; restored afterwards)."""
+    original = file_adapters.ArrayRecordFileAdapter.__dict__["write_examples"]
+
+    def write_examples(cls, path, iterator):
+        writer = array_record_module.ArrayRecordWriter(os.fspath(path), SHARD_OPTIONS)
+        try:
+            for _, serialized in iterator:
+                writer.write(serialized)
+        finally:
+            writer.close()
+
+    file_adapters.ArrayRecordFileAdapter.write_examples = classmethod(write_examples)
+    try:
+        yield
+    finally:
+        file_adapters.ArrayRecordFileAdapter.write_examples = original
+
+
 # Videos per array_record shard: preparation holds one shard's examples in memory
 # (≈ 90 MB of LLP features), reading picks shards by index.
 EXAMPLES_PER_SHARD = 128
@@ -518,7 +550,8 @@ def _build(builder: Llp, root: PathLike, parent: Path, fingerprint: str) -> Llp:
     )
     start = time.monotonic()
     config = tfds.download.DownloadConfig(manual_dir=os.fspath(root), try_download_gcs=False)
-    builder.download_and_prepare(download_config=config)
+    with _uncompressed_shards():
+        builder.download_and_prepare(download_config=config)
     seconds = time.monotonic() - start
     videos = sum(split.num_examples for split in builder.info.splits.values())
     logger.warning(
