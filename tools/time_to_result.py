@@ -67,7 +67,7 @@ def main(argv=None) -> int:
         print(f"{workdir}:")
         for name, seconds in row.items():
             share = f"{100 * seconds / row['run']:5.1f} %" if name != "run" else ""
-            print(f"  {name:<34} {seconds:8.1f} s  {share}")
+            print(f"  {name:<40} {seconds:8.1f} s  {share}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(table, f, indent=2)
