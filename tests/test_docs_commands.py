@@ -214,6 +214,15 @@ SCENARIOS: dict[str, list[Step]] = {
             "--config.num_epochs=1",
             creates=_run_files("W2"),
         ),
+        Step(
+            "python train.py --config configs/llp.py:han --config.data.root=ROOT --workdir W3 "
+            "--config.num_epochs=2",
+            creates=_run_files("W3"),
+        ),
+        Step(
+            "python tools/time_to_result.py W3",
+            expect=(r"training \(\d+ epochs?\)", r"compiling \(first step\)"),
+        ),
     ],
     "other_datasets": [
         Step(

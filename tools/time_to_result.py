@@ -42,7 +42,7 @@ def phases(workdir: str) -> dict[str, float]:
         "loading": data,
         "set-up (initialisation, data to device)": setup,
         "compiling (first step)": compiling,
-        f"training ({len(rows)} epochs)": training,
+        f"training ({len(rows)} epoch{'s' if len(rows) > 1 else ''})": training,
         "validation, epoch 1 (compiling)": validation_first,
         f"validation, epochs 2-{len(rows)}": validation_rest,
         "saving, rest of the loop": total - loop,
