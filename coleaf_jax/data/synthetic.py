@@ -6,27 +6,30 @@ writes ``OUT/{vggish,res152,r2plus1d_18}/<id>.npy``, the five LLP CSVs and
 VALOR-style segment pseudo-labels ``OUT/{CLAP,CLIP}/segment_pseudo_labels/<id>.npy``
 from a simulated imperfect teacher (``TeacherConfig``), so
 every part of the project (data layer, training, metrics, demo) runs without a
-download. What makes it a fair test of weakly supervised AVVP:
+download. What makes it a fair test of weakly supervised AVVP (each property a
+knob of ``SyntheticConfig``; docs/synthetic.md says what the set can and cannot show):
 
-* **Modality structure.** Every event of a class is audible-only, visible-only
-  or audible-visible with per-class rates shaped after LLP (speech is rarely
-  seen, a lawn mower is mostly both, an instrument is sometimes only seen).
-  Training sees only the video-level union of classes, so which modality an
-  event lives in must be inferred from the features.
-* **Co-occurrence.** Classes come in realistic groups (speech with almost
-  anything, cheering with clapping, singing with instruments, babies
-  together), and label counts follow LLP (1-3 per training video).
-* **Temporal extents.** Events span 1-10 s, often the whole clip; the two
-  modalities of an audible-visible event overlap but need not coincide.
-* **Features.** Each class has a prototype in each feature space; a segment's
-  features are the sum of its active classes' prototypes, a per-video scene
-  vector and noise. Similar classes (violin/cello, car/motorcycle, ...) share
-  part of their prototypes, and the ResNet frames are post-ReLU and jittered
-  per frame, so there is something to get wrong.
+* **LLP's label structure, measured.** Class frequencies, labels per video, each
+  class's share of audible-only, visible-only and audible-visible videos, event
+  lengths per kind of event, events per class and the audio-visual overlap are
+  LLP's, measured from its released annotation CSVs (``measure_llp``; e.g. speech
+  is heard only in 76 % of the videos it labels, a third of the sounds and half of
+  the sights last the whole clip). Training sees only the video-level union, so
+  a weak label often names a class present in one modality only: the label noise
+  JoMoLD removes.
+* **Features from latent event codes through a fixed random non-linear map.** Per
+  modality, every class has a code; a segment's latent state is the sum of its
+  active events' codes, background events of 20 classes outside the 25 (never
+  labelled), a per-video scene vector and noise, whose level differs between the
+  modalities. Each feature space (VGGish, ResNet-152 per frame, post-ReLU;
+  R(2+1)D) maps the state through its own random ``tanh`` layer: events do not
+  add up in feature space, and a linear read-out of video means does not recover
+  them. Similar classes (violin/cello, car/motorcycle, ...) share part of their code.
+* **Co-occurrence.** Classes come in realistic groups (speech with almost anything,
+  cheering with clapping, singing with instruments, babies together).
 
 Validation and test videos get dense audio/visual truth; training videos weak
-labels only. Nothing here reads ``shared/``: the per-class rates below are
-constants.
+labels only. Nothing here reads ``shared/``: the measured values are constants.
 """
 
 from __future__ import annotations
@@ -55,98 +58,50 @@ from coleaf_jax.data.llp import PSEUDO_LABEL_FOLDERS
 C = len(LLP_CLASSES)
 T = LLP_NUM_SEGMENTS
 
-# Share of a class's events that are *not* visible (audible-only) and *not*
-# audible (visible-only), rounded from the LLP label-noise table of JoMoLD
-# (visual / audio noise ratios), raised a little so every class has some.
+# The defaults below are measured from LLP's released annotation CSVs (``measure_llp``
+# on AVVP_{train,val_pd,test_pd,eval_audio,eval_visual}.csv, rounded to 3 decimals;
+# tests/test_synthetic.py recomputes them where the CSVs are at hand).
+
+# Of the val/test videos labelled with a class, the share that only hears it
+# (audible-only) and only sees it (visible-only); the rest both hears and sees it.
 AUDIBLE_ONLY_RATE = np.array(
-    [
-        0.95,
-        0.15,
-        0.25,
-        0.20,
-        0.20,
-        0.20,
-        0.15,
-        0.20,
-        0.20,
-        0.20,
-        0.25,
-        0.25,
-        0.15,
-        0.25,
-        0.15,
-        0.20,
-        0.25,
-        0.20,
-        0.20,
-        0.15,
-        0.25,
-        0.30,
-        0.20,
-        0.15,
-        0.35,
-    ]
+    [0.76, 0.015, 0.561, 0.077, 0.035, 0.062, 0.049, 0.167, 0.022, 0.189, 0.178, 0.306, 0.071]
+    + [0.168, 0.061, 0.219, 0.259, 0.068, 0.049, 0.087, 0.084, 0.421, 0.169, 0.0, 0.403]
 )
 VISIBLE_ONLY_RATE = np.array(
-    [
-        0.02,
-        0.15,
-        0.10,
-        0.10,
-        0.15,
-        0.10,
-        0.10,
-        0.10,
-        0.15,
-        0.10,
-        0.10,
-        0.10,
-        0.10,
-        0.10,
-        0.10,
-        0.10,
-        0.10,
-        0.10,
-        0.10,
-        0.10,
-        0.10,
-        0.10,
-        0.10,
-        0.10,
-        0.10,
-    ]
+    [0.002, 0.201, 0.038, 0.124, 0.263, 0.015, 0.173, 0.0, 0.0, 0.041, 0.044, 0.004, 0.051]
+    + [0.026, 0.01, 0.0, 0.012, 0.023, 0.085, 0.019, 0.103, 0.0, 0.013, 0.018, 0.047]
 )
-
-# Relative frequency of a class as a video's first label (speech dominates LLP).
+# Each class's share of the training weak labels (speech: 31 %).
 CLASS_FREQUENCY = np.array(
-    [
-        6.0,
-        1.5,
-        1.5,
-        1.5,
-        1.0,
-        1.0,
-        1.0,
-        0.8,
-        0.8,
-        1.2,
-        1.0,
-        1.5,
-        0.8,
-        1.2,
-        0.8,
-        0.8,
-        1.0,
-        1.0,
-        1.0,
-        1.0,
-        1.2,
-        0.8,
-        1.0,
-        0.8,
-        1.0,
-    ]
+    [0.311, 0.039, 0.033, 0.047, 0.012, 0.021, 0.028, 0.014, 0.019, 0.037, 0.012, 0.073, 0.027]
+    + [0.091, 0.031, 0.009, 0.028, 0.014, 0.026, 0.037, 0.031, 0.006, 0.027, 0.018, 0.01]
 )
+# Videos with 1, 2, 3, 4+ weak labels: training, and the densely annotated val/test.
+LABELS_PER_VIDEO = np.array([0.403, 0.588, 0.009, 0.0])
+LABELS_PER_VIDEO_EVAL = np.array([0.333, 0.55, 0.094, 0.023])
+# Share of events lasting 1, 2, ..., 10 seconds: the sounds of classes only heard, the
+# sounds and the sights of classes heard and seen, the sights of classes only seen.
+DURATION_AUDIBLE_ONLY = np.array(
+    [0.245, 0.193, 0.121, 0.088, 0.057, 0.034, 0.038, 0.031, 0.021, 0.173]
+)
+DURATION_AV_AUDIO = np.array([0.128, 0.097, 0.09, 0.073, 0.044, 0.042, 0.04, 0.031, 0.034, 0.421])
+DURATION_AV_VISUAL = np.array(
+    [0.089, 0.082, 0.068, 0.058, 0.035, 0.039, 0.029, 0.029, 0.019, 0.552]
+)
+DURATION_VISIBLE_ONLY = np.array(
+    [0.101, 0.06, 0.077, 0.048, 0.03, 0.065, 0.042, 0.036, 0.012, 0.53]
+)
+# ...and over all events of a modality (what the four above add up to).
+DURATION_AUDIO = np.array([0.174, 0.135, 0.102, 0.079, 0.049, 0.039, 0.039, 0.031, 0.029, 0.324])
+DURATION_VISUAL = np.array([0.09, 0.081, 0.068, 0.058, 0.035, 0.041, 0.03, 0.029, 0.019, 0.55])
+# Events per (video, class) present, per modality: a class may sound twice in a clip.
+EVENTS_AUDIO = 1.266
+EVENTS_VISUAL = 1.129
+# Of the classes heard and seen: the share heard exactly where seen, and the mean
+# intersection over union of their audio and visual segments.
+AV_SAME_EXTENT = 0.603
+AV_IOU = 0.827
 
 _GROUPS = (
     ("Cheering", "Clapping", "Speech"),
@@ -159,7 +114,7 @@ _GROUPS = (
     ("Basketball_bounce", "Cheering", "Speech"),
     ("Vacuum_cleaner", "Telephone_bell_ringing", "Speech"),
 )
-# Pairs whose features resemble each other (shared prototype component).
+# Pairs whose event codes resemble each other (a shared component).
 _SIMILAR = (
     ("Violin_fiddle", "Cello"),
     ("Car", "Motorcycle"),
@@ -174,30 +129,49 @@ _ID_ALPHABET = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwx
 
 
 def _cooccurrence() -> np.ndarray:
-    """(C, C) probabilities of the next label given a present one."""
+    """(C, C) probabilities of the next label given a present one (realistic groups;
+    ``sample_videos`` weights them by ``CLASS_FREQUENCY``, so speech joins most)."""
     idx = {n: i for i, n in enumerate(LLP_CLASSES)}
     w = np.full((C, C), 0.05)
     for group in _GROUPS:
         for a in group:
             for b in group:
                 w[idx[a], idx[b]] += 1.0
-    w[:, idx["Speech"]] += 1.0
     np.fill_diagonal(w, 0.0)
     return w / w.sum(axis=1, keepdims=True)
 
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
-    """Knobs of the generator (defaults: learnable, not trivial)."""
+    """Knobs of the generator. The label structure defaults to LLP's, as measured
+    (``measure_llp``); the feature knobs say how hard recognition is (no LLP value
+    exists for them: chosen so that the real task's order of methods shows,
+    docs/synthetic.md)."""
 
     num_videos: int = 1000
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 0
-    signal: float = 1.0  # prototype amplitude
-    noise: float = 0.9  # per-segment noise std (relative to unit-norm prototypes x sqrt(dim))
-    similar_share: float = 0.5  # share of prototype common to a similar pair
-    scene: float = 0.5  # per-video nuisance vector amplitude
+    # Features: a segment's latent state (the codes of its active events, background
+    # events, a per-video scene, noise) through a fixed random non-linear map.
+    latent_dim: int = 64  # width of the event codes
+    hidden_dim: int = 256  # width of the fixed random map's hidden layer
+    signal: float = 1.0  # amplitude of an event's code
+    # Per-segment latent noise std of the audio and of the visual stream (they differ;
+    # an event's code has std 1 per dimension): recognising a class from one segment
+    # is hard, from the segments an event spans, and from both streams, easier.
+    noise_audio: float = 1.6
+    noise_visual: float = 2.0
+    scene: float = 0.5  # per-video nuisance latent
+    similar_share: float = 0.5  # share of its code a similar pair has in common
+    # Background sounds and objects outside the 25 classes: events of their own codes,
+    # never labelled; a Poisson number of them per video and modality.
+    distractor_classes: int = 20
+    distractors_per_video: float = 1.0
+    # Label structure (LLP's, measured).
+    events_audio: float = EVENTS_AUDIO
+    events_visual: float = EVENTS_VISUAL
+    av_same_extent: float = AV_SAME_EXTENT
     # The simulated CLAP/CLIP teacher of the pseudo-label folders (TeacherConfig).
     teacher_miss: float = 0.2
     teacher_jitter: float = 0.3
@@ -229,90 +203,134 @@ def _random_id(rng: np.random.Generator, taken: set[str]) -> str:
             return vid
 
 
-def _span(rng: np.random.Generator) -> tuple[int, int]:
-    """An event's [onset, offset): whole clip 40 % of the time, else 1-9 s."""
-    if rng.random() < 0.4:
-        return 0, T
-    length = int(rng.integers(1, T))
+def _span(rng: np.random.Generator, durations: np.ndarray) -> tuple[int, int]:
+    """An event's [onset, offset): its length drawn from ``durations`` (share of 1..T s),
+    placed uniformly in the clip."""
+    length = int(rng.choice(T, p=durations / durations.sum())) + 1
     onset = int(rng.integers(0, T - length + 1))
     return onset, onset + length
 
 
-def _jitter(rng: np.random.Generator, span: tuple[int, int]) -> tuple[int, int]:
-    """The other modality's extent of an audible-visible event: overlapping, shifted."""
-    on, off = span
-    on = int(np.clip(on + rng.integers(-2, 3) * (rng.random() < 0.5), 0, T - 1))
-    off = int(np.clip(off + rng.integers(-2, 3) * (rng.random() < 0.5), on + 1, T))
-    return on, off
+def _place(rng, track: np.ndarray, c: int, durations: np.ndarray, rate: float) -> None:
+    """Marks 1 + Poisson(rate - 1) events of class ``c`` in one modality's track, apart
+    from each other (an event that would touch another is drawn again, up to 10 times,
+    so that each stays one event of its drawn length)."""
+    for _ in range(1 + int(rng.poisson(max(rate - 1.0, 0.0)))):
+        for _attempt in range(10):
+            on, off = _span(rng, durations)
+            if not track[max(on - 1, 0) : off + 1, c].any():
+                track[on:off, c] = True
+                break
 
 
 def sample_videos(
     cfg: SyntheticConfig, num: int, rng: np.random.Generator, dense_split: bool
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Samples dense truth for ``num`` videos; returns ``[(audio (T,C), visual (T,C))]``."""
+    """Samples dense truth for ``num`` videos; returns ``[(audio (T,C), visual (T,C))]``.
+
+    Each labelled class is audible-only, visible-only or both with its LLP rates; each
+    modality's events are placed on their own (lengths from that modality's LLP
+    histogram, 1.27 sound events and 1.13 seen events per class present). A class
+    both heard and seen is heard exactly where it is seen in ``cfg.av_same_extent``
+    of the cases, as in LLP, else its sound is placed on its own. Event lengths come
+    from LLP's histogram for the event's kind (a sound only heard, a sound or sight
+    of a class heard and seen, a sight only seen).
+    """
     co = _cooccurrence()
     freq = CLASS_FREQUENCY / CLASS_FREQUENCY.sum()
-    # Label-count distribution: LLP train (1: 40 %, 2: 59 %, 3: 1 %); eval splits hold more.
-    counts_p = [0.35, 0.5, 0.12, 0.03] if dense_split else [0.40, 0.59, 0.01, 0.0]
+    counts_p = LABELS_PER_VIDEO_EVAL if dense_split else LABELS_PER_VIDEO
     out = []
     for _ in range(num):
-        n_labels = int(rng.choice(4, p=counts_p)) + 1
+        n_labels = int(rng.choice(len(counts_p), p=counts_p / counts_p.sum())) + 1
         classes = [int(rng.choice(C, p=freq))]
         while len(classes) < n_labels:
-            p = co[classes].mean(axis=0)
+            p = co[classes].mean(axis=0) * freq
             p[classes] = 0.0
             classes.append(int(rng.choice(C, p=p / p.sum())))
         audio = np.zeros((T, C), bool)
         visual = np.zeros((T, C), bool)
         for c in classes:
             u = rng.random()
-            span = _span(rng)
-            if u < AUDIBLE_ONLY_RATE[c]:
-                audio[span[0] : span[1], c] = True
-            elif u < AUDIBLE_ONLY_RATE[c] + VISIBLE_ONLY_RATE[c]:
-                visual[span[0] : span[1], c] = True
+            heard = u >= VISIBLE_ONLY_RATE[c]
+            seen = u < VISIBLE_ONLY_RATE[c] or u >= VISIBLE_ONLY_RATE[c] + AUDIBLE_ONLY_RATE[c]
+            if heard and seen:
+                _place(rng, visual, c, DURATION_AV_VISUAL, cfg.events_visual)
+                if rng.random() < cfg.av_same_extent:
+                    audio[:, c] = visual[:, c]  # heard exactly where seen
+                else:
+                    _place(rng, audio, c, DURATION_AV_AUDIO, cfg.events_audio)
+            elif heard:
+                _place(rng, audio, c, DURATION_AUDIBLE_ONLY, cfg.events_audio)
             else:
-                audio[span[0] : span[1], c] = True
-                other = _jitter(rng, span)
-                visual[other[0] : other[1], c] = True
+                _place(rng, visual, c, DURATION_VISIBLE_ONLY, cfg.events_visual)
         out.append((audio, visual))
     return out
 
 
 class FeatureSynth:
-    """Class prototypes in the three feature spaces and the feature renderer."""
+    """Event codes, the fixed random non-linear maps and the feature renderer.
+
+    Per modality, each class and each distractor has a code in ``R^latent_dim``
+    (similar classes share part of theirs). A segment's latent state is the sum of
+    its active events' codes, a per-video scene vector and noise (its level per
+    modality). Each feature space (VGGish from the audio state; ResNet-152 per frame
+    and R(2+1)D from the visual one) is ``W2 · tanh(W1 · z + b1)`` with its own fixed
+    random ``W1, b1, W2``: events do not add up in feature space, and a linear read-out
+    of video-mean features does not recover them.
+    """
 
     def __init__(self, cfg: SyntheticConfig, rng: np.random.Generator):
         self.cfg = cfg
         idx = {n: i for i, n in enumerate(LLP_CLASSES)}
-        self.protos = {}
-        for name, (_, dim) in LLP_FEATURES.items():
-            p = rng.standard_normal((C, dim))
+        k, h = cfg.latent_dim, cfg.hidden_dim
+        self.codes, self.distractor_codes, self.maps = {}, {}, {}
+        for modality in ("audio", "visual"):
+            codes = rng.standard_normal((C, k))
             for a, b in _SIMILAR:
-                shared = rng.standard_normal(dim)
+                shared = rng.standard_normal(k)
                 s = cfg.similar_share
-                p[idx[a]] = np.sqrt(1 - s) * p[idx[a]] + np.sqrt(s) * shared
-                p[idx[b]] = np.sqrt(1 - s) * p[idx[b]] + np.sqrt(s) * shared
-            self.protos[name] = p.astype(np.float32)
+                codes[idx[a]] = np.sqrt(1 - s) * codes[idx[a]] + np.sqrt(s) * shared
+                codes[idx[b]] = np.sqrt(1 - s) * codes[idx[b]] + np.sqrt(s) * shared
+            self.codes[modality] = codes
+            self.distractor_codes[modality] = rng.standard_normal((cfg.distractor_classes, k))
+        for name, (_, dim) in LLP_FEATURES.items():
+            self.maps[name] = (
+                rng.standard_normal((k, h)),
+                0.5 * rng.standard_normal(h),
+                rng.standard_normal((h, dim)) / np.sqrt(h),
+            )
+
+    def latent(self, active: np.ndarray, modality: str, rng: np.random.Generator) -> np.ndarray:
+        """``(T, latent_dim)`` latent states of one modality from its ``(T, C)`` truth."""
+        cfg = self.cfg
+        k = cfg.latent_dim
+        z = cfg.signal * (active.astype(np.float64) @ self.codes[modality])
+        durations = DURATION_AUDIO if modality == "audio" else DURATION_VISUAL
+        for _ in range(int(rng.poisson(cfg.distractors_per_video))):
+            j = int(rng.integers(cfg.distractor_classes))
+            on, off = _span(rng, durations)
+            z[on:off] += cfg.signal * self.distractor_codes[modality][j]
+        z += cfg.scene * rng.standard_normal(k)
+        noise = cfg.noise_audio if modality == "audio" else cfg.noise_visual
+        return z + noise * rng.standard_normal(z.shape)
+
+    def _map(self, name: str, z: np.ndarray) -> np.ndarray:
+        w1, b1, w2 = self.maps[name]
+        return np.tanh(z @ w1 / np.sqrt(self.cfg.latent_dim) + b1) @ w2
 
     def render(
         self, audio: np.ndarray, visual: np.ndarray, rng: np.random.Generator
     ) -> dict[str, np.ndarray]:
         """Features of one video from its dense truth (``(T, C)`` bool each)."""
-        cfg = self.cfg
-        feats = {}
-        for name, active in (("vggish", audio), ("r2plus1d_18", visual), ("res152", visual)):
-            proto = self.protos[name]
-            dim = proto.shape[1]
-            scene = cfg.scene * rng.standard_normal(dim)
-            seg = active.astype(np.float32) @ proto * cfg.signal + scene
-            if name == "res152":
-                seg = np.repeat(seg, LLP_FRAMES_PER_SEGMENT, axis=0)
-            x = seg + cfg.noise * rng.standard_normal(seg.shape)
-            if name == "res152":
-                x = np.maximum(x, 0.0)  # ResNet features are post-ReLU averages
-            feats[name] = x.astype(np.float32)
-        return feats
+        z_a = self.latent(audio, "audio", rng)
+        z_v = self.latent(visual, "visual", rng)
+        frames = np.repeat(z_v, LLP_FRAMES_PER_SEGMENT, axis=0)
+        frames = frames + 0.3 * rng.standard_normal(frames.shape)  # frame-to-frame change
+        return {
+            "vggish": self._map("vggish", z_a).astype(np.float32),
+            "res152": np.maximum(self._map("res152", frames), 0.0).astype(np.float32),  # post-ReLU
+            "r2plus1d_18": self._map("r2plus1d_18", z_v).astype(np.float32),
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -581,12 +599,102 @@ def generate_unav(
     return database
 
 
+def _runs(track: np.ndarray) -> list[int]:
+    """Lengths (s) of every maximal run of every class in ``(N, T, C)`` tracks."""
+    x = np.concatenate([np.zeros_like(track[:, :1]), track, np.zeros_like(track[:, :1])], axis=1)
+    d = np.diff(x.astype(np.int8), axis=1)  # (N, T + 1, C)
+    on = np.argwhere(d.transpose(0, 2, 1) == 1)
+    off = np.argwhere(d.transpose(0, 2, 1) == -1)
+    return list(off[:, 2] - on[:, 2])
+
+
+def measure_llp(annotation_dir: str) -> dict[str, np.ndarray | float]:
+    """The statistics of LLP's annotation CSVs the generator's defaults are set from
+    (``python -m coleaf_jax.data.synthetic --measure DIR`` prints them; the constants
+    above are this function's output on the released CSVs, rounded to 3 decimals):
+
+    * ``class_frequency`` ``(C,)``: each class's share of the training weak labels;
+    * ``labels_per_video``, ``labels_per_video_eval`` ``(4,)``: training and val/test
+      videos with 1, 2, 3, 4+ labels;
+    * ``audible_only``, ``visible_only`` ``(C,)``: of the val/test videos labelled with
+      the class, the share whose dense truth has it only in audio / only in video;
+    * ``duration_audio``, ``duration_visual`` ``(T,)``: the share of events lasting
+      1..T seconds; ``duration_{audible_only,av_audio,av_visual,visible_only}`` the same
+      for the sounds of classes only heard, the sounds and sights of classes heard and
+      seen, the sights of classes only seen;
+    * ``events_audio``, ``events_visual``: events per (video, class) present;
+    * ``av_iou``, ``av_same_extent``: for classes both heard and seen, the mean
+      intersection over union of their audio and visual segments, and the share heard
+      exactly where seen.
+    """
+    idx = {n: i for i, n in enumerate(LLP_CLASSES)}
+
+    def weak(name):
+        with open(os.path.join(annotation_dir, name)) as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))
+        return {r["filename"][:11]: [idx[x] for x in r["event_labels"].split(",")] for r in rows}
+
+    train = weak(LLP_SPLIT_CSV["train"])
+    dense_ids = {**weak(LLP_SPLIT_CSV["val"]), **weak(LLP_SPLIT_CSV["test"])}
+    order = {vid: i for i, vid in enumerate(dense_ids)}
+    labels = np.zeros((len(order), C), bool)
+    for vid, classes in dense_ids.items():
+        labels[order[vid], classes] = True
+    tracks = {}
+    for modality, name in LLP_DENSE_CSV.items():
+        track = np.zeros((len(order), T, C), bool)
+        with open(os.path.join(annotation_dir, name)) as f:
+            for r in csv.DictReader(f, delimiter="\t"):
+                if r["filename"][:11] in order:
+                    track[
+                        order[r["filename"][:11]],
+                        int(r["onset"]) : int(r["offset"]),
+                        idx[r["event_labels"]],
+                    ] = True
+        tracks[modality] = track
+    heard, seen = tracks["audio"].any(1), tracks["visual"].any(1)
+    per_class = np.maximum(labels.sum(0), 1)
+    counts = np.bincount([min(len(v), 4) for v in train.values()], minlength=5)[1:]
+    counts_eval = np.bincount([min(len(v), 4) for v in dense_ids.values()], minlength=5)[1:]
+    freq = np.bincount([c for v in train.values() for c in v], minlength=C)
+    both = labels & heard & seen
+    inter = (tracks["audio"] & tracks["visual"]).sum(1)[both]
+    union = (tracks["audio"] | tracks["visual"]).sum(1)[both]
+    out = {
+        "class_frequency": freq / freq.sum(),
+        "labels_per_video": counts / counts.sum(),
+        "labels_per_video_eval": counts_eval / counts_eval.sum(),
+        "audible_only": (labels & heard & ~seen).sum(0) / per_class,
+        "visible_only": (labels & seen & ~heard).sum(0) / per_class,
+        "av_iou": float((inter / union).mean()),
+    }
+    for modality, present in (("audio", heard), ("visual", seen)):
+        runs = _runs(tracks[modality])
+        out[f"duration_{modality}"] = np.bincount(runs, minlength=T + 1)[1:] / len(runs)
+        out[f"events_{modality}"] = len(runs) / present.sum()
+    for name, modality, kind in (
+        ("audible_only", "audio", heard & ~seen),
+        ("av_audio", "audio", heard & seen),
+        ("av_visual", "visual", heard & seen),
+        ("visible_only", "visual", seen & ~heard),
+    ):
+        runs = _runs(tracks[modality].transpose(0, 2, 1)[kind][:, :, None])
+        out[f"duration_{name}"] = np.bincount(runs, minlength=T + 1)[1:] / len(runs)
+    out["av_same_extent"] = float((tracks["audio"] == tracks["visual"]).all(1)[both].mean())
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m coleaf_jax.data.synthetic",
         description="Write a synthetic dataset in the LLP feature layout.",
     )
-    parser.add_argument("out", help="output directory (created if missing)")
+    parser.add_argument("out", nargs="?", help="output directory (created if missing)")
+    parser.add_argument(
+        "--measure",
+        metavar="DIR",
+        help="print the label statistics of LLP's annotation CSVs in DIR (the defaults' source)",
+    )
     parser.add_argument(
         "--videos",
         type=int,
@@ -594,12 +702,13 @@ def main(argv: list[str] | None = None) -> int:
         help="total number of videos over train/val/test (default %(default)s)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
-    parser.add_argument(
-        "--noise",
-        type=float,
-        default=SyntheticConfig.noise,
-        help="feature noise std; higher is harder (default %(default)s)",
-    )
+    for name in ("noise_audio", "noise_visual", "distractors_per_video"):
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=float,
+            default=getattr(SyntheticConfig, name),
+            help=f"SyntheticConfig.{name} (default %(default)s)",
+        )
     for name in ("miss", "jitter", "false_alarm"):
         parser.add_argument(
             f"--teacher-{name.replace('_', '-')}",
@@ -609,13 +718,22 @@ def main(argv: list[str] | None = None) -> int:
             "(see TeacherConfig; default %(default)s)",
         )
     args = parser.parse_args(argv)
+    if args.measure:
+        for key, value in measure_llp(args.measure).items():
+            shown = round(value, 3) if isinstance(value, float) else np.round(value, 3).tolist()
+            print(f"{key}: {shown}")
+        return 0
+    if not args.out:
+        parser.error("the output directory is required (or --measure DIR)")
     try:
         generate(
             args.out,
             SyntheticConfig(
                 num_videos=args.videos,
                 seed=args.seed,
-                noise=args.noise,
+                noise_audio=args.noise_audio,
+                noise_visual=args.noise_visual,
+                distractors_per_video=args.distractors_per_video,
                 teacher_miss=args.teacher_miss,
                 teacher_jitter=args.teacher_jitter,
                 teacher_false_alarm=args.teacher_false_alarm,
