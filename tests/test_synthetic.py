@@ -106,9 +106,18 @@ def test_defaults_are_llp_as_measured_from_its_csvs():
 def test_generated_label_structure_is_llps(tmp_path):
     """The same measurement on a generated folder finds LLP's structure: modality shares,
     event lengths per modality, events per class, audio-visual overlap."""
-    out = str(tmp_path / "d")
-    synthetic.generate(out, synthetic.SyntheticConfig(num_videos=2000, seed=1))
-    m = synthetic.measure_llp(out)
+    cfg, rng = synthetic.SyntheticConfig(), np.random.default_rng(1)
+    splits = {
+        split: [
+            synthetic.Video(f"{split[:2]}{i:09d}_0_10", audio, visual)
+            for i, (audio, visual) in enumerate(
+                synthetic.sample_videos(cfg, n, rng, dense_split=split != "train")
+            )
+        ]
+        for split, n in (("train", 1400), ("val", 300), ("test", 300))
+    }
+    synthetic.write_annotations(str(tmp_path), splits)  # the CSVs alone, no features
+    m = synthetic.measure_llp(str(tmp_path))
     labelled = synthetic.CLASS_FREQUENCY
     assert np.abs(m["class_frequency"] - labelled).max() < 0.05
     np.testing.assert_allclose(m["duration_audio"], synthetic.DURATION_AUDIO, atol=0.04)

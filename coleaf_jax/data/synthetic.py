@@ -440,6 +440,16 @@ def _write_dense_csv(path: str, videos: list[Video], modality: str) -> None:
                 w.writerow([v.filename, on, off, LLP_CLASSES[c]])
 
 
+def write_annotations(out_dir: str, splits: dict[str, list[Video]]) -> None:
+    """LLP's five CSVs for ``splits`` (``{'train'|'val'|'test': [Video]}``): the weak
+    labels of every split, the dense audio and visual truth of val and test."""
+    for split, videos in splits.items():
+        _write_weak_csv(os.path.join(out_dir, LLP_SPLIT_CSV[split]), videos)
+    dense = splits["val"] + splits["test"]
+    for modality, name in LLP_DENSE_CSV.items():
+        _write_dense_csv(os.path.join(out_dir, name), dense, modality)
+
+
 def generate(
     out_dir: str, cfg: SyntheticConfig = SyntheticConfig(), verbose: bool = False
 ) -> dict[str, list[Video]]:
@@ -468,14 +478,11 @@ def generate(
     for folder in LLP_FEATURES:
         os.makedirs(os.path.join(out_dir, folder), exist_ok=True)
     t0 = time.time()
-    for split, videos in splits.items():
+    for videos in splits.values():
         for v in videos:
             for folder, x in synth.render(v.audio, v.visual, rng).items():
                 np.save(os.path.join(out_dir, folder, v.video_id + ".npy"), x)
-        _write_weak_csv(os.path.join(out_dir, LLP_SPLIT_CSV[split]), videos)
-    dense = splits["val"] + splits["test"]
-    for modality, name in LLP_DENSE_CSV.items():
-        _write_dense_csv(os.path.join(out_dir, name), dense, modality)
+    write_annotations(out_dir, splits)
     teacher = TeacherConfig(cfg.teacher_miss, cfg.teacher_jitter, cfg.teacher_false_alarm)
     write_pseudo_labels(
         out_dir, [v for videos in splits.values() for v in videos], cfg.seed, teacher
