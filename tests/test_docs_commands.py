@@ -97,6 +97,8 @@ SKIPPED = {
     "/tmp/torch/bin/python tools/authors/run_authors.py --code coleaf_cpu --root D --seed $s "
     "--epochs 10 --out runs/authors/seed$s.json": AUTHORS,
     "done": AUTHORS,
+    "/tmp/torch/bin/python tools/authors/run_authors.py --code coleaf_cpu --root D --seed 1 "
+    "--epochs 10 --out runs/authors/seed1.json": AUTHORS,
     "wget -P weights/ https://download.pytorch.org/models/resnet152-b121ed2d.pth": (
         "a download: the test puts a random-weight checkpoint of that name in weights/"
     ),
@@ -281,6 +283,12 @@ SCENARIOS: dict[str, list[Step]] = {
             "runs/ours/seeds_metrics.json --ours-log runs/ours.log",
             expect=(r"seg_ao|Ao",),
         ),
+        Step(
+            "python train.py --config configs/llp.py --config.data.root=D --workdir runs/ours1 "
+            "--config.num_epochs=10 --config.seed=1",
+            creates=_run_files("runs/ours1"),
+        ),
+        Step("python tools/time_to_result.py runs/ours1", expect=(r"compiling \(first step\)",)),
     ],
     "measure": [
         Step("python -m coleaf_jax.bench --config configs/llp.py", expect=(r"videos/s",)),
