@@ -45,20 +45,26 @@ def compilation_cache():
 # hands tests to its workers in collection order, and a long test started last leaves
 # the other worker idle at the end.
 SLOWEST_FIRST = (
-    "test_docs_commands.py::test_documented_commands_run[sweeps]",
     "test_docs_commands.py::test_documented_commands_run[parity]",
-    "test_docs_commands.py::test_documented_commands_run[llp_train_eval_parse]",
-    "test_docs_commands.py::test_documented_commands_run[llp_variants]",
+    "test_docs_commands.py::test_documented_commands_run[sweeps]",
     "test_docs_commands.py::test_documented_commands_run[other_datasets]",
+    "test_docs_commands.py::test_documented_commands_run[llp_variants]",
+    "test_docs_commands.py::test_documented_commands_run[llp_train_eval_parse]",
     "test_distributed.py::test_two_processes_train_exactly_like_one",
-    "test_docs_commands.py::test_documented_commands_run[demo]",
-    "test_features_parse.py::test_parse_videos_end_to_end",
     "test_docs_commands.py::test_documented_commands_run[video_files]",
-    "test_sweep.py::test_sweep_runs_every_seed_once_split_over_workers",
-    "test_train.py::test_interrupted_run_resumes_to_the_same_state",
     "test_docs_commands.py::test_documented_commands_run[two_processes]",
-    "test_streaming.py::test_training_on_a_streamed_split_equals_training_in_memory",
+    "test_docs_commands.py::test_documented_commands_run[demo]",
+    "test_train.py::test_interrupted_run_resumes_to_the_same_state",
+    "test_sweep.py::test_sweep_runs_every_seed_once_split_over_workers",
+    "test_docs_commands.py::test_documented_commands_run[seeds_side_by_side]",
+    "test_train.py::test_pmap_step_equals_single_device_step[coleaf_cmpae]",
+    "test_train.py::test_pmap_step_equals_single_device_step[coleaf_han]",
     "test_docs_commands.py::test_documented_commands_run[measure]",
+    "test_registry.py::test_toy_anchor_and_dataset_train_and_evaluate_through_the_cli",
+    "test_streaming.py::test_training_on_a_streamed_split_equals_training_in_memory",
+    "test_features_parse.py::test_parse_videos_end_to_end",
+    "test_train.py::test_device_resident_data_trains_exactly_like_the_host_pipeline",
+    "test_unav100.py::test_padding_never_changes_outputs_losses_or_gradients[coleaf_cmpae]",
 )
 
 
