@@ -19,7 +19,7 @@ from ml_collections import config_flags
 
 from coleaf_jax import registry
 from coleaf_jax.data.classes import LLP_FEATURES, LLP_FRAMES_PER_SEGMENT, LLP_NUM_SEGMENTS
-from coleaf_jax.models import ReferenceBranch
+from coleaf_jax.models import reference as reference_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Configuration file.", lock_config=True)
@@ -61,14 +61,7 @@ def report(config, batch: int) -> dict[str, tuple[int, float]]:
         )
     }
     for tokens in (False, True):
-        ref = ReferenceBranch(
-            num_classes=num_classes,
-            d_model=m.d_model,
-            ffn_dim=m.ffn_dim,
-            dropout=m.dropout,
-            head_dropout=m.reference_head_dropout,
-            class_tokens=tokens,
-        )
+        ref = reference_lib.build(m, num_classes, class_tokens=tokens)
         rows[f"Reference {'with' if tokens else 'without'} class tokens"] = cost(ref, batch)
     return rows
 

@@ -606,13 +606,15 @@ def generate_unav(
     return database
 
 
-def _runs(track: np.ndarray) -> list[int]:
-    """Lengths (s) of every maximal run of every class in ``(N, T, C)`` tracks."""
-    x = np.concatenate([np.zeros_like(track[:, :1]), track, np.zeros_like(track[:, :1])], axis=1)
-    d = np.diff(x.astype(np.int8), axis=1)  # (N, T + 1, C)
-    on = np.argwhere(d.transpose(0, 2, 1) == 1)
-    off = np.argwhere(d.transpose(0, 2, 1) == -1)
-    return list(off[:, 2] - on[:, 2])
+def _run_lengths(tracks: np.ndarray, keep: np.ndarray | None = None) -> list[int]:
+    """Lengths (s) of the events (``_events``) of ``(N, T, C)`` tracks; with ``keep``
+    ``(N, C)`` bool, only those of the (video, class) pairs it marks."""
+    return [
+        off - on
+        for n, track in enumerate(tracks)
+        for c, on, off in _events(track)
+        if keep is None or keep[n, c]
+    ]
 
 
 def measure_llp(annotation_dir: str) -> dict[str, np.ndarray | float]:
@@ -676,7 +678,7 @@ def measure_llp(annotation_dir: str) -> dict[str, np.ndarray | float]:
         "av_iou": float((inter / union).mean()),
     }
     for modality, present in (("audio", heard), ("visual", seen)):
-        runs = _runs(tracks[modality])
+        runs = _run_lengths(tracks[modality])
         out[f"duration_{modality}"] = np.bincount(runs, minlength=T + 1)[1:] / len(runs)
         out[f"events_{modality}"] = len(runs) / present.sum()
     for name, modality, kind in (
@@ -685,7 +687,7 @@ def measure_llp(annotation_dir: str) -> dict[str, np.ndarray | float]:
         ("av_visual", "visual", heard & seen),
         ("visible_only", "visual", seen & ~heard),
     ):
-        runs = _runs(tracks[modality].transpose(0, 2, 1)[kind][:, :, None])
+        runs = _run_lengths(tracks[modality], keep=kind)
         out[f"duration_{name}"] = np.bincount(runs, minlength=T + 1)[1:] / len(runs)
     out["av_same_extent"] = float((tracks["audio"] == tracks["visual"]).all(1)[both].mean())
     return out

@@ -107,3 +107,19 @@ class ReferenceBranch(nn.Module):
                 **kw, time_reads_dropped=self.visual_time_reads_dropped, name="visual"
             )(x_v, mask, train=train),
         }
+
+
+def build(model_config, num_classes: int, class_tokens: bool | None = None) -> ReferenceBranch:
+    """The Reference for ``config.model`` (``class_tokens`` overrides
+    ``model_config.class_tokens``, e.g. to cost it with and without them)."""
+    return ReferenceBranch(
+        num_classes=num_classes,
+        d_model=model_config.d_model,
+        ffn_dim=model_config.ffn_dim,
+        dropout=model_config.dropout,
+        head_dropout=model_config.reference_head_dropout,
+        class_tokens=model_config.class_tokens if class_tokens is None else class_tokens,
+        pool_frames_first=model_config.pool_frames_first,
+        visual_time_reads_dropped=model_config.reference_visual_time_reads_dropped,
+        param_init=model_config.init,
+    )

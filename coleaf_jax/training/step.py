@@ -31,7 +31,7 @@ import optax
 
 from coleaf_jax import config as config_lib
 from coleaf_jax import registry
-from coleaf_jax.models import ReferenceBranch
+from coleaf_jax.models import reference as reference_lib
 from coleaf_jax.training import losses, objectives
 from coleaf_jax.training.noise_ratios import load_noise_ratios
 
@@ -81,19 +81,7 @@ def build_models(config, num_classes: int):
     anchor = registry.anchor(config.model.anchor).build(config.model, num_classes)
     if config.method == "anchor_only":
         return anchor, None
-    m = config.model
-    reference = ReferenceBranch(
-        num_classes=num_classes,
-        d_model=m.d_model,
-        ffn_dim=m.ffn_dim,
-        dropout=m.dropout,
-        head_dropout=m.reference_head_dropout,
-        class_tokens=m.class_tokens,
-        pool_frames_first=m.pool_frames_first,
-        visual_time_reads_dropped=m.reference_visual_time_reads_dropped,
-        param_init=m.init,
-    )
-    return anchor, reference
+    return anchor, reference_lib.build(config.model, num_classes)
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -262,7 +250,7 @@ def make_train_step(
 
             def ref_loss_fn(params):
                 out = apply_per_example(reference, params, inputs, k_ref, train=True)
-                return objectives.reference_objective(
+                loss, terms, teachers = objectives.reference_objective(
                     out,
                     y_a,
                     y_v,
@@ -273,13 +261,10 @@ def make_train_step(
                     lc,
                     axis_name,
                 )
-
-            def ref_loss_aux(params):
-                loss, terms, teachers = ref_loss_fn(params)
                 return loss, (terms, teachers)
 
             (ref_loss, (ref_terms, ref_teachers)), ref_grads = jax.value_and_grad(
-                ref_loss_aux, has_aux=True
+                ref_loss_fn, has_aux=True
             )(state.ref_params)
             ref_params, ref_opt = _adam_step(
                 tx, reduce_grads(ref_grads), state.ref_opt, state.ref_params, lr
