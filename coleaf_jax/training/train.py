@@ -385,6 +385,7 @@ def _train_and_evaluate(
         config.eval.thresholds,
         {**evaluate.video_counts(test), **timing},
     )
+    status.phase = "reporting"  # the test result is written: from here on, only reporting
     if verbose:
         print(
             metrics.format_table({config.name: test_scores}, title=f"test, best epoch {best} (%)")
@@ -400,7 +401,6 @@ def _train_and_evaluate(
                 f"audio-visual events (UnAV-100 metric): segment AV {test_scores['seg_av']:.1f}, "
                 f"event AV {test_scores['evt_av']:.1f}"
             )
-    status.phase = "reporting"
     if on_test is not None:
         on_test(test, test_probs, best)
     status.phase = "finished"
