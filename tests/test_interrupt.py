@@ -12,7 +12,9 @@ import time
 import pytest
 
 from coleaf_jax import interrupt
+from coleaf_jax.training import train
 from coleaf_jax.training.train import RunStatus
+from tests.test_train import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
@@ -124,3 +126,22 @@ def test_the_line_says_where_the_run_stopped_and_where_it_resumes():
         "test it (no epoch is trained again)"
     )
     assert interrupt.interrupt_message(None).startswith("interrupted; nothing was written")
+
+
+def test_the_status_moves_to_the_next_epoch_once_an_epoch_is_saved(tmp_path):
+    """Between an epoch's saved checkpoint (its line printed) and the next epoch's first
+    step, a Ctrl-C is in the next epoch: the status says so, not "saving" (a race the
+    CLI test above hit)."""
+    status, seen = RunStatus(), []
+    config = tiny_config("han", **{"data.synthetic_videos": 30})
+    train.train_and_evaluate(
+        config,
+        str(tmp_path / "run"),
+        status=status,
+        on_epoch_end=lambda epoch, state: seen.append(
+            (epoch, status.epoch, status.phase, status.resume_epoch)
+        ),
+        verbose=False,
+    )
+    assert seen == [(1, 2, "training", 2), (2, 3, "training", 3), (3, 3, "saving", 4)]
+    assert status.phase == "finished"

@@ -348,6 +348,8 @@ def _train_and_evaluate(
         status.phase = "saving"
         save_checkpoint(mngr, epoch + 1, host_state, selection)
         status.resume_epoch = epoch + 2
+        if epoch + 1 < config.num_epochs:  # saved: a Ctrl-C from here on is in the next epoch
+            status.epoch, status.phase = epoch + 2, "training"
         if verbose:
             print(
                 f"epoch {epoch + 1}/{config.num_epochs} ({time.time() - t0:.1f}s): "
