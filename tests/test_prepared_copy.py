@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -118,13 +119,19 @@ PREPARE = (
 
 
 def test_two_processes_preparing_the_same_inputs_take_turns(tmp_path):
-    """The second waits for the first (naming it) and uses its copy: both end well, the
-    inputs are prepared once."""
+    """Two processes started while a third (this test) holds the preparation lock both wait,
+    naming the holder; once it is free, one prepares and the other uses its copy: both end
+    well, the inputs are prepared once. (Holding the lock here makes the overlap certain:
+    a preparation can end before a second process starts.)"""
+    from coleaf_jax import locks
+
     root, cache = tmp_path / "d", tmp_path / "tfds"
     synthetic.generate(str(root), synthetic.SyntheticConfig(num_videos=600, seed=1))
-    procs = []
-    for _ in range(2):
-        procs.append(
+    lock = Path(f"{_copy_dir(root, cache)}.lock")
+    lock.parent.mkdir(parents=True)
+    outs: list[list[str]] = [[], []]
+    with locks.exclusive(str(lock)):
+        procs = [
             subprocess.Popen(
                 [sys.executable, "-c", PREPARE, str(root), str(cache)],
                 cwd=ROOT,
@@ -132,14 +139,28 @@ def test_two_processes_preparing_the_same_inputs_take_turns(tmp_path):
                 stderr=subprocess.STDOUT,
                 text=True,
             )
-        )
-        time.sleep(1.5)  # the first has taken the lock by now
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
-    assert all("loaded 90" in out for out in outs), outs
-    assert sum(out.count("LLP: prepared 600 videos") for out in outs) == 1, outs
-    assert "LLP: waiting for process" in outs[1] and "preparing the same inputs" in outs[1]
-    assert "Traceback" not in outs[0] + outs[1]
+            for _ in range(2)
+        ]
+        readers = [
+            threading.Thread(target=lambda p=p, out=out: out.extend(p.stdout), daemon=True)
+            for p, out in zip(procs, outs)
+        ]
+        for reader in readers:
+            reader.start()
+        waiting = f"LLP: waiting for process {os.getpid()} on"
+        deadline = time.monotonic() + 240
+        while not all(any(waiting in line for line in out) for out in outs):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), outs
+            time.sleep(0.1)
+    for p, reader in zip(procs, readers):
+        p.wait(timeout=300)
+        reader.join(timeout=60)
+    text = ["".join(out) for out in outs]
+    assert [p.returncode for p in procs] == [0, 0], text
+    assert all("loaded 90" in out for out in text), text
+    assert all("preparing the same inputs" in out for out in text), text
+    assert sum(out.count("LLP: prepared 600 videos") for out in text) == 1, text
+    assert "Traceback" not in text[0] + text[1]
 
 
 def test_shards_are_written_uncompressed_and_a_compressed_copy_reads_the_same(
