@@ -2,7 +2,7 @@
 
     python -m coleaf_jax.bench [--config configs/llp.py[:variant]] [--batch 128] [--segments 10]
                                [--steps 12] [--eval-videos 1200] [--scaling] [--plain]
-                               [--epoch N] [--seeds K] [--json OUT]
+                               [--epoch N] [--seeds K] [--profile DIR] [--json OUT]
 
 Full-size LLP shapes on random arrays (no data needed): audio (B, T, 128),
 ResNet frames (B, 8T, 2048) — pre-pooled to (B, T, 2048) when the Anchor's
@@ -20,15 +20,23 @@ frame projected, the Anchor's forward pass recomputed inside its loss: the
 authors' structure, same maths) for before/after tables. ``--epoch N`` times
 whole epochs over N resident videos: host input pipeline, device-resident
 batches, the epoch as one ``lax.scan``, and ``--seeds K`` models at once
-(``config.num_seeds``) against K single runs. Measure on an otherwise idle
-machine.
+(``config.num_seeds``) against K single runs. ``--profile DIR`` traces three
+more training steps with ``jax.profiler`` (the trace stays in DIR for
+TensorBoard/Perfetto) and prints where the step's time goes: the kernels of
+the compiled step grouped by kind (``dot``, ``copy_bitcast_fusion``,
+``wrapped_reduce-window``, ...) with their time per step. Measure on an
+otherwise idle machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import glob
 import json
+import os
 import platform
+import re
 import resource
 import statistics
 import sys
@@ -73,8 +81,16 @@ def _batch(data: dict, b: int) -> dict:
     return batch
 
 
-def bench_train(config, batch_size: int, segments: int, steps: int, plain: bool = False) -> dict:
-    """Compile time and steady-state training throughput of one jitted step."""
+def bench_train(
+    config,
+    batch_size: int,
+    segments: int,
+    steps: int,
+    plain: bool = False,
+    profile_dir: str | None = None,
+) -> dict:
+    """Compile time and steady-state training throughput of one jitted step; with
+    ``profile_dir``, also the step's kernels by kind (:func:`profile_kernels`)."""
     pooled = pipeline.can_pool_frames(config)
     batch = _batch(random_split(batch_size, segments, pooled), batch_size)
     state, anchor, reference, tx = step_lib.create_train_state(
@@ -96,7 +112,15 @@ def bench_train(config, batch_size: int, segments: int, steps: int, plain: bool 
         state, logs = compiled(state, batch, epoch, key)
         jax.block_until_ready((state, logs))
         times.append(time.perf_counter() - t0)
+    kernels = None
+    if profile_dir:
+        with jax.profiler.trace(profile_dir):
+            for _ in range(PROFILED_STEPS):
+                state, logs = compiled(state, batch, epoch, key)
+                jax.block_until_ready((state, logs))
+        kernels = profile_kernels(profile_dir, PROFILED_STEPS)
     return {
+        "kernels": kernels,
         "compile_s": compile_s,
         "step_s_median": statistics.median(times),
         "step_gflop": flops / 1e9,
@@ -106,6 +130,41 @@ def bench_train(config, batch_size: int, segments: int, steps: int, plain: bool 
         "videos_per_s_max": batch_size / min(times),
         "steps": steps,
     }
+
+
+PROFILED_STEPS = 3
+# Trace events that are not kernels of the compiled program (runtime, Python, thread pools).
+_NOT_KERNELS = ("ThunkExecutor", "ThreadpoolListener", "$", "PjitFunction", "CommonPjRt", "end: ")
+
+
+def profile_kernels(profile_dir: str, steps: int) -> list[dict]:
+    """The kernels of the newest ``jax.profiler`` trace in ``profile_dir``, grouped by kind.
+
+    A kernel's kind is its HLO name without the trailing ``.N`` (``copy_bitcast_fusion.87``
+    → ``copy_bitcast_fusion``). Returns rows ``{kind, ms_per_step, count_per_step}``, the
+    longest first. Times are summed over the threads that ran them (on a CPU, XLA's Eigen
+    pool), so they add up to more than the step's wall clock when kernels overlap. On a
+    CPU the ``dot`` rows time only the matmuls XLA runs inline; those it hands to Eigen's
+    pool run outside any kernel event.
+    """
+    traces = sorted(glob.glob(os.path.join(profile_dir, "**", "*.xplane.pb"), recursive=True))
+    if not traces:
+        raise FileNotFoundError(f"{profile_dir}: no *.xplane.pb trace was written there")
+    data = jax.profiler.ProfileData.from_file(max(traces, key=os.path.getmtime))
+    total: dict[str, float] = collections.defaultdict(float)
+    count: collections.Counter = collections.Counter()
+    for plane in data.planes:
+        for line in plane.lines:
+            for event in line.events:
+                if event.name.startswith(_NOT_KERNELS):
+                    continue
+                kind = re.sub(r"\.\d+$", "", event.name)
+                total[kind] += event.duration_ns
+                count[kind] += 1
+    return [
+        {"kind": k, "ms_per_step": v / 1e6 / steps, "count_per_step": count[k] / steps}
+        for k, v in sorted(total.items(), key=lambda kv: -kv[1])
+    ]
 
 
 # Matmul shapes of the step: the per-frame ResNet projection, a D x D layer, the FFN.
@@ -271,6 +330,12 @@ def main(argv=None) -> int:
         metavar="K",
         help="with --epoch: K models at once (vmap) against K single runs",
     )
+    parser.add_argument(
+        "--profile",
+        default=None,
+        metavar="DIR",
+        help="trace 3 training steps into DIR and print the step's kernels by kind",
+    )
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(config_flags_as_set(sys.argv[1:] if argv is None else argv))
     config = load_config_file(args.config, args.set)
@@ -305,6 +370,21 @@ def main(argv=None) -> int:
     return 0
 
 
+def _print_kernels(kernels: list[dict], step_s: float, profile_dir: str, top: int = 12) -> None:
+    busy = sum(k["ms_per_step"] for k in kernels)
+    print(
+        f"profile ({PROFILED_STEPS} steps, trace in {profile_dir}): kernel time "
+        f"{busy:.0f} ms per step over all threads (step {1e3 * step_s:.0f} ms wall)"
+    )
+    if not kernels:
+        print("  no kernel events in the trace")
+    for k in kernels[:top]:
+        print(
+            f"  {k['ms_per_step']:8.1f} ms  {k['count_per_step']:6.0f} x  {k['kind']}",
+            flush=True,
+        )
+
+
 def _run(config, args, result: dict) -> None:
     result["matmul"] = matmul_rate()
     peak = result["matmul"]["gflops"]
@@ -314,7 +394,9 @@ def _run(config, args, result: dict) -> None:
         + ")",
         flush=True,
     )
-    result["train"] = bench_train(config, args.batch, args.segments, args.steps, args.plain)
+    result["train"] = bench_train(
+        config, args.batch, args.segments, args.steps, args.plain, args.profile
+    )
     tr = result["train"]
     tr["fraction_of_matmul_rate"] = tr["gflops"] / peak
     print(
@@ -325,6 +407,8 @@ def _run(config, args, result: dict) -> None:
         f"matmul rate",
         flush=True,
     )
+    if tr["kernels"] is not None:
+        _print_kernels(tr["kernels"], tr["step_s_median"], args.profile)
     if args.eval_videos:
         result["eval"] = bench_eval(config, args.eval_videos, args.segments)
         ev = result["eval"]

@@ -292,6 +292,10 @@ SCENARIOS: dict[str, list[Step]] = {
     ],
     "measure": [
         Step("python -m coleaf_jax.bench --config configs/llp.py", expect=(r"videos/s",)),
+        Step(
+            "python -m coleaf_jax.bench --config configs/llp.py --profile runs/profile",
+            expect=(r"profile \(3 steps", r"ms +\d+ x  dot\n"),
+        ),
         Step("python -m coleaf_jax.flops --config configs/llp.py", expect=(r"FLOP",)),
     ],
     "video_files": [
