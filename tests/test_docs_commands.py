@@ -47,6 +47,7 @@ import numpy as np
 import pytest
 
 from coleaf_jax.data import synthetic
+from coleaf_jax.data.classes import LLP_DENSE_CSV, LLP_SPLIT_CSV
 from coleaf_jax.evaluation.metrics import SCORE_NAMES
 from coleaf_jax.features import testing
 
@@ -107,6 +108,19 @@ SKIPPED = {
     ),
     "wget -P weights/ https://github.com/harritaylor/torchvggish/releases/download/v0.1/"
     "vggish-10086976.pth": "a download: as above",
+    **{
+        f"wget -P weights/{where} https://huggingface.co/{repo}/resolve/main/{file}": (
+            "a download: the test puts small random teachers (converted) and byte-level "
+            "tokenizer files in weights/ (testing.write_teacher_weights)"
+        )
+        for where, repo, file in (
+            ("clip-vit-large-patch14/", "openai/clip-vit-large-patch14", "config.json"),
+            ("clip-vit-large-patch14/", "openai/clip-vit-large-patch14", "model.safetensors"),
+            ("clip-vit-large-patch14/", "openai/clip-vit-large-patch14", "tokenizer.json"),
+            ("roberta-base/", "FacebookAI/roberta-base", "tokenizer.json"),
+            ("", "lukewys/laion_clap", "630k-fusion-best.pt"),
+        )
+    },
 }
 
 
@@ -314,6 +328,30 @@ SCENARIOS: dict[str, list[Step]] = {
             creates=("feats/features.json", "feats/vggish/c.npy", "feats/res152/c.npy"),
         ),
     ],
+    "valor_teachers": [
+        Step(
+            "python -m coleaf_jax.features videos/ --out feats/ --weights weights/ --features all "
+            "--labels /path/to/LLP/",
+            creates=(
+                "feats/vggish/vidvalor000.npy",
+                "feats/CLIP/segment_pseudo_labels/vidvalor000.npy",
+                "feats/CLAP/segment_pseudo_labels/vidvalor005.npy",
+                "feats/CLIP/features/vidvalor005.npy",
+                "feats/CLAP/features/vidvalor003.npy",
+            ),
+            expect=(r"VALOR's CLIP/CLAP features and segment pseudo-labels of 6 videos",),
+        ),
+        Step(
+            "python train.py --config configs/llp_pseudo.py --config.data.root=feats/ "
+            "--config.data.annotation_dir=/path/to/LLP/ --workdir runs/valor",
+            creates=("runs/valor/test_metrics.json",),
+        ),
+        Step(
+            "python parse.py --config configs/llp_pseudo.py --workdir runs/valor --features "
+            "feats/ --output parsed_valor/",
+            creates=("parsed_valor/events.jsonl",),
+        ),
+    ],
     "parity": [
         Step("python tools/parity.py compare f32.npz", expect=(r"every group within tolerance",)),
         Step(
@@ -441,6 +479,35 @@ def _weights(folder: str) -> None:
         testing.write_pth(os.path.join(folder, file), testing.random_state_dict(name))
 
 
+def _valor_inputs(cwd: str, llp: str) -> None:
+    """Six 10 s videos named by 11-character ids, LLP's CSVs for them (4 train, 1 val, 1
+    test) and a weights folder with HAN's extractors and small random teachers."""
+    _weights(os.path.join(cwd, "weights"))
+    testing.write_teacher_weights(os.path.join(cwd, "weights"))
+    os.makedirs(os.path.join(cwd, "videos"))
+    os.makedirs(llp)
+    classes = [["Speech", "Dog"], ["Cello"], ["Speech", "Car"], ["Dog", "Cat"], ["Banjo"]]
+    splits = {"train": [], "val": [], "test": []}
+    for i in range(6):
+        vid = f"vidvalor{i:03d}"
+        testing.write_test_video(
+            os.path.join(cwd, "videos", f"{vid}.mp4"), seconds=10.0, tone_hz=220.0 * (1 + i)
+        )
+        splits["train" if i < 4 else "val" if i == 4 else "test"].append((vid, classes[i % 5]))
+    for split, name in LLP_SPLIT_CSV.items():
+        rows = [f"{vid}_0_10\t{','.join(labels)}" for vid, labels in splits[split]]
+        with open(os.path.join(llp, name), "w") as f:
+            f.write("filename\tevent_labels\n" + "\n".join(rows) + "\n")
+    for name in LLP_DENSE_CSV.values():
+        rows = [
+            f"{vid}_0_10\t0\t10\t{label}"
+            for vid, labels in splits["val"] + splits["test"]
+            for label in labels
+        ]
+        with open(os.path.join(llp, name), "w") as f:
+            f.write("filename\tonset\toffset\tevent_labels\n" + "\n".join(rows) + "\n")
+
+
 def _authors_runs(folder: str) -> None:
     """Stand-ins of ``run_authors.py``'s JSON (its layout; made-up scores)."""
     os.makedirs(folder, exist_ok=True)
@@ -476,6 +543,8 @@ def _prepare(name: str, cwd: str, ctx: dict) -> None:
             as_run(COLEAF, ctx), shell=True, cwd=cwd, env=ctx["env"], check=True,
             capture_output=True, timeout=600,
         )  # fmt: skip
+    if name == "valor_teachers":
+        _valor_inputs(cwd, ctx["llp"])
     if name == "parity":
         shutil.copy(os.path.join(FIXTURES, "parity_cmpae_f32.npz"), os.path.join(cwd, "f32.npz"))
         shutil.copy(os.path.join(FIXTURES, "parity_cmpae_f64.npz"), os.path.join(cwd, "f64.npz"))

@@ -4,9 +4,11 @@ Writes ``ROOT/vggish/<id>.npy (T, 128)``, ``ROOT/res152/<id>.npy (8T, 2048)``
 and ``ROOT/r2plus1d_18/<id>.npy (T, 512)`` (float32; ``<id>`` is the file
 name without its extension; ``T`` one-second segments, 10 for LLP's 10 s
 clips) and ``ROOT/features.json`` (per video: source, duration, segments;
-the options and weights used). Videos already extracted with the same
-options are skipped unless ``--overwrite``. A folder argument stands for
-the videos in it.
+the options and weights used). With ``--features valor`` (or ``all``) and
+``--labels CSV...``: VALOR's CLIP/CLAP features and segment pseudo-labels
+(``ROOT/{CLIP,CLAP}/...``, :mod:`coleaf_jax.features.teachers`). Videos
+already extracted with the same options are skipped unless ``--overwrite``.
+A folder argument stands for the videos in it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import json
 import os
 import sys
 
-from coleaf_jax.features import convert, decode, extract, weights
+from coleaf_jax.features import convert, decode, extract, teachers, weights
 
 VIDEO_EXTENSIONS = (
     ".mp4",
@@ -60,8 +62,9 @@ def default_workers() -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m coleaf_jax.features",
-        description="Extract HAN's LLP features (VGGish, ResNet-152, R(2+1)D-18) from video "
-        "files into an LLP-layout folder (docs/features.md).",
+        description="Extract HAN's LLP features (VGGish, ResNet-152, R(2+1)D-18) and/or "
+        "VALOR's CLIP/CLAP features and segment pseudo-labels from video files into an "
+        "LLP-layout folder (docs/features.md).",
     )
     p.add_argument("videos", nargs="+", help="video files, or folders of them")
     p.add_argument("--out", required=True, help="the feature folder to write (ROOT)")
@@ -69,6 +72,21 @@ def parser() -> argparse.ArgumentParser:
         "--weights",
         required=True,
         help="the weights folder (downloaded checkpoints and their conversions)",
+    )
+    p.add_argument(
+        "--features",
+        choices=("han", "valor", "all"),
+        default="han",
+        help="han: VGGish, ResNet-152, R(2+1)D-18 (default); valor: VALOR's CLIP/ and CLAP/ "
+        "features and segment pseudo-labels (needs --labels); all: both",
+    )
+    p.add_argument(
+        "--labels",
+        nargs="+",
+        default=None,
+        metavar="CSV",
+        help="the videos' weak labels for VALOR's pseudo-labels: LLP-format CSVs "
+        "(filename<TAB>event_labels) or a folder holding AVVP_{train,val_pd,test_pd}.csv",
     )
     p.add_argument("--overwrite", action="store_true", help="extract videos already in ROOT again")
     p.add_argument(
@@ -130,27 +148,57 @@ def main(argv=None) -> int:
         )
         videos = expand(args.videos)
         extract.check_ids(videos)
+        han = args.features in ("han", "all")
+        valor = args.features in ("valor", "all")
+        labels = None
+        if valor:
+            if not args.labels:
+                raise ValueError(
+                    f"--features {args.features} needs --labels: the videos' weak labels "
+                    f"(VALOR's pseudo-labels keep only each video's labelled classes)"
+                )
+            labels = teachers.read_labels(args.labels)
+            teachers.labels_of([extract.video_id(v) for v in videos], labels, " ".join(args.labels))
         manifest_path = os.path.join(args.out, "features.json")
         manifest = {"videos": {}}
         if os.path.exists(manifest_path):
             with open(manifest_path) as f:
                 manifest = json.load(f)
         option_dict = {k: getattr(options, k) for k in options.__dataclass_fields__}
-        if manifest.get("options") not in (None, option_dict) and not args.overwrite:
-            raise ValueError(
-                f"{manifest_path}: {args.out} was extracted with other options "
-                f"({manifest['options']}); use another --out or --overwrite"
-            )
-        todo = [
+        teacher_dict = {"jpeg": options.jpeg, "precision": options.precision}
+        for key, wanted, used in (
+            ("options", option_dict, han),
+            ("teacher_options", teacher_dict, valor),
+        ):
+            if used and manifest.get(key) not in (None, wanted) and not args.overwrite:
+                raise ValueError(
+                    f"{manifest_path}: {args.out} was extracted with other options "
+                    f"({manifest[key]}); use another --out or --overwrite"
+                )
+
+        def done(paths: list[str]) -> bool:
+            return not args.overwrite and all(os.path.exists(p) for p in paths)
+
+        han_todo = [
             v
             for v in videos
-            if args.overwrite
-            or extract.video_id(v) not in manifest["videos"]
-            or not all(
-                os.path.exists(os.path.join(args.out, folder, extract.video_id(v) + ".npy"))
-                for folder in extract.LLP_FOLDERS.values()
+            if han
+            and not (
+                extract.video_id(v) in manifest["videos"]
+                and done(
+                    [
+                        os.path.join(args.out, folder, extract.video_id(v) + ".npy")
+                        for folder in extract.LLP_FOLDERS.values()
+                    ],
+                )
             )
         ]
+        valor_todo = [
+            v
+            for v in videos
+            if valor and not done(teachers.output_paths(args.out, extract.video_id(v)))
+        ]
+        todo = [v for v in videos if v in set(han_todo) | set(valor_todo)]
         if len(todo) < len(videos) and not args.quiet:
             print(
                 f"{len(videos) - len(todo)} of {len(videos)} videos already in {args.out}; "
@@ -161,37 +209,11 @@ def main(argv=None) -> int:
             decode.probe(v)
         if not todo:
             return 0
-        extractor = extract.Extractor(args.weights, options, verbose=not args.quiet)
-        manifest["options"] = option_dict
-        manifest["weights"] = {
-            name: _provenance(args.weights, name) for name in extract.MODEL_NAMES
-        }
         os.makedirs(args.out, exist_ok=True)
-        short = []
-        for f in extractor.extract_many(todo, progress=not args.quiet, workers=args.workers):
-            extract.write_llp(f, args.out)
-            manifest["videos"][f.id] = {
-                "path": os.path.abspath(f.path),
-                "duration": f.duration,
-                "num_segments": f.num_segments,
-                "frames_8fps": f.frames_decoded,
-            }
-            if f.num_segments != 10:
-                short.append(f.id)
-            with open(manifest_path, "w") as fh:  # after every video: a stop loses nothing
-                json.dump(manifest, fh, indent=2)
-        if not args.quiet:
-            print(
-                f"wrote the features of {len(todo)} videos to {args.out} "
-                f"(vggish/, res152/, r2plus1d_18/, features.json)"
-            )
-            if short:
-                print(
-                    f"note: {len(short)} videos are not 10 s long (first: {short[0]}); the "
-                    f"LLP reader (--config.data.root) expects 10 segments; parse.py --video "
-                    f"takes any length",
-                    file=sys.stderr,
-                )
+        if han_todo:
+            _extract_han(args, options, han_todo, manifest, manifest_path, option_dict)
+        if valor_todo:
+            _extract_valor(args, options, valor_todo, labels, manifest, manifest_path, teacher_dict)
     except (
         decode.VideoError,
         weights.MissingWeightsError,
@@ -204,13 +226,70 @@ def main(argv=None) -> int:
     return 0
 
 
-def _provenance(folder: str, name: str) -> dict:
-    path = weights.converted_path(folder, name) + ".json"
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except OSError:
-        return {}
+def _save(manifest: dict, path: str) -> None:
+    with open(path, "w") as fh:  # after every video: a stop loses nothing
+        json.dump(manifest, fh, indent=2)
+
+
+def _extract_han(args, options, todo, manifest, manifest_path, option_dict) -> None:
+    extractor = extract.Extractor(args.weights, options, verbose=not args.quiet)
+    manifest["options"] = option_dict
+    manifest["weights"] = {
+        name: weights.provenance(args.weights, name) for name in extract.MODEL_NAMES
+    }
+    short = []
+    for f in extractor.extract_many(todo, progress=not args.quiet, workers=args.workers):
+        extract.write_llp(f, args.out)
+        manifest["videos"].setdefault(f.id, {}).update(
+            {
+                "path": os.path.abspath(f.path),
+                "duration": f.duration,
+                "num_segments": f.num_segments,
+                "frames_8fps": f.frames_decoded,
+            }
+        )
+        if f.num_segments != 10:
+            short.append(f.id)
+        _save(manifest, manifest_path)
+    if not args.quiet:
+        print(
+            f"wrote the features of {len(todo)} videos to {args.out} "
+            f"(vggish/, res152/, r2plus1d_18/, features.json)"
+        )
+        if short:
+            print(
+                f"note: {len(short)} videos are not 10 s long (first: {short[0]}); the "
+                f"LLP reader (--config.data.root) expects 10 segments; parse.py --video "
+                f"takes any length",
+                file=sys.stderr,
+            )
+
+
+def _extract_valor(args, options, todo, labels, manifest, manifest_path, teacher_dict) -> None:
+    models = teachers.Teachers(args.weights, options.precision, verbose=not args.quiet)
+    manifest["teacher_options"] = teacher_dict
+    manifest.setdefault("weights", {})["clap"] = weights.provenance(args.weights, "clap")
+    ids = [extract.video_id(v) for v in todo]
+    video_labels = teachers.labels_of(ids, labels, " ".join(args.labels))
+    counts = [0, 0]
+    for path, outputs in models.many(
+        todo, video_labels, progress=not args.quiet, workers=args.workers, jpeg=options.jpeg
+    ):
+        vid = extract.video_id(path)
+        teachers.write(outputs, args.out, vid)
+        counts[0] += int(outputs.clap_labels.sum())
+        counts[1] += int(outputs.clip_labels.sum())
+        manifest["videos"].setdefault(vid, {"path": os.path.abspath(path)})["teachers"] = {
+            "clap_pseudo_labels": int(outputs.clap_labels.sum()),
+            "clip_pseudo_labels": int(outputs.clip_labels.sum()),
+        }
+        _save(manifest, manifest_path)
+    if not args.quiet:
+        print(
+            f"wrote VALOR's CLIP/CLAP features and segment pseudo-labels of {len(todo)} videos "
+            f"to {args.out} (CLIP/, CLAP/: features, segment_pseudo_labels, segment_logits; "
+            f"{counts[0]} audio and {counts[1]} visual segment-class labels)"
+        )
 
 
 if __name__ == "__main__":

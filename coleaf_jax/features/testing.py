@@ -11,15 +11,23 @@
 * :func:`write_pth`: a state dict saved in torch's zip format (``torch.save``'s
   layout, written with the pickle opcodes themselves: no torch), so the tests can
   put "downloaded" checkpoints in a weights folder.
+* :func:`write_teacher_weights`: small random CLIP and CLAP teachers (converted) and
+  byte-level tokenizer files in a weights folder (``--features valor`` in tests).
 """
 
 from __future__ import annotations
 
 import fractions
+import json
+import os
 import struct
 import zipfile
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+from coleaf_jax.features import clap, clip, weights
 
 
 def _is_bn(key: str, state_keys) -> bool:
@@ -221,3 +229,115 @@ def write_pth(path: str, state: dict[str, np.ndarray]) -> str:
         for i, raw in enumerate(storages):
             z.writestr(f"archive/data/{i}", raw)
     return path
+
+
+# Small teachers for tests (not VALOR's models: random weights, tiny widths).
+SMALL_CLIP_VOCAB = 2 * 256 + 2  # byte-level characters, with and without </w>; bos, eos
+
+
+def _byte_chars() -> list[str]:
+    """GPT-2's ``bytes_to_unicode``: one printable character per byte."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    keep += list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return [chars[b] for b in range(256)]
+
+
+def small_teacher_configs():
+    """``(clip config, clap config)`` of :func:`write_teacher_weights`."""
+    clip_config = clip.CLIPConfig(
+        vision=clip.VisionConfig(
+            image_size=32, patch_size=8, width=16, layers=1, heads=2, mlp_dim=32
+        ),
+        text=clip.TextConfig(
+            vocab_size=SMALL_CLIP_VOCAB, context_length=77, width=16, layers=1, heads=2, mlp_dim=32
+        ),
+        projection_dim=8,
+    )
+    clap_config = clap.CLAPConfig(
+        clap.AudioConfig(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), class_num=7),
+        clap.TextConfig(
+            vocab_size=261, hidden=16, layers=1, heads=2, intermediate=32, max_positions=80
+        ),
+        joint_embed=8,
+        enable_fusion=True,
+    )
+    return clip_config, clap_config
+
+
+def write_teacher_weights(folder: str, seed: int = 0) -> None:
+    """Random small CLIP and CLAP teachers (:func:`small_teacher_configs`) saved as converted
+    weights in ``folder``, with byte-level tokenizer files (every text tokenises; no merges)
+    in ``folder/clip-vit-large-patch14/`` and ``folder/roberta-base/``."""
+    clip_config, clap_config = small_teacher_configs()
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    size = clip_config.vision.image_size
+    clip_vars = _random_variables(
+        clip.CLIP(clip_config).init,
+        k1,
+        jnp.zeros((1, size, size, 3)),
+        jnp.zeros((1, 77), jnp.int32),
+    )
+    clap_vars = _random_variables(
+        clap.CLAP(clap_config).init,
+        k2,
+        jnp.zeros((1, clap_config.audio.clip_samples)),
+        jnp.zeros((1, 77), jnp.int32),
+        jnp.ones((1, 77), jnp.int32),
+    )
+    # scales as the public checkpoints' (CLIP's 100; CLAP's at most 100), so random
+    # embeddings cross some of VALOR's thresholds
+    clip_vars["params"]["logit_scale"] = np.float32(np.log(100.0))
+    clap_vars["params"]["logit_scale_a"] = np.float32(np.log(100.0))
+    weights.save_converted(folder, "clip", clip_vars, config=clip_config)
+    weights.save_converted(folder, "clap", clap_vars, config=clap_config)
+    chars = _byte_chars()
+    clip_dir = os.path.join(folder, "clip-vit-large-patch14")
+    os.makedirs(clip_dir, exist_ok=True)
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": 256 + i for i, c in enumerate(chars)})
+    vocab.update({"<|startoftext|>": 512, "<|endoftext|>": 513})
+    _write_tokenizer_files(clip_dir, vocab)
+    roberta_dir = os.path.join(folder, "roberta-base")
+    os.makedirs(roberta_dir, exist_ok=True)
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    vocab.update({c: 4 + i for i, c in enumerate(chars)})
+    vocab["<mask>"] = 260
+    _write_tokenizer_files(roberta_dir, vocab)
+
+
+def _random_variables(init, key, *inputs) -> dict:
+    """Variables with ``init``'s structure and shapes (found without compiling it) and
+    random values of a trained network's scale: kernels and embeddings ``N(0, 1/fan_in)``,
+    biases ``N(0, 0.02)``, norm scales ``1 + N(0, 0.1)``, running variances 1, means 0."""
+    shapes = jax.eval_shape(init, key, *inputs)
+    rng = np.random.default_rng(int(jax.random.randint(key, (), 0, 2**31 - 1)))
+
+    def draw(path, leaf) -> np.ndarray:
+        name = str(path[-1].key) if hasattr(path[-1], "key") else str(path[-1])
+        shape = leaf.shape
+        if name == "var":
+            return np.ones(shape, np.float32)
+        if name == "mean":
+            return np.zeros(shape, np.float32)
+        if name == "scale":
+            return (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+        if name == "bias" or len(shape) <= 1:
+            return (0.02 * rng.standard_normal(shape)).astype(np.float32)
+        fan_in = int(np.prod(shape[:-1]))
+        return (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def _write_tokenizer_files(folder: str, vocab: dict[str, int]) -> None:
+    with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump(vocab, f, ensure_ascii=False)
+    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n")

@@ -9,6 +9,9 @@ and their conversions::
       or weights/vggish_model.ckpt             checkpoint; Google's needs TensorFlow)
     weights/vggish_pca_params-970ea276.pth    only for --vggish-postprocess pca
       or weights/vggish_pca_params.npz
+    weights/clip-vit-large-patch14/           CLIP ViT-L/14 (transformers folder) and
+    weights/630k-fusion-best.pt               LAION-CLAP, with weights/roberta-base/ (its
+                                              tokenizer): only for --features valor
     weights/<model>/  weights/<model>.json    the flax variables (orbax) and their source
 
 Nothing is downloaded: a missing checkpoint raises :class:`MissingWeightsError`
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import shutil
 import sys
@@ -27,7 +31,7 @@ import sys
 import numpy as np
 import orbax.checkpoint as ocp
 
-from coleaf_jax.features import convert
+from coleaf_jax.features import clap, clip, convert
 from coleaf_jax.features.convert import ConversionError
 
 
@@ -93,6 +97,31 @@ MODELS: dict[str, Model] = {
             ),
         ),
     ),
+    "clip": Model(
+        "clip",
+        "CLIP ViT-L/14 (openai/clip-vit-large-patch14, transformers; VALOR's CLIP teacher)",
+        tuple(
+            Source(
+                f"clip-vit-large-patch14/{file}",
+                f"https://huggingface.co/openai/clip-vit-large-patch14/resolve/main/{file}",
+                "hf",
+                "with config.json and tokenizer.json (or vocab.json, merges.txt) beside it",
+            )
+            for file in clip.CHECKPOINT_FILES
+        ),
+    ),
+    "clap": Model(
+        "clap",
+        "LAION-CLAP, HTSAT-tiny + RoBERTa, fusion, LAION-Audio-630K (VALOR's CLAP teacher)",
+        (
+            Source(
+                "630k-fusion-best.pt",
+                "https://huggingface.co/lukewys/laion_clap/resolve/main/630k-fusion-best.pt",
+                "pth",
+                "laion_clap's load_ckpt(model_id=2), as VALOR's utils/clap_preprocess.py",
+            ),
+        ),
+    ),
     "vggish_pca": Model(
         "vggish_pca",
         "VGGish PCA parameters (only for --vggish-postprocess pca)",
@@ -148,7 +177,20 @@ def missing_message(folder: str, name: str) -> str:
     return "\n".join(lines)
 
 
-def _read_source(source: Source, path: str, name: str) -> dict:
+def _read_source(source: Source, path: str, name: str) -> tuple[dict, dict]:
+    """``(variables, record)``: the converted variables and what the record beside them
+    keeps of their configuration (CLIP's and CLAP's; their shapes do not give it)."""
+    if name == "clip":
+        config, variables = clip.load_folder(os.path.dirname(path))
+        return variables, {"config": dataclasses.asdict(config)}
+    if name == "clap":
+        state = convert.read_pth(path)
+        variables = clap.variables_from_state_dict(state, clap.CLAP_TINY_FUSION, path)
+        return variables, {"config": clap.config_to_dict(clap.CLAP_TINY_FUSION)}
+    return _read_plain(source, path, name), {}
+
+
+def _read_plain(source: Source, path: str, name: str) -> dict:
     if source.kind == "npz":
         try:
             with np.load(path) as z:
@@ -186,7 +228,7 @@ def convert_model(folder: str, name: str, force: bool = False, verbose: bool = T
     source, path = found
     if verbose:
         print(f"converting {path} -> {converted_path(folder, name)}", flush=True)
-    variables = _read_source(source, path, name)
+    variables, record = _read_source(source, path, name)
     out = converted_path(folder, name)
     if os.path.exists(out):
         shutil.rmtree(out)
@@ -203,9 +245,19 @@ def convert_model(folder: str, name: str, force: bool = False, verbose: bool = T
             "url": source.url,
             "bytes": os.path.getsize(path),
             "sha256": convert.file_digest(path)[:16],
+            **record,
         },
     )
     return True
+
+
+def provenance(folder: str, name: str) -> dict:
+    """The record beside ``name``'s converted weights (source file, digest, config)."""
+    try:
+        with open(converted_path(folder, name) + ".json") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
 
 
 def convert_folder(folder: str, force: bool = False, verbose: bool = True) -> list[str]:
@@ -252,8 +304,11 @@ def load(folder: str, name: str, verbose: bool = True) -> dict:
         ) from e
 
 
-def save_converted(folder: str, name: str, variables: dict, source: str = "random") -> str:
-    """Saves ``variables`` as ``name``'s converted weights (tests and tools)."""
+def save_converted(
+    folder: str, name: str, variables: dict, source: str = "random", config=None
+) -> str:
+    """Saves ``variables`` as ``name``'s converted weights (tests and tools; ``config``:
+    CLIP's or CLAP's configuration dataclass, kept in the record)."""
     os.makedirs(folder, exist_ok=True)
     out = converted_path(folder, name)
     if os.path.exists(out):
@@ -261,7 +316,8 @@ def save_converted(folder: str, name: str, variables: dict, source: str = "rando
     ckpt = ocp.StandardCheckpointer()
     ckpt.save(out, variables)
     ckpt.wait_until_finished()
-    convert.write_json(out + ".json", {"model": name, "source": source})
+    record = {"config": dataclasses.asdict(config)} if config is not None else {}
+    convert.write_json(out + ".json", {"model": name, "source": source, **record})
     return out
 
 

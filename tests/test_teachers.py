@@ -1,0 +1,138 @@
+"""VALOR's teachers on video files (coleaf_jax.features.teachers) and the CLI's
+``--features valor``: outputs, files, and the errors a user meets. Small random teachers
+(testing.write_teacher_weights); the end-to-end run from videos to a trained run and its
+events is the ``valor_teachers`` scenario of tests/test_docs_commands.py."""
+
+import os
+
+import numpy as np
+import pytest
+
+from coleaf_jax.data.classes import LLP_CLASS_INDEX
+from coleaf_jax.features import __main__ as cli
+from coleaf_jax.features import clap, teachers, testing, valor
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("teacher_weights"))
+    testing.write_teacher_weights(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def models(weights_dir):
+    return teachers.Teachers(weights_dir, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def clip3(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("teacher_videos")
+    return testing.write_test_video(str(folder / "abcdefghijk.mp4"), seconds=3.0)
+
+
+def _label(*names):
+    label = np.zeros(25, np.float32)
+    label[[LLP_CLASS_INDEX[n] for n in names]] = 1
+    return label
+
+
+def test_outputs_of_a_video(models, clip3):
+    label = _label("Speech", "Dog", "Cello")
+    out = models.video(clip3, label)
+    e = models.clip_config.projection_dim
+    assert out.clip_features.shape == (10, e) and out.clip_features.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out.clip_features, axis=1), 1.0, rtol=1e-5)
+    assert out.clap_features.shape == (64, models.clap_config.audio.num_features)
+    for labels, logits, thresholds in (
+        (out.clip_labels, out.clip_logits, valor.CLIP_THRESHOLDS),
+        (out.clap_labels, out.clap_logits, valor.CLAP_THRESHOLDS),
+    ):
+        assert labels.shape == logits.shape == (10, 25) and labels.dtype == np.int64
+        assert not labels[:, label == 0].any()  # only the weak label's classes
+        on = (logits > thresholds)[:, label > 0]
+        np.testing.assert_array_equal(labels[:, label > 0], on)
+    assert out.clip_labels.any() or out.clap_labels.any()  # the case is not all zeros
+
+
+def test_clap_segments_are_valor_s(models, clip3):
+    """The 10 CLAP segment embeddings are those of VALOR's 1 s cuts, quantised and
+    repeated: computed here from the decoded audio, one segment at a time."""
+    frames, audio, _ = teachers.prepare(clip3)
+    out = models(frames, audio, _label("Speech"))
+    a, b = valor.segment_bounds(len(audio))[7]
+    seg = clap.repeat_pad(clap.quantize_int16(audio[a:b])[None], valor.CLAP_SAMPLES)
+    one = clap.audio_embeddings(models.clap_variables, seg, models.clap_config)
+    expected = valor.logits(np.asarray(one), models.clap_prompts, models.clap_scale)[0]
+    np.testing.assert_allclose(out.clap_logits[7], expected, rtol=2e-5, atol=2e-4)
+
+
+def test_read_labels_from_a_folder_and_conflicts(tmp_path):
+    (tmp_path / "AVVP_train.csv").write_text("filename\tevent_labels\nabcdefghijk_0_10\tDog,Cat\n")
+    (tmp_path / "AVVP_test_pd.csv").write_text("filename\tevent_labels\nzzzzzzzzzzz_5_15\tBanjo\n")
+    labels = teachers.read_labels([str(tmp_path)])
+    np.testing.assert_array_equal(labels["abcdefghijk"], _label("Dog", "Cat"))
+    assert set(labels) == {"abcdefghijk", "zzzzzzzzzzz"}
+    other = tmp_path / "more.csv"
+    other.write_text("filename\tevent_labels\nabcdefghijk_0_10\tDog\n")
+    with pytest.raises(ValueError, match="different labels in .*AVVP_train.csv and .*more.csv"):
+        teachers.read_labels([str(tmp_path), str(other)])
+    with pytest.raises(ValueError, match="have no row in"):
+        teachers.labels_of(["abcdefghijk", "notlabelled"], labels, "CSVS")
+
+
+def _run_cli(args, capsys) -> tuple[int, str]:
+    rc = cli.main(args)
+    captured = capsys.readouterr()
+    return rc, captured.out + captured.err
+
+
+def test_cli_errors_are_one_line(weights_dir, clip3, tmp_path, capsys):
+    csv = tmp_path / "AVVP_train.csv"
+    csv.write_text("filename\tevent_labels\nabcdefghijk_0_10\tDog\n")
+    out = str(tmp_path / "feats")
+    rc, text = _run_cli(
+        [clip3, "--out", out, "--weights", weights_dir, "--features", "valor"], capsys
+    )
+    assert rc == 1 and "needs --labels" in text and text.count("\n") == 1
+    other = tmp_path / "other.csv"
+    other.write_text("filename\tevent_labels\nxxxxxxxxxxx_0_10\tDog\n")
+    rc, text = _run_cli(
+        [
+            clip3,
+            "--out",
+            out,
+            "--weights",
+            weights_dir,
+            "--features",
+            "valor",
+            "--labels",
+            str(other),
+        ],
+        capsys,
+    )
+    assert rc == 1 and "1 of 1 videos have no row in" in text and "abcdefghijk" in text
+    empty = tmp_path / "no_weights"
+    empty.mkdir()
+    rc, text = _run_cli(
+        [clip3, "--out", out, "--weights", str(empty), "--features", "valor", "--labels", str(csv)],
+        capsys,
+    )
+    assert rc == 1 and "clip-vit-large-patch14/model.safetensors" in text
+    assert not os.path.exists(os.path.join(out, "CLIP"))
+
+
+def test_cli_writes_valor_s_layout_and_skips_done_videos(weights_dir, clip3, tmp_path, capsys):
+    csv = tmp_path / "labels.csv"
+    csv.write_text("filename\tevent_labels\nabcdefghijk_0_10\tSpeech,Dog\n")
+    out = str(tmp_path / "feats")
+    args = [clip3, "--out", out, "--weights", weights_dir, "--features", "valor"]
+    rc, text = _run_cli(args + ["--labels", str(csv), "--quiet"], capsys)
+    assert rc == 0, text
+    for path in teachers.output_paths(out, "abcdefghijk"):
+        assert os.path.exists(path), path
+    labels = np.load(os.path.join(out, "CLAP", "segment_pseudo_labels", "abcdefghijk.npy"))
+    assert labels.shape == (10, 25) and labels.dtype == np.int64
+    assert not os.path.exists(os.path.join(out, "vggish"))  # HAN's features not asked for
+    rc, text = _run_cli(args + ["--labels", str(csv)], capsys)
+    assert rc == 0 and "1 of 1 videos already in" in text
