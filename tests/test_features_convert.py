@@ -1,6 +1,7 @@
 """Checkpoint conversion without torch, the weights folder and its errors."""
 
 import os
+import zipfile
 
 import numpy as np
 import pytest
@@ -235,3 +236,23 @@ def test_reads_numpy_arrays_pickled_in_a_checkpoint():
     assert state["pca_means"].dtype == np.float64 and state["pca_means"].tolist() == [0.5, -1.0]
     with pytest.raises(convert.ConversionError, match=r"PCA shapes \(2, 3\)"):
         convert.pca_params(state, "vggish_pca_params-970ea276.pth")
+
+
+def test_only_the_state_dict_s_storages_are_read(monkeypatch):
+    """A training checkpoint (state_dict + optimiser state + scaler, as laion_clap saves
+    them): the optimiser's storages are never read from the archive (a 2 GB checkpoint
+    does not need 2-3x its size in memory)."""
+    path = os.path.join(FIXTURES, "clap_checkpoint.pt")
+    read = []
+    real = zipfile.ZipFile.read
+
+    def counting(self, name, *args):
+        read.append(name)
+        return real(self, name, *args)
+
+    monkeypatch.setattr(zipfile.ZipFile, "read", counting)
+    state = convert.read_pth(path)
+    data = [n for n in read if "/data/" in n]
+    with zipfile.ZipFile(path) as z:
+        stored = [n for n in z.namelist() if "/data/" in n]
+    assert len(data) == len(set(data)) <= len(state) < len(stored)

@@ -5,12 +5,13 @@ events is the ``valor_teachers`` scenario of tests/test_docs_commands.py."""
 
 import os
 
+import av
 import numpy as np
 import pytest
 
 from coleaf_jax.data.classes import LLP_CLASS_INDEX
 from coleaf_jax.features import __main__ as cli
-from coleaf_jax.features import clap, teachers, testing, valor
+from coleaf_jax.features import clap, clip, decode, teachers, testing, valor
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +66,49 @@ def test_clap_segments_are_valor_s(models, clip3):
     one = clap.audio_embeddings(models.clap_variables, seg, models.clap_config)
     expected = valor.logits(np.asarray(one), models.clap_prompts, models.clap_scale)[0]
     np.testing.assert_allclose(out.clap_logits[7], expected, rtol=2e-5, atol=2e-4)
+
+
+def test_features_are_valor_s_inputs_through_the_networks(models, clip3):
+    """CLIP's feature: the normalised embeddings of the frames ``frame_indices`` picks;
+    CLAP's: ``feat_maps`` of the whole clip resampled by nearest index, then quantised."""
+    frames, audio, _ = teachers.prepare(clip3)
+    out = models(frames, audio, _label("Speech"))
+    picked = np.stack([frames[i] for i in valor.frame_indices(len(frames))])
+    pixels = valor.clip_pixels(picked, models.clip_config.vision.image_size)
+    image = clip.image_embeddings(models.clip_variables, pixels, models.clip_config)
+    np.testing.assert_allclose(out.clip_features, clip.normalize(image), rtol=1e-5, atol=1e-6)
+    whole = clap.quantize_int16(valor.nearest_resample(audio))[None]
+    maps = clap.audio_outputs(models.clap_variables, whole, models.clap_config)["feat_maps"][0]
+    np.testing.assert_allclose(out.clap_features, maps, rtol=1e-5, atol=1e-5)
+
+
+def _write_audio_video(path: str, samples: np.ndarray, layout: str) -> str:
+    """A 1 s video whose PCM audio is ``samples`` ``(48000, channels)`` int16."""
+    with av.open(path, "w") as out:
+        video = out.add_stream("mpeg4", rate=25)
+        video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
+        sound = out.add_stream("pcm_s16le", rate=48000, layout=layout)
+        black = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
+        for _ in range(25):
+            for packet in video.encode(black):
+                out.mux(packet)
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout=layout)
+        frame.sample_rate, frame.pts = 48000, 0
+        for packet in [*sound.encode(frame), *sound.encode(None), *video.encode(None)]:
+            out.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("layout, channels", [("mono", 1), ("stereo", 2), ("5.1", 6)])
+def test_audio_is_the_mean_of_every_channel(tmp_path, layout, channels):
+    """librosa.load's mono: every channel weighted equally (FFmpeg's own downmix of 5.1
+    weights them otherwise), 16-bit samples over 32768."""
+    rng = np.random.default_rng(channels)
+    samples = rng.integers(-20000, 20000, (48000, channels)).astype(np.int16)
+    path = _write_audio_video(str(tmp_path / f"{layout}.mkv"), samples, layout)
+    got = decode.decode_audio_mono(path, valor.SAMPLE_RATE)
+    assert got.shape == (48000,) and got.dtype == np.float32
+    np.testing.assert_allclose(got, samples.mean(axis=1) / 32768.0, atol=1e-7)
 
 
 def test_read_labels_from_a_folder_and_conflicts(tmp_path):
@@ -136,3 +180,10 @@ def test_cli_writes_valor_s_layout_and_skips_done_videos(weights_dir, clip3, tmp
     assert not os.path.exists(os.path.join(out, "vggish"))  # HAN's features not asked for
     rc, text = _run_cli(args + ["--labels", str(csv)], capsys)
     assert rc == 0 and "1 of 1 videos already in" in text
+    before = labels
+    csv.write_text("filename\tevent_labels\nabcdefghijk_0_10\tBanjo\n")  # a new weak label
+    rc, text = _run_cli(args + ["--labels", str(csv), "--quiet"], capsys)
+    assert rc == 0, text
+    labels = np.load(os.path.join(out, "CLAP", "segment_pseudo_labels", "abcdefghijk.npy"))
+    assert not labels[:, LLP_CLASS_INDEX["Speech"]].any()  # made again with the new label
+    assert before[:, LLP_CLASS_INDEX["Speech"]].any()  # it was on before

@@ -73,17 +73,29 @@ def test_repeat_pad_and_quantisation_of_a_valor_segment():
     np.testing.assert_allclose(q, [-1.0, -16383 / 32767, 9830 / 32767, 1.0, 1.0], rtol=1e-7)
 
 
-def test_nearest_resample_keeps_ends_and_order():
+def test_nearest_resample_is_valor_s_rounded_positions():
+    """clap_preprocess.py:196-197: ``x[np.round(np.linspace(0, N - 1, 480000))]`` (for N =
+    441,000 rounding and flooring pick different samples)."""
     x = np.arange(441_000, dtype=np.float32)
     y = valor.nearest_resample(x)
-    assert y.shape == (480_000,) and y[0] == 0 and y[-1] == 440_999 and (np.diff(y) >= 0).all()
+    assert y.shape == (480_000,) and y[0] == 0 and y[-1] == 440_999
+    step = 440_999 / 479_999
+    k = np.arange(480_000)
+    np.testing.assert_array_equal(y, np.floor(k * step + 0.5))
+    assert (y != np.floor(k * step)).any()
 
 
 def test_prompts_and_thresholds_are_valor_s():
     assert len(valor.CLIP_PROMPTS) == len(valor.CLAP_PROMPTS) == len(LLP_CLASSES)
     assert valor.CLIP_PROMPTS[14] == "A photo of a vaccum cleaner."  # VALOR's spelling
     assert valor.CLAP_PROMPTS[12] == "This is a sound of chicken, rooster"
-    assert valor.CLIP_THRESHOLDS.sum() == 394 and valor.CLAP_THRESHOLDS.sum() == 44
+    # utils/clip_preprocess.py:236-238 and utils/clap_preprocess.py:262-264
+    clip_thr = [20, 15, 18, 14, 15, 18, 18, 15, 15, 15, 15, 18, 15, 15, 15, 15, 15, 15, 15, 16]
+    clap_thr = [0, 0, 1, 4, 6, -2, 4, 4, 2, 2, 2, 1, 2, 3, 0, 2, 2, 2, 0, 2, -1, 2, 3, 3, 0]
+    np.testing.assert_array_equal(valor.CLIP_THRESHOLDS, clip_thr + [14, 15, 15, 15, 18])
+    np.testing.assert_array_equal(valor.CLAP_THRESHOLDS, clap_thr)
+    assert valor.CLIP_PROMPTS[20] == "A photo of a acoustic guiter."
+    assert valor.CLAP_PROMPTS[5] == "This is a sound of frying (food)"
 
 
 def test_logits_are_scaled_cosines():

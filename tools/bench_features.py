@@ -1,6 +1,7 @@
 """Feature-extraction throughput (and, on an accelerator, parity) — the numbers of docs/performance.md.
 
     python tools/bench_features.py [--videos 3] [--seconds 10] [--out bench.json] [--parity]
+    python tools/bench_features.py --teachers [--videos 3] [--seconds 10]
 
 * ``networks``: the three networks on one 10 s video's inputs (80 frames at
   224, 10 clips of 8 x 112 x 112, 10 VGGish examples), random weights, after
@@ -12,6 +13,10 @@
   per second and the decode / network split.
 * ``--parity``: the parity fixtures of tests/test_features_models.py on this
   machine's default device (float32 'highest', and TF32 'default').
+* ``--teachers``: VALOR's teachers instead (``--features valor``): CLIP ViT-L/14 and
+  LAION-CLAP HTSAT-tiny (fusion) at full size with random weights, on ``--videos``
+  generated videos: decoding (8-fps frames with the JPEG round trip, 48 kHz audio) and
+  the networks (10 frames through CLIP, 11 inputs of 10 s through CLAP), per video.
 """
 
 from __future__ import annotations
@@ -109,6 +114,43 @@ def bench_pipeline(variables: dict, videos: int, seconds: float, workers: int) -
     }
 
 
+def bench_teachers(videos: int, seconds: float, precision: str) -> dict:
+    from coleaf_jax.features import clap, clip, teachers
+
+    with tempfile.TemporaryDirectory() as d:
+        testing.write_teacher_weights(d, configs=(clip.VIT_L_14, clap.CLAP_TINY_FUSION))
+        models = teachers.Teachers(d, precision=precision, verbose=False)
+        paths = [
+            testing.write_test_video(
+                os.path.join(d, f"v{i}.mp4"),
+                seconds=seconds,
+                size=(640, 360),
+                fps=30,
+                tone_hz=300.0 + 100 * i,
+            )
+            for i in range(videos + 1)
+        ]
+        label = np.zeros(25, np.float32)
+        label[:3] = 1
+        models.video(paths[0], label)  # compile
+        decode_s, net_s = [], []
+        for path in paths[1:]:
+            frames, audio, seconds_decoding = teachers.prepare(path)
+            decode_s.append(seconds_decoding)
+            start = time.perf_counter()
+            models(frames, audio, label)
+            net_s.append(time.perf_counter() - start)
+    per_video = float(np.mean(decode_s) + np.mean(net_s))
+    return {
+        "videos": videos,
+        "seconds_each": seconds,
+        "precision": precision,
+        "decode_s_per_video": round(float(np.mean(decode_s)), 3),
+        "networks_s_per_video": round(float(np.mean(net_s)), 3),
+        "videos_per_s": round(1.0 / per_video, 3),
+    }
+
+
 def parity(precision: str) -> dict:
     import jax
 
@@ -146,6 +188,7 @@ def main():
     p.add_argument("--parity", action="store_true")
     p.add_argument("--no-pipeline", action="store_true")
     p.add_argument("--workers", type=int, default=1, help="decoding threads")
+    p.add_argument("--teachers", action="store_true", help="VALOR's CLIP/CLAP teachers")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     result = {
@@ -155,6 +198,14 @@ def main():
         "load_average": os.getloadavg(),
     }
     print(json.dumps(result), flush=True)
+    if args.teachers:
+        for precision in args.precisions.split(","):
+            result[f"teachers_{precision}"] = bench_teachers(args.videos, args.seconds, precision)
+            print(json.dumps(result[f"teachers_{precision}"]), flush=True)
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(result, f, indent=2)
+        return
     variables = random_variables()
     if args.parity:
         result["parity"] = {p_: parity(p_) for p_ in args.precisions.split(",")}

@@ -158,7 +158,6 @@ def main(argv=None) -> int:
                     f"(VALOR's pseudo-labels keep only each video's labelled classes)"
                 )
             labels = teachers.read_labels(args.labels)
-            teachers.labels_of([extract.video_id(v) for v in videos], labels, " ".join(args.labels))
         manifest_path = os.path.join(args.out, "features.json")
         manifest = {"videos": {}}
         if os.path.exists(manifest_path):
@@ -193,10 +192,20 @@ def main(argv=None) -> int:
                 )
             )
         ]
+
+        def labelled_as(v: str) -> bool:  # pseudo-labels made with the label given now
+            record = manifest["videos"].get(extract.video_id(v), {}).get("teachers", {})
+            return record.get("label") == teachers.label_names(labels_by_path[v])
+
+        labels_by_path = {}
+        if valor:
+            ids = [extract.video_id(v) for v in videos]
+            labels_by_path = dict(zip(videos, teachers.labels_of(ids, labels, args.labels)))
         valor_todo = [
             v
             for v in videos
-            if valor and not done(teachers.output_paths(args.out, extract.video_id(v)))
+            if valor
+            and not (done(teachers.output_paths(args.out, extract.video_id(v))) and labelled_as(v))
         ]
         todo = [v for v in videos if v in set(han_todo) | set(valor_todo)]
         if len(todo) < len(videos) and not args.quiet:
@@ -206,14 +215,22 @@ def main(argv=None) -> int:
                 file=sys.stderr,
             )
         for v in todo:
-            decode.probe(v)
+            seconds = decode.probe(v)
+            if v in valor_todo and seconds > teachers.MAX_SECONDS:
+                raise ValueError(
+                    f"{v}: {seconds:.1f} s long; VALOR's teachers take clips of at most "
+                    f"{teachers.MAX_SECONDS:.0f} s (LLP's are 10 s)"
+                )
         if not todo:
             return 0
         os.makedirs(args.out, exist_ok=True)
         if han_todo:
             _extract_han(args, options, han_todo, manifest, manifest_path, option_dict)
         if valor_todo:
-            _extract_valor(args, options, valor_todo, labels, manifest, manifest_path, teacher_dict)
+            valor_labels = [labels_by_path[v] for v in valor_todo]
+            _extract_valor(
+                args, options, valor_todo, valor_labels, manifest, manifest_path, teacher_dict
+            )
     except (
         decode.VideoError,
         weights.MissingWeightsError,
@@ -234,9 +251,9 @@ def _save(manifest: dict, path: str) -> None:
 def _extract_han(args, options, todo, manifest, manifest_path, option_dict) -> None:
     extractor = extract.Extractor(args.weights, options, verbose=not args.quiet)
     manifest["options"] = option_dict
-    manifest["weights"] = {
-        name: weights.provenance(args.weights, name) for name in extract.MODEL_NAMES
-    }
+    manifest.setdefault("weights", {}).update(
+        {name: weights.provenance(args.weights, name) for name in extract.MODEL_NAMES}
+    )
     short = []
     for f in extractor.extract_many(todo, progress=not args.quiet, workers=args.workers):
         extract.write_llp(f, args.out)
@@ -268,18 +285,20 @@ def _extract_han(args, options, todo, manifest, manifest_path, option_dict) -> N
 def _extract_valor(args, options, todo, labels, manifest, manifest_path, teacher_dict) -> None:
     models = teachers.Teachers(args.weights, options.precision, verbose=not args.quiet)
     manifest["teacher_options"] = teacher_dict
-    manifest.setdefault("weights", {})["clap"] = weights.provenance(args.weights, "clap")
-    ids = [extract.video_id(v) for v in todo]
-    video_labels = teachers.labels_of(ids, labels, " ".join(args.labels))
+    manifest.setdefault("weights", {}).update(
+        {name: weights.provenance(args.weights, name) for name in ("clip", "clap")}
+    )
+    label_of = dict(zip(todo, labels))
     counts = [0, 0]
     for path, outputs in models.many(
-        todo, video_labels, progress=not args.quiet, workers=args.workers, jpeg=options.jpeg
+        todo, labels, progress=not args.quiet, workers=args.workers, jpeg=options.jpeg
     ):
         vid = extract.video_id(path)
         teachers.write(outputs, args.out, vid)
         counts[0] += int(outputs.clap_labels.sum())
         counts[1] += int(outputs.clip_labels.sum())
         manifest["videos"].setdefault(vid, {"path": os.path.abspath(path)})["teachers"] = {
+            "label": teachers.label_names(label_of[path]),
             "clap_pseudo_labels": int(outputs.clap_labels.sum()),
             "clip_pseudo_labels": int(outputs.clip_labels.sum()),
         }

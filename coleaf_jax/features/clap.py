@@ -912,13 +912,16 @@ def _check_fusion(variables: dict, config: CLAPConfig) -> None:
 _audio_input = jax.jit(audio_input, static_argnames=("config", "precision"))
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def _encode_mel(variables, mel, config, longer=None):
-    return CLAP(config).apply(variables, mel, longer, method=CLAP.encode_mel)
+@functools.partial(jax.jit, static_argnames=("config", "precision"))
+def _encode_mel(variables, mel, config, longer=None, precision="highest"):
+    return CLAP(config, precision).apply(variables, mel, longer, method=CLAP.encode_mel)
 
 
 def audio_outputs(
-    variables: dict, waveforms: jnp.ndarray, config: CLAPConfig = CLAP_TINY_FUSION
+    variables: dict,
+    waveforms: jnp.ndarray,
+    config: CLAPConfig = CLAP_TINY_FUSION,
+    precision: PrecisionLike = "highest",
 ) -> dict[str, jnp.ndarray]:
     """Every audio output for ``(N, S)`` float32 48 kHz waveforms (:func:`audio_input`):
     ``'embedding'`` ``(N, num_features)`` (HTSAT's, before projection), ``'projected'``
@@ -926,10 +929,11 @@ def audio_outputs(
     ``'clipwise_output'`` ``(N, class_num)``. Two jitted stages (front end, network).
 
     ``variables`` as the converter returns them are numpy arrays, copied to the device at
-    every call: ``jax.device_put`` them once when embedding many batches."""
+    every call: ``jax.device_put`` them once when embedding many batches. ``precision``: of
+    the network's matmuls and convolutions (``'highest'``: float32 on GPUs too, no TF32)."""
     _check_fusion(variables, config)
     mel = _audio_input(jnp.asarray(waveforms, jnp.float32), config)
-    return _encode_mel(variables, mel, config)
+    return _encode_mel(variables, mel, config, precision=precision)
 
 
 def prepared_outputs(
@@ -957,9 +961,9 @@ def audio_embeddings(
     return _normalize(projected) if normalize else projected
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def _text(variables, ids, mask, config):
-    return CLAP(config).apply(variables, ids, mask, method=CLAP.encode_text)
+@functools.partial(jax.jit, static_argnames=("config", "precision"))
+def _text(variables, ids, mask, config, precision="highest"):
+    return CLAP(config, precision).apply(variables, ids, mask, method=CLAP.encode_text)
 
 
 def text_embeddings(
@@ -968,11 +972,13 @@ def text_embeddings(
     mask: jnp.ndarray,
     config: CLAPConfig = CLAP_TINY_FUSION,
     normalize: bool = True,
+    precision: PrecisionLike = "highest",
 ) -> jnp.ndarray:
     """``(N, L)`` token ids and attention mask (:class:`Tokenizer`) -> ``(N, 512)``:
     ``CLAP_Module.get_text_embedding`` (L2-normalised; ``normalize=False``: the
     projection's output)."""
-    out = _text(variables, jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32), config)
+    ids, mask = jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32)
+    out = _text(variables, ids, mask, config, precision)
     return _normalize(out) if normalize else out
 
 

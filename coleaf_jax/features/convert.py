@@ -61,12 +61,24 @@ _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 
 class _Storage:
-    """A torch storage: its dtype and, once read, its flat data."""
+    """A torch storage: its dtype and, once read, its flat data (``reader``: reads it when
+    first needed, so a checkpoint's tensors that are not kept are never read)."""
 
-    def __init__(self, dtype, numel: int | None = None):
+    def __init__(self, dtype, numel: int | None = None, reader=None):
         self.dtype = np.dtype(dtype)
         self.numel = numel
-        self.data: np.ndarray | None = None
+        self._data: np.ndarray | None = None
+        self._reader = reader
+
+    @property
+    def data(self) -> np.ndarray | None:
+        if self._data is None and self._reader is not None:
+            self._data, self._reader = self._reader(), None
+        return self._data
+
+    @data.setter
+    def data(self, value: np.ndarray) -> None:
+        self._data = value
 
 
 class _StorageView:
@@ -197,14 +209,27 @@ def _read_zip(path: str) -> dict:
                 raise pickle.UnpicklingError(f"unknown persistent id {kind!r}")
             if key not in storages:
                 dtype = np.dtype(storage_type).newbyteorder("<" if byteorder == "little" else ">")
-                st = _Storage(dtype, numel)
-                st.data = np.frombuffer(z.read(f"{prefix}data/{key}"), dtype=dtype).astype(
-                    np.dtype(storage_type)
+                name = f"{prefix}data/{key}"
+                storages[key] = _Storage(
+                    storage_type,
+                    numel,
+                    lambda: np.frombuffer(z.read(name), dtype=dtype).astype(
+                        dtype.newbyteorder("=")
+                    ),
                 )
-                storages[key] = st
             return storages[key]
 
-        return _Unpickler(io.BytesIO(z.read(pkl[0])), load).load()
+        # Materialised inside the open archive, after unwrapping: the storages of what is
+        # not kept (a training checkpoint's optimiser state) are never read.
+        return _materialize(_unwrap(_Unpickler(io.BytesIO(z.read(pkl[0])), load).load()))
+
+
+def _unwrap(obj):
+    """``{'state_dict': ...}`` / ``{'model': ...}`` containers -> the state dict."""
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    return obj
 
 
 def _read_legacy(path: str) -> dict:
@@ -251,15 +276,14 @@ def read_pth(path: str) -> dict[str, np.ndarray]:
     """
     path = os.fspath(path)
     try:
-        obj = _read_zip(path) if zipfile.is_zipfile(path) else _read_legacy(path)
-        obj = _materialize(obj)
+        if zipfile.is_zipfile(path):
+            obj = _read_zip(path)
+        else:
+            obj = _materialize(_unwrap(_read_legacy(path)))
     except ConversionError:
         raise
     except (OSError, EOFError, pickle.UnpicklingError, KeyError, ValueError, struct.error) as e:
         raise ConversionError(f"{path}: cannot be read as a torch checkpoint ({e})") from e
-    for key in ("state_dict", "model"):
-        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
     if not isinstance(obj, dict):
         raise ConversionError(f"{path}: holds a {type(obj).__name__}, not a state dict")
     return {k: np.asarray(v) for k, v in obj.items()}

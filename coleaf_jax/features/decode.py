@@ -459,33 +459,32 @@ def decode(
 
 
 def decode_audio_mono(path: str, rate: int) -> np.ndarray:
-    """The first audio stream of ``path`` as ``(S,)`` float32 mono at ``rate`` Hz: decoded by
-    FFmpeg, resampled by its ``swresample`` (when the stream's rate differs), channels
-    averaged (VALOR's ``librosa.load(path, sr=48000)``: audioread/FFmpeg decoding, the
-    channel mean, soxr resampling; docs/features.md). Raises :class:`VideoError` /
-    :class:`NoAudioError` naming the file."""
+    """The first audio stream of ``path`` as ``(S,)`` float32 mono at ``rate`` Hz, as
+    VALOR's ``librosa.load(path, sr=48000)`` reads it (audioread: FFmpeg's 16-bit samples
+    of every channel, ``/ 32768``; the mean of all channels, weighted equally; resampled):
+    FFmpeg decodes, its ``swresample`` resamples (when the stream's rate differs; librosa
+    uses soxr) and writes 16-bit samples of the stream's own channel layout, which are
+    averaged here. Raises :class:`VideoError` / :class:`NoAudioError` naming the file."""
 
     path = os.fspath(path)
     container = _open(path)
+    chunks = []
     try:
         if not container.streams.audio:
             raise NoAudioError(_no_audio_message(path).replace("VGGish", "VGGish, CLAP"))
         stream = container.streams.audio[0]
-        channels = stream.codec_context.channels or 1
-        layout = "mono" if channels == 1 else "stereo"
-        # Keep two channels of a stereo stream, averaged here (swresample's own downmix
-        # would weight them by 1/sqrt(2)); more channels are downmixed to stereo first.
-        resampler = av.AudioResampler(format="flt", layout=layout, rate=rate)
-        chunks = []
+        layout = stream.layout if stream.layout.channels else "mono"
+        channels = len(stream.layout.channels) or 1
+        resampler = av.AudioResampler(format="s16", layout=layout, rate=rate)
         for frame in container.decode(stream):
             for out in resampler.resample(frame):
-                chunks.append(out.to_ndarray().reshape(-1, 1 if layout == "mono" else 2))
+                chunks.append(out.to_ndarray().reshape(-1, channels))
         for out in resampler.resample(None):
-            chunks.append(out.to_ndarray().reshape(-1, 1 if layout == "mono" else 2))
+            chunks.append(out.to_ndarray().reshape(-1, channels))
     except av.FFmpegError as e:
         raise VideoError(f"{path}: the audio stream cannot be decoded ({_ffmpeg_reason(e)})") from e
     finally:
         container.close()
     if not chunks:
         raise VideoError(f"{path}: the audio stream has no decodable sample")
-    return np.concatenate(chunks).mean(axis=1).astype(np.float32)
+    return (np.concatenate(chunks).astype(np.float32) / 32768.0).mean(axis=1)

@@ -30,11 +30,12 @@ import sys
 import time
 from collections.abc import Iterator
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from coleaf_jax import progress as progress_lib
-from coleaf_jax.data.classes import LLP_SPLIT_CSV
+from coleaf_jax.data.classes import LLP_CLASSES, LLP_SPLIT_CSV
 from coleaf_jax.data.llp_annotations import read_weak_csv
 from coleaf_jax.data.llp_annotations import video_id as annotation_video_id
 from coleaf_jax.features import clap, clip, decode, extract, valor, weights
@@ -45,6 +46,7 @@ CLIP_URL = "https://huggingface.co/openai/clip-vit-large-patch14"
 ROBERTA_FOLDER = "roberta-base"
 ROBERTA_URL = "https://huggingface.co/FacebookAI/roberta-base"
 TEACHER_FOLDERS = ("CLIP", "CLAP")
+MAX_SECONDS = 100.0  # 10 segments of at most laion_clap's 10 s (longer is its `longer` path)
 OUTPUTS = ("features", "segment_pseudo_labels", "segment_logits")
 
 
@@ -54,11 +56,22 @@ def _missing(what: str, path: str, url: str, files: str) -> weights.MissingWeigh
     )
 
 
+def _recorded_config(folder: str, name: str) -> dict:
+    record = weights.provenance(folder, name)
+    if "config" not in record:
+        raise weights.MissingWeightsError(
+            f"{weights.converted_path(folder, name)}.json: no model configuration recorded "
+            f"beside the converted {name} weights; convert again: python -m "
+            f"coleaf_jax.features.convert {os.path.abspath(folder)} --force"
+        )
+    return record["config"]
+
+
 def load_clip(folder: str, verbose: bool = True) -> tuple[clip.CLIPConfig, dict, clip.Tokenizer]:
     """CLIP's config, variables (converted on first use from
     ``folder/clip-vit-large-patch14``'s checkpoint) and tokenizer (same folder)."""
     variables = weights.load(folder, "clip", verbose=verbose)
-    config = clip.config_from_dict(weights.provenance(folder, "clip")["config"])
+    config = clip.config_from_dict(_recorded_config(folder, "clip"))
     path = os.path.join(folder, CLIP_FOLDER)
     try:
         tokenizer = clip.Tokenizer(path, context_length=config.text.context_length)
@@ -76,7 +89,7 @@ def load_clap(folder: str, verbose: bool = True) -> tuple[clap.CLAPConfig, dict,
     """CLAP's config, variables (converted from ``630k-fusion-best.pt`` on first use) and
     RoBERTa tokenizer (``folder/roberta-base``)."""
     variables = weights.load(folder, "clap", verbose=verbose)
-    config = clap.config_from_dict(weights.provenance(folder, "clap").get("config"))
+    config = clap.config_from_dict(_recorded_config(folder, "clap"))
     path = os.path.join(folder, ROBERTA_FOLDER)
     if not os.path.isdir(path):
         raise _missing(
@@ -124,15 +137,19 @@ class Teachers:
 
     def __init__(self, weights_folder: str, precision: str = "highest", verbose: bool = True):
         self.precision = precision
-        self.clip_config, self.clip_variables, clip_tokenizer = load_clip(weights_folder, verbose)
+        self.clip_config, clip_variables, clip_tokenizer = load_clip(weights_folder, verbose)
+        self.clip_variables = jax.device_put(clip_variables)  # once, not at every call
         ids = clip_tokenizer(valor.CLIP_PROMPTS)
         text = clip.text_embeddings(self.clip_variables, ids, self.clip_config, precision=precision)
         self.clip_prompts = np.asarray(clip.normalize(text))
         self.clip_scale = float(self.clip_variables["params"]["logit_scale"])
-        self.clap_config, self.clap_variables, clap_tokenizer = load_clap(weights_folder, verbose)
+        self.clap_config, clap_variables, clap_tokenizer = load_clap(weights_folder, verbose)
+        self.clap_variables = jax.device_put(clap_variables)
         ids, mask = clap_tokenizer(list(valor.CLAP_PROMPTS))
         self.clap_prompts = np.asarray(
-            clap.text_embeddings(self.clap_variables, ids, mask, self.clap_config)
+            clap.text_embeddings(
+                self.clap_variables, ids, mask, self.clap_config, precision=precision
+            )
         )
         self.clap_scale = float(self.clap_variables["params"]["logit_scale_a"])
 
@@ -151,12 +168,19 @@ class Teachers:
         samples = self.clap_config.audio.clip_samples
         bounds = valor.segment_bounds(len(audio))
         segments = np.stack([audio[a:b] for a, b in bounds])  # (10, N // 10), equal lengths
+        if segments.shape[1] > samples:
+            raise ValueError(
+                f"{len(audio) / valor.SAMPLE_RATE:.1f} s of audio: VALOR's teachers take clips "
+                f"of at most {10 * samples / valor.SAMPLE_RATE:.0f} s (segments of at most "
+                f"{samples / valor.SAMPLE_RATE:.0f} s; LLP's are 10 s)"
+            )
         segments = clap.repeat_pad(jnp.asarray(clap.quantize_int16(segments)), samples)
         whole = clap.quantize_int16(valor.nearest_resample(audio, samples))[None]
         out = clap.audio_outputs(
             self.clap_variables,
             jnp.concatenate([segments, jnp.asarray(whole)]),
             self.clap_config,
+            self.precision,
         )
         projected = np.asarray(out["projected"][:-1], np.float32)
         clap_logits = valor.logits(projected, self.clap_prompts, self.clap_scale)
@@ -244,9 +268,16 @@ def read_labels(paths: list[str]) -> dict[str, np.ndarray]:
     return labels
 
 
-def labels_of(video_ids: list[str], labels: dict[str, np.ndarray], where: str) -> list[np.ndarray]:
+def label_names(label: np.ndarray) -> list[str]:
+    """The class names of a ``(25,)`` weak label (what the manifest records)."""
+    return [LLP_CLASSES[i] for i in np.flatnonzero(np.asarray(label) > 0)]
+
+
+def labels_of(video_ids: list[str], labels: dict[str, np.ndarray], where) -> list[np.ndarray]:
     """The weak label of each video (by its id, or the id's first 11 characters); a video
-    without one is an error (VALOR's pseudo-labels keep only its labelled classes)."""
+    without one is an error (VALOR's pseudo-labels keep only its labelled classes).
+    ``where``: the label files (named in the error)."""
+    where = " ".join(where) if isinstance(where, (list, tuple)) else where
     out, missing = [], []
     for vid in video_ids:
         label = labels.get(vid, labels.get(annotation_video_id(vid)))

@@ -271,11 +271,12 @@ def small_teacher_configs():
     return clip_config, clap_config
 
 
-def write_teacher_weights(folder: str, seed: int = 0) -> None:
-    """Random small CLIP and CLAP teachers (:func:`small_teacher_configs`) saved as converted
-    weights in ``folder``, with byte-level tokenizer files (every text tokenises; no merges)
-    in ``folder/clip-vit-large-patch14/`` and ``folder/roberta-base/``."""
-    clip_config, clap_config = small_teacher_configs()
+def write_teacher_weights(folder: str, seed: int = 0, configs=None) -> None:
+    """Random CLIP and CLAP teachers (``configs``: ``(clip config, clap config)``, default
+    :func:`small_teacher_configs`) saved as converted weights in ``folder``, with byte-level
+    tokenizer files (every text tokenises; no merges) in ``folder/clip-vit-large-patch14/``
+    and ``folder/roberta-base/``."""
+    clip_config, clap_config = configs or small_teacher_configs()
     k1, k2 = jax.random.split(jax.random.key(seed))
     size = clip_config.vision.image_size
     clip_vars = _random_variables(
