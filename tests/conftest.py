@@ -57,6 +57,7 @@ SLOWEST_FIRST = (
     "test_train.py::test_interrupted_run_resumes_to_the_same_state",
     "test_sweep.py::test_sweep_runs_every_seed_once_split_over_workers",
     "test_docs_commands.py::test_documented_commands_run[seeds_side_by_side]",
+    "test_docs_commands.py::test_documented_commands_run[valor_teachers]",
     "test_train.py::test_pmap_step_equals_single_device_step[coleaf_cmpae]",
     "test_train.py::test_pmap_step_equals_single_device_step[coleaf_han]",
     "test_docs_commands.py::test_documented_commands_run[measure]",

@@ -47,7 +47,7 @@ import numpy as np
 import pytest
 
 from coleaf_jax.data import synthetic
-from coleaf_jax.data.classes import LLP_DENSE_CSV, LLP_SPLIT_CSV
+from coleaf_jax.data.classes import LLP_DENSE_CSV, LLP_FEATURES, LLP_SPLIT_CSV
 from coleaf_jax.evaluation.metrics import SCORE_NAMES
 from coleaf_jax.features import testing
 
@@ -307,7 +307,8 @@ SCENARIOS: dict[str, list[Step]] = {
     "measure": [
         Step("python -m coleaf_jax.bench --config configs/llp.py", expect=(r"videos/s",)),
         Step(
-            "python -m coleaf_jax.bench --config configs/llp.py --profile runs/profile",
+            "python -m coleaf_jax.bench --config configs/llp.py --eval-videos 0 --profile "
+            "runs/profile",
             expect=(r"profile \(3 steps", r"ms +\d+ x  dot\n"),
         ),
         Step("python -m coleaf_jax.flops --config configs/llp.py", expect=(r"FLOP",)),
@@ -330,25 +331,24 @@ SCENARIOS: dict[str, list[Step]] = {
     ],
     "valor_teachers": [
         Step(
-            "python -m coleaf_jax.features videos/ --out feats/ --weights weights/ --features all "
-            "--labels /path/to/LLP/",
+            "python -m coleaf_jax.features videos/ --out /path/to/LLP/ --weights weights/ "
+            "--features valor --labels /path/to/LLP/",
             creates=(
-                "feats/vggish/vidvalor000.npy",
-                "feats/CLIP/segment_pseudo_labels/vidvalor000.npy",
-                "feats/CLAP/segment_pseudo_labels/vidvalor005.npy",
-                "feats/CLIP/features/vidvalor005.npy",
-                "feats/CLAP/features/vidvalor003.npy",
+                "../LLP/CLIP/segment_pseudo_labels/vidvalor000.npy",  # the LLP folder
+                "../LLP/CLAP/segment_pseudo_labels/vidvalor003.npy",
+                "../LLP/CLIP/features/vidvalor003.npy",
+                "../LLP/CLAP/features/vidvalor002.npy",
             ),
-            expect=(r"VALOR's CLIP/CLAP features and segment pseudo-labels of 6 videos",),
+            expect=(r"VALOR's CLIP/CLAP features and segment pseudo-labels of 4 videos",),
         ),
         Step(
-            "python train.py --config configs/llp_pseudo.py --config.data.root=feats/ "
-            "--config.data.annotation_dir=/path/to/LLP/ --workdir runs/valor",
+            "python train.py --config configs/llp_pseudo.py --config.data.root=/path/to/LLP "
+            "--workdir runs/valor",
             creates=("runs/valor/test_metrics.json",),
         ),
         Step(
             "python parse.py --config configs/llp_pseudo.py --workdir runs/valor --features "
-            "feats/ --output parsed_valor/",
+            "/path/to/LLP --output parsed_valor/",
             creates=("parsed_valor/events.jsonl",),
         ),
     ],
@@ -446,7 +446,8 @@ def as_run(command: str, ctx: dict) -> str:
     elif "-m coleaf_jax.demo" in uses:
         uses = _with_config_sizes(uses, "--config.")
     elif "-m coleaf_jax.bench" in uses:
-        uses = _with_config_sizes(uses, "--config.") + " --batch 8 --steps 2 --eval-videos 16"
+        uses = _with_config_sizes(uses, "--config.") + " --batch 8 --steps 2"
+        uses += "" if "--eval-videos" in uses else " --eval-videos 16"
     if "--video " in uses:
         uses += " --frame-sizes 32,16"
     elif "-m coleaf_jax.features " in uses:
@@ -480,20 +481,24 @@ def _weights(folder: str) -> None:
 
 
 def _valor_inputs(cwd: str, llp: str) -> None:
-    """Six 10 s videos named by 11-character ids, LLP's CSVs for them (4 train, 1 val, 1
-    test) and a weights folder with HAN's extractors and small random teachers."""
-    _weights(os.path.join(cwd, "weights"))
+    """Four 10 s videos named by 11-character ids; an LLP folder with their CSVs (2 train,
+    1 val, 1 test) and features standing for the released ones (random, LLP's shapes);
+    a weights folder with small random teachers."""
     testing.write_teacher_weights(os.path.join(cwd, "weights"))
     os.makedirs(os.path.join(cwd, "videos"))
-    os.makedirs(llp)
-    classes = [["Speech", "Dog"], ["Cello"], ["Speech", "Car"], ["Dog", "Cat"], ["Banjo"]]
+    classes = [["Speech", "Dog"], ["Cello"], ["Speech", "Car"], ["Dog", "Cat"]]
     splits = {"train": [], "val": [], "test": []}
-    for i in range(6):
+    rng = np.random.default_rng(0)
+    for i, labels in enumerate(classes):
         vid = f"vidvalor{i:03d}"
         testing.write_test_video(
             os.path.join(cwd, "videos", f"{vid}.mp4"), seconds=10.0, tone_hz=220.0 * (1 + i)
         )
-        splits["train" if i < 4 else "val" if i == 4 else "test"].append((vid, classes[i % 5]))
+        splits["train" if i < 2 else "val" if i == 2 else "test"].append((vid, labels))
+        for folder, shape in LLP_FEATURES.items():
+            os.makedirs(os.path.join(llp, folder), exist_ok=True)
+            feature = np.abs(rng.standard_normal(shape)).astype(np.float32)
+            np.save(os.path.join(llp, folder, f"{vid}.npy"), feature)
     for split, name in LLP_SPLIT_CSV.items():
         rows = [f"{vid}_0_10\t{','.join(labels)}" for vid, labels in splits[split]]
         with open(os.path.join(llp, name), "w") as f:
