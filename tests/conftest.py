@@ -6,7 +6,6 @@ with the cache, each distinct program is compiled once per session.
 
 import io
 import os
-import tempfile
 from contextlib import redirect_stderr, redirect_stdout
 from types import SimpleNamespace
 
@@ -33,12 +32,16 @@ from tests.helpers import run_config  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
-def compilation_cache():
-    with tempfile.TemporaryDirectory(prefix="coleaf-jax-xla-cache-") as d:
-        jax.config.update("jax_compilation_cache_dir", d)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-        yield d
+def compilation_cache(tmp_path_factory):
+    """One cache for the session, shared by the pytest-xdist workers (their base folders
+    are siblings): a program the other worker compiled is read, not compiled again."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "xla-cache"
+    folder.mkdir(exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    yield str(folder)
 
 
 # The slowest tests (measured durations, longest first) are started first: pytest-xdist

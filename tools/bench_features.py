@@ -115,7 +115,9 @@ def bench_pipeline(variables: dict, videos: int, seconds: float, workers: int) -
 
 
 def bench_teachers(videos: int, seconds: float, precision: str) -> dict:
-    from coleaf_jax.features import clap, clip, teachers
+    import jax
+
+    from coleaf_jax.features import clap, clip, teachers, valor
 
     with tempfile.TemporaryDirectory() as d:
         testing.write_teacher_weights(d, configs=(clip.VIT_L_14, clap.CLAP_TINY_FUSION))
@@ -140,8 +142,26 @@ def bench_teachers(videos: int, seconds: float, precision: str) -> dict:
             start = time.perf_counter()
             models(frames, audio, label)
             net_s.append(time.perf_counter() - start)
+        # the two networks apart, on the last video's inputs
+        picked = np.stack([frames[i] for i in valor.frame_indices(len(frames))])
+        pixels = valor.clip_pixels(picked, models.clip_config.vision.image_size)
+        start = time.perf_counter()
+        jax.block_until_ready(
+            clip.image_embeddings(
+                models.clip_variables, pixels, models.clip_config, precision=precision
+            )
+        )
+        clip_s = time.perf_counter() - start
+        waves = np.zeros((11, valor.CLAP_SAMPLES), np.float32)
+        start = time.perf_counter()
+        jax.block_until_ready(
+            clap.audio_outputs(models.clap_variables, waves, models.clap_config, precision)
+        )
+        clap_s = time.perf_counter() - start
     per_video = float(np.mean(decode_s) + np.mean(net_s))
     return {
+        "clip_s_per_video": round(clip_s, 3),
+        "clap_s_per_video": round(clap_s, 3),
         "videos": videos,
         "seconds_each": seconds,
         "precision": precision,
