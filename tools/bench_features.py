@@ -84,19 +84,24 @@ def bench_networks(variables: dict, precision: str, repeats: int = 3) -> dict:
     return out
 
 
+def _videos(folder: str, count: int, seconds: float) -> list[str]:
+    """``count`` generated 640x360, 30 fps videos with AAC audio of different tones."""
+    return [
+        testing.write_test_video(
+            os.path.join(folder, f"v{i}.mp4"),
+            seconds=seconds,
+            size=(640, 360),
+            fps=30,
+            tone_hz=300.0 + 100 * i,
+        )
+        for i in range(count)
+    ]
+
+
 def bench_pipeline(variables: dict, videos: int, seconds: float, workers: int) -> dict:
     ex = extract.Extractor(None, extract.Options(), variables=variables, verbose=False)
     with tempfile.TemporaryDirectory() as d:
-        paths = [
-            testing.write_test_video(
-                os.path.join(d, f"v{i}.mp4"),
-                seconds=seconds,
-                size=(640, 360),
-                fps=30,
-                tone_hz=300.0 + 100 * i,
-            )
-            for i in range(videos + 1)
-        ]
+        paths = _videos(d, videos + 1, seconds)
         ex.extract(paths[0])  # compile
         start = time.perf_counter()
         feats = list(ex.extract_many(paths[1:], progress=False, workers=workers))
@@ -122,16 +127,7 @@ def bench_teachers(videos: int, seconds: float, precision: str) -> dict:
     with tempfile.TemporaryDirectory() as d:
         testing.write_teacher_weights(d, configs=(clip.VIT_L_14, clap.CLAP_TINY_FUSION))
         models = teachers.Teachers(d, precision=precision, verbose=False)
-        paths = [
-            testing.write_test_video(
-                os.path.join(d, f"v{i}.mp4"),
-                seconds=seconds,
-                size=(640, 360),
-                fps=30,
-                tone_hz=300.0 + 100 * i,
-            )
-            for i in range(videos + 1)
-        ]
+        paths = _videos(d, videos + 1, seconds)
         label = np.zeros(25, np.float32)
         label[:3] = 1
         models.video(paths[0], label)  # compile
