@@ -288,26 +288,28 @@ def _extract_valor(args, options, todo, labels, manifest, manifest_path, teacher
     manifest.setdefault("weights", {}).update(
         {name: weights.provenance(args.weights, name) for name in ("clip", "clap")}
     )
-    label_of = dict(zip(todo, labels))
-    counts = [0, 0]
-    for path, outputs in models.many(
+    records = []
+    outputs_of = models.many(
         todo, labels, progress=not args.quiet, workers=args.workers, jpeg=options.jpeg
-    ):
+    )
+    for label, (path, outputs) in zip(labels, outputs_of):
         vid = extract.video_id(path)
         teachers.write(outputs, args.out, vid)
-        counts[0] += int(outputs.clap_labels.sum())
-        counts[1] += int(outputs.clip_labels.sum())
-        manifest["videos"].setdefault(vid, {"path": os.path.abspath(path)})["teachers"] = {
-            "label": teachers.label_names(label_of[path]),
+        record = {
+            "label": teachers.label_names(label),
             "clap_pseudo_labels": int(outputs.clap_labels.sum()),
             "clip_pseudo_labels": int(outputs.clip_labels.sum()),
         }
+        manifest["videos"].setdefault(vid, {"path": os.path.abspath(path)})["teachers"] = record
+        records.append(record)
         _save(manifest, manifest_path)
     if not args.quiet:
+        audio = sum(r["clap_pseudo_labels"] for r in records)
+        visual = sum(r["clip_pseudo_labels"] for r in records)
         print(
             f"wrote VALOR's CLIP/CLAP features and segment pseudo-labels of {len(todo)} videos "
             f"to {args.out} (CLIP/, CLAP/: features, segment_pseudo_labels, segment_logits; "
-            f"{counts[0]} audio and {counts[1]} visual segment-class labels)"
+            f"{audio} audio and {visual} visual segment-class labels)"
         )
 
 

@@ -66,7 +66,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -1012,15 +1011,7 @@ class Tokenizer:
     def from_files(cls, vocab_json: str, merges_txt: str, max_length: int = 77) -> Tokenizer:
         """From ``vocab.json`` and ``merges.txt`` (GPT-2 / RoBERTa format)."""
 
-        with open(vocab_json, encoding="utf-8") as f:
-            vocab = json.load(f)
-        with open(merges_txt, encoding="utf-8") as f:
-            lines = f.read().split("\n")
-        merges = [
-            tuple(line.split())
-            for line in lines
-            if line and not line.startswith("#version") and len(line.split()) == 2
-        ]
+        vocab, merges = convert.read_json(vocab_json), convert.read_merges(merges_txt)
         tok = HFTokenizer(models.BPE(vocab, merges, unk_token="<unk>"))
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()

@@ -55,6 +55,7 @@ from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers,
 from tokenizers import Tokenizer as _Backend
 from tokenizers.models import BPE
 
+from coleaf_jax.features import convert
 from coleaf_jax.features.convert import ConversionError, read_pth
 
 # ----------------------------------------------------------------------------- configs
@@ -812,28 +813,6 @@ def _token_text(value) -> str | None:
     return value
 
 
-def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ConversionError(f"{path}: not JSON ({e})") from e
-
-
-def _read_merges(path: str) -> list[tuple[str, str]]:
-    merges = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            line = line.rstrip("\n")
-            if not line or (number == 1 and line.startswith("#version")):
-                continue
-            parts = line.split()
-            if len(parts) != 2:
-                raise ConversionError(f"{path}:{number}: not a merge (two tokens): {line!r}")
-            merges.append((parts[0], parts[1]))
-    return merges
-
-
 class Tokenizer:
     """CLIP's tokenizer: ``texts`` -> ``(N, context_length)`` int32 ids, as transformers'
     ``CLIPTokenizer(texts, padding='max_length', max_length=context_length,
@@ -857,12 +836,12 @@ class Tokenizer:
         for name in ("special_tokens_map.json", "tokenizer_config.json"):
             path = os.path.join(folder, name)
             if os.path.exists(path):
-                settings.update(_read_json(path))
+                settings.update(convert.read_json(path))
         added: list[tuple[str, int, bool]] = []
         json_path = os.path.join(folder, "tokenizer.json")
         vocab_path, merges_path = (os.path.join(folder, n) for n in ("vocab.json", "merges.txt"))
         if os.path.exists(json_path):
-            spec = _read_json(json_path)
+            spec = convert.read_json(json_path)
             model = spec.get("model") or {}
             if model.get("type", "BPE") != "BPE" or not isinstance(model.get("vocab"), dict):
                 raise ConversionError(f"{json_path}: not a BPE tokenizer with a vocabulary")
@@ -877,7 +856,11 @@ class Tokenizer:
             ]
             source = json_path
         elif os.path.exists(vocab_path) and os.path.exists(merges_path):
-            vocab, merges, source = _read_json(vocab_path), _read_merges(merges_path), merges_path
+            vocab, merges, source = (
+                convert.read_json(vocab_path),
+                convert.read_merges(merges_path),
+                merges_path,
+            )
         else:
             raise ConversionError(
                 f"{folder}: no tokenizer.json, nor vocab.json and merges.txt "

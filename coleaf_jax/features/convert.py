@@ -580,3 +580,29 @@ if __name__ == "__main__":
     from coleaf_jax.features.weights import convert_main
 
     sys.exit(convert_main())
+
+
+def read_json(path: str) -> dict:
+    """A tokenizer's JSON file (``vocab.json``, ``tokenizer.json``, ...); not JSON: an
+    error naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ConversionError(f"{path}: not JSON ({e})") from e
+
+
+def read_merges(path: str) -> list[tuple[str, str]]:
+    """A BPE ``merges.txt``: one pair per line after an optional ``#version`` line; any
+    other line is an error naming the file and line."""
+    merges = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            line = line.rstrip("\n")
+            if not line or (number == 1 and line.startswith("#version")):
+                continue
+            parts = line.split()
+            if len(parts) != 2:
+                raise ConversionError(f"{path}:{number}: not a merge (two tokens): {line!r}")
+            merges.append((parts[0], parts[1]))
+    return merges

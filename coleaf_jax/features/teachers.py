@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from coleaf_jax import progress as progress_lib
-from coleaf_jax.data.classes import LLP_CLASSES, LLP_SPLIT_CSV
+from coleaf_jax.data.classes import LLP_CLASSES, LLP_NUM_SEGMENTS, LLP_SPLIT_CSV
 from coleaf_jax.data.llp_annotations import read_weak_csv
 from coleaf_jax.data.llp_annotations import video_id as annotation_video_id
 from coleaf_jax.features import clap, clip, decode, extract, valor, weights
@@ -46,7 +46,8 @@ CLIP_URL = "https://huggingface.co/openai/clip-vit-large-patch14"
 ROBERTA_FOLDER = "roberta-base"
 ROBERTA_URL = "https://huggingface.co/FacebookAI/roberta-base"
 TEACHER_FOLDERS = ("CLIP", "CLAP")
-MAX_SECONDS = 100.0  # 10 segments of at most laion_clap's 10 s (longer is its `longer` path)
+# 10 segments of at most laion_clap's 10 s (longer is its ``longer`` path, not VALOR's)
+MAX_SECONDS = LLP_NUM_SEGMENTS * valor.CLAP_SAMPLES / valor.SAMPLE_RATE
 OUTPUTS = ("features", "segment_pseudo_labels", "segment_logits")
 
 
@@ -171,8 +172,7 @@ class Teachers:
         if segments.shape[1] > samples:
             raise ValueError(
                 f"{len(audio) / valor.SAMPLE_RATE:.1f} s of audio: VALOR's teachers take clips "
-                f"of at most {10 * samples / valor.SAMPLE_RATE:.0f} s (segments of at most "
-                f"{samples / valor.SAMPLE_RATE:.0f} s; LLP's are 10 s)"
+                f"of at most {MAX_SECONDS:.0f} s (LLP's are 10 s)"
             )
         segments = clap.repeat_pad(jnp.asarray(clap.quantize_int16(segments)), samples)
         whole = clap.quantize_int16(valor.nearest_resample(audio, samples))[None]

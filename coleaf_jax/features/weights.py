@@ -229,16 +229,10 @@ def convert_model(folder: str, name: str, force: bool = False, verbose: bool = T
     if verbose:
         print(f"converting {path} -> {converted_path(folder, name)}", flush=True)
     variables, record = _read_source(source, path, name)
-    out = converted_path(folder, name)
-    if os.path.exists(out):
-        shutil.rmtree(out)
-    if os.path.exists(out + ".json"):
-        os.remove(out + ".json")
-    ckpt = ocp.StandardCheckpointer()
-    ckpt.save(out, variables)
-    ckpt.wait_until_finished()
-    convert.write_json(
-        out + ".json",
+    _save(
+        folder,
+        name,
+        variables,
         {
             "model": name,
             "source": source.file,
@@ -249,6 +243,22 @@ def convert_model(folder: str, name: str, force: bool = False, verbose: bool = T
         },
     )
     return True
+
+
+def _save(folder: str, name: str, variables: dict, record: dict) -> str:
+    """Writes ``name``'s converted variables (orbax) and the record beside them, replacing
+    what was there (the record last: a copy without it is not converted)."""
+    os.makedirs(folder, exist_ok=True)
+    out = converted_path(folder, name)
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    if os.path.exists(out + ".json"):
+        os.remove(out + ".json")
+    ckpt = ocp.StandardCheckpointer()
+    ckpt.save(out, variables)
+    ckpt.wait_until_finished()
+    convert.write_json(out + ".json", record)
+    return out
 
 
 def provenance(folder: str, name: str) -> dict:
@@ -309,16 +319,8 @@ def save_converted(
 ) -> str:
     """Saves ``variables`` as ``name``'s converted weights (tests and tools; ``config``:
     CLIP's or CLAP's configuration dataclass, kept in the record)."""
-    os.makedirs(folder, exist_ok=True)
-    out = converted_path(folder, name)
-    if os.path.exists(out):
-        shutil.rmtree(out)
-    ckpt = ocp.StandardCheckpointer()
-    ckpt.save(out, variables)
-    ckpt.wait_until_finished()
     record = {"config": dataclasses.asdict(config)} if config is not None else {}
-    convert.write_json(out + ".json", {"model": name, "source": source, **record})
-    return out
+    return _save(folder, name, variables, {"model": name, "source": source, **record})
 
 
 def convert_main(argv=None) -> int:
