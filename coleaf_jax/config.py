@@ -188,6 +188,7 @@ SCHEMA: dict[str, Check] = {
     "data.bucket": Int(0),
     "data.annotation_dir": Text(),
     "data.tfds_dir": Text(),
+    "data.prepare_processes": Int(0),
     "data.allow_missing": Bool(),
     "data.allow_split_overlap": Bool(),
     "data.pseudo_labels": Bool(),

@@ -65,6 +65,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.data.bucket = 0
     c.data.annotation_dir = ""  # the five CSVs; '' = data.root
     c.data.tfds_dir = ""  # TFDS cache; '' = the TFDS default (~/tensorflow_datasets)
+    # Processes writing the prepared copy (the same files whatever their number);
+    # 0 = one per available core, each given at least 1,024 videos.
+    c.data.prepare_processes = 0
     # Val/test videos without feature files: False = an error (ours); True = score the
     # others and record the counts (videos_scored, videos_skipped) in every metrics file.
     c.data.allow_missing = False

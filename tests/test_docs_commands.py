@@ -204,6 +204,12 @@ SCENARIOS: dict[str, list[Step]] = {
         ),
     ],
     "llp_variants": [
+        Step(  # first: it prepares the copy, in two worker processes, through the CLI
+            "python train.py --config configs/llp.py:han --config.data.root=ROOT --workdir W4 "
+            "--config.num_epochs=1 --config.data.prepare_processes=2",
+            creates=_run_files("W4"),
+            expect=(r"LLP: writing \d+ shards in 2 processes",),
+        ),
         Step(
             "python train.py --config configs/llp.py --config.data.root=/path/to/LLP --workdir "
             "runs/x --config.num_epochs=15 --config.seed=1",

@@ -192,3 +192,151 @@ def test_shards_are_written_uncompressed_and_a_compressed_copy_reads_the_same(
         assert set(ours[split]) == set(old[split])
         for key in ours[split]:
             np.testing.assert_array_equal(ours[split][key], old[split][key])
+
+
+def _load_all(root, cache, processes: int) -> dict:
+    return {
+        s: llp.load_split(root, s, tfds_dir=cache, prepare_processes=processes)
+        for s in ("train", "val", "test")
+    }
+
+
+def test_two_preparation_processes_write_the_same_copy(tmp_path, monkeypatch, caplog):
+    """``prepare_processes=2``: the shards are written by two worker processes, and the
+    copy holds the same examples in the same shards as one process writes (the files'
+    bytes differ: TFDS's serialiser orders each example's fields by string hash)."""
+    from coleaf_jax.data import llp_prepared
+
+    root = tmp_path / "d"
+    synthetic.generate(str(root), synthetic.SyntheticConfig(num_videos=120, seed=2))
+    monkeypatch.setattr(llp_prepared, "EXAMPLES_PER_SHARD", 16)  # 6 + 2 + 2 shards
+    one = _load_all(root, tmp_path / "one", 1)
+    with caplog.at_level(logging.INFO, logger="coleaf_jax.data.llp"):
+        two = _load_all(root, tmp_path / "two", 2)
+    assert "LLP: writing 10 shards in 2 processes" in caplog.messages
+    assert any(m.startswith("LLP: prepared 120/120 videos (train 84/84") for m in caplog.messages)
+    for split in one:
+        assert set(one[split]) == set(two[split])
+        for key in one[split]:
+            np.testing.assert_array_equal(one[split][key], two[split][key], err_msg=key)
+    infos = [llp.prepare(root, tfds_dir=tmp_path / cache).info.splits for cache in ("one", "two")]
+    for split in one:
+        assert infos[0][split].shard_lengths == infos[1][split].shard_lengths
+        assert infos[0][split].num_bytes == infos[1][split].num_bytes
+
+
+def test_an_error_in_a_preparation_process_is_raised_as_in_one_process(tmp_path, monkeypatch):
+    """A feature file that is not a .npy array, met by a worker process: the same one-line
+    error as when this process meets it, naming the file."""
+    from coleaf_jax.data import llp_prepared
+
+    root = tmp_path / "d"
+    synthetic.generate(str(root), synthetic.SyntheticConfig(num_videos=120, seed=2))
+    monkeypatch.setattr(llp_prepared, "EXAMPLES_PER_SHARD", 16)
+    bad = sorted((root / "res152").glob("*.npy"))[-1]
+    bad.write_text("0.1 0.2\n")
+    messages = []
+    for processes in (1, 2):
+        with pytest.raises(llp.LLPDataError) as info:
+            llp.load_split(
+                root, "val", tfds_dir=tmp_path / f"c{processes}", prepare_processes=processes
+            )
+        messages.append(str(info.value))
+    assert messages[0] == messages[1] and messages[0].startswith(str(bad)), messages
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the workers through /proc")
+def test_preparation_processes_stop_when_their_parent_is_killed(tmp_path):
+    """SIGKILL of the preparing process (or its Ctrl-C, which ends it with os._exit): its
+    worker processes stop at their next video instead of writing the rest of the copy
+    into a folder the next run removes. The workers are frozen (SIGSTOP) once they write
+    their first shards, the parent is killed, then they go on: they must end having
+    started at most one more shard each (without watching their parent, and with results
+    written to a closed pipe ignored, they write all 38)."""
+    import signal
+
+    root = tmp_path / "d"
+    synthetic.generate(str(root), synthetic.SyntheticConfig(num_videos=600, seed=1))
+    code = PREPARE.replace("tfds_dir=sys.argv[2]", "tfds_dir=sys.argv[2], prepare_processes=2")
+    code = "from coleaf_jax.data import llp_prepared\nllp_prepared.EXAMPLES_PER_SHARD = 16\n" + code
+    parent = subprocess.Popen(
+        [sys.executable, "-c", code, str(root), str(tmp_path / "tfds")],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    workers: list[int] = []
+    written: list[Path] = []
+    while len(workers) < 2 or not written:  # both started, writing their first shards
+        assert parent.poll() is None and time.monotonic() < deadline, "no workers started"
+        workers = [pid for pid in _children(parent.pid) if "_shard_worker" in _cmdline(pid)]
+        written = list((tmp_path / "tfds").rglob("*.array_record-*"))
+        time.sleep(0.005)
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    frozen = len(list((tmp_path / "tfds").rglob("*.array_record-*")))
+    parent.kill()
+    parent.wait()
+    for pid in workers:
+        os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + 60
+    while any(_alive(pid) for pid in workers):
+        assert time.monotonic() < deadline, "the workers went on without their parent"
+        time.sleep(0.05)
+    shards = list((tmp_path / "tfds").rglob("*.array_record-*"))
+    assert len(shards) <= frozen + 2 < 38, (frozen, sorted(s.name for s in shards))
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, ended but not yet reaped by init, counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_how_many_processes_prepare(monkeypatch):
+    from coleaf_jax.data import llp_prepared
+
+    monkeypatch.setattr(llp_prepared, "available_cores", lambda: 16)
+    count = llp_prepared.preparation_processes
+    assert count(0, 11_849, 93) == 11  # automatic: at least 1,024 videos each
+    assert count(0, 1_000, 8) == 1  # small inputs: this process alone
+    assert count(0, 100_000, 800) == 16  # one per core
+    assert count(0, 100_000, 4) == 4  # at most one per shard
+    assert count(3, 100, 1) == 1 and count(3, 100, 10) == 3  # as asked, at most per shard
+
+
+def test_preparing_leaves_no_empty_folder_in_the_temp_dir(layout, tmp_path, monkeypatch):
+    """TFDS looks a dataset it has not prepared up on GCS (disabled) through an empty
+    ``mkdtemp`` folder it never removes: one per preparation in /tmp, which our builder
+    skips."""
+    import tempfile
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    root, cache = layout
+    llp.load_split(root, "val", tfds_dir=cache)
+    assert list(temp.iterdir()) == []

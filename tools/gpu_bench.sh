@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU figure of docs/performance.md in one call (issue 22's budget: under 8 minutes on
 # one H100/H200), after: pip install -c constraints.txt -e '.[cuda]'
-#   tools/gpu_bench.sh OUT_DIR [STAGES]      STAGES: any of "step whole seeds" (default: all)
+#   tools/gpu_bench.sh OUT_DIR [STAGES]      STAGES: any of "step whole seeds prepare" (default: all)
 #
 # step:  python -m coleaf_jax.bench: CoLeaF (CMPAE) and HAN at batch 128, float32 and TF32,
 #        training step, 1,200-video evaluation, FLOP rate against the GPU's own matmul rate.
@@ -12,12 +12,15 @@
 #        (under 30 s). Wall clock per process (/usr/bin/time) and the phase budget from the
 #        run's own records (tools/time_to_result.py).
 # seeds: the same with --config.num_seeds=$SEEDS against one seed (time per seed).
+# prepare: preparing the full-size layout's copy with $PREPARE_PROCESSES worker processes
+#        (config.data.prepare_processes; default "1 4 16"), each into an empty folder.
 set -uo pipefail
 out=${1:-bench_gpu}
-stages=${2:-step whole seeds}
+stages=${2:-step whole seeds prepare}
 videos=${VIDEOS:-11849}
 epochs=${EPOCHS:-10}
 seeds=${SEEDS:-5}
+prepare_processes=${PREPARE_PROCESSES:-1 4 16}
 py=${PYTHON:-python}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
@@ -43,7 +46,7 @@ case " $stages " in *" step "*)
   bench han_f32 --config configs/llp.py:han
   bench cmpae_tf32 --config configs/llp.py --set matmul_precision=default
 ;; esac
-case " $stages " in *" whole "*|*" seeds "*)
+case " $stages " in *" whole "*|*" seeds "*|*" prepare "*)
   if [ ! -e "$out/llp/.complete" ]; then
     start=$(date +%s)
     $py -m coleaf_jax.data.synthetic "$out/llp" --videos "$videos" > "$out/generate.log" 2>&1
@@ -59,4 +62,15 @@ case " $stages " in *" whole "*)
 case " $stages " in *" seeds "*)
   train seeds1 "$out/xla_seeds" --config.num_epochs=2
   train seeds$seeds "$out/xla_seeds" --config.num_epochs=2 --config.num_seeds="$seeds"
+;; esac
+case " $stages " in *" prepare "*)
+  nproc | sed 's/^/cores: /' | tee -a "$out/prepare.txt"
+  for n in $prepare_processes; do
+    rm -rf "$out/tfds_prepare"
+    start=$(date +%s.%N)
+    $py -c "from coleaf_jax.data import llp; llp.prepare('$out/llp', tfds_dir='$out/tfds_prepare', processes=$n)" \
+      > "$out/prepare_$n.log" 2>&1
+    echo "prepare, $n processes: rc $?, wall $(echo "$(date +%s.%N) - $start" | bc) s" | tee -a "$out/prepare.txt"
+  done
+  rm -rf "$out/tfds_prepare"
 ;; esac

@@ -38,13 +38,14 @@ def phases(workdir: str) -> dict[str, float]:
     test = result["test_seconds"]
     total = result["run_seconds"]
     loop = data + setup + compiling + training + validation_first + validation_rest + test
+    later = {2: "validation, epoch 2"}.get(len(rows), f"validation, epochs 2-{len(rows)}")
     return {
         "loading": data,
         "set-up (initialisation, data to device)": setup,
         "compiling (first step)": compiling,
         f"training ({len(rows)} epoch{'s' if len(rows) > 1 else ''})": training,
         "validation, epoch 1 (compiling)": validation_first,
-        f"validation, epochs 2-{len(rows)}": validation_rest,
+        **({later: validation_rest} if len(rows) > 1 else {}),
         "saving, rest of the loop": total - loop,
         "test": test,
         "run": total,

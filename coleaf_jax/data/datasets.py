@@ -46,6 +46,7 @@ def _llp_layout(config, root, tfds_dir, splits, pool_frames) -> dict[str, SplitA
         annotation_dir=config.data.annotation_dir or None,
         tfds_dir=tfds_dir,
         pool_frames=pool_frames,
+        prepare_processes=config.data.prepare_processes,
     )
     streamed = streamed_splits(config, splits, lambda s: llp.split_feature_bytes(root, s, **common))
     out = {

@@ -73,6 +73,7 @@ from coleaf_jax.data.llp_prepared import (  # noqa: F401 - the dataset's API
     cache_dir,
     feature_shapes,
     input_fingerprint,
+    preparation_processes,
     prepare,
     prepared_copy,
     read_examples,
@@ -96,6 +97,7 @@ def load_split(
     allow_missing: bool = False,
     allow_split_overlap: bool = False,
     stream: bool = False,
+    prepare_processes: int = 0,
 ) -> SplitArrays:
     """Loads one LLP split into memory (or opens it for streaming), preparing the TFDS
     cache on first use.
@@ -116,6 +118,8 @@ def load_split(
         otherwise that is an error naming the videos and the CSVs.
       stream: return a :class:`StreamedSplit`: the labels in memory, the features
         read from the prepared ``array_record`` files when a batch asks for them.
+      prepare_processes: processes that write the prepared copy if there is none
+        (0: one per core for large inputs; :func:`preparation_processes`).
 
     Returns:
       A :class:`SplitArrays`: ``id`` (N,) str, ``audio`` (N, 10, 128),
@@ -131,12 +135,12 @@ def load_split(
     if split not in LLP_SPLIT_CSV:
         raise ValueError(f"split: expected one of {sorted(LLP_SPLIT_CSV)}, got {split!r}")
     args = (root, split, annotation_dir, pool_frames, allow_missing, allow_split_overlap, stream)
-    builder = prepare(root, annotation_dir, tfds_dir)
+    builder = prepare(root, annotation_dir, tfds_dir, prepare_processes)
     try:
         return _load_prepared(builder, *args)
     except DamagedCopyError as e:  # a read failed: move the copy aside, prepare it once more
         _quarantine(e.data_dir, e.problem)
-    builder = prepare(root, annotation_dir, tfds_dir)
+    builder = prepare(root, annotation_dir, tfds_dir, prepare_processes)
     try:
         return _load_prepared(builder, *args)
     except DamagedCopyError as e:

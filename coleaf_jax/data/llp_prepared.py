@@ -13,11 +13,18 @@ user's features keyed by a fingerprint of the inputs, verified when opened.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import logging
 import os
+import pickle
+import queue
 import shutil
+import signal
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -26,7 +33,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 from array_record.python import array_record_module
-from tensorflow_datasets.core import file_adapters
+from tensorflow_datasets.core import example_serializer
 
 from coleaf_jax import locks
 from coleaf_jax.data.classes import (
@@ -69,8 +76,9 @@ class Llp(tfds.core.ShardBasedBuilder):
     ``info.metadata['dense_uncovered']``.
 
     Each split is written shard by shard (``EXAMPLES_PER_SHARD`` videos each,
-    in CSV order) straight to ``array_record`` files: memory stays bounded by
-    one shard whatever the split's size, and nothing needs TensorFlow (TFDS's
+    in CSV order) straight to ``array_record`` files, by ``processes`` worker
+    processes for large inputs (:func:`write_shards`): memory stays bounded by
+    one shard per process whatever the split's size, and nothing needs TensorFlow (TFDS's
     ``GeneratorBasedBuilder`` buffers a whole split in memory and spills it to
     disk through TensorFlow above ≈ 1 GB).
 
@@ -104,9 +112,14 @@ class Llp(tfds.core.ShardBasedBuilder):
     # `importlib_resources` package; this file's path is what it would find.
     code_path = Path(__file__)
 
-    def __init__(self, *, annotation_dir: PathLike | None = None, **kwargs: Any) -> None:
-        """``annotation_dir``: folder of the CSVs (default: the manual dir); the rest go to TFDS."""
+    def __init__(
+        self, *, annotation_dir: PathLike | None = None, processes: int = 0, **kwargs: Any
+    ) -> None:
+        """``annotation_dir``: folder of the CSVs (default: the manual dir); ``processes``:
+        how many write the shards (:func:`preparation_processes`; 0: automatic); the rest
+        go to TFDS."""
         self._annotation_dir = None if annotation_dir is None else Path(annotation_dir)
+        self.processes = processes
         kwargs.setdefault("file_format", "array_record")
         super().__init__(**kwargs)
 
@@ -120,30 +133,10 @@ class Llp(tfds.core.ShardBasedBuilder):
         pass
 
     def _info(self) -> tfds.core.DatasetInfo:
-        num_classes = len(LLP_CLASSES)
-        dense = (LLP_NUM_SEGMENTS, num_classes)
-        return tfds.core.DatasetInfo(
+        return _LocalDatasetInfo(
             builder=self,
             description="LLP audio-visual video parsing with HAN features (docs/method.md §2).",
-            features=tfds.features.FeaturesDict(
-                {
-                    "id": tfds.features.Text(doc="YouTube id (feature file stem)"),
-                    **{
-                        # BYTES: raw buffer; the default float_list proto costs ~50 ms per
-                        # (80, 2048) example to serialize, BYTES ~2 ms (same size on disk).
-                        key: tfds.features.Tensor(
-                            shape=LLP_FEATURES[folder],
-                            dtype=np.float32,
-                            encoding=tfds.features.Encoding.BYTES,
-                        )
-                        for key, folder in FEATURE_FOLDERS.items()
-                    },
-                    "label": tfds.features.Tensor(shape=(num_classes,), dtype=np.float32),
-                    "label_audio": tfds.features.Tensor(shape=dense, dtype=np.float32),
-                    "label_visual": tfds.features.Tensor(shape=dense, dtype=np.float32),
-                    "has_dense": tfds.features.Scalar(dtype=np.bool_),
-                }
-            ),
+            features=features_dict(),
             disable_shuffling=True,
             metadata=tfds.core.MetadataDict(),
         )
@@ -209,47 +202,167 @@ class Llp(tfds.core.ShardBasedBuilder):
                     ", ".join(skipped[:_MAX_SHOWN_LINES]),
                 )
             _write_labels(Path(self.data_dir), split, present, dense)
-            progress = _PrepareProgress(split, len(present))
             shards[split] = [
-                functools.partial(
-                    self._generate_shard,
-                    root,
-                    split,
-                    present[i : i + EXAMPLES_PER_SHARD],
-                    dense,
-                    progress,
-                )
+                _ShardJob.of(root, split, present[i : i + EXAMPLES_PER_SHARD], dense)
                 for i in range(0, len(present), EXAMPLES_PER_SHARD)
             ]
         return shards
 
-    def _generate_shard(
+    def _download_and_prepare(
         self,
-        root: Path,
-        split: str,
-        videos: list[tuple[str, np.ndarray]],
-        dense: Mapping[str, Mapping[str, np.ndarray]],
-        progress: _PrepareProgress,
-    ) -> Iterator[tuple[str, dict[str, Any]]]:
-        """The examples of one shard: ``videos`` are ``(id, weak label)`` pairs in CSV order."""
-        has_dense = split in DENSE_SPLITS
+        dl_manager: tfds.download.DownloadManager,
+        download_config: tfds.download.DownloadConfig | None = None,
+    ) -> None:
+        """TFDS's ``ShardBasedBuilder`` writes the shards one after the other in this
+        process; here :func:`write_shards` writes them in ``self.processes`` processes
+        (the same examples in the same shards whatever their number)."""
+        del download_config
+        jobs = self._shard_iterators_per_split(dl_manager)
+        templates = {split: self._get_filename_template(split_name=split) for split in jobs}
+        tasks = [
+            (job, os.fspath(templates[split].sharded_filepath(shard_index=i, num_shards=len(js))))
+            for split, js in jobs.items()
+            for i, job in enumerate(js)
+        ]
+        progress = _PrepareProgress({s: sum(len(j.videos) for j in js) for s, js in jobs.items()})
+        lengths = {path: 0 for _, path in tasks}
+        videos = sum(progress.totals.values())
+        processes = preparation_processes(self.processes, videos, len(tasks))
+        if processes > 1:
+            logger.info("LLP: writing %d shards in %d processes", len(tasks), processes)
+
+        def done(result: _ShardResult) -> None:
+            lengths[result.path] = result.videos
+            progress.add(result.split, result.videos, result.feature_bytes, result.all_zero)
+
+        write_shards(tasks, processes, done)
+        self.info.set_splits(
+            tfds.core.SplitDict(
+                [
+                    tfds.core.SplitInfo(
+                        name=split,
+                        shard_lengths=[lengths[path] for job, path in tasks if job.split == split],
+                        num_bytes=sum(
+                            os.path.getsize(path) for job, path in tasks if job.split == split
+                        ),
+                        filename_template=templates[split],
+                    )
+                    for split in jobs
+                ]
+            )
+        )
+
+
+class _LocalDatasetInfo(tfds.core.DatasetInfo):
+    """TFDS's ``DatasetInfo`` without the look-up of precomputed information on GCS for
+    a dataset not prepared yet (it is disabled, but leaves an empty ``/tmp/*tfds``
+    folder behind each time: one per preparation)."""
+
+    def initialize_from_bucket(self) -> None:
+        pass
+
+
+@functools.cache
+def features_dict() -> tfds.features.FeaturesDict:
+    """The features of one prepared example (every split: train examples carry all-zero
+    dense labels and ``has_dense = False``)."""
+    num_classes = len(LLP_CLASSES)
+    dense = (LLP_NUM_SEGMENTS, num_classes)
+    return tfds.features.FeaturesDict(
+        {
+            "id": tfds.features.Text(doc="YouTube id (feature file stem)"),
+            **{
+                # BYTES: raw buffer; the default float_list proto costs ~50 ms per
+                # (80, 2048) example to serialize, BYTES ~2 ms (same size on disk).
+                key: tfds.features.Tensor(
+                    shape=LLP_FEATURES[folder],
+                    dtype=np.float32,
+                    encoding=tfds.features.Encoding.BYTES,
+                )
+                for key, folder in FEATURE_FOLDERS.items()
+            },
+            "label": tfds.features.Tensor(shape=(num_classes,), dtype=np.float32),
+            "label_audio": tfds.features.Tensor(shape=dense, dtype=np.float32),
+            "label_visual": tfds.features.Tensor(shape=dense, dtype=np.float32),
+            "has_dense": tfds.features.Scalar(dtype=np.bool_),
+        }
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _ShardJob:
+    """The videos of one shard, in CSV order, with what their examples need; picklable,
+    so that another process can write the shard. Called, it yields TFDS's
+    ``(key, example)`` pairs."""
+
+    root: str
+    split: str
+    videos: tuple[tuple[str, np.ndarray], ...]  # (id, weak label (C,))
+    dense: dict[str, dict[str, np.ndarray]]  # modality -> id -> (T, C), val/test only
+
+    @classmethod
+    def of(cls, root, split, videos, dense) -> _ShardJob:
+        ids = {vid for vid, _ in videos}
+        mine = {m: {v: a for v, a in labels.items() if v in ids} for m, labels in dense.items()}
+        return cls(os.fspath(root), split, tuple(videos), mine if split in DENSE_SPLITS else {})
+
+    def __call__(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        for vid, example, _ in self.examples():
+            yield vid, example
+
+    def examples(self, parent_pid: int | None = None) -> Iterator[tuple[str, dict[str, Any], bool]]:
+        """``(id, example, whether one of its feature files is all zeros)``; stops with
+        :class:`_ParentGone` once ``parent_pid`` is no longer this process's parent."""
+        has_dense = self.split in DENSE_SPLITS
         empty = np.zeros((LLP_NUM_SEGMENTS, len(LLP_CLASSES)), np.float32)
-        for vid, label in videos:
-            features = load_features(root, vid)
-            progress.add(
-                sum(f.nbytes for f in features.values()), vid if features.all_zero else None
-            )
-            yield (
-                vid,
-                {
-                    "id": vid,
-                    **features,
-                    "label": label,
-                    "label_audio": dense["audio"].get(vid, empty) if has_dense else empty,
-                    "label_visual": dense["visual"].get(vid, empty) if has_dense else empty,
-                    "has_dense": has_dense,
-                },
-            )
+        for vid, label in self.videos:
+            if parent_pid is not None and os.getppid() != parent_pid:
+                raise _ParentGone()  # the process that started this one ended (killed)
+            features = load_features(self.root, vid)
+            example = {
+                "id": vid,
+                **features,
+                "label": label,
+                "label_audio": self.dense.get("audio", {}).get(vid, empty),
+                "label_visual": self.dense.get("visual", {}).get(vid, empty),
+                "has_dense": has_dense,
+            }
+            yield vid, example, bool(features.all_zero)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ShardResult:
+    split: str
+    path: str
+    videos: int
+    feature_bytes: int
+    all_zero: tuple[str, ...]  # videos with a feature file of zeros only
+
+
+class _ParentGone(Exception):
+    pass
+
+
+def _write_shard(job: _ShardJob, path: str, parent_pid: int | None = None) -> _ShardResult:
+    """Writes one shard's examples to the ``array_record`` file ``path``
+    (:data:`SHARD_OPTIONS`), serialised as TFDS's writer does."""
+    if parent_pid is not None and os.getppid() != parent_pid:
+        raise _ParentGone()
+    features = features_dict()
+    serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
+    videos = nbytes = 0
+    all_zero = []
+    writer = array_record_module.ArrayRecordWriter(path, SHARD_OPTIONS)
+    try:
+        for vid, example, zero in job.examples(parent_pid):
+            writer.write(serializer.serialize_example(features.encode_example(example)))
+            videos += 1
+            nbytes += sum(example[key].nbytes for key in FEATURE_FOLDERS)
+            if zero:
+                all_zero.append(vid)
+    finally:
+        writer.close()
+    return _ShardResult(job.split, path, videos, nbytes, tuple(all_zero))
 
 
 def _labels_path(data_dir: Path, split: str) -> Path:
@@ -285,61 +398,174 @@ def _write_labels(
 SHARD_OPTIONS = "group_size:1,uncompressed"
 
 
-@contextlib.contextmanager
-def _uncompressed_shards():
-    """TFDS's array_record writer with :data:`SHARD_OPTIONS` while preparing (TFDS has no
-    option for it; restored afterwards)."""
-    original = file_adapters.ArrayRecordFileAdapter.__dict__["write_examples"]
-
-    def write_examples(cls, path, iterator):
-        writer = array_record_module.ArrayRecordWriter(os.fspath(path), SHARD_OPTIONS)
-        try:
-            for _, serialized in iterator:
-                writer.write(serialized)
-        finally:
-            writer.close()
-
-    file_adapters.ArrayRecordFileAdapter.write_examples = classmethod(write_examples)
-    try:
-        yield
-    finally:
-        file_adapters.ArrayRecordFileAdapter.write_examples = original
-
-
 # Videos per array_record shard: preparation holds one shard's examples in memory
 # (≈ 90 MB of LLP features), reading picks shards by index.
 EXAMPLES_PER_SHARD = 128
 
 
 class _PrepareProgress:
-    """Logs the preparation of one split: videos done, videos/s, feature bytes read."""
+    """Logs a preparation: videos done per split, videos/s, feature bytes read; warns
+    once per split about videos with an all-zero feature file."""
 
-    def __init__(self, split: str, total: int, every_seconds: float = 10.0) -> None:
-        self.split, self.total, self.every = split, total, every_seconds
-        self.done = self.bytes = 0
+    def __init__(self, totals: Mapping[str, int], every_seconds: float = 10.0) -> None:
+        self.totals, self.every = dict(totals), every_seconds
+        self.done = dict.fromkeys(totals, 0)
+        self.bytes = 0
         self.start = self.last = time.monotonic()
-        self.all_zero: list[str] = []  # videos with a feature file of zeros only
+        self.all_zero: dict[str, list[str]] = {split: [] for split in totals}
 
-    def add(self, nbytes: int, all_zero: str | None = None) -> None:
-        """One video prepared (``all_zero``: its id if one of its files is all zeros)."""
-        self.done += 1
+    def add(self, split: str, videos: int, nbytes: int, all_zero: tuple[str, ...] = ()) -> None:
+        """``videos`` more of ``split`` prepared, ``nbytes`` of features read;
+        ``all_zero``: those of them with a feature file of zeros only."""
+        self.done[split] += videos
         self.bytes += nbytes
-        if all_zero is not None:
-            self.all_zero.append(all_zero)
-        if self.done == self.total:
-            warn_all_zero(f"LLP {self.split}", self.all_zero)
+        self.all_zero[split].extend(all_zero)
+        if self.done[split] == self.totals[split]:
+            warn_all_zero(f"LLP {split}", self.all_zero[split])
         now = time.monotonic()
-        if self.done == self.total or now - self.last >= self.every:
+        done, total = sum(self.done.values()), sum(self.totals.values())
+        if done == total or now - self.last >= self.every:
             self.last = now
-            rate = self.done / max(now - self.start, 1e-9)
             logger.info(
-                "LLP %s: prepared %d/%d videos (%.0f videos/s, %.2f GB of features)",
-                self.split,
-                self.done,
-                self.total,
-                rate,
+                "LLP: prepared %d/%d videos (%s; %.0f videos/s, %.2f GB of features)",
+                done,
+                total,
+                ", ".join(f"{s} {self.done[s]}/{self.totals[s]}" for s in self.totals),
+                done / max(now - self.start, 1e-9),
                 self.bytes / 1e9,
             )
+
+
+# Preparation in several processes: each is a fresh interpreter that imports only this
+# module (the caller has JAX's threads running, and forking a threaded process can
+# deadlock; multiprocessing's "spawn" would also re-run the caller's script), which
+# costs about a second before it writes anything, so the automatic choice gives each
+# process at least this many videos.
+VIDEOS_PER_PROCESS = 1024
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def preparation_processes(requested: int, videos: int, shards: int) -> int:
+    """How many processes write ``shards`` shards of ``videos`` videos: ``requested``
+    (at most one per shard), or for 0 one per available core while each gets at least
+    :data:`VIDEOS_PER_PROCESS` videos."""
+    if requested > 0:
+        return max(1, min(requested, shards))
+    return max(1, min(available_cores(), videos // VIDEOS_PER_PROCESS, shards))
+
+
+def write_shards(
+    tasks: list[tuple[_ShardJob, str]],
+    processes: int,
+    done: Callable[[_ShardResult], None],
+) -> None:
+    """Writes every ``(job, path)`` shard, in this process or in ``processes`` worker
+    processes (shard i in worker i mod n), calling ``done`` with each shard's result as it
+    arrives. A worker's error is raised here as the worker raised it. The workers are in
+    their own session (a Ctrl-C is this process's to handle) and stop once this process
+    ends, however it ends: they watch their parent."""
+    if processes <= 1:
+        for job, path in tasks:
+            done(_write_shard(job, path))
+        return
+    package_parent = str(Path(__file__).resolve().parents[2])  # coleaf_jax importable there
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
+    arrived: queue.Queue = queue.Queue()
+    workers = []
+    try:
+        for i in range(processes):
+            worker = subprocess.Popen(
+                [sys.executable, "-c", f"from {__name__} import _shard_worker; _shard_worker()"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=env,
+                start_new_session=True,
+            )
+            workers.append(worker)
+            threading.Thread(
+                target=_talk_to, args=(worker, tasks[i::processes], arrived), daemon=True
+            ).start()
+        for _ in tasks:
+            while True:
+                try:
+                    result = arrived.get(timeout=1.0)
+                    break
+                except queue.Empty:
+                    pass
+            if isinstance(result, BaseException):
+                raise result
+            done(result)
+        for worker in workers:
+            worker.wait()
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+
+
+def _talk_to(worker: subprocess.Popen, tasks: list, arrived: queue.Queue) -> None:
+    """Gives a worker its shards, then hands each result it writes to ``arrived``; an
+    error if it ends early."""
+    try:
+        pickle.dump(tasks, worker.stdin)
+        worker.stdin.close()
+    except OSError:  # it ended before reading them: its exit status says why, below
+        pass
+    while True:
+        try:
+            arrived.put(pickle.load(worker.stdout))
+        except EOFError:
+            break
+        except Exception as e:  # noqa: BLE001 - a garbled stream: the worker died mid-write
+            arrived.put(LLPDataError(f"a preparation process's output was cut ({e})"))
+            return
+    status = worker.wait()
+    if status != 0:
+        arrived.put(
+            LLPDataError(
+                f"a preparation process (pid {worker.pid}) ended with exit status {status} "
+                "before writing its shards (out of memory? killed?)"
+            )
+        )
+
+
+def _shard_worker() -> None:
+    """A preparation process: reads its ``(job, path)`` shards (pickled) on stdin, writes
+    them, and writes each result (or the error that stopped it, then nothing more),
+    pickled, on stdout. Ends early once its parent has ended."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent, out = os.getppid(), sys.stdout.buffer
+    try:
+        tasks = pickle.load(sys.stdin.buffer)
+    except (EOFError, pickle.UnpicklingError):  # the parent ended while handing them over
+        return
+    for job, path in tasks:
+        try:
+            result = _write_shard(job, path, parent)
+        except _ParentGone:
+            return
+        except Exception as e:  # noqa: BLE001 - handed to the parent, which raises it
+            try:
+                pickle.dumps(e)
+            except Exception:  # noqa: BLE001 - an error that cannot cross processes
+                e = LLPDataError(f"{type(e).__name__}: {e}")
+            pickle.dump(e, out)
+            out.flush()
+            return
+        try:
+            pickle.dump(result, out)
+            out.flush()
+        except BrokenPipeError:  # the parent is gone
+            return
 
 
 def cache_dir(
@@ -484,7 +710,10 @@ def _remove_incomplete(data_dir: Path) -> None:
 
 
 def prepare(
-    root: PathLike, annotation_dir: PathLike | None = None, tfds_dir: PathLike | None = None
+    root: PathLike,
+    annotation_dir: PathLike | None = None,
+    tfds_dir: PathLike | None = None,
+    processes: int = 0,
 ) -> Llp:
     """Builds the TFDS dataset of ``root`` unless one built from the same inputs exists.
 
@@ -493,7 +722,8 @@ def prepare(
     replaced; which one is used, or why it is rebuilt, is logged. One process at a
     time prepares the same inputs (``<fingerprint>.lock``): another waits for it and
     uses its copy. A copy that fails :func:`verify_prepared` is moved aside and
-    prepared again; what a killed preparation left is removed.
+    prepared again; what a killed preparation left is removed. ``processes`` write the
+    shards (:func:`preparation_processes`; 0: one per core for large inputs).
 
     Returns:
       The builder, ready for ``as_data_source``.
@@ -530,6 +760,7 @@ def prepare(
                 _quarantine(data_dir, problem)
                 builder, _, _ = _open_prepared(annotation_dir, data_dir)
             _remove_incomplete(data_dir)
+            builder.processes = processes
             return _build(builder, root, parent, fingerprint)
     except locks.LockUnsupportedError as e:
         raise LLPDataError(f"cannot prepare into {parent}: {e}") from None
@@ -550,8 +781,7 @@ def _build(builder: Llp, root: PathLike, parent: Path, fingerprint: str) -> Llp:
     )
     start = time.monotonic()
     config = tfds.download.DownloadConfig(manual_dir=os.fspath(root), try_download_gcs=False)
-    with _uncompressed_shards():
-        builder.download_and_prepare(download_config=config)
+    builder.download_and_prepare(download_config=config)
     seconds = time.monotonic() - start
     videos = sum(split.num_examples for split in builder.info.splits.values())
     logger.warning(
@@ -589,9 +819,11 @@ def split_feature_bytes(
     annotation_dir: PathLike | None = None,
     tfds_dir: PathLike | None = None,
     pool_frames: bool = False,
+    prepare_processes: int = 0,
 ) -> int:
-    """Bytes the features of one split take in memory (float32), without reading them."""
-    builder = prepare(root, annotation_dir, tfds_dir)
+    """Bytes the features of one split take in memory (float32), without reading them
+    (preparing the copy first if there is none)."""
+    builder = prepare(root, annotation_dir, tfds_dir, prepare_processes)
     per_video = sum(
         4 * int(np.prod(shape)) for shape in feature_shapes(builder, pool_frames).values()
     )

@@ -43,6 +43,7 @@ RESUMABLE_KEYS = frozenset(
         "scan_epoch",  # an epoch as one lax.scan: tested equal to the step loop
         "num_devices",  # data-parallel devices: the step equals the one-device step
         "data.tfds_dir",  # where the prepared copy of the same inputs is cached
+        "data.prepare_processes",  # how many processes write it: the same files
     }
 )
 
