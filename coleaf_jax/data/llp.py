@@ -25,6 +25,7 @@ Their public names are available here too (``llp.read_weak_csv``, ``llp.prepare`
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,7 @@ from coleaf_jax.data.splits import FeatureColumn, SplitArrays, StreamedSplit  # 
 
 logger = logging.getLogger(__name__)
 _READ_CHUNK = 128  # examples decoded per data-source call in load_split
+_LOG_EVERY_SECONDS = 5.0  # load_split's progress lines: this often, and at the end
 
 
 def load_split(
@@ -215,6 +217,7 @@ def _load_prepared(
     n = len(source)
     out = {key: np.empty((n, *shape), np.float32) for key, shape in shapes.items()}
     ids: list[str] = []
+    logged = time.monotonic()
     for start in range(0, n, _READ_CHUNK):
         examples = read_examples(source, range(start, min(start + _READ_CHUNK, n)), copy)
         rows = slice(start, start + len(examples))
@@ -225,7 +228,9 @@ def _load_prepared(
                 out[key][rows] = batch.reshape(len(examples), -1, frames, batch.shape[-1]).mean(2)
             else:
                 np.stack([example[key] for example in examples], out=out[key][rows])
-        logger.info("LLP %s: read %d/%d examples", split, rows.stop, n)
+        if rows.stop == n or time.monotonic() - logged >= _LOG_EVERY_SECONDS:
+            logged = time.monotonic()
+            logger.info("LLP %s: read %d/%d examples", split, rows.stop, n)
     out["id"] = np.array(ids, dtype=str)
     out = SplitArrays(out)
     out.skipped = tuple(skipped)
