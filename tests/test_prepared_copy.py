@@ -265,7 +265,7 @@ def test_preparation_processes_stop_when_their_parent_is_killed(tmp_path):
     into a folder the next run removes. The workers are frozen (SIGSTOP) once they write
     their first shards, the parent is killed, then they go on: they must end having
     started at most one more shard each (without watching their parent, and with results
-    written to a closed pipe ignored, they write all 38)."""
+    written to a closed pipe ignored, they write all 39)."""
     import signal
 
     root = tmp_path / "d"
@@ -298,7 +298,7 @@ def test_preparation_processes_stop_when_their_parent_is_killed(tmp_path):
         assert time.monotonic() < deadline, "the workers went on without their parent"
         time.sleep(0.05)
     shards = list((tmp_path / "tfds").rglob("*.array_record-*"))
-    assert len(shards) <= frozen + 2 < 38, (frozen, sorted(s.name for s in shards))
+    assert len(shards) <= frozen + 2 < 39, (frozen, sorted(s.name for s in shards))
 
 
 def _cmdline(pid: int) -> str:
@@ -328,6 +328,21 @@ def test_how_many_processes_prepare(monkeypatch):
     assert count(3, 100, 1) == 1 and count(3, 100, 10) == 3  # as asked, at most per shard
 
 
+def test_available_cores_respect_a_container_quota(tmp_path, monkeypatch):
+    from coleaf_jax.data import llp_prepared
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    cpu_max = tmp_path / "cpu.max"
+    monkeypatch.setattr(llp_prepared, "CGROUP_CPU_MAX", cpu_max)
+    assert llp_prepared.available_cores() == 16  # no cgroup file
+    cpu_max.write_text("max 100000\n")
+    assert llp_prepared.available_cores() == 16  # no quota
+    cpu_max.write_text("250000 100000\n")
+    assert llp_prepared.available_cores() == 3  # 2.5 CPUs of time: 3 processes
+    cpu_max.write_text("50000 100000\n")
+    assert llp_prepared.available_cores() == 1
+
+
 def test_preparing_leaves_no_empty_folder_in_the_temp_dir(layout, tmp_path, monkeypatch):
     """TFDS looks a dataset it has not prepared up on GCS (disabled) through an empty
     ``mkdtemp`` folder it never removes: one per preparation in /tmp, which our builder
@@ -340,3 +355,30 @@ def test_preparing_leaves_no_empty_folder_in_the_temp_dir(layout, tmp_path, monk
     root, cache = layout
     llp.load_split(root, "val", tfds_dir=cache)
     assert list(temp.iterdir()) == []
+
+
+def test_preparation_processes_import_what_their_parent_imported(tmp_path):
+    """A script run from a folder holding another ``coleaf_jax`` (a second checkout):
+    the script imports the one beside it, and so must its preparation workers, although
+    ``python -c`` would put the current folder first on their path."""
+    root = tmp_path / "d"
+    synthetic.generate(str(root), synthetic.SyntheticConfig(num_videos=120, seed=2))
+    decoy = tmp_path / "elsewhere" / "coleaf_jax"
+    decoy.mkdir(parents=True)
+    (decoy / "__init__.py").write_text("raise ImportError('the other checkout was imported')\n")
+    script = tmp_path / "scripts" / "prepare.py"
+    script.parent.mkdir()
+    script.write_text(
+        f"import sys\nsys.path.insert(0, {ROOT!r})\n"
+        "from coleaf_jax.data import llp_prepared\n"
+        "llp_prepared.EXAMPLES_PER_SHARD = 16\n"
+        + PREPARE.replace("tfds_dir=sys.argv[2]", "tfds_dir=sys.argv[2], prepare_processes=2")
+    )
+    done = subprocess.run(
+        [sys.executable, str(script), str(root), str(tmp_path / "tfds")],
+        cwd=decoy.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0 and "loaded 18" in done.stdout, done.stdout + done.stderr

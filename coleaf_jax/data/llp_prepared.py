@@ -16,7 +16,9 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import json
 import logging
+import math
 import os
 import pickle
 import queue
@@ -444,12 +446,23 @@ class _PrepareProgress:
 VIDEOS_PER_PROCESS = 1024
 
 
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # "<quota> <period>" or "max <period>"
+
+
 def available_cores() -> int:
-    """The CPU cores this process may run on (its affinity, else the machine's count)."""
+    """The CPU cores this process may use: its affinity (else the machine's count),
+    bounded by a container's CPU quota (cgroup v2 ``cpu.max``) when it has one."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = CGROUP_CPU_MAX.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):  # no cgroup v2 quota to read
+        pass
+    return cores
 
 
 def preparation_processes(requested: int, videos: int, shards: int) -> int:
@@ -475,18 +488,21 @@ def write_shards(
         for job, path in tasks:
             done(_write_shard(job, path))
         return
-    package_parent = str(Path(__file__).resolve().parents[2])  # coleaf_jax importable there
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
+    # The worker imports with this process's sys.path (not the worker's current folder
+    # first, as `python -c` would): the same coleaf_jax and the same dependencies.
+    code = (
+        "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
+        f"from {__name__} import _shard_worker; _shard_worker(int(sys.argv[2]))"
+    )
+    argv = [sys.executable, "-c", code, json.dumps(sys.path), str(os.getpid())]
     arrived: queue.Queue = queue.Queue()
     workers = []
     try:
         for i in range(processes):
             worker = subprocess.Popen(
-                [sys.executable, "-c", f"from {__name__} import _shard_worker; _shard_worker()"],
+                argv,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                env=env,
                 start_new_session=True,
             )
             workers.append(worker)
@@ -538,12 +554,17 @@ def _talk_to(worker: subprocess.Popen, tasks: list, arrived: queue.Queue) -> Non
         )
 
 
-def _shard_worker() -> None:
-    """A preparation process: reads its ``(job, path)`` shards (pickled) on stdin, writes
-    them, and writes each result (or the error that stopped it, then nothing more),
-    pickled, on stdout. Ends early once its parent has ended."""
+def _shard_worker(parent: int) -> None:
+    """A preparation process started by ``parent``: reads its ``(job, path)`` shards
+    (pickled) on stdin, writes them, and writes each result (or the error that stopped
+    it, then nothing more), pickled, on its original stdout (what else would print
+    there goes to stderr). Ends early once ``parent`` has ended."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent, out = os.getppid(), sys.stdout.buffer
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    if os.getppid() != parent:  # ended while this process was starting
+        return
     try:
         tasks = pickle.load(sys.stdin.buffer)
     except (EOFError, pickle.UnpicklingError):  # the parent ended while handing them over
