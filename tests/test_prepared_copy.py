@@ -382,3 +382,22 @@ def test_preparation_processes_import_what_their_parent_imported(tmp_path):
         timeout=300,
     )
     assert done.returncode == 0 and "loaded 18" in done.stdout, done.stdout + done.stderr
+
+
+def test_loading_every_split_looks_at_the_inputs_once(tmp_path, monkeypatch):
+    """The inputs' fingerprint stats every feature file (35,547 on LLP): loading the three
+    splits for a run computes it once, not once per split and per size query."""
+    from coleaf_jax.data import llp_prepared, pipeline
+    from tests.test_train import tiny_config
+
+    root = tmp_path / "d"
+    synthetic.generate(str(root), synthetic.SyntheticConfig(num_videos=60, seed=2))
+    config = tiny_config("han", **{"data.root": str(root), "data.tfds_dir": str(tmp_path / "t")})
+    calls = []
+    real = llp_prepared.input_fingerprint
+    monkeypatch.setattr(
+        llp_prepared, "input_fingerprint", lambda *a, **k: calls.append(a) or real(*a, **k)
+    )
+    data = pipeline.load_splits(config, str(tmp_path / "w"), ("train", "val", "test"))
+    assert {s: len(data[s]["id"]) for s in data} == {"train": 42, "val": 9, "test": 9}
+    assert len(calls) == 1, calls

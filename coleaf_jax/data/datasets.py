@@ -48,6 +48,10 @@ def _llp_layout(config, root, tfds_dir, splits, pool_frames) -> dict[str, SplitA
         pool_frames=pool_frames,
         prepare_processes=config.data.prepare_processes,
     )
+    # One look at the inputs for all splits (their fingerprint stats every feature file).
+    common["prepared"] = llp.prepare(
+        root, common["annotation_dir"], tfds_dir, common["prepare_processes"]
+    )
     streamed = streamed_splits(config, splits, lambda s: llp.split_feature_bytes(root, s, **common))
     out = {
         s: llp.load_split(

@@ -100,6 +100,7 @@ def load_split(
     allow_split_overlap: bool = False,
     stream: bool = False,
     prepare_processes: int = 0,
+    prepared: Llp | None = None,
 ) -> SplitArrays:
     """Loads one LLP split into memory (or opens it for streaming), preparing the TFDS
     cache on first use.
@@ -122,6 +123,8 @@ def load_split(
         read from the prepared ``array_record`` files when a batch asks for them.
       prepare_processes: processes that write the prepared copy if there is none
         (0: one per core for large inputs; :func:`preparation_processes`).
+      prepared: the builder :func:`prepare` returned for these inputs, when the
+        caller has it (loading several splits fingerprints the inputs once).
 
     Returns:
       A :class:`SplitArrays`: ``id`` (N,) str, ``audio`` (N, 10, 128),
@@ -137,7 +140,7 @@ def load_split(
     if split not in LLP_SPLIT_CSV:
         raise ValueError(f"split: expected one of {sorted(LLP_SPLIT_CSV)}, got {split!r}")
     args = (root, split, annotation_dir, pool_frames, allow_missing, allow_split_overlap, stream)
-    builder = prepare(root, annotation_dir, tfds_dir, prepare_processes)
+    builder = prepared or prepare(root, annotation_dir, tfds_dir, prepare_processes)
     try:
         return _load_prepared(builder, *args)
     except DamagedCopyError as e:  # a read failed: move the copy aside, prepare it once more

@@ -841,10 +841,11 @@ def split_feature_bytes(
     tfds_dir: PathLike | None = None,
     pool_frames: bool = False,
     prepare_processes: int = 0,
+    prepared: Llp | None = None,
 ) -> int:
     """Bytes the features of one split take in memory (float32), without reading them
-    (preparing the copy first if there is none)."""
-    builder = prepare(root, annotation_dir, tfds_dir, prepare_processes)
+    (preparing the copy first if there is none and no ``prepared`` builder is given)."""
+    builder = prepared or prepare(root, annotation_dir, tfds_dir, prepare_processes)
     per_video = sum(
         4 * int(np.prod(shape)) for shape in feature_shapes(builder, pool_frames).values()
     )
