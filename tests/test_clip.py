@@ -9,7 +9,6 @@ the output's largest magnitude.
 """
 
 import dataclasses
-import hashlib
 import json
 import os
 import struct
@@ -21,6 +20,7 @@ import pytest
 
 from coleaf_jax.features import clip, testing
 from coleaf_jax.features.convert import ConversionError
+from tools.make_clip_fixtures import key_digest  # the digest the fixture recorded
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "features")
 RTOL = 1e-5
@@ -71,15 +71,6 @@ def test_config_of_the_fixture_model(config):
     assert config.vision == clip.VisionConfig(32, 8, 64, 2, 4, 128)
     assert config.text == clip.TextConfig(548, 16, 48, 2, 4, 96, eos_token_id=547)
     assert (config.projection_dim, config.activation) == (32, "quick_gelu")
-
-
-def key_digest(shapes: dict) -> dict:
-    lines = "\n".join(f"{k} {list(v)}" for k, v in sorted(shapes.items()))
-    return {
-        "count": len(shapes),
-        "elements": int(sum(int(np.prod(v)) for v in shapes.values())),
-        "sha256": hashlib.sha256(lines.encode()).hexdigest(),
-    }
 
 
 def test_converter_covers_the_real_state_dict_keys():
