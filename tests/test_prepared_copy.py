@@ -401,3 +401,38 @@ def test_loading_every_split_looks_at_the_inputs_once(tmp_path, monkeypatch):
     data = pipeline.load_splits(config, str(tmp_path / "w"), ("train", "val", "test"))
     assert {s: len(data[s]["id"]) for s in data} == {"train": 42, "val": 9, "test": 9}
     assert len(calls) == 1, calls
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the workers through /proc")
+def test_a_killed_preparation_process_is_an_error_naming_it(tmp_path, monkeypatch):
+    """A worker killed (out of memory, by hand) before it wrote its shards: one error
+    naming its exit status and how far it got, not a wait for results that never come."""
+    import signal
+
+    from coleaf_jax.data import llp_prepared
+
+    root = tmp_path / "d"
+    synthetic.generate(str(root), synthetic.SyntheticConfig(num_videos=300, seed=1))
+    monkeypatch.setattr(llp_prepared, "EXAMPLES_PER_SHARD", 8)
+    outcome: list[BaseException] = []
+
+    def prepare():
+        try:
+            llp_prepared.prepare(root, tfds_dir=tmp_path / "tfds", processes=2)
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            outcome.append(e)
+
+    thread = threading.Thread(target=prepare)
+    thread.start()
+    deadline = time.monotonic() + 120
+    workers: list[int] = []
+    while not workers:
+        assert thread.is_alive() and time.monotonic() < deadline, "no worker started"
+        workers = [pid for pid in _children(os.getpid()) if "_shard_worker" in _cmdline(pid)]
+        time.sleep(0.005)
+    os.kill(workers[0], signal.SIGKILL)
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], llp.LLPDataError), outcome
+    message = str(outcome[0])
+    assert f"(pid {workers[0]}) ended with exit status -9 after 0 of its 20 shards" in message

@@ -145,7 +145,9 @@ class Llp(tfds.core.ShardBasedBuilder):
 
     def _shard_iterators_per_split(
         self, dl_manager: tfds.download.DownloadManager
-    ) -> dict[str, list[Callable[[], Iterator[tuple[str, dict[str, Any]]]]]]:
+    ) -> dict[str, list[_ShardJob]]:
+        """Each split's shards, as jobs :meth:`_download_and_prepare` writes (TFDS's own
+        writer would call them; ours hands them to :func:`write_shards`)."""
         root = Path(dl_manager.manual_dir)
         annotations = self._annotation_dir or root
         weak = {split: read_weak_csv(annotations / csv) for split, csv in LLP_SPLIT_CSV.items()}
@@ -294,8 +296,7 @@ def features_dict() -> tfds.features.FeaturesDict:
 @dataclasses.dataclass(frozen=True)
 class _ShardJob:
     """The videos of one shard, in CSV order, with what their examples need; picklable,
-    so that another process can write the shard. Called, it yields TFDS's
-    ``(key, example)`` pairs."""
+    so that another process can write the shard."""
 
     root: str
     split: str
@@ -307,10 +308,6 @@ class _ShardJob:
         ids = {vid for vid, _ in videos}
         mine = {m: {v: a for v, a in labels.items() if v in ids} for m, labels in dense.items()}
         return cls(os.fspath(root), split, tuple(videos), mine if split in DENSE_SPLITS else {})
-
-    def __call__(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        for vid, example, _ in self.examples():
-            yield vid, example
 
     def examples(self, parent_pid: int | None = None) -> Iterator[tuple[str, dict[str, Any], bool]]:
         """``(id, example, whether one of its feature files is all zeros)``; stops with
@@ -348,8 +345,6 @@ class _ParentGone(Exception):
 def _write_shard(job: _ShardJob, path: str, parent_pid: int | None = None) -> _ShardResult:
     """Writes one shard's examples to the ``array_record`` file ``path``
     (:data:`SHARD_OPTIONS`), serialised as TFDS's writer does."""
-    if parent_pid is not None and os.getppid() != parent_pid:
-        raise _ParentGone()
     features = features_dict()
     serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
     videos = nbytes = 0
@@ -510,12 +505,7 @@ def write_shards(
                 target=_talk_to, args=(worker, tasks[i::processes], arrived), daemon=True
             ).start()
         for _ in tasks:
-            while True:
-                try:
-                    result = arrived.get(timeout=1.0)
-                    break
-                except queue.Empty:
-                    pass
+            result = arrived.get()  # every worker's thread puts a result or an error per shard
             if isinstance(result, BaseException):
                 raise result
             done(result)
@@ -530,26 +520,31 @@ def write_shards(
 
 def _talk_to(worker: subprocess.Popen, tasks: list, arrived: queue.Queue) -> None:
     """Gives a worker its shards, then hands each result it writes to ``arrived``; an
-    error if it ends early."""
+    error if it ends before a result or an error for each of them."""
     try:
         pickle.dump(tasks, worker.stdin)
         worker.stdin.close()
     except OSError:  # it ended before reading them: its exit status says why, below
         pass
+    results = 0
     while True:
         try:
-            arrived.put(pickle.load(worker.stdout))
+            item = pickle.load(worker.stdout)
         except EOFError:
             break
         except Exception as e:  # noqa: BLE001 - a garbled stream: the worker died mid-write
             arrived.put(LLPDataError(f"a preparation process's output was cut ({e})"))
             return
+        arrived.put(item)
+        if isinstance(item, BaseException):  # the worker stopped there
+            return
+        results += 1
     status = worker.wait()
-    if status != 0:
+    if results < len(tasks):
         arrived.put(
             LLPDataError(
                 f"a preparation process (pid {worker.pid}) ended with exit status {status} "
-                "before writing its shards (out of memory? killed?)"
+                f"after {results} of its {len(tasks)} shards (out of memory? killed?)"
             )
         )
 
@@ -576,7 +571,7 @@ def _shard_worker(parent: int) -> None:
             return
         except Exception as e:  # noqa: BLE001 - handed to the parent, which raises it
             try:
-                pickle.dumps(e)
+                pickle.loads(pickle.dumps(e))
             except Exception:  # noqa: BLE001 - an error that cannot cross processes
                 e = LLPDataError(f"{type(e).__name__}: {e}")
             pickle.dump(e, out)
