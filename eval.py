@@ -4,10 +4,14 @@
                    [--select-thresholds] [--config.eval.thresholds=official]
 
 Uses the best-on-validation checkpoint unless --step is given; writes the
-scores as JSON (default WORKDIR/eval/<split>_epoch<E>_<thresholds>.json;
-training's WORKDIR/test_metrics.json is never overwritten, an --output naming
-it is refused) and prints the table. A missing --workdir, a damaged checkpoint or one that does not fit the
-config is one line "error: ..." (nothing is created).
+scores as JSON (default WORKDIR/eval/<split>_epoch<E>_<thresholds>.json) and
+prints the table. A run's records (config.json, metrics.jsonl, test_metrics.json,
+report.html, checkpoints/, ... of any run) are never an --output: one naming
+them, however spelt (links, ..), is refused; a second eval.py writing the same
+output is refused while the first runs. The run may be training meanwhile: only
+finished checkpoints are read (the best so far, named). A missing --workdir, a
+damaged checkpoint or one that does not fit the config is one line "error: ..."
+(nothing is created).
 --select-thresholds searches per-class visual video-level thresholds in
 {0.25, 0.30, ..., 0.70} on the validation split for the checkpoint being
 evaluated, stores them next to it (WORKDIR/checkpoints/selected_thresholds_<epoch>.json)

@@ -12,7 +12,10 @@ change); a finished run is not trained again. Errors end with one line
 WORKDIR/seeds_metrics.json with per-seed scores and their mean ± std.
 Writes WORKDIR/test_metrics.json (the 18 scores), WORKDIR/metrics.jsonl,
 WORKDIR/checkpoints/ (best on validation and latest) and WORKDIR/report.html
-(curves, tables next to the paper's, per-class scores, timelines).
+(curves, tables next to the paper's, per-class scores, timelines), each whole or
+not at all: a full disk is one line naming the file, and re-running resumes.
+The config file is Python and runs once, as code (as in every ml_collections
+project): use config files you trust.
 """
 
 from coleaf_jax import interrupt  # standard library only: before the heavy imports
@@ -42,7 +45,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     cli.quiet_libraries()
-    cli.setup_jax(FLAGS.config)
+    # an out-of-memory error names the training and the evaluation batch sizes
+    cli.setup_jax(FLAGS.config, memory_keys=("batch_size", "eval.batch_size"))
     cli.exit_on_user_error(distributed.initialize_from_flags)  # before JAX's first computation
     logging.info("config:\n%s", FLAGS.config)
     if FLAGS.config.num_seeds > 1:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
-import json
 import os
 import platform
 import re
@@ -46,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from coleaf_jax import cli, fileio
 from coleaf_jax.config import config_flags_as_set, load_config_file
 from coleaf_jax.data import pipeline
 from coleaf_jax.data.classes import LLP_FRAMES_PER_SEGMENT
@@ -53,6 +53,7 @@ from coleaf_jax.evaluation import evaluate
 from coleaf_jax.training import device_data
 from coleaf_jax.training import seeds as seeds_lib
 from coleaf_jax.training import step as step_lib
+from coleaf_jax.training.workdir import check_output
 
 NUM_CLASSES = 25
 
@@ -338,7 +339,13 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(config_flags_as_set(sys.argv[1:] if argv is None else argv))
-    config = load_config_file(args.config, args.set)
+    # Outputs first (never a run's records), then the config: one error: line each.
+    if args.json:
+        cli.exit_on_user_error(check_output, args.json, "--json")
+    if args.profile:
+        cli.exit_on_user_error(check_output, args.profile, "--profile", folder=True)
+    config = cli.exit_on_user_error(load_config_file, args.config, args.set)
+    cli.remember_config(config, ("batch_size", "eval.batch_size"))  # for an out-of-memory line
     if args.plain:
         config.model.pool_frames_first = False
     result = {
@@ -361,12 +368,11 @@ def main(argv=None) -> int:
     )
     result["matmul_precision"] = config.matmul_precision
     with step_lib.matmul_precision(config):
-        _run(config, args, result)
+        cli.exit_on_user_error(_run, config, args, result)
     result["peak_host_memory_mib"] = peak_host_memory_mib()
     print(f"peak host memory {result['peak_host_memory_mib']:.0f} MiB")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    if args.json:  # whole or not at all
+        cli.exit_on_user_error(fileio.atomic_write_json, args.json, result)
     return 0
 
 

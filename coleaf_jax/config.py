@@ -378,7 +378,10 @@ def defaults() -> ml_collections.ConfigDict:
 
 
 def load_config_file(spec: str, overrides: list[str] = ()) -> ml_collections.ConfigDict:
-    """Loads ``FILE.py[:variant]`` like ``--config`` does and applies ``key=value`` overrides."""
+    """Loads ``FILE.py[:variant]`` like ``--config`` does and applies ``key=value`` overrides.
+
+    A config file is Python and runs as code, each call (as every ml_collections config
+    file does): load a file you trust, once."""
     path, _, variant = resolve_config_path(spec).partition(":")
     if not os.path.exists(path):
         raise FileNotFoundError(f"config file {path!r} not found")

@@ -4,8 +4,10 @@
 process's record into it, so a process that finds the lock taken can name the
 holder. The kernel drops the lock of a process that dies, so a lock is never
 stale; a record left in a free lock file tells the next holder that its previous
-owner was killed. Used for one training per workdir (``workdir.lock``) and one
-preparation per dataset copy (``data.llp.prepare``).
+owner was killed. Used for one training per workdir (``train.lock``), one
+preparation per dataset copy (``data.llp.prepare``), one writer per output
+(``eval.py --output``: a lock file beside it, removed after, ``remove=True``; a sweep's
+workers).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
+
+from coleaf_jax import fileio
 
 INFO_WAIT_S = 2.0  # how long a refused process waits for the holder's record
 
@@ -65,51 +69,111 @@ def holder_info(f, wait_s: float = INFO_WAIT_S) -> dict[str, Any]:
         time.sleep(0.05)
 
 
+def _same_file(f, path: str) -> bool:
+    """Whether ``path`` still names the file open as ``f`` (a lock file removed by its last
+    holder and created again is another lock)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(f.fileno())
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
+
+def _acquire(path: str, wait: bool, on_busy, remove: bool):
+    """The open, locked lock file (see :func:`exclusive`)."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        f = os.fdopen(fd, "r+")
+        try:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise LockUnsupportedError(f"{path}: flock fails ({e.strerror or e})") from e
+                holder = holder_info(f)
+                if on_busy is not None:
+                    on_busy(holder)
+                if not wait:
+                    raise LockHeldError(path, holder) from None
+                fcntl.flock(f, fcntl.LOCK_EX)
+            if not remove or _same_file(f, path):
+                return f
+        except BaseException:
+            f.close()
+            raise
+        f.close()  # its holder removed it as we locked it: lock the file there now
+
+
 @contextmanager
 def exclusive(
-    path: str, *, wait: bool = False, on_busy: Callable[[dict[str, Any]], None] | None = None
+    path: str,
+    *,
+    wait: bool = False,
+    on_busy: Callable[[dict[str, Any]], None] | None = None,
+    remove: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Holds an exclusive ``flock`` on ``path`` (created if missing) while the block runs.
 
     Yields the record a previous holder left (empty unless it died holding the lock).
     When another process holds it: ``on_busy(its record)`` is called, then with
     ``wait`` this blocks until it is free, otherwise :class:`LockHeldError`.
-    :class:`LockUnsupportedError` when the filesystem has no ``flock``.
+    :class:`LockUnsupportedError` when the filesystem has no ``flock``. With ``remove``
+    the lock file is deleted on release (a lock beside an output file, not a record of
+    its own); a process that locked the removed file takes the new one instead.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    f = os.fdopen(fd, "r+")
+    f = _acquire(path, wait, on_busy, remove)
     try:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise LockUnsupportedError(f"{path}: flock fails ({e.strerror or e})") from e
-            holder = holder_info(f)
-            if on_busy is not None:
-                on_busy(holder)
-            if not wait:
-                raise LockHeldError(path, holder) from None
-            fcntl.flock(f, fcntl.LOCK_EX)
         previous = _read_info(f)
         f.seek(0)
         f.truncate()
-        f.write(
-            json.dumps(
-                {
-                    "pid": os.getpid(),
-                    "host": socket.gethostname(),
-                    "started": datetime.datetime.now().isoformat(timespec="seconds"),
-                    "command": " ".join(sys.argv),
-                }
-            )
-        )
-        f.flush()
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": datetime.datetime.now().isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv),
+        }
+        try:
+            f.write(json.dumps(record))
+            f.flush()
+        except OSError as e:
+            if fileio.is_disk_full(e):
+                raise fileio.DiskFullError(path, e) from None
+            raise
         try:
             yield previous
         finally:
-            f.seek(0)
-            f.truncate()  # an empty file: released normally
-            f.flush()
+            if remove:
+                try:
+                    os.unlink(path)  # while still locked: see _acquire
+                except OSError:
+                    pass
+            else:
+                f.seek(0)
+                f.truncate()  # an empty file: released normally
+                f.flush()
             fcntl.flock(f, fcntl.LOCK_UN)
     finally:
         f.close()
+
+
+def current_holder(path: str) -> dict[str, Any] | None:
+    """The record in lock file ``path`` if a process on this host that holds it is alive
+    (a lock released normally is empty; one left by a killed process names a dead pid);
+    None otherwise. Reads only: it never takes the lock (a reader must not make the
+    holder's next start fail)."""
+    try:
+        with open(path) as f:
+            info = _read_info(f)
+    except OSError:
+        return None
+    pid = info.get("pid")
+    if not isinstance(pid, int) or info.get("host") != socket.gethostname():
+        return info if isinstance(pid, int) else None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, another user's
+    return info

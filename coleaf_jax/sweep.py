@@ -21,6 +21,12 @@ that a run prepares (the TFDS copy of LLP, a generated synthetic set under a sha
 The summary (``WORKDIR/summary.json``, printed as tables) gives, per setting, the mean and
 standard deviation over seeds of the 18 test scores and of the headline, the mean of
 the segment- and event-level Ao, Vo and AV F-scores.
+
+One driver per worker: each holds ``WORKDIR/sweep.lock`` (worker 0; ``sweep.worker<I>.lock``
+for worker I of several), and a second driver of the same worker is refused naming the
+first (each run is protected by its own ``train.lock`` too). ``sweep.json`` and
+``summary.json`` are written whole or not at all; ``--workdir`` may not be a run's folder
+or lie among a run's records (``workdir.check_output``).
 """
 
 from __future__ import annotations
@@ -34,14 +40,17 @@ import time
 
 import numpy as np
 
+from coleaf_jax import fileio, locks
 from coleaf_jax.config import config_flags_as_set, load_config_file, resolve_config_path
 from coleaf_jax.evaluation import metrics
+from coleaf_jax.training import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "train.py")
 MANIFEST = "sweep.json"
 SUMMARY = "summary.json"
 LOG = "train.log"
+LOCK_FILE = "sweep.lock"  # worker I of several: sweep.worker<I>.lock
 # What train.py prints once its data are loaded (or when it has nothing to train).
 READY_MARKS = ("training on ", "this run is finished")
 RESULT = "test_metrics.json"  # records.RESULT_FILE (not imported: this driver does not load JAX)
@@ -114,26 +123,38 @@ def write_manifest(workdir: str, manifest: dict) -> None:
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, MANIFEST)
     if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
-        if old != manifest:
+        if read_manifest(workdir) != manifest:
             raise ValueError(
                 f"{path} describes another sweep (other configs, seeds or "
                 f"overrides); use another --workdir, or delete it"
             )
         return
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=2)
-    os.replace(tmp, path)
+    fileio.atomic_write_json(path, manifest)
 
 
 def read_manifest(workdir: str) -> dict:
     path = os.path.join(workdir, MANIFEST)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no sweep in {workdir} (run it first, or give --config)")
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except ValueError as e:  # JSON or UTF-8
+        raise ValueError(
+            f"{path}: not the JSON of a sweep ({e}); delete it, or use another --workdir"
+        ) from None
+    if not isinstance(manifest, dict) or not {"settings", "seeds", "overrides"} <= set(manifest):
+        raise ValueError(
+            f"{path}: not a sweep's manifest (expected settings, seeds, "
+            f"overrides); delete it, or use another --workdir"
+        )
+    return manifest
+
+
+def lock_path(workdir: str, worker: int = 0, num_workers: int = 1) -> str:
+    """The lock file of one sweep driver (worker ``worker`` of ``num_workers``)."""
+    name = LOCK_FILE if num_workers == 1 else f"sweep.worker{worker}.lock"
+    return os.path.join(workdir, name)
 
 
 def _command(manifest: dict, setting: dict, seed: int, workdir: str) -> list[str]:
@@ -276,13 +297,7 @@ def finished_result(directory: str, num_epochs: int) -> dict | None:
     rows_path = os.path.join(directory, "metrics.jsonl")
     if result is None or not os.path.exists(rows_path):
         return None
-    epochs = []
-    with open(rows_path) as f:
-        for line in f:
-            try:
-                epochs.append(json.loads(line)["epoch"])
-            except (ValueError, KeyError, TypeError):
-                continue
+    epochs = [r["epoch"] for r in fileio.read_jsonl(rows_path) if isinstance(r.get("epoch"), int)]
     if max(epochs, default=0) < num_epochs:
         return None
     if os.path.getmtime(os.path.join(directory, RESULT)) < os.path.getmtime(rows_path):
@@ -317,10 +332,7 @@ def summarize(workdir: str, manifest: dict | None = None) -> dict:
                 },
             )
         out["settings"][setting["name"]] = entry
-    path = os.path.join(workdir, SUMMARY)
-    with open(path + ".tmp", "w") as f:
-        json.dump(out, f, indent=2)
-    os.replace(path + ".tmp", path)
+    fileio.atomic_write_json(os.path.join(workdir, SUMMARY), out)
     return out
 
 
@@ -413,7 +425,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(config_flags_as_set(sys.argv[1:] if argv is None else argv))
     try:
         return _main(args)
-    except (ValueError, KeyError, OSError) as e:
+    except (ValueError, KeyError, OSError, workdir_lib.RunError) as e:
         text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"error: {' '.join(str(text).split())}", file=sys.stderr)
         return 1
@@ -425,6 +437,32 @@ def _main(args) -> int:
             raise ValueError(f"--{name.replace('_', '-')} = {getattr(args, name)}: expected >= 1")
     if not 0 <= args.worker < args.num_workers:
         raise ValueError(f"--worker {args.worker}: expected 0 to {args.num_workers - 1}")
+    if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
+        raise ValueError(f"--workdir {args.workdir}: a file, not a folder")
+    if not os.path.exists(os.path.join(args.workdir, MANIFEST)):  # a sweep's own folder is
+        workdir_lib.check_output(args.workdir, "--workdir", folder=True)  # a "run folder"
+    else:
+        workdir_lib.check_output(args.workdir, "--workdir", folder=True, own_run=True)
+    os.makedirs(args.workdir, exist_ok=True)
+    path = lock_path(args.workdir, args.worker, args.num_workers)
+    try:
+        with locks.exclusive(path):
+            return _sweep(args)
+    except locks.LockHeldError as e:
+        who = f"worker {args.worker} of " if args.num_workers > 1 else ""
+        raise workdir_lib.OutputInUseError(
+            f"--workdir {args.workdir}: {who}this sweep is being run by "
+            f"{locks.describe(e.holder)}: one driver per sweep"
+            + (" worker" if args.num_workers > 1 else "")
+            + ". Wait for it, stop it, or use another --workdir"
+        ) from None
+    except locks.LockUnsupportedError as e:
+        raise workdir_lib.RunError(
+            f"{path}: cannot lock the sweep ({e}); use a --workdir on a filesystem with flock"
+        ) from None
+
+
+def _sweep(args) -> int:
     specs = list(args.config) + table_specs(args.table, args.options)
     if specs:
         found = settings(specs, args.set)

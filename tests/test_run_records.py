@@ -104,8 +104,9 @@ def test_progress_bar_only_on_a_terminal():
     assert list(off) == [0, 1] and off.disable
 
 
-def test_one_reader_of_metrics_rows_tolerates_a_cut_line(tmp_path):
-    """A kill mid-write leaves a cut last line: training and the report both skip it."""
+def test_one_reader_of_metrics_rows_tolerates_a_cut_line(tmp_path, capsys):
+    """A kill mid-write leaves a cut last line: training and the report both skip it, and
+    say so (never silently)."""
     from coleaf_jax.evaluation import report
 
     rows_written = [
@@ -120,8 +121,20 @@ def test_one_reader_of_metrics_rows_tolerates_a_cut_line(tmp_path):
         1: rows_written[2],
         2: rows_written[1],
     }
-    records.keep_metrics_rows(str(tmp_path / records.METRICS_FILE), 1)
-    assert rows(str(tmp_path)) == [rows_written[2]]
+    warned = capsys.readouterr().err.splitlines()
+    assert (
+        warned
+        == [
+            f"warning: {tmp_path / records.METRICS_FILE}: its last line (4) is cut short (a write "
+            f"interrupted by a kill or a full disk); skipped"
+        ]
+        * 2
+    )
+    records.keep_metrics_rows(str(tmp_path / records.METRICS_FILE), 1)  # warns, once more
+    assert capsys.readouterr().err.count("is cut short") == 1
+    assert rows(str(tmp_path)) == [rows_written[2]]  # rewritten whole: the cut line is gone
+    assert records.read_metrics(str(tmp_path / records.METRICS_FILE)) == {1: rows_written[2]}
+    assert capsys.readouterr().err == ""
 
 
 def test_quiet_libraries_leaves_asyncio_logging_alone():
@@ -194,7 +207,8 @@ def test_eval_writes_its_own_file_and_never_test_metrics(run, tmp_path):
     assert {k: result[k] for k in ("seg_av", "evt_av")} == {
         k: run.result[k] for k in ("seg_av", "evt_av")
     }
-    # Not even when asked to: --output naming training's result is refused, as is.
+    # Not even when asked to: --output naming training's result is refused, however spelt
+    # (every record and spelling: tests/test_records_hardening.py).
     for output in (
         os.path.join(workdir, "test_metrics.json"),
         os.path.join(workdir, "eval", "..", "test_metrics.json"),
@@ -208,7 +222,8 @@ def test_eval_writes_its_own_file_and_never_test_metrics(run, tmp_path):
                 output=output,
                 verbose=False,
             )
-        assert str(info.value).startswith(f"error: --output {output} is training's result")
+        assert str(info.value).startswith(f"error: --output {output}")
+        assert f"is the record test_metrics.json of the run in {workdir}" in str(info.value)
     assert open(os.path.join(workdir, "test_metrics.json")).read() == trained
 
 

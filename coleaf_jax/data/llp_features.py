@@ -50,24 +50,17 @@ def load_features(root: PathLike, video_id: str) -> dict[str, np.ndarray]:
         NaN/inf, or values beyond ``npy.FEATURE_MAX_ABS``.
     """
     paths = {key: feature_path(root, key, video_id) for key in FEATURE_FOLDERS}
-    missing = [str(p) for p in paths.values() if not p.is_file()]
+    missing = [npy.describe_missing(p) for p in paths.values() if not p.is_file()]
     if missing:
         raise MissingFeatureError(
             f"missing feature file(s) for video {video_id!r}: {', '.join(missing)}"
         )
     features, zero = {}, []
     for key, path in paths.items():
-        expected = LLP_FEATURES[FEATURE_FOLDERS[key]]
-        try:
-            array = npy.read_npy(path)
+        try:  # shape and dtype checked from the header, before the data is read
+            array = npy.read_npy(path, shape=LLP_FEATURES[FEATURE_FOLDERS[key]], kinds="f")
         except npy.FeatureFileError as e:
             raise LLPDataError(str(e)) from None
-        if array.shape != expected:
-            raise LLPDataError(f"{path}: expected shape {expected}, got {array.shape}")
-        if not np.issubdtype(array.dtype, np.floating):
-            raise LLPDataError(
-                f"{path}: expected a float dtype (stored as float32), got {array.dtype}"
-            )
         with np.errstate(over="ignore"):  # overflow becomes inf, reported just below
             array = array.astype(np.float32, copy=False)
         try:
@@ -124,7 +117,7 @@ def load_pseudo_labels(root: PathLike, ids) -> dict[str, np.ndarray]:
     out = {}
     for key, folder in PSEUDO_LABEL_FOLDERS.items():
         paths = [Path(root) / folder / f"{vid}.npy" for vid in ids]
-        missing = [str(p) for p in paths if not p.is_file()]
+        missing = [npy.describe_missing(p) for p in paths if not p.is_file()]
         if missing:
             raise MissingFeatureError(
                 f"{len(missing)} of {len(paths)} pseudo-label files missing under {Path(root) / folder} "
@@ -134,15 +127,9 @@ def load_pseudo_labels(root: PathLike, ids) -> dict[str, np.ndarray]:
         arrays = np.empty((len(paths), *shape), np.float32)
         for i, path in enumerate(paths):
             try:
-                x = npy.read_npy(path)
+                x = npy.read_npy(path, check=_pseudo_label_header)
             except npy.FeatureFileError as e:
                 raise LLPDataError(str(e)) from None
-            if x.shape != shape:
-                raise LLPDataError(
-                    f"{path}: expected shape {shape} (segments, classes), got {x.shape}"
-                )
-            if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
-                raise LLPDataError(f"{path}: expected 0/1 numbers, got dtype {x.dtype}")
             bad = x[(x != 0) & (x != 1)]
             if bad.size:
                 raise LLPDataError(
@@ -152,6 +139,16 @@ def load_pseudo_labels(root: PathLike, ids) -> dict[str, np.ndarray]:
             arrays[i] = x
         out[key] = arrays
     return out
+
+
+def _pseudo_label_header(header: npy.NpyHeader) -> str | None:
+    """What is wrong with a pseudo-label file's header (``load_pseudo_labels``), if anything."""
+    shape = (LLP_NUM_SEGMENTS, len(LLP_CLASSES))
+    if header.shape != shape:
+        return f"expected shape {shape} (segments, classes), got {header.shape}"
+    if header.dtype.kind not in "biuf":
+        return f"expected 0/1 numbers, got dtype {header.dtype}"
+    return None
 
 
 def load_feature_dir(

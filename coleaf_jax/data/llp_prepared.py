@@ -5,7 +5,10 @@ user's features keyed by a fingerprint of the inputs, verified when opened.
   size), with a labels sidecar per split for streaming;
 * :func:`prepare`: the copy of these inputs, built unless one exists; one process
   at a time (a lock), a damaged copy moved aside and built again, what a killed
-  preparation left removed;
+  preparation left removed, a full disk one error naming the copy;
+* :func:`input_fingerprint`: what names a copy (the CSVs' bytes; each feature file's
+  name, size, mtime, ctime and inode, so a file replaced by ``cp -p``, ``rsync -a`` or
+  ``touch -r`` is seen);
 * :func:`read_examples`: reads that name the copy when they fail
   (:class:`DamagedCopyError`).
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import hashlib
 import json
@@ -37,7 +41,7 @@ import tensorflow_datasets as tfds
 from array_record.python import array_record_module
 from tensorflow_datasets.core import example_serializer
 
-from coleaf_jax import locks
+from coleaf_jax import fileio, locks
 from coleaf_jax.data.classes import (
     DENSE_SPLITS,
     FEATURE_FOLDERS,
@@ -349,7 +353,10 @@ def _write_shard(job: _ShardJob, path: str, parent_pid: int | None = None) -> _S
     serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
     videos = nbytes = 0
     all_zero = []
-    writer = array_record_module.ArrayRecordWriter(path, SHARD_OPTIONS)
+    try:
+        writer = array_record_module.ArrayRecordWriter(path, SHARD_OPTIONS)
+    except Exception as e:  # noqa: BLE001 - array_record raises RuntimeError for OS errors
+        raise _os_error(e, path) from None
     try:
         for vid, example, zero in job.examples(parent_pid):
             writer.write(serializer.serialize_example(features.encode_example(example)))
@@ -357,9 +364,31 @@ def _write_shard(job: _ShardJob, path: str, parent_pid: int | None = None) -> _S
             nbytes += sum(example[key].nbytes for key in FEATURE_FOLDERS)
             if zero:
                 all_zero.append(vid)
-    finally:
-        writer.close()
+    except BaseException as e:
+        with contextlib.suppress(Exception):  # closing fails again on a full disk: one error
+            writer.close()
+        del writer  # its file descriptor too: the space of the removed file is freed now
+        if isinstance(e, RuntimeError):
+            raise _os_error(e, path) from None
+        raise
+    try:
+        writer.close()  # flushes: where a full disk is usually found
+    except Exception as e:  # noqa: BLE001 - array_record raises RuntimeError for OS errors
+        raise _os_error(e, path) from None
     return _ShardResult(job.split, path, videos, nbytes, tuple(all_zero))
+
+
+# What array_record's RuntimeErrors say for a full disk or quota (they carry no errno).
+_NO_SPACE_TEXTS = {"No space left on device": errno.ENOSPC, "Disk quota exceeded": errno.EDQUOT}
+
+
+def _os_error(e: Exception, path: str) -> Exception:
+    """array_record's ``RuntimeError`` for a full disk as the ``OSError`` it stands for
+    (picklable, so a worker process hands it over as it is); other errors unchanged."""
+    for text, number in _NO_SPACE_TEXTS.items():
+        if text in str(e):
+            return OSError(number, os.strerror(number), path)
+    return e
 
 
 def _labels_path(data_dir: Path, split: str) -> Path:
@@ -605,9 +634,16 @@ def input_fingerprint(root: PathLike, annotation_dir: PathLike | None = None) ->
     """16 hex digits naming what a prepared dataset was built from.
 
     Hashes the bytes of the five annotation CSVs and, for every file of the
-    three feature folders, its name, size and modification time: editing a
-    CSV, or adding, removing or replacing a feature file, changes it. Costs
-    one ``stat`` per feature file (≈ 0.1 s for the 35,547 files of LLP).
+    three feature folders, its name, size, modification time, status-change time
+    (``ctime``) and inode: editing a CSV, or adding, removing or replacing a feature
+    file, changes it. ``ctime`` is what catches a file replaced by ``cp -p``,
+    ``rsync -a`` or ``touch -r`` (they set the size and mtime back; the kernel sets the
+    ctime at every change and no tool sets it back); it also changes on ``chmod``,
+    ``chown``, a new hard link, or a copy of the folder elsewhere (new inodes too), each
+    of which costs one needless preparation. One ``stat`` per feature file, no read
+    (docs/performance.md: 0.14 s of CPU, 0.3-0.75 s on 2 busy cores, for the 35,547
+    files of LLP). A broken symbolic link, or a file that cannot be looked at, is an
+    error naming it.
     """
     root = Path(root)
     annotations = Path(annotation_dir) if annotation_dir is not None else root
@@ -622,16 +658,46 @@ def input_fingerprint(root: PathLike, annotation_dir: PathLike | None = None) ->
         except OSError as e:
             raise LLPDataError(f"{path}: cannot read annotation file: {e.strerror or e}") from e
     for folder in FEATURE_FOLDERS.values():
+        listing = []  # "name size mtime ctime inode" of each file (of a link's target)
         try:
             with os.scandir(root / folder) as entries:
-                listing = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries)
+                for entry in entries:
+                    try:
+                        st = entry.stat()
+                    except OSError as e:
+                        raise _unusable_entry(entry, e) from None
+                    listing.append(
+                        f"{entry.name}\t{st.st_size}\t{st.st_mtime_ns}\t{st.st_ctime_ns}\t"
+                        f"{st.st_ino}"
+                    )
         except OSError as e:
             raise LLPDataError(
                 f"{root / folder}: cannot list the feature folder: {e.strerror or e}"
             ) from e
+        listing.sort()
         h.update(f"{folder}\n".encode())
-        h.update("\n".join(f"{n}\t{s}\t{t}" for n, s, t in listing).encode())
+        h.update("\n".join(listing).encode())
     return h.hexdigest()[:16]
+
+
+def _unusable_entry(entry: os.DirEntry, e: OSError) -> LLPDataError:
+    """The error for a file of a feature folder that cannot be looked at: named, with
+    what to do."""
+    path = entry.path
+    if isinstance(e, FileNotFoundError) and entry.is_symlink():
+        try:
+            target = f"to {os.readlink(path)}, which does not exist"
+        except OSError:
+            target = "its target does not exist"
+        return LLPDataError(
+            f"{path}: a broken symbolic link ({target}) in a feature folder: restore its "
+            f"target, or remove the link (a video of the CSVs without this file is then left "
+            f"out as missing)"
+        )
+    return LLPDataError(
+        f"{path}: cannot look at this file of a feature folder ({e.strerror or e}): fix its "
+        f"permissions or remove it"
+    )
 
 
 def _not_unprepared_variant(record: logging.LogRecord) -> bool:
@@ -739,7 +805,9 @@ def prepare(
     time prepares the same inputs (``<fingerprint>.lock``): another waits for it and
     uses its copy. A copy that fails :func:`verify_prepared` is moved aside and
     prepared again; what a killed preparation left is removed. ``processes`` write the
-    shards (:func:`preparation_processes`; 0: one per core for large inputs).
+    shards (:func:`preparation_processes`; 0: one per core for large inputs). A full disk
+    (here or in a worker process) is one :class:`fileio.DiskFullError` naming the copy's
+    folder, what was written removed: the same call prepares it once there is room.
 
     Returns:
       The builder, ready for ``as_data_source``.
@@ -765,8 +833,8 @@ def prepare(
             data_dir,
         )
 
-    parent.mkdir(parents=True, exist_ok=True)
     try:
+        parent.mkdir(parents=True, exist_ok=True)
         with locks.exclusive(os.fspath(parent / f"{fingerprint}.lock"), wait=True, on_busy=waiting):
             builder, prepared, problem = _open_prepared(annotation_dir, data_dir)  # holding it
             if prepared:
@@ -780,6 +848,15 @@ def prepare(
             return _build(builder, root, parent, fingerprint)
     except locks.LockUnsupportedError as e:
         raise LLPDataError(f"cannot prepare into {parent}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a full disk in TFDS, numpy or a worker: one line
+        if not fileio.is_disk_full(e):
+            raise
+        full = fileio.DiskFullError(os.fspath(data_dir), e if isinstance(e, OSError) else None)
+        full.add_note(
+            "while preparing the LLP copy; what it had written is removed; "
+            "config.data.tfds_dir chooses where it goes"
+        )
+        raise full from None
 
 
 def _build(builder: Llp, root: PathLike, parent: Path, fingerprint: str) -> Llp:

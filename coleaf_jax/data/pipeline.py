@@ -1,7 +1,8 @@
 """From a config to in-memory splits, and from splits to fixed-shape batches.
 
 A batch is a dict of numpy arrays with a fixed leading size ``B`` (the last
-batch of an epoch is padded), so one compiled step serves every batch:
+batch of an epoch is padded; a batch size larger than the split is cut to the split,
+``fit_batch_size``), so one compiled step serves every batch:
 
 * ``audio (B, T, 128)``, ``video_2d (B, T or T*8, 2048)``, ``video_3d (B, T, 512)``
   (LLP widths; UnAV-100 has its own),
@@ -88,6 +89,29 @@ def num_batches(num_videos: int, batch_size: int) -> int:
     return -(-num_videos // batch_size)
 
 
+def fit_batch_size(batch_size: int, num_videos: int, multiple: int = 1) -> int:
+    """The batch size used on a split of ``num_videos``: ``batch_size``, or when that is
+    larger than the split, the split's size rounded up to a multiple of ``multiple`` (the
+    devices a batch is split over). Batches are never padded beyond that: a batch of
+    1e8 on 64 videos is one batch of 64, not 1e8 rows of padding (which runs out of
+    memory), with the same results (losses and scores count real videos only)."""
+    whole = num_batches(max(num_videos, 1), multiple) * multiple
+    return min(batch_size, whole)
+
+
+def batch_size_note(
+    batch_size: int, num_videos: int, multiple: int = 1, what: str = "config.batch_size"
+) -> str | None:
+    """One line for the user when :func:`fit_batch_size` changes ``batch_size``, else None."""
+    used = fit_batch_size(batch_size, num_videos, multiple)
+    if used == batch_size:
+        return None
+    return (
+        f"{what} = {batch_size} is larger than the {num_videos} videos of the split: one "
+        f"batch of {used} per epoch instead (the same results)"
+    )
+
+
 def batch_keys(data: dict) -> tuple[str, ...]:
     """The keys of ``data`` a batch carries (no ``label`` for unannotated videos)."""
     return tuple(k for k in BATCH_KEYS + OPTIONAL_KEYS if k in data)
@@ -146,14 +170,18 @@ def epoch_batches(
     perm: np.ndarray | None = None,
     bucket: int = 0,
     prefetch: int | None = None,
+    multiple: int = 1,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Fixed-size batches over a split in the order ``perm`` (default: as stored).
 
+    A ``batch_size`` larger than the split gives one batch of the split's size rounded
+    up to ``multiple`` (:func:`fit_batch_size`), not one padded to ``batch_size``.
     A streamed split (``is_streamed``) is read ``prefetch`` batches ahead by a
     background thread (default ``PREFETCH_BATCHES``), so reading overlaps training.
     """
     n = len(data["audio"])
     order = np.arange(n) if perm is None else np.asarray(perm)
+    batch_size = fit_batch_size(batch_size, len(order), multiple)
     batches = (
         make_batch(data, order[i : i + batch_size], batch_size, bucket)
         for i in range(0, n, batch_size)

@@ -37,13 +37,16 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import functools
 import json
 import os
+import re
 import sys
 import time
 
 import numpy as np
 
+from coleaf_jax import fileio
 from coleaf_jax.data import unav100
 from coleaf_jax.data.classes import (
     LLP_CLASSES,
@@ -54,6 +57,7 @@ from coleaf_jax.data.classes import (
     LLP_SPLIT_CSV,
 )
 from coleaf_jax.data.llp import PSEUDO_LABEL_FOLDERS
+from coleaf_jax.training import workdir
 
 C = len(LLP_CLASSES)
 T = LLP_NUM_SEGMENTS
@@ -406,8 +410,33 @@ def write_pseudo_labels(
 
 
 def _mark_complete(out_dir: str, cfg) -> None:
-    with open(os.path.join(out_dir, COMPLETE_MARKER), "w") as f:
-        f.write(f"{cfg}\n")
+    fileio.atomic_write_text(os.path.join(out_dir, COMPLETE_MARKER), f"{cfg}\n")
+
+
+# What numpy's ``ndarray.tofile`` (``np.save``) raises when the disk fills in the middle
+# of a write: an OSError with no errno.
+_SHORT_WRITE = re.compile(r"^\d+ requested and \d+ written$")
+
+
+def _names_a_full_disk(generator):
+    """A full disk while ``generator(out_dir, ...)`` writes a dataset: one
+    :class:`fileio.DiskFullError` naming ``out_dir`` (numpy's ``[Errno 28]`` names no
+    file). Without its completion marker the folder is written again, whole, by the
+    next run."""
+
+    @functools.wraps(generator)
+    def generate(out_dir: str, *args, **kwargs):
+        try:
+            return generator(out_dir, *args, **kwargs)
+        except OSError as e:
+            short = e.errno is None and _SHORT_WRITE.search(str(e))  # numpy's tofile
+            if isinstance(e, fileio.DiskFullError) or not (fileio.is_disk_full(e) or short):
+                raise
+            full = fileio.DiskFullError(out_dir, e if e.errno is not None else None)
+            full.add_note("while writing the synthetic dataset; the next run writes it again")
+            raise full from None
+
+    return generate
 
 
 def _write_weak_csv(path: str, videos: list[Video]) -> None:
@@ -450,6 +479,7 @@ def write_annotations(out_dir: str, splits: dict[str, list[Video]]) -> None:
         _write_dense_csv(os.path.join(out_dir, name), dense, modality)
 
 
+@_names_a_full_disk
 def generate(
     out_dir: str, cfg: SyntheticConfig = SyntheticConfig(), verbose: bool = False
 ) -> dict[str, list[Video]]:
@@ -529,6 +559,7 @@ def _unav_events(rng, cfg: SyntheticUnavConfig, duration: float) -> list[tuple[i
     return events
 
 
+@_names_a_full_disk
 def generate_unav(
     out_dir: str, cfg: SyntheticUnavConfig = SyntheticUnavConfig(), verbose: bool = False
 ) -> dict:
@@ -735,6 +766,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.out:
         parser.error("the output directory is required (or --measure DIR)")
     try:
+        workdir.check_output(args.out, "OUT", folder=True)  # never a run's records
         generate(
             args.out,
             SyntheticConfig(
@@ -749,9 +781,13 @@ def main(argv: list[str] | None = None) -> int:
             ),
             verbose=True,
         )
-    except ValueError as e:
+    except (ValueError, RuntimeError) as e:  # bad values; an output among a run's records
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk (DiskFullError, naming the folder), permissions...
+        text = str(e) + "".join(f" ({note})" for note in getattr(e, "__notes__", ()))
+        print(f"error: {' '.join(text.split())}", file=sys.stderr)
+        return 1
     return 0
 
 

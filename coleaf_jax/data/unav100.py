@@ -242,11 +242,15 @@ def pool_to_segments(
 
 
 def _load_feature(path: str, dim: int) -> np.ndarray:
-    x = npy.read_npy(path)
-    if x.ndim != 2 or x.shape[1] != dim or x.shape[0] == 0:
-        raise ValueError(f"{path}: shape {x.shape}, expected (steps >= 1, {dim})")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise ValueError(f"{path}: dtype {x.dtype}, expected floating point")
+    def header_problem(header: npy.NpyHeader) -> str | None:  # before the data is read
+        shape = header.shape
+        if len(shape) != 2 or shape[1] != dim or shape[0] == 0:
+            return f"shape {shape}, expected (steps >= 1, {dim})"
+        if header.dtype.kind != "f":
+            return f"dtype {header.dtype}, expected floating point"
+        return None
+
+    x = npy.read_npy(path, check=header_problem)
     npy.check_values(path, x)
     return x
 
@@ -330,7 +334,7 @@ def _read_streams(directory: str, vid: str, fs: FeatureSet) -> tuple[dict | None
     }
     absent = [p for p in paths.values() if not os.path.exists(p)]
     if absent:
-        return None, absent[0]
+        return None, npy.describe_missing(absent[0])
     return {k: _load_feature(p, streams[k][1]) for k, p in paths.items()}, None
 
 

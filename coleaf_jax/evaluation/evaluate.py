@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 
@@ -10,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from coleaf_jax import fileio
 from coleaf_jax.data import pipeline
 from coleaf_jax.evaluation import metrics
 
@@ -45,7 +45,7 @@ def predict_split(
     ``video_prob_v`` ``(N, C)`` as numpy.
     """
     n, t = data["audio"].shape[:2]
-    batch_size = min(batch_size, n)
+    batch_size = pipeline.fit_batch_size(batch_size, n)  # never padded beyond the split
     chunks = []
     for batch in pipeline.epoch_batches(data, batch_size, bucket=bucket):
         chunks.append(predict_fn(params, {k: jnp.asarray(v) for k, v in batch.items()}))
@@ -141,7 +141,7 @@ def write_result(
     """Writes the scores JSON of ``train.py`` / ``eval.py``: the 18 scores as top-level
     floats plus what produced them (``counts``: ``video_counts`` of the split, and any
     other fields such as timings); returns the record. The file is written whole or not
-    at all (a temporary file renamed)."""
+    at all (``fileio.atomic_write_json``; a full disk: ``fileio.DiskFullError``)."""
     result = dict(
         scores,
         config=config.name,
@@ -152,10 +152,6 @@ def write_result(
         thresholds=thresholds,
         **(counts or {}),
     )
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fileio.atomic_write_json(path, result)
     return result

@@ -14,16 +14,18 @@ Train with the table: ``--config.loss.denoise_ratios=ratios.npz``.
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 
 import numpy as np
 
-from coleaf_jax import cli
+from coleaf_jax import cli, fileio
 from coleaf_jax.config import config_flags_as_set, load_config_file
 from coleaf_jax.data import pipeline
 from coleaf_jax.evaluation import evaluate
 from coleaf_jax.evaluation.runs import require_run, restore_anchor
 from coleaf_jax.training.noise_ratios import estimate_noise_ratios
+from coleaf_jax.training.workdir import check_output
 
 
 def main(argv=None) -> int:
@@ -48,13 +50,16 @@ def main(argv=None) -> int:
 
 
 def _estimate(args) -> int:
+    check_output(args.output, "--output")  # never a run's records
     config = load_config_file(args.config, args.set)
     require_run(args.workdir)
     data = pipeline.load_splits(config, args.workdir, splits=("train",))["train"]
     _, anchor, params, step = restore_anchor(config, args.workdir, data)
     probs = evaluate.predict_with_config(config, anchor, params, data)
     r_a, r_v = estimate_noise_ratios(probs["video_prob_a"], probs["video_prob_v"], data["label"])
-    np.savez(args.output, audio=r_a, visual=r_v)
+    buffer = io.BytesIO()
+    np.savez(buffer, audio=r_a, visual=r_v)
+    fileio.atomic_write_bytes(args.output, buffer.getvalue())
     print(
         f"wrote {args.output} from checkpoint {step} ({len(data['label'])} training videos); "
         f"mean audio {r_a.mean():.3f}, visual {r_v.mean():.3f}"

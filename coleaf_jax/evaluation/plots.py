@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from coleaf_jax import fileio  # noqa: E402
 from coleaf_jax.evaluation import metrics  # noqa: E402
 
 TYPE_COLOURS = {
@@ -148,12 +149,12 @@ def plot_curves(history: list[dict], loss_keys, score_keys):
 
 
 def save_png(fig, path: str | None = None, dpi: int = 110) -> bytes:
-    """Writes ``fig`` as PNG to ``path`` (if given), closes it and returns the bytes."""
+    """Writes ``fig`` as PNG to ``path`` (if given; whole or not at all:
+    ``fileio.atomic_write_bytes``), closes it and returns the bytes."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
     data = buf.getvalue()
     if path:
-        with open(path, "wb") as f:
-            f.write(data)
+        fileio.atomic_write_bytes(path, data)
     return data

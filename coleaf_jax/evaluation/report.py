@@ -21,12 +21,13 @@ import time
 
 import numpy as np
 
-from coleaf_jax import cli, registry
+from coleaf_jax import cli, fileio, registry
 from coleaf_jax.config import config_flags_as_set, load_config_file
 from coleaf_jax.data import pipeline
 from coleaf_jax.evaluation import evaluate, metrics, paper, plots, runs
 from coleaf_jax.training import records
 
+REPORT_FILE = "report.html"
 LOSS_KEYS = ("anchor_loss", "ref_loss", "backbone", "nce_a", "nce_v", "correlation", "ref_kd")
 CURVE_SCORES = ("seg_a", "seg_ao", "seg_v", "seg_vo", "seg_av")
 
@@ -83,8 +84,13 @@ def build_report(
     result_path = os.path.join(workdir, "test_metrics.json")
     result = None
     if os.path.exists(result_path):
-        with open(result_path) as f:
-            result = json.load(f)
+        try:
+            with open(result_path) as f:
+                result = json.load(f)
+        except ValueError as e:  # JSON or UTF-8: a damaged record, named
+            raise ValueError(f"{result_path}: not a readable JSON record ({e})") from None
+        if not isinstance(result, dict):
+            raise ValueError(f"{result_path}: expected a JSON object of scores")
     summary = [
         ("workdir", os.path.abspath(workdir)),
         ("method", config.method),
@@ -164,12 +170,12 @@ def build_report(
     parts.append(
         "<h2>Config</h2><pre>" + html.escape(config.to_json_best_effort(indent=2)) + "</pre>"
     )
-    path = os.path.join(workdir, "report.html")
-    with open(path, "w") as f:
-        f.write(
-            f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(config.name)}"
-            f"</title><style>{_CSS}</style></head><body>{''.join(parts)}</body></html>"
-        )
+    path = os.path.join(workdir, REPORT_FILE)
+    fileio.atomic_write_text(  # whole or not at all (a full disk: fileio.DiskFullError)
+        path,
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(config.name)}"
+        f"</title><style>{_CSS}</style></head><body>{''.join(parts)}</body></html>",
+    )
     return path
 
 

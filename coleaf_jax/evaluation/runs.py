@@ -4,12 +4,17 @@
 * :func:`select_thresholds`: per-class visual thresholds chosen on validation for
   one checkpoint and stored beside it (docs/method.md §8);
 * :func:`evaluate_checkpoint`: a checkpoint scored on a split, written to
-  ``WORKDIR/eval/<split>_epoch<E>_<thresholds>.json`` (never training's
-  ``test_metrics.json``).
+  ``WORKDIR/eval/<split>_epoch<E>_<thresholds>.json`` or ``--output`` (never a run's
+  records: ``workdir.check_output``; one writer per output: ``workdir.output_lock``).
+
+A run may be training while it is evaluated: only finished checkpoints are read, and
+one deleted by the training while it was read is not called damaged
+(``checkpoints.restore_for_reading``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -17,15 +22,11 @@ import os
 import jax
 import numpy as np
 
+from coleaf_jax import fileio
 from coleaf_jax.data import pipeline
 from coleaf_jax.evaluation import evaluate, metrics
-from coleaf_jax.training.checkpoints import (
-    best_epoch,
-    open_checkpoints,
-    restore_checkpoint,
-    selection_scores,
-)
-from coleaf_jax.training.records import RESULT_FILE
+from coleaf_jax.training import workdir as workdir_lib
+from coleaf_jax.training.checkpoints import restore_for_reading, training_in
 from coleaf_jax.training.step import create_train_state, matmul_precision
 from coleaf_jax.training.train import validate_run_config
 
@@ -43,27 +44,27 @@ def require_run(workdir: str) -> None:
         )
 
 
-def restore_anchor(config, workdir: str, data: dict, step: int | None = None):
-    """Restores checkpoint ``step`` (default: best on validation) of a run.
+def restore_anchor(config, workdir: str, data: dict, step: int | None = None, verbose: bool = True):
+    """Restores checkpoint ``step`` (default: best on validation) of a run, which may be
+    training meanwhile (``checkpoints.restore_for_reading``: finished checkpoints only;
+    with ``verbose``, which one was read is said when a training is running).
 
     Returns ``(state, anchor, anchor_params, step)``.
     """
     require_run(workdir)
-    mngr = open_checkpoints(workdir, create=False)
-    try:
-        step = best_epoch(selection_scores(mngr)) if step is None else step
-        if step is None or step not in mngr.all_steps():
-            raise FileNotFoundError(
-                f"no checkpoint {'(best)' if step is None else step} in "
-                f"{os.path.join(workdir, 'checkpoints')}; available: {mngr.all_steps()}"
-            )
-        sample = pipeline.make_batch(data, np.arange(1), 1)
-        template, anchor, _, _ = create_train_state(
-            config, jax.random.key(0), sample, 1, pipeline.num_classes(config)
+    sample = pipeline.make_batch(data, np.arange(1), 1)
+    template, anchor, _, _ = create_train_state(
+        config, jax.random.key(0), sample, 1, pipeline.num_classes(config)
+    )
+    asked = step
+    step, state = restore_for_reading(workdir, template, config, step, verbose)
+    training = training_in(workdir)
+    if training and verbose:  # which checkpoint was read, of a run still changing
+        which = "its best on validation so far" if asked is None else "the one asked for"
+        print(
+            f"note: {workdir} is training (process {training.get('pid')} on "
+            f"{training.get('host')}); read its finished checkpoint {step} ({which})"
         )
-        state = restore_checkpoint(mngr, step, template, workdir, config)
-    finally:
-        mngr.close()
     return state, anchor, state.anchor_params, int(step)
 
 
@@ -106,8 +107,7 @@ def select_thresholds(
             "grid": list(metrics.DEFAULT_THRESHOLD_GRID),
             "video_v": chosen.tolist(),
         }
-        with open(path, "w") as f:
-            json.dump(saved, f, indent=2)
+        fileio.atomic_write_json(path, saved)
         if verbose:
             print(f"selected per-class visual thresholds on validation for epoch {step}: {path}")
     return dataclasses.replace(
@@ -137,35 +137,40 @@ def evaluate_checkpoint(
     """
     validate_run_config(config)
     require_run(workdir)
-    trained = os.path.join(workdir, RESULT_FILE)
-    if output and os.path.realpath(output) == os.path.realpath(trained):
-        raise ValueError(
-            f"--output {output} is training's result ({trained}), which eval.py "
-            f"never overwrites: pass another --output, or none for "
-            f"{default_output(workdir, split, 'E', 'THRESHOLDS')}"
-        )
-    with matmul_precision(config):
+    # A run's records are never an output; one writer per output, from the start (a
+    # second eval.py with the same --output is refused, not silently overwritten).
+    lock = contextlib.nullcontext()
+    if output:
+        workdir_lib.check_output(output, "--output")
+        lock = workdir_lib.output_lock(output, "--output")
+    with lock, matmul_precision(config):
         return _evaluate_checkpoint(config, workdir, split, step, output, verbose, select)
 
 
 def _evaluate_checkpoint(config, workdir, split, step, output, verbose, select) -> dict:
     data = pipeline.load_splits(config, workdir, splits=(split,))[split]
-    state, anchor, params, step = restore_anchor(config, workdir, data, step)
+    state, anchor, params, step = restore_anchor(config, workdir, data, step, verbose)
     thresholds = evaluate.thresholds_from_config(config)
-    if select:
-        thresholds = select_thresholds(config, workdir, step, anchor, params, verbose)
-    scores = evaluate.evaluate_params(config, anchor, params, data, thresholds)
-    output = output or default_output(workdir, split, step, thresholds.name)
-    result = evaluate.write_result(
-        output,
-        scores,
-        config,
-        split,
-        step,
-        state.step,
-        thresholds.name,
-        evaluate.video_counts(data),
-    )
+    lock = contextlib.nullcontext()
+    if not output:  # the default output is known now: WORKDIR/eval/<split>_epoch<E>_<t>.json
+        name = thresholds.name + ("+selected" if select else "")  # as select_thresholds names it
+        output = default_output(workdir, split, step, name)
+        workdir_lib.check_output(output, "--output")
+        lock = workdir_lib.output_lock(output, "the output")
+    with lock:
+        if select:
+            thresholds = select_thresholds(config, workdir, step, anchor, params, verbose)
+        scores = evaluate.evaluate_params(config, anchor, params, data, thresholds)
+        result = evaluate.write_result(
+            output,
+            scores,
+            config,
+            split,
+            step,
+            state.step,
+            thresholds.name,
+            evaluate.video_counts(data),
+        )
     if verbose:
         print(
             metrics.format_table(

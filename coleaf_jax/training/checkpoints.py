@@ -11,10 +11,27 @@
   permission (:class:`CheckpointReadError`); :func:`restore_latest_intact`
   moves a damaged checkpoint (only) to ``WORKDIR/damaged_checkpoints/`` and
   falls back to the previous one.
+* Only finished checkpoints are read. Orbax writes ``<epoch>.orbax-checkpoint-tmp``
+  and renames it to ``<epoch>`` when complete (its ``commit_success.txt`` inside);
+  retention deletes by renaming ``<epoch>`` to ``.deleting-<epoch>`` first. So a
+  reader sees a checkpoint whole or not at all. :func:`restore_for_reading`
+  (``eval.py``, ``parse.py``, the report), which may run while the run trains, reads
+  the one it chose through hard links (``.reading-<pid>@<host>-…``, removed after), so
+  that the training may delete it meanwhile; where links cannot be made it reads in
+  place and reads again when the checkpoints changed under it, never calling one
+  damaged for that. What a stopped save, delete or reader left is removed when the
+  next training starts.
+* A failed save (disk full: :class:`coleaf_jax.fileio.DiskFullError` naming the
+  checkpoint; anything else: :class:`CheckpointWriteError`) removes the unfinished
+  folder; the reports orbax's background threads make of the same failure are not
+  printed (the main thread raises it once).
+* A checkpoint that is a symbolic link is read through it; retention removes the
+  link and leaves what it points to in place (saying so).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
 import json
@@ -22,7 +39,9 @@ import logging
 import os
 import re
 import shutil
+import socket
 import sys
+import tempfile
 import time
 
 import flax
@@ -31,9 +50,12 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from coleaf_jax import fileio, locks
 from coleaf_jax.training import workdir as workdir_lib
 
 CHECKPOINT_DIR = "checkpoints"
+UNFINISHED = ".orbax-checkpoint-tmp"  # orbax's name for a checkpoint being written
+DELETING = ".deleting-"  # ours for one being deleted (never a step name for orbax)
 DAMAGED_DIR = "damaged_checkpoints"
 ITEM_DIR = "default"  # orbax's folder of the one saved item (the state's arrays)
 # What reading damaged files raises, and only that counts as damage (a damaged checkpoint
@@ -63,6 +85,10 @@ class CheckpointMismatchError(workdir_lib.RunError):
 class CheckpointReadError(workdir_lib.RunError):
     """A checkpoint cannot be read for a reason other than damage (e.g. no permission):
     it is left in place."""
+
+
+class CheckpointWriteError(workdir_lib.RunError):
+    """A checkpoint could not be written (other than a full disk); nothing of it is kept."""
 
 
 def _chain(e: BaseException) -> list[BaseException]:
@@ -133,12 +159,40 @@ def checkpoint_manager(workdir: str, create: bool = True) -> ocp.CheckpointManag
         if create:  # orbax does not create the folder with active_processes
             os.makedirs(directory, exist_ok=True)
             create = False
+    # Evaluation reads (read_only: orbax writes and deletes nothing, not even its root
+    # metadata), possibly while the run trains in the same folder.
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=None, best_fn=lambda m: m["selection"], best_mode="max", create=create, **extra
+        max_to_keep=None,
+        best_fn=lambda m: m["selection"],
+        best_mode="max",
+        create=create,
+        read_only=not create and not extra,
+        save_interval_steps=1 if create or extra else 0,
+        **extra,
     )
-    return ocp.CheckpointManager(
-        directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
-    )
+    with _quiet_read_only_notice():
+        return ocp.CheckpointManager(
+            directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
+        )
+
+
+@contextlib.contextmanager
+def _quiet_read_only_notice():
+    """Drops orbax's warning that a reader's manager is read only (the point of it)."""
+
+    def drop(record: logging.LogRecord) -> bool:
+        return not (
+            record.levelno == logging.WARNING
+            and f"{os.sep}orbax{os.sep}" in (record.pathname or "")
+            and "read only" in record.getMessage()
+        )
+
+    logger = logging.getLogger("absl")
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def selection_scores(mngr: ocp.CheckpointManager) -> dict[int, float]:
@@ -184,11 +238,131 @@ def save_checkpoint(mngr: ocp.CheckpointManager, epoch: int, state, selection: f
     tree = flax.serialization.to_state_dict(state)
     if jax.process_count() > 1:  # orbax refuses process-local jax.Arrays in multi-process runs
         tree = jax.device_get(tree)
-    mngr.save(
-        epoch, args=ocp.args.StandardSave(tree), metrics={"selection": float(selection)}, force=True
-    )
-    mngr.wait_until_finished()
+    reports = _OrbaxReports()
+    _quiet_closed_loop_reports()  # from the first failed write on, whichever thread sees it
+    try:
+        with reports.held():
+            mngr.save(
+                epoch,
+                args=ocp.args.StandardSave(tree),
+                metrics={"selection": float(selection)},
+                force=True,
+            )
+            mngr.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 -- any failure: the unfinished folder goes
+        raise _failed_save(mngr, epoch, e, reports) from e
     prune_checkpoints(mngr)
+
+
+class _OrbaxReports(logging.Filter):
+    """Holds back the warnings and errors orbax logs while it saves (from its
+    background threads too): when the save fails they all report that one failure,
+    which the main thread raises; when it succeeds they are emitted after all."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING and f"{os.sep}orbax{os.sep}" in (
+            record.pathname or ""
+        ):
+            if not any(r is record for r in self.records):  # absl filters a record twice
+                self.records.append(record)
+            return False
+        return True
+
+    @contextlib.contextmanager
+    def held(self):
+        logger = logging.getLogger("absl")  # orbax logs through absl.logging
+        self.records = []
+        logger.addFilter(self)
+        failed = False
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            if not failed:
+                logger.removeFilter(self)
+                for record in self.records:
+                    logger.handle(record)
+            # after a failure the filter stays until _failed_save has waited for the threads
+
+    def release(self) -> None:
+        logging.getLogger("absl").removeFilter(self)
+
+
+def _quiet_closed_loop_reports() -> None:
+    """Installs (once) a ``sys.unraisablehook`` that drops asyncio's "Event loop is
+    closed" RuntimeErrors: tensorstore's writes still in flight when a checkpoint save
+    fails complete after orbax closed their event loop, and each then printed a
+    traceback (139 of them for one full disk), whenever they came, after the error too."""
+    if getattr(sys.unraisablehook, "_coleaf_quiet", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._coleaf_quiet = True
+    sys.unraisablehook = hook
+
+
+def _failed_save(mngr, epoch: int, error: Exception, reports: _OrbaxReports) -> Exception:
+    """What a failed save of checkpoint ``epoch`` raises, once its unfinished folder is
+    removed: ``DiskFullError`` naming it on a full disk, else ``CheckpointWriteError``."""
+    try:
+        with contextlib.suppress(Exception):
+            mngr.wait_until_finished()  # the background threads: done (failed) before cleanup
+        gc.collect()  # their coroutines' reports, while they are silenced
+        directory = str(mngr.directory)
+        for name in _unfinished(directory):
+            if name.split(".", 1)[0] == str(epoch):
+                fileio.remove_tree(os.path.join(directory, name))
+        with contextlib.suppress(Exception):
+            mngr.reload()
+    finally:
+        reports.release()
+    path = os.path.join(str(mngr.directory), str(epoch))
+    if fileio.is_disk_full(error):
+        return fileio.DiskFullError(path, error)
+    return CheckpointWriteError(
+        f"checkpoint {epoch} ({path}) could not be written ({_short(error)}); nothing of it "
+        f"was kept: fix the cause and run the command again (it resumes from the last "
+        f"complete checkpoint)"
+    )
+
+
+def _unfinished(directory: str) -> list[str]:
+    """What a stopped save (``<epoch>.orbax-checkpoint-tmp…``) or delete (``.deleting-…``)
+    left in ``directory``."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    return sorted(n for n in names if UNFINISHED in n or n.startswith(DELETING))
+
+
+def remove_unfinished(workdir: str, verbose: bool = True) -> list[str]:
+    """Removes what a stopped save or delete left in ``WORKDIR/checkpoints`` (training,
+    holding the workdir lock, when it starts); returns the names removed."""
+    directory = checkpoint_dir(workdir)
+    _remove_dead_readers(directory)
+    removed = []
+    for name in _unfinished(directory):
+        if fileio.remove_tree(os.path.join(directory, name)):
+            removed.append(name)
+    if removed and verbose:
+        print(
+            f"removed {', '.join(removed)} from {directory}: unfinished checkpoint writes or "
+            f"deletes of a run that stopped while saving"
+        )
+    return removed
 
 
 def prune_checkpoints(mngr: ocp.CheckpointManager) -> list[int]:
@@ -198,9 +372,31 @@ def prune_checkpoints(mngr: ocp.CheckpointManager) -> list[int]:
     scores = selection_scores(mngr)
     deleted = sorted(set(scores) - kept_epochs(scores))
     for old in deleted:
-        mngr.delete(old)
+        _delete_checkpoint(str(mngr.directory), old)
         _forget_selected_thresholds(str(mngr.directory), old)
+    if deleted:
+        mngr.reload()
     return deleted
+
+
+def _delete_checkpoint(directory: str, epoch: int) -> None:
+    """Deletes checkpoint ``epoch`` so that a reader never sees it half deleted: renamed
+    to ``.deleting-<epoch>`` (atomic), then removed. A symbolic link is removed, not
+    followed: what it points to is left in place (and said so)."""
+    path = os.path.join(directory, str(epoch))
+    if os.path.islink(path):
+        target = os.path.realpath(path)
+        os.unlink(path)
+        print(
+            f"checkpoint {epoch} ({path}) was a symbolic link to {target}: retention "
+            f"removed the link and left {target} in place (delete it yourself if unneeded)"
+        )
+        return
+    gone = os.path.join(directory, f"{DELETING}{epoch}")
+    if os.path.lexists(gone):
+        fileio.remove_tree(gone)
+    os.rename(path, gone)
+    fileio.remove_tree(gone)
 
 
 def _forget_selected_thresholds(directory: str, epoch: int) -> None:
@@ -232,9 +428,15 @@ def _signature(tree) -> dict[str, tuple]:
 
 
 def restore_checkpoint(
-    mngr: ocp.CheckpointManager, epoch: int, template, workdir: str | None = None, config=None
+    mngr: ocp.CheckpointManager,
+    epoch: int,
+    template,
+    workdir: str | None = None,
+    config=None,
+    shown: str | None = None,
 ):
-    """Restores checkpoint ``epoch`` into the structure of ``template``.
+    """Restores checkpoint ``epoch`` into the structure of ``template`` (``shown``: the
+    folder named in errors, when ``mngr`` reads a view of it).
 
     Raises:
       CheckpointMismatchError: the checkpoint holds other parameters than
@@ -244,9 +446,9 @@ def restore_checkpoint(
         see :func:`is_damage`).
       CheckpointReadError: they cannot be read for another reason (no permission…).
     """
-    path = os.path.join(str(mngr.directory), str(epoch))
+    path = os.path.join(shown or str(mngr.directory), str(epoch))
     target = flax.serialization.to_state_dict(template)
-    if not os.path.isdir(os.path.join(path, ITEM_DIR)):
+    if not os.path.isdir(os.path.join(str(mngr.directory), str(epoch), ITEM_DIR)):
         raise CheckpointDamagedError(
             f"checkpoint {epoch} ({path}) is damaged: its arrays' folder {ITEM_DIR}/ is missing",
             epoch,
@@ -355,7 +557,10 @@ def open_checkpoints(
     """:func:`checkpoint_manager`, naming a checkpoint whose validation score does not parse:
     orbax reads every score when it opens the folder, and its error names none. Raises
     ``CheckpointDamagedError`` (evaluation), or with ``move`` (training) moves it to
-    ``WORKDIR/damaged_checkpoints/``, says so and opens the rest."""
+    ``WORKDIR/damaged_checkpoints/``, says so and opens the rest. With ``move`` (training,
+    which holds the workdir lock), what a stopped save or delete left is removed first."""
+    if move:
+        remove_unfinished(workdir, verbose)
     while True:
         try:
             return checkpoint_manager(workdir, create)
@@ -415,3 +620,208 @@ def restore_latest_intact(
                         f"remaining checkpoints {sorted(rest)} and the epochs still to train"
                     )
                 print(f"warning: {e}. Moved it to {moved}; {then}", flush=True)
+
+
+def _step_folders(directory: str) -> dict[str, tuple[int, int]]:
+    """``{name: (device, inode)}`` of the checkpoint folders in ``directory``: what a
+    reader compares to know whether they changed while it read."""
+    try:
+        names = [n for n in os.listdir(directory) if n.isdigit()]
+    except OSError:
+        return {}
+    out = {}
+    for name in names:
+        try:
+            st = os.stat(os.path.join(directory, name))
+        except OSError:
+            continue
+        out[name] = (st.st_dev, st.st_ino)
+    return out
+
+
+def training_in(workdir: str) -> dict | None:
+    """The record of the training running in ``workdir`` (``train.lock``'s holder), or
+    None. Read only: a reader never takes the lock."""
+    return locks.current_holder(os.path.join(workdir, workdir_lib.LOCK_FILE))
+
+
+READING = ".reading-"  # a reader's hard-linked view of one checkpoint: .reading-<pid>@<host>-…
+_READER = re.compile(r"^\.reading-(\d+)@(.+)-[^-]+$")
+
+
+def _link_tree(src: str, dst: str) -> None:
+    """``dst`` as a copy of the folder ``src`` made of hard links (no data copied): the
+    files stay readable there when the training deletes ``src``. Raises OSError (``src``
+    gone meanwhile: FileNotFoundError; links not possible here: another errno)."""
+    for root, _dirs, files in os.walk(src, onerror=_raise):
+        target = os.path.join(dst, os.path.relpath(root, src))
+        os.makedirs(target, exist_ok=True)
+        for name in files:
+            os.link(os.path.join(root, name), os.path.join(target, name), follow_symlinks=True)
+    if not os.path.isdir(dst):
+        raise FileNotFoundError(errno.ENOENT, "no such checkpoint folder", src)
+
+
+def _raise(e: OSError):
+    raise e
+
+
+def _remove_dead_readers(directory: str) -> None:
+    """Removes the views of readers on this host that are no longer running (a reader
+    killed, or stopped by Ctrl-C, which exits at once)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        found = _READER.match(name)
+        if not found or found.group(2) != _HOST:
+            continue
+        try:
+            os.kill(int(found.group(1)), 0)
+        except ProcessLookupError:
+            fileio.remove_tree(os.path.join(directory, name))
+        except PermissionError:
+            pass
+
+
+_HOST = socket.gethostname().replace("-", "_")
+
+
+@contextlib.contextmanager
+def _reading_view(directory: str):
+    """A private folder beside the checkpoints for hard-linked views (None where one
+    cannot be made: a read-only workdir); removed after."""
+    _remove_dead_readers(directory)
+    try:
+        view = tempfile.mkdtemp(prefix=f"{READING}{os.getpid()}@{_HOST}-", dir=directory)
+    except OSError:
+        yield None
+        return
+    try:
+        yield view
+    finally:
+        fileio.remove_tree(view)
+
+
+def _named_as(e: BaseException, view: str, directory: str) -> BaseException:
+    """``e`` with the reader's view named as the checkpoint folder it stands for."""
+    if e.args and isinstance(e.args[0], str) and view in e.args[0]:
+        e.args = (e.args[0].replace(view, directory), *e.args[1:])
+    return e
+
+
+def restore_for_reading(
+    workdir: str,
+    template,
+    config=None,
+    step: int | None = None,
+    verbose: bool = True,
+    attempts: int = 10,
+):
+    """Checkpoint ``step`` (default: the best on validation) of the run in ``workdir``
+    for evaluation, which may run while the run trains: ``(epoch, state)``.
+
+    A checkpoint is visible only once complete (orbax's rename; ours on delete). The one
+    chosen is read through a view of hard links beside it (``.reading-…``, removed
+    after), so the training may delete it meanwhile: its files stay readable. Where no
+    view can be made (a read-only workdir, links not supported), it is read in place,
+    and a read that fails while the checkpoints changed is tried again (up to
+    ``attempts`` times). An error while they stay unchanged is the checkpoint's
+    (damaged, unreadable, mismatching) and is raised as it is.
+
+    Raises:
+      FileNotFoundError: no checkpoint yet, or no checkpoint ``step`` (naming those kept).
+      CheckpointDamagedError, CheckpointReadError, CheckpointMismatchError: see
+        :func:`restore_checkpoint`.
+      workdir_lib.RunError: the checkpoints changed at every attempt.
+    """
+    directory = checkpoint_dir(workdir)
+    with _reading_view(directory) as view:
+        for _ in range(attempts):
+            before = _step_folders(directory)
+            chosen = None
+            try:
+                chosen = _choose(workdir, directory, step)
+                if view is None:
+                    return chosen, _restore_in_place(workdir, chosen, template, config)
+                mine = os.path.join(view, str(chosen))
+                fileio.remove_tree(mine)
+                try:
+                    _link_tree(os.path.join(directory, str(chosen)), mine)
+                except FileNotFoundError:
+                    continue  # deleted as it was linked: choose again
+                except OSError:  # no hard links here: read in place
+                    fileio.remove_tree(mine)
+                    return chosen, _restore_in_place(workdir, chosen, template, config)
+                try:
+                    mngr = checkpoint_manager_at(view)
+                    try:
+                        return chosen, restore_checkpoint(
+                            mngr, chosen, template, workdir, config, shown=directory
+                        )
+                    finally:
+                        mngr.close()
+                except Exception as e:  # noqa: BLE001 -- named as the checkpoint, re-raised
+                    raise _named_as(e, view, directory) from e.__cause__
+            except Exception:
+                if _step_folders(directory) == before:
+                    raise  # nothing changed while reading: the error is the checkpoint's
+                if verbose:
+                    print(
+                        f"the checkpoints in {directory} changed while "
+                        + (f"checkpoint {chosen} was read" if chosen else "they were listed")
+                        + " (the run is training: it saves each epoch and keeps only the "
+                        "best and the latest); reading again",
+                        flush=True,
+                    )
+    raise workdir_lib.RunError(
+        f"{directory}: the checkpoints changed at each of {attempts} attempts to read one "
+        f"(a training in progress saving very often?); run the command again, or once the "
+        f"training has finished"
+    )
+
+
+def _choose(workdir: str, directory: str, step: int | None) -> int:
+    """The checkpoint to read: ``step``, or the best on validation of those finished."""
+    mngr = open_checkpoints(workdir, create=False)
+    try:
+        steps = sorted(mngr.all_steps())
+        chosen = best_epoch(selection_scores(mngr)) if step is None else step
+    finally:
+        mngr.close()
+    if chosen is not None and chosen in steps:
+        return chosen
+    training, note = training_in(workdir), ""
+    if training:
+        state = "it keeps only the best and the latest" if steps else "no epoch is finished yet"
+        who = f"process {training.get('pid')} on {training.get('host')}"
+        note = f" (a training is running there, {who}: {state})"
+    raise FileNotFoundError(
+        f"no checkpoint {'(best)' if step is None else step} in {directory}; "
+        f"available: {steps}{note}"
+    )
+
+
+def _restore_in_place(workdir: str, epoch: int, template, config):
+    mngr = open_checkpoints(workdir, create=False)
+    try:
+        return restore_checkpoint(mngr, epoch, template, workdir, config)
+    finally:
+        mngr.close()
+
+
+def checkpoint_manager_at(directory: str) -> ocp.CheckpointManager:
+    """A read-only manager of the checkpoints in ``directory`` (a reader's view)."""
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=None,
+        best_fn=lambda m: m["selection"],
+        best_mode="max",
+        create=False,
+        read_only=True,
+        save_interval_steps=0,
+    )
+    with _quiet_read_only_notice():
+        return ocp.CheckpointManager(
+            directory, options=options, item_handlers=ocp.StandardCheckpointHandler()
+        )

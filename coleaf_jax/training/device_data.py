@@ -26,12 +26,18 @@ def make_device_step(
     epoch's permutation padded with -1 to a whole number of batches, ``i`` the
     step within the epoch. Under ``pmap`` each device takes its slice of the
     global batch, exactly as the host pipeline reshapes it, and padding videos
-    are zeros with ``video_mask = 0`` as there: both paths train identically.
+    are zeros with ``video_mask = 0`` as there: both paths train identically. A
+    ``batch_size`` larger than ``order`` (a small split) takes the split's size rounded
+    up to ``n_devices`` (``pipeline.fit_batch_size``), as ``padded_order`` and the host
+    pipeline do, instead of gathering that many rows of padding.
     """
-    per_device = batch_size // n_devices
 
     def device_step(state, data, order, i, epoch, key):
-        start = i * batch_size
+        size = pipeline.fit_batch_size(batch_size, order.shape[0], n_devices)  # static
+        if order.shape[0] < size:  # one batch, short of the devices' multiple
+            order = jnp.pad(order, (0, size - order.shape[0]), constant_values=-1)
+        per_device = size // n_devices
+        start = i * size
         if axis_name:
             start = start + jax.lax.axis_index(axis_name) * per_device
         idx = jax.lax.dynamic_slice_in_dim(order, start, per_device)
@@ -72,9 +78,11 @@ def make_scan_epoch(
     return run_epoch
 
 
-def padded_order(perm: np.ndarray, batch_size: int) -> np.ndarray:
-    """The permutation padded with -1 to a whole number of batches."""
+def padded_order(perm: np.ndarray, batch_size: int, n_devices: int = 1) -> np.ndarray:
+    """The permutation padded with -1 to a whole number of batches (of at most the
+    split's size rounded up to ``n_devices``: ``pipeline.fit_batch_size``)."""
     n = len(perm)
+    batch_size = pipeline.fit_batch_size(batch_size, n, n_devices)
     total = pipeline.num_batches(n, batch_size) * batch_size
     return np.concatenate([np.asarray(perm, np.int32), np.full(total - n, -1, np.int32)])
 
@@ -84,6 +92,15 @@ def split_bytes(data: dict) -> int:
 
 
 def device_batch(batch, n_devices: int, rows: np.ndarray | None = None):
+    """A host batch on the device(s): split ``(n_devices, B / n_devices, ...)`` over them;
+    a batch cut to a small split (``pipeline.fit_batch_size``) is padded to a multiple of
+    ``n_devices`` first (zeros, ``video_mask`` 0: padding videos)."""
+    short = -len(next(iter(batch.values()))) % n_devices if rows is None else 0
+    if short:
+        batch = {
+            k: np.concatenate([v, np.zeros((short, *v.shape[1:]), v.dtype)])
+            for k, v in batch.items()
+        }
     if rows is not None:  # multi-process: this process's devices' rows (distributed.local_rows)
         return {k: jnp.asarray(v[rows]) for k, v in batch.items()}
     if n_devices == 1:

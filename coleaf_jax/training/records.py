@@ -1,6 +1,8 @@
 """A run's records in its workdir: ``metrics.jsonl`` (one row per epoch: losses,
 validation scores, timings) and ``test_metrics.json`` (the best checkpoint's test
-scores), written so that a kill at any moment leaves them readable.
+scores), written so that a kill or a full disk at any moment leaves them readable
+(:mod:`coleaf_jax.fileio`): rewrites are atomic, an append that fails is cut back, and
+a last line cut anyway (a kill mid-append) is skipped on reading with a warning.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 
+from coleaf_jax import fileio
 from coleaf_jax.training.checkpoints import CheckpointDamagedError, best_epoch, selection_scores
 
 RESULT_FILE = "test_metrics.json"
@@ -15,39 +18,38 @@ METRICS_FILE = "metrics.jsonl"
 
 
 def read_metrics(path: str) -> dict[int, dict]:
-    """The rows of ``metrics.jsonl`` by epoch (of rows for one epoch, the last). A line cut
-    by a kill mid-write, or a row without an epoch, is skipped."""
-    rows = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                except ValueError:  # a line cut by a kill mid-write
-                    continue
-                if isinstance(row, dict) and isinstance(row.get("epoch"), int):
-                    rows[row["epoch"]] = row
+    """The rows of ``metrics.jsonl`` by epoch (of rows for one epoch, the last). A last
+    line cut by a kill mid-write, or any line that is not a row, is skipped with a
+    warning naming the file (``fileio.read_jsonl``); so is a row without an epoch."""
+    rows, no_epoch = {}, 0
+    for row in fileio.read_jsonl(path):
+        if isinstance(row.get("epoch"), int):
+            rows[row["epoch"]] = row
+        else:
+            no_epoch += 1
+    if no_epoch:
+        fileio.warning(f"{path}: {no_epoch} row(s) without an epoch; skipped")
     return rows
 
 
 def keep_metrics_rows(path: str, last_epoch: int) -> None:
     """Keeps one row per epoch ``<= last_epoch`` (the latest checkpoint) in metrics.jsonl:
-    rows of epochs that are trained again after a resume are not duplicated."""
+    rows of epochs that are trained again after a resume are not duplicated. The file is
+    rewritten whole or not at all (a full disk: ``fileio.DiskFullError``, the old file
+    kept)."""
     if not os.path.exists(path):
         return
     rows = {epoch: row for epoch, row in read_metrics(path).items() if epoch <= last_epoch}
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        for epoch in sorted(rows):
-            f.write(json.dumps(rows[epoch]) + "\n")
-    os.replace(tmp, path)
+    fileio.atomic_write_text(path, "".join(json.dumps(rows[e]) + "\n" for e in sorted(rows)))
 
 
-def append_jsonl(path: str, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+def append_jsonl(path: str, record: dict) -> int:
+    """Appends ``record`` as one line (``fileio.append_line``: a failed append is cut
+    back); returns the file's size before it, so that a caller whose next step fails
+    (the epoch's checkpoint) can take the row back with ``fileio.truncate``."""
+    size = os.path.getsize(path) if os.path.exists(path) else 0
+    fileio.append_line(path, json.dumps(record))
+    return size
 
 
 def finished_result(mngr, workdir: str, num_epochs: int) -> dict | None:
@@ -66,6 +68,8 @@ def finished_result(mngr, workdir: str, num_epochs: int) -> dict | None:
     try:
         with open(path) as f:
             result = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # unreadable: the run tests its best checkpoint again
+        return None
+    if not isinstance(result, dict):
         return None
     return result if result.get("epoch") == best_epoch(scores) else None

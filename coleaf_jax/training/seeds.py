@@ -10,12 +10,12 @@ standard deviation of the 18 scores over seeds, each seed's best epoch and
 its validation curve (the selection score of every epoch).
 
 Single device only; no checkpoints (a multi-seed run is a measurement of
-variance: rerun it to repeat it).
+variance: rerun it to repeat it). Holds the workdir's ``train.lock`` (one writer);
+``seeds_metrics.json`` is written whole or not at all (``coleaf_jax.fileio``).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from coleaf_jax import progress
+from coleaf_jax import fileio, progress
 from coleaf_jax.data import pipeline
 from coleaf_jax.evaluation import evaluate, metrics
 from coleaf_jax.training import train as train_lib
@@ -31,6 +31,8 @@ from coleaf_jax.training import workdir as workdir_lib
 from coleaf_jax.training.device_data import make_device_step, padded_order
 from coleaf_jax.training.step import create_train_state, make_train_step, matmul_precision
 from coleaf_jax.training.train import validate_run_config
+
+RESULT_FILE = "seeds_metrics.json"
 
 
 def run_keys(seed: int):
@@ -187,8 +189,7 @@ def _train_seeds(config, workdir: str, data: dict | None, verbose: bool) -> dict
         **metrics.mean_std(per_seed),
         **evaluate.video_counts(test),
     }
-    with open(os.path.join(workdir, "seeds_metrics.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    fileio.atomic_write_json(os.path.join(workdir, RESULT_FILE), result)
     if verbose:
         print(metrics.format_mean_std(result, f"test, {len(seeds)} seeds: mean ± std (%)"))
     return result

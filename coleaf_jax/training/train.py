@@ -8,8 +8,10 @@ lock and stored config in ``workdir``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import sys
 import time
 from collections.abc import Callable
 
@@ -20,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from coleaf_jax import config as config_lib
-from coleaf_jax import progress
+from coleaf_jax import fileio, progress
 from coleaf_jax.data import pipeline
 from coleaf_jax.evaluation import evaluate, metrics
 from coleaf_jax.training import distributed
@@ -123,7 +125,10 @@ def train_and_evaluate(
     finished run is not trained again (its stored result is returned). Writes
     ``workdir/config.json``, ``workdir/metrics.jsonl`` (one row per epoch:
     losses, validation scores) and ``workdir/test_metrics.json``; returns the
-    latter. Stops with ``NonFiniteLossError`` at the first non-finite loss.
+    latter. Stops with ``NonFiniteLossError`` at the first non-finite loss, and with
+    ``fileio.DiskFullError`` naming the file (or checkpoint) when the disk is full: what
+    was being written is removed (a checkpoint's folder, its epoch's row), so re-running
+    resumes from the last complete checkpoint.
     """
     validate_run_config(config)
     status = status if status is not None else RunStatus()
@@ -143,8 +148,16 @@ def train_and_evaluate(
             return _train_and_evaluate(
                 config, workdir, mngr, data, on_epoch_end, on_test, status, verbose
             )
+        except Exception as e:  # a full disk however it was raised: one error naming a path
+            if fileio.is_disk_full(e) and not isinstance(e, fileio.DiskFullError):
+                raise fileio.as_disk_full(e, workdir) from e
+            raise
         finally:
-            mngr.close()
+            if sys.exc_info()[1] is None:
+                mngr.close()
+            else:  # the error on its way out is the one to report, not close()'s echo of it
+                with contextlib.suppress(Exception):
+                    mngr.close()
 
 
 def _train_and_evaluate(
@@ -158,7 +171,7 @@ def _train_and_evaluate(
         return {}
     trained = max(mngr.all_steps(), default=0) if primary else 0
     if trained:
-        changed = workdir_lib.check_resume(workdir, config, trained, defaults=config_lib.defaults())
+        changed = workdir_lib.check_resume(workdir, config, trained, defaults=config_lib.defaults)
         if changed and verbose:
             print(f"resuming with {workdir_lib.format_differences(changed)}")
     if primary:
@@ -183,10 +196,15 @@ def _train_and_evaluate(
     train, val, test = data["train"], data["val"], data["test"]
     num_classes = train["label"].shape[1]
     n_train = len(train["label"])
-    steps_per_epoch = pipeline.num_batches(n_train, config.batch_size)
     n_dev = num_devices(config)
     n_all = distributed.global_devices(n_dev)  # the global batch's shards: n_dev in one process
     axis = "batch" if n_all > 1 else None
+    # never padded beyond the split: a batch of 1e8 on 64 videos is one batch of 64
+    batch_size = pipeline.fit_batch_size(config.batch_size, n_train, n_all)
+    note = pipeline.batch_size_note(config.batch_size, n_train, n_all)
+    if note and verbose:
+        print(note)
+    steps_per_epoch = pipeline.num_batches(n_train, batch_size)
 
     root_key = jax.random.key(config.seed)
     init_key, train_key, shuffle_key = jax.random.split(root_key, 3)
@@ -217,7 +235,7 @@ def _train_and_evaluate(
     )
     scan = on_device and config.scan_epoch
     if on_device:  # the split lives on every device; batches are gathered there
-        step = make_device_step(step, config.batch_size, n_all, axis)
+        step = make_device_step(step, batch_size, n_all, axis)
         train_dev = pipeline.resident_fields(train)
         devices = jax.local_devices()[:n_dev]
         train_dev = (
@@ -249,11 +267,11 @@ def _train_and_evaluate(
     rows = None
     if distributed.process_count() > 1:
         if not on_device:  # the host pipeline's global batch: this process's rows
-            rows = distributed.local_rows(config.batch_size, n_dev)
+            rows = distributed.local_rows(batch_size, n_dev)
         if verbose:
             print(
                 f"{distributed.process_count()} processes, {n_all} devices in all, "
-                f"{config.batch_size // n_all} videos of each batch per device"
+                f"{batch_size // n_all} videos of each batch per device"
             )
     predict_fn = evaluate.make_predict_fn(anchor)
     val_counts = evaluate.video_counts(val)
@@ -268,7 +286,7 @@ def _train_and_evaluate(
         perm = np.asarray(jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n_train))
         epoch_arg = jnp.int32(epoch)
         if on_device:
-            order = jnp.asarray(padded_order(perm, config.batch_size))
+            order = jnp.asarray(padded_order(perm, batch_size))
             calls = (
                 (train_dev, order, jnp.int32(i), epoch_arg, train_key)
                 for i in range(steps_per_epoch)
@@ -278,7 +296,7 @@ def _train_and_evaluate(
         else:
             calls = (
                 (device_batch(b, n_dev, rows), epoch_arg, train_key)
-                for b in pipeline.epoch_batches(train, config.batch_size, perm, config.data.bucket)
+                for b in pipeline.epoch_batches(train, batch_size, perm, config.data.bucket)
             )
         bar = progress.bar(
             calls,
@@ -322,7 +340,7 @@ def _train_and_evaluate(
         train_logs = {k: v / steps_per_epoch for k, v in sums.items()}
         # The row first, then the checkpoint: a kill in between re-trains this epoch
         # and keep_metrics_rows drops the row, so metrics.jsonl never repeats an epoch.
-        append_jsonl(
+        row_at = append_jsonl(
             metrics_path,
             {
                 "epoch": epoch + 1,
@@ -346,7 +364,12 @@ def _train_and_evaluate(
             },
         )
         status.phase = "saving"
-        save_checkpoint(mngr, epoch + 1, host_state, selection)
+        try:
+            save_checkpoint(mngr, epoch + 1, host_state, selection)
+        except Exception:  # not saved (disk full...): its row goes too, the epoch is redone
+            with contextlib.suppress(OSError):
+                fileio.truncate(metrics_path, row_at)
+            raise
         status.resume_epoch = epoch + 2
         if epoch + 1 < config.num_epochs:  # saved: a Ctrl-C from here on is in the next epoch
             status.epoch, status.phase = epoch + 2, "training"

@@ -11,6 +11,12 @@
   only keys of :data:`RESUMABLE_KEYS` changed.
 * :func:`config_differences` names the keys in which two configs differ (also
   used when a checkpoint does not fit a config).
+* :func:`check_output` is the one place every tool's output path goes through
+  (``eval.py --output``, ``parse.py --output``, ``bench --json``, the sweep's and the
+  weights' folders, ``train.py --workdir`` itself): a run's records
+  (:data:`RECORD_FILES` in a run's folder, anything in its :data:`RECORD_DIRS`) are
+  never an output, whatever the spelling (symbolic links and ``..`` resolved).
+  :func:`output_lock`: one writer per output file.
 
 This module imports neither JAX nor TFDS (the lock test starts a process on it).
 """
@@ -23,11 +29,40 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from coleaf_jax import locks
+from coleaf_jax import fileio, locks
 from coleaf_jax.config import flatten
 
 LOCK_FILE = "train.lock"
 CONFIG_FILE = "config.json"
+# A run's records, by name (the modules that write them import these names or are
+# tested to agree: tests/test_records_hardening.py): in a run's folder (a train.py
+# --workdir, a sweep's run, a sweep's own folder) none of them is ever another tool's
+# output, nor anything inside RECORD_DIRS.
+RECORD_FILES = frozenset(
+    {
+        CONFIG_FILE,
+        LOCK_FILE,
+        "metrics.jsonl",  # records.METRICS_FILE
+        "test_metrics.json",  # records.RESULT_FILE
+        "seeds_metrics.json",  # seeds.RESULT_FILE
+        "report.html",  # evaluation.report
+        "train.log",  # sweep.LOG: each run's log
+        "sweep.json",  # sweep.MANIFEST
+        "summary.json",  # sweep.SUMMARY
+        "sweep.lock",  # sweep.LOCK_FILE
+    }
+)
+RECORD_DIRS = frozenset({"checkpoints", "damaged_checkpoints"})
+# What makes a folder a run's (or a sweep's): any one of these in it.
+RUN_MARKERS = (
+    CONFIG_FILE,
+    LOCK_FILE,
+    "metrics.jsonl",
+    "test_metrics.json",
+    "seeds_metrics.json",
+    "checkpoints",
+    "sweep.json",
+)
 
 # Keys that may change between the start of a run and its resumption: they do not
 # change what an epoch computes (or, for num_epochs, only how many epochs there are).
@@ -60,6 +95,107 @@ class ConfigMismatchError(RunError):
     """The config differs from the run's stored config in keys that matter."""
 
 
+class ProtectedOutputError(RunError):
+    """An output path that would overwrite (or write into) a run's records."""
+
+
+class OutputInUseError(RunError):
+    """Another process is writing the same output."""
+
+
+def is_run_folder(path: str) -> bool:
+    """Whether ``path`` is a folder holding a run's (or a sweep's) records."""
+    return os.path.isdir(path) and any(
+        os.path.lexists(os.path.join(path, name)) for name in RUN_MARKERS
+    )
+
+
+def protected_record(path: str, own_run: bool = False) -> str | None:
+    """What of a run's records the output ``path`` would overwrite or write into, or None.
+
+    ``path`` is resolved first (symbolic links, ``..``, relative to the working
+    directory). Protected: anything inside a run's :data:`RECORD_DIRS` (its
+    checkpoints, with their selected thresholds), a file of :data:`RECORD_FILES` in a
+    run's folder, and a run's folder itself unless ``own_run`` (``train.py --workdir``)."""
+    real = os.path.realpath(path)
+    node = real
+    while os.path.dirname(node) != node:
+        parent = os.path.dirname(node)
+        if os.path.basename(node) in RECORD_DIRS and is_run_folder(parent):
+            return f"inside {os.path.basename(node)}/ of the run in {parent}"
+        node = parent
+    parent, name = os.path.dirname(real), os.path.basename(real)
+    if name in RECORD_FILES and is_run_folder(parent):
+        return f"the record {name} of the run in {parent}"
+    if not own_run and is_run_folder(real):
+        return f"the folder of the run in {real}"
+    return None
+
+
+def check_output(path: str, flag: str, *, folder: bool = False, own_run: bool = False) -> str:
+    """The one check every tool's output path goes through; returns ``path``.
+
+    Args:
+      path: the output (a file, or with ``folder`` a folder the tool writes into).
+      flag: how the user gave it (``--output``, ``--json``…), for the message.
+      folder: ``path`` is a folder (for the message).
+      own_run: ``path`` is a run's own workdir (``train.py --workdir``): a run's folder
+        is allowed, a folder inside another run's records is not.
+
+    Raises:
+      ProtectedOutputError: the output would overwrite or write into a run's records
+        (:func:`protected_record`); one line naming both.
+    """
+    what = protected_record(path, own_run=own_run)
+    if what is None:
+        return path
+    real = os.path.realpath(path)
+    shown = f"{path} (= {real})" if real != os.path.abspath(path) else path
+    raise ProtectedOutputError(
+        f"{flag} {shown} is {what}: a run's records are never another output. Give "
+        f"{'a folder' if folder else 'a file'} outside them"
+    )
+
+
+@contextmanager
+def output_lock(path: str, flag: str) -> Iterator[str]:
+    """Holds ``.<name>.lock`` beside the output file ``path`` while the block writes it
+    (the lock file is removed after): a second writer of the same output is refused
+    naming the first, as a second training in a workdir is.
+
+    Raises:
+      OutputInUseError: another process is writing ``path``.
+    """
+    real = os.path.realpath(path)
+    parent = os.path.dirname(real)
+    created = []  # folders made for the lock: removed again if nothing was written there
+    node = parent
+    while not os.path.isdir(node):
+        created.append(node)
+        node = os.path.dirname(node)
+    os.makedirs(parent, exist_ok=True)
+    lock_path = os.path.join(parent, f".{os.path.basename(real)}.lock")
+    try:
+        with locks.exclusive(lock_path, remove=True):
+            yield lock_path
+    except locks.LockHeldError as e:
+        raise OutputInUseError(
+            f"{flag} {path} is being written by {locks.describe(e.holder)}: one writer per "
+            f"output. Wait for it to finish, or write elsewhere"
+        ) from None
+    except locks.LockUnsupportedError as e:
+        raise RunError(
+            f"{lock_path}: cannot lock the output ({e}); its filesystem does not support "
+            f"flock. Write it on one that does"
+        ) from None
+    finally:
+        for folder in created:  # innermost first
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break  # not empty: the output (or something else) is in it
+
+
 @contextmanager
 def lock(workdir: str, verbose: bool = True) -> Iterator[str]:
     """Holds ``WORKDIR/train.lock`` while the block runs (creating ``workdir``).
@@ -73,6 +209,7 @@ def lock(workdir: str, verbose: bool = True) -> Iterator[str]:
         raise RunError(
             f"--workdir {workdir}: a file, not a folder; give a folder (created if missing)"
         )
+    check_output(workdir, "--workdir", folder=True, own_run=True)
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, LOCK_FILE)
     try:
@@ -106,9 +243,17 @@ def config_differences(stored: dict, config, defaults=None) -> dict[str, tuple[A
     """``{key: (stored value, new value)}`` for every dotted key whose value differs.
 
     A key missing from ``stored`` (a config written before the key existed) counts
-    only when the new value differs from its value in ``defaults``.
+    only when the new value differs from its value in ``defaults`` (a config, or a
+    function returning it: called only when a key is missing, so that a config file
+    is not run for nothing).
     """
     old, new = flatten(stored), flatten(config_dict(config))
+    if callable(defaults) and not set(new) <= set(old):
+        defaults = defaults()
+    elif callable(defaults):
+        defaults = None
+        if not set(old) <= set(new):  # keys the project no longer has: not differences
+            old = {k: v for k, v in old.items() if k in new}
     base = flatten(config_dict(defaults)) if defaults is not None else {}
     missing = object()
     out = {}
@@ -165,11 +310,11 @@ def apply_stored_config(config, workdir: str):
 
 
 def write_config(workdir: str, config) -> None:
-    path = os.path.join(workdir, CONFIG_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
-    os.replace(tmp, path)
+    """``WORKDIR/config.json``, written whole or not at all (a full disk: one
+    ``fileio.DiskFullError`` naming it, the previous file intact)."""
+    fileio.atomic_write_text(
+        os.path.join(workdir, CONFIG_FILE), config.to_json_best_effort(indent=2) + "\n"
+    )
 
 
 def check_resume(workdir: str, config, trained_epochs: int, defaults=None) -> dict:
@@ -179,8 +324,8 @@ def check_resume(workdir: str, config, trained_epochs: int, defaults=None) -> di
       workdir: the run's folder (its ``config.json`` is the stored config).
       config: the config asked for now.
       trained_epochs: epochs the run's latest checkpoint holds.
-      defaults: the default config (keys absent from an older ``config.json``
-        count as unchanged when the new value is their default).
+      defaults: the default config, or a function returning it (keys absent from an
+        older ``config.json`` count as unchanged when the new value is their default).
 
     Returns:
       The keys that differ (all of them in :data:`RESUMABLE_KEYS`).
