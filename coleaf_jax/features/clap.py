@@ -86,6 +86,36 @@ PrecisionLike = Any
 # ----------------------------------------------------------------------------- configuration
 
 
+# Limits on a configuration's sizes (convert.check_sizes), checked before anything is
+# sized from them; far above LAION-CLAP's HTSAT-base and RoBERTa-large.
+_AUDIO_LIMITS = {
+    "sample_rate": (1, 384000),
+    "clip_samples": (1, 384000 * 600),
+    "window_size": (1, 1 << 16),
+    "hop_size": (1, 1 << 16),
+    "mel_bins": (1, 1024),
+    "class_num": (1, 1 << 17),
+    "spec_size": (1, 4096),
+    "patch_size": (1, 256),
+    "patch_stride": (1, 256),
+    "embed_dim": (1, 4096),
+    "depths": (1, 64),
+    "num_heads": (1, 1024),
+    "window": (1, 256),
+}
+_TEXT_LIMITS = {
+    "vocab_size": (1, 1 << 20),
+    "hidden": (1, 16384),
+    "layers": (1, 256),
+    "heads": (1, 1024),
+    "intermediate": (1, 65536),
+    "max_positions": (1, 1 << 14),
+    "type_vocab_size": (1, 1024),
+    "pad_token_id": (0, 1 << 20),
+    "context_length": (1, 1 << 14),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class AudioConfig:
     """HTSAT and its front end. Defaults: HTSAT-tiny (``model_configs/HTSAT-tiny.json``
@@ -109,6 +139,16 @@ class AudioConfig:
     mlp_ratio: float = 4.0  # HTSAT_Swin_Transformer default
     ape: bool = False  # HTSAT_Swin_Transformer default: no absolute position embedding
     norm_eps: float = 1e-5  # nn.LayerNorm / nn.BatchNorm2d defaults
+
+    def __post_init__(self):
+        convert.check_sizes(self, _AUDIO_LIMITS, "CLAP audio")
+        if len(self.depths) != len(self.num_heads) or not 1 <= len(self.depths) <= 8:
+            raise ValueError(
+                f"CLAP audio depths {self.depths} and num_heads {self.num_heads}: one head "
+                f"count per stage, 1 to 8 stages"
+            )
+        if self.hop_size > self.window_size or self.clip_samples < self.window_size:
+            raise ValueError("CLAP audio hop_size <= window_size <= clip_samples expected")
 
     @property
     def num_features(self) -> int:
@@ -145,6 +185,9 @@ class TextConfig:
     pad_token_id: int = 1  # also the position ids' padding_idx
     context_length: int = 77  # hook.py tokenizer: max_length=77
 
+    def __post_init__(self):
+        convert.check_sizes(self, _TEXT_LIMITS, "CLAP text")
+
 
 @dataclasses.dataclass(frozen=True)
 class CLAPConfig:
@@ -157,6 +200,13 @@ class CLAPConfig:
     enable_fusion: bool = False
     fusion_type: str = "aff_2d"  # hook.py: fusion_type = 'aff_2d' when enable_fusion
     fusion_reduction: int = 4  # feature_fusion.AFF(r=4)
+
+    def __post_init__(self):
+        if not isinstance(self.audio, AudioConfig) or not isinstance(self.text, TextConfig):
+            raise ValueError("CLAP config: audio and text must be tower configurations")
+        convert.check_sizes(
+            self, {"joint_embed": (1, 1 << 14), "fusion_reduction": (1, 1024)}, "CLAP"
+        )
 
 
 HTSAT_TINY = AudioConfig()
@@ -180,16 +230,21 @@ def config_from_dict(record: dict | None) -> CLAPConfig:
     ``ValueError``."""
     if record is None:
         return CLAP_TINY_FUSION
+    if not isinstance(record, dict):
+        raise ValueError(f"not a CLAP configuration: a {type(record).__name__}")
     record = dict(record)
     try:
-        audio = dict(record.pop("audio", {}))
+        audio, text = record.pop("audio", {}), record.pop("text", {})
+        if not isinstance(audio, dict) or not isinstance(text, dict):
+            raise TypeError("its audio and text entries are not objects")
+        audio = dict(audio)
         for key in ("depths", "num_heads"):
             if key in audio:
-                audio[key] = tuple(int(v) for v in audio[key])
-        return CLAPConfig(
-            audio=AudioConfig(**audio), text=TextConfig(**record.pop("text", {})), **record
-        )
-    except TypeError as e:
+                if not isinstance(audio[key], (list, tuple)) or len(audio[key]) > 8:
+                    raise TypeError(f"audio {key} is not a list of at most 8 integers")
+                audio[key] = tuple(audio[key])
+        return CLAPConfig(audio=AudioConfig(**audio), text=TextConfig(**text), **record)
+    except (TypeError, ValueError) as e:
         raise ValueError(f"not a CLAP configuration: {e}") from e
 
 

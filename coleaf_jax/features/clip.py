@@ -56,7 +56,7 @@ from tokenizers import Tokenizer as _Backend
 from tokenizers.models import BPE
 
 from coleaf_jax.features import convert
-from coleaf_jax.features.convert import ConversionError, read_pth
+from coleaf_jax.features.convert import MAX_NDIM, ConversionError, read_pth
 
 # ----------------------------------------------------------------------------- configs
 
@@ -74,6 +74,28 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
+# Limits on a configuration's sizes (convert.check_sizes), checked before anything is
+# sized from them: far above the largest public CLIP (ViT-bigG/14: vision 1664 wide, 48
+# layers, 16 heads, MLP 8192, image 224; text 1280 wide, 32 layers, 20 heads, MLP 5120).
+_VISION_LIMITS = {
+    "image_size": (1, 4096),
+    "patch_size": (1, 4096),
+    "width": (1, 16384),
+    "layers": (1, 256),
+    "heads": (1, 1024),
+    "mlp_dim": (1, 65536),
+}
+_TEXT_LIMITS = {
+    "vocab_size": (1, 1 << 20),
+    "context_length": (1, 1 << 14),
+    "width": (1, 16384),
+    "layers": (1, 256),
+    "heads": (1, 1024),
+    "mlp_dim": (1, 65536),
+    "eos_token_id": (0, 1 << 20),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
     """The image tower (transformers' ``CLIPVisionConfig``: ``image_size``, ``patch_size``,
@@ -85,6 +107,11 @@ class VisionConfig:
     layers: int = 12
     heads: int = 12
     mlp_dim: int = 3072
+
+    def __post_init__(self):
+        convert.check_sizes(self, _VISION_LIMITS, "CLIP vision")
+        if self.patch_size > self.image_size:
+            raise ValueError(f"CLIP patch_size {self.patch_size} > image_size {self.image_size}")
 
     @property
     def grid(self) -> int:
@@ -112,6 +139,9 @@ class TextConfig:
     mlp_dim: int = 2048
     eos_token_id: int = 2
 
+    def __post_init__(self):
+        convert.check_sizes(self, _TEXT_LIMITS, "CLIP text")
+
 
 @dataclasses.dataclass(frozen=True)
 class CLIPConfig:
@@ -127,6 +157,9 @@ class CLIPConfig:
     activation: str = "quick_gelu"
 
     def __post_init__(self):
+        if not isinstance(self.vision, VisionConfig) or not isinstance(self.text, TextConfig):
+            raise ValueError("CLIP config: vision and text must be tower configurations")
+        convert.check_sizes(self, {"projection_dim": (1, 1 << 14)}, "CLIP")
         for name, tower in (("vision", self.vision), ("text", self.text)):
             if tower.width % tower.heads:
                 raise ValueError(
@@ -140,15 +173,16 @@ class CLIPConfig:
 
 def config_from_dict(record: dict) -> CLIPConfig:
     """The :class:`CLIPConfig` of ``dataclasses.asdict(config)`` (as stored beside converted
-    weights). Unknown keys raise ``ValueError``."""
+    weights). Unknown keys, wrong types and sizes beyond the limits raise ``ValueError``."""
+    if not isinstance(record, dict):
+        raise ValueError(f"not a CLIP configuration: a {type(record).__name__}")
     record = dict(record)
     try:
-        return CLIPConfig(
-            vision=VisionConfig(**record.pop("vision")),
-            text=TextConfig(**record.pop("text")),
-            **record,
-        )
-    except (KeyError, TypeError) as e:
+        vision, text = record.pop("vision"), record.pop("text")
+        if not isinstance(vision, dict) or not isinstance(text, dict):
+            raise TypeError("its vision and text entries are not objects")
+        return CLIPConfig(vision=VisionConfig(**vision), text=TextConfig(**text), **record)
+    except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"not a CLIP configuration: {e}") from e
 
 
@@ -212,6 +246,22 @@ _HF_VISION_DEFAULTS = {
 }
 
 
+def _whole(value) -> int:
+    """A size from a JSON config: an integer (``768``, or ``768.0``); anything else
+    (``true``, ``"768"``, ``1e400``, ``NaN``) is a ``ValueError``."""
+    if type(value) is float and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    if type(value) is not int:
+        raise ValueError(f"{str(value)[:40]} is not an integer")
+    return value
+
+
+def _epsilon(value) -> float:
+    if type(value) not in (int, float) or not 0.0 < value < 1.0:
+        raise ValueError(f"layer_norm_eps {str(value)[:40]} is not a number in (0, 1)")
+    return float(value)
+
+
 def config_from_hf(hf: dict, source: str = "config") -> CLIPConfig:
     """A transformers ``CLIPConfig`` dict (a checkpoint's ``config.json``) -> :class:`CLIPConfig`.
 
@@ -220,49 +270,56 @@ def config_from_hf(hf: dict, source: str = "config") -> CLIPConfig:
     defaults. Raises :class:`ConversionError` naming ``source`` when the towers' activations
     or epsilons differ (no public CLIP has that) or a value is not an integer.
     """
+    if not isinstance(hf, dict):
+        raise ConversionError(f"{source}: a JSON {type(hf).__name__}, expected an object")
     towers = {}
     for name, defaults in (("text", _HF_TEXT_DEFAULTS), ("vision", _HF_VISION_DEFAULTS)):
         merged = dict(defaults)
-        merged.update(hf.get(f"{name}_config") or {})
-        merged.update(hf.get(f"{name}_config_dict") or {})
+        for key in (f"{name}_config", f"{name}_config_dict"):
+            part = hf.get(key) or {}
+            if not isinstance(part, dict):
+                raise ConversionError(
+                    f"{source}: {key} is a JSON {type(part).__name__}, expected an object"
+                )
+            merged.update(part)
         towers[name] = merged
     text, vision = towers["text"], towers["vision"]
     if text["hidden_act"] != vision["hidden_act"]:
         raise ConversionError(
-            f"{source}: the towers' activations differ ({text['hidden_act']!r}, "
-            f"{vision['hidden_act']!r}); one activation for both is supported"
+            f"{source}: the towers' activations differ ({str(text['hidden_act'])[:40]!r}, "
+            f"{str(vision['hidden_act'])[:40]!r}); one activation for both is supported"
         )
     if text["layer_norm_eps"] != vision["layer_norm_eps"]:
         raise ConversionError(f"{source}: the towers' layer_norm_eps differ")
     eos = text["eos_token_id"]
     if isinstance(eos, list):
         if len(eos) != 1:
-            raise ConversionError(f"{source}: several eos_token_id values ({eos})")
+            raise ConversionError(f"{source}: several eos_token_id values ({str(eos)[:80]})")
         eos = eos[0]
     try:
         return CLIPConfig(
             vision=VisionConfig(
-                image_size=int(vision["image_size"]),
-                patch_size=int(vision["patch_size"]),
-                width=int(vision["hidden_size"]),
-                layers=int(vision["num_hidden_layers"]),
-                heads=int(vision["num_attention_heads"]),
-                mlp_dim=int(vision["intermediate_size"]),
+                image_size=_whole(vision["image_size"]),
+                patch_size=_whole(vision["patch_size"]),
+                width=_whole(vision["hidden_size"]),
+                layers=_whole(vision["num_hidden_layers"]),
+                heads=_whole(vision["num_attention_heads"]),
+                mlp_dim=_whole(vision["intermediate_size"]),
             ),
             text=TextConfig(
-                vocab_size=int(text["vocab_size"]),
-                context_length=int(text["max_position_embeddings"]),
-                width=int(text["hidden_size"]),
-                layers=int(text["num_hidden_layers"]),
-                heads=int(text["num_attention_heads"]),
-                mlp_dim=int(text["intermediate_size"]),
-                eos_token_id=int(eos),
+                vocab_size=_whole(text["vocab_size"]),
+                context_length=_whole(text["max_position_embeddings"]),
+                width=_whole(text["hidden_size"]),
+                layers=_whole(text["num_hidden_layers"]),
+                heads=_whole(text["num_attention_heads"]),
+                mlp_dim=_whole(text["intermediate_size"]),
+                eos_token_id=_whole(eos),
             ),
-            projection_dim=int(hf.get("projection_dim", 512)),
-            layer_norm_eps=float(text["layer_norm_eps"]),
+            projection_dim=_whole(hf.get("projection_dim", 512)),
+            layer_norm_eps=_epsilon(text["layer_norm_eps"]),
             activation=str(text["hidden_act"]),
         )
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:
         raise ConversionError(f"{source}: not a CLIP config ({e})") from e
 
 
@@ -724,8 +781,10 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise ConversionError(f"{path}: cannot be read ({e.strerror or e})") from e
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise bad(f"header is not JSON: {e}") from e
+    except RecursionError:  # json's parser recurses: a header of nested brackets
+        raise bad("header nested too deeply") from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise bad(f"header is not JSON: {' '.join(str(e).split())[:200]}") from None
     if not isinstance(header, dict):
         raise bad("header is not a JSON object")
     data_size = size - 8 - n
@@ -733,26 +792,38 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     for name, info in header.items():
         if name == "__metadata__":
             continue
+        shown = name[:80]
         if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
-            raise bad(f"tensor {name!r} lacks dtype, shape or data_offsets")
-        dtype = _safetensors_dtype(info["dtype"])
+            raise bad(f"tensor {shown!r} lacks dtype, shape or data_offsets")
+        dtype = _safetensors_dtype(info["dtype"]) if isinstance(info["dtype"], str) else None
         if dtype is None:
-            raise bad(f"tensor {name!r} has unsupported dtype {info['dtype']!r}")
+            raise bad(f"tensor {shown!r} has unsupported dtype {str(info['dtype'])[:40]!r}")
         shape, offsets = info["shape"], info["data_offsets"]
         if not (
             isinstance(shape, list)
-            and all(isinstance(d, int) and d >= 0 for d in shape)
+            and len(shape) <= MAX_NDIM
+            and all(type(d) is int and 0 <= d for d in shape)
             and isinstance(offsets, list)
             and len(offsets) == 2
-            and all(isinstance(o, int) for o in offsets)
+            and all(type(o) is int for o in offsets)
         ):
-            raise bad(f"tensor {name!r} has a malformed shape or data_offsets")
+            raise bad(f"tensor {shown!r} has a malformed shape or data_offsets")
         begin, end = offsets
         if not 0 <= begin <= end <= data_size:
-            raise bad(f"tensor {name!r} lies outside the file (offsets {begin}-{end})")
+            raise bad(f"tensor {shown!r} lies outside the file (offsets {begin}-{end})")
+        # Every dimension bounded by the bytes there are (an empty tensor's included: a
+        # shape [0, 2**62] is not a tensor anyone saved).
+        if any(d > max(data_size, 1) for d in shape):
+            raise bad(f"tensor {shown!r} has shape {shape[:8]} in a {data_size}-byte buffer")
         if end - begin != math.prod(shape) * dtype.itemsize:
-            raise bad(f"tensor {name!r}: {end - begin} bytes for shape {shape} {info['dtype']}")
+            raise bad(f"tensor {shown!r}: {end - begin} bytes for shape {shape} {info['dtype']}")
         entries.append((name, dtype, tuple(shape), begin, end))
+    # The format's tensors tile the buffer: none overlaps another (so the arrays built
+    # never exceed the file's size, however many entries point at the same bytes).
+    spans = sorted((b, e, name) for name, _d, _s, b, e in entries if e > b)
+    for (_b0, e0, first), (b1, _e1, second) in zip(spans, spans[1:]):
+        if b1 < e0:
+            raise bad(f"tensors {first[:80]!r} and {second[:80]!r} overlap")
     out = {}
     if data_size == 0:  # nothing to map: every tensor is empty
         return {name: np.zeros(shape, dtype) for name, dtype, shape, _b, _e in entries}
@@ -782,13 +853,9 @@ def load_folder(folder: str | os.PathLike) -> tuple[CLIPConfig, dict]:
     -> ``(config, variables)``. Raises :class:`ConversionError` naming what is missing."""
     folder = os.fspath(folder)
     config_path = os.path.join(folder, "config.json")
-    try:
-        with open(config_path, encoding="utf-8") as f:
-            config = config_from_hf(json.load(f), config_path)
-    except FileNotFoundError as e:
-        raise ConversionError(f"{folder}: no config.json (a transformers CLIP folder)") from e
-    except json.JSONDecodeError as e:
-        raise ConversionError(f"{config_path}: not JSON ({e})") from e
+    if not os.path.isfile(config_path):
+        raise ConversionError(f"{folder}: no config.json (a transformers CLIP folder)")
+    config = config_from_hf(convert.read_config_json(config_path), config_path)
     for name in CHECKPOINT_FILES:
         path = os.path.join(folder, name)
         if os.path.exists(path):

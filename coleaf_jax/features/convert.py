@@ -28,13 +28,16 @@ import hashlib
 import importlib
 import io
 import json
+import math
 import os
 import pickle
+import pickletools
 import struct
 import sys
 import zipfile
 
 import jax
+import ml_dtypes
 import numpy as np
 
 from coleaf_jax.features import r2plus1d, resnet, vggish
@@ -45,11 +48,18 @@ class ConversionError(ValueError):
 
 
 # ----------------------------------------------------------------------------- .pth reader
+#
+# Every number below comes from the file and is checked before it touches memory: the
+# persistent ids' types and sizes against the archive's entries, each tensor's offset,
+# sizes and strides against its storage (its last element inside it), the bytes read
+# and built against a budget proportional to the file's size (MEMORY_FACTOR), and the
+# nesting of containers. A file that breaks a rule is a ConversionError naming it.
 
 _STORAGE_DTYPES = {
     "DoubleStorage": np.float64,
     "FloatStorage": np.float32,
     "HalfStorage": np.float16,
+    "BFloat16Storage": ml_dtypes.bfloat16,
     "LongStorage": np.int64,
     "IntStorage": np.int32,
     "ShortStorage": np.int16,
@@ -57,66 +67,149 @@ _STORAGE_DTYPES = {
     "ByteStorage": np.uint8,
     "BoolStorage": np.bool_,
 }
+_STORAGE_TYPES = {id(t): name for name, t in _STORAGE_DTYPES.items()}
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+MAX_NDIM = 32  # numpy's limit is 64; no published model's tensor has more than 6 axes
+MAX_NESTING = 100  # containers within containers in a checkpoint's pickle
+MAX_ELEMENTS = 1 << 48  # a tensor's shape, its zero dimensions taken as 1
+# Bytes a checkpoint may make this reader allocate (storages read plus tensors built):
+# MEMORY_FACTOR x the file's size + MEMORY_SLACK. A state dict's tensors are its
+# storages (1x), tied weights share one storage (a little more); a crafted file whose
+# tensors all view one storage would need far more.
+MEMORY_FACTOR = 4
+MEMORY_SLACK = 64 << 20
+# The largest expansion deflate allows (~1032:1); torch stores its entries uncompressed.
+_MAX_DEFLATE_RATIO = 1100
+
+
+def _int(value, what: str) -> int:
+    if type(value) is not int:  # bool is an int subclass: not a size either
+        raise ConversionError(f"{what} is a {type(value).__name__}, expected an integer")
+    return value
+
+
+class _Budget:
+    """The bytes this reader may still allocate for one file (see MEMORY_FACTOR)."""
+
+    def __init__(self, path: str, file_size: int):
+        self.path, self.file_size = path, file_size
+        self.left = MEMORY_FACTOR * file_size + MEMORY_SLACK
+
+    def take(self, nbytes: int, what: str) -> None:
+        if nbytes > self.left:
+            raise ConversionError(
+                f"{self.path}: {what} needs {nbytes} bytes, more than a {self.file_size}-byte "
+                f"checkpoint can hold (its tensors are limited to {MEMORY_FACTOR}x the file's "
+                f"size in all); a damaged or crafted file"
+            )
+        self.left -= nbytes
 
 
 class _Storage:
-    """A torch storage: its dtype and, once read, its flat data (``reader``: reads it when
-    first needed, so a checkpoint's tensors that are not kept are never read)."""
+    """A torch storage: its dtype, its element count as the checkpoint declares it, and,
+    once read, its flat data (``reader``: reads it when first needed, so a checkpoint's
+    tensors that are not kept are never read). ``data`` always holds ``numel`` elements."""
 
-    def __init__(self, dtype, numel: int | None = None, reader=None):
-        self.dtype = np.dtype(dtype)
-        self.numel = numel
+    def __init__(self, key: str, dtype, numel: int, reader=None):
+        self.key, self.dtype, self.numel = key, np.dtype(dtype), numel
         self._data: np.ndarray | None = None
         self._reader = reader
 
     @property
     def data(self) -> np.ndarray | None:
         if self._data is None and self._reader is not None:
-            self._data, self._reader = self._reader(), None
+            self.data, self._reader = self._reader(), None
         return self._data
 
     @data.setter
     def data(self, value: np.ndarray) -> None:
+        if value.shape != (self.numel,):
+            raise ConversionError(
+                f"storage {self.key} holds {value.size} elements, its header says {self.numel}"
+            )
         self._data = value
 
 
 class _StorageView:
+    """A legacy-format view of ``size`` elements of ``root`` from ``offset``."""
+
     def __init__(self, root: _Storage, offset: int, size: int):
-        self.root, self.offset, self.size = root, offset, size
+        if offset < 0 or size < 0 or offset + size > root.numel:
+            raise ConversionError(
+                f"a view of storage {root.key} (elements {offset} to {offset + size}) lies "
+                f"outside its {root.numel} elements"
+            )
+        self.root, self.offset, self.numel = root, offset, size
+        self.key, self.dtype = root.key, root.dtype
 
 
 class _LazyTensor:
-    """A tensor whose storage is read after unpickling (the legacy format)."""
+    """A tensor whose storage is read after unpickling. Built by :func:`_rebuild_tensor`,
+    which checks that every element lies inside the storage."""
 
-    def __init__(self, storage, offset, size, stride):
-        self.storage, self.offset, self.size, self.stride = (
-            storage,
-            offset,
-            tuple(size),
-            tuple(stride),
-        )
+    def __init__(self, storage, offset: int, size: tuple, stride: tuple, numel: int):
+        self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
+        self.numel = numel
 
-    def materialize(self) -> np.ndarray:
+    def materialize(self, budget: _Budget) -> np.ndarray:
         storage, offset = self.storage, self.offset
         if isinstance(storage, _StorageView):
             offset += storage.offset
             storage = storage.root
+        budget.take(self.numel * storage.dtype.itemsize, f"a {self.size} tensor")
+        if self.numel == 0:
+            return np.zeros(self.size, storage.dtype)
         data = storage.data
         if data is None:
-            raise ConversionError("a tensor's storage was never read")
+            raise ConversionError(f"storage {storage.key} of a tensor is never stored")
         if not self.size:
             return data[offset].copy()
+        # Safe: _rebuild_tensor checked offset + sum((size - 1) * stride) < numel.
         strides = tuple(s * data.itemsize for s in self.stride)
         return np.lib.stride_tricks.as_strided(data[offset:], self.size, strides).copy()
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
-    return _LazyTensor(storage, storage_offset, size, stride)
+    """torch._utils._rebuild_tensor(_v2): checks every number before anything is read."""
+    if not isinstance(storage, (_Storage, _StorageView)):
+        raise ConversionError(f"a tensor's storage is a {type(storage).__name__}")
+    offset = _int(storage_offset, "a tensor's storage offset")
+    if not isinstance(size, (tuple, list)) or not isinstance(stride, (tuple, list)):
+        raise ConversionError("a tensor's size or stride is not a tuple")
+    if len(size) > MAX_NDIM or len(stride) != len(size):
+        raise ConversionError(
+            f"a tensor with {len(size)} sizes and {len(stride)} strides (at most {MAX_NDIM}, "
+            f"one stride per size)"
+        )
+    size = tuple(_int(d, "a tensor's size") for d in size)
+    stride = tuple(_int(s, "a tensor's stride") for s in stride)
+    if offset < 0 or any(d < 0 for d in size) or any(s < 0 for s in stride):
+        raise ConversionError(
+            f"a tensor with a negative offset, size or stride ({offset}, {size}, {stride})"
+        )
+    if math.prod(max(d, 1) for d in size) > MAX_ELEMENTS:  # an empty tensor's too
+        raise ConversionError(f"a tensor of shape {size} (more than 2**48 elements)")
+    numel = math.prod(size)
+    if numel:
+        last = offset + sum((d - 1) * s for d, s in zip(size, stride))
+        if last >= storage.numel:
+            raise ConversionError(
+                f"a {size} tensor (offset {offset}, strides {stride}) reaches element {last} "
+                f"of storage {storage.key}, which holds {storage.numel}"
+            )
+    return _LazyTensor(storage, offset, size, stride, numel)
 
 
 def _rebuild_parameter(data, *unused):
     return data
+
+
+def _latin1(text, encoding="latin1"):
+    """``_codecs.encode`` as numpy arrays pickled with protocol 2 use it (bytes as a
+    latin-1 string); any other codec is refused."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("refusing _codecs.encode other than of a latin-1 string")
+    return codecs.encode(text, "latin1")
 
 
 class _Unpickler(pickle.Unpickler):
@@ -154,7 +247,7 @@ class _Unpickler(pickle.Unpickler):
         if module == "torch" and name == "Size":
             return tuple
         if module == "_codecs" and name == "encode":  # bytes in protocol-2 pickles of numpy arrays
-            return codecs.encode
+            return _latin1
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} (not part of a state dict)")
 
 
@@ -172,7 +265,53 @@ class _PlainUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("refusing a persistent id in a torch checkpoint's header")
 
 
+class _Capped:
+    """A file whose reads never ask for more than it has left: pickle's C unpickler
+    asks for (and allocates) a string's declared length before reading it."""
+
+    def __init__(self, f, size: int):
+        self._f, self.size = f, size
+
+    def read(self, n: int = -1) -> bytes:
+        left = max(self.size - self._f.tell(), 0)
+        return self._f.read(left if n is None or n < 0 else min(n, left))
+
+    def readline(self, limit: int = -1) -> bytes:
+        return self._f.readline(limit)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self._f.seek(pos, whence)
+
+
+_MEMO_PUTS = ("PUT", "BINPUT", "LONG_BINPUT")
+
+
+def _check_pickle(f, end: int) -> None:
+    """Walks one pickle's opcodes from ``f``'s position to its STOP (``pickletools.genops``:
+    nothing is built, each argument is read as far as the data goes) and seeks back. What
+    makes the C unpickler allocate from a number before reading is refused first: a
+    length that runs past the data (``end``: the stream's size), a frame longer than
+    what is left, a memo index beyond the opcodes' position (the memo table is sized by
+    the largest index: ``LONG_BINPUT 2**31`` alone asks for 32 GB), an unknown opcode."""
+    start = f.tell()
+    try:
+        for op, arg, pos in pickletools.genops(f):
+            if op.name in _MEMO_PUTS and not 0 <= arg <= pos:
+                raise ConversionError(f"a pickle memo index {arg} at byte {pos}")
+            if op.name == "FRAME" and arg > end - pos:
+                raise ConversionError(f"a pickle frame of {arg} bytes at byte {pos}")
+    except ValueError as e:  # genops: truncated argument, bad opcode, bad text
+        if isinstance(e, ConversionError):
+            raise
+        raise ConversionError(f"a damaged pickle ({' '.join(str(e).split())[:200]})") from None
+    f.seek(start)
+
+
 def _plain_load(f, what: str, path: str, expected: type | tuple[type, ...]):
+    _check_pickle(f, f.size)
     obj = _PlainUnpickler(f).load()
     if not isinstance(obj, expected):
         raise ConversionError(
@@ -181,17 +320,70 @@ def _plain_load(f, what: str, path: str, expected: type | tuple[type, ...]):
     return obj
 
 
-def _materialize(obj):
-    if isinstance(obj, _LazyTensor):
-        return obj.materialize()
-    if isinstance(obj, dict):
-        return collections.OrderedDict((k, _materialize(v)) for k, v in obj.items())
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_materialize(v) for v in obj)
-    return obj
+def _storage_pid(pid, length: int) -> tuple:
+    """A persistent id ``('storage', StorageType, key, location, numel, ...)``, checked."""
+    if not isinstance(pid, tuple) or len(pid) != length:
+        raise ConversionError(
+            f"a persistent id is {type(pid).__name__} {str(pid)[:80]}, expected a tuple of "
+            f"{length} ('storage', type, key, location, size...)"
+        )
+    kind, storage_type, key, _location, numel = pid[:5]
+    if kind != "storage":
+        raise ConversionError(f"unknown persistent id {str(kind)[:80]!r}")
+    if id(storage_type) not in _STORAGE_TYPES:
+        raise ConversionError(f"a storage of type {str(storage_type)[:80]} (not a torch storage)")
+    if not isinstance(key, str) or not key or len(key) > 256:
+        raise ConversionError(f"a storage key {str(key)[:80]!r} (expected a short string)")
+    if _int(numel, f"storage {key}'s size") < 0:
+        raise ConversionError(f"storage {key} has a negative size {numel}")
+    return storage_type, key, numel
 
 
-def _read_zip(path: str) -> dict:
+def _materialize(obj, budget: _Budget):
+    """Lazy tensors -> numpy arrays, through dicts, lists and tuples. Each object once
+    (a pickle can share one object many times) and at most MAX_NESTING deep."""
+    done: dict[int, object] = {}
+
+    def walk(x, depth):
+        if id(x) in done:
+            return done[id(x)]
+        if depth > MAX_NESTING:
+            raise ConversionError(f"containers nested more than {MAX_NESTING} deep")
+        if isinstance(x, _LazyTensor):
+            out = x.materialize(budget)
+        elif isinstance(x, np.ndarray) and x.dtype.hasobject:
+            raise ConversionError("a numpy array of Python objects (not numbers)")
+        elif isinstance(x, dict):
+            out = collections.OrderedDict((k, walk(v, depth + 1)) for k, v in x.items())
+        elif isinstance(x, (list, tuple)):
+            out = type(x)(walk(v, depth + 1) for v in x)
+        else:
+            out = x
+        done[id(x)] = out
+        return out
+
+    return walk(obj, 0)
+
+
+def _zip_entry(z: zipfile.ZipFile, name: str, path: str) -> zipfile.ZipInfo:
+    """``name``'s entry, refused when its declared size could not come from its bytes."""
+    try:
+        info = z.getinfo(name)
+    except KeyError:
+        raise ConversionError(f"{path}: the archive lacks {name}") from None
+    if info.compress_type == zipfile.ZIP_STORED:
+        plausible = info.file_size == info.compress_size
+    else:
+        plausible = info.file_size <= _MAX_DEFLATE_RATIO * max(info.compress_size, 1)
+    if not plausible:
+        raise ConversionError(
+            f"{path}: entry {name} declares {info.file_size} bytes from {info.compress_size} "
+            f"stored (a damaged or crafted archive)"
+        )
+    return info
+
+
+def _read_zip(path: str, budget: _Budget) -> dict:
     with zipfile.ZipFile(path) as z:
         names = z.namelist()
         pkl = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
@@ -200,28 +392,42 @@ def _read_zip(path: str) -> dict:
         prefix = pkl[0][: -len("data.pkl")]
         byteorder = "little"
         if prefix + "byteorder" in names:
-            byteorder = z.read(prefix + "byteorder").decode().strip()
+            _zip_entry(z, prefix + "byteorder", path)
+            byteorder = z.read(prefix + "byteorder")[:16].decode("ascii", "replace").strip()
+            if byteorder not in ("little", "big"):
+                raise ConversionError(f"{path}: byteorder {byteorder!r} (little or big)")
         storages: dict[str, _Storage] = {}
 
         def load(pid):
-            kind, storage_type, key, _location, numel = pid[:5]
-            if kind != "storage":
-                raise pickle.UnpicklingError(f"unknown persistent id {kind!r}")
-            if key not in storages:
-                dtype = np.dtype(storage_type).newbyteorder("<" if byteorder == "little" else ">")
-                name = f"{prefix}data/{key}"
-                storages[key] = _Storage(
-                    storage_type,
-                    numel,
-                    lambda: np.frombuffer(z.read(name), dtype=dtype).astype(
-                        dtype.newbyteorder("=")
-                    ),
+            storage_type, key, numel = _storage_pid(pid, 5)
+            if key in storages:
+                if storages[key].dtype != np.dtype(storage_type):
+                    raise ConversionError(f"storage {key} is used with two dtypes")
+                return storages[key]
+            dtype = np.dtype(storage_type).newbyteorder("<" if byteorder == "little" else ">")
+            name = f"{prefix}data/{key}"
+            info = _zip_entry(z, name, path)
+            if info.file_size != numel * dtype.itemsize:
+                raise ConversionError(
+                    f"storage {key}: {info.file_size} bytes in the archive for {numel} "
+                    f"{_STORAGE_TYPES[id(storage_type)]} elements"
                 )
+
+            def read():
+                budget.take(info.file_size, f"storage {key}")
+                return np.frombuffer(z.read(name), dtype=dtype).astype(dtype.newbyteorder("="))
+
+            storages[key] = _Storage(key, storage_type, numel, read)
             return storages[key]
 
+        info = _zip_entry(z, pkl[0], path)
+        budget.take(info.file_size, pkl[0])
+        main = io.BytesIO(z.read(pkl[0]))
+        _check_pickle(main, info.file_size)
         # Materialised inside the open archive, after unwrapping: the storages of what is
         # not kept (a training checkpoint's optimiser state) are never read.
-        return _materialize(_unwrap(_Unpickler(io.BytesIO(z.read(pkl[0])), load).load()))
+        obj = _Unpickler(main, load).load()
+        return _materialize(_unwrap(obj), budget)
 
 
 def _unwrap(obj):
@@ -232,8 +438,9 @@ def _unwrap(obj):
     return obj
 
 
-def _read_legacy(path: str) -> dict:
-    with open(path, "rb") as f:
+def _read_legacy(path: str, budget: _Budget) -> dict:
+    with open(path, "rb") as raw:
+        f = _Capped(raw, budget.file_size)
         # Every record goes through a restricted unpickler: plain values for the header
         # and the storage keys, state-dict objects only for the main record.
         magic = _plain_load(f, "magic number", path, int)
@@ -244,27 +451,52 @@ def _read_legacy(path: str) -> dict:
         storages: dict[str, _Storage] = {}
 
         def load(pid):
-            kind = pid[0]
-            if kind != "storage":
-                raise pickle.UnpicklingError(f"unknown persistent id {kind!r}")
-            storage_type, root_key, _location, numel, view = pid[1:6]
+            storage_type, root_key, numel = _storage_pid(pid, 6)
+            view = pid[5]
             if root_key not in storages:
-                storages[root_key] = _Storage(storage_type, numel)
+                storages[root_key] = _Storage(root_key, storage_type, numel)
             root = storages[root_key]
+            if root.dtype != np.dtype(storage_type) or root.numel != numel:
+                raise ConversionError(f"storage {root_key} is declared twice differently")
             if view is not None:
+                if not isinstance(view, tuple) or len(view) != 3:
+                    raise ConversionError(
+                        f"a view of storage {root_key} is not (key, offset, size)"
+                    )
                 _view_key, offset, size = view
-                return _StorageView(root, offset, size)
+                return _StorageView(
+                    root, _int(offset, "a view's offset"), _int(size, "a view's size")
+                )
             return root
 
+        _check_pickle(f, f.size)
         obj = _Unpickler(f, load).load()
         keys = _plain_load(f, "storage key list", path, (list, tuple))
+        remaining = budget.file_size - f.tell()
         for key in keys:
+            if not isinstance(key, str) or key not in storages:
+                raise ConversionError(
+                    f"{path}: stores storage {str(key)[:80]!r}, which no tensor uses"
+                )
             st = storages[key]
+            if st.data is not None:
+                raise ConversionError(f"{path}: stores storage {key} twice")
             (numel,) = struct.unpack("<q", f.read(8))
-            raw = f.read(numel * st.dtype.itemsize)
-            if len(raw) != numel * st.dtype.itemsize:
+            nbytes = numel * st.dtype.itemsize
+            remaining -= 8
+            if numel != st.numel or nbytes > remaining:
+                raise ConversionError(
+                    f"{path}: storage {key} declares {numel} elements ({st.numel} in its "
+                    f"header, {max(remaining, 0)} bytes left in the file)"
+                )
+            budget.take(nbytes, f"storage {key}")
+            raw = f.read(nbytes)
+            remaining -= nbytes
+            if len(raw) != nbytes:
                 raise ConversionError(f"{path}: truncated (storage {key} ends early)")
             st.data = np.frombuffer(raw, dtype=st.dtype.newbyteorder("<")).astype(st.dtype)
+        if remaining:
+            raise ConversionError(f"{path}: {remaining} bytes after its last storage")
     return obj
 
 
@@ -272,21 +504,84 @@ def read_pth(path: str) -> dict[str, np.ndarray]:
     """A torch ``.pth`` state dict as ``{key: numpy array}``, without torch.
 
     Unwraps ``{'state_dict': ...}`` / ``{'model': ...}`` containers. Raises
-    :class:`ConversionError` naming the file when it cannot be read.
+    :class:`ConversionError` naming the file when it cannot be read, breaks one of the
+    reader's checks (see the comment above :data:`MEMORY_FACTOR`) or holds anything but
+    tensors, numbers and numpy arrays of numbers under string keys. Memory: at most
+    ``MEMORY_FACTOR`` x the file's size (+ ``MEMORY_SLACK``) for the tensors.
     """
     path = os.fspath(path)
     try:
+        budget = _Budget(path, os.path.getsize(path))
         if zipfile.is_zipfile(path):
-            obj = _read_zip(path)
+            obj = _read_zip(path, budget)
         else:
-            obj = _materialize(_unwrap(_read_legacy(path)))
-    except ConversionError:
-        raise
-    except (OSError, EOFError, pickle.UnpicklingError, KeyError, ValueError, struct.error) as e:
-        raise ConversionError(f"{path}: cannot be read as a torch checkpoint ({e})") from e
+            obj = _materialize(_unwrap(_read_legacy(path, budget)), budget)
+    except ConversionError as e:
+        if str(e).startswith(path):
+            raise
+        raise ConversionError(f"{path}: not a usable torch checkpoint ({e})") from None
+    except OSError as e:
+        raise ConversionError(f"{path}: cannot be read ({e.strerror or e})") from None
+    except Exception as e:  # noqa: BLE001 -- any other failure is the file's: name it
+        why = " ".join(str(e).split())[:200] or type(e).__name__
+        raise ConversionError(f"{path}: cannot be read as a torch checkpoint ({why})") from None
     if not isinstance(obj, dict):
         raise ConversionError(f"{path}: holds a {type(obj).__name__}, not a state dict")
-    return {k: np.asarray(v) for k, v in obj.items()}
+    state = {}
+    for key, value in obj.items():
+        if not isinstance(key, str):
+            raise ConversionError(f"{path}: a state dict key is a {type(key).__name__}")
+        if isinstance(value, (bool, int, float)):
+            value = np.asarray(value)
+        if not isinstance(value, (np.ndarray, np.generic)) or value.dtype.hasobject:
+            raise ConversionError(
+                f"{path}: entry {key[:80]!r} holds a {type(value).__name__}, not a tensor"
+            )
+        state[key] = np.asarray(value)
+    return state
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def check_sizes(config, limits: dict[str, tuple[int, int]], what: str) -> None:
+    """Each field of ``config`` named in ``limits`` (an int, or a tuple of ints) is an
+    integer in ``[low, high]``; ``ValueError`` naming ``what``, the field and its value.
+
+    For the model configurations read from files (a ``config.json``, the record beside
+    converted weights): checked when the dataclass is built, before a key list, a
+    parameter or a buffer is sized from them (``num_hidden_layers: 1e9`` would loop and
+    allocate for a billion layers). The limits are far above every published model."""
+    for field, (low, high) in limits.items():
+        value = getattr(config, field)
+        for v in value if isinstance(value, tuple) else (value,):
+            if type(v) is not int or not low <= v <= high:
+                raise ValueError(
+                    f"{what} {field} = {str(v)[:40]}: expected an integer from {low} to {high}"
+                )
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a model's config.json is a few kB
+
+
+def read_config_json(path: str) -> dict:
+    """A model's ``config.json`` as a dict: at most :data:`MAX_CONFIG_BYTES`, JSON, an
+    object; :class:`ConversionError` naming the file otherwise."""
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_CONFIG_BYTES:
+            raise ConversionError(
+                f"{path}: {size} bytes, not a model configuration (at most {MAX_CONFIG_BYTES})"
+            )
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        if isinstance(e, ConversionError):
+            raise
+        raise ConversionError(f"{path}: not JSON ({' '.join(str(e).split())[:200]})") from None
+    if not isinstance(value, dict):
+        raise ConversionError(f"{path}: a JSON {type(value).__name__}, expected an object")
+    return value
 
 
 # ----------------------------------------------------------------------------- mappings

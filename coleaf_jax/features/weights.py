@@ -24,15 +24,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import shutil
 import sys
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from coleaf_jax import fileio
 from coleaf_jax.features import clap, clip, convert
 from coleaf_jax.features.convert import ConversionError
+from coleaf_jax.training.workdir import RunError, check_output
 
 
 class MissingWeightsError(FileNotFoundError):
@@ -257,7 +261,7 @@ def _save(folder: str, name: str, variables: dict, record: dict) -> str:
     ckpt = ocp.StandardCheckpointer()
     ckpt.save(out, variables)
     ckpt.wait_until_finished()
-    convert.write_json(out + ".json", record)
+    fileio.atomic_write_json(out + ".json", record)  # whole or not at all
     return out
 
 
@@ -276,6 +280,7 @@ def convert_folder(folder: str, force: bool = False, verbose: bool = True) -> li
         raise MissingWeightsError(
             f"{folder}: no such folder (put the downloaded checkpoints in it)"
         )
+    check_output(folder, "the weights folder", folder=True)  # never a run's records
     return [name for name in MODELS if convert_model(folder, name, force, verbose)]
 
 
@@ -304,14 +309,47 @@ def load(folder: str, name: str, verbose: bool = True) -> dict:
     if not is_converted(folder, name) and not convert_model(folder, name, verbose=verbose):
         raise MissingWeightsError(missing_message(folder, name))
     path = converted_path(folder, name)
+    again = (
+        f"delete {path} and {path}.json and convert again: python -m "
+        f"coleaf_jax.features.convert {os.path.abspath(folder)}"
+    )
+    ckpt = ocp.StandardCheckpointer()
     try:
-        return ocp.StandardCheckpointer().restore(path)
+        nbytes = _restored_bytes(ckpt, path)
     except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise plain exceptions
+        why = " ".join(str(e).split())[:200] or type(e).__name__
         raise MissingWeightsError(
-            f"{path}: the converted weights cannot be read ({str(e)[:200]}); delete {path} and "
-            f"{path}.json and convert again: python -m coleaf_jax.features.convert "
-            f"{os.path.abspath(folder)}"
-        ) from e
+            f"{path}: the converted weights cannot be read ({why}); {again}"
+        ) from None
+    if nbytes > MAX_CONVERTED_BYTES:
+        raise MissingWeightsError(
+            f"{path}: its metadata declares {nbytes} bytes of weights, more than any extractor "
+            f"has ({MAX_CONVERTED_BYTES}); a damaged or crafted copy: {again}"
+        )
+    try:
+        return ckpt.restore(path)
+    except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise plain exceptions
+        why = " ".join(str(e).split())[:200] or type(e).__name__
+        raise MissingWeightsError(
+            f"{path}: the converted weights cannot be read ({why}); {again}"
+        ) from None
+
+
+# The most a converted copy may declare (read from its metadata before anything is
+# restored): CLIP ViT-L/14, the largest extractor, is 1.7 GB in float32.
+MAX_CONVERTED_BYTES = 4 << 30
+
+
+def _restored_bytes(ckpt, path: str) -> int:
+    """What restoring ``path`` would allocate, from its metadata (shapes and dtypes)."""
+    tree = ckpt.metadata(path).item_metadata.tree
+    total = 0
+    for leaf in jax.tree_util.tree_leaves(tree, is_leaf=lambda x: hasattr(x, "shape")):
+        shape = tuple(leaf.shape)
+        if len(shape) > convert.MAX_NDIM or any(type(d) is not int or d < 0 for d in shape):
+            raise ValueError(f"a weight of shape {shape[:8]}")
+        total += math.prod(shape) * np.dtype(leaf.dtype).itemsize
+    return total
 
 
 def save_converted(
@@ -336,7 +374,7 @@ def convert_main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         done = convert_folder(args.folder, force=args.force, verbose=True)
-    except (ConversionError, MissingWeightsError, OSError) as e:
+    except (ConversionError, MissingWeightsError, OSError, RunError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(describe_folder(args.folder))
