@@ -21,12 +21,20 @@ timelines show the ground truth. Writes OUTPUT/events.jsonl and
 OUTPUT/events.csv (video, class, type, onset, offset, score) using the same
 thresholds as eval.py, and OUTPUT/timelines/<id>.png for the first
 --timelines videos.
+
+--max-seconds (with --video; default 600) refuses longer videos, by their
+header before anything is decoded and by their streams while decoding; a
+file that holds less than its header declares (cut short) is parsed for what
+it holds, with a warning, and OUTPUT/features/videos.json records its
+declared duration and the warning. OUTPUT/parse.lock (there while a run holds
+it) keeps a second parse.py from writing into the same folder at the same time.
 """
 
 from coleaf_jax import interrupt  # standard library only: before the heavy imports
 
 interrupt.quiet_while_starting()  # a Ctrl-C while importing: one line, exit status 130
 
+import contextlib
 import sys
 
 from absl import app, flags
@@ -35,7 +43,8 @@ from ml_collections import config_flags
 from coleaf_jax import cli
 from coleaf_jax.config import load_config_file
 from coleaf_jax.evaluation import runs
-from coleaf_jax.evaluation.parsing import parse_videos
+from coleaf_jax.evaluation.parsing import output_lock, parse_videos
+from coleaf_jax.features.decode import DEFAULT_MAX_SECONDS, check_max_seconds
 from coleaf_jax.training.workdir import apply_stored_config
 
 FLAGS = flags.FLAGS
@@ -62,6 +71,12 @@ flags.DEFINE_list(
     None,
     "With --video: RESNET,R21D frame sizes other than HAN's 224,112 (quick checks only: "
     "the features are not HAN's).",
+)
+flags.DEFINE_float(
+    "max_seconds",
+    DEFAULT_MAX_SECONDS,
+    "With --video: refuse videos longer than this many seconds (declared by the header, "
+    "or found while decoding).",
 )
 flags.DEFINE_list("ids", None, "Only these video ids.")
 flags.DEFINE_integer("step", None, "Checkpoint (epoch) to restore; default: best on validation.")
@@ -106,20 +121,31 @@ def main(argv):
     videos += argv[1:]
     cli.quiet_libraries()
     cli.setup_jax(FLAGS.config)
+    cli.exit_on_user_error(cli.check_output, FLAGS.output, "--output", folder=True)
     cli.exit_on_user_error(runs.require_run, FLAGS.workdir)
+    if videos and (FLAGS.features or FLAGS.split or FLAGS.compare_workdir or FLAGS.ids):
+        raise SystemExit(
+            "error: --video cannot be combined with --features, --split, --ids or --compare-workdir"
+        )
+    if FLAGS["max_seconds"].present and not videos:
+        raise SystemExit("error: --max-seconds applies to --video (video files) only")
+    max_seconds = cli.exit_on_user_error(check_max_seconds, FLAGS.max_seconds)
+    sizes = cli.exit_on_user_error(frame_sizes, FLAGS.frame_sizes) if FLAGS.frame_sizes else None
+    with contextlib.ExitStack() as held:
+        # one parse.py per output folder (the second is refused, naming the first)
+        cli.exit_on_user_error(held.enter_context, output_lock(FLAGS.output))
+        run(videos, max_seconds, sizes)
+
+
+def run(videos: list[str], max_seconds: float, sizes: tuple[int, int] | None) -> None:
+    """What main does with the output folder held."""
     if videos:
-        if FLAGS.features or FLAGS.split or FLAGS.compare_workdir or FLAGS.ids:
-            raise SystemExit(
-                "error: --video cannot be combined with --features, --split, --ids "
-                "or --compare-workdir"
-            )
         from coleaf_jax.features import extract
         from coleaf_jax.features.videos import parse_video_files
 
         options = extract.Options()
-        if FLAGS.frame_sizes:
-            resnet_crop, r21d_size = cli.exit_on_user_error(frame_sizes, FLAGS.frame_sizes)
-            options = extract.Options(resnet_crop=resnet_crop, r21d_size=r21d_size)
+        if sizes:
+            options = extract.Options(resnet_crop=sizes[0], r21d_size=sizes[1])
         cli.exit_on_user_error(
             parse_video_files,
             FLAGS.config,
@@ -131,6 +157,7 @@ def main(argv):
             step=FLAGS.step,
             select_thresholds=FLAGS.select_thresholds,
             timelines=FLAGS.timelines,
+            max_seconds=max_seconds,
         )
         return
     compare = None

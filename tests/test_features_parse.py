@@ -253,3 +253,49 @@ def test_vggish_pca_postprocessing_option(clips):
             variables={k: v for k, v in variables.items() if k != "vggish_pca"},
             verbose=False,
         )
+
+
+def test_cut_video_with_a_hostile_name_end_to_end(run, weights_dir, tmp_path, capsys):
+    """A WebM cut in half (its header still says 4 s) named to break a page's script:
+    parsed for the 2 s it holds, the warning printed and recorded (videos.json,
+    features.json, the page), the page's events JSON intact."""
+    config, workdir = run
+    whole = testing.write_test_video(
+        str(tmp_path / "whole.webm"),
+        seconds=4.0,
+        codec="libvpx-vp9",
+        audio_codec="libopus",
+        sample_rate=48000,
+    )
+    name = "x<!--<script>y"
+    cut = testing.cut_file(whole, str(tmp_path / f"{name}.webm"))
+    out = str(tmp_path / "parsed")
+    records = videos.parse_video_files(
+        config, workdir, out, [cut], weights_dir, options=SMALL, verbose=False
+    )
+    err = capsys.readouterr().err
+    warning = f"{cut}: its streams hold 2.00 s, its header declares 4.01 s"
+    assert f"warning: {warning}" in err  # printed, verbose or not
+    info = json.load(open(os.path.join(out, "features", "videos.json")))[name]
+    assert info["duration"] == 2.0 and info["num_segments"] == 2
+    assert info["declared_duration"] == 4.008 and info["warnings"][-1].startswith(warning)
+    assert np.load(os.path.join(out, "features", "vggish", f"{name}.npy")).shape == (2, 128)
+    assert np.load(os.path.join(out, "features", "res152", f"{name}.npy")).shape == (16, 2048)
+    assert all(r["video"] == name and r["offset"] <= 2 for r in records)
+    text = open(os.path.join(out, "pages", f"{name}.html"), encoding="utf-8").read()
+    script = re.search(
+        r'<script type="application/json" id="events">(.*?)</script>', text, re.S
+    ).group(1)
+    assert "<" not in script and json.loads(script)["events"] == records
+    assert "its header declares 4.01 s" in text  # the warning on the page
+
+    feats = str(tmp_path / "feats")
+    args = [cut, "--out", feats, "--weights", weights_dir, "--frame-sizes", "32", "16", "--quiet"]
+    assert features_cli.main(args) == 0
+    assert f"warning: {warning}" in capsys.readouterr().err  # --quiet keeps warnings
+    record = json.load(open(os.path.join(feats, "features.json")))["videos"][name]
+    assert record["num_segments"] == 2 and record["declared_duration"] == 4.008
+    assert record["warnings"] == info["warnings"]
+    # nothing left half-written, and the lock gone with the run
+    assert sorted(os.listdir(feats)) == ["features.json", "r2plus1d_18", "res152", "vggish"]
+    assert sorted(os.listdir(out)) == ["events.csv", "events.jsonl", "features", "pages"]

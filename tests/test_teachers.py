@@ -187,3 +187,44 @@ def test_cli_writes_valor_s_layout_and_skips_done_videos(weights_dir, clip3, tmp
     labels = np.load(os.path.join(out, "CLAP", "segment_pseudo_labels", "abcdefghijk.npy"))
     assert not labels[:, LLP_CLASS_INDEX["Speech"]].any()  # made again with the new label
     assert before[:, LLP_CLASS_INDEX["Speech"]].any()  # it was on before
+
+
+def test_prepare_takes_what_a_cut_file_holds_and_says_so(tmp_path, clip3):
+    whole = testing.write_test_video(
+        str(tmp_path / "whole.webm"),
+        seconds=4.0,
+        codec="libvpx-vp9",
+        audio_codec="libopus",
+        sample_rate=48000,
+    )
+    cut = testing.cut_file(whole, str(tmp_path / "cut.webm"))
+    warnings = []
+    frames, audio, _ = teachers.prepare(cut, warnings=warnings)
+    assert abs(len(frames) - 16) <= 2 and abs(len(audio) / valor.SAMPLE_RATE - 2.0) < 0.1
+    assert len(warnings) == 1 and warnings[0].startswith(f"{cut}: its streams hold 2.00 s, ")
+    assert "its header declares 4.01 s" in warnings[0]
+    whole_warnings = []
+    teachers.prepare(clip3, warnings=whole_warnings)
+    assert whole_warnings == []
+
+
+def test_length_caps_of_valor_s_teachers(tmp_path, weights_dir, capsys):
+    """VALOR's own 100 s, whatever --max-seconds allows; a lower --max-seconds holds too."""
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    path = testing.write_test_video(str(folder / "abcdefghijk.mkv"), seconds=3.0, codec="libx264")
+    testing.declare_duration(path, 200.0)
+    csv = tmp_path / "labels.csv"
+    csv.write_text("filename\tevent_labels\nabcdefghijk_0_10\tDog\n")
+    args = [path, "--out", str(tmp_path / "o"), "--weights", weights_dir, "--features", "valor"]
+    rc, text = _run_cli(args + ["--labels", str(csv), "--max-seconds", "1000"], capsys)
+    assert rc == 1 and text.count("\n") == 1, text
+    assert text.startswith(f"error: {path}: its header declares 200.0 s, longer than VALOR's")
+    with pytest.raises(decode.TooLongError, match="VALOR's teachers take .100 s at most"):
+        teachers.prepare(path, max_seconds=1000)
+    testing.declare_duration(path, 1.0)  # 3 s of streams under a 1 s header
+    with pytest.raises(decode.TooLongError, match="its streams hold more than 2.5 s, .* of 2 s"):
+        teachers.prepare(path, max_seconds=2)
+    warnings = []
+    frames, _, _ = teachers.prepare(path, max_seconds=1000, warnings=warnings)
+    assert abs(len(frames) - 24) <= 2 and "more than the 1.00 s its header declares" in warnings[0]

@@ -9,16 +9,32 @@ the options and weights used). With ``--features valor`` (or ``all``) and
 (``ROOT/{CLIP,CLAP}/...``, :mod:`coleaf_jax.features.teachers`). Videos
 already extracted with the same options are skipped unless ``--overwrite``.
 A folder argument stands for the videos in it.
+
+Every video is capped at ``--max-seconds`` (default 600; VALOR's teachers take
+at most 100 s): a longer declared duration is refused before anything is
+decoded, and decoding stops at the cap whatever the header says. A file that
+holds less than its header declares (cut short) is extracted for what it holds
+and ``features.json`` records its ``declared_duration`` and ``warnings``
+(:mod:`coleaf_jax.features.decode`). ``features.json`` is written whole or not
+at all after every video and checked when read; ``ROOT/features.lock`` (there
+while a run holds it) keeps a second extraction into the same folder from
+running at the same time.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 
+from coleaf_jax import fileio, locks
 from coleaf_jax.features import convert, decode, extract, teachers, weights
+from coleaf_jax.training import workdir
+
+MANIFEST = "features.json"
+LOCK_FILE = "features.lock"
 
 VIDEO_EXTENSIONS = (
     ".mp4",
@@ -90,6 +106,14 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true", help="extract videos already in ROOT again")
     p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=decode.DEFAULT_MAX_SECONDS,
+        help="refuse videos longer than this (declared by the header, or found while "
+        f"decoding; default {decode.DEFAULT_MAX_SECONDS:g}; VALOR's teachers take at most "
+        f"{teachers.MAX_SECONDS:g} s)",
+    )
+    p.add_argument(
         "--no-jpeg",
         action="store_true",
         help="skip HAN's JPEG round trip of the frames (not HAN's features)",
@@ -146,6 +170,7 @@ def main(argv=None) -> int:
             resnet_crop=sizes[0],
             r21d_size=sizes[1],
         )
+        max_seconds = decode.check_max_seconds(args.max_seconds)
         videos = expand(args.videos)
         extract.check_ids(videos)
         han = args.features in ("han", "all")
@@ -158,113 +183,211 @@ def main(argv=None) -> int:
                     f"(VALOR's pseudo-labels keep only each video's labelled classes)"
                 )
             labels = teachers.read_labels(args.labels)
-        manifest_path = os.path.join(args.out, "features.json")
-        manifest = {"videos": {}}
-        if os.path.exists(manifest_path):
-            with open(manifest_path) as f:
-                manifest = json.load(f)
-        option_dict = {k: getattr(options, k) for k in options.__dataclass_fields__}
-        teacher_dict = {"jpeg": options.jpeg, "precision": options.precision}
-        for key, wanted, used in (
-            ("options", option_dict, han),
-            ("teacher_options", teacher_dict, valor),
-        ):
-            if used and manifest.get(key) not in (None, wanted) and not args.overwrite:
-                raise ValueError(
-                    f"{manifest_path}: {args.out} was extracted with other options "
-                    f"({manifest[key]}); use another --out or --overwrite"
-                )
-
-        def done(paths: list[str]) -> bool:
-            return not args.overwrite and all(os.path.exists(p) for p in paths)
-
-        han_todo = [
-            v
-            for v in videos
-            if han
-            and not (
-                extract.video_id(v) in manifest["videos"]
-                and done(
-                    [
-                        os.path.join(args.out, folder, extract.video_id(v) + ".npy")
-                        for folder in extract.LLP_FOLDERS.values()
-                    ],
-                )
-            )
-        ]
-
-        def labelled_as(v: str) -> bool:  # pseudo-labels made with the label given now
-            record = manifest["videos"].get(extract.video_id(v), {}).get("teachers", {})
-            return record.get("label") == teachers.label_names(labels_by_path[v])
-
-        labels_by_path = {}
-        if valor:
-            ids = [extract.video_id(v) for v in videos]
-            labels_by_path = dict(zip(videos, teachers.labels_of(ids, labels, args.labels)))
-        valor_todo = [
-            v
-            for v in videos
-            if valor
-            and not (done(teachers.output_paths(args.out, extract.video_id(v))) and labelled_as(v))
-        ]
-        todo = [v for v in videos if v in set(han_todo) | set(valor_todo)]
-        if len(todo) < len(videos) and not args.quiet:
-            print(
-                f"{len(videos) - len(todo)} of {len(videos)} videos already in {args.out}; "
-                f"skipped (--overwrite extracts them again)",
-                file=sys.stderr,
-            )
-        for v in todo:
-            seconds = decode.probe(v)
-            if v in valor_todo and seconds > teachers.MAX_SECONDS:
-                raise ValueError(
-                    f"{v}: {seconds:.1f} s long; VALOR's teachers take clips of at most "
-                    f"{teachers.MAX_SECONDS:.0f} s (LLP's are 10 s)"
-                )
-        if not todo:
-            return 0
-        os.makedirs(args.out, exist_ok=True)
-        if han_todo:
-            _extract_han(args, options, han_todo, manifest, manifest_path, option_dict)
-        if valor_todo:
-            valor_labels = [labels_by_path[v] for v in valor_todo]
-            _extract_valor(
-                args, options, valor_todo, valor_labels, manifest, manifest_path, teacher_dict
-            )
+        workdir.check_output(args.out, "--out", folder=True)  # never a run's records
+        with hold_folder(args.out):
+            return _run(args, options, videos, han, valor, labels, max_seconds)
     except (
         decode.VideoError,
         weights.MissingWeightsError,
         convert.ConversionError,
+        workdir.RunError,
         ValueError,
         OSError,
     ) as e:
         print("error: " + " ".join(str(e).split()), file=sys.stderr)
         return 1
+
+
+def _run(args, options, videos, han, valor, labels, max_seconds) -> int:
+    """The extraction, with ``--out`` held (:func:`hold_folder`)."""
+    manifest_path = os.path.join(args.out, MANIFEST)
+    manifest = read_manifest(manifest_path)
+    option_dict = {k: getattr(options, k) for k in options.__dataclass_fields__}
+    teacher_dict = {"jpeg": options.jpeg, "precision": options.precision}
+    for key, wanted, used in (
+        ("options", option_dict, han),
+        ("teacher_options", teacher_dict, valor),
+    ):
+        if used and manifest.get(key) not in (None, wanted) and not args.overwrite:
+            raise ValueError(
+                f"{manifest_path}: {args.out} was extracted with other options "
+                f"({manifest[key]}); use another --out or --overwrite"
+            )
+
+    def done(paths: list[str]) -> bool:
+        return not args.overwrite and all(os.path.exists(p) for p in paths)
+
+    han_todo = [
+        v
+        for v in videos
+        if han
+        and not (
+            extract.video_id(v) in manifest["videos"]
+            and done(
+                [
+                    os.path.join(args.out, folder, extract.video_id(v) + ".npy")
+                    for folder in extract.LLP_FOLDERS.values()
+                ],
+            )
+        )
+    ]
+
+    def labelled_as(v: str) -> bool:  # pseudo-labels made with the label given now
+        record = manifest["videos"].get(extract.video_id(v), {}).get("teachers", {})
+        return record.get("label") == teachers.label_names(labels_by_path[v])
+
+    labels_by_path = {}
+    if valor:
+        ids = [extract.video_id(v) for v in videos]
+        labels_by_path = dict(zip(videos, teachers.labels_of(ids, labels, args.labels)))
+    valor_todo = [
+        v
+        for v in videos
+        if valor
+        and not (done(teachers.output_paths(args.out, extract.video_id(v))) and labelled_as(v))
+    ]
+    todo = [v for v in videos if v in set(han_todo) | set(valor_todo)]
+    if len(todo) < len(videos) and not args.quiet:
+        print(
+            f"{len(videos) - len(todo)} of {len(videos)} videos already in {args.out}; "
+            f"skipped (--overwrite extracts them again)",
+            file=sys.stderr,
+        )
+    for v in todo:  # every file checked (streams, declared length) before any weight is loaded
+        seconds = decode.probe(v, max_seconds=max_seconds)
+        if v in valor_todo and seconds > teachers.MAX_SECONDS:
+            raise teachers.too_long(v, seconds)
+    if not todo:
+        return 0
+    if han_todo:
+        _extract_han(args, options, han_todo, manifest, manifest_path, option_dict, max_seconds)
+    if valor_todo:
+        valor_labels = [labels_by_path[v] for v in valor_todo]
+        _extract_valor(
+            args,
+            options,
+            valor_todo,
+            valor_labels,
+            manifest,
+            manifest_path,
+            teacher_dict,
+            max_seconds,
+        )
     return 0
 
 
+_JSON_TYPES = {
+    dict: "an object",
+    list: "a list",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "true or false",
+    type(None): "null",
+}
+
+
+def _json_type(value) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def read_manifest(path: str) -> dict:
+    """``ROOT/features.json`` (an empty manifest when there is none), checked: a file that
+    is not JSON (cut short, say) or not of the shape this tool writes is a ValueError
+    naming it and what was expected."""
+    if not os.path.exists(path):
+        return {"videos": {}}
+    remedy = "restore it, or delete it to extract the folder's videos again"
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"{path}: not UTF-8 text; expected the JSON object this tool writes; {remedy}"
+        ) from None
+    try:
+        manifest = json.loads(text)
+    except ValueError as e:
+        where = f" ({e.msg}: line {e.lineno} column {e.colno})" if hasattr(e, "msg") else ""
+        cut = "empty" if not text.strip() else "not valid JSON" + where
+        raise ValueError(
+            f"{path}: {cut}, cut short or damaged; expected the JSON object this tool "
+            f"writes; {remedy}"
+        ) from None
+    expected = "an object with a 'videos' object (video id -> its record)"
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: {_json_type(manifest)}, expected {expected}; {remedy}")
+    if not isinstance(manifest.get("videos"), dict):
+        got = f"{_json_type(manifest['videos'])} for 'videos'" if "videos" in manifest else ""
+        raise ValueError(f"{path}: {got or 'no ' + repr('videos')}, expected {expected}; {remedy}")
+    for key in ("options", "teacher_options", "weights"):
+        if key in manifest and not isinstance(manifest[key], dict):
+            raise ValueError(
+                f"{path}: {_json_type(manifest[key])} for {key!r}, expected an object; {remedy}"
+            )
+    for vid, record in manifest["videos"].items():
+        if not isinstance(record, dict):
+            raise ValueError(
+                f"{path}: {_json_type(record)} for video {vid!r}, expected an object (its "
+                f"path, duration, segments); {remedy}"
+            )
+        if "teachers" in record and not isinstance(record["teachers"], dict):
+            raise ValueError(
+                f"{path}: {_json_type(record['teachers'])} for video {vid!r}'s 'teachers', "
+                f"expected an object; {remedy}"
+            )
+    return manifest
+
+
+@contextlib.contextmanager
+def hold_folder(out: str):
+    """Holds ``OUT/features.lock`` while the block runs (removed on release): a second
+    extraction into the same folder is refused naming the first (two would overwrite each
+    other's ``features.json``). ``OUT`` is created; left empty by a failed run, it is
+    removed again."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out}: a file, not a folder")
+    created = not os.path.exists(out)
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, LOCK_FILE)
+    try:
+        with locks.exclusive(path, remove=True):
+            yield path
+    except locks.LockHeldError as e:
+        raise ValueError(
+            f"{out} is in use by {locks.describe(e.holder)}: one extraction per --out folder "
+            f"at a time. Wait for it to finish, stop it, or use another --out"
+        ) from None
+    except locks.LockUnsupportedError as e:
+        raise ValueError(
+            f"{path}: cannot lock the folder ({e}); use an --out on a filesystem with flock"
+        ) from None
+    finally:
+        if created:
+            with contextlib.suppress(OSError):  # only if empty: nothing was written
+                os.rmdir(out)
+
+
 def _save(manifest: dict, path: str) -> None:
-    with open(path, "w") as fh:  # after every video: a stop loses nothing
-        json.dump(manifest, fh, indent=2)
+    fileio.atomic_write_json(path, manifest)  # after every video: a stop loses nothing
 
 
-def _extract_han(args, options, todo, manifest, manifest_path, option_dict) -> None:
+def _extract_han(args, options, todo, manifest, manifest_path, option_dict, max_seconds) -> None:
     extractor = extract.Extractor(args.weights, options, verbose=not args.quiet)
     manifest["options"] = option_dict
     manifest.setdefault("weights", {}).update(
         {name: weights.provenance(args.weights, name) for name in extract.MODEL_NAMES}
     )
     short = []
-    for f in extractor.extract_many(todo, progress=not args.quiet, workers=args.workers):
+    many = extractor.extract_many(
+        todo, progress=not args.quiet, workers=args.workers, max_seconds=max_seconds
+    )
+    for f in many:
         extract.write_llp(f, args.out)
-        manifest["videos"].setdefault(f.id, {}).update(
-            {
-                "path": os.path.abspath(f.path),
-                "duration": f.duration,
-                "num_segments": f.num_segments,
-                "frames_8fps": f.frames_decoded,
-            }
-        )
+        record = manifest["videos"].setdefault(f.id, {})
+        for key in ("declared_duration", "warnings"):  # of an earlier extraction
+            record.pop(key, None)
+        record.update(f.record())
         if f.num_segments != 10:
             short.append(f.id)
         _save(manifest, manifest_path)
@@ -282,7 +405,9 @@ def _extract_han(args, options, todo, manifest, manifest_path, option_dict) -> N
             )
 
 
-def _extract_valor(args, options, todo, labels, manifest, manifest_path, teacher_dict) -> None:
+def _extract_valor(
+    args, options, todo, labels, manifest, manifest_path, teacher_dict, max_seconds
+) -> None:
     models = teachers.Teachers(args.weights, options.precision, verbose=not args.quiet)
     manifest["teacher_options"] = teacher_dict
     manifest.setdefault("weights", {}).update(
@@ -290,7 +415,12 @@ def _extract_valor(args, options, todo, labels, manifest, manifest_path, teacher
     )
     records = []
     outputs_of = models.many(
-        todo, labels, progress=not args.quiet, workers=args.workers, jpeg=options.jpeg
+        todo,
+        labels,
+        progress=not args.quiet,
+        workers=args.workers,
+        jpeg=options.jpeg,
+        max_seconds=max_seconds,
     )
     for label, (path, outputs) in zip(labels, outputs_of):
         vid = extract.video_id(path)
@@ -300,6 +430,8 @@ def _extract_valor(args, options, todo, labels, manifest, manifest_path, teacher
             "clap_pseudo_labels": int(outputs.clap_labels.sum()),
             "clip_pseudo_labels": int(outputs.clip_labels.sum()),
         }
+        if outputs.warnings:
+            record["warnings"] = list(outputs.warnings)
         manifest["videos"].setdefault(vid, {"path": os.path.abspath(path)})["teachers"] = record
         records.append(record)
         _save(manifest, manifest_path)

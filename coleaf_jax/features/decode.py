@@ -24,6 +24,27 @@ source line):
 ``T = num_segments(duration)`` one-second segments: ``ceil(duration)`` with a
 tail of less than one 8-fps frame (1/8 s, container or codec padding, as the
 10.03 s of a 10 s LLP clip) not counted.
+
+**Duration: measured, not trusted.** The container's header declares a
+duration (what FFmpeg prints, hence what moviepy used); the streams say what
+the file holds: the end of the last decoded frame (its time plus its
+duration) and of the decoded audio (its first sample's time plus the samples
+decoded). The measured duration is the longer of the two. When it is within
+:data:`DURATION_TOLERANCE` of the header's, the header's is used, so a whole
+file gives exactly the numbers it always gave (the last frame's duration,
+audio priming and end padding differ by a few hundredths of a second). When
+it is not (a file cut short, or a header that lies), the measured duration is
+used (segments, frames, audio) and :attr:`DecodedVideo.warnings` says so,
+naming the file and both durations. Packets the decoder refuses (the cut
+last packet of a truncated file, a damaged one) are skipped, as the FFmpeg
+command line skips them, and counted in a warning.
+
+**Length cap.** Every decode takes ``max_seconds`` (default
+:data:`DEFAULT_MAX_SECONDS`; ``--max-seconds`` of the command-line tools): a
+header declaring more is refused before anything is decoded
+(:class:`TooLongError`), and because headers lie, decoding stops with the same
+error as soon as a stream holds more than the cap (plus the tolerance), so
+what is held in memory is bounded by the cap whatever the header says.
 """
 
 from __future__ import annotations
@@ -43,6 +64,9 @@ FPS = 8  # frames per second (extract_frames.py: ffmpeg -r 8)
 SAMPLE_RATE = 16000  # Hz (extract_audio.py: write_audiofile(fps=16000))
 MOVIEPY_AUDIO_RATE = 44100  # moviepy VideoFileClip(audio_fps=44100) reads audio at this rate
 SEGMENT_TAIL_TOLERANCE = 1.0 / FPS  # seconds of a last segment that do not make a segment
+# Header and streams agreeing within this many seconds is a whole file (module docstring).
+DURATION_TOLERANCE = 0.5
+DEFAULT_MAX_SECONDS = 600.0  # the length cap of every video path (--max-seconds)
 
 
 class VideoError(ValueError):
@@ -51,6 +75,36 @@ class VideoError(ValueError):
 
 class NoAudioError(VideoError):
     """A video without an audio stream."""
+
+
+class TooLongError(VideoError):
+    """A video longer than the length cap (declared by its header, or found while decoding).
+
+    ``seconds``: the header's duration, or how far decoding went; ``declared``: which."""
+
+    def __init__(self, message: str, seconds: float = 0.0, declared: bool = True):
+        super().__init__(message)
+        self.seconds, self.declared = seconds, declared
+
+
+def check_max_seconds(max_seconds: float) -> float:
+    """``max_seconds`` as a positive float (a ValueError naming ``--max-seconds`` otherwise)."""
+    value = float(max_seconds)
+    if not value > 0 or math.isinf(value):
+        raise ValueError(f"--max-seconds {max_seconds}: expected a positive number of seconds")
+    return value
+
+
+def too_long_message(path: str, seconds: float, declared: bool, limit: str) -> str:
+    """``PATH: its header declares S s, longer than LIMIT`` (or ``its streams hold more
+    than``): :class:`TooLongError`'s message."""
+    what = "its header declares" if declared else "its streams hold more than"
+    return f"{path}: {what} {seconds:.1f} s, longer than {limit}"
+
+
+def _too_long(path: str, seconds: float, max_seconds: float, declared: bool) -> TooLongError:
+    limit = f"the limit of {max_seconds:g} s (--max-seconds raises it)"
+    return TooLongError(too_long_message(path, seconds, declared, limit), seconds, declared)
 
 
 def num_segments(duration: float) -> int:
@@ -65,7 +119,14 @@ class DecodedVideo:
     ``frames``: the ``frame_fn`` results of the 8-fps frames (a list, in
     order; a repeated frame may be the same object); ``audio``: ``(S, 2)`` float64 in ``[-1, 1)`` at 16 kHz (moviepy's
     16-bit samples over 32768) or ``None`` without an audio stream;
-    ``duration``: seconds (the container's, else the longest stream's).
+    ``duration``: seconds, what the segments are made of (the header's when the
+    streams agree with it, else the measured one: module docstring);
+    ``declared_duration``: the header's (the container's, else the longest
+    stream's); ``video_seconds`` / ``audio_seconds``: where the decoded video and
+    audio end (``audio_seconds`` ``None`` without audio decoding);
+    ``stream_warnings``: what reading met (packets skipped, no decodable audio)
+    and ``duration_warning``: a duration that disagrees with the header, one
+    line each naming the file (both in :attr:`warnings`).
     """
 
     path: str
@@ -74,10 +135,19 @@ class DecodedVideo:
     audio: np.ndarray | None
     width: int = 0
     height: int = 0
+    declared_duration: float = 0.0
+    video_seconds: float = 0.0
+    audio_seconds: float | None = None
+    stream_warnings: list[str] = dataclasses.field(default_factory=list)
+    duration_warning: str | None = None
 
     @property
     def num_segments(self) -> int:
         return num_segments(self.duration)
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.stream_warnings + ([self.duration_warning] if self.duration_warning else [])
 
 
 def _open(path: str):
@@ -90,8 +160,40 @@ def _open(path: str):
         return av.open(path, metadata_errors="ignore")
     except av.FFmpegError as e:
         raise VideoError(
-            f"{path}: cannot be read as a video by FFmpeg ({_ffmpeg_reason(e)})"
+            f"{path}: cannot be read as a video by FFmpeg ({_ffmpeg_reason(e)}){_mp4_hint(path)}"
         ) from e
+
+
+def _mp4_hint(path: str) -> str:
+    """Why an MP4/MOV file does not open, when its top-level boxes say: it ends inside
+    its media data (``mdat``) before any index (``moov``), as a file cut short whose
+    index was written last."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            pos, seen = 0, set()
+            while pos + 8 <= size and len(seen) < 64:
+                f.seek(pos)
+                head = f.read(16)
+                length, kind = int.from_bytes(head[:4], "big"), head[4:8]
+                if length == 1 and len(head) >= 16:
+                    length = int.from_bytes(head[8:16], "big")
+                if kind == b"moov" or length < 8 and length != 0:
+                    return ""
+                seen.add(kind)
+                if length == 0 or pos + length > size:
+                    if kind == b"mdat":
+                        return (
+                            f"; the file ends inside its media data, {size} of "
+                            f"{pos + length if length else '?'} bytes, before its index "
+                            f"(moov atom): cut short? An MP4 whose index comes last cannot "
+                            f"be read without it"
+                        )
+                    return ""
+                pos += length
+    except OSError:
+        return ""
+    return ""
 
 
 def _ffmpeg_reason(e: Exception) -> str:
@@ -210,23 +312,87 @@ class JpegRoundTrip:
             return img.convert("RGB")
 
 
-def _decode_frames(container, path: str, frame_fn: Callable, jpeg: bool) -> tuple[list, int, int]:
+@dataclasses.dataclass
+class _StreamRead:
+    """What reading one stream met: packets the decoder refused (skipped, as the FFmpeg
+    command line skips them) and a read error that ended the stream early."""
+
+    kind: str
+    skipped: int = 0
+    reason: str = ""
+    stopped: str = ""
+
+    def warnings(self, path: str) -> list[str]:
+        out = []
+        if self.skipped:
+            out.append(
+                f"{path}: {self.skipped} packet{'s' if self.skipped > 1 else ''} of the "
+                f"{self.kind} stream could not be decoded ({self.reason}) and "
+                f"{'were' if self.skipped > 1 else 'was'} skipped"
+            )
+        if self.stopped:
+            out.append(f"{path}: reading the {self.kind} stream stopped early ({self.stopped})")
+        return out
+
+
+def _frames_of(container, stream, read: _StreamRead):
+    """The decoded frames of ``stream``, packet by packet: a packet the decoder refuses is
+    counted in ``read`` and skipped; a read error ends the stream (``read.stopped``)."""
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except av.FFmpegError as e:
+            read.stopped = _ffmpeg_reason(e)
+            return
+        try:
+            frames = packet.decode()
+        except av.FFmpegError as e:
+            read.skipped += 1
+            read.reason = read.reason or _ffmpeg_reason(e)
+            continue
+        yield from frames
+
+
+def _start_seconds(container, stream) -> float:
+    if container.start_time is not None:
+        return container.start_time / 1e6
+    if stream.start_time is not None:
+        return float(stream.start_time * stream.time_base)
+    return 0.0
+
+
+@dataclasses.dataclass
+class _Frames:
+    frames: list
+    width: int
+    height: int
+    end: float  # seconds: the last decoded frame's time plus its duration
+    read: _StreamRead
+
+
+def _decode_frames(
+    container, path: str, frame_fn: Callable, jpeg: bool, max_seconds: float
+) -> _Frames:
     """Decodes the first video stream into its 8-fps frames (:class:`CfrFrameRate`),
     each given to ``frame_fn`` as a PIL image (through :class:`JpegRoundTrip` when
-    ``jpeg``; otherwise each distinct frame is converted once)."""
+    ``jpeg``; otherwise each distinct frame is converted once). A frame later than
+    ``max_seconds`` (plus the tolerance) stops decoding: :class:`TooLongError`."""
 
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
-    start = (
-        container.start_time / 1e6
-        if container.start_time is not None
-        else (float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0)
-    )
-    conv = CfrFrameRate(_input_rate(stream))
+    start = _start_seconds(container, stream)
+    rate = _input_rate(stream)
+    conv = CfrFrameRate(rate)
     out: list = []
     width = height = 0
+    end = 0.0
     roundtrip = None
     previous, converted = None, None  # the previous frame and its conversion (when not jpeg)
+    read = _StreamRead("video")
+    limit = max_seconds + DURATION_TOLERANCE
 
     def emit(frame, copies: int, cache: list):
         nonlocal roundtrip
@@ -241,11 +407,16 @@ def _decode_frames(container, path: str, frame_fn: Callable, jpeg: bool) -> tupl
                 out.append(cache[0])
 
     try:
-        for frame in container.decode(stream):
+        for frame in _frames_of(container, stream, read):
             if frame.pts is None:
                 continue
+            t = float(frame.pts * frame.time_base) - start
+            if t > limit:  # before CfrFrameRate repeats a frame up to it
+                raise _too_long(path, limit, max_seconds, declared=False)
             width, height = frame.width, frame.height
-            before, this = conv.push(float(frame.pts * frame.time_base) - start)
+            shown = float(frame.duration * frame.time_base) if frame.duration else 0.0
+            end = max(end, t + (shown or (1.0 / rate if rate > 0 else 0.0)))
+            before, this = conv.push(t)
             if before and previous is not None:
                 emit(previous, before, converted)
             previous, converted = frame, []
@@ -253,26 +424,61 @@ def _decode_frames(container, path: str, frame_fn: Callable, jpeg: bool) -> tupl
     except av.FFmpegError as e:
         raise VideoError(f"{path}: the video stream cannot be decoded ({_ffmpeg_reason(e)})") from e
     if not out:
-        raise VideoError(f"{path}: the video stream has no decodable frame")
-    return out, width, height
+        why = f" ({read.reason or read.stopped})" if read.reason or read.stopped else ""
+        raise VideoError(f"{path}: the video stream has no decodable frame{why}")
+    return _Frames(out, width, height, end, read)
 
 
-def _decode_audio(container, path: str, duration: float) -> np.ndarray:
-    """moviepy's 16 kHz stereo samples of the first audio stream (module docstring)."""
+def _decode_audio_44k(
+    container, path: str, max_seconds: float
+) -> tuple[np.ndarray, float, _StreamRead]:
+    """The first audio stream as FFmpeg's 44.1 kHz stereo 16-bit samples (moviepy's
+    pipe), where they end (seconds from the container's start) and what reading met.
+    More than ``max_seconds`` (plus the tolerance) of audio: :class:`TooLongError`."""
 
     stream = container.streams.audio[0]
+    start = _start_seconds(container, stream)
     resampler = av.AudioResampler(format="s16", layout="stereo", rate=MOVIEPY_AUDIO_RATE)
-    chunks = []
+    chunks, total, first = [], 0, None
+    read = _StreamRead("audio")
+    limit = max_seconds + DURATION_TOLERANCE
     try:
-        for frame in container.decode(stream):
+        for frame in _frames_of(container, stream, read):
+            if first is None and frame.pts is not None:
+                first = float(frame.pts * frame.time_base) - start
             for out in resampler.resample(frame):
                 chunks.append(out.to_ndarray().reshape(-1, 2))
+                total += len(chunks[-1])
+            if total > limit * MOVIEPY_AUDIO_RATE:
+                raise _too_long(path, limit, max_seconds, declared=False)
         for out in resampler.resample(None):
             chunks.append(out.to_ndarray().reshape(-1, 2))
+            total += len(chunks[-1])
     except av.FFmpegError as e:
         raise VideoError(f"{path}: the audio stream cannot be decoded ({_ffmpeg_reason(e)})") from e
     samples = np.concatenate(chunks) if chunks else np.zeros((0, 2), np.int16)
-    return moviepy_resample(samples, moviepy_duration(duration))
+    end = (first or 0.0) + total / MOVIEPY_AUDIO_RATE if total else 0.0
+    return samples, end, read
+
+
+def resolve_duration(
+    path: str, declared: float, measured: float, what: str = "its streams"
+) -> tuple[float, str | None]:
+    """The duration to use and a warning (module docstring): ``declared`` when
+    ``measured`` is within :data:`DURATION_TOLERANCE` of it, else ``measured`` and a
+    line naming the file and both durations."""
+    if abs(measured - declared) <= DURATION_TOLERANCE:
+        return declared, None
+    hold = "hold" if what.endswith("s") else "holds"
+    if measured < declared:
+        return measured, (
+            f"{path}: {what} {hold} {measured:.2f} s, its header declares {declared:.2f} s "
+            f"(a cut or damaged file?); parsed for the {measured:.2f} s it holds"
+        )
+    return measured, (
+        f"{path}: {what} {hold} {measured:.2f} s, more than the {declared:.2f} s its header "
+        f"declares; parsed for all {measured:.2f} s"
+    )
 
 
 MOVIEPY_READER_BUFFER = 200_000  # VideoFileClip(audio_buffersize=200000), samples at 44.1 kHz
@@ -383,23 +589,26 @@ def moviepy_resample(samples_44k: np.ndarray, duration: float) -> np.ndarray:
     return q / 32768.0
 
 
-def probe(path: str, audio: bool = True) -> float:
-    """Checks that ``path`` opens and has a video stream (and, with ``audio``, an audio
-    stream) without decoding it; returns its duration. Raises as :func:`decode`."""
+def probe(path: str, audio: bool = True, max_seconds: float = DEFAULT_MAX_SECONDS) -> float:
+    """Checks that ``path`` opens, has a video stream (and, with ``audio``, an audio
+    stream) and that its header declares at most ``max_seconds``, without decoding it;
+    returns the declared duration. Raises as :func:`decode`."""
 
     path = os.fspath(path)
+    max_seconds = check_max_seconds(max_seconds)
     container = _open(path)
     try:
-        return _checked_duration(container, path, audio)
+        return _checked_duration(container, path, audio, max_seconds)
     except av.FFmpegError as e:
         raise VideoError(f"{path}: {_ffmpeg_reason(e)}") from e
     finally:
         container.close()
 
 
-def _checked_duration(container, path: str, audio: bool) -> float:
+def _checked_duration(container, path: str, audio: bool, max_seconds: float) -> float:
     """The container's duration, after checking its streams (a video stream, and an
-    audio stream when ``audio``); raises :class:`VideoError` / :class:`NoAudioError`."""
+    audio stream when ``audio``) and the length cap; raises :class:`VideoError` /
+    :class:`NoAudioError` / :class:`TooLongError`."""
     if not container.streams.video:
         raise VideoError(
             f"{path}: no video stream (streams: "
@@ -410,6 +619,8 @@ def _checked_duration(container, path: str, audio: bool) -> float:
     duration = probe_duration(container)
     if duration <= 0:
         raise VideoError(f"{path}: the container has no duration")
+    if duration > max_seconds:
+        raise _too_long(path, duration, max_seconds, declared=True)
     return duration
 
 
@@ -422,53 +633,96 @@ def _no_audio_message(path: str) -> str:
 
 
 def decode(
-    path: str, frame_fn: Callable | None = None, *, audio: bool = True, jpeg: bool = True
+    path: str,
+    frame_fn: Callable | None = None,
+    *,
+    audio: bool = True,
+    jpeg: bool = True,
+    max_seconds: float = DEFAULT_MAX_SECONDS,
 ) -> DecodedVideo:
     """Decodes ``path`` (module docstring).
 
     ``frame_fn(PIL.Image)`` converts each 8-fps frame (default: an RGB ``(H, W,
     3)`` uint8 array); ``jpeg`` passes the frames through HAN's JPEG files first
-    (:class:`JpegRoundTrip`). ``audio=False`` skips the audio stream. A
-    missing, unreadable or undecodable file, a file without a video stream
-    and, with ``audio``, one without an audio stream raise :class:`VideoError`
-    (:class:`NoAudioError`) naming the file.
+    (:class:`JpegRoundTrip`). ``audio=False`` skips the audio stream (the
+    duration is then measured on the video stream alone). A missing,
+    unreadable or undecodable file, a file without a video stream and, with
+    ``audio``, one without an audio stream raise :class:`VideoError`
+    (:class:`NoAudioError`) naming the file; one longer than ``max_seconds``
+    (declared, or found while decoding) :class:`TooLongError`.
     """
 
     path = os.fspath(path)
+    max_seconds = check_max_seconds(max_seconds)
     frame_fn = frame_fn or (lambda img: np.asarray(img, np.uint8))
     container = _open(path)
     try:
-        duration = _checked_duration(container, path, audio)
-        frames, width, height = _decode_frames(container, path, frame_fn, jpeg)
+        declared = _checked_duration(container, path, audio, max_seconds)
+        video = _decode_frames(container, path, frame_fn, jpeg, max_seconds)
     except av.FFmpegError as e:
         raise VideoError(f"{path}: {_ffmpeg_reason(e)}") from e
     finally:
         container.close()
-    wave = None
+    warnings = video.read.warnings(path)
+    samples, audio_end = None, None
     if audio:
         # A fresh demuxer: after a seek FFmpeg may not trim the codec's priming
         # samples as a first read does (and as the FFmpeg command line does).
         container = _open(path)
         try:
-            wave = _decode_audio(container, path, duration)
+            samples, audio_end, read = _decode_audio_44k(container, path, max_seconds)
         except av.FFmpegError as e:
             raise VideoError(f"{path}: {_ffmpeg_reason(e)}") from e
         finally:
             container.close()
-    return DecodedVideo(path, duration, frames, wave, width, height)
+        warnings += read.warnings(path)
+        if not len(samples):
+            warnings.append(
+                f"{path}: the audio stream has no decodable sample; its audio features are "
+                f"those of silence"
+            )
+    measured = max(video.end, audio_end or 0.0)
+    duration, note = resolve_duration(
+        path, declared, measured, "its streams" if audio else "its video stream"
+    )
+    wave = moviepy_resample(samples, moviepy_duration(duration)) if audio else None
+    return DecodedVideo(
+        path,
+        duration,
+        video.frames,
+        wave,
+        video.width,
+        video.height,
+        declared_duration=declared,
+        video_seconds=video.end,
+        audio_seconds=audio_end,
+        stream_warnings=warnings,
+        duration_warning=note,
+    )
 
 
-def decode_audio_mono(path: str, rate: int) -> np.ndarray:
+def decode_audio_mono(
+    path: str,
+    rate: int,
+    *,
+    max_seconds: float = DEFAULT_MAX_SECONDS,
+    warnings: list[str] | None = None,
+) -> np.ndarray:
     """The first audio stream of ``path`` as ``(S,)`` float32 mono at ``rate`` Hz, as
     VALOR's ``librosa.load(path, sr=48000)`` reads it (audioread: FFmpeg's 16-bit samples
     of every channel, ``/ 32768``; the mean of all channels, weighted equally; resampled):
     FFmpeg decodes, its ``swresample`` resamples (when the stream's rate differs; librosa
     uses soxr) and writes 16-bit samples of the stream's own channel layout, which are
-    averaged here. Raises :class:`VideoError` / :class:`NoAudioError` naming the file."""
+    averaged here. Raises :class:`VideoError` / :class:`NoAudioError` naming the file, and
+    :class:`TooLongError` past ``max_seconds`` of audio (plus the tolerance; decoding
+    stops there). Skipped packets are appended to ``warnings`` (one line each)."""
 
     path = os.fspath(path)
+    max_seconds = check_max_seconds(max_seconds)
     container = _open(path)
-    chunks = []
+    chunks, total = [], 0
+    read = _StreamRead("audio")
+    limit = max_seconds + DURATION_TOLERANCE
     try:
         if not container.streams.audio:
             raise NoAudioError(_no_audio_message(path).replace("VGGish", "VGGish, CLAP"))
@@ -476,9 +730,12 @@ def decode_audio_mono(path: str, rate: int) -> np.ndarray:
         layout = stream.layout if stream.layout.channels else "mono"
         channels = len(stream.layout.channels) or 1
         resampler = av.AudioResampler(format="s16", layout=layout, rate=rate)
-        for frame in container.decode(stream):
+        for frame in _frames_of(container, stream, read):
             for out in resampler.resample(frame):
                 chunks.append(out.to_ndarray().reshape(-1, channels))
+                total += len(chunks[-1])
+            if total > limit * rate:
+                raise _too_long(path, limit, max_seconds, declared=False)
         for out in resampler.resample(None):
             chunks.append(out.to_ndarray().reshape(-1, channels))
     except av.FFmpegError as e:
@@ -486,5 +743,8 @@ def decode_audio_mono(path: str, rate: int) -> np.ndarray:
     finally:
         container.close()
     if not chunks:
-        raise VideoError(f"{path}: the audio stream has no decodable sample")
+        why = f" ({read.reason or read.stopped})" if read.reason or read.stopped else ""
+        raise VideoError(f"{path}: the audio stream has no decodable sample{why}")
+    if warnings is not None:
+        warnings += read.warnings(path)
     return (np.concatenate(chunks).astype(np.float32) / 32768.0).mean(axis=1)

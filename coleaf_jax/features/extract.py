@@ -11,6 +11,12 @@ For a video of ``T`` one-second segments (:func:`decode.num_segments`):
 Decoding (CPU: FFmpeg, PIL; ``workers`` threads) of the next videos overlaps
 the networks' work on the current one. The networks run in fixed-size batches (one compiled
 program each, whatever the video's length).
+
+``T`` comes from the duration :func:`decode.decode` settles on: the header's for
+a whole file, the streams' for one cut short or whose header lies (then
+:attr:`VideoFeatures.warnings` says so; :meth:`Extractor.extract_many` prints
+each warning as ``warning: ...``). Every video is capped at ``max_seconds``
+(:data:`decode.DEFAULT_MAX_SECONDS`): decoding, and with it memory, stops there.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import io
 import itertools
 import os
 import sys
@@ -27,7 +34,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
+from coleaf_jax import fileio
 from coleaf_jax import progress as progress_lib
 from coleaf_jax.features import decode, preprocess, r2plus1d, resnet, vggish, weights
 
@@ -90,10 +99,27 @@ class VideoFeatures:
     video_3d: np.ndarray  # (T, 512)
     frames_decoded: int = 0
     seconds: dict = dataclasses.field(default_factory=dict)
+    declared_duration: float | None = None  # the header's (decode.DecodedVideo)
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def num_segments(self) -> int:
         return len(self.audio)
+
+    def record(self) -> dict:
+        """What the outputs record of the video: path, duration, segments, frames; the
+        header's duration and the warnings when the file did not hold what it declared."""
+        out = {
+            "path": os.path.abspath(self.path),
+            "duration": self.duration,
+            "num_segments": self.num_segments,
+            "frames_8fps": self.frames_decoded,
+        }
+        if self.declared_duration is not None and self.declared_duration != self.duration:
+            out["declared_duration"] = self.declared_duration
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
+        return out
 
 
 def video_id(path: str) -> str:
@@ -135,12 +161,17 @@ class Decoded:
     clips: np.ndarray  # (T, 8, 112, 112, 3) uint8
     examples: np.ndarray  # (T, 96, 64) float32
     seconds: float
+    declared_duration: float | None = None
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
 
-def prepare(path: str, options: Options = Options()) -> Decoded:
-    """Decodes ``path`` and prepares the three networks' inputs (CPU)."""
+def prepare(
+    path: str, options: Options = Options(), max_seconds: float = decode.DEFAULT_MAX_SECONDS
+) -> Decoded:
+    """Decodes ``path`` (at most ``max_seconds``: :func:`decode.decode`) and prepares the
+    three networks' inputs (CPU)."""
     start = time.perf_counter()
-    d = decode.decode(path, _frame_fn(options), jpeg=options.jpeg)
+    d = decode.decode(path, _frame_fn(options), jpeg=options.jpeg, max_seconds=max_seconds)
     t = d.num_segments
     idx = decode.han_sample(len(d.frames), preprocess.R21D_CLIP * t)
     resnet_frames = np.stack([d.frames[i][0] for i in idx])
@@ -156,6 +187,8 @@ def prepare(path: str, options: Options = Options()) -> Decoded:
         clips,
         examples,
         time.perf_counter() - start,
+        d.declared_duration,
+        list(d.warnings),
     )
 
 
@@ -259,24 +292,35 @@ class Extractor:
             video_3d,
             d.frames_decoded,
             {"decode": d.seconds, "networks": time.perf_counter() - start},
+            d.declared_duration,
+            list(d.warnings),
         )
 
-    def extract(self, path: str) -> VideoFeatures:
+    def extract(self, path: str, max_seconds: float = decode.DEFAULT_MAX_SECONDS) -> VideoFeatures:
         """One video's features."""
-        return self.run(prepare(path, self.options))
+        return self.run(prepare(path, self.options, max_seconds))
 
     def extract_many(
-        self, paths: Iterable[str], progress: bool = True, workers: int = 1
+        self,
+        paths: Iterable[str],
+        progress: bool = True,
+        workers: int = 1,
+        max_seconds: float = decode.DEFAULT_MAX_SECONDS,
     ) -> Iterator[VideoFeatures]:
         """Features of ``paths`` in order. ``workers`` threads decode the next videos while
         the networks run on the current one (FFmpeg and PIL release the GIL; on a GPU
         decoding is the bottleneck: give it the CPU's cores). A bar on a terminal, one
-        line per video otherwise."""
+        line per video otherwise; a video's warnings (:func:`decode.decode`: a file
+        shorter than its header declares, skipped packets) as ``warning: ...`` lines on
+        stderr, with or without ``progress``."""
 
         paths = [os.fspath(p) for p in paths]
-        prepared = prefetched(lambda p: prepare(p, self.options), paths, max(1, workers))
+        prepared = prefetched(
+            lambda p: prepare(p, self.options, max_seconds), paths, max(1, workers)
+        )
         bar = progress_lib.bar(prepared, total=len(paths), desc="extracting", enabled=progress)
         for i, d in enumerate(bar, start=1):
+            print_warnings(d.warnings)
             f = self.run(d)
             if progress and bar.disable:  # asked for progress, but not on a terminal
                 print(
@@ -290,6 +334,12 @@ class Extractor:
                 bar.set_postfix(video=f.id)
             yield f
         bar.close()
+
+
+def print_warnings(warnings: Iterable[str]) -> None:
+    """``warning: ...`` on stderr, one line each (above a progress bar when one is shown)."""
+    for w in warnings:
+        tqdm.write("warning: " + " ".join(str(w).split()), file=sys.stderr)
 
 
 def prefetched(fn, items: list, workers: int) -> Iterator:
@@ -312,14 +362,21 @@ def prefetched(fn, items: list, workers: int) -> Iterator:
                 f.cancel()
 
 
+def save_npy(path: str, array: np.ndarray) -> None:
+    """``np.save`` of ``array``, written whole or not at all (``fileio``)."""
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    fileio.atomic_write_bytes(path, buffer.getvalue())
+
+
 def write_llp(features: VideoFeatures, root: str) -> dict[str, str]:
     """Writes ``ROOT/vggish/<id>.npy``, ``ROOT/res152/<id>.npy``, ``ROOT/r2plus1d_18/<id>.npy``
-    (float32); returns the paths by feature key."""
+    (float32, each whole or not at all); returns the paths by feature key."""
     out = {}
     for key, folder in LLP_FOLDERS.items():
         os.makedirs(os.path.join(root, folder), exist_ok=True)
         path = os.path.join(root, folder, f"{features.id}.npy")
-        np.save(path, getattr(features, key).astype(np.float32))
+        save_npy(path, getattr(features, key).astype(np.float32))
         out[key] = path
     return out
 

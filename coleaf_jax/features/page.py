@@ -5,6 +5,13 @@ page, nothing copied) with one timeline row per class that has an event;
 bars are coloured by type (audible-only, visible-only, audible-visible), a
 click on a bar (or on an event in the table below) seeks the video to the
 event's onset and plays it, and a playhead follows the video.
+
+Names come from file names and may hold anything: the text is HTML-escaped,
+the video's address percent-encoded, and the events' JSON in its ``<script>``
+element has ``<``, ``>``, ``&``, U+2028 and U+2029 written as ``\\uXXXX``
+escapes (:func:`script_json`), so no name can end the element or open a
+comment in it. A video's warnings (a file that held less than its header
+declared) are shown above the player.
 """
 
 from __future__ import annotations
@@ -12,7 +19,9 @@ from __future__ import annotations
 import html
 import json
 import os
+import urllib.parse
 
+from coleaf_jax import fileio
 from coleaf_jax.evaluation.parsing import EVENT_TYPES
 
 TYPE_COLOURS = {"audible-only": "#1f77b4", "visible-only": "#2ca02c", "audible-visible": "#d62728"}
@@ -85,6 +94,22 @@ draw();
 """
 
 
+_SCRIPT_ESCAPES = {
+    ord("<"): "\\u003c",
+    ord(">"): "\\u003e",
+    ord("&"): "\\u0026",
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
+
+
+def script_json(obj) -> str:
+    """``obj`` as JSON safe inside a ``<script>`` element: ``<``, ``>``, ``&``, U+2028 and
+    U+2029 as ``\\uXXXX`` escapes (valid JSON; ``JSON.parse`` reads the same strings),
+    so no ``</script``, ``<!--`` or ``<script`` can appear in it."""
+    return json.dumps(obj).translate(_SCRIPT_ESCAPES)
+
+
 def video_page(
     video_path: str,
     page_path: str,
@@ -93,19 +118,20 @@ def video_page(
     num_segments: int,
     title: str | None = None,
     subtitle: str = "",
+    warnings: list[str] = (),
 ) -> str:
     """The page's HTML (module docstring). ``events``: this video's records
     (``parsing.merge_events``); ``duration``: the timeline's extent in seconds
-    (the segments'); ``subtitle``: a line under the title (model, thresholds)."""
+    (the segments'); ``subtitle``: a line under the title (model, thresholds);
+    ``warnings``: lines shown above the player."""
     rel = os.path.relpath(os.path.abspath(video_path), os.path.dirname(os.path.abspath(page_path)))
-    src = "/".join(html.escape(part, quote=True) for part in rel.split(os.sep))
+    src = "/".join(html.escape(urllib.parse.quote(part), quote=True) for part in rel.split(os.sep))
     name = title or os.path.splitext(os.path.basename(video_path))[0]
     extent = max(float(duration), float(num_segments))
-    payload = json.dumps({"duration": extent, "events": events, "colours": TYPE_COLOURS})
-    payload = payload.replace("</", "<\\/")
-    note = ""
+    payload = script_json({"duration": extent, "events": events, "colours": TYPE_COLOURS})
+    note = "".join(f'<div class="note">{html.escape(w)}</div>' for w in warnings)
     if not video_path.lower().endswith(BROWSER_CONTAINERS):
-        note = (
+        note += (
             f'<div class="note">Browsers may not play {html.escape(os.path.splitext(video_path)[1])}'
             f" files; the timeline and the table still work.</div>"
         )
@@ -142,8 +168,9 @@ def video_page(
 def write_video_pages(
     records: list[dict], videos: dict[str, dict], out_dir: str, subtitle: str = ""
 ) -> list[str]:
-    """Writes ``out_dir/pages/<id>.html`` for every video; ``videos`` maps an id to
-    ``{'path', 'duration', 'num_segments'}``. Returns the pages' paths."""
+    """Writes ``out_dir/pages/<id>.html`` for every video (each whole or not at all);
+    ``videos`` maps an id to ``{'path', 'duration', 'num_segments'}`` and optional
+    ``'warnings'``. Returns the pages' paths."""
     folder = os.path.join(out_dir, "pages")
     os.makedirs(folder, exist_ok=True)
     by_video: dict[str, list[dict]] = {vid: [] for vid in videos}
@@ -152,17 +179,16 @@ def write_video_pages(
     paths = []
     for vid, info in videos.items():
         page = os.path.join(folder, f"{vid}.html")
-        with open(page, "w", encoding="utf-8") as f:
-            f.write(
-                video_page(
-                    info["path"],
-                    page,
-                    by_video.get(vid, []),
-                    info["duration"],
-                    info["num_segments"],
-                    vid,
-                    subtitle,
-                )
-            )
+        text = video_page(
+            info["path"],
+            page,
+            by_video.get(vid, []),
+            info["duration"],
+            info["num_segments"],
+            vid,
+            subtitle,
+            info.get("warnings", ()),
+        )
+        fileio.atomic_write_text(page, text)
         paths.append(page)
     return paths

@@ -46,7 +46,9 @@ CLIP_URL = "https://huggingface.co/openai/clip-vit-large-patch14"
 ROBERTA_FOLDER = "roberta-base"
 ROBERTA_URL = "https://huggingface.co/FacebookAI/roberta-base"
 TEACHER_FOLDERS = ("CLIP", "CLAP")
-# 10 segments of at most laion_clap's 10 s (longer is its ``longer`` path, not VALOR's)
+# 10 segments of at most laion_clap's 10 s (longer is its ``longer`` path, not VALOR's):
+# the teachers' own limit, below the length cap of every video path (--max-seconds,
+# decode.DEFAULT_MAX_SECONDS); decoding for them stops at the lower of the two.
 MAX_SECONDS = LLP_NUM_SEGMENTS * valor.CLAP_SAMPLES / valor.SAMPLE_RATE
 OUTPUTS = ("features", "segment_pseudo_labels", "segment_logits")
 
@@ -118,6 +120,7 @@ class TeacherOutputs:
     clap_features: np.ndarray  # (64, F) HTSAT's regrouped last tokens of the whole clip
     clap_logits: np.ndarray  # (S, C)
     clap_labels: np.ndarray  # (S, C) int64
+    warnings: list[str] = dataclasses.field(default_factory=list)  # prepare()'s, one line each
 
     def files(self) -> dict[str, np.ndarray]:
         """``{'CLIP/features': ..., 'CLAP/segment_pseudo_labels': ..., ...}``."""
@@ -193,9 +196,18 @@ class Teachers:
             clap_labels=valor.pseudo_labels(clap_logits, label, valor.CLAP_THRESHOLDS),
         )
 
-    def video(self, path: str, label: np.ndarray, jpeg: bool = True) -> TeacherOutputs:
+    def video(
+        self,
+        path: str,
+        label: np.ndarray,
+        jpeg: bool = True,
+        max_seconds: float = decode.DEFAULT_MAX_SECONDS,
+    ) -> TeacherOutputs:
         """Decodes ``path`` (:func:`prepare`) and runs :meth:`__call__`."""
-        return self(*prepare(path, jpeg)[:2], label)
+        warnings: list[str] = []
+        outputs = self(*prepare(path, jpeg, max_seconds, warnings)[:2], label)
+        outputs.warnings = warnings
+        return outputs
 
     def many(
         self,
@@ -204,17 +216,26 @@ class Teachers:
         progress: bool = True,
         workers: int = 1,
         jpeg: bool = True,
+        max_seconds: float = decode.DEFAULT_MAX_SECONDS,
     ) -> Iterator[tuple[str, TeacherOutputs]]:
         """``(path, outputs)`` for ``paths`` (weak labels ``labels``) in order; ``workers``
         threads decode the next videos while the networks run. A bar on a terminal, one
-        line per video otherwise."""
-        decoded = extract.prefetched(lambda p: prepare(p, jpeg), paths, max(1, workers))
+        line per video otherwise; a video's warnings (:func:`prepare`) as ``warning: ...``
+        lines on stderr, and in ``outputs.warnings``."""
+
+        def decoded_with_warnings(path: str):
+            warnings: list[str] = []
+            return (*prepare(path, jpeg, max_seconds, warnings), warnings)
+
+        decoded = extract.prefetched(decoded_with_warnings, paths, max(1, workers))
         bar = progress_lib.bar(decoded, total=len(paths), desc="CLIP/CLAP", enabled=progress)
-        for i, ((frames, audio, decode_s), path, label) in enumerate(
+        for i, ((frames, audio, decode_s, warnings), path, label) in enumerate(
             zip(bar, paths, labels), start=1
         ):
+            extract.print_warnings(warnings)
             t0 = time.perf_counter()
             outputs = self(frames, audio, label)
+            outputs.warnings = warnings
             if progress and bar.disable:  # asked for progress, but not on a terminal
                 print(
                     f"[{i}/{len(paths)}] {path}: CLIP/CLAP, decoded in {decode_s:.1f} s, "
@@ -228,14 +249,42 @@ class Teachers:
         bar.close()
 
 
-def prepare(path: str, jpeg: bool = True) -> tuple[list[np.ndarray], np.ndarray, float]:
+def prepare(
+    path: str,
+    jpeg: bool = True,
+    max_seconds: float = decode.DEFAULT_MAX_SECONDS,
+    warnings: list[str] | None = None,
+) -> tuple[list[np.ndarray], np.ndarray, float]:
     """``(frames, audio, seconds)``: the 8-fps frames of ``path`` (through the JPEG round
     trip of VALOR's ``ffmpeg -r 8`` frames unless ``jpeg=False``), its 48 kHz mono audio
-    and the seconds decoding took."""
+    and the seconds decoding took. Decoding stops at the lower of ``max_seconds`` and
+    :data:`MAX_SECONDS` (:class:`decode.TooLongError`). VALOR takes what the streams hold
+    (10 segments of the decoded audio, 10 of the decoded frames); a file holding less
+    than its header declares, and skipped packets, are appended to ``warnings`` (one
+    line each, naming the file)."""
     t0 = time.perf_counter()
-    frames = decode.decode(path, audio=False, jpeg=jpeg).frames
-    audio = decode.decode_audio_mono(path, valor.SAMPLE_RATE)
-    return frames, audio, time.perf_counter() - t0
+    cap = min(decode.check_max_seconds(max_seconds), MAX_SECONDS)
+    try:
+        video = decode.decode(path, audio=False, jpeg=jpeg, max_seconds=cap)
+        notes = list(video.stream_warnings)
+        audio = decode.decode_audio_mono(path, valor.SAMPLE_RATE, max_seconds=cap, warnings=notes)
+    except decode.TooLongError as e:
+        if cap < max_seconds:  # VALOR's limit, not the one --max-seconds sets
+            raise too_long(path, e.seconds, e.declared) from None
+        raise
+    measured = max(video.video_seconds, len(audio) / valor.SAMPLE_RATE)
+    _, note = decode.resolve_duration(path, video.declared_duration, measured)
+    if warnings is not None:
+        warnings += notes + ([note] if note else [])
+    return video.frames, audio, time.perf_counter() - t0
+
+
+def too_long(path: str, seconds: float, declared: bool = True) -> decode.TooLongError:
+    """A video longer than VALOR's teachers take (:data:`MAX_SECONDS`), naming it."""
+    limit = f"VALOR's teachers take ({MAX_SECONDS:.0f} s at most; LLP's clips are 10 s)"
+    return decode.TooLongError(
+        decode.too_long_message(path, seconds, declared, limit), seconds, declared
+    )
 
 
 def read_labels(paths: list[str]) -> dict[str, np.ndarray]:
@@ -299,7 +348,7 @@ def write(outputs: TeacherOutputs, root: str, video_id: str) -> list[str]:
     for folder, array in outputs.files().items():
         os.makedirs(os.path.join(root, folder), exist_ok=True)
         path = os.path.join(root, folder, video_id + ".npy")
-        np.save(path, array)
+        extract.save_npy(path, array)  # whole or not at all
         paths.append(path)
     return paths
 

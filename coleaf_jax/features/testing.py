@@ -8,6 +8,9 @@
 * :func:`test_waveform`, :func:`test_frames`: small audio / image inputs.
 * :func:`write_test_video`: a video file with coloured frames and a tone
   (PyAV), with or without an audio track.
+* :func:`cut_file`, :func:`declare_duration`: damaged and lying files made from
+  real ones: the first bytes of a file (a download cut short), and a Matroska
+  file whose header declares another duration than its streams hold.
 * :func:`write_pth`: a state dict saved in torch's zip format (``torch.save``'s
   layout, written with the pickle opcodes themselves: no torch), so the tests can
   put "downloaded" checkpoints in a weights folder.
@@ -130,13 +133,18 @@ def write_test_video(
     audio_codec: str = "aac",
     sample_rate: int = 44100,
     tone_hz: float = 440.0,
+    audio_seconds: float | None = None,
+    faststart: bool = False,
 ) -> str:
     """Writes a video of ``seconds`` with frames whose colour changes every second and a
-    sine tone (``audio``), with PyAV; returns ``path``. ``size`` is (width, height)."""
+    sine tone (``audio``; ``audio_seconds`` long, default ``seconds``), with PyAV; returns
+    ``path``. ``size`` is (width, height); ``faststart``: an MP4's index (``moov``) before
+    its media data, as for streaming (FFmpeg's default writes it last)."""
     import av
 
     width, height = size
-    with av.open(path, "w") as out:
+    options = {"movflags": "faststart"} if faststart else None
+    with av.open(path, "w", options=options) as out:
         video = out.add_stream(codec, rate=fps)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         sound = None
@@ -154,7 +162,7 @@ def write_test_video(
         for packet in video.encode():
             out.mux(packet)
         if sound is not None:
-            n = int(round(seconds * sample_rate))
+            n = int(round((seconds if audio_seconds is None else audio_seconds) * sample_rate))
             t = np.arange(n) / sample_rate
             tone = (0.4 * np.sin(2 * np.pi * tone_hz * t)).astype(np.float32)
             chunk = 1024
@@ -170,6 +178,43 @@ def write_test_video(
                     out.mux(packet)
             for packet in sound.encode():
                 out.mux(packet)
+    return path
+
+
+def cut_file(path: str, out: str, fraction: float = 0.5) -> str:
+    """Writes the first ``fraction`` of ``path``'s bytes to ``out`` (a download or copy cut
+    short); returns ``out``."""
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(out, "wb") as f:
+        f.write(data[: int(len(data) * fraction)])
+    return out
+
+
+MKV_DURATION_ID = b"\x44\x89"  # Segment > Info > Duration (float, in TimestampScale units)
+MKV_TIMESTAMP_SCALE_ID = b"\x2a\xd7\xb1"  # Segment > Info > TimestampScale (ns, default 1e6)
+
+
+def declare_duration(path: str, seconds: float) -> str:
+    """Rewrites, in place, the duration a Matroska/WebM file's header declares (its
+    ``Info/Duration`` element, the one FFmpeg reports) to ``seconds``; the streams are left
+    as they are: a header that lies. Returns ``path``."""
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
+    scale = 1_000_000
+    at = data.find(MKV_TIMESTAMP_SCALE_ID)
+    if at >= 0 and 0x81 <= data[at + 3] <= 0x88:
+        size = data[at + 3] - 0x80
+        scale = int.from_bytes(data[at + 4 : at + 4 + size], "big")
+    at = data.find(MKV_DURATION_ID + b"\x88")
+    fmt, size = ">d", 8
+    if at < 0:
+        at, fmt, size = data.find(MKV_DURATION_ID + b"\x84"), ">f", 4
+    if at < 0:
+        raise ValueError(f"{path}: no Matroska Duration element found")
+    data[at + 3 : at + 3 + size] = struct.pack(fmt, seconds * 1e9 / scale)
+    with open(path, "wb") as f:
+        f.write(data)
     return path
 
 

@@ -3,15 +3,18 @@
 Writes, under ``OUTPUT``: ``events.jsonl`` / ``events.csv`` (as ``--features``),
 ``pages/<id>.html`` (the video with its timeline, :mod:`~coleaf_jax.features.page`),
 ``features/`` (the extracted features in the LLP layout, reusable with
-``--features``) and ``timelines/<id>.png`` with ``--timelines``.
+``--features``; ``features/videos.json`` records each video's path, duration and
+segments, and for a file that held less than its header declared, the header's
+``declared_duration`` and the ``warnings``, also shown on its page) and
+``timelines/<id>.png`` with ``--timelines``. Every file is written whole or not
+at all; videos are capped at ``max_seconds`` (:mod:`~coleaf_jax.features.decode`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 
-from coleaf_jax import registry
+from coleaf_jax import fileio, registry
 from coleaf_jax.data import pipeline
 from coleaf_jax.evaluation.parsing import parse_videos
 from coleaf_jax.features import decode, extract, page
@@ -39,9 +42,12 @@ def parse_video_files(
     select_thresholds: bool = False,
     timelines: int = 0,
     verbose: bool = True,
+    max_seconds: float = decode.DEFAULT_MAX_SECONDS,
 ) -> list[dict]:
-    """Extracts the features of ``videos``, parses them with the run's checkpoint (``step``,
-    default: best on validation) and writes the outputs (module docstring)."""
+    """Extracts the features of ``videos`` (each at most ``max_seconds`` long), parses them
+    with the run's checkpoint (``step``, default: best on validation) and writes the
+    outputs (module docstring). A video's warnings are printed (``warning: ...``) and
+    recorded."""
 
     check_config(config)
     if not videos:
@@ -49,12 +55,13 @@ def parse_video_files(
     paths = [os.fspath(v) for v in videos]
     extract.check_ids(paths)
     for p in paths:  # every file checked before any weight is loaded or frame decoded
-        decode.probe(p)
+        decode.probe(p, max_seconds=max_seconds)
     extractor = extract.Extractor(weights_dir, options or extract.Options(), verbose=verbose)
     feats = []
     folder = os.path.join(output, "features")
     workers = max(1, min(8, (os.cpu_count() or 2) - 1))
-    for f in extractor.extract_many(paths, progress=verbose, workers=workers):
+    many = extractor.extract_many(paths, progress=verbose, workers=workers, max_seconds=max_seconds)
+    for f in many:
         extract.write_llp(f, folder)
         feats.append(f)
     data = extract.stack_features(feats, pool_frames=pipeline.can_pool_frames(config))
@@ -68,12 +75,8 @@ def parse_video_files(
         timelines=timelines,
         verbose=verbose,
     )
-    info = {
-        f.id: {"path": f.path, "duration": f.duration, "num_segments": f.num_segments}
-        for f in feats
-    }
-    with open(os.path.join(folder, "videos.json"), "w") as fh:
-        json.dump(info, fh, indent=2)
+    info = {f.id: f.record() for f in feats}
+    fileio.atomic_write_json(os.path.join(folder, "videos.json"), info)
     subtitle = f"{config.name} · {os.path.abspath(workdir)}"
     pages = page.write_video_pages(records, info, output, subtitle)
     if verbose:
