@@ -8,22 +8,71 @@ segments of the probability behind it: ``P_a`` for audible-only, ``P_v`` for
 visible-only and ``min(P_a, P_v)`` for audible-visible.
 
 Records: ``{video, class, type, onset, offset, score}``, onset/offset in
-seconds (offset exclusive), written as JSONL and CSV.
+seconds (offset exclusive), written as JSONL and CSV, each file whole or not
+at all (:mod:`coleaf_jax.fileio`). :func:`output_lock` holds
+``OUTPUT/parse.lock`` while ``parse.py`` writes: a second ``parse.py`` into the
+same folder is refused, naming the first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import os
+from collections.abc import Iterator
 
 import numpy as np
 
+from coleaf_jax import fileio, locks
 from coleaf_jax.data import pipeline
 from coleaf_jax.evaluation import evaluate, metrics, plots, runs
+from coleaf_jax.training.workdir import RunError
 
 EVENT_TYPES = ("audible-only", "visible-only", "audible-visible")
 RECORD_FIELDS = ("video", "class", "type", "onset", "offset", "score")
+LOCK_FILE = "parse.lock"
+
+
+class OutputInUseError(RunError):
+    """Another process is writing into the output folder."""
+
+
+@contextlib.contextmanager
+def output_lock(output: str) -> Iterator[str]:
+    """Holds ``OUTPUT/parse.lock`` while the block runs (creating ``output``; the lock
+    file is removed on release): one ``parse.py`` per output folder at a time, else the
+    last writer's files would win silently. A folder this call created and left empty
+    (the run failed before writing) is removed again.
+
+    Raises:
+      OutputInUseError: another process holds it; the message names that process.
+      ValueError: ``output`` is a file.
+      RunError: flock is not supported on its filesystem.
+    """
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise ValueError(f"--output {output}: a file, not a folder")
+    created = not os.path.exists(output)
+    os.makedirs(output, exist_ok=True)
+    path = os.path.join(output, LOCK_FILE)
+    try:
+        with locks.exclusive(path, remove=True):
+            yield path
+    except locks.LockHeldError as e:
+        raise OutputInUseError(
+            f"{output} is in use by {locks.describe(e.holder)}: one parse.py per --output "
+            f"folder at a time. Wait for it to finish, stop it, or use another --output"
+        ) from None
+    except locks.LockUnsupportedError as e:
+        raise RunError(
+            f"{path}: cannot lock the output folder ({e}); use an --output on a filesystem "
+            f"with flock"
+        ) from None
+    finally:
+        if created:
+            with contextlib.suppress(OSError):  # only if empty: nothing was written
+                os.rmdir(output)
 
 
 def event_tracks(
@@ -97,16 +146,16 @@ def merge_events(
 
 
 def write_events(records: list[dict], out_dir: str, stem: str = "events") -> tuple[str, str]:
-    """Writes ``OUT/events.jsonl`` and ``OUT/events.csv``; returns both paths."""
+    """Writes ``OUT/events.jsonl`` and ``OUT/events.csv`` (each whole or not at all);
+    returns both paths."""
     os.makedirs(out_dir, exist_ok=True)
     jsonl, csv_path = (os.path.join(out_dir, f"{stem}.{ext}") for ext in ("jsonl", "csv"))
-    with open(jsonl, "w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-    with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=RECORD_FIELDS)
-        w.writeheader()
-        w.writerows(records)
+    fileio.atomic_write_text(jsonl, "".join(json.dumps(r) + "\n" for r in records))
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=RECORD_FIELDS)
+    w.writeheader()
+    w.writerows(records)
+    fileio.atomic_write_text(csv_path, text.getvalue())
     return jsonl, csv_path
 
 
@@ -207,7 +256,8 @@ def parse_videos(
                 (data["label_audio"][i], data["label_visual"][i]) if has_truth else None,
                 length,
             )
-            plots.save_png(fig, os.path.join(folder, f"{data['id'][i]}.png"))
+            png = plots.save_png(fig)
+            fileio.atomic_write_bytes(os.path.join(folder, f"{data['id'][i]}.png"), png)
         if verbose:
             print(f"wrote {min(timelines, len(data['id']))} timelines to {folder}")
     return records
