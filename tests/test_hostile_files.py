@@ -125,7 +125,10 @@ def test_a_legacy_storage_never_stored_and_one_stored_twice_are_named(tmp_path):
 @pytest.mark.parametrize(
     "pid, match",
     [
-        (c.plain("storage") + b"Q", "a persistent id is str"),  # TypeError before
+        (
+            c.plain("storage") + b"Q",
+            "a persistent id is 'storage', expected a tuple",
+        ),  # TypeError before
         (b"(" + c.plain("storage") + b"tQ", "a tuple of 5"),
         (b"(" + c.plain("blob") + c.plain(1) * 4 + b"tQ", "unknown persistent id 'blob'"),
         (
@@ -170,12 +173,12 @@ def _zip_with_main(path, main: bytes):
 
 
 def test_deep_nesting_and_non_tensor_entries_are_named(tmp_path):
-    deep = b"\x80\x02" + b"]" * 300 + b"a" * 299 + b"."  # a list in a list ... 300 deep
-    assert "nested" in _refused(_zip_with_main(tmp_path / "a.pth", deep), "nested more than")
+    deep = b"\x80\x02}" + c.plain("w") + b"]" * 300 + b"a" * 299 + b"s."  # 300 deep
+    _refused(_zip_with_main(tmp_path / "a.pth", deep), r"entry 'w' holds a list, not a tensor")
     text = pickle.dumps({"w": "a string"}, protocol=2)
     _refused(_zip_with_main(tmp_path / "b.pth", text), r"entry 'w' holds a str, not a tensor")
     keys = pickle.dumps({3: 1.0}, protocol=2)
-    _refused(_zip_with_main(tmp_path / "c.pth", keys), "a state dict key is a int")
+    _refused(_zip_with_main(tmp_path / "c.pth", keys), "a state dict key is int 3")
 
 
 def test_only_latin1_bytes_may_be_decoded(tmp_path):
@@ -224,6 +227,14 @@ def _safetensors(path, header, data=b"") -> str:
     [
         (b"[" * 100000 + b"]" * 100000, b"", "nested too deeply"),  # RecursionError before
         ({"w": {"dtype": "F32", "shape": [0, 2**62], "data_offsets": [0, 0]}}, b"", "shape"),
+        (  # each dimension within the buffer, their product not: a ValueError before
+            {
+                "a": {"dtype": "U8", "shape": [1000], "data_offsets": [0, 1000]},
+                "b": {"dtype": "F32", "shape": [0] + [1000] * 8, "data_offsets": [0, 0]},
+            },
+            b"\0" * 1000,
+            "has shape",
+        ),
         (
             {
                 "a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
@@ -295,7 +306,7 @@ def _clip_folder(tmp_path, config) -> str:
             "layer_norm_eps",
         ),
         ('{"a": ' * 5000 + "1" + "}" * 5000, "not JSON"),
-        ("{" + " " * (2 << 20) + "}", "bytes, not a model configuration"),
+        ("{" + " " * (2 << 20) + "}", "bytes, more than such a file holds"),
     ],
 )
 def test_clip_config_json_is_checked_before_anything_is_sized(tmp_path, config, match):
@@ -320,6 +331,10 @@ def test_a_valid_clip_config_still_loads(tmp_path):
         ({"audio": {"embed_dim": 96.5}, "text": {}}, "embed_dim = 96.5"),
         ({"audio": {}, "text": {"layers": 10**9}}, "layers = 1000000000"),
         ({"audio": {}, "text": "roberta"}, "not objects"),
+        ({"audio": {"norm_eps": "x"}, "text": {}}, "norm_eps = x"),  # a flax TypeError before
+        ({"audio": {"mlp_ratio": float("nan")}, "text": {}}, "mlp_ratio = nan"),
+        ({"audio": {"ape": 1}, "text": {}}, "ape = 1: expected true or false"),
+        ({"audio": {}, "text": {}, "enable_fusion": "yes"}, "enable_fusion = yes"),
     ],
 )
 def test_clap_records_are_checked(record, match):
@@ -333,6 +348,9 @@ def test_clap_records_are_checked(record, match):
         ({"vision": {"layers": 10**9}, "text": {}}, "layers = 1000000000"),
         ({"vision": [], "text": {}}, "not objects"),
         ("vit", "a str"),
+        ({"vision": {}, "text": {}, "layer_norm_eps": "x"}, "layer_norm_eps x"),
+        ({"vision": {}, "text": {}, "layer_norm_eps": float("nan")}, "layer_norm_eps nan"),
+        ({"vision": {}, "text": {}, "activation": 3}, "activation 3: expected a name"),
     ],
 )
 def test_clip_records_are_checked(record, match):
@@ -376,3 +394,148 @@ def test_an_empty_tensor_with_a_huge_dimension_is_refused(tmp_path, fmt):
     tensors = [c.Tensor("w", "0", (0, 2**62), (1, 1))]
     path = c.write(fmt, tmp_path / "x.pth", tensors, {"0": c.storage(np.ones(1, np.float32))})
     _refused(path, r"more than 2\*\*48 elements")
+
+
+def test_what_unpickling_builds_is_charged_to_the_budget(tmp_path, monkeypatch):
+    """A second reading's finding: 2 million empty dicts from a 2 kB deflated data.pkl
+    peaked at 567 MB (the budget counted only the pickle's bytes). Each opcode is now
+    charged before unpickling; a checkpoint's own opcodes fit."""
+    bomb = b"\x80\x02(" + b"}" * 2_000_000 + b"l."
+    path = tmp_path / "x.pth"
+    tensors, storages = c.simple(np.ones(2, np.float32))
+    c.write_zip(path, tensors, storages, pickle_bytes=bomb)
+    with zipfile.ZipFile(path) as z:
+        entries = {n: z.read(n) for n in z.namelist()}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in entries.items():
+            z.writestr(name, data)
+    assert path.stat().st_size < 10_000
+    _refused(path, r"unpickling 2000004 opcodes needs \d+ bytes")
+    assert convert.read_pth(os.path.join(FIXTURES, "clap_checkpoint.pt"))  # with its optimiser
+
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "features")
+
+
+@pytest.mark.parametrize(
+    "main, match",
+    [
+        # numpy.ndarray((10**8,), 'f8'): an 800 MB uninitialised "tensor" before
+        (
+            b"\x80\x02}"
+            + c.plain("w")
+            + c.glob("numpy", "ndarray")
+            + c.plain(((10**8,), "f8"))
+            + b"Rs.",
+            "is not callable",
+        ),
+        # _reconstruct(ndarray, (10**8,), 'f8') allocated 800 MB before
+        (
+            b"\x80\x02}"
+            + c.plain("w")
+            + c.glob("numpy.core.multiarray", "_reconstruct")
+            + b"("
+            + c.glob("numpy", "ndarray")
+            + c.plain((10**8,))
+            + c.plain(b"b")
+            + b"tRs.",
+            "otherwise than numpy pickles arrays",
+        ),
+        # scalar(dtype('V300000000'), ...) allocated 300 MB before
+        (
+            b"\x80\x02}"
+            + c.plain("w")
+            + c.glob("numpy.core.multiarray", "scalar")
+            + b"("
+            + c.glob("numpy", "dtype")
+            + c.plain(("V300000000", False, True))
+            + b"R"
+            + c.plain(b"x")
+            + b"tRs.",
+            "a numpy dtype 'V300000000'",
+        ),
+        (
+            b"\x80\x02}"
+            + c.plain("w")
+            + c.glob("numpy", "dtype")
+            + c.plain(("O", False, True))
+            + b"Rs.",
+            "numbers of at most 16 bytes",
+        ),
+    ],
+)
+def test_numpy_globals_build_only_what_numpy_pickles(tmp_path, main, match):
+    _refused(_zip_with_main(tmp_path / "x.pth", main), match)
+
+
+def test_messages_never_print_a_shared_structure_whole(tmp_path):
+    """A 4 kB persistent id [[[0] * 1000] * 100] * 1000 shared by reference: printing it
+    took 455 MB and 5.5 s before; messages now name its type and length."""
+    inner = b"(" + b"K\x00" * 1000 + b"lq\x01"  # [0] * 1000, memoized
+    middle = b"(" + b"h\x01" * 100 + b"lq\x02"
+    outer = b"(" + b"h\x02" * 1000 + b"l"
+    main = b"\x80\x02}" + c.plain("w") + c.glob("torch._utils", "_rebuild_tensor_v2")
+    main += b"(" + inner + middle + outer + b"Q" + c.plain(0) + c.plain((1,)) + c.plain((1,))
+    main += b"\x89" + c.glob("collections", "OrderedDict") + b")RtRs."
+    _refused(_zip_with_main(tmp_path / "x.pth", main), r"a persistent id is a list of 1000,")
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (b"PK\x03\x04garbage", "cannot be read as .npz"),  # zipfile.BadZipFile before
+        ("no_means", "no pca_means array"),
+        ("huge_shape", r"pca_eigen_vectors.s header says \(1000000000, 128\)"),
+        ("objects", "numbers of at most 16 bytes"),
+    ],
+)
+def test_downloaded_npz_arrays_are_checked_before_they_are_read(tmp_path, content, match):
+    """Google's vggish_pca_params.npz: only the two arrays read, each header checked
+    before its data (np.load allocated what a header declared; a non-zip was a
+    BadZipFile traceback through the converter)."""
+    path = tmp_path / "vggish_pca_params.npz"
+    vectors, means = np.ones((128, 128), np.float32), np.zeros(128, np.float32)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content == "no_means":
+        np.savez(path, pca_eigen_vectors=vectors)
+    else:
+        np.savez(path, pca_eigen_vectors=vectors, pca_means=means)
+        with zipfile.ZipFile(path) as z:
+            entries = {n: z.read(n) for n in z.namelist()}
+        raw = entries["pca_eigen_vectors.npy"]
+        if content == "huge_shape":
+            raw = raw.replace(b"(128, 128)", b"(1000000000, 128)")
+        else:
+            raw = raw.replace(b"'<f4'", b"'|O' ")
+        entries["pca_eigen_vectors.npy"] = raw
+        with zipfile.ZipFile(path, "w") as z:
+            for name, data in entries.items():
+                z.writestr(name, data)
+    with pytest.raises(convert.ConversionError, match=match) as info:
+        convert.read_npz(path, ("pca_eigen_vectors", "pca_means"))
+    assert str(info.value).startswith(str(path))
+
+
+def test_downloaded_npz_reads_its_arrays(tmp_path):
+    path = tmp_path / "p.npz"
+    vectors = np.arange(128 * 128, dtype=np.float64).reshape(128, 128)
+    np.savez(path, pca_eigen_vectors=np.asfortranarray(vectors), pca_means=np.ones(128), x=1)
+    out = convert.read_npz(path, ("pca_eigen_vectors", "pca_means"))
+    assert set(out) == {"pca_eigen_vectors", "pca_means"}
+    np.testing.assert_array_equal(out["pca_eigen_vectors"], vectors)
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("[" * 100000 + "]" * 100000, "not JSON"),  # RecursionError before
+        ("[1, 2]", "a JSON list, expected an object"),
+        (b"\xff\xfe{}", "not JSON"),
+    ],
+)
+def test_tokenizer_json_files_are_checked(tmp_path, content, match):
+    path = tmp_path / "vocab.json"
+    (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
+    with pytest.raises(convert.ConversionError, match=match):
+        convert.read_json(str(path))

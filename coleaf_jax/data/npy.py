@@ -7,9 +7,12 @@
   caller's (a 2 GB file of the wrong shape costs one header read, not 2 GB), or a
   file shorter or longer than its header's shape × itemsize (truncated, or another
   array appended). Then exactly those bytes are read. Headers of any length the
-  format allows are read (numpy's ``np.load`` refuses those over 10,000 bytes with
-  advice to trust the file with ``allow_pickle``): up to 65,535 bytes (format 1.0),
-  up to :data:`MAX_HEADER_BYTES` (2.0). Fortran-order files are returned C-ordered.
+  format 1.0 allows are read (numpy's ``np.load`` refuses those over 10,000 bytes
+  with advice to trust the file with ``allow_pickle``): up to 65,535 bytes, in
+  format 1.0 or 2.0 (:data:`MAX_HEADER_BYTES`: parsing a header takes hundreds of
+  times its size in memory, and an array of numbers needs under 1 kB). The header's
+  dtype must be plain numbers (no object, structured, sub-array or empty dtype), its
+  shape at most 32 axes and 2**48 elements. Fortran-order files are returned C-ordered.
 * :func:`read_header`: the header alone (:class:`NpyHeader`), the same checks.
 * :func:`check_values`: finite, and no value beyond :data:`FEATURE_MAX_ABS`
   (an error naming the file); whether the array is all zeros (the callers warn
@@ -38,8 +41,11 @@ FEATURE_MAX_ABS = 1e4
 NPY_MAGIC = b"\x93NUMPY"
 # Format 2.0 stores the header's length in 4 bytes; a plain numeric array's header is
 # well under 1 kB (numpy writes 2.0 only past 65,535 bytes: huge structured dtypes), so
-# a longer one is refused before it is read rather than parsed.
-MAX_HEADER_BYTES = 1 << 20
+# a longer one is refused before it is read rather than parsed (ast.literal_eval of a
+# 1 MB header peaked at 495 MB).
+MAX_HEADER_BYTES = 65535
+MAX_NDIM = 32
+MAX_ELEMENTS = 1 << 48  # a shape's size, its zero dimensions taken as 1
 # What each version stores the header's length in (numpy.lib.format's layout).
 _HEADER_LENGTH = {(1, 0): "<H", (2, 0): "<I"}
 # dtype kinds by name, for ``read_npy(kinds=...)`` and its messages.
@@ -185,6 +191,10 @@ def _header(path, f: BinaryIO) -> NpyHeader:
             path,
             "it holds Python objects, not numbers; reading them would run code from the file",
         )
+    if dtype.fields is not None or dtype.subdtype is not None or dtype.itemsize == 0:
+        raise _cannot(path, f"its dtype {dtype} is not plain numbers")
+    if len(shape) > MAX_NDIM or math.prod(max(d, 1) for d in shape) > MAX_ELEMENTS:
+        raise _cannot(path, f"its header's shape has {len(shape)} axes of up to {max(shape)}")
     if any(s < 0 for s in shape):
         raise _cannot(path, f"its header's shape {shape} has a negative length")
     header = NpyHeader(tuple(shape), dtype, bool(fortran), f.tell())

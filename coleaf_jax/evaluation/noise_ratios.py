@@ -50,6 +50,8 @@ def main(argv=None) -> int:
 
 
 def _estimate(args) -> int:
+    if not args.output.endswith(".npz"):  # as np.savez names it
+        args.output += ".npz"
     check_output(args.output, "--output")  # never a run's records
     config = load_config_file(args.config, args.set)
     require_run(args.workdir)

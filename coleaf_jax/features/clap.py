@@ -116,6 +116,12 @@ _TEXT_LIMITS = {
 }
 
 
+def _check_number(value, what: str, low: float, high: float) -> None:
+    """A float of a configuration read from a file: a number in ``(low, high]``."""
+    if type(value) not in (int, float) or not low < value <= high:
+        raise ValueError(f"{what} = {str(value)[:40]}: expected a number in ({low}, {high}]")
+
+
 @dataclasses.dataclass(frozen=True)
 class AudioConfig:
     """HTSAT and its front end. Defaults: HTSAT-tiny (``model_configs/HTSAT-tiny.json``
@@ -149,6 +155,13 @@ class AudioConfig:
             )
         if self.hop_size > self.window_size or self.clip_samples < self.window_size:
             raise ValueError("CLAP audio hop_size <= window_size <= clip_samples expected")
+        _check_number(self.fmax, "CLAP audio fmax", 0.0, self.sample_rate / 2)
+        if type(self.fmin) not in (int, float) or not 0 <= self.fmin < self.fmax:
+            raise ValueError(f"CLAP audio fmin = {str(self.fmin)[:40]}: expected 0 <= fmin < fmax")
+        _check_number(self.mlp_ratio, "CLAP audio mlp_ratio", 0.0, 64.0)
+        _check_number(self.norm_eps, "CLAP audio norm_eps", 0.0, 1.0)
+        if type(self.ape) is not bool:
+            raise ValueError(f"CLAP audio ape = {str(self.ape)[:40]}: expected true or false")
 
     @property
     def num_features(self) -> int:
@@ -187,6 +200,7 @@ class TextConfig:
 
     def __post_init__(self):
         convert.check_sizes(self, _TEXT_LIMITS, "CLAP text")
+        _check_number(self.layer_norm_eps, "CLAP text layer_norm_eps", 0.0, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,6 +221,12 @@ class CLAPConfig:
         convert.check_sizes(
             self, {"joint_embed": (1, 1 << 14), "fusion_reduction": (1, 1024)}, "CLAP"
         )
+        if type(self.enable_fusion) is not bool:
+            raise ValueError(
+                f"CLAP enable_fusion = {str(self.enable_fusion)[:40]}: expected a bool"
+            )
+        if not isinstance(self.fusion_type, str) or len(self.fusion_type) > 40:
+            raise ValueError(f"CLAP fusion_type = {str(self.fusion_type)[:40]}: expected a name")
 
 
 HTSAT_TINY = AudioConfig()

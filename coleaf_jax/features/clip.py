@@ -74,6 +74,22 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
+def _whole(value) -> int:
+    """A size from a JSON config: an integer (``768``, or ``768.0``); anything else
+    (``true``, ``"768"``, ``1e400``, ``NaN``) is a ``ValueError``."""
+    if type(value) is float and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    if type(value) is not int:
+        raise ValueError(f"{str(value)[:40]} is not an integer")
+    return value
+
+
+def _epsilon(value) -> float:
+    if type(value) not in (int, float) or not 0.0 < value < 1.0:
+        raise ValueError(f"layer_norm_eps {str(value)[:40]} is not a number in (0, 1)")
+    return float(value)
+
+
 # Limits on a configuration's sizes (convert.check_sizes), checked before anything is
 # sized from them: far above the largest public CLIP (ViT-bigG/14: vision 1664 wide, 48
 # layers, 16 heads, MLP 8192, image 224; text 1280 wide, 32 layers, 20 heads, MLP 5120).
@@ -160,6 +176,9 @@ class CLIPConfig:
         if not isinstance(self.vision, VisionConfig) or not isinstance(self.text, TextConfig):
             raise ValueError("CLIP config: vision and text must be tower configurations")
         convert.check_sizes(self, {"projection_dim": (1, 1 << 14)}, "CLIP")
+        _epsilon(self.layer_norm_eps)
+        if not isinstance(self.activation, str):
+            raise ValueError(f"CLIP activation {str(self.activation)[:40]}: expected a name")
         for name, tower in (("vision", self.vision), ("text", self.text)):
             if tower.width % tower.heads:
                 raise ValueError(
@@ -244,22 +263,6 @@ _HF_VISION_DEFAULTS = {
     "hidden_act": "quick_gelu",
     "layer_norm_eps": 1e-5,
 }
-
-
-def _whole(value) -> int:
-    """A size from a JSON config: an integer (``768``, or ``768.0``); anything else
-    (``true``, ``"768"``, ``1e400``, ``NaN``) is a ``ValueError``."""
-    if type(value) is float and value.is_integer() and abs(value) < 2**63:
-        return int(value)
-    if type(value) is not int:
-        raise ValueError(f"{str(value)[:40]} is not an integer")
-    return value
-
-
-def _epsilon(value) -> float:
-    if type(value) not in (int, float) or not 0.0 < value < 1.0:
-        raise ValueError(f"layer_norm_eps {str(value)[:40]} is not a number in (0, 1)")
-    return float(value)
 
 
 def config_from_hf(hf: dict, source: str = "config") -> CLIPConfig:
@@ -744,7 +747,9 @@ _SAFETENSORS_DTYPES = {
     "U8": np.dtype("u1"),
     "BOOL": np.dtype("?"),
 }
-_SAFETENSORS_MAX_HEADER = 100 * 1024 * 1024  # the format's own limit
+# The format allows 100 MB; parsing JSON takes up to ~8x its size in memory, and the
+# headers of the checkpoints read here (CLIP, CLAP) are under 100 kB.
+_SAFETENSORS_MAX_HEADER = 16 << 20
 
 
 def _safetensors_dtype(name: str):
@@ -811,9 +816,12 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
         begin, end = offsets
         if not 0 <= begin <= end <= data_size:
             raise bad(f"tensor {shown!r} lies outside the file (offsets {begin}-{end})")
-        # Every dimension bounded by the bytes there are (an empty tensor's included: a
-        # shape [0, 2**62] is not a tensor anyone saved).
-        if any(d > max(data_size, 1) for d in shape):
+        # Every dimension bounded by the bytes there are, and the shape's size with its
+        # zero dimensions taken as 1 (an empty tensor's shape [0, 2**62] or [0] + [1000] * 8
+        # is not a tensor anyone saved; numpy refuses it with a ValueError naming no file).
+        if any(d > max(data_size, 1) for d in shape) or math.prod(max(d, 1) for d in shape) > max(
+            data_size, 1 << 20
+        ):
             raise bad(f"tensor {shown!r} has shape {shape[:8]} in a {data_size}-byte buffer")
         if end - begin != math.prod(shape) * dtype.itemsize:
             raise bad(f"tensor {shown!r}: {end - begin} bytes for shape {shape} {info['dtype']}")
@@ -830,7 +838,10 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if entries:
         data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n, shape=(data_size,))
         for name, dtype, shape, begin, end in entries:
-            out[name] = np.array(data[begin:end].view(dtype).reshape(shape))
+            if end == begin:
+                out[name] = np.zeros(shape, dtype)
+            else:
+                out[name] = np.array(data[begin:end].view(dtype).reshape(shape))
         del data
     return out
 

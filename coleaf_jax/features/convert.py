@@ -70,7 +70,10 @@ _STORAGE_DTYPES = {
 _STORAGE_TYPES = {id(t): name for name, t in _STORAGE_DTYPES.items()}
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 MAX_NDIM = 32  # numpy's limit is 64; no published model's tensor has more than 6 axes
-MAX_NESTING = 100  # containers within containers in a checkpoint's pickle
+# What unpickling may build, charged to the budget before it runs: every opcode creates
+# at most one object (~100 bytes with its container slot), every byte of text at most 4.
+PICKLE_OP_COST = 128
+PICKLE_BYTE_COST = 4
 MAX_ELEMENTS = 1 << 48  # a tensor's shape, its zero dimensions taken as 1
 # Bytes a checkpoint may make this reader allocate (storages read plus tensors built):
 # MEMORY_FACTOR x the file's size + MEMORY_SLACK. A state dict's tensors are its
@@ -82,9 +85,30 @@ MEMORY_SLACK = 64 << 20
 _MAX_DEFLATE_RATIO = 1100
 
 
+def _shown(value) -> str:
+    """A value from the file, for a message: short whatever it is (``str()`` of a pickle's
+    shared structure can be exponentially larger than the file)."""
+    if isinstance(value, str):
+        return repr(value[:60])
+    if type(value) is int:
+        return (
+            str(value) if value.bit_length() <= 64 else f"an integer of {value.bit_length()} bits"
+        )
+    if isinstance(value, (tuple, list, dict)):
+        return f"a {type(value).__name__} of {len(value)}"
+    if isinstance(value, type):
+        return value.__name__
+    if isinstance(value, np.dtype):
+        return repr(str(value)[:40])
+    return f"a {type(value).__name__}"
+
+
 def _int(value, what: str) -> int:
+    """A size, offset or stride from the file: an int (not a bool) below 2**63."""
     if type(value) is not int:  # bool is an int subclass: not a size either
         raise ConversionError(f"{what} is a {type(value).__name__}, expected an integer")
+    if abs(value) >= 1 << 63:
+        raise ConversionError(f"{what} is {_shown(value)}, beyond 64 bits")
     return value
 
 
@@ -99,8 +123,8 @@ class _Budget:
         if nbytes > self.left:
             raise ConversionError(
                 f"{self.path}: {what} needs {nbytes} bytes, more than a {self.file_size}-byte "
-                f"checkpoint can hold (its tensors are limited to {MEMORY_FACTOR}x the file's "
-                f"size in all); a damaged or crafted file"
+                f"checkpoint can hold (what reading it builds is limited to {MEMORY_FACTOR}x "
+                f"the file's size in all); a damaged or crafted file"
             )
         self.left -= nbytes
 
@@ -212,6 +236,55 @@ def _latin1(text, encoding="latin1"):
     return codecs.encode(text, "latin1")
 
 
+# numpy arrays and scalars pickled inside a checkpoint (torchvggish's PCA parameters):
+# ``_reconstruct(ndarray, (0,), b'b')`` then ``__setstate__`` with the array's bytes from
+# the pickle, ``scalar(dtype, bytes)``. Each global is a wrapper that allows exactly that:
+# ``ndarray`` is a marker only ``_reconstruct`` accepts (called, it would allocate any
+# shape), dtypes are plain numbers of at most 16 bytes (a ``V300000000`` dtype makes
+# ``scalar`` allocate 300 MB), ``_reconstruct`` builds the empty array only; the array's
+# data then comes from the pickle's bytes (numpy checks their length).
+_NDARRAY = object()
+_NUMERIC_KINDS = "biufc"
+
+
+def _multiarray(name: str):
+    try:
+        return getattr(importlib.import_module("numpy._core.multiarray"), name)
+    except ImportError:  # numpy < 2
+        return getattr(importlib.import_module("numpy.core.multiarray"), name)
+
+
+def _numeric(dtype) -> np.dtype:
+    if not (
+        isinstance(dtype, np.dtype)
+        and dtype.kind in _NUMERIC_KINDS
+        and 0 < dtype.itemsize <= 16
+        and dtype.fields is None
+        and dtype.subdtype is None
+    ):
+        raise ConversionError(f"a numpy dtype {_shown(dtype)} (numbers of at most 16 bytes)")
+    return dtype
+
+
+def _np_dtype(spec, align=False, copy=False):
+    if not isinstance(spec, str) or len(spec) > 8:
+        raise ConversionError(f"a numpy dtype {_shown(spec)} (numbers of at most 16 bytes)")
+    return _numeric(np.dtype(spec))
+
+
+def _np_reconstruct(cls, shape, typecode):
+    if cls is not _NDARRAY or shape != (0,) or typecode not in (b"b", "b"):
+        raise ConversionError("a numpy array pickled otherwise than numpy pickles arrays")
+    return _multiarray("_reconstruct")(np.ndarray, (0,), b"b")
+
+
+def _np_scalar(dtype, data=None):
+    dtype = _numeric(dtype)
+    if not isinstance(data, bytes) or len(data) != dtype.itemsize:
+        raise ConversionError(f"a numpy scalar of {_shown(data)} for a {dtype} dtype")
+    return _multiarray("scalar")(dtype, data)
+
+
 class _Unpickler(pickle.Unpickler):
     """Builds only what a state dict holds; any other global is refused."""
 
@@ -238,12 +311,11 @@ class _Unpickler(pickle.Unpickler):
             "_reconstruct",
             "scalar",
         ):
-            try:
-                return getattr(importlib.import_module("numpy._core.multiarray"), name)
-            except ImportError:  # numpy < 2
-                return getattr(importlib.import_module("numpy.core.multiarray"), name)
-        if module == "numpy" and name in ("ndarray", "dtype"):
-            return getattr(np, name)
+            return _np_reconstruct if name == "_reconstruct" else _np_scalar
+        if module == "numpy" and name == "ndarray":
+            return _NDARRAY
+        if module == "numpy" and name == "dtype":
+            return _np_dtype
         if module == "torch" and name == "Size":
             return tuple
         if module == "_codecs" and name == "encode":  # bytes in protocol-2 pickles of numpy arrays
@@ -289,7 +361,7 @@ class _Capped:
 _MEMO_PUTS = ("PUT", "BINPUT", "LONG_BINPUT")
 
 
-def _check_pickle(f, end: int) -> None:
+def _check_pickle(f, end: int, budget: _Budget) -> None:
     """Walks one pickle's opcodes from ``f``'s position to its STOP (``pickletools.genops``:
     nothing is built, each argument is read as far as the data goes) and seeks back. What
     makes the C unpickler allocate from a number before reading is refused first: a
@@ -297,8 +369,10 @@ def _check_pickle(f, end: int) -> None:
     what is left, a memo index beyond the opcodes' position (the memo table is sized by
     the largest index: ``LONG_BINPUT 2**31`` alone asks for 32 GB), an unknown opcode."""
     start = f.tell()
+    ops = 0
     try:
         for op, arg, pos in pickletools.genops(f):
+            ops += 1
             if op.name in _MEMO_PUTS and not 0 <= arg <= pos:
                 raise ConversionError(f"a pickle memo index {arg} at byte {pos}")
             if op.name == "FRAME" and arg > end - pos:
@@ -307,11 +381,15 @@ def _check_pickle(f, end: int) -> None:
         if isinstance(e, ConversionError):
             raise
         raise ConversionError(f"a damaged pickle ({' '.join(str(e).split())[:200]})") from None
+    budget.take(
+        PICKLE_OP_COST * ops + PICKLE_BYTE_COST * (f.tell() - start),
+        f"unpickling {ops} opcodes",
+    )
     f.seek(start)
 
 
-def _plain_load(f, what: str, path: str, expected: type | tuple[type, ...]):
-    _check_pickle(f, f.size)
+def _plain_load(f, what: str, path: str, expected: type | tuple[type, ...], budget: _Budget):
+    _check_pickle(f, f.size, budget)
     obj = _PlainUnpickler(f).load()
     if not isinstance(obj, expected):
         raise ConversionError(
@@ -324,45 +402,28 @@ def _storage_pid(pid, length: int) -> tuple:
     """A persistent id ``('storage', StorageType, key, location, numel, ...)``, checked."""
     if not isinstance(pid, tuple) or len(pid) != length:
         raise ConversionError(
-            f"a persistent id is {type(pid).__name__} {str(pid)[:80]}, expected a tuple of "
+            f"a persistent id is {_shown(pid)}, expected a tuple of "
             f"{length} ('storage', type, key, location, size...)"
         )
     kind, storage_type, key, _location, numel = pid[:5]
     if kind != "storage":
-        raise ConversionError(f"unknown persistent id {str(kind)[:80]!r}")
+        raise ConversionError(f"unknown persistent id {_shown(kind)}")
     if id(storage_type) not in _STORAGE_TYPES:
-        raise ConversionError(f"a storage of type {str(storage_type)[:80]} (not a torch storage)")
+        raise ConversionError(f"a storage of type {_shown(storage_type)} (not a torch storage)")
     if not isinstance(key, str) or not key or len(key) > 256:
-        raise ConversionError(f"a storage key {str(key)[:80]!r} (expected a short string)")
+        raise ConversionError(f"a storage key {_shown(key)} (expected a short string)")
     if _int(numel, f"storage {key}'s size") < 0:
         raise ConversionError(f"storage {key} has a negative size {numel}")
     return storage_type, key, numel
 
 
 def _materialize(obj, budget: _Budget):
-    """Lazy tensors -> numpy arrays, through dicts, lists and tuples. Each object once
-    (a pickle can share one object many times) and at most MAX_NESTING deep."""
-    done: dict[int, object] = {}
-
-    def walk(x, depth):
-        if id(x) in done:
-            return done[id(x)]
-        if depth > MAX_NESTING:
-            raise ConversionError(f"containers nested more than {MAX_NESTING} deep")
-        if isinstance(x, _LazyTensor):
-            out = x.materialize(budget)
-        elif isinstance(x, np.ndarray) and x.dtype.hasobject:
-            raise ConversionError("a numpy array of Python objects (not numbers)")
-        elif isinstance(x, dict):
-            out = collections.OrderedDict((k, walk(v, depth + 1)) for k, v in x.items())
-        elif isinstance(x, (list, tuple)):
-            out = type(x)(walk(v, depth + 1) for v in x)
-        else:
-            out = x
-        done[id(x)] = out
-        return out
-
-    return walk(obj, 0)
+    """The state dict with its lazy tensors read: only the top level's values (a state
+    dict holds tensors; anything else in it is refused by :func:`read_pth`). Nothing is
+    copied or walked below: a pickle can nest and share containers at will."""
+    if not isinstance(obj, dict):
+        return obj
+    return {k: v.materialize(budget) if isinstance(v, _LazyTensor) else v for k, v in obj.items()}
 
 
 def _zip_entry(z: zipfile.ZipFile, name: str, path: str) -> zipfile.ZipInfo:
@@ -423,7 +484,7 @@ def _read_zip(path: str, budget: _Budget) -> dict:
         info = _zip_entry(z, pkl[0], path)
         budget.take(info.file_size, pkl[0])
         main = io.BytesIO(z.read(pkl[0]))
-        _check_pickle(main, info.file_size)
+        _check_pickle(main, info.file_size, budget)
         # Materialised inside the open archive, after unwrapping: the storages of what is
         # not kept (a training checkpoint's optimiser state) are never read.
         obj = _Unpickler(main, load).load()
@@ -443,11 +504,11 @@ def _read_legacy(path: str, budget: _Budget) -> dict:
         f = _Capped(raw, budget.file_size)
         # Every record goes through a restricted unpickler: plain values for the header
         # and the storage keys, state-dict objects only for the main record.
-        magic = _plain_load(f, "magic number", path, int)
+        magic = _plain_load(f, "magic number", path, int, budget)
         if magic != _LEGACY_MAGIC:
             raise ConversionError(f"{path}: not a torch checkpoint (bad magic number)")
-        _plain_load(f, "protocol version", path, int)
-        _plain_load(f, "sys info", path, dict)
+        _plain_load(f, "protocol version", path, int, budget)
+        _plain_load(f, "sys info", path, dict, budget)
         storages: dict[str, _Storage] = {}
 
         def load(pid):
@@ -469,15 +530,13 @@ def _read_legacy(path: str, budget: _Budget) -> dict:
                 )
             return root
 
-        _check_pickle(f, f.size)
+        _check_pickle(f, f.size, budget)
         obj = _Unpickler(f, load).load()
-        keys = _plain_load(f, "storage key list", path, (list, tuple))
+        keys = _plain_load(f, "storage key list", path, (list, tuple), budget)
         remaining = budget.file_size - f.tell()
         for key in keys:
             if not isinstance(key, str) or key not in storages:
-                raise ConversionError(
-                    f"{path}: stores storage {str(key)[:80]!r}, which no tensor uses"
-                )
+                raise ConversionError(f"{path}: stores storage {_shown(key)}, which no tensor uses")
             st = storages[key]
             if st.data is not None:
                 raise ConversionError(f"{path}: stores storage {key} twice")
@@ -530,7 +589,9 @@ def read_pth(path: str) -> dict[str, np.ndarray]:
     state = {}
     for key, value in obj.items():
         if not isinstance(key, str):
-            raise ConversionError(f"{path}: a state dict key is a {type(key).__name__}")
+            raise ConversionError(
+                f"{path}: a state dict key is {type(key).__name__} {_shown(key)}, expected a string"
+            )
         if isinstance(value, (bool, int, float)):
             value = np.asarray(value)
         if not isinstance(value, (np.ndarray, np.generic)) or value.dtype.hasobject:
@@ -539,6 +600,59 @@ def read_pth(path: str) -> dict[str, np.ndarray]:
             )
         state[key] = np.asarray(value)
     return state
+
+
+# ----------------------------------------------------------------------------- .npz reader
+
+MAX_NPZ_ARRAY_BYTES = 64 << 20  # the arrays read from a downloaded .npz (PCA: 132 kB)
+
+
+def read_npz(path: str, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of a downloaded ``.npz`` (Google's ``vggish_pca_params.npz``):
+    each entry's size checked in the archive's directory, each array's header (numbers,
+    its shape's bytes equal to what follows) before its data; only ``keys`` are read. A
+    missing key or anything else is a :class:`ConversionError` naming the file."""
+    path = os.fspath(path)
+    out = {}
+    try:
+        with zipfile.ZipFile(path) as z:
+            for key in keys:
+                name = key + ".npy"
+                if name not in z.namelist():
+                    raise ConversionError(f"{path}: no {key} array (expected {', '.join(keys)})")
+                info = _zip_entry(z, name, path)
+                if info.file_size > MAX_NPZ_ARRAY_BYTES:
+                    raise ConversionError(f"{path}: {key} declares {info.file_size} bytes")
+                f = io.BytesIO(z.read(name))
+                version = np.lib.format.read_magic(f)
+                read = {
+                    (1, 0): np.lib.format.read_array_header_1_0,
+                    (2, 0): np.lib.format.read_array_header_2_0,
+                }.get(version)
+                if read is None:
+                    raise ConversionError(f"{path}: {key} is .npy format {version}")
+                shape, fortran, dtype = read(f)
+                try:
+                    _numeric(dtype)
+                except ConversionError as e:
+                    raise ConversionError(f"{path}: {key}: {e}") from None
+                if len(shape) > MAX_NDIM or math.prod(max(d, 1) for d in shape) > MAX_ELEMENTS:
+                    raise ConversionError(f"{path}: {key} has shape {shape[:8]}")
+                data = f.read()
+                if len(data) != math.prod(shape) * dtype.itemsize:
+                    raise ConversionError(
+                        f"{path}: {key}'s header says {shape} {dtype}, {len(data)} bytes follow"
+                    )
+                array = np.frombuffer(data, dtype).reshape(shape[::-1] if fortran else shape)
+                out[key] = array.T if fortran else array.copy()
+    except ConversionError:
+        raise
+    except OSError as e:
+        raise ConversionError(f"{path}: cannot be read ({e.strerror or e})") from None
+    except Exception as e:  # noqa: BLE001 -- zipfile, numpy's header parser: the file's
+        why = " ".join(str(e).split())[:200] or type(e).__name__
+        raise ConversionError(f"{path}: cannot be read as .npz ({why})") from None
+    return out
 
 
 # ----------------------------------------------------------------------------- configs
@@ -562,16 +676,18 @@ def check_sizes(config, limits: dict[str, tuple[int, int]], what: str) -> None:
 
 
 MAX_CONFIG_BYTES = 1 << 20  # a model's config.json is a few kB
+MAX_TOKENIZER_BYTES = 64 << 20  # CLIP's tokenizer.json is 2.2 MB, RoBERTa's vocab 0.9 MB
 
 
-def read_config_json(path: str) -> dict:
-    """A model's ``config.json`` as a dict: at most :data:`MAX_CONFIG_BYTES`, JSON, an
-    object; :class:`ConversionError` naming the file otherwise."""
+def read_config_json(path: str, max_bytes: int = MAX_CONFIG_BYTES) -> dict:
+    """A model's ``config.json`` (or another JSON file of a download) as a dict: at most
+    ``max_bytes``, UTF-8 JSON, an object; :class:`ConversionError` naming the file
+    otherwise."""
     try:
         size = os.path.getsize(path)
-        if size > MAX_CONFIG_BYTES:
+        if size > max_bytes:
             raise ConversionError(
-                f"{path}: {size} bytes, not a model configuration (at most {MAX_CONFIG_BYTES})"
+                f"{path}: {size} bytes, more than such a file holds (at most {max_bytes})"
             )
         with open(path, encoding="utf-8") as f:
             value = json.load(f)
@@ -878,13 +994,9 @@ if __name__ == "__main__":
 
 
 def read_json(path: str) -> dict:
-    """A tokenizer's JSON file (``vocab.json``, ``tokenizer.json``, ...); not JSON: an
-    error naming it."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ConversionError(f"{path}: not JSON ({e})") from e
+    """A tokenizer's JSON file (``vocab.json``, ``tokenizer.json``, ...): at most
+    :data:`MAX_TOKENIZER_BYTES`, UTF-8 JSON, an object; otherwise an error naming it."""
+    return read_config_json(path, MAX_TOKENIZER_BYTES)
 
 
 def read_merges(path: str) -> list[tuple[str, str]]:
