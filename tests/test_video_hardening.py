@@ -192,6 +192,173 @@ def test_max_seconds_must_be_positive(value):
         decode.check_max_seconds(value)
 
 
+# -- the streams' own fields (a frame's duration, the audio's first time, a packet's size) -
+
+
+def _one_line(error, path: str) -> str:
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"{path}: "), message
+    return message
+
+
+def test_a_last_frame_lasting_hours_does_not_stretch_the_file(tmp_path):
+    """16 frames at 8 fps whose last packet says it lasts 5000 s, in a file whose header
+    declares 2 s: 2 s (before, 5001.875 s: 5002 segments, frames stacked for all of them)."""
+    path = testing.write_crafted_mkv(
+        str(tmp_path / "last_frame.mkv"), last_frame_seconds=5000.0, audio_rate=44100,
+        audio_seconds=2.0,
+    )  # fmt: skip
+    import av
+
+    with av.open(path) as c:
+        durations = [float(p.duration * p.time_base) for p in c.demux(c.streams.video[0])]
+    assert max(durations) == 5000.0  # the file does say so
+    d = decode.decode(path, audio=False)
+    assert (d.duration, d.video_seconds, d.num_segments, len(d.frames)) == (2.0, 2.0, 2, 16)
+    assert d.warnings == []
+    prepared = extract.prepare(path, SMALL)
+    assert prepared.resnet_frames.shape == (16, 32, 32, 3) and prepared.examples.shape[0] == 2
+    assert prepared.duration == 2.0 and prepared.warnings == []
+    # a frame's duration counts up to the header's end: a still picture shown to the end
+    still = testing.write_crafted_mkv(
+        str(tmp_path / "still.mkv"), frames=8, last_frame_seconds=4.125, declared=5.0
+    )
+    d = decode.decode(still, audio=False)
+    assert (d.duration, d.video_seconds, d.warnings) == (5.0, 5.0, [])
+
+
+def test_a_last_frame_past_the_cap_is_too_long(tmp_path):
+    """Frames at 0, 1 and 2 s (1 fps), the header declaring 1 s: the last frame is within
+    2 s + the tolerance, its end (3 s) is not (before, 3 s was used under a 2 s cap)."""
+    path = testing.write_crafted_mkv(str(tmp_path / "one_fps.mkv"), frames=3, fps=1, declared=1)
+    with pytest.raises(decode.TooLongError) as e:
+        decode.decode(path, audio=False, max_seconds=2)
+    assert _one_line(e, path) == (
+        f"{path}: its streams hold more than 2.5 s, longer than the limit of 2 s "
+        f"(--max-seconds raises it)"
+    )
+    d = decode.decode(path, audio=False, max_seconds=10)  # under a cap: used, and said
+    assert d.duration == 3.0 and d.duration_warning == (
+        f"{path}: its video stream holds 3.00 s, more than the 1.00 s its header declares; "
+        f"parsed for all 3.00 s"
+    )
+
+
+def test_audio_starting_late_is_bounded_by_the_cap(tmp_path):
+    """0.1 s of sound whose first sample is at 5000 s, in a 2 s file: longer than the cap
+    (before, the audio 'ended' at 5000.1 s: 620 MB made for it, then an IndexError)."""
+    path = testing.write_crafted_mkv(
+        str(tmp_path / "late.mkv"), audio_rate=44100, audio_seconds=0.1, audio_start=5000.0
+    )
+    with pytest.raises(decode.TooLongError) as e:
+        decode.decode(path)
+    assert _one_line(e, path).startswith(f"{path}: its streams hold more than 600.5 s, longer")
+    # starting at 5 s: within the cap, used, and a warning naming both durations
+    path = testing.write_crafted_mkv(
+        str(tmp_path / "late5.mkv"), audio_rate=44100, audio_seconds=0.1, audio_start=5.0
+    )
+    d = decode.decode(path, max_seconds=10)
+    assert d.audio_seconds == pytest.approx(5.1) and d.duration == d.audio_seconds
+    assert d.duration_warning.startswith(
+        f"{path}: its streams hold 5.10 s, more than the 2.00 s its header declares"
+    )
+    assert len(d.audio) == int(16000 * 5.1) and not d.audio[16000:].any()
+    with pytest.raises(decode.TooLongError, match=re.escape("hold more than 4.5 s")):
+        decode.decode(path, max_seconds=4)
+
+
+def test_audio_much_shorter_than_the_picture_is_padded_with_silence(tmp_path):
+    """5 s of picture, 0.1 s of sound (moviepy 1.0.3 raised IndexError, and so did this
+    package before): the sound, then silence."""
+    path = testing.write_test_video(str(tmp_path / "short_sound.mp4"), 5.0, audio_seconds=0.1)
+    d = decode.decode(path)
+    assert d.duration == d.declared_duration == pytest.approx(5.0, abs=0.05)
+    assert d.warnings == [] and len(d.audio) == int(16000 * d.duration)
+    assert abs(d.audio[:1600]).max() > 0.3 and not d.audio[3200:].any()
+
+
+_PEAK = """
+import hashlib, json, sys
+from coleaf_jax.features import decode
+def peak():  # this process's peak resident memory (ru_maxrss would count its parent's)
+    line = [x for x in open("/proc/self/status") if x.startswith("VmHWM:")][0]
+    return int(line.split()[1]) * 1024
+before = peak()
+out = {}
+try:
+    out["audio"] = hashlib.sha256(decode.decode(sys.argv[1]).audio.tobytes()).hexdigest()
+except decode.VideoError as e:
+    out["error"] = str(e)
+if len(sys.argv) > 2:
+    try:
+        decode.decode_audio_mono(sys.argv[1], 48000)
+    except decode.VideoError as e:
+        out["mono_error"] = str(e)
+out["growth"] = peak() - before
+print(json.dumps(out))
+"""
+
+
+def _peak(path: str, *more: str) -> dict:
+    """What :func:`decode.decode` of ``path`` gives (``decode_audio_mono`` too with
+    ``more``), in a fresh process, with how much its peak resident memory grew (bytes:
+    Linux's VmHWM, as ru_maxrss but not inherited across exec from pytest)."""
+    proc = run_script("-c", _PEAK, path, *more)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="/proc/self/status (Linux)")
+def test_a_huge_audio_packet_is_refused_before_it_is_resampled(tmp_path):
+    """One 8 MB PCM packet of 2000 s at 1 kHz, in a file whose header declares 2 s: refused
+    from the packet's samples, before resampling (before: 3.4 GB of resampled audio first);
+    a 100 Hz stream is no sound track (before: the same 3.4 GB, 0.8 MB file)."""
+    path = testing.write_crafted_mkv(
+        str(tmp_path / "packet.mkv"), audio_rate=1000, audio_seconds=2000
+    )
+    got = _peak(path, "mono")
+    stops = f"{path}: its streams hold more than 600.5 s, longer than the limit of 600 s"
+    assert got["error"].startswith(stops) and "\n" not in got["error"]
+    assert got["mono_error"].startswith(stops)
+    assert got["growth"] < 150e6, got
+    path = testing.write_crafted_mkv(str(tmp_path / "100hz.mkv"), audio_rate=100, audio_seconds=2)
+    got = _peak(path, "mono")
+    rate = f"{path}: the audio stream's sample rate is 100 Hz, not that of a sound track"
+    assert got["error"].startswith(rate) and got["mono_error"].startswith(rate)
+    assert "\n" not in got["error"] and got["growth"] < 150e6, got
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="/proc/self/status (Linux)")
+def test_a_huge_audio_packet_within_the_cap_is_resampled_in_slices(tmp_path):
+    """120 s at 1 kHz in one packet: the same samples as in 1024-sample packets, in about
+    the same memory (before: 98 MB more, the packet resampled to 44.1 kHz at once)."""
+    one = testing.write_crafted_mkv(str(tmp_path / "one.mkv"), audio_rate=1000, audio_seconds=120)
+    many = testing.write_crafted_mkv(
+        str(tmp_path / "many.mkv"), audio_rate=1000, audio_seconds=120, audio_packet_samples=1024
+    )
+    whole, sliced = _peak(many), _peak(one)
+    assert sliced["audio"] == whole["audio"]  # sample for sample
+    assert sliced["growth"] < whole["growth"] + 40e6, (sliced, whole)
+
+
+def test_mp4_hint_walks_a_bounded_number_of_boxes(tmp_path):
+    """An MP4 cut inside its media data behind N empty boxes: named as such while the walk
+    reaches it (N + 1 <= MP4_HINT_MAX_BOXES), not walked past that (before: a million
+    boxes were walked one by one in Python)."""
+    limit = decode.MP4_HINT_MAX_BOXES
+    near = testing.write_mp4_boxes(str(tmp_path / "near.mp4"), limit - 1)
+    with pytest.raises(decode.VideoError) as e:
+        decode.probe(near)
+    assert "before its index (moov atom): cut short?" in _one_line(e, near)
+    far = testing.write_mp4_boxes(str(tmp_path / "far.mp4"), limit)
+    with pytest.raises(decode.VideoError) as e:
+        decode.probe(far)
+    assert _one_line(e, far).startswith(f"{far}: cannot be read as a video by FFmpeg")
+    assert "moov" not in str(e.value)
+    million = testing.write_mp4_boxes(str(tmp_path / "million.mp4"), 1_000_000)
+    assert decode._mp4_hint(million) == ""  # stopped after MP4_HINT_MAX_BOXES boxes
+
+
 # -- features.json: checked when read, written whole ---------------------------------------
 
 

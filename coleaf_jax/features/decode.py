@@ -37,14 +37,25 @@ it is not (a file cut short, or a header that lies), the measured duration is
 used (segments, frames, audio) and :attr:`DecodedVideo.warnings` says so,
 naming the file and both durations. Packets the decoder refuses (the cut
 last packet of a truncated file, a damaged one) are skipped, as the FFmpeg
-command line skips them, and counted in a warning.
+command line skips them, and counted in a warning. The streams' own fields
+are not trusted further than the header: a frame's duration counts up to the
+header's end and past it for at most one frame interval (at most
+:data:`MAX_FRAME_SECONDS`), so one frame cannot make a 2 s file last 5000 s;
+streams that do hold more than the header declares (frames, or audio starting
+late) are used, within the cap, with the warning.
 
 **Length cap.** Every decode takes ``max_seconds`` (default
 :data:`DEFAULT_MAX_SECONDS`; ``--max-seconds`` of the command-line tools): a
 header declaring more is refused before anything is decoded
 (:class:`TooLongError`), and because headers lie, decoding stops with the same
-error as soon as a stream holds more than the cap (plus the tolerance), so
-what is held in memory is bounded by the cap whatever the header says.
+error as soon as a stream holds more than the cap (plus the tolerance): a
+frame later than it, a last frame ending after it, audio whose first sample's
+time plus the seconds of its decoded frames pass it (counted before a frame is
+resampled). So the duration used, and what is held in memory, are bounded by
+the cap whatever the header says. Audio is resampled in slices of at most
+:data:`RESAMPLE_SLICE_SECONDS` (the same samples), and a sample rate outside
+:data:`MIN_AUDIO_RATE` .. :data:`MAX_AUDIO_RATE` is refused, so one huge packet
+cannot make gigabytes either.
 """
 
 from __future__ import annotations
@@ -67,6 +78,15 @@ SEGMENT_TAIL_TOLERANCE = 1.0 / FPS  # seconds of a last segment that do not make
 # Header and streams agreeing within this many seconds is a whole file (module docstring).
 DURATION_TOLERANCE = 0.5
 DEFAULT_MAX_SECONDS = 600.0  # the length cap of every video path (--max-seconds)
+# A frame's own duration (a field of the file) counts up to the header's end, and past it
+# at most one frame interval of the stream, and never more than this many seconds.
+MAX_FRAME_SECONDS = 1.0
+# Sample rates a sound track can have (FFmpeg's resampler is refused anything else).
+MIN_AUDIO_RATE, MAX_AUDIO_RATE = 1000, 768_000
+# Audio is resampled in pieces of at most this many seconds of a decoded frame, so a
+# frame of minutes (one PCM packet) does not make minutes of 44.1 kHz samples at once.
+RESAMPLE_SLICE_SECONDS = 1.0
+MP4_HINT_MAX_BOXES = 10_000  # top-level boxes _mp4_hint walks at most
 
 
 class VideoError(ValueError):
@@ -171,8 +191,9 @@ def _mp4_hint(path: str) -> str:
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as f:
-            pos, seen = 0, set()
-            while pos + 8 <= size and len(seen) < 64:
+            pos, seen, walked = 0, set(), 0
+            while pos + 8 <= size and len(seen) < 64 and walked < MP4_HINT_MAX_BOXES:
+                walked += 1
                 f.seek(pos)
                 head = f.read(16)
                 length, kind = int.from_bytes(head[:4], "big"), head[4:8]
@@ -374,18 +395,30 @@ class _Frames:
 
 
 def _decode_frames(
-    container, path: str, frame_fn: Callable, jpeg: bool, max_seconds: float
+    container,
+    path: str,
+    frame_fn: Callable,
+    jpeg: bool,
+    max_seconds: float,
+    declared: float = 0.0,
 ) -> _Frames:
     """Decodes the first video stream into its 8-fps frames (:class:`CfrFrameRate`),
     each given to ``frame_fn`` as a PIL image (through :class:`JpegRoundTrip` when
     ``jpeg``; otherwise each distinct frame is converted once). A frame later than
-    ``max_seconds`` (plus the tolerance) stops decoding: :class:`TooLongError`."""
+    ``max_seconds`` (plus the tolerance), or a stream ending later, stops decoding:
+    :class:`TooLongError`.
+
+    Where the stream ends is the last frame's time plus its duration, a field of the
+    file: it counts up to the ``declared`` end (a still picture shown to the end of a
+    song), past that for at most one frame interval (``1 / rate``, at most
+    :data:`MAX_FRAME_SECONDS`), so one frame cannot make a 2 s file last 5000 s."""
 
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
     start = _start_seconds(container, stream)
     rate = _input_rate(stream)
     conv = CfrFrameRate(rate)
+    interval = min(1.0 / rate, MAX_FRAME_SECONDS) if rate > 0 else MAX_FRAME_SECONDS
     out: list = []
     width = height = 0
     end = 0.0
@@ -415,7 +448,8 @@ def _decode_frames(
                 raise _too_long(path, limit, max_seconds, declared=False)
             width, height = frame.width, frame.height
             shown = float(frame.duration * frame.time_base) if frame.duration else 0.0
-            end = max(end, t + (shown or (1.0 / rate if rate > 0 else 0.0)))
+            shown = shown or (1.0 / rate if rate > 0 else 0.0)
+            end = max(end, t + max(0.0, min(shown, max(interval, declared - t))))
             before, this = conv.push(t)
             if before and previous is not None:
                 emit(previous, before, converted)
@@ -426,6 +460,8 @@ def _decode_frames(
     if not out:
         why = f" ({read.reason or read.stopped})" if read.reason or read.stopped else ""
         raise VideoError(f"{path}: the video stream has no decodable frame{why}")
+    if end > limit:  # the last frame's duration took it past the cap
+        raise _too_long(path, limit, max_seconds, declared=False)
     return _Frames(out, width, height, end, read)
 
 
@@ -439,16 +475,22 @@ def _decode_audio_44k(
     stream = container.streams.audio[0]
     start = _start_seconds(container, stream)
     resampler = av.AudioResampler(format="s16", layout="stereo", rate=MOVIEPY_AUDIO_RATE)
-    chunks, total, first = [], 0, None
+    chunks, total, first, seconds = [], 0, None, 0.0
     read = _StreamRead("audio")
     limit = max_seconds + DURATION_TOLERANCE
     try:
         for frame in _frames_of(container, stream, read):
+            _check_audio_rate(path, frame)
             if first is None and frame.pts is not None:
                 first = float(frame.pts * frame.time_base) - start
-            for out in resampler.resample(frame):
-                chunks.append(out.to_ndarray().reshape(-1, 2))
-                total += len(chunks[-1])
+            # counted before resampling: the frame's seconds, from its first sample's time
+            seconds += frame.samples / frame.sample_rate
+            if max(first or 0.0, 0.0) + seconds > limit:
+                raise _too_long(path, limit, max_seconds, declared=False)
+            for piece in _resample_slices(frame):
+                for out in resampler.resample(piece):
+                    chunks.append(out.to_ndarray().reshape(-1, 2))
+                    total += len(chunks[-1])
             if total > limit * MOVIEPY_AUDIO_RATE:
                 raise _too_long(path, limit, max_seconds, declared=False)
         for out in resampler.resample(None):
@@ -458,7 +500,48 @@ def _decode_audio_44k(
         raise VideoError(f"{path}: the audio stream cannot be decoded ({_ffmpeg_reason(e)})") from e
     samples = np.concatenate(chunks) if chunks else np.zeros((0, 2), np.int16)
     end = (first or 0.0) + total / MOVIEPY_AUDIO_RATE if total else 0.0
+    if end > limit:  # (the resampler's last samples)
+        raise _too_long(path, limit, max_seconds, declared=False)
     return samples, end, read
+
+
+def _check_audio_rate(path: str, frame) -> None:
+    """A decoded audio frame's sample rate within :data:`MIN_AUDIO_RATE` ..
+    :data:`MAX_AUDIO_RATE`, else a :class:`VideoError` naming the file."""
+    rate = frame.sample_rate
+    if not MIN_AUDIO_RATE <= rate <= MAX_AUDIO_RATE:
+        raise VideoError(
+            f"{path}: the audio stream's sample rate is {rate} Hz, not that of a sound track "
+            f"({MIN_AUDIO_RATE} to {MAX_AUDIO_RATE} Hz): a damaged or crafted file?"
+        )
+
+
+# Sample formats PyAV converts to and from numpy (av.audio.frame.format_dtypes).
+_SLICEABLE_FORMATS = {"u8", "u8p", "s16", "s16p", "s32", "s32p", "flt", "fltp", "dbl", "dblp"}
+
+
+def _resample_slices(frame):
+    """``frame`` in pieces of at most :data:`RESAMPLE_SLICE_SECONDS` (the frame itself
+    when shorter), for the resampler: what it allocates for one piece is bounded
+    whatever a frame holds, and its output is the same, sample for sample."""
+    step = max(1, int(frame.sample_rate * RESAMPLE_SLICE_SECONDS))
+    channels = frame.layout.nb_channels
+    if frame.samples <= step or not channels or frame.format.name not in _SLICEABLE_FORMATS:
+        yield frame  # (an s64 frame is resampled whole: its seconds are capped all the same)
+        return
+    data, planar = frame.to_ndarray(), frame.format.is_planar
+    for a in range(0, frame.samples, step):
+        b = min(a + step, frame.samples)
+        piece = data[:, a:b] if planar else data[:, a * channels : b * channels]
+        out = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(piece), format=frame.format, layout=frame.layout
+        )
+        out.sample_rate = frame.sample_rate
+        if frame.time_base is not None:
+            out.time_base = frame.time_base
+            if frame.pts is not None:
+                out.pts = frame.pts + round(a / frame.sample_rate / frame.time_base)
+        yield out
 
 
 def resolve_duration(
@@ -494,6 +577,12 @@ class _MoviepyReader:
     every re-centring delays the rest of the audio by one more 44.1 kHz sample
     (a 10 s clip is read 1 sample late after 4.5 s, 2 after 6.8 s, ...). This is
     reproduced, as it is in the released features.
+
+    Audio ending long before the duration (a 5 s picture with 0.1 s of sound) makes
+    moviepy 1.0.3 raise ``IndexError`` (its short last buffer is read as if it ended at
+    the duration, at indices before its start); from the request it would raise on,
+    the buffer is padded with silence instead, as later moviepy pads it (the sound, then
+    silence). Nothing it did not raise on changes.
     """
 
     def __init__(self, total: int, duration: float):
@@ -505,6 +594,7 @@ class _MoviepyReader:
         self.pos = 0  # moviepy's own count (advances by the chunk asked for)
         self.buffer = None  # source indices held
         self.start = 1
+        self.padded = False  # silence past the audio's end (where moviepy 1.0.3 raises)
         self.buffer_around(1)
 
     def _read(self, n: int) -> np.ndarray:
@@ -512,6 +602,8 @@ class _MoviepyReader:
         got = np.arange(self.read_at, min(self.read_at + n, self.total))
         self.read_at += len(got)
         self.pos += n
+        if self.padded and len(got) < n:
+            got = np.concatenate([got, np.full(n - len(got), -1, got.dtype)])
         return got
 
     def _seek(self, pos: int) -> None:
@@ -550,13 +642,22 @@ class _MoviepyReader:
         elif not 0 <= hi - self.start < len(self.buffer):
             self.buffer_around(hi)
         idx = frames - self.start
-        if len(self.buffer) < self.buffersize // 2:
-            idx = idx - (self.buffersize // 2 - len(self.buffer) + 1)
         if len(self.buffer) == 0:
             return out
+        if len(self.buffer) < self.buffersize // 2 and not self.padded:
+            shifted = idx - (self.buffersize // 2 - len(self.buffer) + 1)
+            if (shifted >= -len(self.buffer)).all():
+                idx = shifted
+            else:  # moviepy 1.0.3 raises IndexError: silence past the end (class docstring)
+                self.padded = True
+                pad = np.full(self.buffersize - len(self.buffer), -1, self.buffer.dtype)
+                self.buffer = np.concatenate([self.buffer, pad])
         if (idx >= len(self.buffer)).any() or (idx < -len(self.buffer)).any():
             idx = np.where(idx >= len(self.buffer), len(self.buffer) - 1, idx)  # moviepy's repeat
-        out[in_time] = self.buffer[idx]
+        before = idx < -len(self.buffer)  # (where moviepy raises too: silence)
+        got = self.buffer[np.where(before, 0, idx)]
+        got[before] = -1
+        out[in_time] = got
         return out
 
 
@@ -658,7 +759,7 @@ def decode(
     container = _open(path)
     try:
         declared = _checked_duration(container, path, audio, max_seconds)
-        video = _decode_frames(container, path, frame_fn, jpeg, max_seconds)
+        video = _decode_frames(container, path, frame_fn, jpeg, max_seconds, declared)
     except av.FFmpegError as e:
         raise VideoError(f"{path}: {_ffmpeg_reason(e)}") from e
     finally:
@@ -682,6 +783,8 @@ def decode(
                 f"those of silence"
             )
     measured = max(video.end, audio_end or 0.0)
+    if measured > max_seconds + DURATION_TOLERANCE:  # (each stream's reading stops there)
+        raise _too_long(path, max_seconds + DURATION_TOLERANCE, max_seconds, declared=False)
     duration, note = resolve_duration(
         path, declared, measured, "its streams" if audio else "its video stream"
     )
@@ -720,7 +823,7 @@ def decode_audio_mono(
     path = os.fspath(path)
     max_seconds = check_max_seconds(max_seconds)
     container = _open(path)
-    chunks, total = [], 0
+    chunks, total, seconds = [], 0, 0.0
     read = _StreamRead("audio")
     limit = max_seconds + DURATION_TOLERANCE
     try:
@@ -731,9 +834,14 @@ def decode_audio_mono(
         channels = len(stream.layout.channels) or 1
         resampler = av.AudioResampler(format="s16", layout=layout, rate=rate)
         for frame in _frames_of(container, stream, read):
-            for out in resampler.resample(frame):
-                chunks.append(out.to_ndarray().reshape(-1, channels))
-                total += len(chunks[-1])
+            _check_audio_rate(path, frame)
+            seconds += frame.samples / frame.sample_rate  # counted before resampling
+            if seconds > limit:
+                raise _too_long(path, limit, max_seconds, declared=False)
+            for piece in _resample_slices(frame):
+                for out in resampler.resample(piece):
+                    chunks.append(out.to_ndarray().reshape(-1, channels))
+                    total += len(chunks[-1])
             if total > limit * rate:
                 raise _too_long(path, limit, max_seconds, declared=False)
         for out in resampler.resample(None):

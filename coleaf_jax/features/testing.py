@@ -11,6 +11,9 @@
 * :func:`cut_file`, :func:`declare_duration`: damaged and lying files made from
   real ones: the first bytes of a file (a download cut short), and a Matroska
   file whose header declares another duration than its streams hold.
+* :func:`write_crafted_mkv`, :func:`write_mp4_boxes`: hostile files: a last frame
+  lasting hours, audio starting late or held in one huge PCM packet at an odd rate;
+  an MP4 of many empty boxes.
 * :func:`write_pth`: a state dict saved in torch's zip format (``torch.save``'s
   layout, written with the pickle opcodes themselves: no torch), so the tests can
   put "downloaded" checkpoints in a weights folder.
@@ -215,6 +218,77 @@ def declare_duration(path: str, seconds: float) -> str:
     data[at + 3 : at + 3 + size] = struct.pack(fmt, seconds * 1e9 / scale)
     with open(path, "wb") as f:
         f.write(data)
+    return path
+
+
+def write_crafted_mkv(
+    path: str,
+    *,
+    frames: int = 16,
+    fps: int = 8,
+    declared: float | None = None,
+    last_frame_seconds: float | None = None,
+    audio_rate: int | None = None,
+    audio_seconds: float = 0.0,
+    audio_start: float = 0.0,
+    audio_packet_samples: int | None = None,
+) -> str:
+    """Writes a hostile Matroska file with PyAV: ``frames`` small grey frames at ``fps``
+    (MPEG-4), the last packet's duration set to ``last_frame_seconds`` when given, and with
+    ``audio_rate``, ``audio_seconds`` of a 16-bit PCM stereo tone at that rate whose first
+    sample is at ``audio_start`` seconds, in packets of ``audio_packet_samples`` (default:
+    all in one packet, as one frame for the decoder). Its header then declares
+    ``declared`` seconds (default ``frames / fps``; :func:`declare_duration`). Returns
+    ``path``."""
+    import av
+
+    with av.open(path, "w") as out:
+        video = out.add_stream("mpeg4", rate=fps)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        video.codec_context.time_base = fractions.Fraction(1, fps)
+        sound = None
+        if audio_rate:
+            sound = out.add_stream("pcm_s16le", rate=audio_rate)
+            sound.layout = "stereo"
+        packets = []
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 128, np.uint8), "rgb24")
+            frame.pts = i
+            packets += video.encode(frame)
+        packets += video.encode(None)
+        if last_frame_seconds is not None:
+            last = max((p for p in packets if p.pts is not None), key=lambda p: p.pts)
+            last.duration = int(round(last_frame_seconds / float(last.time_base)))
+        for packet in packets:
+            out.mux(packet)
+        if sound is not None:
+            n = int(round(audio_seconds * audio_rate))
+            tone = np.round(8000 * np.sin(2 * np.pi * 440 * np.arange(n) / audio_rate))
+            stereo = np.stack([tone, -tone], axis=1).astype(np.int16).reshape(1, -1)
+            step = audio_packet_samples or max(n, 1)
+            for start in range(0, n, step):
+                frame = av.AudioFrame.from_ndarray(
+                    np.ascontiguousarray(stereo[:, 2 * start : 2 * (start + step)]),
+                    format="s16",
+                    layout="stereo",
+                )
+                frame.sample_rate = audio_rate
+                frame.time_base = fractions.Fraction(1, audio_rate)
+                frame.pts = int(round(audio_start * audio_rate)) + start
+                for packet in sound.encode(frame):
+                    out.mux(packet)
+            for packet in sound.encode(None):
+                out.mux(packet)
+    return declare_duration(path, frames / fps if declared is None else declared)
+
+
+def write_mp4_boxes(path: str, boxes: int, kind: bytes = b"free") -> str:
+    """Writes ``boxes`` empty top-level MP4 boxes of ``kind`` (8 bytes each), then the
+    start of a media data box (``mdat``) declaring more bytes than the file holds: an MP4
+    cut short before its index, behind any number of boxes. Returns ``path``."""
+    with open(path, "wb") as f:
+        f.write(((8).to_bytes(4, "big") + kind) * boxes)
+        f.write((1 << 20).to_bytes(4, "big") + b"mdat" + bytes(64))
     return path
 
 
