@@ -525,3 +525,27 @@ def test_page_json_survives_hostile_names(name, tmp_path):
     assert urllib.parse.unquote(src) == os.path.relpath(video, os.path.dirname(page_path))
     assert f"<h1>{html.escape(name)}</h1>" in text  # the title, escaped
     assert f'<div class="note">{html.escape(f"{video}: {name}")}</div>' in text  # the warning
+
+
+def test_audio_that_changes_format_mid_stream_is_named(files, monkeypatch):
+    """PyAV's resampler refuses a frame whose rate or layout differs from the first
+    ("Frame does not match AudioResampler setup.", a ValueError naming no file): one
+    line naming the file, on both audio paths (HAN's 44.1 kHz and VALOR's mono)."""
+    real = decode.av.AudioResampler
+
+    class Changing:
+        def __init__(self, *args, **kwargs):
+            self._real, self._calls = real(*args, **kwargs), 0
+
+        def resample(self, frame):
+            self._calls += 1
+            if frame is not None and self._calls > 2:
+                raise ValueError("Frame does not match AudioResampler setup.")
+            return self._real.resample(frame)
+
+    monkeypatch.setattr(decode.av, "AudioResampler", Changing)
+    for read in (lambda p: decode.decode(p), lambda p: decode.decode_audio_mono(p, 48000)):
+        with pytest.raises(decode.VideoError) as info:
+            read(files["whole_mkv"])
+        message = str(info.value)
+        assert message.startswith(files["whole_mkv"]) and "changes its sample rate" in message

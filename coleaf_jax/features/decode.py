@@ -498,6 +498,13 @@ def _decode_audio_44k(
             total += len(chunks[-1])
     except av.FFmpegError as e:
         raise VideoError(f"{path}: the audio stream cannot be decoded ({_ffmpeg_reason(e)})") from e
+    except VideoError:
+        raise
+    except ValueError as e:  # PyAV: "Frame does not match AudioResampler setup."
+        raise VideoError(
+            f"{path}: the audio stream changes its sample rate or layout mid-stream ({e}); "
+            f"re-encode it (ffmpeg -i IN -ar 44100 OUT)"
+        ) from None
     samples = np.concatenate(chunks) if chunks else np.zeros((0, 2), np.int16)
     end = (first or 0.0) + total / MOVIEPY_AUDIO_RATE if total else 0.0
     if end > limit:  # (the resampler's last samples)
@@ -848,6 +855,13 @@ def decode_audio_mono(
             chunks.append(out.to_ndarray().reshape(-1, channels))
     except av.FFmpegError as e:
         raise VideoError(f"{path}: the audio stream cannot be decoded ({_ffmpeg_reason(e)})") from e
+    except VideoError:
+        raise
+    except ValueError as e:  # PyAV: "Frame does not match AudioResampler setup."
+        raise VideoError(
+            f"{path}: the audio stream changes its sample rate or layout mid-stream ({e}); "
+            f"re-encode it (ffmpeg -i IN -ar 44100 OUT)"
+        ) from None
     finally:
         container.close()
     if not chunks:
