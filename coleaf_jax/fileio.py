@@ -11,7 +11,13 @@
   tensorstore's ``ValueError`` "... No space left on device [os_error_code='28']" from
   an orbax checkpoint write), :func:`full_path` the file it names.
 * :func:`append_line`: an append (``metrics.jsonl``) that is whole or not at all: a
-  failed append is cut back to the file's previous size.
+  failed append is cut back to the file's previous size. :func:`write_all`: bytes
+  written unbuffered to a descriptor (no buffer left to fail again on close).
+* :func:`load_json` / :func:`loads_json`: the one reader of every JSON file a user or a
+  crash can damage: whatever does not read (not UTF-8, not JSON, cut short, nested
+  deeper than :data:`MAX_JSON_DEPTH`; with ``require_object`` anything but an object) is
+  one :class:`JSONFileError` (a ``ValueError``) naming the file and what was expected,
+  never a ``RecursionError`` or ``TypeError`` traceback.
 * :func:`read_jsonl`: the rows of a JSONL file; a last line cut by a kill or a full
   disk mid-append is skipped with a warning naming the file, as is any other line
   that is not a JSON object (never silently).
@@ -21,6 +27,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -155,6 +162,15 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2)
     atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Writes all of ``data`` to the descriptor ``fd`` (``os.write`` until done: it may
+    write less than asked). Unbuffered: an error is raised here, by the write that met
+    it, never again later by a buffer's flush on close."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def append_line(path: str | os.PathLike, line: str) -> None:
     """Appends ``line`` (a newline added) to ``path`` and flushes it to disk. A failed
     append (disk full, interrupted) is cut back to the file's previous size: the file
@@ -162,33 +178,133 @@ def append_line(path: str | os.PathLike, line: str) -> None:
     :class:`DiskFullError` naming ``path``."""
     path = os.fspath(path)
     data = (line.rstrip("\n") + "\n").encode("utf-8")
-    with open(path, "ab") as f:
-        size = f.seek(0, os.SEEK_END)
-        try:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        except BaseException as e:
-            try:
-                f.truncate(size)  # frees blocks: needs no space
-            except OSError:
-                pass
-            if is_disk_full(e):
-                raise DiskFullError(path, e) from None
-            raise
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # as open(): umask
+    size = None
+    try:
+        size = os.fstat(fd).st_size
+        write_all(fd, data)  # unbuffered: an error is met here, not again in close()
+        os.fsync(fd)
+    except BaseException as e:
+        if size is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)  # frees blocks: needs no space
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        if is_disk_full(e):
+            raise DiskFullError(path, e) from None
+        raise
+    os.close(fd)
 
 
 def truncate(path: str | os.PathLike, size: int) -> None:
     """Cuts ``path`` back to ``size`` bytes (a record appended by a step that then failed)."""
-    with open(path, "r+b") as f:
-        f.truncate(size)
+    os.truncate(path, size)
+
+
+MAX_JSON_DEPTH = 100  # nesting of any JSON read: the files the tools write nest < 10
+
+
+class JSONFileError(ValueError):
+    """A JSON file (or one line of a JSONL file) that does not read as expected: one line
+    ``WHERE: REASON; expected WHAT``. ``where``, ``reason`` and ``what`` are kept for
+    callers that phrase the message their own way."""
+
+    def __init__(self, where: str, reason: str, what: str):
+        self.where, self.reason, self.what = os.fspath(where), reason, what
+        super().__init__(f"{self.where}: {reason}; expected {what}")
+
+
+_JSON_TYPES = {
+    dict: "an object",
+    list: "a list",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "true or false",
+    type(None): "null",
+}
+
+
+def json_type(value: Any) -> str:
+    """How a JSON value is named in a message (``a list``, ``a string``, ``null``…)."""
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests lists and objects more than ``limit`` levels (iterative:
+    a deep value cannot exhaust the stack here)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def loads_json(
+    data: bytes | str, where: str, what: str = "JSON", *, require_object: bool = False
+) -> Any:
+    """``data`` (UTF-8 bytes or text) parsed as JSON. Whatever does not read is one
+    :class:`JSONFileError` naming ``where`` (a file, or a file's line) and ``what`` was
+    expected: not UTF-8, empty, not JSON or cut short, nested more than
+    :data:`MAX_JSON_DEPTH` levels (the parser's ``RecursionError`` included), or with
+    ``require_object`` any value but an object."""
+    where = os.fspath(where)
+    try:
+        text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
+    except UnicodeDecodeError:
+        raise JSONFileError(where, "not UTF-8 text", what) from None
+    if not text.strip():
+        raise JSONFileError(where, "empty, cut short or damaged", what)
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        value = None
+        too_deep = True
+    except ValueError as e:  # JSON (and int digits beyond Python's limit)
+        detail = (
+            f"{e.msg}: line {e.lineno} column {e.colno}"
+            if isinstance(e, json.JSONDecodeError)
+            else str(e)
+        )
+        raise JSONFileError(
+            where, f"not valid JSON ({detail}), cut short or damaged", what
+        ) from None
+    else:
+        too_deep = _too_deep(value, MAX_JSON_DEPTH)
+    if too_deep:
+        raise JSONFileError(
+            where,
+            f"JSON nested more than {MAX_JSON_DEPTH} levels deep (damaged, or not a file "
+            f"this tool writes)",
+            what,
+        )
+    if require_object and not isinstance(value, dict):
+        raise JSONFileError(where, f"{json_type(value)}, not a JSON object", what)
+    return value
+
+
+def load_json(path: str | os.PathLike, what: str = "JSON", *, require_object: bool = False) -> Any:
+    """The JSON in file ``path`` (:func:`loads_json`: anything that does not read is one
+    :class:`JSONFileError` naming it); ``OSError`` when it cannot be opened."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    return loads_json(data, path, what, require_object=require_object)
 
 
 def read_jsonl(path: str | os.PathLike, warn=None) -> list[dict]:
     """The JSON objects of a JSONL file, in order. A line that does not parse (the last
-    one cut by a kill or a full disk mid-append; any other, damage) or is not an object is
-    skipped with one warning naming the file and the lines (``warn(message)``; default:
-    :func:`warning`). A missing file is no rows."""
+    one cut by a kill or a full disk mid-append; any other, damage, deep nesting
+    included) or is not an object is skipped with one warning naming the file and the
+    lines (``warn(message)``; default: :func:`warning`). A missing file is no rows."""
     path = os.fspath(path)
     if not os.path.exists(path):
         return []
@@ -200,12 +316,8 @@ def read_jsonl(path: str | os.PathLike, warn=None) -> list[dict]:
         if not raw.strip():
             continue
         try:
-            row = json.loads(raw)
-        except ValueError:  # JSON or UTF-8
-            row = None
-        if isinstance(row, dict):
-            rows.append(row)
-        else:
+            rows.append(loads_json(raw, f"{path}:{number}", require_object=True))
+        except JSONFileError:
             bad.append(number)
     if bad:
         last = len(lines)

@@ -6,12 +6,18 @@ holder. The kernel drops the lock of a process that dies, so a lock is never
 stale; a record left in a free lock file tells the next holder that its previous
 owner was killed. Used for one training per workdir (``train.lock``), one
 preparation per dataset copy (``data.llp.prepare``), one writer per output
-(``eval.py --output``: a lock file beside it, removed after, ``remove=True``; a sweep's
-workers).
+(``eval.py --output``: a lock file beside it, removed after, ``remove=True``), one
+sweep driver per run (``sweep.lock`` in each run's folder).
+
+The record is written unbuffered (``fileio.write_all``): a full disk is one
+``fileio.DiskFullError`` naming the lock file, raised by the write that met it (a buffered
+file raised it again from ``close()``, replacing it). A record that does not read (cut,
+damaged, deeply nested, not an object) is read as an unnamed holder, never an error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
 import fcntl
@@ -49,13 +55,24 @@ def describe(info: dict[str, Any]) -> str:
     )
 
 
+MAX_RECORD_BYTES = 64 * 1024  # a holder's record is ~200 bytes; more is not one
+
+
 def _read_info(f) -> dict[str, Any]:
-    f.seek(0)
-    text = f.read()
+    """The record in the open lock file ``f``: always a dict (``{}`` for an empty file).
+    Anything but a record's JSON object (cut short while written, damaged, a list, deep
+    nesting, not UTF-8, huge) is ``{"pid": "?", "host": "?", "command": <its start>}``."""
+    data = os.pread(f.fileno(), MAX_RECORD_BYTES + 1, 0)  # unbuffered: no stale buffer
+    if not data.strip():
+        return {}
     try:
-        return json.loads(text) if text.strip() else {}
-    except ValueError:
-        return {"pid": "?", "host": "?", "command": text.strip()[:200]}
+        info = fileio.loads_json(data[:MAX_RECORD_BYTES], "a lock file")
+    except ValueError:  # JSON, UTF-8 or nesting: fileio.JSONFileError
+        info = None
+    if isinstance(info, dict) and len(data) <= MAX_RECORD_BYTES:
+        return info
+    text = data[:200].decode("utf-8", "replace")
+    return {"pid": "?", "host": "?", "command": " ".join(text.split())[:200]}
 
 
 def holder_info(f, wait_s: float = INFO_WAIT_S) -> dict[str, Any]:
@@ -123,20 +140,22 @@ def exclusive(
     its own); a process that locked the removed file takes the new one instead.
     """
     f = _acquire(path, wait, on_busy, remove)
-    try:
+    fd = f.fileno()  # the record is written to it unbuffered: an error is raised by the
+    try:  # write that met it, not again by close() (which would replace it)
         previous = _read_info(f)
-        f.seek(0)
-        f.truncate()
         record = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "started": datetime.datetime.now().isoformat(timespec="seconds"),
             "command": " ".join(sys.argv),
         }
+        os.ftruncate(fd, 0)
         try:
-            f.write(json.dumps(record))
-            f.flush()
+            os.lseek(fd, 0, os.SEEK_SET)
+            fileio.write_all(fd, json.dumps(record).encode("utf-8"))
         except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)  # no cut record: the lock is released below
             if fileio.is_disk_full(e):
                 raise fileio.DiskFullError(path, e) from None
             raise
@@ -149,12 +168,11 @@ def exclusive(
                 except OSError:
                     pass
             else:
-                f.seek(0)
-                f.truncate()  # an empty file: released normally
-                f.flush()
-            fcntl.flock(f, fcntl.LOCK_UN)
+                with contextlib.suppress(OSError):  # an empty file: released normally
+                    os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
-        f.close()
+        f.close()  # nothing was written through f: its close flushes nothing
 
 
 def current_holder(path: str) -> dict[str, Any] | None:

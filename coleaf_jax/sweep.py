@@ -22,17 +22,20 @@ The summary (``WORKDIR/summary.json``, printed as tables) gives, per setting, th
 standard deviation over seeds of the 18 test scores and of the headline, the mean of
 the segment- and event-level Ao, Vo and AV F-scores.
 
-One driver per worker: each holds ``WORKDIR/sweep.lock`` (worker 0; ``sweep.worker<I>.lock``
-for worker I of several), and a second driver of the same worker is refused naming the
-first (each run is protected by its own ``train.lock`` too). ``sweep.json`` and
-``summary.json`` are written whole or not at all; ``--workdir`` may not be a run's folder
-or lie among a run's records (``workdir.check_output``).
+One driver per run: a driver holds ``sweep.lock`` in the folder of every run it drives
+(``WORKDIR/<setting>/seed<S>/sweep.lock``) for as long as it runs, so a second driver
+of any of those runs is refused naming the first, whatever its ``--worker`` and
+``--num-workers`` (a sweep driven whole and worker 0 of two share runs: refused; the
+workers of one ``--num-workers`` share none: they run side by side). Each run is also
+protected by its own ``train.lock``. ``--summarize`` drives no run and takes no lock.
+``sweep.json`` and ``summary.json`` are written whole or not at all; ``--workdir`` may not
+be a run's folder or lie among a run's records (``workdir.check_output``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import os
 import subprocess
 import sys
@@ -50,7 +53,7 @@ TRAIN = os.path.join(ROOT, "train.py")
 MANIFEST = "sweep.json"
 SUMMARY = "summary.json"
 LOG = "train.log"
-LOCK_FILE = "sweep.lock"  # worker I of several: sweep.worker<I>.lock
+LOCK_FILE = "sweep.lock"  # in each run's folder: held by the driver that drives the run
 # What train.py prints once its data are loaded (or when it has nothing to train).
 READY_MARKS = ("training on ", "this run is finished")
 RESULT = "test_metrics.json"  # records.RESULT_FILE (not imported: this driver does not load JAX)
@@ -137,11 +140,10 @@ def read_manifest(workdir: str) -> dict:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no sweep in {workdir} (run it first, or give --config)")
     try:
-        with open(path) as f:
-            manifest = json.load(f)
-    except ValueError as e:  # JSON or UTF-8
+        manifest = fileio.load_json(path, "a sweep's manifest")
+    except fileio.JSONFileError as e:  # JSON, UTF-8 or nesting
         raise ValueError(
-            f"{path}: not the JSON of a sweep ({e}); delete it, or use another --workdir"
+            f"{path}: not the JSON of a sweep ({e.reason}); delete it, or use another --workdir"
         ) from None
     if not isinstance(manifest, dict) or not {"settings", "seeds", "overrides"} <= set(manifest):
         raise ValueError(
@@ -151,10 +153,42 @@ def read_manifest(workdir: str) -> dict:
     return manifest
 
 
-def lock_path(workdir: str, worker: int = 0, num_workers: int = 1) -> str:
-    """The lock file of one sweep driver (worker ``worker`` of ``num_workers``)."""
-    name = LOCK_FILE if num_workers == 1 else f"sweep.worker{worker}.lock"
-    return os.path.join(workdir, name)
+def share(manifest: dict, worker: int = 0, num_workers: int = 1) -> list[tuple[dict, int]]:
+    """The runs worker ``worker`` of ``num_workers`` drives: runs ``worker``,
+    ``worker + num_workers``, … of :func:`plan`."""
+    return [(s, seed) for i, (s, seed) in enumerate(plan(manifest)) if i % num_workers == worker]
+
+
+def lock_path(workdir: str, setting: str, seed: int) -> str:
+    """The lock a driver holds on run (``setting``, ``seed``): in the run's folder."""
+    return os.path.join(run_dir(workdir, setting, seed), LOCK_FILE)
+
+
+@contextlib.contextmanager
+def driving(workdir: str, runs: list[tuple[dict, int]]):
+    """Holds the lock of every run in ``runs`` (:func:`lock_path`, creating the runs'
+    folders) while the block drives them; all or none: a run another driver holds is one
+    ``OutputInUseError`` naming the run and that driver, and the locks taken so far are
+    released."""
+    with contextlib.ExitStack() as held:
+        for setting, seed in runs:
+            os.makedirs(run_dir(workdir, setting["name"], seed), exist_ok=True)
+            path = lock_path(workdir, setting["name"], seed)
+            try:
+                held.enter_context(locks.exclusive(path))
+            except locks.LockHeldError as e:
+                raise workdir_lib.OutputInUseError(
+                    f"--workdir {workdir}: run {setting['name']} seed {seed} is being driven "
+                    f"by {locks.describe(e.holder)} ({path}): one driver per run (drivers "
+                    f"share none only as different --worker of one --num-workers). Wait for "
+                    f"it, stop it, or use another --workdir"
+                ) from None
+            except locks.LockUnsupportedError as e:
+                raise workdir_lib.RunError(
+                    f"{path}: cannot lock the sweep's run ({e}); use a --workdir on a "
+                    f"filesystem with flock"
+                ) from None
+        yield
 
 
 def _command(manifest: dict, setting: dict, seed: int, workdir: str) -> list[str]:
@@ -192,7 +226,7 @@ def run_all(
 ) -> list[str]:
     """Runs this worker's share of the sweep, ``workers`` train.py processes at a time;
     returns the runs that failed (their workdirs)."""
-    todo = [(s, seed) for i, (s, seed) in enumerate(plan(manifest)) if i % num_workers == worker]
+    todo = share(manifest, worker, num_workers)
     queue = list(enumerate(todo, 1))
     running: dict[int, tuple] = {}  # slot -> (popen, log file, label, run dir, start)
     failed = []
@@ -284,11 +318,16 @@ def _log_says(path: str, marks) -> bool:
 
 
 def _read_result(directory: str) -> dict | None:
+    """A run's test scores (``test_metrics.json``), or None when there are none or the
+    file does not read as scores (damaged: the run's train.py tests it again)."""
     try:
-        with open(os.path.join(directory, RESULT)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
+        result = fileio.load_json(os.path.join(directory, RESULT), "scores", require_object=True)
+    except (OSError, ValueError):  # missing, or JSON, UTF-8, nesting, not an object
         return None
+    scores = [result.get(k) for k in metrics.SCORE_KEYS]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scores):
+        return None
+    return result
 
 
 def finished_result(directory: str, num_epochs: int) -> dict | None:
@@ -444,22 +483,7 @@ def _main(args) -> int:
     else:
         workdir_lib.check_output(args.workdir, "--workdir", folder=True, own_run=True)
     os.makedirs(args.workdir, exist_ok=True)
-    path = lock_path(args.workdir, args.worker, args.num_workers)
-    try:
-        with locks.exclusive(path):
-            return _sweep(args)
-    except locks.LockHeldError as e:
-        who = f"worker {args.worker} of " if args.num_workers > 1 else ""
-        raise workdir_lib.OutputInUseError(
-            f"--workdir {args.workdir}: {who}this sweep is being run by "
-            f"{locks.describe(e.holder)}: one driver per sweep"
-            + (" worker" if args.num_workers > 1 else "")
-            + ". Wait for it, stop it, or use another --workdir"
-        ) from None
-    except locks.LockUnsupportedError as e:
-        raise workdir_lib.RunError(
-            f"{path}: cannot lock the sweep ({e}); use a --workdir on a filesystem with flock"
-        ) from None
+    return _sweep(args)
 
 
 def _sweep(args) -> int:
@@ -480,20 +504,21 @@ def _sweep(args) -> int:
     failed = []
     if not args.summarize:
         runs = len(plan(manifest))
-        print(
-            f"sweep: {len(manifest['settings'])} setting(s) x {len(manifest['seeds'])} seed(s) "
-            f"= {runs} runs in {args.workdir}"
-            + (f"; worker {args.worker} of {args.num_workers}" if args.num_workers > 1 else ""),
-            flush=True,
-        )
-        failed = run_all(
-            manifest,
-            args.workdir,
-            args.workers,
-            args.worker,
-            args.num_workers,
-            args.gpus_per_worker,
-        )
+        with driving(args.workdir, share(manifest, args.worker, args.num_workers)):
+            print(
+                f"sweep: {len(manifest['settings'])} setting(s) x {len(manifest['seeds'])} "
+                f"seed(s) = {runs} runs in {args.workdir}"
+                + (f"; worker {args.worker} of {args.num_workers}" if args.num_workers > 1 else ""),
+                flush=True,
+            )
+            failed = run_all(
+                manifest,
+                args.workdir,
+                args.workers,
+                args.worker,
+                args.num_workers,
+                args.gpus_per_worker,
+            )
         if args.num_workers > 1:
             print(
                 f"worker {args.worker} done; once every worker is, aggregate with: "

@@ -1,6 +1,7 @@
 """Hostile and damaged files around a run's records (issue 29): outputs that would
 overwrite a record, a second writer, evaluation while the run trains, a full disk,
-a failed allocation, a symbolic link among the checkpoints, a config file run twice.
+damaged or deeply nested JSON in every reader, a failed allocation, a symbolic link
+among the checkpoints, a config file run twice, the rows of several processes.
 
 Uses the tiny finished run of ``tests/conftest.py`` (``run``, ``data_root``).
 """
@@ -15,6 +16,7 @@ import logging
 import os
 import select
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +29,8 @@ import pytest
 
 from coleaf_jax import cli, fileio, locks, sweep
 from coleaf_jax.evaluation import report, runs
+from coleaf_jax.features import __main__ as features_cli
+from coleaf_jax.features import teachers, weights
 from coleaf_jax.training import checkpoints, records, seeds, train
 from coleaf_jax.training import workdir as workdir_lib
 from tests.helpers import (
@@ -130,6 +134,42 @@ def test_every_spelling_of_a_record_is_refused_as_an_output(run, tmp_path, monke
         workdir_lib.check_output("run/checkpoints/sub", "--workdir", own_run=True)
 
 
+def test_another_name_of_a_record_is_refused(run, tmp_path):
+    """On a case-insensitive filesystem (macOS's, Windows' default) ``WORKDIR/Config.json``
+    opens config.json, and realpath keeps the case given: names alone let ``--output
+    WORKDIR/Config.json`` overwrite it. Records are also recognised as the same file
+    (``os.path.samefile``); here hard links named ``Config.json`` and ``other_name.json``
+    stand for such a spelling (a symbolic link is resolved:
+    ``test_every_spelling_of_a_record_is_refused_as_an_output``)."""
+    workdir = copy_run(run, tmp_path)
+    os.link(os.path.join(workdir, "config.json"), os.path.join(workdir, "Config.json"))
+    os.link(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "other_name.json"))
+    for name, record in (("Config.json", "config.json"), ("other_name.json", "metrics.jsonl")):
+        path = os.path.join(workdir, name)
+        with pytest.raises(workdir_lib.ProtectedOutputError) as info:
+            workdir_lib.check_output(path, "--output")
+        assert f"is the record {record} of the run in {workdir}" in str(info.value)
+    for name in ("CONFIG.JSON", "notes.json"):  # other files (on Linux): outputs
+        assert workdir_lib.check_output(os.path.join(workdir, name), "--output")
+    Path(workdir, "notes.json").write_text("{}")  # an existing file that is no record
+    assert workdir_lib.check_output(os.path.join(workdir, "notes.json"), "--output")
+    # A record folder under another name: a bind mount stands for ``Checkpoints``.
+    other = Path(workdir, "Checkpoints")
+    other.mkdir()
+    made = subprocess.run(
+        ["mount", "--bind", os.path.join(workdir, "checkpoints"), str(other)],
+        capture_output=True,
+        text=True,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot bind-mount a folder (needs root): {made.stderr.strip()[:200]}")
+    try:
+        with pytest.raises(workdir_lib.ProtectedOutputError, match="inside checkpoints/"):
+            workdir_lib.check_output(str(other / "x.json"), "--output")
+    finally:
+        subprocess.run(["umount", str(other)], capture_output=True)
+
+
 def test_eval_cannot_overwrite_a_record_and_the_run_resumes_after(run, tmp_path):
     """The issue's case: ``eval.py --output WORKDIR/config.json`` overwrote the run's
     record and the next train.py refused to resume. Now refused, through the real script,
@@ -173,7 +213,6 @@ def test_parse_bench_sweep_and_weights_outputs_are_checked(run, tmp_path, capsys
     assert_one_line_error(proc, "is inside checkpoints/ of the run")
 
     from coleaf_jax import bench
-    from coleaf_jax.features import weights
 
     for args, needle in (
         (["--json", os.path.join(workdir, "metrics.jsonl")], "--json"),
@@ -233,16 +272,21 @@ def test_a_second_writer_of_an_output_is_refused_naming_the_first(run, tmp_path,
     result = runs.evaluate_checkpoint(run_config(run.root), run.workdir, output=output)
     assert json.load(open(output)) == result
     assert sorted(os.listdir(tmp_path / "scores")) == ["test.json"]
-    # A sweep: one driver per sweep (worker).
+    # A sweep: one driver per run (tests/test_sweep.py: drivers of overlapping runs).
     folder = tmp_path / "sweep"
-    sweep.write_manifest(str(folder), {"settings": [], "seeds": [0], "overrides": []})
+    setting = {"name": "s", "config": "configs/synthetic.py:han", "num_epochs": 1, "seed": 0}
+    sweep.write_manifest(str(folder), {"settings": [setting], "seeds": [0], "overrides": []})
     capsys.readouterr()
-    with held_by_another_process("lock", sweep.lock_path(str(folder))) as pid:
-        assert sweep.main(["--workdir", str(folder), "--summarize"]) == 1
-        err = capsys.readouterr().err
-        assert f"this sweep is being run by process {pid} on " in err and err.count("\n") == 1
-    assert sweep.main(["--workdir", str(folder), "--summarize"]) == 0
-    assert json.load(open(folder / sweep.SUMMARY))["seeds"] == [0]
+    os.makedirs(sweep.run_dir(str(folder), "s", 0))
+    with held_by_another_process("lock", sweep.lock_path(str(folder), "s", 0)) as pid:
+        with pytest.raises(workdir_lib.OutputInUseError) as info:
+            with sweep.driving(str(folder), [(setting, 0)]):
+                pass
+        assert f"run s seed 0 is being driven by process {pid} on " in str(info.value)
+        assert "\n" not in str(info.value)
+        # --summarize drives no run: it takes no lock, and names the unfinished one
+        assert sweep.main(["--workdir", str(folder), "--summarize"]) == 0
+    assert json.load(open(folder / sweep.SUMMARY))["settings"]["s"]["missing_seeds"] == [0]
 
 
 def test_a_removed_lock_file_is_never_held_twice(tmp_path):
@@ -533,16 +577,214 @@ def test_a_full_disk_on_a_real_filesystem_is_one_line_and_resumes(run, tmp_path)
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
+APPEND_UNDER_A_LIMIT = """
+import resource, signal, sys
+from coleaf_jax import fileio
+path, limit, line = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+try:
+    fileio.append_line(path, line)
+    print("appended")
+except OSError as e:
+    print(type(e).__name__, e.errno)
+"""
+
+
+def test_a_failed_append_is_cut_back_on_a_real_file_size_limit(tmp_path):
+    """A write the kernel stops part way (RLIMIT_FSIZE: EFBIG, as ENOSPC would): the file
+    keeps no partial line. Before: the buffered write failed in flush(), truncate()
+    flushed again and failed silently, close() raised: the line was left cut."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 1}\n')
+    before = path.read_bytes()
+
+    def append(line: str, limit: int) -> str:
+        proc = subprocess.run(
+            [sys.executable, "-c", APPEND_UNDER_A_LIMIT, str(path), str(limit), line],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout.strip()
+
+    assert append('{"epoch": 2, "x": "' + "b" * 40 + '"}', len(before) + 20) == (
+        f"OSError {errno.EFBIG}"  # not a full disk: the error as it is
+    )
+    assert path.read_bytes() == before
+    assert append('{"epoch": 2}', len(before) + 20) == "appended"
+    assert records.read_metrics(str(path)) == {1: {"epoch": 1}, 2: {"epoch": 2}}
+
+
+def _mount_small_tmpfs(mount: Path, size: str) -> None:
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {made.stderr.strip()[:200]}")
+
+
+def _fill(path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"x" * 4096)
+    except OSError as e:
+        assert e.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+
+
+def test_an_append_and_a_lock_record_on_a_full_filesystem_are_cut_back_and_named(tmp_path):
+    """A full tmpfs. Before: the append left 4 kB of a partial line and raised a raw
+    ``OSError`` (close()'s flush error); taking a lock raised a raw ``OSError`` too."""
+    mount = tmp_path / "full"
+    _mount_small_tmpfs(mount, "64k")
+    try:
+        metrics = mount / "metrics.jsonl"
+        metrics.write_text('{"epoch": 1}\n')
+        _fill(mount / "fill")
+        with pytest.raises(fileio.DiskFullError, match=rf"^{metrics}: no space left"):
+            fileio.append_line(metrics, json.dumps({"epoch": 2, "x": "b" * 8000}))
+        assert metrics.read_text() == '{"epoch": 1}\n'
+        lock = mount / "train.lock"
+        with pytest.raises(fileio.DiskFullError, match=rf"^{lock}: no space left"):
+            with locks.exclusive(str(lock)):
+                pass
+        assert lock.read_bytes() == b""
+        (mount / "fill").unlink()  # room again: the lock is free and its record written
+        with locks.exclusive(str(lock)):
+            assert locks.current_holder(str(lock))["pid"] == os.getpid()
+        fileio.append_line(metrics, '{"epoch": 2}')
+        assert records.read_metrics(str(metrics)) == {1: {"epoch": 1}, 2: {"epoch": 2}}
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_write_that_meets_a_full_disk_is_cut_back_and_named(tmp_path, monkeypatch):
+    """Always runs (the real filesystem cases need root, above): ``os.write`` writes part
+    of the data, then fails with ENOSPC. The append is cut back and one DiskFullError
+    names the file; so is a lock's record (the lock released, its file empty)."""
+    real = os.write
+    short = []
+
+    def write(fd, data):
+        if not os.readlink(f"/proc/self/fd/{fd}").startswith(str(tmp_path)):
+            return real(fd, data)
+        if short:  # a short write: write_all writes the rest
+            return real(fd, bytes(data[:3]))
+        real(fd, bytes(data[:10]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fileio.os, "write", write)
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 1}\n')
+    with pytest.raises(fileio.DiskFullError, match=rf"^{path}: no space left") as info:
+        records.append_jsonl(str(path), {"epoch": 2})
+    assert "\n" not in str(info.value)
+    assert path.read_text() == '{"epoch": 1}\n'
+    lock = tmp_path / "train.lock"
+    with pytest.raises(fileio.DiskFullError, match=rf"^{lock}: no space left"):
+        with locks.exclusive(str(lock)):
+            pass
+    assert lock.read_bytes() == b""
+    short.append(True)
+    records.append_jsonl(str(path), {"epoch": 2})
+    with locks.exclusive(str(lock)):  # released above: taken again, its record whole
+        assert locks.current_holder(str(lock))["pid"] == os.getpid()
+    monkeypatch.undo()
+    assert records.read_metrics(str(path)) == {1: {"epoch": 1}, 2: {"epoch": 2}}
+
+
+def test_an_interrupted_save_leaves_orbax_logs_shown(tmp_path, monkeypatch):
+    """A KeyboardInterrupt (any BaseException) during ``mngr.save``: before, the filter that
+    holds orbax's logs back stayed installed (only an Exception released it) and every
+    later orbax warning was swallowed. The process-wide unraisablehook is scoped to the
+    save when it goes well."""
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # restored after
+    mngr = checkpoints.checkpoint_manager(str(tmp_path / "w"))
+    logger = logging.getLogger("absl")
+    filters = list(logger.filters)
+    orbax_file = os.path.join(os.path.dirname(ocp.__file__), "checkpoint_manager.py")
+    shown = []
+    handler = logging.Handler()
+    handler.emit = lambda record: shown.append(record.getMessage())
+    logger.addHandler(handler)
+    try:
+        with monkeypatch.context() as m:
+
+            def interrupted(self, *args, **kwargs):
+                raise KeyboardInterrupt
+
+            m.setattr(ocp.CheckpointManager, "save", interrupted)
+            with pytest.raises(KeyboardInterrupt):
+                checkpoints.save_checkpoint(mngr, 1, {"w": np.zeros(4, np.float32)}, 0.5)
+        assert logger.filters == filters
+        record = logger.makeRecord("absl", logging.WARNING, orbax_file, 1, "later", (), None)
+        logger.handle(record)
+        assert shown == ["later"]
+
+        # a save that goes well leaves the unraisablehook it found
+        def hook(unraisable):
+            return None
+
+        sys.unraisablehook = hook
+        checkpoints.save_checkpoint(mngr, 1, {"w": np.ones(4, np.float32)}, 0.5)
+        assert sys.unraisablehook is hook and logger.filters == filters
+        assert mngr.all_steps() == [1]
+    finally:
+        logger.removeHandler(handler)
+        mngr.close()
+
+
 def test_orbax_thread_reports_of_a_failed_save_are_not_printed(monkeypatch):
     """What the threads print when a save fails: asyncio's "Event loop is closed" (through
     sys.unraisablehook, at any time after) and orbax's ERROR logs with tracebacks."""
     reached = []
-    monkeypatch.setattr(sys, "unraisablehook", lambda u: reached.append(str(u.exc_value)))
-    checkpoints._quiet_closed_loop_reports()
-    checkpoints._quiet_closed_loop_reports()  # once
-    for error in (RuntimeError("Event loop is closed"), RuntimeError("another")):
-        sys.unraisablehook(type("Unraisable", (), {"exc_value": error})())
-    assert reached == ["another"]
+
+    def original(u):
+        reached.append(str(u.exc_value))
+
+    def report_both():
+        for error in (RuntimeError("Event loop is closed"), RuntimeError("another")):
+            sys.unraisablehook(type("Unraisable", (), {"exc_value": error})())
+
+    monkeypatch.setattr(sys, "unraisablehook", original)
+    with checkpoints._quiet_closed_loop_reports():  # a save that goes well: scoped
+        report_both()
+    assert reached == ["another"] and sys.unraisablehook is original
+    with pytest.raises(ValueError), checkpoints._quiet_closed_loop_reports():
+        raise ValueError("the save failed")
+    # A failed save: the hook stays (its writes in flight report after the error), once.
+    quiet = sys.unraisablehook
+    assert quiet is not original
+    with checkpoints._quiet_closed_loop_reports():
+        assert sys.unraisablehook is quiet
+    assert sys.unraisablehook is quiet
+    report_both()
+    assert reached == ["another", "another"]
+    # ... and asyncio's reports of the failed writes collected later (at exit too)
+    asyncio_logger = logging.getLogger("asyncio")
+    kept_records = []
+    keep = logging.Handler()
+    keep.emit = lambda record: kept_records.append(record.getMessage())
+    asyncio_logger.addHandler(keep)
+    try:
+        for message in (
+            "Task exception was never retrieved\nfuture: <Task finished ...>",
+            "_GatheringFuture exception was never retrieved\nfuture: <...>",
+            "Executing <Task ...> took 0.2 seconds",
+        ):
+            asyncio_logger.error(message)
+    finally:
+        asyncio_logger.removeHandler(keep)
+        asyncio_logger.removeFilter(checkpoints._drop_left_over_writes)
+    assert kept_records == ["Executing <Task ...> took 0.2 seconds"]
 
     logger = logging.getLogger("absl")
     orbax_file = os.path.join(os.path.dirname(ocp.__file__), "checkpoint_manager.py")
@@ -620,6 +862,277 @@ def test_every_json_the_tools_write_goes_through_fileio():
                 if set(mode) & set("wax+") and (path.name, mode) not in allowed:
                     found.append(f"{path.name}:{node.lineno} open(..., {mode!r})")
     assert found == []
+
+
+# --- Damaged JSON: every reader -------------------------------------------------------------
+# Every JSON file a user or a crash can damage is read through fileio.load_json / loads_json:
+# deep nesting (100,000 "[": the parser's RecursionError), text that is not JSON or not UTF-8,
+# or a value of another type is one line naming the file and what was expected (for a metrics
+# row or a lock's record, a handled warning), never a traceback.
+
+DEEP = "[" * 100_000  # json's parser: RecursionError
+NESTED = "[" * 150 + "]" * 150  # parses, but deeper than any file the tools write
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (DEEP, "JSON nested more than 100 levels deep"),
+        ('{"a": ' * 20_000 + "1" + "}" * 20_000, "JSON nested more than 100 levels deep"),
+        (NESTED, "JSON nested more than 100 levels deep"),
+        ('{"seed": ', "not valid JSON (Expecting value: line 1 column 10), cut short"),
+        ("", "empty, cut short or damaged"),
+        (b"\xff\xfe{}", "not UTF-8 text"),
+        ("1" * 5000, "not valid JSON (Exceeds the limit"),
+        ("[1, 2]", "a list, not a JSON object"),
+        ('"config"', "a string, not a JSON object"),
+    ],
+    ids=["deep", "deep-objects", "150-levels", "cut", "empty", "binary", "huge-int", "list", "str"],
+)
+def test_load_json_names_the_file_and_what_was_expected(tmp_path, content, reason):
+    path = tmp_path / "config.json"
+    (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
+    with pytest.raises(fileio.JSONFileError) as info:
+        fileio.load_json(path, "the run's config", require_object=True)
+    message = str(info.value)
+    assert isinstance(info.value, ValueError)  # every CLI's one-line errors catch it
+    assert message.startswith(f"{path}: {reason}") and "\n" not in message, message
+    assert message.endswith("; expected the run's config"), message
+    assert info.value.where == str(path) and reason in info.value.reason
+
+
+def test_load_json_reads_what_the_tools_write(tmp_path):
+    value = {"videos": {"a": {"teachers": {"clip": [[1, 2.5], None]}}}, "n": [True, "x"]}
+    fileio.atomic_write_json(tmp_path / "ok.json", value)
+    assert fileio.load_json(tmp_path / "ok.json", require_object=True) == value
+    deep_enough = "[" * 100 + "]" * 100  # the limit itself reads
+    assert fileio.loads_json(deep_enough, "x") is not None
+    with pytest.raises(FileNotFoundError):  # a missing file is the caller's case
+        fileio.load_json(tmp_path / "missing.json")
+
+
+def _write(path: Path, text: str) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("content", [DEEP, NESTED, "[1]", '"x"', '{"a": 1'])
+def test_every_reader_names_a_damaged_file_or_skips_it(tmp_path, capsys, content):
+    """Each reader, on each damage: an error naming the file (a ValueError or RunError:
+    one line at every CLI's boundary), or what it documents for an unreadable record (a
+    skipped row with a warning, no result, no record). Before: RecursionError from every
+    one; TypeError / AttributeError from provenance and the lock readers on a list."""
+    # metrics.jsonl: the row is skipped with a warning naming the file and the line
+    metrics = _write(tmp_path / "m" / "metrics.jsonl", '{"epoch": 1}\n' + content + "\n")
+    assert records.read_metrics(metrics) == {1: {"epoch": 1}}
+    assert f"warning: {metrics}: line(s) 2 are not JSON objects; skipped" in capsys.readouterr().err
+    # config.json: the run's stored config
+    _write(tmp_path / "c" / "config.json", content)
+    with pytest.raises(workdir_lib.RunError) as info:
+        workdir_lib.read_stored_config(str(tmp_path / "c"))
+    assert str(info.value).startswith(f"{tmp_path / 'c' / 'config.json'}: cannot read the run's")
+    assert "\n" not in str(info.value)
+    # features.json
+    features = _write(tmp_path / "f" / "features.json", content)
+    with pytest.raises(ValueError, match=rf"^{features}: .*expected") as info:
+        features_cli.read_manifest(features)
+    # sweep.json and a sweep's run's test scores
+    _write(tmp_path / "s" / sweep.MANIFEST, content)
+    with pytest.raises(ValueError, match=rf"^{tmp_path / 's' / sweep.MANIFEST}: not "):
+        sweep.read_manifest(str(tmp_path / "s"))
+    _write(tmp_path / "s" / "r" / sweep.RESULT, content)
+    assert sweep._read_result(str(tmp_path / "s" / "r")) is None  # not finished: trained again
+    # the thresholds eval.py --select stores beside a checkpoint
+    selected = _write(tmp_path / "t" / "selected_thresholds_1.json", content)
+    with pytest.raises(ValueError, match=rf"^{selected}: .*delete it to re-select$"):
+        runs._read_selected(selected, 25)
+    # a checkpoint's validation score: named as damage before orbax reads it
+    _write(tmp_path / "ck" / "1" / "metrics" / "metrics", content)
+    unparsable = content not in ("[1]", '"x"')  # those parse: orbax's reader names them
+    assert checkpoints._unparsable_score(str(tmp_path / "ck")) == (1 if unparsable else None)
+    if content == DEEP:  # the same file met by orbax's own reader: damage, not a bug
+        with pytest.raises(RecursionError) as deep:
+            json.loads(content)
+        assert checkpoints.is_damage(deep.value) is True
+        assert checkpoints.is_damage(RecursionError("maximum recursion depth exceeded")) is None
+    # the record beside converted weights: no record, so convert again (one line)
+    record = weights.converted_path(str(tmp_path / "w"), "clip") + ".json"
+    _write(Path(record), content)
+    assert weights.provenance(str(tmp_path / "w"), "clip") == {}
+    with pytest.raises(weights.MissingWeightsError, match="no model configuration recorded"):
+        teachers._recorded_config(str(tmp_path / "w"), "clip")
+    # a lock file's record: always a dict; a holder that cannot be named is not "running"
+    lock = _write(tmp_path / "l" / "train.lock", content)
+    assert locks.current_holder(lock) is None
+    with open(lock) as f:
+        info = locks.holder_info(f, wait_s=0)
+    assert info["pid"] == "?" and info["command"] == content[:200]
+    assert "\n" not in locks.describe(info)
+
+
+@pytest.mark.parametrize("record", ['["config"]', '"config"', "[1]", "null", "3"])
+def test_a_record_of_another_type_is_no_record(tmp_path, record):
+    """provenance (the converted weights' record) and a lock's record trusted their type:
+    ``record["config"]`` raised TypeError, a lock of ``[1]`` AttributeError."""
+    path = weights.converted_path(str(tmp_path), "clap") + ".json"
+    _write(Path(path), record)
+    assert weights.provenance(str(tmp_path), "clap") == {}
+    with pytest.raises(weights.MissingWeightsError, match=rf"^{path}: no model configuration"):
+        teachers._recorded_config(str(tmp_path), "clap")
+    lock = _write(tmp_path / "train.lock", record)
+    assert locks.current_holder(lock) is None
+    assert checkpoints.training_in(str(tmp_path)) is None  # eval.py's "is it training?"
+    with open(lock) as f:
+        assert locks._read_info(f) == {"pid": "?", "host": "?", "command": record}
+
+
+def test_a_lock_record_is_read_bounded_and_a_real_one_as_written(tmp_path):
+    lock = str(tmp_path / "x.lock")
+    _write(Path(lock), json.dumps({"pid": 1, "host": "h", "command": "c" * (70 * 1024)}))
+    with open(lock) as f:
+        assert locks._read_info(f)["pid"] == "?"  # more than a record: not read whole
+    Path(lock).write_bytes(b"\xff\xfe\x00garbage")
+    with open(lock) as f:
+        assert locks._read_info(f)["pid"] == "?"
+    with locks.exclusive(lock):
+        info = locks.current_holder(lock)
+        assert info["pid"] == os.getpid() and info["host"] == socket.gethostname()
+
+
+def test_no_json_file_is_read_around_fileio():
+    """No module of training, evaluation, the sweep, the locks or the feature tool's
+    records calls ``json.load`` / ``json.loads`` itself (every file goes through
+    ``fileio.load_json``); allowed: fileio's own, and a config's JSON made in memory."""
+    modules = [
+        *Path(ROOT, "coleaf_jax", "training").glob("*.py"),
+        *Path(ROOT, "coleaf_jax", "evaluation").glob("*.py"),
+        Path(ROOT, "coleaf_jax", "sweep.py"),
+        Path(ROOT, "coleaf_jax", "locks.py"),
+        Path(ROOT, "coleaf_jax", "fileio.py"),
+        Path(ROOT, "coleaf_jax", "features", "__main__.py"),
+        Path(ROOT, "coleaf_jax", "features", "weights.py"),
+    ]
+    # parse.py's events (evaluation/parsing.py read_events) are read by their own module
+    allowed = {
+        ("fileio.py", "json.loads(text)"),
+        ("workdir.py", "json.loads(config.to_json_best_effort())"),
+        ("workdir.py", "json.loads(json.dumps(config))"),
+        ("parsing.py", "json.loads(line)"),
+    }
+    found = []
+    for path in modules:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in ("json.load", "json.loads"):
+                if (path.name, ast.unparse(node)) not in allowed:
+                    found.append(f"{path.name}:{node.lineno} {ast.unparse(node)}")
+    assert found == []
+
+
+def test_deep_json_through_train_py_is_a_warning_or_one_line(run, tmp_path):
+    """The issue's files, 100,000 ``[`` each: a lock's record is handled (the lock taken
+    over, its holder unnamed) and the finished run is a no-op; a config.json is one line
+    naming it."""
+    workdir = copy_run(run, tmp_path)
+    Path(workdir, workdir_lib.LOCK_FILE).write_text(DEEP)
+    proc = run_script("train.py", *tiny_flags(run.root), "--workdir", workdir, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert "taking over the lock of process ? on ?" in proc.stdout
+    assert "this run is finished" in proc.stdout
+    Path(workdir, workdir_lib.CONFIG_FILE).write_text(DEEP)
+    proc = run_script("train.py", *tiny_flags(run.root), "--workdir", workdir, timeout=300)
+    assert_one_line_error(
+        proc,
+        f"error: {os.path.join(workdir, 'config.json')}: cannot read the run's stored config",
+        "nested more than 100 levels deep",
+    )
+
+
+def test_deep_json_through_the_other_tools_is_one_line(run, tmp_path, capsys):
+    out = tmp_path / "feats"
+    out.mkdir()
+    Path(out, "features.json").write_text(DEEP)
+    (tmp_path / "weights").mkdir()
+    proc = run_script(
+        "-m", "coleaf_jax.features", str(tmp_path / "v.mp4"), "--out", str(out),
+        "--weights", str(tmp_path / "weights"),
+    )  # fmt: skip
+    assert_one_line_error(proc, f"error: {out / 'features.json'}: JSON nested more than 100")
+    # a sweep: a run's metrics.jsonl line is skipped with a warning, the run summarized
+    folder = tmp_path / "sweep"
+    setting = {"name": "s", "config": "configs/synthetic.py:han", "num_epochs": 3, "seed": 0}
+    sweep.write_manifest(str(folder), {"settings": [setting], "seeds": [0], "overrides": []})
+    copy_run(run, folder / "s")
+    Path(folder, "s", "run").rename(folder / "s" / "seed0")
+    metrics = folder / "s" / "seed0" / records.METRICS_FILE
+    lines = metrics.read_text().splitlines(keepends=True)
+    metrics.write_text(lines[0] + DEEP + "\n" + "".join(lines[1:]))
+    tested = os.path.getmtime(folder / "s" / "seed0" / sweep.RESULT)
+    os.utime(metrics, (tested - 1, tested - 1))  # the run was tested after its last row
+    capsys.readouterr()
+    assert sweep.main(["--workdir", str(folder), "--summarize"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == f"warning: {metrics}: line(s) 2 are not JSON objects; skipped\n"
+    assert json.load(open(folder / sweep.SUMMARY))["settings"]["s"]["seeds"] == [0]
+    Path(folder, sweep.MANIFEST).write_text(DEEP)
+    assert sweep.main(["--workdir", str(folder), "--summarize"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err.startswith(f"error: {folder / sweep.MANIFEST}: not the JSON") and err.count("\n") == 1
+    )
+    workdir = copy_run(run, tmp_path)
+    Path(workdir, "test_metrics.json").write_text(DEEP)
+    with pytest.raises(SystemExit) as info:
+        cli.exit_on_user_error(report.build_report, run_config(run.root), workdir)
+    line = str(info.value)
+    assert line.startswith(f"error: {workdir}/test_metrics.json: not a readable JSON record")
+    assert "nested more than 100 levels deep" in line and "\n" not in line
+
+
+# --- Several processes: the host pipeline's rows ----------------------------------------------
+
+
+def test_the_host_pipeline_gives_each_process_the_rows_of_one_fitted_batch(monkeypatch):
+    """Two processes of 2 devices each (4 in all) and a batch larger than the split of 5:
+    the batch is fitted to 8 (the split rounded up to the devices), and each process's
+    rows (``distributed.local_rows``: 4..7 for the second) index the host batch. Before,
+    the host pipeline cut it back to 5 rows (``epoch_batches`` refitted with multiple=1):
+    the second process's rows were out of range."""
+    import jax
+
+    from coleaf_jax.data import pipeline
+    from coleaf_jax.training import distributed
+    from coleaf_jax.training.device_data import device_batch
+
+    if jax.local_device_count() < 2:
+        pytest.skip("needs 2 local devices (XLA_FLAGS=--xla_force_host_platform_device_count=2)")
+    n, n_dev, n_all = 5, 2, 4
+    data = {
+        "audio": np.arange(n, dtype=np.float32)[:, None, None] * np.ones((n, 2, 3), np.float32),
+        "video_2d": np.zeros((n, 2, 4), np.float32),
+        "video_3d": np.zeros((n, 2, 2), np.float32),
+        "label": np.eye(n, dtype=np.float32),
+    }
+    batch_size = pipeline.fit_batch_size(10**8, n, n_all)
+    assert batch_size == 8
+    monkeypatch.setattr(distributed, "global_devices", lambda n_local: n_local * 2)
+    first = distributed.local_rows(batch_size, n_dev)  # this process: axis indices 0, 1
+    second = first + n_dev * (batch_size // n_all)  # the other: axis indices 2, 3
+    np.testing.assert_array_equal(second, [[4, 5], [6, 7]])
+    perm = np.array([3, 1, 4, 0, 2])
+    (batch,) = list(train.host_batches(data, batch_size, perm, 0, n_all))
+    assert all(len(v) == batch_size for v in batch.values())
+    seen, real = [], 0
+    for process_rows in (first, second):
+        local = device_batch(batch, n_dev, process_rows)
+        assert local["audio"].shape == (n_dev, batch_size // n_all, 2, 3)
+        mask = np.asarray(local["video_mask"]).ravel()
+        seen += [int(v) for v, m in zip(np.asarray(local["audio"])[..., 0, 0].ravel(), mask) if m]
+        real += int(mask.sum())
+    assert seen == perm.tolist() and real == n  # every video once, padding masked
+    (cut,) = list(pipeline.epoch_batches(data, batch_size, perm))  # what it used to feed
+    assert len(cut["audio"]) == n <= second.max()
 
 
 # --- Out of memory -------------------------------------------------------------------------------

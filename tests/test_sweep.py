@@ -1,13 +1,18 @@
 """The sweep: (setting, seed) runs as train.py processes, split over workers, one summary."""
 
+import contextlib
 import json
 import os
+import select
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from coleaf_jax import sweep
 from coleaf_jax.evaluation import metrics
+from coleaf_jax.training import workdir as workdir_lib
 
 # Two names for one model (HAN alone): after the first compile every run reuses the
 # programs from the compilation cache, and equal seeds must give equal scores.
@@ -118,3 +123,73 @@ def test_sweep_arguments_fail_before_any_run(tmp_path, capsys):
         f"configs/ablations.py:{n},synthetic"
         for n in ("event_aware_nce", "no_contrastive", "standard_nce", "pseudo_label_bce", "no_kd")
     ]
+
+
+HOLD_DRIVER = """
+import sys
+from coleaf_jax import sweep
+folder, worker, num_workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+manifest = sweep.read_manifest(folder)
+with sweep.driving(folder, sweep.share(manifest, worker, num_workers)):
+    print("driving", flush=True)
+    sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def driver(folder: str, worker: int, num_workers: int):
+    """Another process holding what a driver of worker ``worker`` of ``num_workers`` holds."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_DRIVER, folder, str(worker), str(num_workers)],
+        cwd=sweep.ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        ready, _, _ = select.select([holder.stdout], [], [], 60)
+        assert ready and holder.stdout.readline().strip() == "driving"
+        yield holder.pid
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+
+
+def test_drivers_of_overlapping_runs_are_refused(tmp_path, capsys):
+    """Before, a sweep driven whole (``sweep.lock``) and worker 0 of two
+    (``sweep.worker0.lock``) took different locks and both drove the same runs. Now a
+    driver locks each run it drives: any two drivers sharing a run are refused, whatever
+    their --worker / --num-workers; the workers of one --num-workers run side by side."""
+    folder = str(tmp_path / "sweep")
+    args = ["--config", "configs/synthetic.py:han", "--seeds", "3", "--workdir", folder]
+    found = sweep.settings(["configs/synthetic.py:han"], [])
+    start = found[0]["seed"]
+    manifest = {"settings": found, "seeds": [start, start + 1, start + 2], "overrides": []}
+    sweep.write_manifest(folder, manifest)
+    name = found[0]["name"]
+    with driver(folder, 0, 1) as pid:  # the whole sweep: runs 0, 1, 2
+        for worker in ("0", "1"):
+            assert sweep.main(args + ["--worker", worker, "--num-workers", "2"]) == 1
+            err = capsys.readouterr().err
+            seed = start + int(worker)
+            assert err.startswith(
+                f"error: --workdir {folder}: run {name} seed {seed} is being driven by process "
+                f"{pid} on "
+            )
+            assert err.count("\n") == 1 and "one driver per run" in err
+        for worker, num_workers in ((0, 2), (1, 3)):
+            with pytest.raises(workdir_lib.OutputInUseError):
+                with sweep.driving(folder, sweep.share(manifest, worker, num_workers)):
+                    pass
+    with driver(folder, 0, 2):  # runs 0 and 2
+        with sweep.driving(folder, sweep.share(manifest, 1, 2)):  # run 1: side by side
+            pass
+        with pytest.raises(workdir_lib.OutputInUseError, match=f"run {name} seed {start + 2} "):
+            with sweep.driving(folder, sweep.share(manifest, 2, 3)):  # run 2: shared
+                pass
+        with sweep.driving(folder, sweep.share(manifest, 1, 3)):  # run 1 alone: shares none
+            pass
+    assert sorted(os.listdir(os.path.join(folder, name))) == [f"seed{s}" for s in manifest["seeds"]]
+    for seed in manifest["seeds"]:  # released: empty records, protected as a run's records
+        lock = sweep.lock_path(folder, name, seed)
+        assert open(lock).read() == "" and os.path.basename(lock) in workdir_lib.RECORD_FILES

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import base64
 import html
-import json
 import os
 import sys
 import time
@@ -84,13 +83,15 @@ def build_report(
     result_path = os.path.join(workdir, "test_metrics.json")
     result = None
     if os.path.exists(result_path):
-        try:
-            with open(result_path) as f:
-                result = json.load(f)
-        except ValueError as e:  # JSON or UTF-8: a damaged record, named
-            raise ValueError(f"{result_path}: not a readable JSON record ({e})") from None
-        if not isinstance(result, dict):
-            raise ValueError(f"{result_path}: expected a JSON object of scores")
+        try:  # JSON, UTF-8, nesting or not an object: a damaged record, named
+            result = fileio.load_json(
+                result_path, "the run's test scores (a JSON object)", require_object=True
+            )
+        except fileio.JSONFileError as e:
+            raise ValueError(
+                f"{result_path}: not a readable JSON record ({e.reason}); expected "
+                f"{e.what}; delete it and run train.py again to re-test the best checkpoint"
+            ) from None
     summary = [
         ("workdir", os.path.abspath(workdir)),
         ("method", config.method),

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 
 import jax
@@ -84,8 +83,7 @@ def select_thresholds(
     base = evaluate.thresholds_from_config(config)
     path = thresholds_path(workdir, step)
     if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
+        saved = _read_selected(path, pipeline.num_classes(config))
         if saved["base"] != base.name:
             raise ValueError(
                 f"{path} was selected with base thresholds {saved['base']!r}, "
@@ -113,6 +111,26 @@ def select_thresholds(
     return dataclasses.replace(
         base, video_v=np.asarray(saved["video_v"]), name=f"{base.name}+selected"
     )
+
+
+def _read_selected(path: str, num_classes: int) -> dict:
+    """The thresholds stored at ``path`` by :func:`select_thresholds`, checked: anything
+    else (damaged JSON, deep nesting, other fields) is one ValueError naming the file."""
+    what = f"the thresholds select_thresholds stores (base, and {num_classes} numbers video_v)"
+    remedy = "delete it to re-select"
+    try:
+        saved = fileio.load_json(path, what, require_object=True)
+    except fileio.JSONFileError as e:
+        raise ValueError(f"{e}; {remedy}") from None
+    video_v = saved.get("video_v")
+    if (
+        not isinstance(saved.get("base"), str)
+        or not isinstance(video_v, list)
+        or len(video_v) != num_classes
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in video_v)
+    ):
+        raise ValueError(f"{path}: not {what}; {remedy}")
+    return saved
 
 
 def default_output(workdir: str, split: str, epoch: int, thresholds: str) -> str:

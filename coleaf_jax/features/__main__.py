@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 
@@ -298,22 +297,10 @@ def read_manifest(path: str) -> dict:
     if not os.path.exists(path):
         return {"videos": {}}
     remedy = "restore it, or delete it to extract the folder's videos again"
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except UnicodeDecodeError:
-        raise ValueError(
-            f"{path}: not UTF-8 text; expected the JSON object this tool writes; {remedy}"
-        ) from None
-    try:
-        manifest = json.loads(text)
-    except ValueError as e:
-        where = f" ({e.msg}: line {e.lineno} column {e.colno})" if hasattr(e, "msg") else ""
-        cut = "empty" if not text.strip() else "not valid JSON" + where
-        raise ValueError(
-            f"{path}: {cut}, cut short or damaged; expected the JSON object this tool "
-            f"writes; {remedy}"
-        ) from None
+    try:  # not UTF-8, empty, not JSON, cut short, nested too deeply: one line naming it
+        manifest = fileio.load_json(path, "the JSON object this tool writes")
+    except fileio.JSONFileError as e:
+        raise ValueError(f"{e}; {remedy}") from None
     expected = "an object with a 'videos' object (video id -> its record)"
     if not isinstance(manifest, dict):
         raise ValueError(f"{path}: {_json_type(manifest)}, expected {expected}; {remedy}")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -196,11 +195,7 @@ def _read_source(source: Source, path: str, name: str) -> tuple[dict, dict]:
 
 def _read_plain(source: Source, path: str, name: str) -> dict:
     if source.kind == "npz":
-        try:
-            with np.load(path) as z:
-                return convert.pca_params(dict(z), path)
-        except (OSError, ValueError) as e:
-            raise ConversionError(f"{path}: cannot be read as .npz ({e})") from e
+        return convert.pca_params(convert.read_npz(path, ("pca_eigen_vectors", "pca_means")), path)
     if source.kind == "tf":
         try:
             import tensorflow as tf  # noqa: F401
@@ -266,12 +261,14 @@ def _save(folder: str, name: str, variables: dict, record: dict) -> str:
 
 
 def provenance(folder: str, name: str) -> dict:
-    """The record beside ``name``'s converted weights (source file, digest, config)."""
+    """The record beside ``name``'s converted weights (source file, digest, config), or
+    ``{}`` when there is none or it is not a record (damaged, deeply nested, not an
+    object): callers treat it as no record and convert again."""
     try:
-        with open(converted_path(folder, name) + ".json") as f:
-            return json.load(f)
-    except (OSError, ValueError):
+        record = fileio.load_json(converted_path(folder, name) + ".json")
+    except (OSError, ValueError):  # missing, or JSON, UTF-8, nesting (fileio.JSONFileError)
         return {}
+    return record if isinstance(record, dict) else {}
 
 
 def convert_folder(folder: str, force: bool = False, verbose: bool = True) -> list[str]:

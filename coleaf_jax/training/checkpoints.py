@@ -43,6 +43,7 @@ import socket
 import sys
 import tempfile
 import time
+import warnings
 
 import flax
 import jax
@@ -106,6 +107,8 @@ def is_damage(e: BaseException) -> bool | None:
     for x in _chain(e):
         if isinstance(x, (json.JSONDecodeError, UnicodeDecodeError)):  # an unparsable file
             return True
+        if isinstance(x, RecursionError) and "decoding a JSON" in str(x):  # json's own,
+            return True  # on a file of 100,000 "[": no file orbax writes nests so deep
         if isinstance(x, OSError):
             return isinstance(x, FileNotFoundError) or x.errno in DAMAGE_ERRNOS
         status = _TENSORSTORE_STATUS.match(str(x)) if isinstance(x, ValueError) else None
@@ -239,9 +242,9 @@ def save_checkpoint(mngr: ocp.CheckpointManager, epoch: int, state, selection: f
     if jax.process_count() > 1:  # orbax refuses process-local jax.Arrays in multi-process runs
         tree = jax.device_get(tree)
     reports = _OrbaxReports()
-    _quiet_closed_loop_reports()  # from the first failed write on, whichever thread sees it
     try:
-        with reports.held():
+        # from the first failed write on, whichever thread sees it
+        with _quiet_closed_loop_reports(), reports.held():
             mngr.save(
                 epoch,
                 args=ocp.args.StandardSave(tree),
@@ -251,6 +254,8 @@ def save_checkpoint(mngr: ocp.CheckpointManager, epoch: int, state, selection: f
             mngr.wait_until_finished()
     except Exception as e:  # noqa: BLE001 -- any failure: the unfinished folder goes
         raise _failed_save(mngr, epoch, e, reports) from e
+    finally:  # whatever ended the save (a KeyboardInterrupt too): orbax's logs shown again
+        reports.release()  # (after _failed_save's own release, or held()'s: a no-op)
     prune_checkpoints(mngr)
 
 
@@ -294,23 +299,57 @@ class _OrbaxReports(logging.Filter):
         logging.getLogger("absl").removeFilter(self)
 
 
-def _quiet_closed_loop_reports() -> None:
-    """Installs (once) a ``sys.unraisablehook`` that drops asyncio's "Event loop is
-    closed" RuntimeErrors: tensorstore's writes still in flight when a checkpoint save
-    fails complete after orbax closed their event loop, and each then printed a
-    traceback (139 of them for one full disk), whenever they came, after the error too."""
-    if getattr(sys.unraisablehook, "_coleaf_quiet", False):
-        return
+@contextlib.contextmanager
+def _quiet_closed_loop_reports():
+    """While a checkpoint is saved, a ``sys.unraisablehook`` that drops asyncio's "Event
+    loop is closed" RuntimeErrors (and passes anything else to the hook it replaced):
+    tensorstore's writes still in flight when a save fails complete after orbax closed
+    their event loop, and each printed a traceback (139 of them for one full disk).
+
+    Scoped: a save that succeeds restores the previous hook (nothing is in flight then).
+    A save that fails (any exception, a KeyboardInterrupt too) leaves it installed on
+    purpose, with :func:`_quiet_left_over_writes`: the writes in flight report whenever
+    they are collected, after the error has been raised, until the process exits (a
+    failed save ends the command); only those messages are dropped. An earlier failed
+    save's hook is not installed twice."""
     previous = sys.unraisablehook
+    installed = None
+    if not getattr(previous, "_coleaf_quiet", False):
 
-    def hook(unraisable):
-        value = unraisable.exc_value
-        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
-            return
-        previous(unraisable)
+        def installed(unraisable):
+            value = unraisable.exc_value
+            if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+                return
+            previous(unraisable)
 
-    hook._coleaf_quiet = True
-    sys.unraisablehook = hook
+        installed._coleaf_quiet = True
+        sys.unraisablehook = installed
+    try:
+        yield
+    except BaseException:
+        _quiet_left_over_writes()
+        raise  # the hook stays (above)
+    if installed is not None and sys.unraisablehook is installed:  # not replaced meanwhile
+        sys.unraisablehook = previous
+
+
+def _drop_left_over_writes(record: logging.LogRecord) -> bool:
+    """asyncio's "<Task, Future, _GatheringFuture…> exception was never retrieved"."""
+    return not record.getMessage().split("\n", 1)[0].endswith("exception was never retrieved")
+
+
+def _quiet_left_over_writes() -> None:
+    """After a failed save (its command ends with the save's error), drops asyncio's "Task
+    (or _GatheringFuture) exception was never retrieved", with a traceback, for the writes
+    that failed with it, and Python's "coroutine ... was never awaited" for each write
+    never started: they came whenever those were collected, at exit too, after the error
+    line. Installed once, left in place for the same reason as the unraisablehook."""
+    logger = logging.getLogger("asyncio")
+    if _drop_left_over_writes not in logger.filters:
+        logger.addFilter(_drop_left_over_writes)
+    warnings.filterwarnings(
+        "ignore", message=r"coroutine '.*' was never awaited", category=RuntimeWarning
+    )
 
 
 def _failed_save(mngr, epoch: int, error: Exception, reports: _OrbaxReports) -> Exception:
@@ -542,9 +581,8 @@ def _unparsable_score(directory: str) -> int | None:
     for epoch in epochs:
         path = os.path.join(directory, str(epoch), "metrics", "metrics")
         try:
-            with open(path) as f:
-                json.load(f)
-        except ValueError:  # JSON or UTF-8
+            fileio.load_json(path, "a checkpoint's validation score")
+        except ValueError:  # JSON, UTF-8 or nesting (fileio.JSONFileError)
             return epoch
         except OSError:
             continue

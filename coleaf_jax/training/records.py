@@ -66,10 +66,7 @@ def finished_result(mngr, workdir: str, num_epochs: int) -> dict | None:
     if not scores or max(scores) < num_epochs:
         return None
     try:
-        with open(path) as f:
-            result = json.load(f)
-    except (OSError, ValueError):  # unreadable: the run tests its best checkpoint again
-        return None
-    if not isinstance(result, dict):
+        result = fileio.load_json(path, "the run's test scores", require_object=True)
+    except (OSError, ValueError):  # unreadable (JSON, nesting): the best is tested again
         return None
     return result if result.get("epoch") == best_epoch(scores) else None

@@ -87,6 +87,15 @@ def validate_run_config(config) -> None:
     distributed.validate(config)
 
 
+def host_batches(train, batch_size: int, perm, bucket: int, n_all: int):
+    """The host pipeline's batches of one epoch, each of ``batch_size`` rows: the size
+    fitted to the split over all ``n_all`` devices (``pipeline.fit_batch_size(...,
+    n_all)``), which the rows of this process's devices (``distributed.local_rows``)
+    index. A batch larger than the split is one batch of the split rounded up to
+    ``n_all``, padded (``video_mask`` 0), never cut back to the split's size."""
+    return pipeline.epoch_batches(train, batch_size, perm, bucket, multiple=n_all)
+
+
 def prune_left_over(mngr, verbose: bool) -> None:
     """Keeps only the best and the latest checkpoint when a run starts: a kill between a
     save and its deletes leaves a third one (on the last epoch, for good). A damaged
@@ -296,7 +305,7 @@ def _train_and_evaluate(
         else:
             calls = (
                 (device_batch(b, n_dev, rows), epoch_arg, train_key)
-                for b in pipeline.epoch_batches(train, batch_size, perm, config.data.bucket)
+                for b in host_batches(train, batch_size, perm, config.data.bucket, n_all)
             )
         bar = progress.bar(
             calls,

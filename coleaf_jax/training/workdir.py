@@ -49,7 +49,7 @@ RECORD_FILES = frozenset(
         "train.log",  # sweep.LOG: each run's log
         "sweep.json",  # sweep.MANIFEST
         "summary.json",  # sweep.SUMMARY
-        "sweep.lock",  # sweep.LOCK_FILE
+        "sweep.lock",  # sweep.LOCK_FILE: in each run's folder, held by its sweep driver
     }
 )
 RECORD_DIRS = frozenset({"checkpoints", "damaged_checkpoints"})
@@ -121,14 +121,39 @@ def protected_record(path: str, own_run: bool = False) -> str | None:
     node = real
     while os.path.dirname(node) != node:
         parent = os.path.dirname(node)
-        if os.path.basename(node) in RECORD_DIRS and is_run_folder(parent):
-            return f"inside {os.path.basename(node)}/ of the run in {parent}"
+        if is_run_folder(parent):
+            record = _record_named(node, RECORD_DIRS)
+            if record is not None:
+                return f"inside {record}/ of the run in {parent}"
         node = parent
-    parent, name = os.path.dirname(real), os.path.basename(real)
-    if name in RECORD_FILES and is_run_folder(parent):
-        return f"the record {name} of the run in {parent}"
+    parent = os.path.dirname(real)
+    if is_run_folder(parent):
+        record = _record_named(real, RECORD_FILES)
+        if record is not None:
+            return f"the record {record} of the run in {parent}"
     if not own_run and is_run_folder(real):
         return f"the folder of the run in {real}"
+    return None
+
+
+def _record_named(path: str, names) -> str | None:
+    """Which of ``names`` (records in the folder of ``path``) ``path`` is, or None: by its
+    name, or, when it exists, by being the same file as one of them (``os.path.samefile``)
+    however it is spelt. That covers a case-insensitive filesystem (macOS's, Windows'
+    default), where ``Config.json`` opens ``config.json`` (realpath keeps the case given),
+    and a hard link to a record."""
+    name = os.path.basename(path)
+    if name in names:
+        return name
+    if not os.path.lexists(path):  # nothing there: on a case-insensitive filesystem a
+        return None  # case-swapped record exists, so a missing path is no record
+    parent = os.path.dirname(path)
+    for record in sorted(names):
+        try:
+            if os.path.samefile(path, os.path.join(parent, record)):
+                return record
+        except OSError:  # that record does not exist (or cannot be stat'ed)
+            continue
     return None
 
 
@@ -280,13 +305,17 @@ def read_stored_config(workdir: str) -> dict | None:
     if not os.path.exists(path):
         return None
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
+        return fileio.load_json(path, "the run's config (a JSON object)", require_object=True)
+    except fileio.JSONFileError as e:  # JSON, UTF-8, nesting, not an object: one line
         raise RunError(
-            f"{path}: cannot read the run's stored config ({e}); restore it, or "
-            f"use another --workdir"
-        ) from e
+            f"{path}: cannot read the run's stored config ({e.reason}; expected {e.what}); "
+            f"restore it, or use another --workdir"
+        ) from None
+    except OSError as e:
+        raise RunError(
+            f"{path}: cannot read the run's stored config ({e.strerror or e}); restore it, "
+            f"or use another --workdir"
+        ) from None
 
 
 def apply_stored_config(config, workdir: str):
