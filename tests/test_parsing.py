@@ -125,3 +125,11 @@ def test_timeline_png(tmp_path):
     assert labels == ["y"]  # only classes that are predicted or true get a row
     data = plots.save_png(fig, str(tmp_path / "t.png"))
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "t.png").stat().st_size == len(data)
+
+
+def test_reading_back_a_damaged_events_file_names_its_line(tmp_path):
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"video": "a"}\n' + "[" * 100000 + "\n")
+    with pytest.raises(ValueError, match=rf"^{path}:2: ") as info:
+        parsing.read_events(str(path))
+    assert "\n" not in str(info.value)

@@ -267,3 +267,20 @@ def test_train_and_evaluate_end_to_end_on_variable_length_data(tmp_path):
     np.testing.assert_allclose(full["seg_prob"][m], bucketed["seg_prob"][m], atol=1e-5)
     s = evaluate.score_split(full, data, metrics.THRESHOLD_PRESETS["standard"])
     assert metrics.selection_score(s, "av") == pytest.approx((s["seg_av"] + s["evt_av"]) / 2)
+
+
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        ("[" * 100000 + "]" * 100000, "nested"),  # a RecursionError traceback before
+        (b"\xff\xfe{}", "not UTF-8"),  # a UnicodeDecodeError traceback before
+        ('{"database": ', "not valid JSON"),
+    ],
+)
+def test_a_damaged_annotation_file_is_one_error_naming_it(tmp_path, content, needle):
+    path = tmp_path / "annotations.json"
+    (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
+    with pytest.raises(ValueError) as info:
+        unav100.read_annotations(str(path))
+    message = str(info.value)
+    assert message.startswith(str(path)) and needle in message and "\n" not in message

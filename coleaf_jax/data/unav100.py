@@ -33,13 +33,13 @@ rule (``OVERLAP_RULES``). Splits are padded to their longest video with a
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import warnings
 
 import numpy as np
 
+from coleaf_jax import fileio
 from coleaf_jax.data import npy
 
 UNAV_NUM_CLASSES = 100
@@ -113,11 +113,7 @@ def read_annotations(
         raise FileNotFoundError(
             f"{path}: UnAV-100 annotation file not found (expected ROOT/{ANNOTATION_FILE})"
         )
-    try:
-        with open(path) as f:
-            raw = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    raw = fileio.load_json(path, "UnAV-100's annotation object")  # one line when damaged
     if not isinstance(raw, dict) or not isinstance(raw.get("database"), dict):
         raise ValueError(f"{path}: expected an object with a 'database' mapping of video ids")
     subsets = set(SUBSETS.values())

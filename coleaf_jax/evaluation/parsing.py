@@ -161,9 +161,14 @@ def write_events(records: list[dict], out_dir: str, stem: str = "events") -> tup
 
 def read_events(path: str) -> list[dict]:
     """Reads records back from a JSONL or CSV file written by ``write_events``."""
+    if path.endswith(".jsonl"):
+        with open(path, "rb") as f:
+            lines = [line for line in f.read().split(b"\n") if line.strip()]
+        return [
+            fileio.loads_json(line, f"{path}:{n}", "an event record", require_object=True)
+            for n, line in enumerate(lines, 1)
+        ]
     with open(path) as f:
-        if path.endswith(".jsonl"):
-            return [json.loads(line) for line in f if line.strip()]
         rows = list(csv.DictReader(f))
     for r in rows:
         r["onset"], r["offset"], r["score"] = (
