@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from coleaf_jax.models.cmpae import CMPAEAnchor, dirichlet_presence, evidence
-from coleaf_jax.training import losses
+from coleaf_jax.training import losses, objectives
 from coleaf_jax.training.noise_ratios import estimate_noise_ratios, load_noise_ratios
+from configs import llp
+from tests.test_losses import _bce_np, _differ, _nce_loop
 
 
 def test_evidence_and_dirichlet_hand_values():
@@ -164,3 +166,137 @@ def test_noise_ratio_table_and_estimate(tmp_path):
         load_noise_ratios(str(tmp_path / "t.npz"), 25)
     with pytest.raises(FileNotFoundError):
         load_noise_ratios(str(tmp_path / "missing.npz"), 25)
+
+
+# -- every argument matters: asymmetric audio / visual inputs against loop references ----
+
+
+def _mutual_loop(p_a, p_v, u_a, u_v, p_g, u_g, y, vm, o):
+    """``mutual_loss.py`` (a36a153) element by element: per class the more probable
+    modality for a positive (audio on a tie), the modality mean for a negative."""
+    total, count = 0.0, 0
+    for b, c in np.ndindex(*p_a.shape):
+        if not vm[b]:
+            continue
+        g = max(u_g[b], 0.9)
+        pm, um = (p_a[b, c], u_a[b, c]) if p_a[b, c] >= p_v[b, c] else (p_v[b, c], u_v[b, c])
+        mean_p, mean_u = (p_a[b, c] + p_v[b, c]) / 2, (u_a[b, c] + u_v[b, c]) / 2
+
+        def delta(t, u):
+            return (o * g + (1 - o) * (1 - g)) * (1 - u) * (p_g[b, c] - t) ** 2
+
+        total += y[b, c] * delta(pm, um) + (1 - y[b, c]) * delta(mean_p, mean_u)
+        count += 1
+    return total / count
+
+
+def _mutual_case(seed=4, b=4, c=5):
+    r = np.random.default_rng(seed)
+    p_a, p_v, p_g = (r.uniform(0.05, 0.95, (b, c)).astype(np.float32) for _ in range(3))
+    u_a, u_v = (r.uniform(0.1, 0.9, (b, c)).astype(np.float32) for _ in range(2))
+    u_g = np.array([0.5, 0.93, 0.97, 0.99], np.float32)[:b]
+    y = (r.random((b, c)) < 0.5).astype(np.float32)
+    return p_a, p_v, u_a, u_v, p_g, u_g, y
+
+
+@pytest.mark.parametrize("parity", [0.0, 1.0])
+def test_mutual_learning_equals_loop_reference(parity):
+    p_a, p_v, u_a, u_v, p_g, u_g, y = _mutual_case()
+    vm = np.array([1, 1, 0, 1], np.float32)  # a padding video does not count
+    got = losses.uncertainty_mutual_learning(p_a, p_v, u_a, u_v, p_g, u_g, y, vm, parity)
+    want = _mutual_loop(p_a, p_v, u_a, u_v, p_g, u_g, y, vm, parity)
+    assert float(got) == pytest.approx(want, rel=1e-5)
+    _differ(want, _mutual_loop(p_a, p_v, u_v, u_a, p_g, u_g, y, vm, parity))  # u swapped
+    _differ(want, _mutual_loop(p_v, p_a, u_a, u_v, p_g, u_g, y, vm, parity))  # p swapped
+    _differ(want, _mutual_loop(p_a, p_v, u_a, u_v, p_g, u_g, 1 - y, vm, parity))
+
+
+def test_cmpae_backbone_equals_its_terms_recomputed():
+    """``Σ w_i·term_i`` with non-default weights, τ and ε: the audio BCE on ``ȳ_a``, the
+    visual on ``ȳ_v``, the global on ``y``; the NCE with the audio tokens as queries and
+    the visual as keys (gradient through both); mutual learning as ``mutual_loss.py``."""
+    p_a, p_v, u_a, u_v, p_g, u_g, y = _mutual_case(seed=6)
+    r = np.random.default_rng(7)
+    tok_a, tok_v = r.standard_normal((2, 4, 6, 8)).astype(np.float32)
+    out = {
+        "video_prob_a": p_a,
+        "video_prob_v": p_v,
+        "global_prob": p_g,
+        "video_unc": np.stack([u_a, u_v], axis=1),
+        "global_unc": u_g,
+        "tokens_a": tok_a,
+        "tokens_v": tok_v,
+    }
+    y_a = y * (r.random(y.shape) < 0.7)  # denoised
+    y_v = np.where(y > 0.5, 0.95, 0.05).astype(np.float32)
+    mask = np.ones((4, 6), bool)
+    mask[2, 4:] = False
+    vm = np.ones(4, np.float32)
+    lc = llp.get_config("cmpae").loss
+    lc.cmpae_weights = (1.5, 0.7, 2.5, 0.3, 1.9)
+    lc.nce_temperature, lc.nce_smoothing = 0.3, 0.15
+    labels = objectives.Labels(y, y_a, y_v, mask, vm, jnp.float32(1.0))
+    total, terms = objectives.cmpae_backbone(out, labels, lc)
+    want = {
+        "bce_a": _bce_np(p_a, y_a).mean(),
+        "bce_v": _bce_np(p_v, y_v).mean(),
+        "bce_global": _bce_np(p_g, y).mean(),
+        "nce_av": _nce_loop(tok_a, tok_v, np.ones(4), mask, 0.3, 0.15, "expected"),
+        "mutual": _mutual_loop(p_a, p_v, u_a, u_v, p_g, u_g, y, vm, 1.0),
+    }
+    for k, v in want.items():
+        assert float(terms[k]) == pytest.approx(v, rel=2e-5), k
+    weighted = zip(lc.cmpae_weights, ("bce_a", "bce_v", "bce_global", "nce_av", "mutual"))
+    assert float(total) == pytest.approx(sum(w * want[k] for w, k in weighted), rel=2e-5)
+    # the inputs tell the arguments apart
+    _differ(want["nce_av"], _nce_loop(tok_v, tok_a, np.ones(4), mask, 0.3, 0.15, "expected"))
+    _differ(1.5 * want["bce_a"] + 0.7 * want["bce_v"], 1.5 * want["bce_v"] + 0.7 * want["bce_a"])
+    _differ(want["bce_a"], _bce_np(p_a, y).mean())
+    # CMPAE's own NCE trains both token streams (no stop-gradient on the queries)
+    grads = jax.grad(
+        lambda a, v: objectives.cmpae_backbone(dict(out, tokens_a=a, tokens_v=v), labels, lc)[0],
+        argnums=(0, 1),
+    )(jnp.asarray(tok_a), jnp.asarray(tok_v))
+    assert all(float(jnp.abs(g).max()) > 0 for g in grads)
+
+
+def _authors_jomold(p_a, p_v, pa, pv, ratio_a, ratio_v):
+    """main.py:124-159 (a36a153) in numpy: sort each modality's losses ascending, keep
+    the positives of the modality being denoised, drop where both picks agree."""
+    pa, pv = pa.astype(np.float64).copy(), pv.astype(np.float64).copy()
+    loss_a, loss_v = _bce_np(p_a, pa), _bce_np(p_v, pv)
+    sort_a, sort_v = np.argsort(loss_a, 0, kind="stable"), np.argsort(loss_v, 0, kind="stable")
+    pos_a, pos_v = pa > 0.5, pv > 0.5
+    for i in range(pa.shape[1]):
+        n_a = int(np.float64(ratio_a[i]) * pos_a[:, i].sum())
+        n_v = int(np.float64(ratio_v[i]) * pos_v[:, i].sum())
+        if n_v > 0:
+            small_a = sort_a[pos_v[sort_a[:, i], i], i][:n_v]
+            large_v = sort_v[pos_v[sort_v[:, i], i], i][-n_v:]
+            pv[np.intersect1d(small_a, large_v), i] = 0
+        if n_a > 0:
+            large_a = sort_a[pos_a[sort_a[:, i], i], i][-n_a:]
+            small_v = sort_v[pos_a[sort_v[:, i], i], i][:n_a]
+            pa[np.intersect1d(large_a, small_v), i] = 0
+    return pa, pv
+
+
+def test_jomold_equals_the_authors_loop_with_different_modality_labels():
+    """Audio and visual labels with different positives (binary / soft 0.95-0.05), other
+    ratios per class and modality, distinct losses (no ties): the denoised labels are the
+    authors' loop's."""
+    r = np.random.default_rng(8)
+    b, c = 16, 6
+    p_a, p_v = (r.uniform(0.02, 0.98, (b, c)).astype(np.float32) for _ in range(2))
+    y_a = (r.random((b, c)) < 0.6).astype(np.float32)
+    y_v = np.where(r.random((b, c)) < 0.6, 0.95, 0.05).astype(np.float32)
+    ratio_a, ratio_v = r.uniform(0.2, 0.9, c), r.uniform(0.2, 0.9, c)
+    got_a, got_v = losses.jomold_denoise(p_a, p_v, y_a, y_v, ratio_a, ratio_v, jnp.ones(b))
+    want_a, want_v = _authors_jomold(p_a, p_v, y_a, y_v, ratio_a, ratio_v)
+    np.testing.assert_allclose(got_a, want_a, rtol=1e-6)
+    np.testing.assert_allclose(got_v, want_v, rtol=1e-6)
+    assert (want_a < y_a).sum() >= 3 and (want_v < y_v - 0.5).sum() >= 3  # both drop some
+    # the inputs tell the modalities apart
+    _differ(want_v, _authors_jomold(p_v, p_a, y_a, y_v, ratio_a, ratio_v)[1])
+    _differ(want_v, _authors_jomold(p_a, p_v, y_a, y_v, ratio_v, ratio_a)[1])
+    _differ(want_a, _authors_jomold(p_a, p_v, y_a, y_v, ratio_v, ratio_a)[0])

@@ -5,7 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from coleaf_jax.models import HANAnchor, ReferenceBranch, VisualEmbedding, dropout, mmil_pool
+from coleaf_jax.models import (
+    HANAnchor,
+    HANLayer,
+    ReferenceBranch,
+    VisualEmbedding,
+    dropout,
+    mmil_pool,
+)
 
 D = 16
 KW = dict(num_classes=5, d_model=D, ffn_dim=D)
@@ -156,3 +163,97 @@ def test_dropout_module_scales_and_depends_only_on_its_key():
         np.testing.assert_array_equal(batched[i], one(x[i], keys[i]))
     with pytest.raises(ValueError, match=r"expected a value in \[0, 1\)"):
         dropout.Dropout(1.0).apply({}, x, deterministic=False, rngs={"dropout": keys[0]})
+
+
+# -- asymmetric audio / visual inputs: each stream from its own inputs -------------------
+
+
+def _embedded(seed=5, b=2, t=4):
+    r = np.random.default_rng(seed)
+    x_a, x_v = (jnp.asarray(r.standard_normal((b, t, D)), jnp.float32) for _ in range(2))
+    return x_a, x_v, jnp.ones((b, t), bool)
+
+
+@pytest.mark.parametrize("cross", [True, False])
+def test_han_layer_streams_are_computed_from_the_inputs(cross):
+    """One set of weights for both streams, each from the layer's inputs (``h_v`` from
+    ``(x_v, x_a)``, not from ``h_a``): exchanging the inputs exchanges the outputs; the
+    cross term is the only way the other stream enters."""
+    x_a, x_v, mask = _embedded()
+    layer = HANLayer(D, D, 0.1)
+    p = layer.init(jax.random.key(0), x_a, x_v, mask, deterministic=True)
+    run = lambda a, v: layer.apply(p, a, v, mask, deterministic=True, cross=cross)  # noqa: E731
+    h_a, h_v = run(x_a, x_v)
+    g_a, g_v = run(x_v, x_a)
+    np.testing.assert_allclose(g_a, h_v, atol=1e-6)
+    np.testing.assert_allclose(g_v, h_a, atol=1e-6)
+    assert not np.allclose(h_a, h_v, atol=1e-3)
+    other_a, _ = run(x_a, x_v[::-1])  # another visual input
+    assert np.allclose(other_a, h_a, atol=1e-6) != cross
+
+
+def test_reference_encoders_see_only_their_modality():
+    a, v2, v3 = _inputs()
+    a2, v22, v32 = _inputs(seed=1)
+    model = ReferenceBranch(**KW)
+    p = model.init(jax.random.key(0), a, v2, v3)
+    # away from the initial LayerNorm (γ = 1, β = 0), whose class-token means are all 0
+    leaves, tree = jax.tree_util.tree_flatten(p)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    p = tree.unflatten([x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+    base = model.apply(p, a, v2, v3)
+    new_visual = model.apply(p, a, v22, v32)
+    new_audio = model.apply(p, a2, v2, v3)
+    for k in base["a"]:
+        np.testing.assert_array_equal(new_visual["a"][k], base["a"][k])
+        np.testing.assert_array_equal(new_audio["v"][k], base["v"][k])
+        assert not np.allclose(new_audio["a"][k], base["a"][k])
+        assert not np.allclose(new_visual["v"][k], base["v"][k])
+
+
+def _mmil_loop(seg, time_logits, mod_logits, mask):
+    """HAN's attentive MMIL pooling (HAN net_audiovisual.py:119-129), per video and class."""
+    b, t, m, c = seg.shape
+    video, modality = np.zeros((b, c)), np.zeros((b, m, c))
+    for i, k in np.ndindex(b, c):
+        valid = np.flatnonzero(mask[i])
+        for j in range(m):
+            w_t = np.exp(time_logits[i, valid, j, k])
+            w_t /= w_t.sum()
+            modality[i, j, k] = (w_t * seg[i, valid, j, k]).sum()
+            w_m = np.exp(mod_logits[i, valid, :, k])
+            w_m = w_m[:, j] / w_m.sum(1)
+            video[i, k] += (w_t * w_m * seg[i, valid, j, k]).sum()
+    return video, modality
+
+
+def test_mmil_pool_equals_loop_reference():
+    r = np.random.default_rng(6)
+    seg = r.uniform(0.05, 0.95, (3, 5, 2, 4))
+    time_logits, mod_logits = r.standard_normal((2, 3, 5, 2, 4))
+    mask = np.ones((3, 5), bool)
+    mask[1, 3:] = False
+    out = mmil_pool(*(jnp.asarray(x, jnp.float32) for x in (seg, time_logits, mod_logits)), mask)
+    video, modality = _mmil_loop(seg, time_logits, mod_logits, mask)
+    np.testing.assert_allclose(out["video_prob"], video, rtol=1e-5)
+    np.testing.assert_allclose(out["modality_prob"], modality, rtol=1e-5)
+    assert not np.allclose(modality[:, 0], modality[:, 1], rtol=1e-2)
+
+
+def test_han_anchor_modality_outputs_from_their_own_stream():
+    """``p^a`` pools the audio row of the MMIL heads over ``h_a``, ``p^v`` the visual row
+    over ``h_v`` (recomputed here from the tokens and the head weights)."""
+    a, v2, v3 = _inputs()
+    model = HANAnchor(**KW)
+    params = model.init(jax.random.key(0), a, v2, v3)
+    out = model.apply(params, a, v2, v3)
+    head = params["params"]["mmil"]
+    h = np.stack([out["tokens_a"], out["tokens_v"]], axis=2).astype(np.float64)
+    lin = lambda k: h @ np.asarray(head[k]["kernel"]) + np.asarray(head[k]["bias"])  # noqa: E731
+    seg = 1 / (1 + np.exp(-lin("fc_prob")))
+    video, modality = _mmil_loop(seg, lin("fc_time"), lin("fc_mod"), np.ones((2, 4), bool))
+    np.testing.assert_allclose(out["seg_prob"], seg, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["video_prob"], video, rtol=1e-5)
+    np.testing.assert_allclose(out["video_prob_a"], modality[:, 0], rtol=1e-5)
+    np.testing.assert_allclose(out["video_prob_v"], modality[:, 1], rtol=1e-5)
+    assert not np.allclose(modality[:, 0], modality[:, 1], rtol=1e-3)
