@@ -8,7 +8,7 @@ Each bug is one exact replacement in one file of the package (the ``old`` text m
 occur exactly once: a bug that no longer applies is an error, not a silent pass). For
 each, the working tree (tracked and untracked files, not the ignored ones) is copied
 to a scratch folder, the bug planted there, and the checks run in order until one
-fails: the unit and model tests (``UNIT_TESTS``, ``pytest -x``), then every parity
+fails (first, a control run with no bug planted must pass them all): the unit and model tests (``UNIT_TESTS``, ``pytest -x``), then every parity
 fixture's replay (``tools/parity.py compare tests/fixtures/parity_*.npz``, which
 exits 1 when a group is out of tolerance). A bug is *caught* by the first check that
 fails; one that passes them all *escapes*. The table (markdown) is printed at the end
@@ -372,19 +372,22 @@ def plant(bug: Bug, root: str) -> None:
 def checks(root: str) -> list[tuple[str, list[str]]]:
     """The checks in order: (label, argv), run with cwd ``root``."""
     py = sys.executable
-    out = [("unit tests", [py, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *UNIT_TESTS])]
+    pytest = [py, "-m", "pytest", "-x", "-q", "-rf", "-p", "no:cacheprovider"]
+    out = [("unit tests", [*pytest, *UNIT_TESTS])]
     for fixture in sorted(glob.glob(os.path.join(root, "tests", "fixtures", "parity_*.npz"))):
         rel = os.path.relpath(fixture, root)
         out.append((f"replay {os.path.basename(fixture)}", [py, "tools/parity.py", "compare", rel]))
     return out
 
 
-def run_bug(bug: Bug, timeout: float) -> tuple[str, float]:
-    """``(caught by, seconds)``; ``'ESCAPED'`` when every check passes."""
+def run_bug(bug: Bug | None, timeout: float) -> tuple[str, float]:
+    """``(caught by, seconds)``: the first failing test (``file::name``) or replay;
+    ``'ESCAPED'`` when every check passes. ``bug=None``: the control (nothing planted)."""
     started = time.time()
-    with tempfile.TemporaryDirectory(prefix=f"bug_{bug.name}_") as scratch:
+    with tempfile.TemporaryDirectory(prefix=f"bug_{bug.name if bug else 'control'}_") as scratch:
         _copy_tree(scratch)
-        plant(bug, scratch)
+        if bug is not None:
+            plant(bug, scratch)
         env = dict(
             os.environ,
             PYTHONPATH=scratch,
@@ -408,7 +411,12 @@ def run_bug(bug: Bug, timeout: float) -> tuple[str, float]:
             except subprocess.TimeoutExpired:
                 return f"{label} (timeout)", time.time() - started
             if proc.returncode != 0:
-                return label, time.time() - started
+                failed = [
+                    line.split()[1].split("[")[0].removeprefix("tests/")
+                    for line in proc.stdout.decode(errors="replace").splitlines()
+                    if line.startswith("FAILED ")
+                ]
+                return (failed[0] if failed else label), time.time() - started
     return "ESCAPED", time.time() - started
 
 
@@ -432,6 +440,11 @@ def main(argv=None) -> int:
     parser.add_argument("--list", action="store_true", help="list the bugs and exit")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds per check")
     parser.add_argument("--out", help="also write the markdown table to this file")
+    parser.add_argument(
+        "--no-control",
+        action="store_true",
+        help="skip the control run (the checks with no bug planted must pass first)",
+    )
     args = parser.parse_args(argv)
     bugs = BUGS
     if args.bug:
@@ -448,6 +461,14 @@ def main(argv=None) -> int:
         with open(os.path.join(ROOT, b.path)) as f:
             if f.read().count(b.old) != 1:
                 parser.error(f"bug {b.name}: its text is not (once) in {b.path}")
+    if not args.no_control:
+        failed, seconds = run_bug(None, args.timeout)
+        if failed != "ESCAPED":
+            raise SystemExit(
+                f"error: with no bug planted the checks fail ({failed}, {seconds:.0f} s): "
+                f"a catch table would mean nothing; fix them first"
+            )
+        print(f"control (no bug): every check passes ({seconds:.0f} s)", flush=True)
     results = []
     for i, b in enumerate(bugs, 1):
         caught, seconds = run_bug(b, args.timeout)
