@@ -16,63 +16,27 @@ same folder is refused, naming the first.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import os
-from collections.abc import Iterator
 
 import numpy as np
 
-from coleaf_jax import fileio, locks
+from coleaf_jax import fileio
 from coleaf_jax.data import pipeline
 from coleaf_jax.evaluation import evaluate, metrics, plots, runs
-from coleaf_jax.training.workdir import RunError
+from coleaf_jax.training.workdir import folder_lock
 
 EVENT_TYPES = ("audible-only", "visible-only", "audible-visible")
 RECORD_FIELDS = ("video", "class", "type", "onset", "offset", "score")
 LOCK_FILE = "parse.lock"
 
 
-class OutputInUseError(RunError):
-    """Another process is writing into the output folder."""
-
-
-@contextlib.contextmanager
-def output_lock(output: str) -> Iterator[str]:
-    """Holds ``OUTPUT/parse.lock`` while the block runs (creating ``output``; the lock
-    file is removed on release): one ``parse.py`` per output folder at a time, else the
-    last writer's files would win silently. A folder this call created and left empty
-    (the run failed before writing) is removed again.
-
-    Raises:
-      OutputInUseError: another process holds it; the message names that process.
-      ValueError: ``output`` is a file.
-      RunError: flock is not supported on its filesystem.
-    """
-    if os.path.exists(output) and not os.path.isdir(output):
-        raise ValueError(f"--output {output}: a file, not a folder")
-    created = not os.path.exists(output)
-    os.makedirs(output, exist_ok=True)
-    path = os.path.join(output, LOCK_FILE)
-    try:
-        with locks.exclusive(path, remove=True):
-            yield path
-    except locks.LockHeldError as e:
-        raise OutputInUseError(
-            f"{output} is in use by {locks.describe(e.holder)}: one parse.py per --output "
-            f"folder at a time. Wait for it to finish, stop it, or use another --output"
-        ) from None
-    except locks.LockUnsupportedError as e:
-        raise RunError(
-            f"{path}: cannot lock the output folder ({e}); use an --output on a filesystem "
-            f"with flock"
-        ) from None
-    finally:
-        if created:
-            with contextlib.suppress(OSError):  # only if empty: nothing was written
-                os.rmdir(output)
+def output_lock(output: str):
+    """Holds ``OUTPUT/parse.lock`` while the block runs (``workdir.folder_lock``): one
+    ``parse.py`` per output folder at a time."""
+    return folder_lock(output, "--output", "parse.py", LOCK_FILE)
 
 
 def event_tracks(

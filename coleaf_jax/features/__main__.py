@@ -24,11 +24,10 @@ running at the same time.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 
-from coleaf_jax import fileio, locks
+from coleaf_jax import fileio
 from coleaf_jax.features import convert, decode, extract, teachers, weights
 from coleaf_jax.training import workdir
 
@@ -275,21 +274,6 @@ def _run(args, options, videos, han, valor, labels, max_seconds) -> int:
     return 0
 
 
-_JSON_TYPES = {
-    dict: "an object",
-    list: "a list",
-    str: "a string",
-    int: "a number",
-    float: "a number",
-    bool: "true or false",
-    type(None): "null",
-}
-
-
-def _json_type(value) -> str:
-    return _JSON_TYPES.get(type(value), type(value).__name__)
-
-
 def read_manifest(path: str) -> dict:
     """``ROOT/features.json`` (an empty manifest when there is none), checked: a file that
     is not JSON (cut short, say) or not of the shape this tool writes is a ValueError
@@ -303,56 +287,34 @@ def read_manifest(path: str) -> dict:
         raise ValueError(f"{e}; {remedy}") from None
     expected = "an object with a 'videos' object (video id -> its record)"
     if not isinstance(manifest, dict):
-        raise ValueError(f"{path}: {_json_type(manifest)}, expected {expected}; {remedy}")
+        raise ValueError(f"{path}: {fileio.json_type(manifest)}, expected {expected}; {remedy}")
     if not isinstance(manifest.get("videos"), dict):
-        got = f"{_json_type(manifest['videos'])} for 'videos'" if "videos" in manifest else ""
+        got = f"{fileio.json_type(manifest['videos'])} for 'videos'" if "videos" in manifest else ""
         raise ValueError(f"{path}: {got or 'no ' + repr('videos')}, expected {expected}; {remedy}")
     for key in ("options", "teacher_options", "weights"):
         if key in manifest and not isinstance(manifest[key], dict):
             raise ValueError(
-                f"{path}: {_json_type(manifest[key])} for {key!r}, expected an object; {remedy}"
+                f"{path}: {fileio.json_type(manifest[key])} for {key!r}, expected an object; {remedy}"
             )
     for vid, record in manifest["videos"].items():
         if not isinstance(record, dict):
             raise ValueError(
-                f"{path}: {_json_type(record)} for video {vid!r}, expected an object (its "
+                f"{path}: {fileio.json_type(record)} for video {vid!r}, expected an object (its "
                 f"path, duration, segments); {remedy}"
             )
         if "teachers" in record and not isinstance(record["teachers"], dict):
             raise ValueError(
-                f"{path}: {_json_type(record['teachers'])} for video {vid!r}'s 'teachers', "
+                f"{path}: {fileio.json_type(record['teachers'])} for video {vid!r}'s 'teachers', "
                 f"expected an object; {remedy}"
             )
     return manifest
 
 
-@contextlib.contextmanager
 def hold_folder(out: str):
-    """Holds ``OUT/features.lock`` while the block runs (removed on release): a second
-    extraction into the same folder is refused naming the first (two would overwrite each
-    other's ``features.json``). ``OUT`` is created; left empty by a failed run, it is
-    removed again."""
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"--out {out}: a file, not a folder")
-    created = not os.path.exists(out)
-    os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, LOCK_FILE)
-    try:
-        with locks.exclusive(path, remove=True):
-            yield path
-    except locks.LockHeldError as e:
-        raise ValueError(
-            f"{out} is in use by {locks.describe(e.holder)}: one extraction per --out folder "
-            f"at a time. Wait for it to finish, stop it, or use another --out"
-        ) from None
-    except locks.LockUnsupportedError as e:
-        raise ValueError(
-            f"{path}: cannot lock the folder ({e}); use an --out on a filesystem with flock"
-        ) from None
-    finally:
-        if created:
-            with contextlib.suppress(OSError):  # only if empty: nothing was written
-                os.rmdir(out)
+    """Holds ``OUT/features.lock`` while the block runs (``workdir.folder_lock``): a
+    second extraction into the same folder is refused naming the first (two would
+    overwrite each other's ``features.json``)."""
+    return workdir.folder_lock(out, "--out", "extraction", LOCK_FILE)
 
 
 def _save(manifest: dict, path: str) -> None:

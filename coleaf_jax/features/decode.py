@@ -465,6 +465,20 @@ def _decode_frames(
     return _Frames(out, width, height, end, read)
 
 
+def _audio_error(path: str, e: Exception) -> VideoError:
+    """What a failure while decoding or resampling the audio stream is, naming the file
+    (our own VideoError, e.g. TooLongError, is itself)."""
+    if isinstance(e, VideoError):
+        return e
+    if isinstance(e, av.FFmpegError):
+        return VideoError(f"{path}: the audio stream cannot be decoded ({_ffmpeg_reason(e)})")
+    # PyAV's resampler: "Frame does not match AudioResampler setup."
+    return VideoError(
+        f"{path}: the audio stream changes its sample rate or layout mid-stream ({e}); "
+        f"re-encode it (ffmpeg -i IN -ar 44100 OUT)"
+    )
+
+
 def _decode_audio_44k(
     container, path: str, max_seconds: float
 ) -> tuple[np.ndarray, float, _StreamRead]:
@@ -496,15 +510,8 @@ def _decode_audio_44k(
         for out in resampler.resample(None):
             chunks.append(out.to_ndarray().reshape(-1, 2))
             total += len(chunks[-1])
-    except av.FFmpegError as e:
-        raise VideoError(f"{path}: the audio stream cannot be decoded ({_ffmpeg_reason(e)})") from e
-    except VideoError:
-        raise
-    except ValueError as e:  # PyAV: "Frame does not match AudioResampler setup."
-        raise VideoError(
-            f"{path}: the audio stream changes its sample rate or layout mid-stream ({e}); "
-            f"re-encode it (ffmpeg -i IN -ar 44100 OUT)"
-        ) from None
+    except (av.FFmpegError, ValueError) as e:
+        raise _audio_error(path, e) from None
     samples = np.concatenate(chunks) if chunks else np.zeros((0, 2), np.int16)
     end = (first or 0.0) + total / MOVIEPY_AUDIO_RATE if total else 0.0
     if end > limit:  # (the resampler's last samples)
@@ -853,15 +860,8 @@ def decode_audio_mono(
                 raise _too_long(path, limit, max_seconds, declared=False)
         for out in resampler.resample(None):
             chunks.append(out.to_ndarray().reshape(-1, channels))
-    except av.FFmpegError as e:
-        raise VideoError(f"{path}: the audio stream cannot be decoded ({_ffmpeg_reason(e)})") from e
-    except VideoError:
-        raise
-    except ValueError as e:  # PyAV: "Frame does not match AudioResampler setup."
-        raise VideoError(
-            f"{path}: the audio stream changes its sample rate or layout mid-stream ({e}); "
-            f"re-encode it (ffmpeg -i IN -ar 44100 OUT)"
-        ) from None
+    except (av.FFmpegError, ValueError) as e:
+        raise _audio_error(path, e) from None
     finally:
         container.close()
     if not chunks:

@@ -23,6 +23,7 @@ This module imports neither JAX nor TFDS (the lock test starts a process on it).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -180,6 +181,41 @@ def check_output(path: str, flag: str, *, folder: bool = False, own_run: bool = 
         f"{flag} {shown} is {what}: a run's records are never another output. Give "
         f"{'a folder' if folder else 'a file'} outside them"
     )
+
+
+@contextmanager
+def folder_lock(folder: str, flag: str, tool: str, lock_name: str) -> Iterator[str]:
+    """Holds ``FOLDER/<lock_name>`` while the block writes into ``folder`` (created; the
+    lock file removed on release; a folder this call created and left empty, the run
+    having failed before writing, removed again): one ``tool`` per output folder at a
+    time, else the last writer's files would win silently.
+
+    Raises:
+      OutputInUseError: another process holds it; the message names that process.
+      ValueError: ``folder`` is a file.
+      RunError: flock is not supported on its filesystem.
+    """
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"{flag} {folder}: a file, not a folder")
+    created = not os.path.exists(folder)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, lock_name)
+    try:
+        with locks.exclusive(path, remove=True):
+            yield path
+    except locks.LockHeldError as e:
+        raise OutputInUseError(
+            f"{folder} is in use by {locks.describe(e.holder)}: one {tool} per {flag} "
+            f"folder at a time. Wait for it to finish, stop it, or use another {flag}"
+        ) from None
+    except locks.LockUnsupportedError as e:
+        raise RunError(
+            f"{path}: cannot lock the folder ({e}); use a {flag} on a filesystem with flock"
+        ) from None
+    finally:
+        if created:
+            with contextlib.suppress(OSError):  # only if empty: nothing was written
+                os.rmdir(folder)
 
 
 @contextmanager
