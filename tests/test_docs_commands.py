@@ -16,7 +16,8 @@ What is substituted, and nothing else (:func:`as_run`):
   test; ``host0:1234`` a free local port. Inputs a user downloads are made
   here: random-weight checkpoints of the public file names (``weights/``),
   generated clips (``a.mp4``, ``b.mkv``, ``videos/``), the recorded parity
-  fixtures (``f32.npz``, ``f64.npz``), stand-ins of the authors' runs.
+  fixtures (``f32.npz``, ``f64.npz``, ``cmpae_events_f64.npz``, ``han_events_f64.npz``),
+  stand-ins of the authors' runs.
 * **sizes**: one epoch, ``d_model = ffn_dim = 16``, batch 8, 60 videos, one
   seed in the sweeps, 32-pixel frames for the extractors.
 
@@ -91,6 +92,17 @@ SKIPPED = {
     ),
     "/tmp/torch/bin/python tools/parity.py record --authors /path/to/coleaf --out f64.npz "
     "--float64": "as the float32 recording",
+    "/tmp/torch/bin/python tools/parity.py record --authors /path/to/coleaf --plan cmpae_events "
+    "--float64 --out cmpae_events_f64.npz": (
+        "as the float32 recording: tests/fixtures/parity_cmpae_events_f64.npz, replayed below"
+    ),
+    "git clone https://github.com/YapengTian/AVVP-ECCV20 /path/to/AVVP-ECCV20": (
+        "a download: HAN's code, which only the torch recording uses"
+    ),
+    "/tmp/torch/bin/python tools/parity.py record --authors /path/to/coleaf --han "
+    "/path/to/AVVP-ECCV20 --plan han_events --float64 --out han_events_f64.npz": (
+        "as the float32 recording: tests/fixtures/parity_han_events_f64.npz, replayed below"
+    ),
     "git clone https://github.com/faeghehsardari/coleaf coleaf_cpu && git -C coleaf_cpu "
     "checkout a36a153": AUTHORS,
     "(cd coleaf_cpu && patch -p1 < ../tools/authors/coleaf_cpu.patch)": AUTHORS,
@@ -373,6 +385,22 @@ SCENARIOS: dict[str, list[Step]] = {
         ),
         Step("python tools/parity.py compare --float32 f64.npz", expect=(r"parity",)),
         Step("python tools/parity.py compare-recordings f32.npz f64.npz"),
+        Step(
+            "python tools/parity.py coverage cmpae_events_f64.npz han_events_f64.npz",
+            expect=(r"every required condition met", r"plan han Anchor, events data"),
+        ),
+        Step(
+            "python tools/parity.py compare cmpae_events_f64.npz han_events_f64.npz",
+            expect=(
+                r"every group within tolerance",
+                r"initial weights, torch's init .* ok",
+                r"KD targets \(epoch 6\)",
+                r"event-aware weights \(epoch 3\)",
+                r"parameters after step 12",
+                r"loss backbone \(epoch 7\)",
+                r"forward: Anchor global_prob",
+            ),
+        ),
     ],
     "demo": [
         Step(
@@ -559,6 +587,11 @@ def _prepare(name: str, cwd: str, ctx: dict) -> None:
     if name == "parity":
         shutil.copy(os.path.join(FIXTURES, "parity_cmpae_f32.npz"), os.path.join(cwd, "f32.npz"))
         shutil.copy(os.path.join(FIXTURES, "parity_cmpae_f64.npz"), os.path.join(cwd, "f64.npz"))
+        for plan in ("cmpae_events", "han_events"):
+            shutil.copy(
+                os.path.join(FIXTURES, f"parity_{plan}_f64.npz"),
+                os.path.join(cwd, f"{plan}_f64.npz"),
+            )
     if name == "seeds_side_by_side":
         _authors_runs(os.path.join(cwd, "runs", "authors"))
 
