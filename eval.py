@@ -2,6 +2,7 @@
 
     python eval.py --config configs/llp.py --workdir runs/llp [--split val|test] [--step N] [--output FILE]
                    [--select-thresholds] [--config.eval.thresholds=official]
+    python eval.py --workdir runs/llp      # the run's own config.json (a trained or imported run)
 
 Uses the best-on-validation checkpoint unless --step is given; writes the
 scores as JSON (default WORKDIR/eval/<split>_epoch<E>_<thresholds>.json) and
@@ -42,18 +43,24 @@ flags.DEFINE_bool(
     False,
     "Select per-class visual video-level thresholds on validation for this checkpoint.",
 )
-config_flags.DEFINE_config_file("config", None, "The run's configuration file.", lock_config=True)
-flags.mark_flags_as_required(["config", "workdir"])
+config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "The run's configuration file (default: the run's config.json).",
+    lock_config=True,
+)
+flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     cli.quiet_libraries()
-    cli.setup_jax(FLAGS.config)
+    config = cli.exit_on_user_error(runs.run_config, FLAGS.config, FLAGS.workdir)
+    cli.setup_jax(config)
     cli.exit_on_user_error(
         runs.evaluate_checkpoint,
-        FLAGS.config,
+        config,
         FLAGS.workdir,
         split=FLAGS.split,
         step=FLAGS.step,

@@ -22,6 +22,12 @@ OUTPUT/events.csv (video, class, type, onset, offset, score) using the same
 thresholds as eval.py, and OUTPUT/timelines/<id>.png for the first
 --timelines videos.
 
+--probabilities also writes OUTPUT/probabilities/<id>.npz per video: video_prob
+(C,), audio_prob and visual_prob (T, C), video_prob_a and video_prob_v (C,), the
+network's outputs before any threshold (float32), to compare models numerically.
+--config is optional: without it the run's own WORKDIR/config.json is used (a
+trained run, or one imported by python -m coleaf_jax.imports).
+
 --max-seconds (with --video; default 600) refuses longer videos, by their
 header before anything is decoded and by their streams while decoding; a
 file that holds less than its header declares (cut short) is parsed for what
@@ -99,8 +105,18 @@ flags.DEFINE_integer(
     "The second run's checkpoint (default: its best); with "
     "--compare-workdir equal to --workdir, two checkpoints of one run.",
 )
-config_flags.DEFINE_config_file("config", None, "The run's configuration file.", lock_config=True)
-flags.mark_flags_as_required(["config", "workdir", "output"])
+flags.DEFINE_bool(
+    "probabilities",
+    False,
+    "Also write OUTPUT/probabilities/<id>.npz: the network's probabilities before any threshold.",
+)
+config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "The run's configuration file (default: the run's config.json).",
+    lock_config=True,
+)
+flags.mark_flags_as_required(["workdir", "output"])
 
 
 def frame_sizes(values: list[str]) -> tuple[int, int]:
@@ -120,9 +136,10 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     videos += argv[1:]
     cli.quiet_libraries()
-    cli.setup_jax(FLAGS.config)
     cli.exit_on_user_error(cli.check_output, FLAGS.output, "--output", folder=True)
     cli.exit_on_user_error(runs.require_run, FLAGS.workdir)
+    config = cli.exit_on_user_error(runs.run_config, FLAGS.config, FLAGS.workdir)
+    cli.setup_jax(config)
     if videos and (FLAGS.features or FLAGS.split or FLAGS.compare_workdir or FLAGS.ids):
         raise SystemExit(
             "error: --video cannot be combined with --features, --split, --ids or --compare-workdir"
@@ -134,10 +151,10 @@ def main(argv):
     with contextlib.ExitStack() as held:
         # one parse.py per output folder (the second is refused, naming the first)
         cli.exit_on_user_error(held.enter_context, output_lock(FLAGS.output))
-        run(videos, max_seconds, sizes)
+        run(config, videos, max_seconds, sizes)
 
 
-def run(videos: list[str], max_seconds: float, sizes: tuple[int, int] | None) -> None:
+def run(config, videos: list[str], max_seconds: float, sizes: tuple[int, int] | None) -> None:
     """What main does with the output folder held."""
     if videos:
         from coleaf_jax.features import extract
@@ -148,7 +165,7 @@ def run(videos: list[str], max_seconds: float, sizes: tuple[int, int] | None) ->
             options = extract.Options(resnet_crop=sizes[0], r21d_size=sizes[1])
         cli.exit_on_user_error(
             parse_video_files,
-            FLAGS.config,
+            config,
             FLAGS.workdir,
             FLAGS.output,
             videos,
@@ -158,17 +175,21 @@ def run(videos: list[str], max_seconds: float, sizes: tuple[int, int] | None) ->
             select_thresholds=FLAGS.select_thresholds,
             timelines=FLAGS.timelines,
             max_seconds=max_seconds,
+            probabilities=FLAGS.probabilities,
         )
         return
     compare = None
     if FLAGS.compare_workdir:
-        spec = FLAGS.compare_config or flags.FLAGS["config"].config_filename
-        compare_config = cli.exit_on_user_error(load_config_file, spec)
-        cli.exit_on_user_error(apply_stored_config, compare_config, FLAGS.compare_workdir)
+        spec = FLAGS.compare_config or (FLAGS.config and flags.FLAGS["config"].config_filename)
+        if spec:
+            compare_config = cli.exit_on_user_error(load_config_file, spec)
+            cli.exit_on_user_error(apply_stored_config, compare_config, FLAGS.compare_workdir)
+        else:  # neither --config: the second run's own config.json too
+            compare_config = cli.exit_on_user_error(runs.run_config, None, FLAGS.compare_workdir)
         compare = (compare_config, FLAGS.compare_workdir, FLAGS.compare_step)
     cli.exit_on_user_error(
         parse_videos,
-        FLAGS.config,
+        config,
         FLAGS.workdir,
         FLAGS.output,
         features=FLAGS.features,
@@ -178,6 +199,7 @@ def run(videos: list[str], max_seconds: float, sizes: tuple[int, int] | None) ->
         select_thresholds=FLAGS.select_thresholds,
         timelines=FLAGS.timelines,
         compare=compare,
+        probabilities=FLAGS.probabilities,
     )
 
 

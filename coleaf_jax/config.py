@@ -202,6 +202,9 @@ SCHEMA: dict[str, Check] = {
     "model.d_model": Int(1),
     "model.ffn_dim": Int(1),
     "model.dropout": RATE,
+    "model.num_heads": Int(1),
+    "model.num_layers": Int(1),
+    "model.update_order": Choice("parallel", "audio_first"),
     "model.reference_head_dropout": RATE,
     "model.reference_visual_time_reads_dropped": Bool(),
     "model.init": Choice("torch", "flax"),
@@ -280,6 +283,17 @@ def validate(config) -> None:
         problem = check.problem(values[key])
         if problem is not None:
             raise ValueError(f"config.{key} = {values[key]!r}: expected {problem}")
+    m = config.model
+    if m.d_model % m.num_heads:
+        raise ValueError(
+            f"config.model.num_heads = {m.num_heads}: expected a divisor of "
+            f"config.model.d_model = {m.d_model}"
+        )
+    if m.anchor == "cmpae" and (m.num_heads, m.num_layers, m.update_order) != (1, 1, "parallel"):
+        raise ValueError(
+            f"config.model.num_heads/num_layers/update_order = {m.num_heads}/{m.num_layers}/"
+            f"{m.update_order}: expected 1/1/parallel with the CMPAE Anchor (its HAN layer is HAN's)"
+        )
     layout = registry.dataset(config.data.dataset).feature_layout
     if config.data.pseudo_labels and layout != "llp":
         raise ValueError(

@@ -96,6 +96,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.model.d_model = 512  # paper
     c.model.ffn_dim = 512  # HAN
     c.model.dropout = 0.1  # HAN
+    # The HAN Anchor's layers (docs/method.md §4.1): HAN's are 1 head, 1 layer, both
+    # streams updated from the layer's inputs ('parallel'); the VALOR family (configs/
+    # valor.py) has 8 heads, 1 or 4 layers, the visual stream updated from the updated
+    # audio stream ('audio_first'). The CMPAE Anchor takes HAN's only.
+    c.model.num_heads = 1  # HAN
+    c.model.num_layers = 1  # HAN
+    c.model.update_order = "parallel"  # HAN
     c.model.reference_head_dropout = 0.5  # paper §5
     # The visual Reference's temporal attention FC_time reads the head-dropped features, as
     # the authors' Self_Video_Net (their audio encoder reads the un-dropped ones).

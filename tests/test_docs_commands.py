@@ -112,6 +112,17 @@ SKIPPED = {
     "done": AUTHORS,
     "/tmp/torch/bin/python tools/authors/run_authors.py --code coleaf_cpu --root D --seed 1 "
     "--epochs 10 --out runs/authors/seed1.json": AUTHORS,
+    "wget -O checkpoint_best.pt https://huggingface.co/NTUBarista/valor_trained_models/resolve/"
+    "main/model_VALOR/checkpoint_best.pt": (
+        "a download: the test puts there VALOR's own save of its network (random weights, "
+        "width 32: tests/fixtures/imports/valor.pt)"
+    ),
+    "wget https://github.com/YapengTian/AVVP-ECCV20/raw/master/models/MMIL_Net.pt": (
+        "a download: the test puts there HAN's own save of its network (random weights, "
+        "width 32, legacy format: tests/fixtures/imports/han.pt)"
+    ),
+    "python -m coleaf_jax.imports SOURCE FILE --workdir W [--config configs/llp.py:han] "
+    "[--config.data.root=/path/to/LLP] [--overwrite]": "the command's form; its uses run below",
     "wget -P weights/ https://download.pytorch.org/models/resnet152-b121ed2d.pth": (
         "a download: the test puts a random-weight checkpoint of that name in weights/"
     ),
@@ -402,6 +413,42 @@ SCENARIOS: dict[str, list[Step]] = {
             ),
         ),
     ],
+    "imports": [
+        Step(
+            "python -m coleaf_jax.imports valor checkpoint_best.pt --workdir runs/valor "
+            "--config.data.root=/path/to/LLP",
+            creates=(
+                "runs/valor/config.json",
+                "runs/valor/imported.json",
+                "runs/valor/checkpoints/0",
+            ),
+            expect=(r"imported checkpoint_best\.pt \(VALOR",),
+        ),
+        Step(
+            "python eval.py --workdir runs/valor",
+            creates=("runs/valor/eval/test_epoch0_standard.json",),
+            expect=(r"valor_imported segment",),
+        ),
+        Step(
+            "python parse.py --workdir runs/valor --features /path/to/features --output "
+            "parsed_valor/ --probabilities",
+            creates=("parsed_valor/events.jsonl", "parsed_valor/probabilities/*.npz"),
+        ),
+        Step(
+            "python parse.py --workdir runs/valor --video a.mp4 --weights weights/ --output "
+            "parsed_valor_video/",
+            creates=("parsed_valor_video/events.jsonl", "parsed_valor_video/pages/*.html"),
+        ),
+        Step(
+            "python -m coleaf_jax.imports han MMIL_Net.pt --workdir runs/han_released "
+            "--config.data.root=/path/to/LLP",
+            expect=(r"1 head\(s\), parallel update",),
+        ),
+        Step(
+            "python eval.py --workdir runs/han_released",
+            creates=("runs/han_released/eval/test_epoch0_standard.json",),
+        ),
+    ],
     "demo": [
         Step(
             "make demo",
@@ -473,7 +520,7 @@ def as_run(command: str, ctx: dict) -> str:
     if re.search(
         r"^python (train|eval|parse)\.py|-m coleaf_jax\.(evaluation\.noise_ratios|evaluation\.report|flops)",
         uses,
-    ):
+    ) and re.search(r"--config[ =]", uses):  # without --config: the run's config.json
         uses = _with_config_sizes(uses, "--config.")
     elif "-m coleaf_jax.sweep" in uses and "--summarize" not in uses:
         uses = _with_config_sizes(re.sub(r"--seeds \d+", "--seeds 1", uses), "--set ")
@@ -582,6 +629,13 @@ def _prepare(name: str, cwd: str, ctx: dict) -> None:
             as_run(COLEAF, ctx), shell=True, cwd=cwd, env=ctx["env"], check=True,
             capture_output=True, timeout=600,
         )  # fmt: skip
+    if name == "imports":
+        _llp(ctx["llp"])
+        _weights(os.path.join(cwd, "weights"))
+        testing.write_test_video(os.path.join(cwd, "a.mp4"), seconds=2.0)
+        imports = os.path.join(FIXTURES, "imports")
+        shutil.copy(os.path.join(imports, "valor.pt"), os.path.join(cwd, "checkpoint_best.pt"))
+        shutil.copy(os.path.join(imports, "han.pt"), os.path.join(cwd, "MMIL_Net.pt"))
     if name == "valor_teachers":
         _valor_inputs(cwd, ctx["llp"])
     if name == "parity":

@@ -230,19 +230,8 @@ def comparable(key: str, x: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------
 # The networks' tables (authors' state_dict entry <-> our parameter)
 
-# HAN's MMIL_Net (YapengTian/AVVP-ECCV20 nets/net_audiovisual.py) <-> our HANAnchor. Its
-# audio_encoder, visual_encoder and cmt_encoder, and the encoder's norm1/norm2
-# (norm=None), are never used in its forward pass.
-HAN_ANCHOR_TABLE: list[tuple[str, str, str]] = [
-    *aw._linear("fc_a", "embed_a/audio"),
-    *aw._linear("fc_v", "embed_v/video_2d"),
-    *aw._linear("fc_st", "embed_v/video_3d"),
-    *aw._linear("fc_fusion", "embed_v/fusion"),
-    *aw._encoder_layer("hat_encoder.layers.0", "han", cross=True),
-    *aw._linear("fc_prob", "mmil/fc_prob"),
-    *aw._linear("fc_frame_att", "mmil/fc_time"),
-    *aw._linear("fc_av_att", "mmil/fc_mod"),
-]
+# HAN's MMIL_Net (YapengTian/AVVP-ECCV20 nets/net_audiovisual.py) <-> our HANAnchor.
+HAN_ANCHOR_TABLE: list[tuple[str, str, str]] = aw.han_table(1)
 
 
 def tables(anchor: str) -> dict[str, list[tuple[str, str, str]]]:

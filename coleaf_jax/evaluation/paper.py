@@ -56,4 +56,8 @@ PAPER = {
 def paper_scores(config) -> tuple[str, dict[str, dict[str, float]]] | None:
     """``(source, rows)`` for the run's setting, or None when the paper has none."""
     pseudo = bool(config.data.get("pseudo_labels", False))
+    m = config.model
+    layers = (m.get("num_heads", 1), m.get("num_layers", 1), m.get("update_order", "parallel"))
+    if layers != (1, 1, "parallel"):  # a VALOR-family HAN: not the network of these rows
+        return None
     return PAPER.get((config.method, config.model.anchor, pseudo))

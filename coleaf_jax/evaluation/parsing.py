@@ -143,6 +143,30 @@ def read_events(path: str) -> list[dict]:
     return rows
 
 
+def write_probabilities(probs: dict, ids, mask, output: str) -> str:
+    """``OUTPUT/probabilities/<id>.npz`` per video: ``video_prob (C,)`` (``p``),
+    ``audio_prob`` and ``visual_prob`` ``(T, C)`` (the segment probabilities ``P`` of
+    each modality, the video's ``T`` valid segments), ``video_prob_a`` / ``video_prob_v``
+    ``(C,)`` (``p^a``, ``p^v``): the network's outputs as evaluation reads them (CMPAE:
+    its inference mix), before any threshold. float32. Returns the folder."""
+    folder = os.path.join(output, "probabilities")
+    os.makedirs(folder, exist_ok=True)
+    seg = np.asarray(probs["seg_prob"], np.float32)
+    for i, vid in enumerate(ids):
+        length = int(mask[i].sum()) if mask is not None else seg.shape[1]
+        arrays = {
+            "video_prob": probs["video_prob"][i],
+            "audio_prob": seg[i, :length, 0],
+            "visual_prob": seg[i, :length, 1],
+            "video_prob_a": probs["video_prob_a"][i],
+            "video_prob_v": probs["video_prob_v"][i],
+        }
+        buffer = io.BytesIO()
+        np.savez(buffer, **{k: np.asarray(v, np.float32) for k, v in arrays.items()})
+        fileio.atomic_write_bytes(os.path.join(folder, f"{vid}.npz"), buffer.getvalue())
+    return folder
+
+
 def parse_videos(
     config,
     workdir: str,
@@ -157,6 +181,7 @@ def parse_videos(
     compare: tuple | None = None,
     verbose: bool = True,
     data: dict | None = None,
+    probabilities: bool = False,
 ) -> list[dict]:
     """Parses videos with a trained run and writes ``OUTPUT/events.{jsonl,csv}``.
 
@@ -169,7 +194,8 @@ def parse_videos(
     validation for the checkpoint (``runs.select_thresholds``). ``timelines``
     PNGs go to ``OUTPUT/timelines/<id>.png``; ``compare = (config, workdir,
     step)`` of a second run or checkpoint (step None: its best) draws its
-    prediction side by side.
+    prediction side by side. ``probabilities`` also writes the network's outputs before
+    any threshold (:func:`write_probabilities`).
     """
 
     if data is not None:
@@ -203,6 +229,10 @@ def parse_videos(
     seg = probs["seg_prob"]
     records = merge_events(pred_a, pred_v, seg[:, :, 0], seg[:, :, 1], data["id"], names, mask)
     jsonl, csv_path = write_events(records, output)
+    if probabilities:
+        folder = write_probabilities(probs, data["id"], mask, output)
+        if verbose:
+            print(f"wrote the probabilities of {len(data['id'])} videos to {folder}")
     if verbose:
         print(
             f"parsed {len(data['id'])} videos with epoch {restored} of {workdir} "

@@ -21,6 +21,7 @@ import os
 import jax
 import numpy as np
 
+from coleaf_jax import config as config_lib
 from coleaf_jax import fileio
 from coleaf_jax.data import pipeline
 from coleaf_jax.evaluation import evaluate, metrics
@@ -41,6 +42,25 @@ def require_run(workdir: str) -> None:
             f"--workdir {workdir}: no checkpoints/ folder in it (not a "
             f"train.py --workdir, or no epoch finished yet)"
         )
+
+
+def run_config(config, workdir: str):
+    """The config to read the run in ``workdir`` with: ``config`` when given (``--config``:
+    checked against the run's stored one where that matters), else the run's own
+    ``config.json`` (over ``configs/llp.py``'s values for keys an older file lacks) --
+    ``eval.py``, ``parse.py`` and the report on ``--workdir`` alone, trained or imported
+    (``python -m coleaf_jax.imports``)."""
+    if config is not None:
+        return config
+    require_run(workdir)
+    if workdir_lib.read_stored_config(workdir) is None:
+        raise FileNotFoundError(
+            f"--workdir {workdir}: no config.json in it (a run from an older version?); "
+            f"give its --config"
+        )
+    config = workdir_lib.apply_stored_config(config_lib.defaults(), workdir)
+    config_lib.validate(config)
+    return config
 
 
 def restore_anchor(config, workdir: str, data: dict, step: int | None = None, verbose: bool = True):

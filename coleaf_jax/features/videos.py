@@ -43,6 +43,7 @@ def parse_video_files(
     timelines: int = 0,
     verbose: bool = True,
     max_seconds: float = decode.DEFAULT_MAX_SECONDS,
+    probabilities: bool = False,
 ) -> list[dict]:
     """Extracts the features of ``videos`` (each at most ``max_seconds`` long), parses them
     with the run's checkpoint (``step``, default: best on validation) and writes the
@@ -74,6 +75,7 @@ def parse_video_files(
         select_thresholds=select_thresholds,
         timelines=timelines,
         verbose=verbose,
+        probabilities=probabilities,
     )
     info = {f.id: f.record() for f in feats}
     fileio.atomic_write_json(os.path.join(folder, "videos.json"), info)

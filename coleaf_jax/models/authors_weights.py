@@ -112,6 +112,43 @@ REFERENCE_VISUAL_TABLE: list[tuple[str, str, str]] = [
 TABLES = {"anchor": ANCHOR_TABLE, "audio": REFERENCE_AUDIO_TABLE, "visual": REFERENCE_VISUAL_TABLE}
 
 
+def han_table(num_layers: int = 1) -> list[tuple[str, str, str]]:
+    """HAN's ``MMIL_Net`` (YapengTian/AVVP-ECCV20 ``nets/net_audiovisual.py``), and the
+    VALOR family's (Franklin905/VALOR ``main_network.py``) with ``num_layers`` layers,
+    <-> :class:`coleaf_jax.models.han.HANAnchor` (layer ``i``: ``han``, ``han_1``, ...).
+    The two projects name every used entry alike; heads and update order are not in a
+    state dict."""
+    layers = []
+    for i in range(num_layers):
+        layers += _encoder_layer(
+            f"hat_encoder.layers.{i}", "han" if i == 0 else f"han_{i}", cross=True
+        )
+    return [
+        *_linear("fc_a", "embed_a/audio"),
+        *_linear("fc_v", "embed_v/video_2d"),
+        *_linear("fc_st", "embed_v/video_3d"),
+        *_linear("fc_fusion", "embed_v/fusion"),
+        *layers,
+        *_linear("fc_prob", "mmil/fc_prob"),
+        *_linear("fc_frame_att", "mmil/fc_time"),
+        *_linear("fc_av_att", "mmil/fc_mod"),
+    ]
+
+
+# HAN's MMIL_Net also holds encoders its forward never calls (audio_encoder, visual_encoder,
+# cmt_encoder) and its Encoder's norm1/norm2 (norm=None); VALOR's Encoder holds
+# final_norm_a/final_norm_v, applied only with norm_where='pre_norm' (every released VALOR
+# model is post_norm).
+UNUSED_PREFIXES["han"] = (
+    "audio_encoder.",
+    "visual_encoder.",
+    "cmt_encoder.",
+    "hat_encoder.norm1.",
+    "hat_encoder.norm2.",
+)
+UNUSED_PREFIXES["valor"] = ("hat_encoder.final_norm_a.", "hat_encoder.final_norm_v.")
+
+
 def _get(tree: Mapping, path: str):
     node = tree
     for part in path.split("/"):

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from coleaf_jax.models.dropout import Dropout
 from coleaf_jax.models.init import INITS, attention_initializers, linear_initializers
@@ -47,6 +48,57 @@ class Linear(nn.Module):
         kernel = self.param("kernel", kernel_init, (fan_in, self.features), jnp.float32)
         bias = self.param("bias", bias_init, (self.features,), jnp.float32)
         return jnp.dot(x, kernel.astype(x.dtype)) + bias.astype(x.dtype)
+
+
+def torch_bicubic_matrix(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:
+    """``(n_out, n_in)``: torch's ``F.interpolate(mode='bicubic', align_corners=False)``
+    along one axis as a matrix (Keys' kernel with ``a = -0.75``, source index
+    ``(i + 0.5) n_in / n_out - 0.5``, taps clamped to the border)."""
+
+    def near(x):  # |x| <= 1
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):  # 1 < |x| < 2
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    m = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        src = (i + 0.5) * n_in / n_out - 0.5
+        base = int(np.floor(src))
+        t = src - base
+        for k, w in zip(range(-1, 3), (far(t + 1), near(t), near(1 - t), far(2 - t))):
+            m[i, min(max(base + k, 0), n_in - 1)] += w
+    return m
+
+
+def adaptive_avg_pool_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """``(n_out, n_in)``: torch's ``adaptive_avg_pool1d`` (bin ``i`` averages
+    ``floor(i n_in / n_out) .. ceil((i + 1) n_in / n_out) - 1``)."""
+    m = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        start, stop = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+        m[i, start:stop] = 1.0 / (stop - start)
+    return m
+
+
+def audio_map_to_segments(audio: jnp.ndarray, num_segments: int, rows: int = 2) -> jnp.ndarray:
+    """VALOR++'s CLAP token map ``(B, L, F)`` (HTSAT's ``rows x L/rows`` grid, row-major;
+    CLAP: ``64 = 2 x 32``) to ``(B, num_segments, F)`` segment features.
+
+    VALOR (``main_network.py:143-148``) upsamples the grid bicubically to
+    ``rows x 1024``, projects every position with ``fc_a``, averages the rows and
+    pools the 1024 positions adaptively to the segments. Every step but the
+    projection is linear with weights summing to 1, so it commutes with ``fc_a``
+    (bias included): here the map is resampled first, as one ``(num_segments,
+    L/rows)`` matrix, and ``fc_a`` projects 10 vectors instead of 2048.
+    """
+    b, length, f = audio.shape
+    if length % rows:
+        raise ValueError(f"audio map of {length} tokens is not a {rows}-row grid")
+    cols = length // rows
+    resample = adaptive_avg_pool_matrix(1024, num_segments) @ torch_bicubic_matrix(cols, 1024)
+    grid = audio.reshape(b, rows, cols, f).mean(axis=1)
+    return jnp.einsum("tc,bcf->btf", jnp.asarray(resample, audio.dtype), grid)
 
 
 class AudioEmbedding(nn.Module):
@@ -184,6 +236,10 @@ class HANLayer(nn.Module):
     ``x' = LN1(x + Drop(SelfAttn(x)) + Drop(CrossAttn(q=x, kv=y)))``,
     ``out = LN2(x' + Drop(W2·Drop(ReLU(W1·x'))))``, applied to ``(x_a, x_v)`` and
     to ``(x_v, x_a)``. ``cross=False`` drops the cross term (CMPAE's second pass).
+    ``audio_first=True`` updates the visual stream from the *updated* audio stream,
+    ``(x_v, out_a)``, as VALOR's and UWAV's encoders do (``main_network.py:22-26`` of
+    Franklin905/VALOR); HAN and CMPAE update both from the layer's inputs.
+    ``num_heads``: of both attentions (HAN, CMPAE: 1; VALOR: 8).
 
     Inputs ``x_a, x_v (B, T, D)``, ``mask (B, T)``; returns the two updated streams.
     """
@@ -192,14 +248,17 @@ class HANLayer(nn.Module):
     ffn_dim: int = 512
     dropout: float = 0.1
     param_init: str = "torch"
+    num_heads: int = 1
 
     @nn.compact
-    def __call__(self, x_a, x_v, mask, *, deterministic: bool, cross: bool = True):
+    def __call__(
+        self, x_a, x_v, mask, *, deterministic: bool, cross: bool = True, audio_first: bool = False
+    ):
         self_attn = MultiHeadAttention(
-            self.d_model, 1, self.dropout, self.param_init, name="self_attn"
+            self.d_model, self.num_heads, self.dropout, self.param_init, name="self_attn"
         )
         cross_attn = MultiHeadAttention(
-            self.d_model, 1, self.dropout, self.param_init, name="cross_attn"
+            self.d_model, self.num_heads, self.dropout, self.param_init, name="cross_attn"
         )
         ffn = _FeedForward(self.d_model, self.ffn_dim, self.dropout, self.param_init, name="ffn")
         norm1, norm2 = _layer_norm("norm1"), _layer_norm("norm2")
@@ -220,7 +279,8 @@ class HANLayer(nn.Module):
             h = norm1(h)
             return norm2(h + ffn(h, deterministic))
 
-        return one_stream(x_a, x_v), one_stream(x_v, x_a)
+        out_a = one_stream(x_a, x_v)
+        return out_a, one_stream(x_v, out_a if audio_first else x_a)
 
 
 class SelfAttentionLayer(nn.Module):
@@ -258,4 +318,5 @@ __all__ = [
     "SelfAttentionLayer",
     "VisualEmbedding",
     "attention_mask",
+    "audio_map_to_segments",
 ]
