@@ -143,6 +143,17 @@ class Numbers(Check):
         )
 
 
+class PerClass(Check):
+    """``()`` or one number per class (the count is checked in :func:`validate`)."""
+
+    def __init__(self, each: Float):
+        self.each = each
+        self.expected = f"() or one number per class, each {each.expected.removeprefix('a ')}"
+
+    def ok(self, value) -> bool:
+        return isinstance(value, (tuple, list)) and all(self.each.ok(v) for v in value)
+
+
 class NoiseRatios(Check):
     expected = "'llp' (the shipped table) or the path of an .npz file"
 
@@ -243,7 +254,8 @@ SCHEMA: dict[str, Check] = {
     "loss.denoise_ratios": NoiseRatios(),
     "loss.denoise_schedule": Choice("official", "anneal"),
     "loss.denoise_anneal_epochs": Float(0.0, lo_open=True),
-    "eval.thresholds": Choice("standard", "official"),
+    "eval.thresholds": Choice("standard", "official", "jomold", "cmpae"),
+    "eval.visual_thresholds": PerClass(PROBABILITY),
     "eval.batch_size": Int(1),
     "eval.selection": Choice("avvp", "av"),
 }
@@ -283,6 +295,12 @@ def validate(config) -> None:
         problem = check.problem(values[key])
         if problem is not None:
             raise ValueError(f"config.{key} = {values[key]!r}: expected {problem}")
+    per_class = config.eval.visual_thresholds
+    if per_class and len(per_class) != config.data.num_classes:
+        raise ValueError(
+            f"config.eval.visual_thresholds: {len(per_class)} values, expected () or one per "
+            f"class ({config.data.num_classes})"
+        )
     m = config.model
     if m.d_model % m.num_heads:
         raise ValueError(

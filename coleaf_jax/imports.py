@@ -2,10 +2,12 @@
 
     python -m coleaf_jax.imports SOURCE FILE --workdir W [--config configs/llp.py:han]
                                  [--config.data.root=/path/to/LLP ...] [--overwrite]
+                                 [--thresholds FILE.xlsx]
 
 ``SOURCE`` names the project whose network and save call wrote ``FILE``
 (:data:`SOURCES`): ``han`` (HAN's ``MMIL_Net.pt``), ``valor``, ``valor_plus``
-(VALOR's ``checkpoint_best.pt``). ``FILE`` is read with the restricted, bounded
+(VALOR's ``checkpoint_best.pt``), ``jomold`` (``JoMoLD.pt``), ``cmpae`` (``cmpae_s0.pt``,
+with ``--thresholds cmpae_s0_early.xlsx``: its per-class visual thresholds). ``FILE`` is read with the restricted, bounded
 ``.pth`` reader of :mod:`coleaf_jax.features.convert` (nothing in it is executed;
 sizes, strides and offsets are checked before any memory is touched), every entry
 is checked against the source's network (what is missing, unexpected or
@@ -32,14 +34,17 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
+import zipfile
+from xml.etree import ElementTree
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from coleaf_jax import cli, fileio
+from coleaf_jax import cli, fileio, registry
 from coleaf_jax.config import load_config_file, validate
 from coleaf_jax.features import convert
 from coleaf_jax.models import authors_weights as aw
@@ -68,6 +73,12 @@ class Source:
     update_order: str
     published: dict
     thresholds: str  # its own evaluation rule (coleaf_jax.evaluation.metrics presets)
+    anchor: str = "han"  # ours: coleaf_jax.registry's 'han' or 'cmpae'
+
+    @property
+    def anchor_kind(self) -> str:
+        """What :func:`_looks_like` calls a file of this source's network."""
+        return "cmpae" if self.anchor == "cmpae" else self.name
 
 
 SOURCES: dict[str, Source] = {
@@ -113,6 +124,39 @@ SOURCES: dict[str, Source] = {
         ),
         thresholds="standard",
     ),
+    "jomold": Source(
+        name="jomold",
+        project="JoMoLD (Cheng et al., ECCV 2022)",
+        network="github.com/MCG-NJU/JoMoLD @ a7dc2d5, nets/net_audiovisual.py MMIL_Net",
+        released="JoMoLD.pt, the Google Drive folder of its README",
+        saved_as="torch.save({'model': state_dict, 'optimizer', 'scheduler', 'epochs', RNG "
+        "states}) (main.py:530-535)",
+        unused="han",
+        num_heads=1,
+        update_order="parallel",
+        published=dict(
+            d_model=512, ffn_dim=512, num_layers=1, audio_dim=128, video_dim=2048, video_3d_dim=512
+        ),
+        thresholds="jomold",
+    ),
+    "cmpae": Source(
+        name="cmpae",
+        project="CMPAE (Gao et al., CVPR 2023)",
+        network="github.com/MengyuanChen21/CVPR2023-CMPAE @ 73345f7, nets/net_audiovisual.py "
+        "MMIL_Net",
+        released="cmpae_s0.pt (Google Drive, its README); thresholds: "
+        "save/pretrained/cmpae_s0_early.xlsx in its repository",
+        saved_as="torch.save({'model': state_dict, 'optimizer', 'scheduler', 'epochs', RNG "
+        "states}) (main.py:376-381)",
+        unused="anchor",
+        num_heads=1,
+        update_order="parallel",
+        published=dict(
+            d_model=512, ffn_dim=512, num_layers=1, audio_dim=128, video_dim=2048, video_3d_dim=512
+        ),
+        thresholds="cmpae",
+        anchor="cmpae",
+    ),
 }
 
 
@@ -124,81 +168,55 @@ def _shape(state, key):
     return tuple(state[key].shape) if key in state else None
 
 
+# The entries an architecture is read from, per Anchor: (audio, 2D visual, 3D visual
+# projections, the first layer's FFN, the class head).
+_KEYS = {
+    "han": ("fc_a.weight", "fc_v.weight", "fc_st.weight", "fc_prob.weight"),
+    "cmpae": ("fc_a.0.weight", "fc_v.0.weight", "fc_st.0.weight", "fc_prob.weight"),
+}
+_LAYER0 = "hat_encoder.layers.0.linear1.weight"
+
+
 def architecture(state: dict[str, np.ndarray], source: Source, path: str) -> dict:
-    """The widths and layer count of a HAN-family state dict (checked further by
-    :func:`anchor_params`)."""
-    need = ("fc_a.weight", "fc_v.weight", "fc_st.weight", "fc_prob.weight")
-    layer0 = "hat_encoder.layers.0.linear1.weight"
-    missing = [k for k in (*need, layer0) if k not in state]
+    """The widths, layer count and classes of a state dict (every entry is checked
+    afterwards by :func:`anchor_params` against the network these describe)."""
+    audio, video, video_3d, classes = _KEYS[source.anchor]
+    missing = [k for k in (audio, video, video_3d, classes, _LAYER0) if k not in state]
     if missing:
         raise ImportError_(_not_this(state, source, path, f"missing {', '.join(missing)}"))
-    for key in (*need, layer0):
+    for key in (audio, video, video_3d, classes, _LAYER0):
         if len(_shape(state, key)) != 2:
             raise ImportError_(
                 f"{path}: {key} has shape {list(_shape(state, key))}, expected a matrix "
                 f"(a {source.name} checkpoint: {source.network})"
             )
-    layers = {int(k.split(".")[2]) for k in state if k.startswith("hat_encoder.layers.")}
-    num_layers = max(layers) + 1
-    d_model, audio_dim = _shape(state, "fc_a.weight")
+    layers = {k.split(".")[2] for k in state if k.startswith("hat_encoder.layers.")}
+    d_model, audio_dim = _shape(state, audio)
     return dict(
         d_model=int(d_model),
-        ffn_dim=int(_shape(state, layer0)[0]),
-        num_layers=int(num_layers),
+        ffn_dim=int(_shape(state, _LAYER0)[0]),
+        num_layers=len(layers),
         audio_dim=int(audio_dim),
-        video_dim=int(_shape(state, "fc_v.weight")[1]),
-        video_3d_dim=int(_shape(state, "fc_st.weight")[1]),
-        num_classes=int(_shape(state, "fc_prob.weight")[0]),
+        video_dim=int(_shape(state, video)[1]),
+        video_3d_dim=int(_shape(state, video_3d)[1]),
+        num_classes=int(_shape(state, classes)[0]),
     )
-
-
-def _expected_shapes(table, arch: dict) -> dict[str, tuple]:
-    """The authors' shape of every entry of ``table`` for ``arch``."""
-    d, f, c = arch["d_model"], arch["ffn_dim"], arch["num_classes"]
-    linear_in = {
-        "fc_a": arch["audio_dim"],
-        "fc_v": arch["video_dim"],
-        "fc_st": arch["video_3d_dim"],
-        "fc_fusion": 2 * d,
-        "fc_prob": d,
-        "fc_frame_att": d,
-        "fc_av_att": d,
-        "linear1": d,
-        "linear2": f,
-        "out_proj": d,
-    }
-    linear_out = {"fc_prob": c, "fc_frame_att": c, "fc_av_att": c, "linear1": f}
-    out = {}
-    for name, _, kind in table:
-        module, leaf = name.rsplit(".", 1)
-        last = module.rsplit(".", 1)[-1]
-        if kind == "qkv_t":
-            out[name] = (3 * d, d)
-        elif kind == "qkv":
-            out[name] = (3 * d,)
-        elif "norm" in last:
-            out[name] = (d,)
-        elif leaf == "weight":
-            out[name] = (linear_out.get(last, d), linear_in[last])
-        else:
-            out[name] = (linear_out.get(last, d),)
-    return out
 
 
 def _not_this(state, source: Source, path: str, what: str) -> str:
     """One line: the file is not a ``source`` checkpoint, what did not match, and what
     it looks like instead."""
     looks = _looks_like(state)
-    hint = f"; it looks like {looks}" if looks and looks != source.name else ""
+    hint = f"; it looks like {looks}" if looks and not looks.startswith(source.anchor_kind) else ""
     return f"{path}: not a {source.name} checkpoint ({source.project}): {what}{hint}"
 
 
 def _looks_like(state) -> str | None:
     keys = set(state)
     if "fc_prob_beta.weight" in keys or "fc_a.0.weight" in keys:
-        return "the CMPAE / CoLeaF Anchor (nets/net_audiovisual.py of CMPAE or CoLeaF)"
+        return "cmpae (the CMPAE / CoLeaF Anchor, nets/net_audiovisual.py MMIL_Net)"
     if any(k.startswith("cls_tokens_") for k in keys):
-        return "CoLeaF's Reference (Self_Audio_Net / Self_Video_Net)"
+        return "CoLeaF's Reference (Self_Audio_Net / Self_Video_Net), not an Anchor"
     if any(k.startswith(("audio_encoder.", "cmt_encoder.")) for k in keys):
         return "han (HAN's MMIL_Net)"
     if any(k.startswith("hat_encoder.final_norm_") for k in keys):
@@ -206,16 +224,23 @@ def _looks_like(state) -> str | None:
     return None
 
 
-def anchor_params(state: dict[str, np.ndarray], source: Source, path: str) -> tuple[dict, dict]:
-    """``(our HANAnchor params, architecture)`` of a ``source`` state dict, every entry
-    checked: missing, unexpected and mis-shaped entries are one :class:`ImportError_`."""
+def anchor_params(
+    state: dict[str, np.ndarray], source: Source, path: str, config
+) -> tuple[dict, dict]:
+    """``(our Anchor's params, architecture)`` of a ``source`` state dict; ``config``
+    (changed in place) gets the source's network and evaluation rule
+    (:func:`apply_source`). Every entry is checked against the network: missing,
+    unexpected and mis-shaped entries, integers, NaN or infinite values are one
+    :class:`ImportError_` naming the file and the entry."""
     arch = architecture(state, source, path)
     if arch["d_model"] % source.num_heads:
         raise ImportError_(
             f"{path}: width {arch['d_model']} is not divisible by {source.name}'s "
             f"{source.num_heads} heads"
         )
-    table = aw.han_table(arch["num_layers"])
+    if source.anchor == "cmpae" and arch["num_layers"] != 1:
+        raise ImportError_(f"{path}: {arch['num_layers']} HAN layers; CMPAE's Anchor has one")
+    table = aw.han_table(arch["num_layers"]) if source.anchor == "han" else aw.ANCHOR_TABLE
     known = {name for name, _, _ in table}
     unused = aw.UNUSED_PREFIXES[source.unused]
     missing = [k for k in known if k not in state]
@@ -227,7 +252,26 @@ def anchor_params(state: dict[str, np.ndarray], source: Source, path: str) -> tu
         problems.append(f"{len(unexpected)} unexpected ({', '.join(unexpected[:3])}...)")
     if problems:
         raise ImportError_(_not_this(state, source, path, "; ".join(problems)))
-    expected = _expected_shapes(table, arch)
+    apply_source(config, source, arch)
+    validate(config)
+    if arch["num_classes"] != config.data.num_classes:
+        raise ImportError_(
+            f"{path}: {arch['num_classes']} classes, config.data.num_classes = "
+            f"{config.data.num_classes}"
+        )
+    # The shape of every entry as the network the architecture describes has it.
+    anchor = registry.anchor(config.model.anchor).build(config.model, arch["num_classes"])
+    t = 10
+    shapes = jax.eval_shape(
+        anchor.init,
+        jax.random.key(0),
+        jnp.zeros((1, t, arch["audio_dim"])),
+        jnp.zeros((1, t * 8, arch["video_dim"])),
+        jnp.zeros((1, t, arch["video_3d_dim"])),
+        jnp.ones((1, t), bool),
+    )["params"]
+    zeros = jax.tree.map(lambda x: np.broadcast_to(np.float32(0), x.shape), shapes)
+    expected = {k: v.shape for k, v in aw.to_authors(zeros, table).items()}
     for name, shape in expected.items():
         if _shape(state, name) != shape:
             raise ImportError_(
@@ -245,13 +289,85 @@ def anchor_params(state: dict[str, np.ndarray], source: Source, path: str) -> tu
 def apply_source(config, source: Source, arch: dict) -> None:
     """``config`` (in place) with the source's network and evaluation rule."""
     m = config.model
-    m.anchor = "han"
-    m.d_model, m.ffn_dim, m.num_layers = arch["d_model"], arch["ffn_dim"], arch["num_layers"]
-    m.num_heads, m.update_order = source.num_heads, source.update_order
-    m.pool_frames_first = True
+    m.anchor = source.anchor
+    m.d_model, m.ffn_dim = arch["d_model"], arch["ffn_dim"]
+    if source.anchor == "han":
+        m.num_layers, m.num_heads, m.update_order = (
+            arch["num_layers"],
+            source.num_heads,
+            source.update_order,
+        )
+        m.pool_frames_first = True
     config.method = "anchor_only"
     config.eval.thresholds = source.thresholds
     config.name = f"{source.name}_imported"
+
+
+MAX_XLSX_BYTES = 4 << 20  # an .xlsx of thresholds (CMPAE's: 5 kB)
+MAX_XLSX_PART = 1 << 20  # one of its XML parts, uncompressed
+_SHEET_NS = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"
+_REL_ID = "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}id"
+_REL_NS = "{http://schemas.openxmlformats.org/package/2006/relationships}"
+
+
+def read_xlsx_column(path: str, sheet: str, rows: int) -> tuple[float, ...]:
+    """Column A, rows 1..``rows``, of the sheet named ``sheet`` of an ``.xlsx`` file, each a
+    number in [0, 1] (CMPAE's per-class visual thresholds: ``utils/write_excel.py`` writes
+    class ``c``'s in ``A{c+1}`` of sheet ``Thres``). No spreadsheet library: the file is a
+    zip of XML parts, read bounded (the file, each part uncompressed) and without DTDs (no
+    entity expansion); anything else is one :class:`ImportError_` naming the file."""
+    size = os.path.getsize(path)
+    if size > MAX_XLSX_BYTES:
+        raise ImportError_(f"{path}: {size} bytes, more than an .xlsx of thresholds holds")
+
+    def part(z: zipfile.ZipFile, name: str):
+        try:
+            info = z.getinfo(name)
+        except KeyError:
+            raise ImportError_(f"{path}: no {name} in it (not an .xlsx workbook)") from None
+        if info.file_size > MAX_XLSX_PART:
+            raise ImportError_(f"{path}: {name} unpacks to {info.file_size} bytes")
+        with z.open(info) as f:
+            data = f.read(MAX_XLSX_PART + 1)
+        if len(data) > MAX_XLSX_PART or b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+            raise ImportError_(f"{path}: {name} is too large or declares a DTD")
+        return ElementTree.fromstring(data)
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            sheets = {
+                e.get("name"): e.get(_REL_ID)
+                for e in part(z, "xl/workbook.xml").iter(f"{_SHEET_NS}sheet")
+            }
+            if sheet not in sheets:
+                raise ImportError_(f"{path}: no sheet {sheet!r} (sheets: {sorted(sheets)[:5]})")
+            targets = {
+                e.get("Id"): e.get("Target")
+                for e in part(z, "xl/_rels/workbook.xml.rels").iter(f"{_REL_NS}Relationship")
+            }
+            target = targets.get(sheets[sheet]) or ""
+            target = target.lstrip("/") if target.startswith("/") else f"xl/{target}"
+            cells = {}
+            for c in part(z, target).iter(f"{_SHEET_NS}c"):
+                match = re.fullmatch(r"A(\d+)", c.get("r") or "")
+                v = c.find(f"{_SHEET_NS}v")
+                if match and v is not None and c.get("t", "n") == "n":
+                    cells[int(match.group(1))] = v.text
+    except (zipfile.BadZipFile, ElementTree.ParseError, OSError) as e:
+        raise ImportError_(f"{path}: not a readable .xlsx file ({e})") from None
+    values = []
+    for row in range(1, rows + 1):
+        try:
+            value = float(cells[row])
+        except (KeyError, TypeError, ValueError):
+            raise ImportError_(
+                f"{path}: sheet {sheet!r} cell A{row}: expected a number, found "
+                f"{cells.get(row)!r} ({rows} classes, one per row)"
+            ) from None
+        if not 0.0 <= value <= 1.0:
+            raise ImportError_(f"{path}: sheet {sheet!r} cell A{row} = {value}: not in [0, 1]")
+        values.append(value)
+    return tuple(values)
 
 
 def sha256(path: str) -> str:
@@ -279,26 +395,34 @@ def _prepare_workdir(workdir: str, overwrite: bool) -> None:
 
 
 def import_checkpoint(
-    source_name: str, path: str, workdir: str, config, overwrite: bool = False, verbose=True
+    source_name: str,
+    path: str,
+    workdir: str,
+    config,
+    overwrite: bool = False,
+    verbose=True,
+    thresholds_file: str | None = None,
 ) -> dict:
-    """Imports ``path`` (a ``source_name`` checkpoint) into ``workdir`` (module docstring).
+    """Imports ``path`` (a ``source_name`` checkpoint) into ``workdir`` (module docstring);
+    ``thresholds_file``: CMPAE's per-class visual thresholds (its ``*_early.xlsx``).
     Returns the import record. Nothing is written when anything fails before the
     checkpoint is saved."""
     if source_name not in SOURCES:
         raise ImportError_(f"SOURCE {source_name!r}: expected one of {', '.join(SOURCES)}")
     source = SOURCES[source_name]
-    if not os.path.isfile(path):
-        raise ImportError_(f"{path}: no such file")
+    if thresholds_file and source.name != "cmpae":
+        raise ImportError_(f"--thresholds {thresholds_file}: only CMPAE has per-class thresholds")
+    for what in (path, thresholds_file):
+        if what and not os.path.isfile(what):
+            raise ImportError_(f"{what}: no such file")
     _prepare_workdir(workdir, overwrite)
     state = convert.read_pth(path)  # restricted and bounded: ConversionError names the file
-    params, arch = anchor_params(state, source, path)
-    apply_source(config, source, arch)
-    validate(config)
-    if arch["num_classes"] != config.data.num_classes:
-        raise ImportError_(
-            f"{path}: {arch['num_classes']} classes, config.data.num_classes = "
-            f"{config.data.num_classes}"
+    params, arch = anchor_params(state, source, path, config)
+    if thresholds_file:
+        config.eval.visual_thresholds = read_xlsx_column(
+            thresholds_file, "Thres", config.data.num_classes
         )
+        validate(config)
     notes = [
         f"{k} {arch[k]} (published {v})" for k, v in source.published.items() if arch.get(k) != v
     ]
@@ -337,7 +461,14 @@ def import_checkpoint(
             "update_order": source.update_order,
         },
         "thresholds": source.thresholds,
+        "visual_thresholds": list(config.eval.visual_thresholds),
     }
+    if thresholds_file:
+        record["thresholds_file"] = {
+            "file": os.path.basename(thresholds_file),
+            "bytes": os.path.getsize(thresholds_file),
+            "sha256": sha256(thresholds_file),
+        }
     if os.path.isdir(workdir) and overwrite:
         for name in os.listdir(workdir):
             target = os.path.join(workdir, name)
@@ -375,6 +506,10 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", required=True, help="folder to write the imported run into")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier import")
     parser.add_argument(
+        "--thresholds",
+        help="cmpae: its per-class visual thresholds (the .xlsx its select_thresholds mode wrote)",
+    )
+    parser.add_argument(
         "--config",
         default="configs/llp.py:han",
         help="base config, FILE.py[:options] (data, evaluation); default configs/llp.py:han",
@@ -388,7 +523,13 @@ def main(argv=None) -> int:
     cli.quiet_libraries()
     config = cli.exit_on_user_error(load_config_file, args.config, overrides)
     cli.exit_on_user_error(
-        import_checkpoint, args.source, args.file, args.workdir, config, overwrite=args.overwrite
+        import_checkpoint,
+        args.source,
+        args.file,
+        args.workdir,
+        config,
+        overwrite=args.overwrite,
+        thresholds_file=args.thresholds,
     )
     return 0
 

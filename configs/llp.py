@@ -164,7 +164,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     # 'standard' (HAN 0.5/0.5, joint gate) or 'official' (0.52/0.25, per-modality gate: the
     # authors' CoLeaF evaluation); each Anchor's default (registry), set by the method option.
+    # Other projects' rules, to score their models as they did: 'jomold' (0.5/0.5,
+    # per-modality gate: JoMoLD, LSLD), 'cmpae' (audio 0.45, visual per class, segments 0.25,
+    # per-modality gate: CMPAE). coleaf_jax/evaluation/metrics.py holds each.
     c.eval.thresholds = "official"
+    # Per-class video-level visual thresholds replacing the preset's (e.g. CMPAE's released
+    # model: those of its .xlsx, set by python -m coleaf_jax.imports cmpae); (): the preset's.
+    c.eval.visual_thresholds = ()
     c.eval.batch_size = 256  # videos per evaluation batch (ours: memory, not results)
     # Model selection on validation: 'avvp' = mean of the segment and event Ao, Vo, AV,
     # T@o, E@o (docs/method.md §7); 'av' = mean of segment and event AV (UnAV-100).

@@ -122,7 +122,13 @@ SKIPPED = {
         "width 32, legacy format: tests/fixtures/imports/han.pt)"
     ),
     "python -m coleaf_jax.imports SOURCE FILE --workdir W [--config configs/llp.py:han] "
-    "[--config.data.root=/path/to/LLP] [--overwrite]": "the command's form; its uses run below",
+    "[--config.data.root=/path/to/LLP] [--overwrite] [--thresholds FILE.xlsx]": (
+        "the command's form; its uses run below"
+    ),
+    "wget https://raw.githubusercontent.com/MengyuanChen21/CVPR2023-CMPAE/73345f7/save/"
+    "pretrained/cmpae_s0_early.xlsx": (
+        "a download: the test copies that file (tests/fixtures/imports/cmpae_s0_early.xlsx)"
+    ),
     "wget -P weights/ https://download.pytorch.org/models/resnet152-b121ed2d.pth": (
         "a download: the test puts a random-weight checkpoint of that name in weights/"
     ),
@@ -448,6 +454,20 @@ SCENARIOS: dict[str, list[Step]] = {
             "python eval.py --workdir runs/han_released",
             creates=("runs/han_released/eval/test_epoch0_standard.json",),
         ),
+        Step(
+            "python -m coleaf_jax.imports jomold JoMoLD.pt --workdir runs/jomold_released "
+            "--config.data.root=/path/to/LLP",
+            expect=(r"evaluation rule 'jomold'",),
+        ),
+        Step(
+            "python -m coleaf_jax.imports cmpae cmpae_s0.pt --thresholds cmpae_s0_early.xlsx "
+            "--workdir runs/cmpae_released --config.data.root=/path/to/LLP",
+            expect=(r"evaluation rule 'cmpae'",),
+        ),
+        Step(
+            "python eval.py --workdir runs/cmpae_released",
+            creates=("runs/cmpae_released/eval/test_epoch0_cmpae.json",),
+        ),
     ],
     "demo": [
         Step(
@@ -636,6 +656,9 @@ def _prepare(name: str, cwd: str, ctx: dict) -> None:
         imports = os.path.join(FIXTURES, "imports")
         shutil.copy(os.path.join(imports, "valor.pt"), os.path.join(cwd, "checkpoint_best.pt"))
         shutil.copy(os.path.join(imports, "han.pt"), os.path.join(cwd, "MMIL_Net.pt"))
+        shutil.copy(os.path.join(imports, "jomold.pt"), os.path.join(cwd, "JoMoLD.pt"))
+        shutil.copy(os.path.join(imports, "cmpae.pt"), os.path.join(cwd, "cmpae_s0.pt"))
+        shutil.copy(os.path.join(imports, "cmpae_s0_early.xlsx"), cwd)
     if name == "valor_teachers":
         _valor_inputs(cwd, ctx["llp"])
     if name == "parity":

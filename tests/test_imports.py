@@ -22,10 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from coleaf_jax import imports
+from coleaf_jax import imports, registry
 from coleaf_jax.config import load_config_file
 from coleaf_jax.features import convert
-from coleaf_jax.models.han import HANAnchor
 from tools import import_record
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,6 +36,8 @@ VALOR_PLUS_PLUS = dataclasses.replace(
 )
 CASES = {
     "han": (imports.SOURCES["han"], import_record.han_inputs),
+    "jomold": (imports.SOURCES["jomold"], lambda: import_record.han_inputs(10 + len("jomold"))),
+    "cmpae": (imports.SOURCES["cmpae"], lambda: import_record.han_inputs(10 + len("cmpae"))),
     "valor": (imports.SOURCES["valor"], lambda: import_record.case_inputs("valor")),
     "valor_plus": (imports.SOURCES["valor_plus"], lambda: import_record.case_inputs("valor_plus")),
     "valor_plus_plus": (VALOR_PLUS_PLUS, lambda: import_record.case_inputs("valor_plus_plus")),
@@ -50,16 +51,15 @@ OUTPUTS = {  # ours -> the authors' (MMIL_Net.forward's first four outputs)
 
 
 def _forward(case: str, update_order: str | None = None) -> tuple[dict, dict]:
+    """Our Anchor, as the import configures it, on the case's inputs (evaluation mode:
+    for CMPAE its inference mix of the passes with and without cross-attention)."""
     source, inputs = CASES[case]
     state = convert.read_pth(os.path.join(FIXTURES, f"{case}.pt"))
-    params, arch = imports.anchor_params(state, source, f"{case}.pt")
-    model = HANAnchor(
-        d_model=arch["d_model"],
-        ffn_dim=arch["ffn_dim"],
-        num_heads=source.num_heads,
-        num_layers=arch["num_layers"],
-        update_order=update_order or source.update_order,
-    )
+    config = _config()
+    params, arch = imports.anchor_params(state, source, f"{case}.pt", config)
+    if update_order:
+        config.model.update_order = update_order
+    model = registry.anchor(config.model.anchor).build(config.model, 25)
     x = inputs()
     out = model.apply(
         {"params": params},
@@ -93,30 +93,32 @@ def test_each_source_refuses_the_others_files():
     han = convert.read_pth(os.path.join(FIXTURES, "han.pt"))
     valor = convert.read_pth(os.path.join(FIXTURES, "valor.pt"))
     with pytest.raises(imports.ImportError_, match=r"not a valor checkpoint .*looks like han"):
-        imports.anchor_params(han, imports.SOURCES["valor"], "han.pt")
+        imports.anchor_params(han, imports.SOURCES["valor"], "han.pt", _config())
     with pytest.raises(imports.ImportError_, match=r"not a han checkpoint .*looks like valor"):
-        imports.anchor_params(valor, imports.SOURCES["han"], "valor.pt")
-    # CoLeaF's / CMPAE's Anchor (nets/net_audiovisual.py of CoLeaF): other names throughout
-    cmpae = {
-        "fc_a.0.weight": np.zeros((512, 128), np.float32),
-        "fc_prob_beta.weight": han["fc_prob.weight"],
-    }
-    with pytest.raises(imports.ImportError_, match=r"missing fc_a.weight.*looks like the CMPAE"):
-        imports.anchor_params(cmpae, imports.SOURCES["valor"], "cmpae.pt")
+        imports.anchor_params(valor, imports.SOURCES["han"], "valor.pt", _config())
+    # CMPAE's Anchor (also CoLeaF's) given as VALOR's, and the other way round
+    cmpae = convert.read_pth(os.path.join(FIXTURES, "cmpae.pt"))
+    with pytest.raises(imports.ImportError_, match=r"missing fc_a.weight.*looks like cmpae"):
+        imports.anchor_params(cmpae, imports.SOURCES["valor"], "cmpae.pt", _config())
+    with pytest.raises(imports.ImportError_, match=r"not a cmpae checkpoint.*looks like valor"):
+        imports.anchor_params(valor, imports.SOURCES["cmpae"], "valor.pt", _config())
+    reference = {"cls_tokens_a": np.zeros((1, 25, 32), np.float32), **cmpae}
+    with pytest.raises(imports.ImportError_, match=r"unexpected \(cls_tokens_a"):
+        imports.anchor_params(reference, imports.SOURCES["cmpae"], "ref.pt", _config())
     bad = dict(valor)
     bad["hat_encoder.layers.0.linear2.weight"] = np.zeros((32, 63), np.float32)
     with pytest.raises(
         imports.ImportError_, match=r"linear2.weight has shape \[32, 63\], expected \[32, 64\]"
     ):
-        imports.anchor_params(bad, imports.SOURCES["valor"], "valor.pt")
+        imports.anchor_params(bad, imports.SOURCES["valor"], "valor.pt", _config())
     bad = dict(valor)
     bad["fc_prob.bias"] = np.full(25, np.nan, np.float32)
     with pytest.raises(imports.ImportError_, match="NaN"):
-        imports.anchor_params(bad, imports.SOURCES["valor"], "valor.pt")
+        imports.anchor_params(bad, imports.SOURCES["valor"], "valor.pt", _config())
     bad = dict(valor)
     del bad["hat_encoder.layers.0.norm2.bias"]
     with pytest.raises(imports.ImportError_, match=r"1 missing \(hat_encoder.layers.0.norm2.bias"):
-        imports.anchor_params(bad, imports.SOURCES["valor"], "valor.pt")
+        imports.anchor_params(bad, imports.SOURCES["valor"], "valor.pt", _config())
 
 
 def test_an_imported_valor_network_gets_no_paper_row_of_han():
@@ -238,3 +240,94 @@ def test_import_then_parse_and_eval_with_the_workdir_alone(tmp_path):
     assert again.returncode == 1
     assert again.stderr.strip().splitlines()[-1].startswith("error: --workdir")
     assert "--overwrite replaces it" in again.stderr
+
+
+def test_cmpae_import_carries_its_rule_and_per_class_thresholds(tmp_path):
+    """CMPAE's released thresholds file (its repository's ``cmpae_s0_early.xlsx``) becomes
+    ``eval.visual_thresholds`` under CMPAE's rule; JoMoLD's import gets JoMoLD's rule."""
+    from coleaf_jax.evaluation import evaluate
+
+    xlsx = os.path.join(FIXTURES, "cmpae_s0_early.xlsx")
+    record = imports.import_checkpoint(
+        "cmpae", os.path.join(FIXTURES, "cmpae.pt"), str(tmp_path / "c"), _config(),
+        verbose=False, thresholds_file=xlsx,
+    )  # fmt: skip
+    stored = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert stored["model"]["anchor"] == "cmpae" and stored["eval"]["thresholds"] == "cmpae"
+    assert stored["eval"]["visual_thresholds"][:4] == [0.7, 0.4, 0.7, 0.3]
+    assert record["thresholds_file"]["sha256"] == imports.sha256(xlsx)
+    config = _config()
+    config.eval.thresholds = "cmpae"
+    config.eval.visual_thresholds = tuple(stored["eval"]["visual_thresholds"])
+    rule = evaluate.thresholds_from_config(config)
+    assert rule.gate == "modality" and rule.video_a == 0.45 and rule.segment_v == 0.25
+    np.testing.assert_allclose(rule.video_v, stored["eval"]["visual_thresholds"])
+    imports.import_checkpoint(
+        "jomold", os.path.join(FIXTURES, "jomold.pt"), str(tmp_path / "j"), _config(),
+        verbose=False,
+    )  # fmt: skip
+    stored = json.loads((tmp_path / "j" / "config.json").read_text())
+    assert (
+        stored["eval"]["thresholds"] == "jomold" and stored["model"]["update_order"] == "parallel"
+    )
+    assert evaluate.thresholds_from_config(_with(stored)).gate == "modality"
+
+
+def _with(stored):
+    config = _config()
+    config.eval.thresholds = stored["eval"]["thresholds"]
+    return config
+
+
+def _xlsx(path, sheet_xml: bytes, sheet="Thres"):
+    real = zipfile.ZipFile(os.path.join(FIXTURES, "cmpae_s0_early.xlsx"))
+    with zipfile.ZipFile(path, "w") as z:
+        for name in real.namelist():
+            data = real.read(name)
+            if name == "xl/worksheets/sheet1.xml":
+                data = sheet_xml
+            if name == "xl/workbook.xml":
+                data = data.replace(b'name="Thres"', f'name="{sheet}"'.encode())
+            z.writestr(name, data)
+    return str(path)
+
+
+def test_a_hostile_or_wrong_thresholds_file_is_one_error(tmp_path):
+    """An entity bomb, a missing sheet, a text cell, a value outside [0, 1], a non-zip,
+    a part that unpacks to more than the cap: one error naming the file, nothing read."""
+    rows = b"".join(b'<row><c r="A%d"><v>0.5</v></c></row>' % i for i in range(1, 26))
+    ns = b'xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"'
+    ok = _xlsx(
+        tmp_path / "ok.xlsx",
+        b"<worksheet " + ns + b"><sheetData>" + rows + b"</sheetData></worksheet>",
+    )
+    assert imports.read_xlsx_column(ok, "Thres", 25) == (0.5,) * 25
+    bomb = b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;">]>'
+    cases = {
+        "DTD": _xlsx(tmp_path / "bomb.xlsx", bomb + b"<worksheet " + ns + b">&b;</worksheet>"),
+        "no sheet 'Thres'": _xlsx(tmp_path / "sheet.xlsx", b"<worksheet/>", sheet="Other"),
+        "cell A3: expected a number": _xlsx(
+            tmp_path / "text.xlsx",
+            b"<worksheet "
+            + ns
+            + b"><sheetData>"
+            + rows.replace(b'A3"><v>0.5', b'A3" t="s"><v>0')
+            + b"</sheetData></worksheet>",
+        ),
+        r"A25 = 7.0: not in \[0, 1\]": _xlsx(
+            tmp_path / "range.xlsx",
+            b"<worksheet "
+            + ns
+            + b"><sheetData>"
+            + rows.replace(b'A25"><v>0.5', b'A25"><v>7')
+            + b"</sheetData></worksheet>",
+        ),
+        "unpacks to": _xlsx(tmp_path / "big.xlsx", b" " * (imports.MAX_XLSX_PART + 10)),
+    }
+    not_zip = tmp_path / "plain.xlsx"
+    not_zip.write_text("0.5\n" * 25)
+    cases["not a readable .xlsx"] = str(not_zip)
+    for pattern, path in cases.items():
+        with pytest.raises(imports.ImportError_, match=pattern) as e:
+            imports.read_xlsx_column(path, "Thres", 25)
+        assert str(e.value).startswith(path)

@@ -1,5 +1,7 @@
 """The AVVP metrics: hand-worked cases and equivalence with a loop reference."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -201,3 +203,43 @@ def test_selection_score_and_table():
     assert metrics.selection_score(scores) == pytest.approx(expected)
     table = metrics.format_table({"HAN": scores}, title="test")
     assert "HAN segment" in table and "HAN event" in table and "E@o" in table
+
+
+def _authors_rule(seg_a, seg_v, p, p_a, p_v, rule, v_thres=None):
+    """Each project's test-time decisions, written as its code writes them, one video and
+    one modality at a time: HAN ``main_avvp.py`` (and VALOR's), JoMoLD ``main.py:299-307``,
+    CoLeaF ``main.py:326-339``, CMPAE ``main.py:212-232`` (``v_thres``: its per-class list)."""
+    gates = {
+        "standard": (p, p, 0.5, 0.5, 0.5),
+        "jomold": (p_a, p_v, 0.5, 0.5, 0.5),
+        "official": (p_a, p_v, 0.52, 0.52, 0.25),
+        "cmpae": (p_a, p_v, 0.45, v_thres, 0.25),
+    }
+    gate_a, gate_v, th_a, th_v, th_seg = gates[rule]
+    out_a, out_v = np.zeros(seg_a.shape, bool), np.zeros(seg_v.shape, bool)
+    for n in range(seg_a.shape[0]):
+        oa = (gate_a[n] >= th_a).astype(np.int_)
+        ov = (gate_v[n] >= np.full(seg_a.shape[2], 1.0) * th_v).astype(np.int_)
+        out_a[n] = (seg_a[n] >= th_seg).astype(np.int_) * np.repeat(oa[None], seg_a.shape[1], 0)
+        out_v[n] = (seg_v[n] >= th_seg).astype(np.int_) * np.repeat(ov[None], seg_a.shape[1], 0)
+    return out_a, out_v
+
+
+@pytest.mark.parametrize("rule", ["standard", "jomold", "official", "cmpae"])
+def test_each_preset_decides_as_its_projects_code(rule):
+    """Probabilities drawn at and around every threshold of every project (0.25, 0.45,
+    0.5, 0.52, CMPAE's per-class values): each preset's decisions are its project's."""
+    rng = np.random.default_rng(0)
+    levels = np.array([0.2, 0.25, 0.3, 0.4, 0.45, 0.47, 0.5, 0.51, 0.52, 0.55, 0.6, 0.7, 0.9])
+    n, t, c = 40, 10, 25
+    seg_a, seg_v = rng.choice(levels, (n, t, c)), rng.choice(levels, (n, t, c))
+    p, p_a, p_v = (rng.choice(levels, (n, c)) for _ in range(3))
+    v_thres = rng.choice([0.3, 0.4, 0.45, 0.55, 0.7], c)
+    thresholds = metrics.THRESHOLD_PRESETS[rule]
+    if rule == "cmpae":
+        thresholds = dataclasses.replace(thresholds, video_v=v_thres)
+    gate = (p, None) if thresholds.gate == "joint" else (p_a, p_v)
+    ours = metrics.binarize(seg_a, seg_v, *gate, thresholds=thresholds)
+    theirs = _authors_rule(seg_a, seg_v, p, p_a, p_v, rule, v_thres)
+    np.testing.assert_array_equal(ours[0], theirs[0])
+    np.testing.assert_array_equal(ours[1], theirs[1])

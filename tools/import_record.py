@@ -5,10 +5,13 @@ of this harness, not a dependency)::
 
     git clone https://github.com/Franklin905/VALOR /path/to/VALOR && git -C /path/to/VALOR checkout 2677da9
     git clone https://github.com/YapengTian/AVVP-ECCV20 /path/to/HAN && git -C /path/to/HAN checkout fde5611
+    git clone https://github.com/MCG-NJU/JoMoLD /path/to/JoMoLD && git -C /path/to/JoMoLD checkout a7dc2d5
+    git clone https://github.com/MengyuanChen21/CVPR2023-CMPAE /path/to/CMPAE && git -C /path/to/CMPAE checkout 73345f7
     /tmp/torch/bin/python tools/import_record.py --valor /path/to/VALOR --han /path/to/HAN \
-        --out tests/fixtures/imports
+        --jomold /path/to/JoMoLD --cmpae /path/to/CMPAE --out tests/fixtures/imports
 
-For each case of :data:`CASES` it builds the authors' network from their own module
+For each case of :data:`CASES` (and HAN's, JoMoLD's and CMPAE's: :func:`record_han`,
+:func:`record_training_dict`) it builds the authors' network from their own module
 file (VALOR's ``main_network.py:MMIL_Net``, executed from the checkout as it is), with
 every parameter drawn from ``numpy.random.RandomState`` (LayerNorm weights and biases
 and attention biases included, so that a wrong mapping of any of them shows), saves
@@ -104,6 +107,73 @@ def record_han(han: str, out: str, seed: int = 0) -> None:
     print(f"han: {sum(p.numel() for p in model.parameters())} parameters -> {out}")
 
 
+# JoMoLD's and CMPAE's MMIL_Net (widths shrunk as HAN's; the .cuda() of their NCE mask
+# removed to run on a CPU), saved as their main.py saves it: a dict of the model's,
+# optimiser's and scheduler's state, the epoch count and the RNG states (get_random_state;
+# 'cuda_rng' is the CPU generator's here: no CUDA). CMPAE's test fuses the passes with and
+# without cross-attention, 0.7 / 0.3 (main.py:205-210, fuse_ratio).
+TRAINING_DICT_CASES = {
+    "jomold": dict(
+        net="nets/net_audiovisual.py", fc_st="self.fc_st = nn.Linear(512, 512)", fuse=None
+    ),
+    "cmpae": dict(
+        net="nets/net_audiovisual.py",
+        fc_st="self.fc_st = nn.Sequential(\n            nn.Linear(512, 512)",
+        fuse=0.7,
+    ),
+}
+
+
+def _training_dict_module(code: str, case: str):
+    spec = TRAINING_DICT_CASES[case]
+    path = os.path.join(code, spec["net"])
+    with open(path) as f:
+        source = f.read()
+    if spec["fc_st"] not in source:
+        raise SystemExit(f"{path}: {spec['fc_st']!r} not found (another commit?)")
+    source = source.replace(spec["fc_st"], spec["fc_st"].replace("(512, 512)", "(R3D, 32)"))
+    source = source.replace("1024", "64").replace("512", "32").replace("R3D", "512")
+    source = source.replace(".cuda()", "")
+    module = types.ModuleType(f"{case}_net_audiovisual")
+    module.__file__ = path
+    exec(compile(source, path, "exec"), module.__dict__)  # noqa: S102
+    return module
+
+
+def record_training_dict(code: str, case: str, out: str, seed: int = 0) -> None:
+    import random
+
+    import torch
+
+    torch.manual_seed(seed)
+    model = _training_dict_module(code, case).MMIL_Net()
+    _randomise(model, np.random.RandomState(seed + 60 + len(case)))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=10, gamma=0.1)
+    state = {
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.get_rng_state(),
+        "random_rng": random.getstate(),
+        "numpy_rng": np.random.get_state(),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epochs": 40,
+    }
+    torch.save(state, os.path.join(out, f"{case}.pt"))
+    inputs = han_inputs(seed + 10 + len(case))
+    x = [torch.from_numpy(inputs[k]) for k in ("audio", "video_2d", "video_3d")]
+    model = model.double().eval()
+    with torch.no_grad():
+        outputs = model(*x, with_ca=True)[:4]
+        fuse = TRAINING_DICT_CASES[case]["fuse"]
+        if fuse is not None:
+            without = model(*x, with_ca=False)[:4]
+            outputs = [a * fuse + b * (1 - fuse) for a, b in zip(outputs, without)]
+    _save_outputs(os.path.join(out, f"{case}.npz"), outputs, 1)
+    print(f"{case}: {sum(p.numel() for p in model.parameters())} parameters -> {out}")
+
+
 def _randomise(model, rng) -> None:
     import torch
 
@@ -176,11 +246,17 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--valor", required=True, help="checkout of Franklin905/VALOR (2677da9)")
     parser.add_argument("--han", required=True, help="checkout of YapengTian/AVVP-ECCV20 (fde5611)")
+    parser.add_argument("--jomold", required=True, help="checkout of MCG-NJU/JoMoLD (a7dc2d5)")
+    parser.add_argument(
+        "--cmpae", required=True, help="checkout of MengyuanChen21/CVPR2023-CMPAE (73345f7)"
+    )
     parser.add_argument("--out", required=True, help="folder for <case>.pt and <case>.npz")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     record(args.valor, args.out, args.seed)
     record_han(args.han, args.out, args.seed)
+    record_training_dict(args.jomold, "jomold", args.out, args.seed)
+    record_training_dict(args.cmpae, "cmpae", args.out, args.seed)
     return 0
 
 

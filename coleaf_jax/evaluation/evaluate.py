@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 
@@ -112,7 +113,11 @@ def thresholds_from_config(config) -> metrics.Thresholds:
             f"config.eval.thresholds = {name!r}: expected one of "
             f"{sorted(metrics.THRESHOLD_PRESETS)}"
         )
-    return metrics.THRESHOLD_PRESETS[name]
+    preset = metrics.THRESHOLD_PRESETS[name]
+    per_class = tuple(config.eval.get("visual_thresholds", ()))
+    if per_class:  # checked against data.num_classes by config.validate
+        preset = dataclasses.replace(preset, video_v=np.asarray(per_class, np.float64))
+    return preset
 
 
 def video_counts(data) -> dict[str, int]:

@@ -351,7 +351,22 @@ STANDARD = Thresholds(name="standard")
 OFFICIAL = Thresholds(
     video_a=0.52, video_v=0.52, segment_a=0.25, segment_v=0.25, gate="modality", name="official"
 )
-THRESHOLD_PRESETS: dict[str, Thresholds] = {"standard": STANDARD, "official": OFFICIAL}
+# JoMoLD's test rule (``main.py:299-307`` of MCG-NJU/JoMoLD; LSLD's too): each modality
+# gated by its own video probability, 0.5 everywhere.
+JOMOLD = Thresholds(gate="modality", name="jomold")
+# CMPAE's test rule (``main.py:205-232`` of MengyuanChen21/CVPR2023-CMPAE): the two passes
+# fused (the CMPAE Anchor's inference mix), audio gated at 0.45, visual at per-class
+# thresholds (its ``*_early.xlsx``; 0.45 without one: ``config.eval.visual_thresholds``),
+# segments at 0.25.
+CMPAE = Thresholds(
+    video_a=0.45, video_v=0.45, segment_a=0.25, segment_v=0.25, gate="modality", name="cmpae"
+)
+THRESHOLD_PRESETS: dict[str, Thresholds] = {
+    "standard": STANDARD,
+    "official": OFFICIAL,
+    "jomold": JOMOLD,
+    "cmpae": CMPAE,
+}
 
 
 def binarize(
