@@ -183,6 +183,14 @@ SCHEMA: dict[str, Check] = {
     "learning_rate": Float(0.0, lo_open=True),
     "lr_decay_every_epochs": Int(1),
     "lr_decay_factor": Float(0.0, 1.0, lo_open=True),
+    "lr_schedule": Choice("step", "warmup_cosine"),
+    "lr_warmup_epochs": Int(0),
+    "lr_min": Float(0.0),
+    "optimizer": Choice("adam", "adamw"),
+    "adam_betas": Numbers(2, Float(0.0, 1.0, hi_open=True)),
+    "adam_eps": Float(0.0, lo_open=True),
+    "weight_decay": Float(0.0),
+    "grad_clip_norm": Float(0.0),
     "log_every_steps": Int(1),
     "matmul_precision": Choice(
         "highest", "float32", "high", "tensorfloat32", "default", "bfloat16"
@@ -295,6 +303,12 @@ def validate(config) -> None:
         problem = check.problem(values[key])
         if problem is not None:
             raise ValueError(f"config.{key} = {values[key]!r}: expected {problem}")
+    if config.optimizer == "adam" and config.weight_decay > 0:
+        raise ValueError(
+            f"config.weight_decay = {config.weight_decay}: expected 0 with config.optimizer "
+            f"= 'adam' (torch's Adam adds it to the gradient, which no method here does); "
+            f"use 'adamw'"
+        )
     per_class = config.eval.visual_thresholds
     if per_class and len(per_class) != config.data.num_classes:
         raise ValueError(

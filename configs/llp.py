@@ -39,6 +39,18 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.learning_rate = 5e-4  # official (HAN used 3e-4)
     c.lr_decay_every_epochs = 6  # paper: the learning rate is multiplied by...
     c.lr_decay_factor = 0.25  # ...0.25 every 6 epochs (paper)
+    # 'step' (above) or 'warmup_cosine' (VALOR, UWAV: lr_warmup_epochs of linear warm-up,
+    # then cosine to lr_min at num_epochs; coleaf_jax/training/step.py:learning_rate).
+    c.lr_schedule = "step"  # official
+    c.lr_warmup_epochs = 0  # official: no warm-up
+    c.lr_min = 0.0  # with warmup_cosine: the last epoch's learning rate
+    # 'adam' (official: torch's Adam, no weight decay) or 'adamw' (VALOR, UWAV: decoupled
+    # weight decay); grad_clip_norm > 0 clips as torch's clip_grad_norm_ (0: none).
+    c.optimizer = "adam"  # official
+    c.adam_betas = (0.9, 0.999)  # torch's defaults (official)
+    c.adam_eps = 1e-8  # torch's default (official)
+    c.weight_decay = 0.0  # official
+    c.grad_clip_norm = 0.0  # official
     c.log_every_steps = 10  # training-loss lines and progress-bar updates (ours)
     # Matmul precision of training and evaluation: 'highest' = full float32 (as the authors'
     # torch); 'default' lets a GPU use TF32 / a TPU bfloat16 passes (faster, other numbers).

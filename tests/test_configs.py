@@ -2,8 +2,9 @@
 
 import os
 
+import jax
 import jax.numpy as jnp
-import ml_collections
+import numpy as np
 import pytest
 
 from coleaf_jax.data import pipeline
@@ -103,9 +104,8 @@ def test_llp_needs_a_root(tmp_path):
 def test_learning_rate_decays_every_six_epochs():
     """lr(epoch) = 5e-4 · 0.25^floor(epoch / 6), as torch's StepLR(6, 0.25) stepped per epoch;
     the optimiser gives Adam's direction, which the step scales by -lr."""
-    c = ml_collections.ConfigDict(
-        {"learning_rate": 5e-4, "lr_decay_every_epochs": 6, "lr_decay_factor": 0.25}
-    )
+    c = llp.get_config()
+    assert (c.learning_rate, c.lr_decay_every_epochs, c.lr_decay_factor) == (5e-4, 6, 0.25)
     lrs = [float(step_lib.learning_rate(c, jnp.int32(e))) for e in range(13)]
     assert lrs[:6] == pytest.approx([5e-4] * 6, rel=1e-6)
     assert lrs[6:12] == pytest.approx([1.25e-4] * 6, rel=1e-6)
@@ -115,6 +115,59 @@ def test_learning_rate_decays_every_six_epochs():
     updates, _ = tx.update({"w": jnp.full((), 3.0)}, tx.init(params), params)
     # Adam's first direction is the sign (up to optax's float32 bias correction, 1 - 0.999).
     assert float(updates["w"]) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_warmup_cosine_is_valors_schedule():
+    """``lr_schedule='warmup_cosine'`` against VALOR's ``lr_warm_up_cos_anneal``
+    (``main_avvp.py:38-45``) as written, set before each 1-based epoch; VALOR's values."""
+    import math
+
+    def valor(cur_epoch, warm_up_epoch, max_epoch, lr_min, lr_max):
+        if cur_epoch < warm_up_epoch:
+            return cur_epoch / warm_up_epoch * lr_max
+        return lr_min + 0.5 * (lr_max - lr_min) * (
+            1.0 + math.cos((cur_epoch - warm_up_epoch) / (max_epoch - warm_up_epoch) * math.pi)
+        )
+
+    c = llp.get_config()
+    c.lr_schedule, c.lr_warmup_epochs, c.num_epochs = "warmup_cosine", 10, 60
+    c.learning_rate, c.lr_min = 3e-4, 3e-6
+    ours = [float(step_lib.learning_rate(c, jnp.int32(e))) for e in range(60)]
+    theirs = [valor(e, 10, 60, 3e-6, 3e-4) for e in range(1, 61)]
+    assert ours == pytest.approx(theirs, rel=1e-5)  # float32: cos rounded
+    assert ours[0] == pytest.approx(3e-5) and ours[9] == pytest.approx(3e-4)  # warm-up, top
+
+
+def test_adamw_with_clipping_is_torchs():
+    """``optimizer='adamw'`` with ``grad_clip_norm``: three steps against torch's
+    ``clip_grad_norm_`` then ``AdamW`` (decoupled decay, bias-corrected moments) written
+    out in numpy, on gradients that are clipped (step 1, 3) and not (step 2)."""
+    c = llp.get_config()
+    c.optimizer, c.weight_decay, c.grad_clip_norm = "adamw", 1e-3, 1.0
+    c.adam_betas, c.adam_eps = (0.5, 0.999), 1e-8
+    step_lib.validate_config(c)
+    lr = 3e-4
+    rng = np.random.default_rng(0)
+    theta = rng.normal(size=(2, 5))
+    grads = [rng.normal(size=(2, 5)) * s for s in (3.0, 0.05, 10.0)]
+    tx = step_lib.make_optimizer(c)
+    ours = {"w": jnp.asarray(theta[0]), "b": jnp.asarray(theta[1])}
+    state = tx.init(ours)
+    p, m, v = theta.copy(), np.zeros_like(theta), np.zeros_like(theta)
+    for t, g in enumerate(grads, start=1):
+        coef = 1.0 / (np.sqrt((g**2).sum()) + 1e-6)  # clip_grad_norm_(max_norm=1.0)
+        g = g * coef if coef < 1 else g
+        p = p * (1 - lr * 1e-3)  # AdamW: decay first
+        m, v = 0.5 * m + 0.5 * g, 0.999 * v + 0.001 * g**2
+        p = p - lr * (m / (1 - 0.5**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+        direction, state = tx.update(
+            {"w": jnp.asarray(grads[t - 1][0]), "b": jnp.asarray(grads[t - 1][1])}, state, ours
+        )
+        ours = jax.tree_util.tree_map(lambda x, u: x - lr * u, ours, direction)
+        np.testing.assert_allclose(np.stack([ours["w"], ours["b"]]), p, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="use 'adamw'"):
+        c.optimizer = "adam"
+        step_lib.validate_config(c)
 
 
 @pytest.mark.parametrize("name", sorted(ablations.ABLATIONS))

@@ -55,7 +55,9 @@ class HANAnchor(nn.Module):
     @nn.compact
     def __call__(self, audio, video_2d, video_3d, mask=None, *, train: bool = False):
         if self.update_order not in UPDATE_ORDERS:
-            raise ValueError(f"update_order = {self.update_order!r}: expected one of {UPDATE_ORDERS}")
+            raise ValueError(
+                f"update_order = {self.update_order!r}: expected one of {UPDATE_ORDERS}"
+            )
         t = video_3d.shape[1]
         if mask is None:
             mask = jnp.ones((audio.shape[0], t), bool)
@@ -76,7 +78,13 @@ class HANAnchor(nn.Module):
                 self.param_init,
                 self.num_heads,
                 name=layer_name(i),
-            )(h_a, h_v, mask, deterministic=not train, audio_first=self.update_order == "audio_first")
+            )(
+                h_a,
+                h_v,
+                mask,
+                deterministic=not train,
+                audio_first=self.update_order == "audio_first",
+            )
         out = MMILHead(self.num_classes, self.param_init, name="mmil")(
             jnp.stack([h_a, h_v], axis=2), mask
         )

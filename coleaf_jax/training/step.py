@@ -84,17 +84,55 @@ def build_models(config, num_classes: int):
     return anchor, reference_lib.build(config.model, num_classes)
 
 
+def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformation:
+    """torch's ``nn.utils.clip_grad_norm_(params, max_norm)``: every gradient scaled by
+    ``min(1, max_norm / (‖g‖ + 1e-6))``, ``‖g‖`` the global L2 norm (optax's own
+    ``clip_by_global_norm`` has no 1e-6)."""
+
+    def update(updates, state, params=None):
+        del params
+        norm = optax.global_norm(updates)
+        scale = jnp.minimum(1.0, max_norm / (norm + 1e-6))
+        return jax.tree_util.tree_map(lambda g: g * scale.astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(config) -> optax.GradientTransformation:
-    """Adam's update direction (β 0.9 / 0.999, ε 1e-8: torch's defaults); the step scales
-    it by ``-learning_rate(config, epoch)``. No weight decay, no clipping (docs/method.md §7)."""
-    del config  # Adam's constants are fixed; the schedule is ``learning_rate``
-    return optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8)
+    """The update direction; the step scales it by ``-learning_rate(config, epoch)``.
+
+    ``config.optimizer = 'adam'`` (CoLeaF, HAN, CMPAE: torch's ``Adam``, no weight decay,
+    no clipping, docs/method.md §7) or ``'adamw'`` (VALOR, UWAV: torch's ``AdamW``, the
+    decay ``weight_decay · θ`` added to the direction, i.e. ``θ ← θ − lr·wd·θ − lr·Adam``).
+    ``adam_betas``, ``adam_eps``; ``grad_clip_norm > 0`` clips the gradients first as
+    torch's ``clip_grad_norm_`` does (:func:`clip_by_global_norm_torch`)."""
+    b1, b2 = config.adam_betas
+    parts = []
+    if config.grad_clip_norm > 0:
+        parts.append(clip_by_global_norm_torch(config.grad_clip_norm))
+    parts.append(optax.scale_by_adam(b1=b1, b2=b2, eps=config.adam_eps))
+    if config.optimizer == "adamw" and config.weight_decay > 0:
+        parts.append(optax.add_decayed_weights(config.weight_decay))
+    return parts[0] if len(parts) == 1 else optax.chain(*parts)
 
 
 def learning_rate(config, epoch):
-    """The learning rate of 0-based ``epoch``: ``lr · 0.25^⌊epoch / 6⌋`` (docs/method.md §7), as
-    torch's ``StepLR(step_size=6, gamma=0.25)`` stepped after every epoch (computed in
-    the default float precision, so a float64 run gets the exact value)."""
+    """The learning rate of 0-based ``epoch`` (traced or not).
+
+    ``lr_schedule = 'step'`` (docs/method.md §7): ``lr · factor^⌊epoch / every⌋``, as torch's
+    ``StepLR`` stepped after every epoch (computed in the default float precision, so a
+    float64 run gets the exact value). ``'warmup_cosine'`` (VALOR's
+    ``lr_warm_up_cos_anneal``, ``main_avvp.py:38-45``, set before each 1-based epoch
+    ``e``): ``e / W · lr`` while ``e < W`` (``W = lr_warmup_epochs``), then
+    ``lr_min + ½ (lr − lr_min)(1 + cos(π (e − W) / (num_epochs − W)))``."""
+    if config.lr_schedule == "warmup_cosine":
+        e = epoch + 1
+        warm = config.lr_warmup_epochs
+        lr, lr_min = config.learning_rate, config.lr_min
+        cosine = lr_min + 0.5 * (lr - lr_min) * (
+            1.0 + jnp.cos((e - warm) / max(config.num_epochs - warm, 1) * jnp.pi)
+        )
+        return jnp.where(e < warm, e / max(warm, 1) * lr, cosine)
     return config.learning_rate * config.lr_decay_factor ** (epoch // config.lr_decay_every_epochs)
 
 
