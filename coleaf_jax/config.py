@@ -234,6 +234,7 @@ SCHEMA: dict[str, Check] = {
     "model.cmpae_residual_dropout": RATE,
     "loss.visual_label_smoothing": Numbers(2, PROBABILITY),
     "loss.pseudo_label_segment_weight": WEIGHT,
+    "loss.pseudo_label_segment_form": Choice("probabilities", "logits"),
     "loss.reference": Choice("asl", "bce"),
     "loss.class_token_warmup_epochs": Int(0),
     "loss.class_token_weight_audio": Numbers(2, WEIGHT),
@@ -265,7 +266,7 @@ SCHEMA: dict[str, Check] = {
     "eval.thresholds": Choice("standard", "official", "jomold", "cmpae"),
     "eval.visual_thresholds": PerClass(PROBABILITY),
     "eval.batch_size": Int(1),
-    "eval.selection": Choice("avvp", "av"),
+    "eval.selection": Choice("avvp", "av", "type"),
 }
 
 
@@ -320,6 +321,11 @@ def validate(config) -> None:
         raise ValueError(
             f"config.model.num_heads = {m.num_heads}: expected a divisor of "
             f"config.model.d_model = {m.d_model}"
+        )
+    if config.loss.pseudo_label_segment_form == "logits" and m.anchor == "cmpae":
+        raise ValueError(
+            "config.loss.pseudo_label_segment_form = 'logits': the CMPAE Anchor's segment "
+            "probabilities mix two passes (no logits); expected 'probabilities'"
         )
     if m.anchor == "cmpae" and (m.num_heads, m.num_layers, m.update_order) != (1, 1, "parallel"):
         raise ValueError(

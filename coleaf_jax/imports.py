@@ -73,7 +73,7 @@ class Source:
     update_order: str
     published: dict
     thresholds: str  # its own evaluation rule (coleaf_jax.evaluation.metrics presets)
-    anchor: str = "han"  # ours: coleaf_jax.registry's 'han' or 'cmpae'
+    anchor: str = "han"  # ours: coleaf_jax.registry's 'han', 'valor' or 'cmpae'
 
     @property
     def anchor_kind(self) -> str:
@@ -109,6 +109,7 @@ SOURCES: dict[str, Source] = {
             d_model=512, ffn_dim=1024, num_layers=1, audio_dim=128, video_dim=2048, video_3d_dim=512
         ),
         thresholds="standard",
+        anchor="valor",
     ),
     "valor_plus": Source(
         name="valor_plus",
@@ -123,6 +124,7 @@ SOURCES: dict[str, Source] = {
             d_model=256, ffn_dim=1024, num_layers=4, audio_dim=128, video_dim=2048, video_3d_dim=512
         ),
         thresholds="standard",
+        anchor="valor",
     ),
     "jomold": Source(
         name="jomold",
@@ -172,6 +174,7 @@ def _shape(state, key):
 # projections, the first layer's FFN, the class head).
 _KEYS = {
     "han": ("fc_a.weight", "fc_v.weight", "fc_st.weight", "fc_prob.weight"),
+    "valor": ("fc_a.weight", "fc_v.weight", "fc_st.weight", "fc_prob.weight"),
     "cmpae": ("fc_a.0.weight", "fc_v.0.weight", "fc_st.0.weight", "fc_prob.weight"),
 }
 _LAYER0 = "hat_encoder.layers.0.linear1.weight"
@@ -240,7 +243,7 @@ def anchor_params(
         )
     if source.anchor == "cmpae" and arch["num_layers"] != 1:
         raise ImportError_(f"{path}: {arch['num_layers']} HAN layers; CMPAE's Anchor has one")
-    table = aw.han_table(arch["num_layers"]) if source.anchor == "han" else aw.ANCHOR_TABLE
+    table = aw.ANCHOR_TABLE if source.anchor == "cmpae" else aw.han_table(arch["num_layers"])
     known = {name for name, _, _ in table}
     unused = aw.UNUSED_PREFIXES[source.unused]
     missing = [k for k in known if k not in state]
@@ -291,7 +294,7 @@ def apply_source(config, source: Source, arch: dict) -> None:
     m = config.model
     m.anchor = source.anchor
     m.d_model, m.ffn_dim = arch["d_model"], arch["ffn_dim"]
-    if source.anchor == "han":
+    if source.anchor != "cmpae":  # HAN's network, or VALOR's generalisation of it
         m.num_layers, m.num_heads, m.update_order = (
             arch["num_layers"],
             source.num_heads,

@@ -179,6 +179,13 @@ register_anchor(
 )
 register_anchor(
     Anchor(
+        name="valor",  # VALOR's HAN (model.num_heads / num_layers / update_order) and its loss
+        module="coleaf_jax.models.han:build",
+        backbone_loss="coleaf_jax.training.objectives:valor_backbone",
+    )
+)
+register_anchor(
+    Anchor(
         name="cmpae",
         module="coleaf_jax.models.cmpae:build",
         backbone_loss="coleaf_jax.training.objectives:cmpae_backbone",

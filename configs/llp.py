@@ -134,6 +134,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict()
     c.loss.visual_label_smoothing = (0.9, 0.05)  # HAN: y_v = 0.9 y + 0.05
     c.loss.pseudo_label_segment_weight = 1.0  # with data.pseudo_labels: segment BCE weight (ours)
+    # ...on the segment probabilities (ours) or on the logits (VALOR's BCE with logits)
+    c.loss.pseudo_label_segment_form = "probabilities"  # ours
     # The Reference's loss (weak, class-token and KD terms): 'asl' (official: asymmetric
     # loss, summed over videos and classes) or 'bce' (paper's text, mean).
     c.loss.reference = "asl"  # official
@@ -185,7 +187,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.eval.visual_thresholds = ()
     c.eval.batch_size = 256  # videos per evaluation batch (ours: memory, not results)
     # Model selection on validation: 'avvp' = mean of the segment and event Ao, Vo, AV,
-    # T@o, E@o (docs/method.md §7); 'av' = mean of segment and event AV (UnAV-100).
+    # T@o, E@o (docs/method.md §7); 'av' = mean of segment and event AV (UnAV-100);
+    # 'type' = segment Type@AV (VALOR).
     c.eval.selection = "avvp"
 
     if options["method"]:

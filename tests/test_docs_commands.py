@@ -96,6 +96,13 @@ SKIPPED = {
     "--float64 --out cmpae_events_f64.npz": (
         "as the float32 recording: tests/fixtures/parity_cmpae_events_f64.npz, replayed below"
     ),
+    "/tmp/torch/bin/python tools/valor_parity.py record --valor /path/to/VALOR --out "
+    "valor_f64.npz": (
+        "records VALOR's step (torch, its checkout): tests/fixtures/parity_valor_f64.npz, "
+        "replayed below"
+    ),
+    "git clone https://github.com/Franklin905/VALOR /path/to/VALOR && git -C /path/to/VALOR "
+    "checkout 2677da9": "a download: VALOR's code, which only the torch recording uses",
     "git clone https://github.com/YapengTian/AVVP-ECCV20 /path/to/AVVP-ECCV20": (
         "a download: HAN's code, which only the torch recording uses"
     ),
@@ -301,6 +308,18 @@ SCENARIOS: dict[str, list[Step]] = {
             creates=_run_files("runs/pseudo_han_synthetic"),
         ),
     ],
+    "valor_training": [
+        Step(
+            "python train.py --config configs/valor.py --config.data.root=/path/to/LLP "
+            "--workdir runs/valor",
+            creates=_run_files("runs/valor"),
+        ),
+        Step(
+            "python train.py --config configs/valor.py:plus,synthetic --workdir "
+            "runs/valor_plus_synthetic",
+            creates=_run_files("runs/valor_plus_synthetic"),
+        ),
+    ],
     "sweeps": [
         Step(SWEEP, creates=("runs/sweep/summary.json",)),
         Step(
@@ -402,6 +421,15 @@ SCENARIOS: dict[str, list[Step]] = {
         ),
         Step("python tools/parity.py compare --float32 f64.npz", expect=(r"parity",)),
         Step("python tools/parity.py compare-recordings f32.npz f64.npz"),
+        Step(
+            "python tools/valor_parity.py compare valor_f64.npz",
+            expect=(
+                r"parity: every group within tolerance",
+                r"coverage: 5 of 10 steps clipped",
+                r"AdamW exp_avg_sq after step 10 .* ok",
+                r"learning rate \(epoch 8\) .* ok",
+            ),
+        ),
         Step(
             "python tools/parity.py coverage cmpae_events_f64.npz han_events_f64.npz",
             expect=(r"every required condition met", r"plan han Anchor, events data"),
@@ -632,7 +660,14 @@ def _authors_runs(folder: str) -> None:
 
 def _prepare(name: str, cwd: str, ctx: dict) -> None:
     """The inputs of scenario ``name`` (what a user downloads or records)."""
-    if name in ("llp_variants", "other_datasets", "sweeps", "two_processes", "video_files"):
+    if name in (
+        "llp_variants",
+        "other_datasets",
+        "sweeps",
+        "two_processes",
+        "video_files",
+        "valor_training",
+    ):
         _llp(ctx["llp"])
     if name == "other_datasets":
         _unav(ctx["unav"])
@@ -664,6 +699,9 @@ def _prepare(name: str, cwd: str, ctx: dict) -> None:
     if name == "parity":
         shutil.copy(os.path.join(FIXTURES, "parity_cmpae_f32.npz"), os.path.join(cwd, "f32.npz"))
         shutil.copy(os.path.join(FIXTURES, "parity_cmpae_f64.npz"), os.path.join(cwd, "f64.npz"))
+        shutil.copy(
+            os.path.join(FIXTURES, "parity_valor_f64.npz"), os.path.join(cwd, "valor_f64.npz")
+        )
         for plan in ("cmpae_events", "han_events"):
             shutil.copy(
                 os.path.join(FIXTURES, f"parity_{plan}_f64.npz"),

@@ -287,12 +287,17 @@ def per_video_scores(
 
 
 # ``config.eval.selection`` -> the scores averaged for model selection.
-SELECTIONS: dict[str, tuple[str, ...]] = {"avvp": SELECTION_KEYS, "av": ("seg_av", "evt_av")}
+SELECTIONS: dict[str, tuple[str, ...]] = {
+    "avvp": SELECTION_KEYS,
+    "av": ("seg_av", "evt_av"),
+    "type": ("seg_type",),  # VALOR: validation segment Type@AV (main_avvp.py:404)
+}
 
 
 def selection_score(scores: Mapping[str, float], selection: str = "avvp") -> float:
     """Model-selection criterion: the mean of ``SELECTIONS[selection]`` (``'avvp'``:
-    the ten ``SELECTION_KEYS`` of docs/method.md §7; ``'av'``: segment and event AV, UnAV-100)."""
+    the ten ``SELECTION_KEYS`` of docs/method.md §7; ``'av'``: segment and event AV, UnAV-100;
+    ``'type'``: segment Type@AV, VALOR)."""
     if selection not in SELECTIONS:
         raise ValueError(
             f"config.eval.selection = {selection!r}: expected one of {sorted(SELECTIONS)}"

@@ -90,6 +90,7 @@ class HANAnchor(nn.Module):
         )
         return {
             "seg_prob": out["seg_prob"],
+            "seg_logits": out["seg_logits"],
             "video_prob": out["video_prob"],
             "video_prob_a": out["modality_prob"][:, 0],
             "video_prob_v": out["modality_prob"][:, 1],

@@ -44,7 +44,8 @@ def mmil_pool(
 
 
 class MMILHead(nn.Module):
-    """``FC_prob``, ``FC_time``, ``FC_mod`` on ``h (B, T, M, D)`` followed by ``mmil_pool``."""
+    """``FC_prob``, ``FC_time``, ``FC_mod`` on ``h (B, T, M, D)`` followed by ``mmil_pool``;
+    also returns the segment logits ``seg_logits`` (``FC_prob``'s output, before the sigmoid)."""
 
     num_classes: int
     param_init: str = "torch"
@@ -52,7 +53,8 @@ class MMILHead(nn.Module):
     @nn.compact
     def __call__(self, h: jnp.ndarray, mask: jnp.ndarray) -> dict[str, jnp.ndarray]:
         c = self.num_classes
-        seg_prob = jax.nn.sigmoid(Linear(c, self.param_init, name="fc_prob")(h))
+        seg_logits = Linear(c, self.param_init, name="fc_prob")(h)
+        seg_prob = jax.nn.sigmoid(seg_logits)
         out = mmil_pool(
             seg_prob,
             Linear(c, self.param_init, name="fc_time")(h),
@@ -60,4 +62,5 @@ class MMILHead(nn.Module):
             mask,
         )
         out["seg_prob"] = seg_prob
+        out["seg_logits"] = seg_logits
         return out

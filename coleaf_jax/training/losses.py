@@ -98,6 +98,19 @@ def pseudo_label_segment_bce(seg_prob, pl_audio, pl_visual, mask, video_mask, ax
     return batch_mean(binary_cross_entropy(seg_prob, target), weights, axis_name)
 
 
+def pseudo_label_segment_bce_logits(
+    seg_logits, pl_audio, pl_visual, mask, video_mask, axis_name=None
+):
+    """:func:`pseudo_label_segment_bce` on the segment logits ``(B, T, 2, C)``, as torch's
+    ``binary_cross_entropy_with_logits`` (``softplus(x) - y·x``: no clamp, exact where a
+    probability saturates). VALOR's ``loss_valor_a + loss_valor_v`` is twice this mean
+    (``loss.pseudo_label_segment_weight = 2``)."""
+    target = jnp.stack([pl_audio, pl_visual], axis=2)
+    weights = (mask.astype(jnp.float32) * video_mask[:, None])[:, :, None, None]
+    per_entry = jax.nn.softplus(seg_logits) - target * seg_logits
+    return batch_mean(per_entry, weights, axis_name)
+
+
 def han_loss(anchor_out, y, y_a, y_v, video_mask, axis_name=None):
     """HAN's backbone loss ``BCE(p, y) + BCE(p^a, ȳ_a) + BCE(p^v, ȳ_v)`` (docs/method.md §4.2)."""
     return (

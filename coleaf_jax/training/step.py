@@ -126,7 +126,7 @@ def learning_rate(config, epoch):
     ``e``): ``e / W · lr`` while ``e < W`` (``W = lr_warmup_epochs``), then
     ``lr_min + ½ (lr − lr_min)(1 + cos(π (e − W) / (num_epochs − W)))``."""
     if config.lr_schedule == "warmup_cosine":
-        e = epoch + 1
+        e = jnp.asarray(epoch, jnp.result_type(float)) + 1.0  # the default float (x64: exact)
         warm = config.lr_warmup_epochs
         lr, lr_min = config.learning_rate, config.lr_min
         cosine = lr_min + 0.5 * (lr - lr_min) * (
