@@ -479,10 +479,6 @@ SCENARIOS: dict[str, list[Step]] = {
             expect=(r"1 head\(s\), parallel update",),
         ),
         Step(
-            "python eval.py --workdir runs/han_released",
-            creates=("runs/han_released/eval/test_epoch0_standard.json",),
-        ),
-        Step(
             "python -m coleaf_jax.imports jomold JoMoLD.pt --workdir runs/jomold_released "
             "--config.data.root=/path/to/LLP",
             expect=(r"evaluation rule 'jomold'",),

@@ -34,6 +34,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNIT_TESTS = [
+    "tests/test_valor_training.py",
     "tests/test_losses.py",
     "tests/test_dropout_sites.py",
     "tests/test_models.py",
@@ -42,6 +43,11 @@ UNIT_TESTS = [
     "tests/test_metrics.py",
     "tests/test_parity.py",
 ]
+
+
+# Which harness replays a fixture (by its name's prefix): a method's own, else CoLeaF's.
+REPLAYS = {"parity_valor_": "tools/valor_parity.py"}
+DEFAULT_REPLAY = "tools/parity.py"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,6 +335,57 @@ BUGS = [
         "the visual video-level gate read from the audio probability",
         "evaluation",
     ),
+    # --- VALOR's recipe (configs/valor.py; judged by tools/valor_parity.py's fixture) --
+    Bug(
+        "valor_clip_without_epsilon",
+        "coleaf_jax/training/step.py",
+        "scale = jnp.minimum(1.0, max_norm / (norm + 1e-6))",
+        "scale = jnp.minimum(1.0, max_norm / norm)",
+        "torch's clipping without its 1e-6",
+        "optimiser",
+    ),
+    Bug(
+        "valor_decay_coupled",
+        "coleaf_jax/training/step.py",
+        "    parts = []\n    if config.grad_clip_norm > 0:",
+        "    parts = []\n    if config.optimizer == 'adamw' and config.weight_decay > 0:\n"
+        "        parts.append(optax.add_decayed_weights(config.weight_decay))\n"
+        "    if config.grad_clip_norm > 0:",
+        "AdamW's decay added to the gradient before clipping and Adam (L2, not decoupled)",
+        "optimiser",
+    ),
+    Bug(
+        "valor_warmup_from_zero",
+        "coleaf_jax/training/step.py",
+        "e = jnp.asarray(epoch, jnp.result_type(float)) + 1.0",
+        "e = jnp.asarray(epoch, jnp.result_type(float))",
+        "the warm-up counted from epoch 0 (VALOR sets the rate before 1-based epochs)",
+        "schedule",
+    ),
+    Bug(
+        "valor_parallel_update",
+        "coleaf_jax/models/layers.py",
+        "return out_a, one_stream(x_v, out_a if audio_first else x_a)",
+        "return out_a, one_stream(x_v, x_a)",
+        "VALOR's visual stream updated from the layer's input, not the updated audio",
+        "models",
+    ),
+    Bug(
+        "valor_pseudo_weight_one",
+        "configs/valor.py",
+        "c.loss.pseudo_label_segment_weight = 2.0",
+        "c.loss.pseudo_label_segment_weight = 1.0",
+        "VALOR's two modality BCEs averaged instead of summed",
+        "objectives",
+    ),
+    Bug(
+        "valor_selection_avvp",
+        "configs/valor.py",
+        'c.eval.selection = "type"',
+        'c.eval.selection = "avvp"',
+        "VALOR's checkpoint chosen by CoLeaF's criterion, not validation segment Type@AV",
+        "evaluation",
+    ),
     Bug(
         "reference_class_tokens_mean_over_time",
         "coleaf_jax/models/reference.py",
@@ -376,7 +433,9 @@ def checks(root: str) -> list[tuple[str, list[str]]]:
     out = [("unit tests", [*pytest, *UNIT_TESTS])]
     for fixture in sorted(glob.glob(os.path.join(root, "tests", "fixtures", "parity_*.npz"))):
         rel = os.path.relpath(fixture, root)
-        out.append((f"replay {os.path.basename(fixture)}", [py, "tools/parity.py", "compare", rel]))
+        name = os.path.basename(fixture)
+        tool = next((t for prefix, t in REPLAYS.items() if name.startswith(prefix)), DEFAULT_REPLAY)
+        out.append((f"replay {name}", [py, tool, "compare", rel]))
     return out
 
 
