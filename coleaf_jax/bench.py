@@ -58,8 +58,11 @@ from coleaf_jax.training.workdir import check_output
 NUM_CLASSES = 25
 
 
-def random_split(n: int, t: int, pooled: bool, seed: int = 0, dense: bool = False) -> dict:
-    """Random arrays with LLP shapes (``n`` videos of ``t`` segments)."""
+def random_split(
+    n: int, t: int, pooled: bool, seed: int = 0, dense: bool = False, pseudo: bool = False
+) -> dict:
+    """Random arrays with LLP shapes (``n`` videos of ``t`` segments); ``pseudo``: segment
+    pseudo-labels ``pl_audio``, ``pl_visual`` ``(n, t, C)`` within the weak labels."""
     rng = np.random.default_rng(seed)
     frames = t if pooled else t * LLP_FRAMES_PER_SEGMENT
     data = {
@@ -71,12 +74,16 @@ def random_split(n: int, t: int, pooled: bool, seed: int = 0, dense: bool = Fals
     if dense:
         for k in ("label_audio", "label_visual"):
             data[k] = (rng.random((n, t, NUM_CLASSES)) < 0.05).astype(np.float32)
+    if pseudo:
+        for k in ("pl_audio", "pl_visual"):
+            data[k] = (rng.random((n, t, NUM_CLASSES)) < 0.5) * data["label"][:, None, :]
     return data
 
 
 def _batch(data: dict, b: int) -> dict:
     n, t = data["audio"].shape[:2]
-    batch = {k: jnp.asarray(data[k][:b]) for k in ("audio", "video_2d", "video_3d", "label")}
+    keys = ("audio", "video_2d", "video_3d", "label", "pl_audio", "pl_visual")
+    batch = {k: jnp.asarray(data[k][:b]) for k in keys if k in data}
     batch["mask"] = jnp.ones((b, t), bool)
     batch["video_mask"] = jnp.ones((b,), jnp.float32)
     return batch
@@ -93,7 +100,8 @@ def bench_train(
     """Compile time and steady-state training throughput of one jitted step; with
     ``profile_dir``, also the step's kernels by kind (:func:`profile_kernels`)."""
     pooled = pipeline.can_pool_frames(config)
-    batch = _batch(random_split(batch_size, segments, pooled), batch_size)
+    pseudo = config.data.pseudo_labels
+    batch = _batch(random_split(batch_size, segments, pooled, pseudo=pseudo), batch_size)
     state, anchor, reference, tx = step_lib.create_train_state(
         config, jax.random.key(0), batch, 100, NUM_CLASSES
     )
@@ -209,7 +217,7 @@ def _timed(fn, *args) -> float:
 def bench_epoch(config, n: int, segments: int, seeds: int) -> dict:
     """Seconds per training epoch over ``n`` videos (after a compiling epoch)."""
     pooled = pipeline.can_pool_frames(config)
-    data = random_split(n, segments, pooled, seed=2)
+    data = random_split(n, segments, pooled, seed=2, pseudo=config.data.pseudo_labels)
     b = config.batch_size
     spe = pipeline.num_batches(n, b)
     state, anchor, reference, tx = step_lib.create_train_state(

@@ -273,9 +273,9 @@ BUGS = [
     ),
     Bug(
         "adam_b2",
-        "coleaf_jax/training/step.py",
-        "return optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8)",
-        "return optax.scale_by_adam(b1=0.9, b2=0.99, eps=1e-8)",
+        "configs/llp.py",
+        "c.adam_betas = (0.9, 0.999)",
+        "c.adam_betas = (0.9, 0.99)",
         "Adam's beta2 0.99 instead of torch's 0.999",
         "schedule",
     ),
