@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import re
@@ -81,81 +80,75 @@ class Source:
         return "cmpae" if self.anchor == "cmpae" else self.name
 
 
+def _widths(d_model: int, ffn_dim: int, num_layers: int) -> dict:
+    """A released network's widths (all of them read LLP's VGGish / ResNet / R(2+1)D)."""
+    return dict(
+        d_model=d_model,
+        ffn_dim=ffn_dim,
+        num_layers=num_layers,
+        audio_dim=128,
+        video_dim=2048,
+        video_3d_dim=512,
+    )
+
+
+_HAN = Source(
+    name="han",
+    project="HAN (Tian et al., ECCV 2020)",
+    network="github.com/YapengTian/AVVP-ECCV20 @ fde5611, nets/net_audiovisual.py MMIL_Net",
+    released="models/MMIL_Net.pt in that repository",
+    saved_as="torch.save(model.state_dict()) (torch 1.x: legacy or zip format)",
+    unused="han",
+    num_heads=1,
+    update_order="parallel",
+    published=_widths(512, 512, 1),
+    thresholds="standard",
+)
+_VALOR = Source(
+    name="valor",
+    project="VALOR (Lai et al., NeurIPS 2023)",
+    network="github.com/Franklin905/VALOR @ 2677da9, main_network.py MMIL_Net",
+    released="model_VALOR/checkpoint_best.pt, Hugging Face NTUBarista/valor_trained_models",
+    saved_as="torch.save(model.state_dict(), 'checkpoint_best.pt') (zip format)",
+    unused="valor",
+    num_heads=8,
+    update_order="audio_first",
+    published=_widths(512, 1024, 1),
+    thresholds="standard",
+    anchor="valor",
+)
+# JoMoLD's and CMPAE's main.py save {'model': state_dict, 'optimizer', 'scheduler',
+# 'epochs', RNG states}; the reader keeps 'model'.
+_TRAINING_DICT = "torch.save({'model': ..., 'optimizer', 'scheduler', 'epochs', RNG states})"
 SOURCES: dict[str, Source] = {
-    "han": Source(
-        name="han",
-        project="HAN (Tian et al., ECCV 2020)",
-        network="github.com/YapengTian/AVVP-ECCV20 @ fde5611, nets/net_audiovisual.py MMIL_Net",
-        released="models/MMIL_Net.pt in that repository",
-        saved_as="torch.save(model.state_dict()) (torch 1.x: legacy or zip format)",
-        unused="han",
-        num_heads=1,
-        update_order="parallel",
-        published=dict(
-            d_model=512, ffn_dim=512, num_layers=1, audio_dim=128, video_dim=2048, video_3d_dim=512
-        ),
-        thresholds="standard",
-    ),
-    "valor": Source(
-        name="valor",
-        project="VALOR (Lai et al., NeurIPS 2023)",
-        network="github.com/Franklin905/VALOR @ 2677da9, main_network.py MMIL_Net",
-        released="checkpoint_best.pt, Hugging Face NTUBarista/valor_trained_models",
-        saved_as="torch.save(model.state_dict(), 'checkpoint_best.pt') (zip format)",
-        unused="valor",
-        num_heads=8,
-        update_order="audio_first",
-        published=dict(
-            d_model=512, ffn_dim=1024, num_layers=1, audio_dim=128, video_dim=2048, video_3d_dim=512
-        ),
-        thresholds="standard",
-        anchor="valor",
-    ),
-    "valor_plus": Source(
+    "han": _HAN,
+    "valor": _VALOR,
+    "valor_plus": dataclasses.replace(
+        _VALOR,
         name="valor_plus",
         project="VALOR+ (Lai et al., NeurIPS 2023)",
-        network="github.com/Franklin905/VALOR @ 2677da9, main_network.py MMIL_Net",
-        released="checkpoint_best.pt, Hugging Face NTUBarista/valor_trained_models",
-        saved_as="torch.save(model.state_dict(), 'checkpoint_best.pt') (zip format)",
-        unused="valor",
-        num_heads=8,
-        update_order="audio_first",
-        published=dict(
-            d_model=256, ffn_dim=1024, num_layers=4, audio_dim=128, video_dim=2048, video_3d_dim=512
-        ),
-        thresholds="standard",
-        anchor="valor",
+        released="model_VALOR+/checkpoint_best.pt, Hugging Face NTUBarista/valor_trained_models",
+        published=_widths(256, 1024, 4),
     ),
-    "jomold": Source(
+    "jomold": dataclasses.replace(
+        _HAN,
         name="jomold",
         project="JoMoLD (Cheng et al., ECCV 2022)",
         network="github.com/MCG-NJU/JoMoLD @ a7dc2d5, nets/net_audiovisual.py MMIL_Net",
         released="JoMoLD.pt, the Google Drive folder of its README",
-        saved_as="torch.save({'model': state_dict, 'optimizer', 'scheduler', 'epochs', RNG "
-        "states}) (main.py:530-535)",
-        unused="han",
-        num_heads=1,
-        update_order="parallel",
-        published=dict(
-            d_model=512, ffn_dim=512, num_layers=1, audio_dim=128, video_dim=2048, video_3d_dim=512
-        ),
+        saved_as=f"{_TRAINING_DICT} (main.py:530-535)",
         thresholds="jomold",
     ),
-    "cmpae": Source(
+    "cmpae": dataclasses.replace(
+        _HAN,
         name="cmpae",
         project="CMPAE (Gao et al., CVPR 2023)",
-        network="github.com/MengyuanChen21/CVPR2023-CMPAE @ 73345f7, nets/net_audiovisual.py "
-        "MMIL_Net",
+        network="github.com/MengyuanChen21/CVPR2023-CMPAE @ 73345f7, "
+        "nets/net_audiovisual.py MMIL_Net",
         released="cmpae_s0.pt (Google Drive, its README); thresholds: "
         "save/pretrained/cmpae_s0_early.xlsx in its repository",
-        saved_as="torch.save({'model': state_dict, 'optimizer', 'scheduler', 'epochs', RNG "
-        "states}) (main.py:376-381)",
+        saved_as=f"{_TRAINING_DICT} (main.py:376-381)",
         unused="anchor",
-        num_heads=1,
-        update_order="parallel",
-        published=dict(
-            d_model=512, ffn_dim=512, num_layers=1, audio_dim=128, video_dim=2048, video_3d_dim=512
-        ),
         thresholds="cmpae",
         anchor="cmpae",
     ),
@@ -373,14 +366,6 @@ def read_xlsx_column(path: str, sheet: str, rows: int) -> tuple[float, ...]:
     return tuple(values)
 
 
-def sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _prepare_workdir(workdir: str, overwrite: bool) -> None:
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ImportError_(f"--workdir {workdir}: exists and is not a folder")
@@ -457,7 +442,7 @@ def import_checkpoint(
         "file": os.path.basename(path),
         "path": os.path.abspath(path),
         "bytes": os.path.getsize(path),
-        "sha256": sha256(path),
+        "sha256": convert.file_digest(path),
         "architecture": {
             **arch,
             "num_heads": source.num_heads,
@@ -470,7 +455,7 @@ def import_checkpoint(
         record["thresholds_file"] = {
             "file": os.path.basename(thresholds_file),
             "bytes": os.path.getsize(thresholds_file),
-            "sha256": sha256(thresholds_file),
+            "sha256": convert.file_digest(thresholds_file),
         }
     if os.path.isdir(workdir) and overwrite:
         for name in os.listdir(workdir):

@@ -191,7 +191,7 @@ def test_import_then_parse_and_eval_with_the_workdir_alone(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "note: not the released valor network's widths: d_model 32" in done.stdout
     record = json.loads((work / "imported.json").read_text())
-    assert record["sha256"] == imports.sha256(pt) and record["bytes"] == os.path.getsize(pt)
+    assert record["sha256"] == convert.file_digest(pt) and record["bytes"] == os.path.getsize(pt)
     assert record["architecture"]["num_heads"] == 8
     stored = json.loads((work / "config.json").read_text())
     assert (
@@ -255,7 +255,7 @@ def test_cmpae_import_carries_its_rule_and_per_class_thresholds(tmp_path):
     stored = json.loads((tmp_path / "c" / "config.json").read_text())
     assert stored["model"]["anchor"] == "cmpae" and stored["eval"]["thresholds"] == "cmpae"
     assert stored["eval"]["visual_thresholds"][:4] == [0.7, 0.4, 0.7, 0.3]
-    assert record["thresholds_file"]["sha256"] == imports.sha256(xlsx)
+    assert record["thresholds_file"]["sha256"] == convert.file_digest(xlsx)
     config = _config()
     config.eval.thresholds = "cmpae"
     config.eval.visual_thresholds = tuple(stored["eval"]["visual_thresholds"])
