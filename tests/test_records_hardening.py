@@ -403,7 +403,7 @@ def test_eval_and_parse_while_the_run_trains_read_finished_checkpoints(run, tmp_
         while len(records.read_metrics(metrics)) < 3:  # (a row being appended: skipped)
             assert trainer.poll() is None and time.time() < deadline, "training did not start"
             time.sleep(0.5)
-        for i in range(3):
+        for i in range(2):  # each while the training saves and deletes checkpoints
             proc = run_script("eval.py", *tiny_flags(run.root), "--workdir", workdir)
             assert proc.returncode == 0, proc.stderr[-2000:]
             assert "damaged" not in proc.stdout + proc.stderr
@@ -418,7 +418,7 @@ def test_eval_and_parse_while_the_run_trains_read_finished_checkpoints(run, tmp_
             assert "damaged" not in proc.stdout + proc.stderr
             assert os.path.getsize(os.path.join(out, "events.jsonl")) > 0
         assert trainer.poll() is None  # it trained all along
-        assert len(records.read_metrics(metrics)) > 6
+        assert len(records.read_metrics(metrics)) > 5
     finally:
         trainer.terminate()
         trainer.wait(timeout=60)
