@@ -464,6 +464,10 @@ SCENARIOS: dict[str, list[Step]] = {
             expect=(r"valor_imported segment",),
         ),
         Step(
+            "python -m coleaf_jax.evaluation.report --workdir runs/valor",
+            expect=(r"wrote .*runs/valor/report\.html",),
+        ),
+        Step(
             "python parse.py --workdir runs/valor --features /path/to/features --output "
             "parsed_valor/ --probabilities",
             creates=("parsed_valor/events.jsonl", "parsed_valor/probabilities/*.npz"),

@@ -1,6 +1,7 @@
 """A static HTML run report: ``WORKDIR/report.html``.
 
     python -m coleaf_jax.evaluation.report --config configs/llp.py --workdir runs/llp
+    python -m coleaf_jax.evaluation.report --workdir runs/llp   # the run's own config.json
 
 Sections: the run and its config; training curves (loss terms, validation
 scores per epoch, from ``metrics.jsonl``); the final 2×9 test table next to
@@ -21,7 +22,7 @@ import time
 import numpy as np
 
 from coleaf_jax import cli, fileio, registry
-from coleaf_jax.config import config_flags_as_set, load_config_file
+from coleaf_jax.config import apply_overrides, config_flags_as_set, load_config_file
 from coleaf_jax.data import pipeline
 from coleaf_jax.evaluation import evaluate, metrics, paper, plots, runs
 from coleaf_jax.training import records
@@ -239,13 +240,19 @@ def main(argv=None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", required=True, help="FILE.py[:variant], as for train.py")
+    parser.add_argument(
+        "--config", help="FILE.py[:variant], as for train.py (default: the run's config.json)"
+    )
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--timelines", type=int, default=3, help="best and worst videos shown")
     args = parser.parse_args(config_flags_as_set(sys.argv[1:] if argv is None else argv))
     cli.quiet_libraries()
-    config = cli.exit_on_user_error(load_config_file, args.config, args.set)
+    if args.config:
+        config = cli.exit_on_user_error(load_config_file, args.config, args.set)
+    else:  # the run's own config.json (a trained or imported run), then --set
+        config = cli.exit_on_user_error(runs.run_config, None, args.workdir)
+        config = cli.exit_on_user_error(apply_overrides, config, args.set)
     path = cli.exit_on_user_error(build_report, config, args.workdir, num_timelines=args.timelines)
     print(f"wrote {path}")
     return 0
