@@ -81,6 +81,10 @@ AUTHORS = (
 )
 SKIPPED = {
     "make test": "this suite itself (.ci/run)",
+    "python tools/plant_bugs.py --out table.md": (
+        "41 copies of the tree, each through the unit tests and every replay (40 min here): "
+        "its table is in docs/fidelity.md §1.3; CI runs those checks once, unplanted"
+    ),
     "python3 -m venv /tmp/torch && /tmp/torch/bin/pip install torch==2.13.0 numpy pandas": (
         TORCH_VENV
     ),
@@ -117,6 +121,29 @@ SKIPPED = {
     "/tmp/torch/bin/python tools/authors/run_authors.py --code coleaf_cpu --root D --seed $s "
     "--epochs 10 --out runs/authors/seed$s.json": AUTHORS,
     "done": AUTHORS,
+    "python -m coleaf_jax.data.synthetic DV --videos 1000 --seed 0": (
+        "the data of the VALOR side by side (docs/fidelity.md §4.1), measured once with "
+        "torch and VALOR's checkout; the generator runs in other scenarios"
+    ),
+    "git clone https://github.com/Franklin905/VALOR VALOR && git -C VALOR checkout 2677da9": (
+        "a download: VALOR's code, which only run_valor.py's torch run uses"
+    ),
+    "/tmp/torch/bin/pip install prettytable": TORCH_VENV,
+    "/tmp/torch/bin/python tools/authors/run_valor.py run --code VALOR --root DV --epochs 10 "
+    "--warm-up-epoch 2 --out runs/valor/seed1000.json": (
+        "needs torch and VALOR's checkout (github.com/Franklin905/VALOR): the side by side "
+        "of docs/fidelity.md §4.1, measured once"
+    ),
+    "python train.py --config configs/valor.py --config.data.root=DV --workdir runs/ours_valor "
+    "--config.num_epochs=10 --config.lr_warmup_epochs=2 --config.num_seeds=3 > "
+    "runs/ours_valor.log": (
+        "our half of the VALOR side by side, measured with the torch run it is compared "
+        "with; configs/valor.py on an LLP-layout root runs in scenario valor_training"
+    ),
+    "python tools/authors/run_valor.py table --valor runs/valor/seed1000.json --ours "
+    "runs/ours_valor/seeds_metrics.json": (
+        "reads the JSON of run_valor.py's torch run (VALOR's checkout), which CI does not make"
+    ),
     "/tmp/torch/bin/python tools/authors/run_authors.py --code coleaf_cpu --root D --seed 1 "
     "--epochs 10 --out runs/authors/seed1.json": AUTHORS,
     "wget -O checkpoint_best.pt https://huggingface.co/NTUBarista/valor_trained_models/resolve/"
