@@ -81,6 +81,9 @@ AUTHORS = (
 )
 SKIPPED = {
     "make test": "this suite itself (.ci/run)",
+    "/tmp/torch/bin/python tools/bench_valor_torch.py --valor /path/to/VALOR --steps 12": (
+        "times VALOR's own step (torch, its checkout): the other half of a measurement"
+    ),
     "python tools/plant_bugs.py --out table.md": (
         "41 copies of the tree, each through the unit tests and every replay (40 min here): "
         "its table is in docs/fidelity.md §1.3; CI runs those checks once, unplanted"
@@ -393,6 +396,11 @@ SCENARIOS: dict[str, list[Step]] = {
             expect=(r"profile \(3 steps", r"ms +\d+ x  dot\n"),
         ),
         Step("python -m coleaf_jax.flops --config configs/llp.py", expect=(r"FLOP",)),
+        Step(
+            "python -m coleaf_jax.bench --config configs/valor.py --batch 64 --steps 12 "
+            "--eval-videos 256",
+            expect=(r"valor_llp: batch 8", r"train: compile .* videos/s"),
+        ),
     ],
     "video_files": [
         Step(
