@@ -91,7 +91,9 @@ def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformation:
 
     def update(updates, state, params=None):
         del params
-        norm = optax.global_norm(updates)
+        # torch: the norm of the per-tensor norms (torch.nn.utils.clip_grad_norm_)
+        leaves = jax.tree_util.tree_leaves(updates)
+        norm = jnp.linalg.norm(jnp.stack([jnp.linalg.norm(g.reshape(-1)) for g in leaves]))
         scale = jnp.minimum(1.0, max_norm / (norm + 1e-6))
         return jax.tree_util.tree_map(lambda g: g * scale.astype(g.dtype), updates), state
 
