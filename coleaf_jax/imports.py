@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import re
 import shutil
@@ -279,7 +278,13 @@ def anchor_params(
             raise ImportError_(f"{path}: {name} holds {state[name].dtype}, expected floats")
         if not np.all(np.isfinite(state[name])):
             raise ImportError_(f"{path}: {name} holds NaN or infinite values")
-    return aw.from_authors(state, table, source.unused), arch
+    params = jax.tree.map(jnp.asarray, aw.from_authors(state, table, source.unused))
+    fits = jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(shapes)
+    if not fits or any(
+        p.shape != s.shape for p, s in zip(jax.tree.leaves(params), jax.tree.leaves(shapes))
+    ):  # the table and the module disagree: a bug of ours, not the file's
+        raise AssertionError(f"{source.name}: the weight table does not fit the Anchor's params")
+    return params, arch
 
 
 def apply_source(config, source: Source, arch: dict) -> None:
@@ -414,26 +419,13 @@ def import_checkpoint(
     notes = [
         f"{k} {arch[k]} (published {v})" for k, v in source.published.items() if arch.get(k) != v
     ]
-    # The run's state: the Anchor's parameters in the template a trained run has.
-    t = 10
-    sample = {
-        "audio": jnp.zeros((1, t, arch["audio_dim"])),
-        "video_2d": jnp.zeros((1, t, arch["video_dim"])),
-        "video_3d": jnp.zeros((1, t, arch["video_3d_dim"])),
-        "mask": jnp.ones((1, t), bool),
-    }
-    template, _, _, _ = step.create_train_state(
-        config, jax.random.key(0), sample, 1, config.data.num_classes
-    )
-    theirs = jax.tree_util.tree_structure(params)
-    ours = jax.tree_util.tree_structure(template.anchor_params)
-    if theirs != ours:  # the table and the module disagree: a bug of ours, not the file's
-        raise AssertionError(f"imported parameters {theirs} do not fit the Anchor's {ours}")
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(template.anchor_params)):
-        assert a.shape == b.shape, (a.shape, b.shape)
-    run_state = template.replace(
-        anchor_params=jax.tree.map(jnp.asarray, params),
+    # The run's state, as create_train_state makes it for method 'anchor_only'.
+    run_state = step.TrainState(
+        step=jnp.zeros((), jnp.int32),
+        anchor_params=params,
         anchor_opt=step.make_optimizer(config).init(params),
+        ref_params={},
+        ref_opt={},
     )
     record = {
         "source": source.name,
@@ -468,9 +460,7 @@ def import_checkpoint(
         # The selection score of the only checkpoint: it is the best by construction.
         checkpoints.save_checkpoint(mngr, 0, run_state, 0.0)
         mngr.close()
-        fileio.atomic_write_text(
-            os.path.join(workdir, IMPORT_RECORD), json.dumps(record, indent=2) + "\n"
-        )
+        fileio.atomic_write_json(os.path.join(workdir, IMPORT_RECORD), record)
     if verbose:
         print(
             f"imported {path} ({source.project}: width {arch['d_model']}, FFN "
