@@ -32,6 +32,12 @@ import types
 
 import numpy as np
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # run as a script from a torch venv
+    sys.path.insert(0, ROOT)
+
+from tools.parity_inputs import random_entry  # noqa: E402  (numpy only: both venvs)
+
 # case -> VALOR's options (scripts/train_valor*.sh, widths shrunk) and input shapes
 # (B, T_audio, F_audio), (B, T_2d, F_2d): VGGish / ResNet-152 frames, or CLAP token maps /
 # CLIP segments; R(2+1)D (B, 10, 512) always.
@@ -179,12 +185,7 @@ def _randomise(model, rng) -> None:
 
     with torch.no_grad():
         for name, p in model.state_dict().items():
-            if name.endswith("weight") and p.ndim == 2:
-                x = rng.uniform(-1, 1, p.shape) / np.sqrt(p.shape[1])
-            elif "norm" in name and name.endswith("weight"):
-                x = 1.0 + rng.uniform(-0.1, 0.1, p.shape)
-            else:
-                x = rng.uniform(-0.1, 0.1, p.shape)
+            x = random_entry(name, tuple(p.shape), rng)
             p.copy_(torch.from_numpy(x.astype(np.float32)))
 
 

@@ -372,6 +372,22 @@ def event_batches(batch_size: int, seed: int, epochs: list[int]) -> list[dict[st
     return out
 
 
+def random_entry(name: str, shape: tuple, rng: np.random.RandomState) -> np.ndarray:
+    """One entry of an authors' ``state_dict`` drawn for a recording, by its name: a matrix
+    ``*weight`` as torch draws a linear layer's (``U(±1/√in)``), a LayerNorm weight
+    ``1 + U(±0.1)``, anything else (biases, LayerNorm biases) ``U(±0.1)``, so that a wrong
+    mapping of any of them shows. Float32 values (as float64): exact in either precision.
+    The released-network fixtures (``tools/import_record.py``) and VALOR's step fixture
+    (``tools/valor_parity.py``) draw with it."""
+    if name.endswith("weight") and len(shape) == 2:
+        x = rng.uniform(-1, 1, shape) / np.sqrt(shape[1])
+    elif "norm" in name and name.endswith("weight"):
+        x = 1.0 + rng.uniform(-0.1, 0.1, shape)
+    else:
+        x = rng.uniform(-0.1, 0.1, shape)
+    return x.astype(np.float32).astype(np.float64)
+
+
 def sample_positions(
     shapes: dict[str, dict[str, tuple]], seed: int, anchor: str = "cmpae"
 ) -> dict[str, np.ndarray]:

@@ -48,7 +48,7 @@ if ROOT not in sys.path:
 
 # The entries whose exact gradient is 0 (softmax-normalised logit biases, attention key
 # biases): float noise that AdamW turns into ±lr steps, zeroed before any comparison.
-from tools.parity_inputs import comparable  # noqa: E402  (numpy only: both venvs)
+from tools.parity_inputs import comparable, random_entry  # noqa: E402  (numpy only: both venvs)
 
 WIDTH, HEADS, FFN, LAYERS = 32, 8, 64, 2
 BATCH, T, C = 4, 10, 25
@@ -91,21 +91,10 @@ def batches(seed: int = 0) -> list[dict[str, np.ndarray]]:
 
 
 def initial_weights(shapes: dict[str, tuple], seed: int = 0) -> dict[str, np.ndarray]:
-    """Every entry of VALOR's state dict (names sorted), drawn as torch initialises a
-    linear layer, with LayerNorm and bias entries random too (a wrong mapping shows);
-    float32 values, as our weight conversion reads them."""
+    """Every entry of VALOR's state dict (names sorted), drawn by
+    :func:`tools.parity_inputs.random_entry`."""
     rng = np.random.RandomState(seed)
-    out = {}
-    for name in sorted(shapes):
-        shape = shapes[name]
-        if name.endswith("weight") and len(shape) == 2:
-            x = rng.uniform(-1, 1, shape) / np.sqrt(shape[1])
-        elif "norm" in name and name.endswith("weight"):
-            x = 1.0 + rng.uniform(-0.1, 0.1, shape)
-        else:
-            x = rng.uniform(-0.1, 0.1, shape)
-        out[name] = x.astype(np.float32).astype(np.float64)  # float32 values: exact both ways
-    return out
+    return {name: random_entry(name, shapes[name], rng) for name in sorted(shapes)}
 
 
 def positions(shapes: dict[str, tuple], seed: int = 0) -> dict[str, np.ndarray]:
