@@ -262,9 +262,8 @@ def compare(fixture: str) -> int:
     table = aw.han_table(LAYERS)
     weights = initial_weights(shapes, seed)
     params = jax.tree_util.tree_map(
-        jnp.asarray, aw.from_authors(weights, table, "valor")
-    )  # float64 (x64)
-    params = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64), params)
+        lambda x: jnp.asarray(x, jnp.float64), aw.from_authors(weights, table, "valor")
+    )
     anchor, _ = step_lib.build_models(c, C)
     tx = step_lib.make_optimizer(c)
     state = step_lib.TrainState(
@@ -278,15 +277,19 @@ def compare(fixture: str) -> int:
         theirs = np.asarray(theirs)
         return float(np.abs(np.asarray(ours) - theirs).max() / max(np.abs(theirs).max(), 1e-300))
 
-    def check_params(n):
-        ours = aw.to_authors(jax.device_get(state.anchor_params), table)
-        where = positions(shapes, seed)
+    where = positions(shapes, seed)
+
+    def worst_sampled(tree, prefix: str) -> float:
+        """The worst relative error of a tree's sampled positions and norms (authors' names)."""
         worst = 0.0
-        for k, v in ours.items():
+        for k, v in aw.to_authors(jax.device_get(tree), table).items():
             flat = comparable(f"anchor/{k}", v)
-            worst = max(worst, rel(flat[where[k]], rec[f"param_{n}/{k}/sample"]))
-            worst = max(worst, rel(np.linalg.norm(flat), rec[f"param_{n}/{k}/norm"]))
-        errors[f"parameters after step {n}"] = worst
+            worst = max(worst, rel(flat[where[k]], rec[f"{prefix}/{k}/sample"]))
+            worst = max(worst, rel(np.linalg.norm(flat), rec[f"{prefix}/{k}/norm"]))
+        return worst
+
+    def check_params(n):
+        errors[f"parameters after step {n}"] = worst_sampled(state.anchor_params, f"param_{n}")
         adam = next(
             s
             for s in jax.tree_util.tree_leaves(
@@ -295,12 +298,7 @@ def compare(fixture: str) -> int:
             if isinstance(s, optax.ScaleByAdamState)
         )
         for moment, tree in (("exp_avg", adam.mu), ("exp_avg_sq", adam.nu)):
-            moments = aw.to_authors(jax.device_get(tree), table)
-            worst = 0.0
-            for k, v in moments.items():
-                flat = comparable(f"anchor/{k}", v)
-                worst = max(worst, rel(flat[where[k]], rec[f"{moment}_{n}/{k}/sample"]))
-            errors[f"AdamW {moment} after step {n}"] = worst
+            errors[f"AdamW {moment} after step {n}"] = worst_sampled(tree, f"{moment}_{n}")
 
     data = batches(seed)
     i = 0
