@@ -184,6 +184,21 @@ def check_output(path: str, flag: str, *, folder: bool = False, own_run: bool = 
 
 
 @contextmanager
+def _exclusive(path: str, held, what: str, advice: str, **kwargs) -> Iterator:
+    """``locks.exclusive(path, **kwargs)`` (yielding what it yields) with its two failures
+    as this module's errors: ``held(holder)`` (the error to raise, given the holder's
+    description) when another process holds the lock; a :class:`RunError` ``"PATH: cannot
+    lock WHAT (reason); ADVICE"`` when the filesystem does not support flock."""
+    try:
+        with locks.exclusive(path, **kwargs) as previous:
+            yield previous
+    except locks.LockHeldError as e:
+        raise held(locks.describe(e.holder)) from None
+    except locks.LockUnsupportedError as e:
+        raise RunError(f"{path}: cannot lock {what} ({e}); {advice}") from None
+
+
+@contextmanager
 def folder_lock(folder: str, flag: str, tool: str, lock_name: str) -> Iterator[str]:
     """Holds ``FOLDER/<lock_name>`` while the block writes into ``folder`` (created; the
     lock file removed on release; a folder this call created and left empty, the run
@@ -200,18 +215,18 @@ def folder_lock(folder: str, flag: str, tool: str, lock_name: str) -> Iterator[s
     created = not os.path.exists(folder)
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, lock_name)
+
+    def held(holder: str) -> OutputInUseError:
+        return OutputInUseError(
+            f"{folder} is in use by {holder}: one {tool} per {flag} folder at a time. Wait "
+            f"for it to finish, stop it, or use another {flag}"
+        )
+
     try:
-        with locks.exclusive(path, remove=True):
+        with _exclusive(
+            path, held, "the folder", f"use a {flag} on a filesystem with flock", remove=True
+        ):
             yield path
-    except locks.LockHeldError as e:
-        raise OutputInUseError(
-            f"{folder} is in use by {locks.describe(e.holder)}: one {tool} per {flag} "
-            f"folder at a time. Wait for it to finish, stop it, or use another {flag}"
-        ) from None
-    except locks.LockUnsupportedError as e:
-        raise RunError(
-            f"{path}: cannot lock the folder ({e}); use a {flag} on a filesystem with flock"
-        ) from None
     finally:
         if created:
             with contextlib.suppress(OSError):  # only if empty: nothing was written
@@ -236,19 +251,17 @@ def output_lock(path: str, flag: str) -> Iterator[str]:
         node = os.path.dirname(node)
     os.makedirs(parent, exist_ok=True)
     lock_path = os.path.join(parent, f".{os.path.basename(real)}.lock")
+
+    def held(holder: str) -> OutputInUseError:
+        return OutputInUseError(
+            f"{flag} {path} is being written by {holder}: one writer per output. Wait for "
+            f"it to finish, or write elsewhere"
+        )
+
+    unsupported = "its filesystem does not support flock. Write it on one that does"
     try:
-        with locks.exclusive(lock_path, remove=True):
+        with _exclusive(lock_path, held, "the output", unsupported, remove=True):
             yield lock_path
-    except locks.LockHeldError as e:
-        raise OutputInUseError(
-            f"{flag} {path} is being written by {locks.describe(e.holder)}: one writer per "
-            f"output. Wait for it to finish, or write elsewhere"
-        ) from None
-    except locks.LockUnsupportedError as e:
-        raise RunError(
-            f"{lock_path}: cannot lock the output ({e}); its filesystem does not support "
-            f"flock. Write it on one that does"
-        ) from None
     finally:
         for folder in created:  # innermost first
             try:
@@ -273,24 +286,24 @@ def lock(workdir: str, verbose: bool = True) -> Iterator[str]:
     check_output(workdir, "--workdir", folder=True, own_run=True)
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, LOCK_FILE)
-    try:
-        with locks.exclusive(path) as previous:
-            if previous and verbose:
-                print(
-                    f"{path}: taking over the lock of {locks.describe(previous)}, which "
-                    f"is no longer running (killed?); resuming its run"
-                )
-            yield path
-    except locks.LockHeldError as e:
-        raise WorkdirLockedError(
-            f"{workdir} is in use by {locks.describe(e.holder)}: one training per "
-            f"workdir. Wait for it to finish, stop it, or use another --workdir"
-        ) from None
-    except locks.LockUnsupportedError as e:
-        raise RunError(
-            f"{path}: cannot lock the workdir ({e}); its filesystem does not support flock. "
-            f"Use a --workdir on one that does (a local disk, NFS)"
-        ) from None
+
+    def held(holder: str) -> WorkdirLockedError:
+        return WorkdirLockedError(
+            f"{workdir} is in use by {holder}: one training per workdir. Wait for it to "
+            f"finish, stop it, or use another --workdir"
+        )
+
+    unsupported = (
+        "its filesystem does not support flock. Use a --workdir on one that does (a local "
+        "disk, NFS)"
+    )
+    with _exclusive(path, held, "the workdir", unsupported) as previous:
+        if previous and verbose:
+            print(
+                f"{path}: taking over the lock of {locks.describe(previous)}, which "
+                f"is no longer running (killed?); resuming its run"
+            )
+        yield path
 
 
 def config_dict(config) -> dict[str, Any]:
