@@ -549,16 +549,9 @@ def test_a_full_disk_on_a_real_filesystem_is_one_line_and_resumes(run, tmp_path)
     lines, 34 tracebacks (139 "Event loop is closed" for a larger state), the error not
     last, the unfinished checkpoint left."""
     mount = tmp_path / "small_disk"
-    mount.mkdir()
     one = sum(p.stat().st_size for p in Path(run.workdir, "checkpoints").rglob("*") if p.is_file())
     size_k = int(one / len(kept(run.workdir)) * 1.6) // 1024 + 64
-    made = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size_k}k", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-    )
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {made.stderr.strip()[:200]}")
+    _mount_small_tmpfs(mount, f"{size_k}k")
     try:
         workdir = str(mount / "run")
         proc = run_script("train.py", *tiny_flags(run.root), "--workdir", workdir, timeout=300)
