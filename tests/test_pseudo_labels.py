@@ -72,6 +72,10 @@ def test_modality_labels_and_segment_bce_by_hand():
     # A padding video (video_mask 0) does not count either.
     only_first = losses.pseudo_label_segment_bce(seg, pl_a, pl_v, mask, jnp.array([1.0, 0.0]))
     assert float(only_first) == pytest.approx(bce[0, :2].mean(), rel=1e-5)
+    # On the logits (VALOR's form): the same loss where no probability saturates.
+    z = jnp.log(seg) - jnp.log1p(-seg)
+    from_logits = losses.pseudo_label_segment_bce(z, pl_a, pl_v, mask, vm, logits=True)
+    assert float(from_logits) == pytest.approx(expected, rel=1e-5)
 
 
 def test_simulated_teacher_rates():

@@ -89,25 +89,23 @@ def pseudo_modality_labels(pl_audio, pl_visual):
     return pl_audio.max(axis=1), pl_visual.max(axis=1)
 
 
-def pseudo_label_segment_bce(seg_prob, pl_audio, pl_visual, mask, video_mask, axis_name=None):
+def pseudo_label_segment_bce(
+    seg, pl_audio, pl_visual, mask, video_mask, axis_name=None, logits: bool = False
+):
     """docs/method.md §9's extra Anchor loss: BCE between the segment probabilities ``P[:,0]``,
     ``P[:,1]`` and the pseudo-labels, averaged over valid segments, classes and both
-    modalities. ``seg_prob: (B, T, 2, C)``, ``pl_*: (B, T, C)``, ``mask: (B, T)``."""
-    target = jnp.stack([pl_audio, pl_visual], axis=2)
-    weights = (mask.astype(jnp.float32) * video_mask[:, None])[:, :, None, None]
-    return batch_mean(binary_cross_entropy(seg_prob, target), weights, axis_name)
+    modalities. ``seg: (B, T, 2, C)``, ``pl_*: (B, T, C)``, ``mask: (B, T)``.
 
-
-def pseudo_label_segment_bce_logits(
-    seg_logits, pl_audio, pl_visual, mask, video_mask, axis_name=None
-):
-    """:func:`pseudo_label_segment_bce` on the segment logits ``(B, T, 2, C)``, as torch's
+    ``logits=True``: ``seg`` holds the segment logits and the BCE is torch's
     ``binary_cross_entropy_with_logits`` (``softplus(x) - y·x``: no clamp, exact where a
-    probability saturates). VALOR's ``loss_valor_a + loss_valor_v`` is twice this mean
+    probability saturates), VALOR's; its ``loss_valor_a + loss_valor_v`` is twice this mean
     (``loss.pseudo_label_segment_weight = 2``)."""
     target = jnp.stack([pl_audio, pl_visual], axis=2)
     weights = (mask.astype(jnp.float32) * video_mask[:, None])[:, :, None, None]
-    per_entry = jax.nn.softplus(seg_logits) - target * seg_logits
+    if logits:
+        per_entry = jax.nn.softplus(seg) - target * seg
+    else:
+        per_entry = binary_cross_entropy(seg, target)
     return batch_mean(per_entry, weights, axis_name)
 
 

@@ -64,10 +64,10 @@ def han_backbone(out: Outputs, labels: Labels, lc, axis_name: str | None = None)
 
 def valor_backbone(out: Outputs, labels: Labels, lc, axis_name: str | None = None):
     """VALOR's video-level loss ``BCE(clamp(p), y)`` (``main_avvp.py:72-75`` of
-    Franklin905/VALOR): its modality terms are the segment pseudo-label BCEs on logits
-    (``loss.pseudo_label_segment_form = 'logits'``, added by :func:`anchor_objective`);
-    ``registry``'s ``'valor'``."""
-    return losses.bce(_clamp(out["video_prob"]), labels.y, labels.video_mask, axis_name), {}
+    Franklin905/VALOR; :func:`losses.bce` clamps as VALOR does): its modality terms are the
+    segment pseudo-label BCEs on logits (``loss.pseudo_label_segment_form = 'logits'``,
+    added by :func:`anchor_objective`); ``registry``'s ``'valor'``."""
+    return losses.bce(out["video_prob"], labels.y, labels.video_mask, axis_name), {}
 
 
 def cmpae_backbone(out: Outputs, labels: Labels, lc, axis_name: str | None = None):
@@ -227,14 +227,15 @@ def anchor_objective(
     terms["backbone"] = backbone
     total = backbone
     if pseudo_labels is not None:
-        if lc.pseudo_label_segment_form == "logits":  # VALOR: BCE with logits
-            terms["pseudo_segment"] = losses.pseudo_label_segment_bce_logits(
-                out["seg_logits"], *pseudo_labels, mask, video_mask, axis_name
-            )
-        else:
-            terms["pseudo_segment"] = losses.pseudo_label_segment_bce(
-                out["seg_prob"], *pseudo_labels, mask, video_mask, axis_name
-            )
+        logits = lc.pseudo_label_segment_form == "logits"  # VALOR: BCE with logits
+        terms["pseudo_segment"] = losses.pseudo_label_segment_bce(
+            out["seg_logits" if logits else "seg_prob"],
+            *pseudo_labels,
+            mask,
+            video_mask,
+            axis_name,
+            logits=logits,
+        )
         total = total + lc.pseudo_label_segment_weight * terms["pseudo_segment"]
     teachers = {}
     if teacher is None:
