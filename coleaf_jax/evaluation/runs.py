@@ -53,7 +53,7 @@ def run_config(config, workdir: str):
     if config is not None:
         return config
     require_run(workdir)
-    if workdir_lib.read_stored_config(workdir) is None:
+    if not os.path.exists(os.path.join(workdir, workdir_lib.CONFIG_FILE)):
         raise FileNotFoundError(
             f"--workdir {workdir}: no config.json in it (a run from an older version?); "
             f"give its --config"
