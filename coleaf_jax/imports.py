@@ -49,8 +49,6 @@ from coleaf_jax.models import authors_weights as aw
 from coleaf_jax.training import checkpoints, step
 from coleaf_jax.training import workdir as workdir_lib
 
-IMPORT_RECORD = "imported.json"
-
 
 @dataclasses.dataclass(frozen=True)
 class Source:
@@ -375,7 +373,7 @@ def _prepare_workdir(workdir: str, overwrite: bool) -> None:
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ImportError_(f"--workdir {workdir}: exists and is not a folder")
     if os.path.isdir(workdir) and os.listdir(workdir):
-        if not os.path.exists(os.path.join(workdir, IMPORT_RECORD)):
+        if not os.path.exists(os.path.join(workdir, workdir_lib.IMPORT_RECORD)):
             raise ImportError_(
                 f"--workdir {workdir}: exists and is not an import (a training run, or "
                 f"another folder): nothing written; give an empty or new folder"
@@ -383,7 +381,7 @@ def _prepare_workdir(workdir: str, overwrite: bool) -> None:
         if not overwrite:
             raise ImportError_(
                 f"--workdir {workdir}: already holds an imported model "
-                f"({IMPORT_RECORD}); --overwrite replaces it"
+                f"({workdir_lib.IMPORT_RECORD}); --overwrite replaces it"
             )
 
 
@@ -460,7 +458,7 @@ def import_checkpoint(
         # The selection score of the only checkpoint: it is the best by construction.
         checkpoints.save_checkpoint(mngr, 0, run_state, 0.0)
         mngr.close()
-        fileio.atomic_write_json(os.path.join(workdir, IMPORT_RECORD), record)
+        fileio.atomic_write_json(os.path.join(workdir, workdir_lib.IMPORT_RECORD), record)
     if verbose:
         print(
             f"imported {path} ({source.project}: width {arch['d_model']}, FFN "

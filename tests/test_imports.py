@@ -24,6 +24,7 @@ import pytest
 
 from coleaf_jax import imports, registry
 from coleaf_jax.config import load_config_file
+from coleaf_jax.evaluation import report, runs
 from coleaf_jax.features import convert
 from tools import import_record
 
@@ -235,6 +236,10 @@ def test_import_then_parse_and_eval_with_the_workdir_alone(tmp_path):
         scores["thresholds"] == "standard"
         and len([k for k in scores if k.startswith(("seg_", "evt_"))]) == 18
     )
+
+    page = open(report.build_report(runs.run_config(None, str(work)), str(work))).read()
+    assert "imported by python -m coleaf_jax.imports (imported.json): not trained here" in page
+    assert "the run has not finished" not in page
 
     again = _cli("-m", "coleaf_jax.imports", "valor", pt, "--workdir", str(work), cwd=tmp_path)
     assert again.returncode == 1

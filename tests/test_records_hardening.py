@@ -86,6 +86,7 @@ def test_record_names_are_the_modules_own():
         report.REPORT_FILE,
         workdir_lib.CONFIG_FILE,
         workdir_lib.LOCK_FILE,
+        workdir_lib.IMPORT_RECORD,  # coleaf_jax.imports writes it
         sweep.MANIFEST,
         sweep.SUMMARY,
         sweep.LOG,

@@ -26,6 +26,7 @@ from coleaf_jax.config import apply_overrides, config_flags_as_set, load_config_
 from coleaf_jax.data import pipeline
 from coleaf_jax.evaluation import evaluate, metrics, paper, plots, runs
 from coleaf_jax.training import records
+from coleaf_jax.training import workdir as workdir_lib
 
 REPORT_FILE = "report.html"
 LOSS_KEYS = ("anchor_loss", "ref_loss", "backbone", "nce_a", "nce_v", "correlation", "ref_kd")
@@ -115,6 +116,9 @@ def build_report(
     )
 
     history = _read_history(workdir)
+    imported = ""  # a model imported from a released checkpoint has no training records
+    if os.path.exists(os.path.join(workdir, workdir_lib.IMPORT_RECORD)):
+        imported = f"a released model imported by python -m coleaf_jax.imports ({workdir_lib.IMPORT_RECORD})"
     parts.append("<h2>Training curves</h2>")
     if history:
         losses = [k for k in LOSS_KEYS if k in history[0]["train"]]
@@ -127,6 +131,8 @@ def build_report(
             + ", ".join(f"{h['val_selection']:.1f}" for h in history)
             + "</p>"
         )
+    elif imported:
+        parts.append(f'<p class="note">{imported}: not trained here</p>')
     else:
         parts.append('<p class="note">no metrics.jsonl in this workdir</p>')
 
@@ -150,6 +156,11 @@ def build_report(
         else:
             note = "The paper reports no LLP numbers for this setting."
         parts.append(_score_table(rows) + f'<p class="note">{html.escape(note)}</p>')
+    elif imported:
+        parts.append(
+            f'<p class="note">{imported}: its test scores come from eval.py --workdir '
+            f"{html.escape(workdir)}</p>"
+        )
     else:
         parts.append('<p class="note">no test_metrics.json yet: the run has not finished</p>')
 

@@ -35,6 +35,7 @@ from coleaf_jax.config import flatten
 
 LOCK_FILE = "train.lock"
 CONFIG_FILE = "config.json"
+IMPORT_RECORD = "imported.json"  # a run imported from a released checkpoint (coleaf_jax.imports)
 # A run's records, by name (the modules that write them import these names or are
 # tested to agree: tests/test_records_hardening.py): in a run's folder (a train.py
 # --workdir, a sweep's run, a sweep's own folder) none of them is ever another tool's
@@ -43,6 +44,7 @@ RECORD_FILES = frozenset(
     {
         CONFIG_FILE,
         LOCK_FILE,
+        IMPORT_RECORD,
         "metrics.jsonl",  # records.METRICS_FILE
         "test_metrics.json",  # records.RESULT_FILE
         "seeds_metrics.json",  # seeds.RESULT_FILE
